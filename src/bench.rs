@@ -1,0 +1,230 @@
+//! `anpi bench`: the throughput benchmark. For each size it runs one roll call through the
+//! real application against the simulator with no rate limit and nobody reading, and reports
+//! time to all-sent, sends per second, time from the deadline to the call list being ready,
+//! and peak memory; and, in the same run, the rate at which a bare HTTP client can post to
+//! the same simulator (the ceiling anpi is compared with).
+//!
+//! Figures are printed, never asserted: the machines are shared and noisy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Args;
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{ManualClock, SharedClock};
+use crate::config::Config;
+use crate::contacts::synthetic;
+use crate::scenario::Scenario;
+use crate::simulator::{Behaviour, Faults, Script, SimConfig, Simulator};
+use crate::startup::Application;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Roll-call sizes to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 100_000])]
+    pub sizes: Vec<usize>,
+    /// Requests for the bare-client ceiling measurement.
+    #[arg(long, default_value_t = 50_000)]
+    pub ceiling_requests: usize,
+    /// Concurrency of the bare client (anpi's own in-flight limit is the same by default).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+/// One size's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+    pub recipients: usize,
+    pub all_sent_secs: f64,
+    pub sends_per_sec: f64,
+    pub deadline_to_escalated_ms: f64,
+    pub call_list_query_ms: f64,
+    pub duplicates: u64,
+}
+
+const BENCH_SCENARIO: &str = r#"
+name = "bench"
+title = "ベンチマーク"
+drill = true
+deadline = "5m"
+[message]
+ja = "【訓練】安否確認です。読んだら下のボタンを押してください。"
+en = "Drill: safety check. Tap a button below."
+[[buttons]]
+label = "無事 / Safe"
+value = "safe"
+"#;
+
+/// Peak resident memory of this process, in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    println!("anpi bench — release build expected (cargo run --release -- bench)");
+    let mut results = Vec::new();
+    for &n in &args.sizes {
+        let r = run_size(n).await?;
+        println!(
+            "{:>7} recipients: all sent in {:.2}s ({:.0} sends/s); deadline -> all escalated {:.0} ms; call list query {:.0} ms; duplicates {}",
+            r.recipients, r.all_sent_secs, r.sends_per_sec, r.deadline_to_escalated_ms, r.call_list_query_ms, r.duplicates
+        );
+        results.push(r);
+    }
+    let ceiling = bare_ceiling(args.ceiling_requests, args.concurrency).await?;
+    println!(
+        "bare HTTP client -> same simulator, concurrency {}: {:.0} requests/s (the ceiling)",
+        args.concurrency, ceiling
+    );
+    if let Some(best) = results.iter().map(|r| r.sends_per_sec).reduce(f64::max) {
+        println!(
+            "anpi at its best: {:.0}% of the ceiling",
+            100.0 * best / ceiling
+        );
+    }
+    if let Some(rss) = peak_rss_mib() {
+        println!("peak RSS (whole run): {rss:.0} MiB");
+    }
+    println!(
+        "{}",
+        json!({"results": results, "ceiling_rps": ceiling, "peak_rss_mib": peak_rss_mib()})
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_size(n: usize) -> anyhow::Result<BenchResult> {
+    let tmp = tempfile::tempdir()?;
+    let manual = ManualClock::new(Utc::now());
+    let clock: SharedClock = Arc::new(manual.clone());
+    let sim = Simulator::start(
+        SimConfig {
+            token: "bench-token".into(),
+            rate_limit: None,
+            faults: Faults::default(),
+            default_behaviour: Behaviour::default(),
+        },
+        Script::default(),
+        clock.clone(),
+    )
+    .await?;
+    let config = Config::from_toml(&format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [database]
+        url = "sqlite://{}"
+        [providers.simulator]
+        url = "{}"
+        token = "bench-token"
+        poll_wait = "200ms"
+        "#,
+        tmp.path().join("bench.db").display(),
+        sim.base_url()
+    ))?;
+    let app = Application::build_with_clock(config, clock.clone()).await?;
+    let hq = app.hq();
+    let store = app.store();
+    let deadlines = app.deadlines();
+    hq.import_contacts(&synthetic::generate(n, 42).contacts)
+        .await?;
+    let scenario = Scenario::parse(BENCH_SCENARIO, "bench")?;
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(cancel.clone()));
+
+    let t0 = Instant::now();
+    let (rc, _) = hq.start(&scenario, None, None).await?;
+    while store.next_due_attempt("simulator").await?.is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all_sent = t0.elapsed();
+
+    let escalated = deadlines.escalated.notified();
+    tokio::pin!(escalated);
+    escalated.as_mut().enable();
+    let t1 = Instant::now();
+    manual.advance(scenario.deadline + Duration::from_millis(1));
+    tokio::time::timeout(Duration::from_secs(60), escalated)
+        .await
+        .context("the deadline worker did not escalate within 60 s")?;
+    let to_escalated = t1.elapsed();
+    let t2 = Instant::now();
+    let list = hq.call_list(rc.id).await?;
+    let list_ms = t2.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(
+        list.len() == n,
+        "call list has {} entries, expected {n}",
+        list.len()
+    );
+    let stats = sim.stats();
+    cancel.cancel();
+    let _ = running.await;
+    sim.shutdown().await;
+    Ok(BenchResult {
+        recipients: n,
+        all_sent_secs: all_sent.as_secs_f64(),
+        sends_per_sec: n as f64 / all_sent.as_secs_f64(),
+        deadline_to_escalated_ms: to_escalated.as_secs_f64() * 1000.0,
+        call_list_query_ms: list_ms,
+        duplicates: stats.duplicates,
+    })
+}
+
+/// Posts `requests` messages straight to a fresh simulator with a plain reqwest client.
+async fn bare_ceiling(requests: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+    let sim = Simulator::start(
+        SimConfig {
+            token: "bench-token".into(),
+            rate_limit: None,
+            faults: Faults::default(),
+            default_behaviour: Behaviour::default(),
+        },
+        Script::default(),
+        clock,
+    )
+    .await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()?;
+    let url = format!("{}/v1/messages", sim.base_url());
+    let t = Instant::now();
+    let ok = futures::stream::iter(0..requests)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .post(url)
+                    .bearer_auth("bench-token")
+                    .json(&json!({
+                        "delivery_id": i, "roll_call_id": 1, "to": format!("sim-B{i}"),
+                        "text": "【訓練】安否確認です。読んだら下のボタンを押してください。\n\nDrill: safety check.",
+                        "buttons": [{"label": "無事 / Safe", "value": "safe"}]
+                    }))
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    let secs = t.elapsed().as_secs_f64();
+    sim.shutdown().await;
+    anyhow::ensure!(
+        ok == requests,
+        "only {ok} of {requests} bare requests succeeded"
+    );
+    Ok(requests as f64 / secs)
+}

@@ -1,0 +1,600 @@
+//! The command line. `serve` runs the daemon; `demo` and `bench` run everything in one
+//! process; the roll-call, escalation and call commands talk to a running daemon over its
+//! HTTP API; `contacts check` works offline.
+//!
+//! Invariant: every failure ends with a message saying what went wrong and a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::startup::Application;
+
+/// anpi — 安否確認. Sends one short message to every member of staff and every shelter phone,
+/// watches who reads it, and puts everyone still unread at the deadline on a phone-call list.
+#[derive(Debug, Parser)]
+#[command(name = "anpi", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (HTTP API, dispatcher, receipt watcher, deadline timer).
+    Serve {
+        /// Configuration file (see anpi.example.toml for every setting).
+        #[arg(long, short, env = "ANPI_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address, overriding the configuration (e.g. 127.0.0.1:8425).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Database URL, overriding the configuration (e.g. sqlite://anpi.db).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Run a whole simulated roll call in one process: a temporary SQLite database, the
+    /// built-in chat simulator and a clock sped up so the deadline passes in seconds.
+    Demo(crate::demo::DemoArgs),
+    /// Measure throughput: 10,000 and 100,000 simulated recipients with no rate limit.
+    Bench(crate::bench::BenchArgs),
+    /// Start, list, follow and close roll calls on a running daemon.
+    Rollcall {
+        #[command(subcommand)]
+        command: RollcallCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a roll call's phone-call list.
+    Escalations {
+        /// Roll call number.
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+        /// Show everyone ever escalated, with what became of them, not only those to call.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Record the outcome of a phone call.
+    Call {
+        /// Roll call number.
+        id: String,
+        /// Staff id of the person called.
+        staff: String,
+        /// safe, injured, needs-help, no-answer or unreachable.
+        #[arg(long)]
+        outcome: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Check or import a contacts file (TOML, or CSV in UTF-8 or Shift_JIS).
+    Contacts {
+        #[command(subcommand)]
+        command: ContactsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollcallCommand {
+    /// Start a roll call from a scenario (a name in the daemon's scenarios folder, or a file).
+    Start {
+        #[arg(long)]
+        scenario: String,
+        /// Run it as a drill (messages are marked 【訓練】).
+        #[arg(long)]
+        drill: bool,
+        /// Only show how many people it would reach and how long that would take.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List roll calls.
+    List,
+    /// Show a roll call's progress.
+    Status {
+        id: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a roll call: nothing more is sent or escalated.
+    Close { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContactsCommand {
+    /// Check a file and report every problem with its line and field. Changes nothing.
+    Check { file: PathBuf },
+    /// Check a file and, if it is entirely valid, replace the daemon's contacts with it.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Where the daemon is and how to prove who you are.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The daemon's address.
+    #[arg(
+        long,
+        env = "ANPI_URL",
+        default_value = "http://127.0.0.1:8425",
+        global = true
+    )]
+    pub url: String,
+    /// A bearer token from the daemon's [api] settings.
+    #[arg(long, env = "ANPI_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+/// Runs a command and turns any error into a message and exit code 1.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::telemetry::init(matches!(cli.command, Command::Serve { .. }));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("anpi: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("anpi: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            database,
+        } => serve(config, listen, database).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Rollcall { command, remote } => rollcall(command, &remote).await,
+        Command::Escalations {
+            id,
+            format,
+            all,
+            remote,
+        } => {
+            let fmt = match format {
+                ListFormat::Table => "table",
+                ListFormat::Csv => "csv",
+                ListFormat::Json => "json",
+            };
+            let scope = if all { "all" } else { "to_call" };
+            let client = Client::new(&remote)?;
+            let body = client
+                .get_text(&format!(
+                    "/api/rollcalls/{}/escalations?format={fmt}&scope={scope}",
+                    id.trim_start_matches('#')
+                ))
+                .await?;
+            print!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Call {
+            id,
+            staff,
+            outcome,
+            remote,
+        } => {
+            crate::rollcall::CallOutcome::parse(&outcome).map_err(anyhow::Error::msg)?;
+            let client = Client::new(&remote)?;
+            let v = client
+                .post(
+                    &format!(
+                        "/api/rollcalls/{}/calls/{staff}",
+                        id.trim_start_matches('#')
+                    ),
+                    &json!({ "outcome": outcome }),
+                    None,
+                )
+                .await?;
+            let still = v["to_call"].as_bool().unwrap_or(false);
+            println!(
+                "{} {}: {} — {}",
+                v["entry"]["staff_id"].as_str().unwrap_or(&staff),
+                v["entry"]["name"].as_str().unwrap_or(""),
+                outcome,
+                if still {
+                    "まだ電話リストに残ります / stays on the list"
+                } else {
+                    "電話リストから外れました / off the list"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contacts { command } => contacts(command).await,
+    }
+}
+
+async fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    database: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(config.as_deref())?;
+    if let Some(l) = listen {
+        config.server.listen = l
+            .parse()
+            .with_context(|| format!("--listen {l:?} is not an address like 127.0.0.1:8425"))?;
+    }
+    if let Some(d) = database {
+        config.database.url = d;
+    }
+    config.validate()?;
+    if config.api.hq_tokens.is_empty() {
+        tracing::warn!("no [api] hq_tokens configured: the HTTP API will refuse every request");
+    }
+    let cancel = CancellationToken::new();
+    let app = Application::build(config).await?;
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        c2.cancel();
+    });
+    app.run_until_stopped(cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    match command {
+        RollcallCommand::Start {
+            scenario,
+            drill,
+            dry_run,
+        } => {
+            let path = PathBuf::from(&scenario);
+            let mut body = if path.is_file() {
+                // Check the file here first, so a mistake is reported with this file's name.
+                crate::scenario::Scenario::load(&path)?;
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                json!({"scenario_toml": text, "origin": path.display().to_string()})
+            } else {
+                json!({ "scenario": scenario })
+            };
+            if drill {
+                body["drill"] = json!(true);
+            }
+            let est = client.post("/api/estimate", &body, None).await?;
+            print_estimate(&est["estimate"]);
+            if dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let key = format!("cli-{}-{}", std::process::id(), rand::random::<u64>());
+            let v = client.post("/api/rollcalls", &body, Some(&key)).await?;
+            let rc = &v["roll_call"];
+            println!(
+                "安否確認を開始しました / roll call #{} started: {} ({} 人 / recipients{})",
+                rc["id"],
+                rc["title"].as_str().unwrap_or(""),
+                rc["recipients"],
+                if rc["drill"].as_bool() == Some(true) {
+                    ", 訓練 / drill"
+                } else {
+                    ""
+                }
+            );
+            println!("進捗 / progress: anpi rollcall status {}", rc["id"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        RollcallCommand::List => {
+            let v = client.get_json("/api/rollcalls").await?;
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("安否確認はまだありません / no roll calls yet");
+            }
+            for rc in list {
+                println!(
+                    "#{:<5} {:<7} {:>6} 人  {}{}",
+                    rc["id"],
+                    rc["state"].as_str().unwrap_or(""),
+                    rc["recipients"],
+                    rc["title"].as_str().unwrap_or(""),
+                    if rc["drill"].as_bool() == Some(true) {
+                        " (訓練)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RollcallCommand::Status { id, json } => {
+            let v = client
+                .get_json(&format!("/api/rollcalls/{}", id.trim_start_matches('#')))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RollcallCommand::Close { id } => {
+            let v = client
+                .post(
+                    &format!("/api/rollcalls/{}/close", id.trim_start_matches('#')),
+                    &json!({}),
+                    None,
+                )
+                .await?;
+            if v["was_open"].as_bool() == Some(true) {
+                println!("roll call #{} closed", v["roll_call"]);
+            } else {
+                println!("roll call #{} was already closed", v["roll_call"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_estimate(e: &Value) {
+    let secs = e["seconds_to_all_sent"].as_f64().unwrap_or(0.0);
+    println!(
+        "対象 {} 人 (チャット送信 {} 人, チャット未登録 {} 人は最初から電話リスト) / {} recipients",
+        e["recipients"], e["reachable"], e["no_chat_id"], e["recipients"]
+    );
+    println!(
+        "全員への送信完了まで 約 {} / all sent in about {} ({})",
+        human_secs(secs),
+        human_secs(secs),
+        e["basis"].as_str().unwrap_or("")
+    );
+}
+
+fn human_secs(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+fn print_status(v: &Value) {
+    let rc = &v["roll_call"];
+    let o = &v["progress"]["overall"];
+    println!(
+        "#{} {} [{}]{}",
+        rc["id"],
+        rc["title"].as_str().unwrap_or(""),
+        rc["state"].as_str().unwrap_or(""),
+        if rc["drill"].as_bool() == Some(true) {
+            " 訓練 / drill"
+        } else {
+            ""
+        }
+    );
+    let n = |k: &str| o[k].as_i64().unwrap_or(0);
+    println!(
+        "対象 {}  送信待ち {}  送信済 {}  既読 {}  回答 {}  送信失敗 {}  要電話 {}",
+        n("total"),
+        n("pending") + n("sending"),
+        n("sent"),
+        n("read"),
+        n("answered"),
+        n("failed"),
+        n("to_call")
+    );
+    println!(
+        "total {}  waiting {}  sent {}  read {}  answered {}  failed {}  to call {}",
+        n("total"),
+        n("pending") + n("sending"),
+        n("sent"),
+        n("read"),
+        n("answered"),
+        n("failed"),
+        n("to_call")
+    );
+    if let Some(depts) = v["progress"]["by_department"].as_object() {
+        if !depts.is_empty() {
+            println!(
+                "\n{:<16} {:>6} {:>6} {:>6}",
+                "所属", "対象", "確認済", "要電話"
+            );
+        }
+        for (name, c) in depts {
+            let confirmed = c["read"].as_i64().unwrap_or(0) + c["answered"].as_i64().unwrap_or(0);
+            println!(
+                "{:<16} {:>6} {:>6} {:>6}",
+                name, c["total"], confirmed, c["to_call"]
+            );
+        }
+    }
+    if let Some(sh) = v["progress"]["by_shelter"].as_object() {
+        for (name, c) in sh {
+            let confirmed = c["read"].as_i64().unwrap_or(0) + c["answered"].as_i64().unwrap_or(0);
+            println!(
+                "避難所 {:<16} {:>3}/{:<3} {}",
+                name,
+                confirmed,
+                c["total"],
+                if confirmed == 0 {
+                    "応答なし / silent"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+}
+
+async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ContactsCommand::Check { file } => match crate::contacts::load_file(&file) {
+            Ok(dir) => {
+                let shelters = dir
+                    .contacts
+                    .iter()
+                    .filter(|c| c.kind == crate::contacts::ContactKind::ShelterPhone)
+                    .count();
+                println!(
+                    "{}: OK — {} contacts ({} staff, {} shelter phones)",
+                    file.display(),
+                    dir.contacts.len(),
+                    dir.contacts.len() - shelters,
+                    shelters
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        ContactsCommand::Import { file, remote } => {
+            let dir = match crate::contacts::load_file(&file) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("nothing was imported / 取り込みは行っていません");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let client = Client::new(&remote)?;
+            let v = client
+                .put("/api/contacts", &serde_json::to_value(&dir.contacts)?)
+                .await?;
+            println!("{}: imported {} contacts", file.display(), v["imported"]);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A small client for the daemon's API that turns error bodies into messages.
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(remote: &Remote) -> anyhow::Result<Self> {
+        let Some(token) = remote.token.clone() else {
+            bail!("no token: pass --token or set ANPI_TOKEN (an hq or caller token from the daemon's [api] settings)");
+        };
+        Ok(Self {
+            base: remote.url.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+        })
+    }
+
+    async fn check(
+        &self,
+        res: reqwest::Result<reqwest::Response>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let res = res.with_context(|| {
+            format!(
+                "cannot reach anpi at {} — is `anpi serve` running?",
+                self.base
+            )
+        })?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let text = res.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        bail!("{} ({})", msg, status)
+    }
+
+    async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
+        Ok(self.check(res).await?.json().await?)
+    }
+
+    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
+        Ok(self.check(res).await?.text().await?)
+    }
+
+    async fn post(&self, path: &str, body: &Value, key: Option<&str>) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        Ok(self.check(req.send().await).await?.json().await?)
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let res = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await;
+        Ok(self.check(res).await?.json().await?)
+    }
+}

@@ -1,0 +1,316 @@
+//! `anpi demo`: a whole roll call in one process — a temporary SQLite file, the built-in chat
+//! simulator with a scripted population, and a clock sped up so the 5-minute deadline passes
+//! in seconds. It shows live progress, then the phone-call list and a summary per department.
+//!
+//! It goes through the same `Application` as `anpi serve`; only the clock and the chat server
+//! are stand-ins.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{from_millis, ScaledClock, SharedClock};
+use crate::config::Config;
+use crate::contacts::synthetic;
+use crate::escalation::{pad, render_table, ListScope};
+use crate::ids::ChatHandle;
+use crate::providers::RateLimit;
+use crate::scenario::Scenario;
+use crate::simulator::{Behaviour, Faults, PopulationSpec, Script, SimConfig, Simulator};
+use crate::startup::Application;
+
+/// The drill scenario shipped with anpi, used when no --scenario is given.
+const BUILTIN_DRILL: &str = include_str!("../scenarios/drill.toml");
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How many simulated staff and shelter phones.
+    #[arg(long, default_value_t = 1000)]
+    pub size: usize,
+    /// How many times faster than real time the clock runs (60: a 5-minute deadline passes
+    /// in 5 seconds).
+    #[arg(long, default_value_t = 60.0)]
+    pub speed: f64,
+    /// Seed for the simulated population: the same seed gives the same people and read times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Scenario file (default: the built-in drill).
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// The simulated platform's rate limit, requests per minute (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_per_minute: u32,
+    /// Keep the database here instead of in a temporary folder.
+    #[arg(long)]
+    pub database: Option<PathBuf>,
+    /// Print plain progress lines instead of progress bars.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.size == 0 || args.size > 1_000_000 {
+        anyhow::bail!("--size {} must be between 1 and 1000000", args.size);
+    }
+    if !(args.speed.is_finite() && args.speed >= 1.0 && args.speed <= 10_000.0) {
+        anyhow::bail!("--speed {} must be between 1 and 10000", args.speed);
+    }
+    let scenario = match &args.scenario {
+        Some(p) => Scenario::load(p)?,
+        None => Scenario::parse(BUILTIN_DRILL, "scenarios/drill.toml (built in)")?,
+    };
+    let mut spec: PopulationSpec = scenario.simulation.clone().unwrap_or_default();
+    spec.population = args.size;
+    spec.validate().map_err(anyhow::Error::msg)?;
+
+    let tmp = tempfile::tempdir().context("creating a temporary folder")?;
+    let db_path = args
+        .database
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("anpi-demo.db"));
+    let epoch = Utc::now();
+    let scaled = ScaledClock::new(epoch, args.speed);
+    let clock: SharedClock = Arc::new(scaled.clone());
+
+    let directory = synthetic::generate(args.size, args.seed);
+    let handles: Vec<ChatHandle> = directory
+        .contacts
+        .iter()
+        .filter_map(|c| c.chat.get("simulator").cloned())
+        .collect();
+    let values: Vec<String> = scenario.buttons.iter().map(|b| b.value.clone()).collect();
+    let script = Script::generate(&handles, &spec, &values, args.seed);
+    let rate_limit = (args.rate_limit_per_minute > 0).then(|| RateLimit {
+        requests: args.rate_limit_per_minute,
+        per: Duration::from_secs(60),
+    });
+    let sim = Simulator::start(
+        SimConfig {
+            token: "demo-token".into(),
+            rate_limit,
+            faults: Faults::default(),
+            default_behaviour: Behaviour::default(),
+        },
+        script,
+        clock.clone(),
+    )
+    .await
+    .context("starting the chat simulator")?;
+
+    let config = Config::from_toml(&format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [database]
+        url = "sqlite://{}"
+        [time]
+        speed = {}
+        epoch = "{}"
+        [providers.simulator]
+        url = "{}"
+        token = "demo-token"
+        rate_limit_per_minute = {}
+        poll_wait = "200ms"
+        "#,
+        db_path.display(),
+        args.speed,
+        epoch.to_rfc3339(),
+        sim.base_url(),
+        args.rate_limit_per_minute,
+    ))?;
+    let tz = config.zone()?;
+    let app = Application::build_with_clock(config, clock.clone()).await?;
+    let hq = app.hq();
+    hq.import_contacts(&directory.contacts).await?;
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(cancel.clone()));
+
+    println!(
+        "anpi demo — {} 人 (職員と避難所の電話), 時計 {}倍速 / clock x{}",
+        args.size, args.speed, args.speed
+    );
+    let started_wall = Instant::now();
+    let (rc, est) = hq.start(&scenario, None, None).await?;
+    println!(
+        "安否確認 #{} 「{}」 締切 {} 分 / deadline {} min; 送信完了見込み {:.0} 秒 / all sent in ~{:.0}s (sim time)",
+        rc.id,
+        rc.title,
+        rc.deadline_ms / 60_000,
+        rc.deadline_ms / 60_000,
+        est.seconds_to_all_sent,
+        est.seconds_to_all_sent
+    );
+    println!(
+        "メッセージ / message:\n  {}\n",
+        rc.message.replace('\n', "\n  ")
+    );
+
+    let multi = MultiProgress::with_draw_target(if args.plain {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let style = ProgressStyle::with_template("{prefix:>22} [{bar:40}] {pos:>6}/{len:6} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let bar = |name: &str| {
+        let b = multi.add(ProgressBar::new(rc.recipients.max(0) as u64));
+        b.set_style(style.clone());
+        b.set_prefix(name.to_string());
+        b
+    };
+    let b_sent = bar("送信 sent");
+    let b_read = bar("既読 read");
+    let b_ans = bar("回答 answered");
+    let b_esc = bar("要電話 to call");
+    let grace = chrono::Duration::seconds(30);
+    let mut all_sent_at: Option<(i64, Duration)> = None;
+    let mut last_plain = Instant::now() - Duration::from_secs(10);
+    let status = loop {
+        let st = hq.status(rc.id).await?;
+        let o = &st.progress.overall;
+        let elapsed = clock.now() - from_millis(rc.created_at);
+        b_sent.set_position((o.delivered() + o.failed) as u64);
+        b_read.set_position(o.confirmed() as u64);
+        b_ans.set_position(o.answered as u64);
+        b_esc.set_position(o.to_call as u64);
+        b_esc.set_message(format!(
+            "経過 {}:{:02}",
+            elapsed.num_minutes(),
+            elapsed.num_seconds() % 60
+        ));
+        if args.plain && last_plain.elapsed() >= Duration::from_secs(1) {
+            last_plain = Instant::now();
+            println!(
+                "  {}:{:02} sent {} read {} answered {} to-call {} failed {}",
+                elapsed.num_minutes(),
+                elapsed.num_seconds() % 60,
+                o.delivered(),
+                o.confirmed(),
+                o.answered,
+                o.to_call,
+                o.failed
+            );
+        }
+        let unsent = o.pending + o.sending;
+        if unsent == 0 && all_sent_at.is_none() {
+            let last = st.progress.last_sent_at.unwrap_or(rc.created_at);
+            all_sent_at = Some((last - rc.created_at, started_wall.elapsed()));
+        }
+        let done = unsent == 0
+            && st.progress.next_deadline_at.is_none()
+            && st
+                .progress
+                .last_sent_at
+                .is_none_or(|t| clock.now() >= from_millis(t + rc.deadline_ms) + grace);
+        if done {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for b in [&b_sent, &b_read, &b_ans, &b_esc] {
+        b.finish();
+    }
+    let list = hq.call_list(rc.id).await?;
+    let now = clock.now_millis();
+    println!("\n電話連絡リスト / phone-call list (#{}):", rc.id);
+    print!("{}", render_table(&list, ListScope::ToCall, now, tz));
+    print_summary(&status.progress);
+    let stats = sim.stats();
+    if let Some((sim_ms, wall)) = all_sent_at {
+        println!(
+            "\n全員へ送信完了 / all sent: {:.1}s after start (sim time), {:.2}s real",
+            sim_ms as f64 / 1000.0,
+            wall.as_secs_f64()
+        );
+    }
+    println!(
+        "simulator: {} messages accepted, {} duplicates, {} over the rate limit",
+        stats.accepted, stats.duplicates, stats.limit_exceeded
+    );
+    cancel.cancel();
+    let _ = running.await;
+    sim.shutdown().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn print_summary(p: &crate::rollcall::Progress) {
+    let o = &p.overall;
+    println!(
+        "\n集計 / summary: 対象 {}  既読 {}  回答 {}  送信失敗 {}  要電話 {}",
+        o.total,
+        o.confirmed(),
+        o.answered,
+        o.failed,
+        o.to_call
+    );
+    println!(
+        "\n{:<14} {:>6} {:>8} {:>6} {:>8}",
+        "所属 / dept", "対象", "確認済", "要電話", "確認率"
+    );
+    let row = |name: &str, c: &crate::rollcall::Counts| {
+        let rate = if c.total > 0 {
+            100.0 * c.confirmed() as f64 / c.total as f64
+        } else {
+            0.0
+        };
+        println!(
+            "{}{:>6} {:>8} {:>6} {:>7.0}%",
+            pad(name, 15),
+            c.total,
+            c.confirmed(),
+            c.to_call,
+            rate
+        );
+    };
+    for (name, c) in &p.by_department {
+        row(name, c);
+    }
+    if !p.by_shelter.is_empty() {
+        let silent: Vec<&String> = p
+            .by_shelter
+            .iter()
+            .filter(|(_, c)| c.confirmed() == 0)
+            .map(|(n, _)| n)
+            .collect();
+        let all = p
+            .by_shelter
+            .values()
+            .fold(crate::rollcall::Counts::default(), |mut a, c| {
+                a.total += c.total;
+                a.read += c.read;
+                a.answered += c.answered;
+                a.to_call += c.to_call;
+                a
+            });
+        row("避難所 shelters", &all);
+        if !silent.is_empty() {
+            println!(
+                "応答のない避難所 / silent shelters: {}",
+                silent
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    if !p.answers.is_empty() {
+        let answers: BTreeMap<_, _> = p.answers.iter().collect();
+        println!(
+            "\n回答 / answers: {}",
+            answers
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}

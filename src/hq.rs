@@ -1,0 +1,279 @@
+//! What disaster HQ does, as operations over the store: start a roll call from a scenario
+//! (with an estimate of how long reaching everyone takes), follow its progress, close it,
+//! read the phone-call list and record call outcomes. The HTTP API, the demo and the tests all
+//! go through here, so they behave alike.
+//!
+//! Invariant: starting a roll call only writes rows; sending is the dispatcher's job, woken
+//! through `new_work`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::clock::SharedClock;
+use crate::contacts::Contact;
+use crate::ids::{RollCallId, StaffId};
+use crate::providers::Capabilities;
+use crate::rollcall::{self, CallListEntry, CallOutcome, Progress, RollCall};
+use crate::scenario::Scenario;
+use crate::store::{SharedStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HqError {
+    #[error(
+        "no contacts are stored yet: import a contacts file first (anpi contacts import FILE)"
+    )]
+    NoContacts,
+    #[error("nobody in the contacts matches the audience of scenario {0:?}")]
+    EmptyAudience(String),
+    #[error("roll call {0} does not exist")]
+    NotFound(RollCallId),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for HqError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchRollCall(id) => Self::NotFound(id),
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// How long reaching everyone will take, shown to HQ before and during a roll call.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Estimate {
+    pub recipients: usize,
+    /// People the provider can reach (they have a chat id on it).
+    pub reachable: usize,
+    /// People who go straight to the call list: no chat id on this provider.
+    pub no_chat_id: usize,
+    /// Seconds from start until the last message has gone out.
+    pub seconds_to_all_sent: f64,
+    /// What limits the estimate, in words.
+    pub basis: String,
+}
+
+/// Estimates the time to send `n` messages through a provider with these capabilities.
+/// Without a rate limit the bound is anpi's own pace (measured in docs/BENCHMARKS.md: well
+/// over 10,000 sends a second on the simulator); with one, the platform's budget.
+pub fn estimate(n: usize, no_chat_id: usize, caps: &Capabilities) -> Estimate {
+    let reachable = n.saturating_sub(no_chat_id);
+    let (rate, basis) = match caps.rate_limit {
+        Some(l) => (
+            // The token bucket sends at 90% of the limit after an initial 10% burst.
+            l.per_second() * 0.9,
+            format!(
+                "platform limit {} requests per {}s (anpi uses 90%)",
+                l.requests,
+                l.per.as_secs()
+            ),
+        ),
+        None => (
+            10_000.0,
+            "no platform limit: bounded by anpi (~10,000/s)".to_string(),
+        ),
+    };
+    let burst = caps
+        .rate_limit
+        .map(|l| (l.requests as f64 * 0.1).floor().max(1.0))
+        .unwrap_or(0.0);
+    let secs = ((reachable as f64 - burst).max(0.0) / rate.max(1e-9)).max(0.0);
+    Estimate {
+        recipients: n,
+        reachable,
+        no_chat_id,
+        seconds_to_all_sent: (secs * 10.0).round() / 10.0,
+        basis,
+    }
+}
+
+/// A roll call with its progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub roll_call: RollCall,
+    pub progress: Progress,
+}
+
+#[derive(Debug)]
+pub struct Hq {
+    store: SharedStore,
+    clock: SharedClock,
+    provider: String,
+    capabilities: Capabilities,
+    new_work: Arc<Notify>,
+}
+
+impl Hq {
+    pub fn new(
+        store: SharedStore,
+        clock: SharedClock,
+        provider: String,
+        capabilities: Capabilities,
+        new_work: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            provider,
+            capabilities,
+            new_work,
+        }
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// Replaces the stored contacts (the file is the truth), all or nothing.
+    pub async fn import_contacts(&self, contacts: &[Contact]) -> Result<usize, HqError> {
+        Ok(self
+            .store
+            .replace_contacts(contacts, self.clock.now_millis())
+            .await?)
+    }
+
+    async fn audience(&self, scenario: &Scenario) -> Result<Vec<Contact>, HqError> {
+        let contacts = self.store.contacts().await?;
+        if contacts.is_empty() {
+            return Err(HqError::NoContacts);
+        }
+        let audience: Vec<Contact> = contacts
+            .into_iter()
+            .filter(|c| scenario.audience.matches(c))
+            .collect();
+        if audience.is_empty() {
+            return Err(HqError::EmptyAudience(scenario.name.clone()));
+        }
+        Ok(audience)
+    }
+
+    /// How long a roll call of `scenario` would take to reach everyone, without starting it.
+    pub async fn estimate(&self, scenario: &Scenario) -> Result<Estimate, HqError> {
+        let audience = self.audience(scenario).await?;
+        let no_chat = audience
+            .iter()
+            .filter(|c| !c.chat.contains_key(&self.provider))
+            .count();
+        Ok(estimate(audience.len(), no_chat, &self.capabilities))
+    }
+
+    /// Starts a roll call: writes it and every delivery in one transaction and wakes the
+    /// dispatcher. The same `idempotency_key` twice starts one roll call.
+    pub async fn start(
+        &self,
+        scenario: &Scenario,
+        drill: Option<bool>,
+        idempotency_key: Option<String>,
+    ) -> Result<(RollCall, Estimate), HqError> {
+        let audience = self.audience(scenario).await?;
+        let (new, recipients) =
+            rollcall::plan(scenario, &audience, &self.provider, drill, idempotency_key);
+        let no_chat = recipients
+            .iter()
+            .filter(|r| r.chat_handle.is_none())
+            .count();
+        let rc = self
+            .store
+            .create_roll_call(&new, &recipients, self.clock.now_millis())
+            .await?;
+        self.new_work.notify_waiters();
+        Ok((rc, estimate(recipients.len(), no_chat, &self.capabilities)))
+    }
+
+    pub async fn status(&self, id: RollCallId) -> Result<Status, HqError> {
+        let roll_call = self
+            .store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        let progress = self.store.progress(id).await?;
+        Ok(Status {
+            roll_call,
+            progress,
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<RollCall>, HqError> {
+        Ok(self.store.roll_calls().await?)
+    }
+
+    pub async fn close(&self, id: RollCallId) -> Result<bool, HqError> {
+        Ok(self
+            .store
+            .close_roll_call(id, self.clock.now_millis())
+            .await?)
+    }
+
+    pub async fn call_list(&self, id: RollCallId) -> Result<Vec<CallListEntry>, HqError> {
+        Ok(self.store.call_list(id).await?)
+    }
+
+    pub async fn record_outcome(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: CallOutcome,
+        by: &str,
+    ) -> Result<CallListEntry, HqError> {
+        Ok(self
+            .store
+            .record_call_outcome(id, staff, outcome, by, self.clock.now_millis())
+            .await?)
+    }
+
+    /// Waits (by polling the store) until no delivery of `id` is pending or sending.
+    pub async fn wait_all_sent(&self, id: RollCallId, poll: Duration) -> Result<Progress, HqError> {
+        loop {
+            let p = self.store.progress(id).await?;
+            if p.overall.pending == 0 && p.overall.sending == 0 {
+                return Ok(p);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::RateLimit;
+
+    fn caps(limit: Option<RateLimit>) -> Capabilities {
+        Capabilities {
+            read_receipts: true,
+            buttons: true,
+            idempotent_sends: false,
+            rate_limit: limit,
+            max_in_flight: 64,
+        }
+    }
+
+    #[test]
+    fn estimate_follows_the_rate_limit() {
+        let e = estimate(
+            1_000,
+            0,
+            &caps(Some(RateLimit {
+                requests: 240,
+                per: Duration::from_secs(60),
+            })),
+        );
+        // 24 go in the first burst, the other 976 at 3.6/s.
+        assert!((e.seconds_to_all_sent - 271.1).abs() < 0.2, "{e:?}");
+        let e = estimate(1_000, 100, &caps(None));
+        assert_eq!(e.reachable, 900);
+        assert!(e.seconds_to_all_sent < 1.0);
+    }
+}

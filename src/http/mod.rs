@@ -1,0 +1,164 @@
+//! The HTTP API (JSON): one router per resource, routes beside their handlers. Bearer tokens
+//! carry a role: `hq` may do everything, `caller` may read the call list and record outcomes.
+//!
+//! Invariants: a request without a valid token, or with too small a role, is refused before
+//! it touches anything; tokens are compared in constant time and never logged; client errors
+//! say what to fix, server errors are opaque and logged.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tower_http::timeout::TimeoutLayer;
+use tracing::error;
+
+use crate::config::Config;
+use crate::hq::{Hq, HqError};
+use crate::metrics::Metrics;
+
+mod contacts;
+mod ops;
+mod rollcalls;
+
+/// Who may do what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Caller,
+    Hq,
+}
+
+/// The caller, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub role: Role,
+    /// "hq#1", "caller#2": which token, for the record of who made a call.
+    pub name: String,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub hq: Arc<Hq>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ApiState {
+    pub fn new(hq: Arc<Hq>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            hq,
+            config,
+            metrics,
+        }
+    }
+
+    /// Checks the bearer token and that its role is at least `needed`.
+    pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<Principal, ApiError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized("send Authorization: Bearer <token>"))?;
+        let mut found = None;
+        // Compare against every token (no early exit) so timing reveals nothing.
+        for (role, list, label) in [
+            (Role::Hq, &self.config.api.hq_tokens, "hq"),
+            (Role::Caller, &self.config.api.caller_tokens, "caller"),
+        ] {
+            for (i, t) in list.iter().enumerate() {
+                if bool::from(t.expose().as_bytes().ct_eq(token.as_bytes())) && found.is_none() {
+                    found = Some(Principal {
+                        role,
+                        name: format!("{label}#{}", i + 1),
+                    });
+                }
+            }
+        }
+        let p = found.ok_or(ApiError::Unauthorized("the token is not valid"))?;
+        if p.role < needed {
+            return Err(ApiError::Forbidden(
+                "this token's role may not do this; ask HQ",
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// An API error, with a message a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error")]
+    Internal(anyhow::Error),
+}
+
+impl From<HqError> for ApiError {
+    fn from(e: HqError) -> Self {
+        match e {
+            HqError::NotFound(_) => Self::NotFound(e.to_string()),
+            HqError::NoContacts | HqError::EmptyAudience(_) => Self::Conflict(e.to_string()),
+            HqError::Store(crate::store::StoreError::NoSuchRecipient { .. }) => {
+                Self::NotFound(e.to_string())
+            }
+            HqError::Store(s) => Self::Internal(s.into()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::BadRequest(r.body_text()),
+            StatusCode::UNPROCESSABLE_ENTITY => Self::Unprocessable(r.body_text()),
+            _ => Self::BadRequest(r.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(m) if m.contains("length limit") => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Internal(e) => {
+                error!(error = %format!("{e:#}"), "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// The whole API.
+pub fn router(state: ApiState, config: &Config) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .nest("/api", rollcalls::router().merge(contacts::router()))
+        .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.server.request_timeout,
+        ))
+        .with_state(state)
+}

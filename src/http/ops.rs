@@ -1,0 +1,61 @@
+//! Operations endpoints: `/healthz` for load balancers and `/metrics` for Prometheus. Neither
+//! needs a token; neither shows personal data.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::ApiState;
+use crate::rollcall::RollCallState;
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
+    match s.hq.store().ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "database": "ok", "provider": s.hq.provider()})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "database": e.to_string()})),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    let mut open = 0;
+    let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
+    if let Ok(list) = s.hq.list().await {
+        for rc in list.iter().filter(|r| r.state == RollCallState::Open) {
+            open += 1;
+            if let Ok(p) = s.hq.store().progress(rc.id).await {
+                let c = &p.overall;
+                for (k, v) in [
+                    ("pending", c.pending),
+                    ("sending", c.sending),
+                    ("sent", c.sent),
+                    ("read", c.read),
+                    ("answered", c.answered),
+                    ("failed", c.failed),
+                    ("to_call", c.to_call),
+                ] {
+                    *by_state.entry(k.to_string()).or_default() += v;
+                }
+            }
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(open, &by_state),
+    )
+}

@@ -1,0 +1,257 @@
+//! `/api/rollcalls`: start (with an Idempotency-Key so a double click starts one roll call),
+//! list, status, close, the phone-call list (JSON, CSV, table), call outcomes and the event
+//! log; `/api/scenarios` and `/api/estimate` for what HQ sees before starting.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiState, Role};
+use crate::escalation::{render_csv, render_table, ListScope};
+use crate::ids::{RollCallId, StaffId};
+use crate::rollcall::CallOutcome;
+use crate::scenario::Scenario;
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/scenarios", get(scenarios))
+        .route("/estimate", post(estimate))
+        .route("/rollcalls", post(start).get(list))
+        .route("/rollcalls/{id}", get(status))
+        .route("/rollcalls/{id}/close", post(close))
+        .route("/rollcalls/{id}/escalations", get(escalations))
+        .route("/rollcalls/{id}/events", get(events))
+        .route("/rollcalls/{id}/calls/{staff}", post(call))
+}
+
+fn roll_call_id(raw: &str) -> Result<RollCallId, ApiError> {
+    RollCallId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Which scenario to use: a name from the scenarios folder, or a whole scenario file's text.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioRef {
+    scenario: Option<String>,
+    /// The text of a scenario file, checked like one (`origin` names it in errors).
+    scenario_toml: Option<String>,
+    origin: Option<String>,
+    drill: Option<bool>,
+}
+
+impl ScenarioRef {
+    fn resolve(&self, s: &ApiState) -> Result<Scenario, ApiError> {
+        match (&self.scenario_toml, &self.scenario) {
+            (Some(text), _) => {
+                let origin = self.origin.as_deref().unwrap_or("scenario");
+                Scenario::parse(text, origin).map_err(|e| ApiError::Unprocessable(e.to_string()))
+            }
+            (None, Some(name)) => {
+                if name.contains('/') || name.contains('\\') || name.contains("..") {
+                    return Err(ApiError::BadRequest(format!(
+                        "scenario {name:?}: give a scenario name, not a path"
+                    )));
+                }
+                Scenario::find(&s.config.scenarios.dir, name)
+                    .map_err(|e| ApiError::NotFound(e.to_string()))
+            }
+            (None, None) => Err(ApiError::Unprocessable(
+                "say which scenario: {\"scenario\": \"earthquake\"}".into(),
+            )),
+        }
+    }
+}
+
+async fn scenarios(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Hq)?;
+    let list = Scenario::load_dir(&s.config.scenarios.dir)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok(Json(json!(list
+        .iter()
+        .map(
+            |sc| json!({"name": sc.name, "title": sc.title, "drill": sc.drill,
+                         "deadline_seconds": sc.deadline.as_secs()})
+        )
+        .collect::<Vec<_>>())))
+}
+
+async fn estimate(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<ScenarioRef>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Hq)?;
+    let Json(r) = body?;
+    let scenario = r.resolve(&s)?;
+    let est = s.hq.estimate(&scenario).await?;
+    Ok(Json(json!({"scenario": scenario.name, "estimate": est})))
+}
+
+async fn start(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<ScenarioRef>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    s.authorize(&headers, Role::Hq)?;
+    let Json(r) = body?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be plain text".into()))?
+                .trim();
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::BadRequest(
+                    "Idempotency-Key must be 1 to 200 characters".into(),
+                ));
+            }
+            Some(k.to_string())
+        }
+        None => None,
+    };
+    let scenario = r.resolve(&s)?;
+    let (rc, est) = s.hq.start(&scenario, r.drill, key).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"roll_call": rc, "estimate": est})),
+    )
+        .into_response())
+}
+
+async fn list(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    Ok(Json(json!(s.hq.list().await?)))
+}
+
+async fn status(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    let st = s.hq.status(roll_call_id(&id)?).await?;
+    Ok(Json(json!(st)))
+}
+
+async fn close(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Hq)?;
+    let id = roll_call_id(&id)?;
+    let changed = s.hq.close(id).await?;
+    Ok(Json(
+        json!({"roll_call": id, "closed": true, "was_open": changed}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    format: Option<String>,
+    scope: Option<String>,
+}
+
+async fn escalations(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    let id = roll_call_id(&id)?;
+    let scope = match q.scope.as_deref() {
+        None | Some("to_call") => ListScope::ToCall,
+        Some("all") => ListScope::All,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "scope {other:?}: use to_call or all"
+            )))
+        }
+    };
+    let entries = s.hq.call_list(id).await?;
+    let now = s.hq.clock().now_millis();
+    let tz = s.config.zone().map_err(|e| ApiError::Internal(e.into()))?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => {
+            let selected: Vec<_> = entries
+                .into_iter()
+                .filter(|e| scope == ListScope::All || e.to_call())
+                .map(|e| {
+                    let minutes = crate::escalation::minutes_waiting(&e, now);
+                    let to_call = e.to_call();
+                    json!({"entry": e, "minutes_waiting": minutes, "to_call": to_call})
+                })
+                .collect();
+            Ok(Json(json!({"roll_call": id, "entries": selected})).into_response())
+        }
+        "csv" => Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"anpi-{id}-call-list.csv\""),
+                ),
+            ],
+            render_csv(&entries, scope, now, tz),
+        )
+            .into_response()),
+        "table" => Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            render_table(&entries, scope, now, tz),
+        )
+            .into_response()),
+        other => Err(ApiError::BadRequest(format!(
+            "format {other:?}: use json, csv or table"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    outcome: String,
+}
+
+async fn call(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, staff)): Path<(String, String)>,
+    body: Result<Json<CallBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = s.authorize(&headers, Role::Caller)?;
+    let id = roll_call_id(&id)?;
+    let staff = StaffId::parse(&staff).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let Json(b) = body?;
+    let outcome = CallOutcome::parse(&b.outcome).map_err(ApiError::Unprocessable)?;
+    let entry = s.hq.record_outcome(id, &staff, outcome, &who.name).await?;
+    Ok(Json(json!({"entry": entry, "to_call": entry.to_call()})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Hq)?;
+    let id = roll_call_id(&id)?;
+    let ev =
+        s.hq.store()
+            .events(id, q.limit.unwrap_or(1000).min(100_000))
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Json(json!({"roll_call": id, "events": ev})))
+}

@@ -1,0 +1,51 @@
+#![forbid(unsafe_code)]
+//! anpi (安否) — a disaster safety-check dispatch service.
+//!
+//! When disaster HQ starts a roll call, anpi sends one short message to every member of staff
+//! and every shelter phone through the organisation's chat platform, watches read receipts and
+//! answers, and when each person's deadline (5 minutes by default, counted from when their
+//! message actually went out) passes unread, puts them on a phone-call list HQ works through.
+//!
+//! # Layout
+//! - [`ids`]: the identifiers that cross modules (staff id, chat id, roll call id).
+//! - [`contacts`]: the contacts file (TOML, CSV in UTF-8 or Shift_JIS), phone numbers to E.164.
+//! - [`scenario`]: roll-call templates: message, buttons, audience, deadline, drill flag.
+//! - [`rollcall`]: roll calls, deliveries and their state machine.
+//! - [`hq`]: what HQ does (start, status, close, call list, outcomes), for every interface.
+//! - [`dispatch`]: the outbox worker that claims and sends deliveries.
+//! - [`ratelimit`]: the per-provider token bucket.
+//! - [`receipts`]: read receipts and answers from providers into delivery state.
+//! - [`escalation`]: the deadline worker and the phone-call list's renderings.
+//! - [`providers`]: the chat-provider trait and its adapters.
+//! - [`simulator`]: the built-in stand-in chat server (demo, tests, benchmark).
+//! - [`store`]: the storage trait and its SQLite backend.
+//! - [`http`]: the JSON API, `/healthz`, `/metrics`.
+//! - [`clock`]: the one source of time (real, scaled, manual).
+//! - [`config`]: layered configuration and its validation.
+//! - [`startup`]: builds and runs the application.
+//! - [`metrics`]: Prometheus counters.
+//! - [`worker`]: the shape shared by background workers.
+//! - [`cli`], [`demo`], [`bench`], [`telemetry`]: the command line and its one-process modes.
+
+pub mod bench;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod contacts;
+pub mod demo;
+pub mod dispatch;
+pub mod escalation;
+pub mod hq;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod providers;
+pub mod ratelimit;
+pub mod receipts;
+pub mod rollcall;
+pub mod scenario;
+pub mod simulator;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

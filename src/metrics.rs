@@ -1,0 +1,162 @@
+//! Counters for `/metrics`, in Prometheus text format. Delivery counts by state are read from
+//! the store when scraped (the database is the truth); this module keeps only what the
+//! database does not: send results and latency per provider, callback refusals, store errors.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::providers::{ProviderError, Sent};
+
+/// Upper bounds (seconds) of the send latency histogram.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Debug, Default)]
+struct ProviderStats {
+    results: BTreeMap<&'static str, u64>,
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    providers: Mutex<BTreeMap<String, ProviderStats>>,
+    callback_rejections: Mutex<BTreeMap<String, u64>>,
+    store_errors: AtomicU64,
+    events_applied: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_send(&self, provider: &str, res: &Result<Sent, ProviderError>, took: Duration) {
+        let result = match res {
+            Ok(_) => "sent",
+            Err(ProviderError::Retryable { .. }) => "retryable",
+            Err(ProviderError::RateLimited { .. }) => "rate_limited",
+            Err(ProviderError::Permanent(_)) => "permanent",
+        };
+        let mut map = self.providers.lock().unwrap_or_else(|e| e.into_inner());
+        let st = map.entry(provider.to_string()).or_default();
+        *st.results.entry(result).or_default() += 1;
+        let secs = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                st.buckets[i] += 1;
+            }
+        }
+        st.count += 1;
+        st.sum += secs;
+    }
+
+    pub fn callback_rejected(&self, reason: &str) {
+        let mut map = self
+            .callback_rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *map.entry(reason.to_string()).or_default() += 1;
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn events_applied(&self, n: u64) {
+        self.events_applied.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Renders the counters, plus the given gauges read from the store.
+    pub fn render(
+        &self,
+        roll_calls_open: i64,
+        deliveries_by_state: &BTreeMap<String, i64>,
+    ) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP anpi_roll_calls_open Roll calls not yet closed."
+        );
+        let _ = writeln!(out, "# TYPE anpi_roll_calls_open gauge");
+        let _ = writeln!(out, "anpi_roll_calls_open {roll_calls_open}");
+        let _ = writeln!(
+            out,
+            "# HELP anpi_deliveries Deliveries of open roll calls by state."
+        );
+        let _ = writeln!(out, "# TYPE anpi_deliveries gauge");
+        for (state, n) in deliveries_by_state {
+            let _ = writeln!(out, "anpi_deliveries{{state=\"{state}\"}} {n}");
+        }
+        let providers = self.providers.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP anpi_sends_total Send attempts by provider and result."
+        );
+        let _ = writeln!(out, "# TYPE anpi_sends_total counter");
+        for (p, st) in providers.iter() {
+            for (r, n) in &st.results {
+                let _ = writeln!(
+                    out,
+                    "anpi_sends_total{{provider=\"{p}\",result=\"{r}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP anpi_send_seconds Send latency by provider.");
+        let _ = writeln!(out, "# TYPE anpi_send_seconds histogram");
+        for (p, st) in providers.iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "anpi_send_seconds_bucket{{provider=\"{p}\",le=\"{b}\"}} {}",
+                    st.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "anpi_send_seconds_bucket{{provider=\"{p}\",le=\"+Inf\"}} {}",
+                st.count
+            );
+            let _ = writeln!(out, "anpi_send_seconds_sum{{provider=\"{p}\"}} {}", st.sum);
+            let _ = writeln!(
+                out,
+                "anpi_send_seconds_count{{provider=\"{p}\"}} {}",
+                st.count
+            );
+        }
+        drop(providers);
+        let _ = writeln!(
+            out,
+            "# HELP anpi_callback_rejections_total Refused provider callbacks by reason."
+        );
+        let _ = writeln!(out, "# TYPE anpi_callback_rejections_total counter");
+        for (r, n) in self
+            .callback_rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "anpi_callback_rejections_total{{reason=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP anpi_store_errors_total Database operations that failed and were retried."
+        );
+        let _ = writeln!(out, "# TYPE anpi_store_errors_total counter");
+        let _ = writeln!(
+            out,
+            "anpi_store_errors_total {}",
+            self.store_errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP anpi_events_applied_total Inbound chat events logged."
+        );
+        let _ = writeln!(out, "# TYPE anpi_events_applied_total counter");
+        let _ = writeln!(
+            out,
+            "anpi_events_applied_total {}",
+            self.events_applied.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

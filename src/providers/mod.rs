@@ -1,0 +1,146 @@
+//! Chat providers: one trait, one adapter per platform. The core never branches on a
+//! provider's name; it reads what a provider can do from [`Capabilities`] and reacts to the
+//! error class the adapter chose ([`ProviderError`]).
+//!
+//! Invariant: an [`OutboundMessage`] carries a chat id and the message text, never personal
+//! data (phone numbers, e-mail addresses, home addresses).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChatHandle, RollCallId};
+
+pub mod simulator;
+
+/// One tap-to-answer choice shown under the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerButton {
+    /// What the person sees: "無事 / Safe".
+    pub label: String,
+    /// What comes back when they tap it: "safe".
+    pub value: String,
+}
+
+/// What is sent to one person. Deliberately small: this is all that leaves the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessage {
+    /// anpi's delivery row; lets a provider make sends idempotent.
+    pub delivery_id: i64,
+    pub roll_call_id: RollCallId,
+    pub to: ChatHandle,
+    /// Japanese first, then English.
+    pub text: String,
+    pub buttons: Vec<AnswerButton>,
+}
+
+/// A successful send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The platform's id for the message, where it gives one.
+    pub message_id: Option<String>,
+}
+
+/// A send or poll that did not work, classified once, in the adapter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth trying again (5xx, timeout, connection refused), not before `after` if given.
+    #[error("temporary failure: {reason}")]
+    Retryable {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// The platform's rate limit was hit: nothing more to this provider until `reset` passes.
+    #[error("rate limited for {reset:?}")]
+    RateLimited { reset: Duration },
+    /// Will never work (unknown user, account disabled, message refused).
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+/// A platform's request budget: `requests` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    pub fn per_second(&self) -> f64 {
+        self.requests as f64 / self.per.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What a provider can do; the dispatcher and the planner read only this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The platform tells anpi when a person has read a message.
+    pub read_receipts: bool,
+    /// Messages can carry one-tap answer buttons.
+    pub buttons: bool,
+    /// A send with the same delivery id twice shows the message once.
+    pub idempotent_sends: bool,
+    /// The platform's send budget, if it has one.
+    pub rate_limit: Option<RateLimit>,
+    /// How many sends may be in flight at once.
+    pub max_in_flight: usize,
+}
+
+/// What came back from a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InboundKind {
+    /// A read receipt.
+    Read,
+    /// A one-tap answer button; `value` is the button's value ("safe").
+    Answer { value: String },
+    /// A free-text reply.
+    Reply { text: String },
+    /// A sticker or reaction: a full answer.
+    Sticker { id: String },
+}
+
+/// One event from a platform, before anpi has matched it to a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundEvent {
+    /// The platform's id for the event; duplicates share it.
+    pub event_id: String,
+    /// The roll call the event answers, when the platform can tell.
+    pub roll_call_id: Option<RollCallId>,
+    pub from: ChatHandle,
+    pub kind: InboundKind,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Events fetched from a pull-based platform and where to continue next time.
+#[derive(Debug, Clone, Default)]
+pub struct EventBatch {
+    pub events: Vec<InboundEvent>,
+    /// Opaque; stored with the applied events so a restart resumes exactly here.
+    pub cursor: Option<String>,
+}
+
+/// A chat platform.
+#[async_trait]
+pub trait ChatProvider: Send + Sync + std::fmt::Debug {
+    /// The key used in config, contacts (`chat.<name>`) and storage.
+    fn name(&self) -> &str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Sends one message to one person.
+    async fn send(&self, msg: &OutboundMessage) -> Result<Sent, ProviderError>;
+
+    /// Fetches events after `cursor`, waiting up to `wait` for some to arrive. Push-based
+    /// platforms (callbacks) return an empty batch.
+    async fn poll_events(
+        &self,
+        cursor: Option<&str>,
+        wait: Duration,
+    ) -> Result<EventBatch, ProviderError> {
+        let _ = (cursor, wait);
+        Ok(EventBatch::default())
+    }
+}

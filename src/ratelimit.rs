@@ -1,0 +1,180 @@
+//! A token bucket per provider, on anpi's clock, so that a platform's request budget is never
+//! exceeded and its 429 / Retry-After pauses every sender at once.
+//!
+//! Invariant: in any window of the platform's length, at most the platform's limit is spent.
+//! The bucket refills at 90% of the limit and holds at most 10% of it, so even a full bucket
+//! spent at once plus a window's refill stays within the limit.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::clock::{Millis, SharedClock};
+use crate::providers::RateLimit;
+
+#[derive(Debug)]
+pub struct TokenBucket {
+    clock: SharedClock,
+    /// Tokens per millisecond.
+    rate: f64,
+    capacity: f64,
+    state: Mutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    tokens: f64,
+    last: Millis,
+    paused_until: Millis,
+}
+
+impl TokenBucket {
+    pub fn new(limit: RateLimit, clock: SharedClock) -> Self {
+        let per_ms = limit.requests as f64 / (limit.per.as_millis().max(1) as f64);
+        let capacity = (limit.requests as f64 * 0.1).floor().max(1.0);
+        let now = clock.now_millis();
+        Self {
+            clock,
+            rate: per_ms * 0.9,
+            capacity,
+            state: Mutex::new(BucketState {
+                tokens: capacity,
+                last: now,
+                paused_until: 0,
+            }),
+        }
+    }
+
+    /// Sends per second this bucket sustains.
+    pub fn sustained_per_second(&self) -> f64 {
+        self.rate * 1000.0
+    }
+
+    /// Waits until one request may be made, then takes it.
+    pub async fn acquire(&self) {
+        loop {
+            let wait_ms = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = self.clock.now_millis();
+                if now > s.last {
+                    s.tokens = (s.tokens + (now - s.last) as f64 * self.rate).min(self.capacity);
+                    s.last = now;
+                }
+                if now < s.paused_until {
+                    s.paused_until - now
+                } else if s.tokens >= 1.0 {
+                    s.tokens -= 1.0;
+                    return;
+                } else {
+                    ((1.0 - s.tokens) / self.rate).ceil().max(1.0) as i64
+                }
+            };
+            self.clock
+                .sleep(Duration::from_millis(wait_ms.max(1) as u64))
+                .await;
+        }
+    }
+
+    /// The platform said "no more until `reset`": nobody sends until then, and the bucket
+    /// starts empty afterwards.
+    pub fn pause_for(&self, reset: Duration) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let until = self.clock.now_millis() + reset.as_millis() as i64;
+        if until > s.paused_until {
+            s.paused_until = until;
+            s.tokens = 0.0;
+            s.last = until;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use chrono::TimeZone;
+    use std::sync::Arc;
+
+    fn clock() -> ManualClock {
+        ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap())
+    }
+
+    #[tokio::test]
+    async fn burst_is_a_tenth_of_the_limit_then_waits_for_refill() {
+        let c = clock();
+        let bucket = Arc::new(TokenBucket::new(
+            RateLimit {
+                requests: 240,
+                per: Duration::from_secs(60),
+            },
+            Arc::new(c.clone()),
+        ));
+        for _ in 0..24 {
+            bucket.acquire().await;
+        }
+        let b2 = bucket.clone();
+        let next = tokio::spawn(async move { b2.acquire().await });
+        tokio::task::yield_now().await;
+        assert!(!next.is_finished(), "25th request must wait");
+        // 0.9 * 4/s = 3.6/s: one token takes about 278 ms.
+        c.advance(Duration::from_millis(300));
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("woke after refill")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_window_ever_exceeds_the_limit() {
+        // Spend greedily over 5 simulated minutes, stepping the clock 10 ms at a time, and
+        // count the spend in every 60 s window.
+        let c = clock();
+        let limit = RateLimit {
+            requests: 240,
+            per: Duration::from_secs(60),
+        };
+        let bucket = TokenBucket::new(limit, Arc::new(c.clone()));
+        let mut stamps = Vec::new();
+        for _ in 0..30_000 {
+            loop {
+                let got = tokio::time::timeout(Duration::from_millis(0), bucket.acquire()).await;
+                if got.is_ok() {
+                    stamps.push(c.now_millis());
+                } else {
+                    break;
+                }
+            }
+            c.advance(Duration::from_millis(10));
+        }
+        let mut j = 0;
+        for i in 0..stamps.len() {
+            while stamps[i] - stamps[j] >= 60_000 {
+                j += 1;
+            }
+            assert!(i - j < 240, "{} sends in one window", i - j + 1);
+        }
+        assert!(stamps.len() > 900, "bucket too stingy: {}", stamps.len());
+    }
+
+    #[tokio::test]
+    async fn pause_blocks_until_reset() {
+        let c = clock();
+        let bucket = Arc::new(TokenBucket::new(
+            RateLimit {
+                requests: 1000,
+                per: Duration::from_secs(1),
+            },
+            Arc::new(c.clone()),
+        ));
+        bucket.pause_for(Duration::from_secs(5));
+        let b2 = bucket.clone();
+        let waiter = tokio::spawn(async move { b2.acquire().await });
+        c.advance(Duration::from_secs(4));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        c.advance(Duration::from_millis(1100));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woke after reset")
+            .unwrap();
+    }
+}

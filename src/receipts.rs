@@ -1,0 +1,125 @@
+//! The receipt path: read receipts, button taps, replies and stickers from a provider become
+//! delivery state changes and append-only event-log entries.
+//!
+//! Invariant: applying the same events twice, or in another order, leaves the same state; the
+//! feed cursor is stored in the same transaction as the events it covers, so a restart resumes
+//! exactly where the last applied batch ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info_span, warn, Instrument};
+
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::providers::{ChatProvider, InboundEvent, ProviderError};
+use crate::store::{ApplySummary, SharedStore, StoreError};
+use crate::worker::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("provider event feed: {0}")]
+    Provider(#[from] ProviderError),
+}
+
+/// Applies events that arrived by callback (push-based providers).
+pub async fn apply(
+    store: &SharedStore,
+    clock: &SharedClock,
+    provider: &str,
+    events: &[InboundEvent],
+) -> Result<ApplySummary, StoreError> {
+    store
+        .apply_events(provider, events, None, clock.now_millis())
+        .await
+}
+
+/// Follows a pull-based provider's event feed.
+#[derive(Debug)]
+pub struct ReceiptWatcher {
+    store: SharedStore,
+    provider: Arc<dyn ChatProvider>,
+    clock: SharedClock,
+    /// How long one poll may wait for events to arrive.
+    poll_wait: Duration,
+    cursor: tokio::sync::Mutex<Option<Option<String>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReceiptWatcher {
+    pub fn new(
+        store: SharedStore,
+        provider: Arc<dyn ChatProvider>,
+        clock: SharedClock,
+        poll_wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            provider,
+            clock,
+            poll_wait,
+            cursor: tokio::sync::Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// Fetches one batch from the feed and applies it.
+    pub async fn run_once(&self) -> Result<Outcome, ReceiptError> {
+        let mut cursor = self.cursor.lock().await;
+        if cursor.is_none() {
+            *cursor = Some(self.store.cursor(self.provider.name()).await?);
+        }
+        let current = cursor.clone().flatten();
+        let batch = self
+            .provider
+            .poll_events(current.as_deref(), self.poll_wait)
+            .await?;
+        if batch.events.is_empty() && (batch.cursor.is_none() || batch.cursor == current) {
+            return Ok(Outcome::Idle);
+        }
+        let summary = self
+            .store
+            .apply_events(
+                self.provider.name(),
+                &batch.events,
+                batch.cursor.as_deref(),
+                self.clock.now_millis(),
+            )
+            .await?;
+        self.metrics.events_applied(summary.logged);
+        if batch.cursor.is_some() {
+            *cursor = Some(batch.cursor);
+        }
+        Ok(Outcome::Worked(batch.events.len() as u64))
+    }
+
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let provider = self.provider.name().to_string();
+        let mut failures = 0u32;
+        while !cancel.is_cancelled() {
+            let res = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.run_once().instrument(info_span!("receipts", %provider)) => r,
+            };
+            match res {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    warn!(%provider, error = %e, "event feed failed; retrying");
+                    if matches!(e, ReceiptError::Store(_)) {
+                        self.metrics.store_error();
+                    }
+                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Roll calls and their deliveries: the domain types, the delivery state machine, and how a
+//! roll call is created from a scenario and the contacts.
+//!
+//! Invariants: a delivery's progress only moves forward (`pending < sending < sent < read <
+//! answered`; a read never becomes unread); escalation and call outcomes are recorded beside
+//! the progress, never instead of it, so a late read after escalation still shows as read and
+//! takes the person off the list still to call.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+use crate::contacts::{Contact, ContactKind};
+use crate::ids::{ChatHandle, RollCallId, StaffId};
+use crate::providers::AnswerButton;
+use crate::scenario::Scenario;
+
+/// How far a message has come. Ordered: a later state never returns to an earlier one,
+/// except `sending -> pending` when a retryable send failed (the message did not go out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Sending,
+    Sent,
+    Read,
+    Answered,
+    /// The provider refused for good (unknown user, disabled account) or retries ran out.
+    Failed,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 6] = [
+        Self::Pending,
+        Self::Sending,
+        Self::Sent,
+        Self::Read,
+        Self::Answered,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Read => "read",
+            Self::Answered => "answered",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Read or answered: the person has seen the message.
+    pub fn is_confirmed(self) -> bool {
+        matches!(self, Self::Read | Self::Answered)
+    }
+
+    /// The state after a read receipt. A read only moves forward; a read of a message whose
+    /// send was reported failed still proves the person saw it.
+    pub fn after_read(self) -> Self {
+        match self {
+            Self::Answered => Self::Answered,
+            _ => Self::Read,
+        }
+    }
+
+    /// The state after an answer (button, reply, sticker): always answered.
+    pub fn after_answer(self) -> Self {
+        Self::Answered
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeliveryState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery state {s:?}"))
+    }
+}
+
+/// Why a person is on the phone-call list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationReason {
+    /// The deadline passed after the message went out, and nobody read it.
+    NeverRead,
+    /// The chat platform refused the message for good.
+    SendFailed,
+    /// The person has no id on the roll call's chat platform.
+    NoChatId,
+}
+
+impl EscalationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NeverRead => "never_read",
+            Self::SendFailed => "send_failed",
+            Self::NoChatId => "no_chat_id",
+        }
+    }
+
+    /// How HQ reads it, Japanese first.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NeverRead => "未読 / never read",
+            Self::SendFailed => "送信失敗 / send failed",
+            Self::NoChatId => "チャット未登録 / no chat id",
+        }
+    }
+}
+
+impl FromStr for EscalationReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::NeverRead, Self::SendFailed, Self::NoChatId]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown escalation reason {s:?}"))
+    }
+}
+
+/// What HQ learned by phone. A proxy answer: recorded with who called and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    ReachedSafe,
+    ReachedInjured,
+    ReachedNeedsHelp,
+    NoAnswer,
+    Unreachable,
+}
+
+impl CallOutcome {
+    pub const ALL: [CallOutcome; 5] = [
+        Self::ReachedSafe,
+        Self::ReachedInjured,
+        Self::ReachedNeedsHelp,
+        Self::NoAnswer,
+        Self::Unreachable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReachedSafe => "reached_safe",
+            Self::ReachedInjured => "reached_injured",
+            Self::ReachedNeedsHelp => "reached_needs_help",
+            Self::NoAnswer => "no_answer",
+            Self::Unreachable => "unreachable",
+        }
+    }
+
+    /// Accepts the stored names and the short CLI forms (`safe`, `injured`, `needs-help`,
+    /// `no-answer`, `unreachable`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let norm = s.trim().to_ascii_lowercase().replace('-', "_");
+        let found = match norm.as_str() {
+            "safe" | "reached_safe" => Some(Self::ReachedSafe),
+            "injured" | "reached_injured" => Some(Self::ReachedInjured),
+            "needs_help" | "reached_needs_help" => Some(Self::ReachedNeedsHelp),
+            "no_answer" => Some(Self::NoAnswer),
+            "unreachable" => Some(Self::Unreachable),
+            _ => None,
+        };
+        found.ok_or_else(|| {
+            format!(
+                "unknown call outcome {s:?}: use safe, injured, needs-help, no-answer or unreachable"
+            )
+        })
+    }
+
+    /// No answer means: call again later. Every other outcome closes the entry.
+    pub fn closes_entry(self) -> bool {
+        !matches!(self, Self::NoAnswer)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ReachedSafe => "電話で無事確認 / reached: safe",
+            Self::ReachedInjured => "電話で負傷確認 / reached: injured",
+            Self::ReachedNeedsHelp => "要救助 / reached: needs help",
+            Self::NoAnswer => "不在 / no answer",
+            Self::Unreachable => "不通 / unreachable",
+        }
+    }
+}
+
+impl FromStr for CallOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Open while messages go out and answers come in; closed by HQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollCallState {
+    Open,
+    Closed,
+}
+
+impl RollCallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// A roll call as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollCall {
+    pub id: RollCallId,
+    pub scenario: String,
+    pub title: String,
+    /// Exactly the text that went to staff.
+    pub message: String,
+    pub buttons: Vec<AnswerButton>,
+    pub drill: bool,
+    pub deadline_ms: i64,
+    pub provider: String,
+    pub state: RollCallState,
+    pub created_at: Millis,
+    pub closed_at: Option<Millis>,
+    pub recipients: i64,
+}
+
+impl RollCall {
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.max(0) as u64)
+    }
+}
+
+/// What is written when a roll call is started.
+#[derive(Debug, Clone)]
+pub struct NewRollCall {
+    pub scenario: String,
+    pub title: String,
+    pub message: String,
+    pub buttons: Vec<AnswerButton>,
+    pub drill: bool,
+    pub deadline_ms: i64,
+    pub provider: String,
+    /// A repeated start with the same key returns the first roll call.
+    pub idempotency_key: Option<String>,
+}
+
+/// One recipient, snapshotted at start so the record stands even if contacts change later.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewDelivery {
+    pub staff_id: StaffId,
+    pub name: String,
+    pub department: Option<String>,
+    pub shelter: Option<String>,
+    pub kind: ContactKind,
+    pub call_priority: u8,
+    /// E.164 numbers, primary first.
+    pub phones: Vec<String>,
+    pub email: Option<String>,
+    /// None: the person has no id on this provider and goes straight to the call list.
+    pub chat_handle: Option<ChatHandle>,
+}
+
+impl NewDelivery {
+    pub fn from_contact(c: &Contact, provider: &str) -> Self {
+        Self {
+            staff_id: c.id.clone(),
+            name: c.name.clone(),
+            department: c.department.clone(),
+            shelter: c.shelter.clone(),
+            kind: c.kind,
+            call_priority: c.call_priority,
+            phones: c.phones.iter().map(|p| p.to_string()).collect(),
+            email: c.email.as_ref().map(|e| e.to_string()),
+            chat_handle: c.chat.get(provider).cloned(),
+        }
+    }
+}
+
+/// Builds the roll call and its recipients from a scenario and the contacts.
+pub fn plan(
+    scenario: &Scenario,
+    contacts: &[Contact],
+    provider: &str,
+    drill_override: Option<bool>,
+    idempotency_key: Option<String>,
+) -> (NewRollCall, Vec<NewDelivery>) {
+    let drill = drill_override.unwrap_or(scenario.drill) || scenario.drill;
+    let recipients: Vec<NewDelivery> = contacts
+        .iter()
+        .filter(|c| scenario.audience.matches(c))
+        .map(|c| NewDelivery::from_contact(c, provider))
+        .collect();
+    let title = if drill && !scenario.title.contains("訓練") {
+        format!("【訓練】{}", scenario.title)
+    } else {
+        scenario.title.clone()
+    };
+    let new = NewRollCall {
+        scenario: scenario.name.clone(),
+        title,
+        message: scenario.message_text(drill),
+        buttons: scenario.buttons.clone(),
+        drill,
+        deadline_ms: scenario.deadline.as_millis() as i64,
+        provider: provider.to_string(),
+        idempotency_key,
+    };
+    (new, recipients)
+}
+
+/// A delivery claimed by the dispatcher: everything needed to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub roll_call_id: RollCallId,
+    pub chat_handle: ChatHandle,
+    /// Including this one.
+    pub attempts: i64,
+}
+
+/// One delivery's fate after a send attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendResult {
+    Sent {
+        id: i64,
+        at: Millis,
+        deadline_at: Millis,
+        message_id: Option<String>,
+    },
+    Retry {
+        id: i64,
+        next_attempt_at: Millis,
+        error: String,
+        /// A rate-limit refusal is the platform pacing anpi, not a failed attempt: it does
+        /// not count towards giving up.
+        refund_attempt: bool,
+    },
+    Failed {
+        id: i64,
+        error: String,
+    },
+}
+
+/// Counts for HQ's progress view.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: i64,
+    pub pending: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub read: i64,
+    pub answered: i64,
+    pub failed: i64,
+    /// On the call list and not yet confirmed or closed by a call.
+    pub to_call: i64,
+    /// Ever escalated (including those who read late or were reached).
+    pub escalated: i64,
+    /// Closed by a phone call.
+    pub reached: i64,
+}
+
+impl Counts {
+    /// Everyone whose message went out (or who is known to have seen it).
+    pub fn delivered(&self) -> i64 {
+        self.sent + self.read + self.answered
+    }
+    pub fn confirmed(&self) -> i64 {
+        self.read + self.answered
+    }
+}
+
+/// Progress of one roll call, overall and by group.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub overall: Counts,
+    pub by_department: BTreeMap<String, Counts>,
+    pub by_shelter: BTreeMap<String, Counts>,
+    /// Answer value -> how many gave it.
+    pub answers: BTreeMap<String, i64>,
+    /// When the earliest pending deadline falls (stored time).
+    pub next_deadline_at: Option<Millis>,
+    /// When the last message went out.
+    pub last_sent_at: Option<Millis>,
+}
+
+/// One row of the phone-call list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallListEntry {
+    pub delivery_id: i64,
+    pub staff_id: StaffId,
+    pub name: String,
+    pub department: Option<String>,
+    pub shelter: Option<String>,
+    pub kind: ContactKind,
+    pub call_priority: u8,
+    pub phones: Vec<String>,
+    pub state: DeliveryState,
+    /// None only for a person HQ called without their being escalated.
+    pub reason: Option<EscalationReason>,
+    pub last_error: Option<String>,
+    pub sent_at: Option<Millis>,
+    pub escalated_at: Option<Millis>,
+    pub read_at: Option<Millis>,
+    pub answer: Option<String>,
+    pub outcome: Option<CallOutcome>,
+    pub outcome_at: Option<Millis>,
+    pub outcome_by: Option<String>,
+}
+
+impl CallListEntry {
+    /// Still to be called: not confirmed in chat, and no call has closed the entry.
+    pub fn to_call(&self) -> bool {
+        !self.state.is_confirmed() && !self.outcome.is_some_and(CallOutcome::closes_entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn state() -> impl Strategy<Value = DeliveryState> {
+        prop::sample::select(DeliveryState::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn a_read_never_lowers_the_state(s in state()) {
+            let after = s.after_read();
+            prop_assert!(after.is_confirmed());
+            if s == DeliveryState::Answered { prop_assert_eq!(after, DeliveryState::Answered); }
+        }
+
+        #[test]
+        fn receipts_in_any_order_end_in_the_same_state(events in prop::collection::vec(any::<bool>(), 1..20)) {
+            // true = answer, false = read
+            let fold = |evs: &[bool]| evs.iter().fold(DeliveryState::Sent, |s, &ans| if ans { s.after_answer() } else { s.after_read() });
+            let mut rev = events.clone();
+            rev.reverse();
+            prop_assert_eq!(fold(&events), fold(&rev));
+            let any_answer = events.iter().any(|a| *a);
+            prop_assert_eq!(fold(&events) == DeliveryState::Answered, any_answer);
+        }
+    }
+
+    #[test]
+    fn outcome_parses_cli_forms() {
+        assert_eq!(
+            CallOutcome::parse("no-answer").unwrap(),
+            CallOutcome::NoAnswer
+        );
+        assert_eq!(
+            CallOutcome::parse("SAFE").unwrap(),
+            CallOutcome::ReachedSafe
+        );
+        let err = CallOutcome::parse("fine").unwrap_err();
+        assert!(err.contains("safe, injured"), "{err}");
+    }
+
+    #[test]
+    fn no_answer_keeps_the_person_on_the_list() {
+        assert!(!CallOutcome::NoAnswer.closes_entry());
+        assert!(CallOutcome::ReachedSafe.closes_entry());
+        assert!(CallOutcome::Unreachable.closes_entry());
+    }
+}

@@ -1,0 +1,236 @@
+//! Wiring: [`Application::build`] opens the store, builds the provider and its workers, binds
+//! the HTTP listener (port 0 allowed); [`Application::run_until_stopped`] runs everything until
+//! the shutdown token fires. `anpi serve`, `anpi demo` and the tests all start anpi this way.
+//!
+//! Invariant: every long-lived task is on one `TaskTracker` and stops on one
+//! `CancellationToken`; a worker finishes the batch it claimed, an unfinished lease expires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::clock::{ScaledClock, SharedClock, SystemClock};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::escalation::DeadlineWorker;
+use crate::hq::Hq;
+use crate::http::{self, ApiState};
+use crate::metrics::Metrics;
+use crate::providers::simulator::SimulatorProvider;
+use crate::providers::ChatProvider;
+use crate::ratelimit::TokenBucket;
+use crate::receipts::ReceiptWatcher;
+use crate::scenario::Scenario;
+use crate::store::{self, SharedStore};
+
+/// The clock the configuration asks for.
+pub fn clock_from(config: &Config) -> SharedClock {
+    match config.time.epoch {
+        Some(epoch) if config.time.speed != 1.0 => {
+            Arc::new(ScaledClock::new(epoch, config.time.speed))
+        }
+        _ => Arc::new(SystemClock),
+    }
+}
+
+/// Builds the configured chat provider.
+pub fn provider_from(config: &Config) -> anyhow::Result<Arc<dyn ChatProvider>> {
+    match config.provider.as_str() {
+        "simulator" => {
+            let sim = config
+                .providers
+                .simulator
+                .as_ref()
+                .context("providers.simulator is not configured")?;
+            Ok(Arc::new(SimulatorProvider::new(
+                sim.url.clone(),
+                sim.token.expose().to_string(),
+                sim.rate_limit(),
+                sim.max_in_flight,
+            )))
+        }
+        other => anyhow::bail!("unknown chat provider {other:?}"),
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    config: Arc<Config>,
+    store: SharedStore,
+    clock: SharedClock,
+    hq: Arc<Hq>,
+    metrics: Arc<Metrics>,
+    dispatchers: Vec<Arc<Dispatcher>>,
+    watcher: Arc<ReceiptWatcher>,
+    deadlines: Arc<DeadlineWorker>,
+}
+
+impl Application {
+    /// Builds with the clock the configuration names.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let clock = clock_from(&config);
+        Self::build_with_clock(config, clock).await
+    }
+
+    /// Builds with a given clock (tests move a manual one).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let store = store::open(&config.database.url)
+            .await
+            .with_context(|| format!("opening the database {}", config.database.url))?;
+        let provider = provider_from(&config)?;
+        let metrics = Arc::new(Metrics::default());
+        let new_work = Arc::new(Notify::new());
+        let deadlines_changed = Arc::new(Notify::new());
+        let caps = provider.capabilities();
+        let limiter = caps
+            .rate_limit
+            .map(|l| Arc::new(TokenBucket::new(l, clock.clone())));
+        let dispatchers = (0..config.dispatch.workers)
+            .map(|_| {
+                Arc::new(Dispatcher::new(
+                    store.clone(),
+                    provider.clone(),
+                    clock.clone(),
+                    limiter.clone(),
+                    config.dispatch_settings(),
+                    new_work.clone(),
+                    deadlines_changed.clone(),
+                    metrics.clone(),
+                ))
+            })
+            .collect();
+        let poll_wait = config
+            .providers
+            .simulator
+            .as_ref()
+            .map(|s| s.poll_wait)
+            .unwrap_or(std::time::Duration::from_secs(1));
+        let watcher = Arc::new(ReceiptWatcher::new(
+            store.clone(),
+            provider.clone(),
+            clock.clone(),
+            poll_wait,
+            metrics.clone(),
+        ));
+        let deadlines = Arc::new(DeadlineWorker::new(
+            store.clone(),
+            clock.clone(),
+            deadlines_changed,
+            metrics.clone(),
+        ));
+        let hq = Arc::new(Hq::new(
+            store.clone(),
+            clock.clone(),
+            provider.name().to_string(),
+            caps,
+            new_work,
+        ));
+        if let Some(path) = config.contacts_file() {
+            let dir = crate::contacts::load_file(path)
+                .with_context(|| format!("loading contacts from {}", path.display()))?;
+            let n = hq.import_contacts(&dir.contacts).await?;
+            info!(contacts = n, file = %path.display(), "contacts loaded");
+        }
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        Ok(Self {
+            listener,
+            config: Arc::new(config),
+            store,
+            clock,
+            hq,
+            metrics,
+            dispatchers,
+            watcher,
+            deadlines,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.config.server.listen)
+    }
+
+    pub fn hq(&self) -> Arc<Hq> {
+        self.hq.clone()
+    }
+
+    pub fn store(&self) -> SharedStore {
+        self.store.clone()
+    }
+
+    pub fn deadlines(&self) -> Arc<DeadlineWorker> {
+        self.deadlines.clone()
+    }
+
+    /// Runs the workers, the drill schedule and the HTTP server until `cancel` fires.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        for d in &self.dispatchers {
+            tracker.spawn(d.clone().run(cancel.clone()));
+        }
+        tracker.spawn(self.watcher.clone().run(cancel.clone()));
+        tracker.spawn(self.deadlines.clone().run(cancel.clone()));
+        let mut scheduler = None;
+        if !self.config.drills.is_empty() {
+            scheduler = Some(start_drills(&self.config, self.hq.clone()).await?);
+        }
+        let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone());
+        let app = http::router(state, &self.config);
+        let addr = self.local_addr();
+        info!(%addr, provider = self.hq.provider(), "anpi is listening");
+        let shutdown = cancel.clone();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP server failed")?;
+        cancel.cancel();
+        if let Some(mut s) = scheduler {
+            let _ = s.shutdown().await;
+        }
+        tracker.close();
+        tracker.wait().await;
+        info!("anpi stopped");
+        let _ = self.clock;
+        Ok(())
+    }
+}
+
+/// Recurring drills: wall-clock schedules, the one place tokio-cron-scheduler is used.
+async fn start_drills(
+    config: &Config,
+    hq: Arc<Hq>,
+) -> anyhow::Result<tokio_cron_scheduler::JobScheduler> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+    let sched = JobScheduler::new()
+        .await
+        .context("starting the drill scheduler")?;
+    let tz = config.zone()?;
+    for (i, drill) in config.drills.iter().enumerate() {
+        let scenario = Scenario::find(&config.scenarios.dir, &drill.scenario)
+            .with_context(|| format!("drills[{i}]: scenario {:?}", drill.scenario))?;
+        let hq = hq.clone();
+        let job = Job::new_async_tz(drill.cron.as_str(), tz, move |_id, _l| {
+            let hq = hq.clone();
+            let scenario = scenario.clone();
+            Box::pin(async move {
+                match hq.start(&scenario, Some(true), None).await {
+                    Ok((rc, _)) => info!(roll_call = %rc.id, scenario = %scenario.name, "scheduled drill started"),
+                    Err(e) => warn!(error = %e, scenario = %scenario.name, "scheduled drill could not start"),
+                }
+            })
+        })
+        .with_context(|| format!("drills[{i}].cron {:?}", drill.cron))?;
+        sched.add(job).await?;
+    }
+    sched.start().await?;
+    Ok(sched)
+}

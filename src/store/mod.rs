@@ -1,0 +1,170 @@
+//! Storage: the database is the truth, and every worker reconciles from it. The [`Store`]
+//! trait speaks in domain operations; each backend is one file ([`sqlite`] is the embedded
+//! default).
+//!
+//! Invariants every backend keeps: creating a roll call writes it and all its deliveries in
+//! one transaction; a claim hands each due delivery to one worker until its lease expires;
+//! outcome updates only move a delivery forward; the event log is append-only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::Millis;
+use crate::contacts::Contact;
+use crate::ids::{RollCallId, StaffId};
+use crate::providers::InboundEvent;
+use crate::rollcall::{
+    CallListEntry, CallOutcome, ClaimedDelivery, NewDelivery, NewRollCall, Progress, RollCall,
+    SendResult,
+};
+
+pub mod sqlite;
+
+/// What can go wrong in storage, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("roll call {0} does not exist")]
+    NoSuchRollCall(RollCallId),
+    #[error("{staff} is not a recipient of roll call {roll_call}")]
+    NoSuchRecipient {
+        roll_call: RollCallId,
+        staff: StaffId,
+    },
+    #[error("roll call {0} is closed")]
+    Closed(RollCallId),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    UnsupportedUrl(String),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// A connection-level problem worth retrying (the database is busy or unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            )
+        ) || matches!(self, Self::Database(sqlx::Error::Database(e)) if e.message().contains("locked") || e.message().contains("busy"))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What an inbound batch changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplySummary {
+    /// Events new to the log (replays are not counted).
+    pub logged: u64,
+    /// Deliveries that moved to read.
+    pub read: u64,
+    /// Deliveries that moved to answered or changed their answer.
+    pub answered: u64,
+}
+
+/// One event-log entry, for HQ's record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoggedEvent {
+    pub id: i64,
+    pub provider: String,
+    pub event_id: String,
+    pub roll_call_id: Option<i64>,
+    pub delivery_id: Option<i64>,
+    pub from: String,
+    pub kind: String,
+    pub value: Option<String>,
+    pub occurred_at: Millis,
+    pub received_at: Millis,
+}
+
+/// The operations anpi needs from a database.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Brings the schema up to date.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Replaces the stored contacts with `contacts`, all or nothing. Returns how many.
+    async fn replace_contacts(&self, contacts: &[Contact], now: Millis) -> StoreResult<usize>;
+    async fn contacts(&self) -> StoreResult<Vec<Contact>>;
+
+    /// Writes a roll call and one delivery per recipient in one transaction. People without a
+    /// chat id are escalated at once. With an idempotency key already used, returns the roll
+    /// call made the first time and writes nothing.
+    async fn create_roll_call(
+        &self,
+        new: &NewRollCall,
+        recipients: &[NewDelivery],
+        now: Millis,
+    ) -> StoreResult<RollCall>;
+    async fn roll_call(&self, id: RollCallId) -> StoreResult<Option<RollCall>>;
+    async fn roll_calls(&self) -> StoreResult<Vec<RollCall>>;
+    /// Closes a roll call: nothing more is sent or escalated for it. False if already closed.
+    async fn close_roll_call(&self, id: RollCallId, now: Millis) -> StoreResult<bool>;
+    async fn progress(&self, id: RollCallId) -> StoreResult<Progress>;
+
+    /// Claims up to `limit` deliveries of `provider` that are due (pending and due, or whose
+    /// lease ran out), marking them sending until `now + lease`.
+    async fn claim_due_deliveries(
+        &self,
+        provider: &str,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records a batch of send results with a few set-based statements.
+    async fn record_send_results(&self, results: &[SendResult], now: Millis) -> StoreResult<()>;
+    /// When the next pending delivery of `provider` becomes due, if any.
+    async fn next_due_attempt(&self, provider: &str) -> StoreResult<Option<Millis>>;
+
+    /// Logs inbound events and applies them to deliveries, and stores the feed cursor, in one
+    /// transaction. Duplicates and out-of-order events change nothing they should not.
+    async fn apply_events(
+        &self,
+        provider: &str,
+        events: &[InboundEvent],
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<ApplySummary>;
+    async fn cursor(&self, provider: &str) -> StoreResult<Option<String>>;
+    async fn events(&self, roll_call: RollCallId, limit: usize) -> StoreResult<Vec<LoggedEvent>>;
+
+    /// The earliest deadline of a sent, unread, not yet escalated delivery of an open roll call.
+    async fn next_deadline(&self) -> StoreResult<Option<Millis>>;
+    /// Escalates every sent, unread delivery whose deadline has passed. Returns how many.
+    async fn escalate_due(&self, now: Millis) -> StoreResult<u64>;
+    /// Everyone ever escalated in the roll call, shelter phones first, then by call priority,
+    /// then longest unread first.
+    async fn call_list(&self, id: RollCallId) -> StoreResult<Vec<CallListEntry>>;
+    async fn record_call_outcome(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: CallOutcome,
+        by: &str,
+        now: Millis,
+    ) -> StoreResult<CallListEntry>;
+
+    /// Cheap liveness check of the database.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store named by a database URL. `sqlite://PATH` (created if missing) or
+/// `sqlite::memory:`.
+pub async fn open(url: &str) -> StoreResult<SharedStore> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}

@@ -1,0 +1,866 @@
+//! The embedded default store: one SQLite file in WAL mode, created if missing.
+//!
+//! Every hot-path operation is one set-based statement over a JSON array of rows
+//! (`json_each`), never a statement per row: on SQLite through sqlx each statement costs a
+//! cross-thread round trip, rows cost almost nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use crate::clock::Millis;
+use crate::contacts::{Contact, ContactKind};
+use crate::ids::{ChatHandle, RollCallId, StaffId};
+use crate::providers::{InboundEvent, InboundKind};
+use crate::rollcall::{
+    CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
+    NewDelivery, NewRollCall, Progress, RollCall, RollCallState, SendResult,
+};
+
+/// Rows per multi-row statement when writing deliveries.
+const INSERT_CHUNK: usize = 5_000;
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Connects to `sqlite://PATH` (creating the file) or `sqlite::memory:`.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let memory = url.contains(":memory:");
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            // An in-memory database exists once per connection: keep exactly one.
+            .max_connections(if memory { 1 } else { 4 })
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn row_to_roll_call(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RollCall> {
+    let buttons: String = r.try_get("buttons")?;
+    let state: String = r.try_get("state")?;
+    Ok(RollCall {
+        id: RollCallId(r.try_get("id")?),
+        scenario: r.try_get("scenario")?,
+        title: r.try_get("title")?,
+        message: r.try_get("message")?,
+        buttons: serde_json::from_str(&buttons)
+            .map_err(|e| StoreError::Corrupt(format!("roll call buttons: {e}")))?,
+        drill: r.try_get::<i64, _>("drill")? != 0,
+        deadline_ms: r.try_get("deadline_ms")?,
+        provider: r.try_get("provider")?,
+        state: if state == "closed" {
+            RollCallState::Closed
+        } else {
+            RollCallState::Open
+        },
+        created_at: r.try_get("created_at")?,
+        closed_at: r.try_get("closed_at")?,
+        recipients: r.try_get("recipients")?,
+    })
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn row_to_entry(r: &sqlx::sqlite::SqliteRow) -> StoreResult<CallListEntry> {
+    let phones: String = r.try_get("phones")?;
+    let kind: String = r.try_get("kind")?;
+    let state: String = r.try_get("state")?;
+    let reason: Option<String> = r.try_get("escalation_reason")?;
+    let outcome: Option<String> = r.try_get("outcome")?;
+    let staff: String = r.try_get("staff_id")?;
+    Ok(CallListEntry {
+        delivery_id: r.try_get("id")?,
+        staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
+        name: r.try_get("name")?,
+        department: r.try_get("department")?,
+        shelter: r.try_get("shelter")?,
+        kind: parse_kind(&kind)?,
+        call_priority: r.try_get::<i64, _>("call_priority")?.clamp(0, 255) as u8,
+        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
+        state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
+        reason: reason
+            .map(|s| EscalationReason::from_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("escalation reason", e))?,
+        last_error: r.try_get("last_error")?,
+        sent_at: r.try_get("sent_at")?,
+        escalated_at: r.try_get("escalated_at")?,
+        read_at: r.try_get("read_at")?,
+        answer: r.try_get("answer")?,
+        outcome: outcome
+            .map(|s| CallOutcome::parse(&s))
+            .transpose()
+            .map_err(|e| corrupt("outcome", e))?,
+        outcome_at: r.try_get("outcome_at")?,
+        outcome_by: r.try_get("outcome_by")?,
+    })
+}
+
+fn parse_kind(s: &str) -> StoreResult<ContactKind> {
+    match s {
+        "staff" => Ok(ContactKind::Staff),
+        "shelter_phone" => Ok(ContactKind::ShelterPhone),
+        other => Err(corrupt("contact kind", other)),
+    }
+}
+
+fn kind_str(k: ContactKind) -> &'static str {
+    match k {
+        ContactKind::Staff => "staff",
+        ContactKind::ShelterPhone => "shelter_phone",
+    }
+}
+
+const ENTRY_COLUMNS: &str = "id, staff_id, name, department, shelter, kind, call_priority, \
+    phones, state, escalation_reason, last_error, sent_at, escalated_at, read_at, answer, \
+    outcome, outcome_at, outcome_by";
+
+/// One key of an inbound batch after folding: what the batch says about one delivery.
+#[derive(Debug, Default)]
+struct Folded {
+    first_seen: Option<Millis>,
+    first_answer: Option<Millis>,
+    latest_answer: Option<(Millis, String)>,
+}
+
+fn answer_value(kind: &InboundKind) -> Option<String> {
+    match kind {
+        InboundKind::Read => None,
+        InboundKind::Answer { value } => Some(value.clone()),
+        InboundKind::Reply { .. } => Some("reply".to_string()),
+        InboundKind::Sticker { .. } => Some("sticker".to_string()),
+    }
+}
+
+fn kind_parts(kind: &InboundKind) -> (&'static str, Option<String>) {
+    match kind {
+        InboundKind::Read => ("read", None),
+        InboundKind::Answer { value } => ("answer", Some(value.clone())),
+        InboundKind::Reply { text } => ("reply", Some(text.clone())),
+        InboundKind::Sticker { id } => ("sticker", Some(id.clone())),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn replace_contacts(&self, contacts: &[Contact], now: Millis) -> StoreResult<usize> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM contacts")
+            .execute(&mut *tx)
+            .await?;
+        for chunk in contacts.chunks(INSERT_CHUNK) {
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|c| {
+                    Ok(json!({
+                        "id": c.id.as_str(),
+                        "doc": serde_json::to_string(c).map_err(|e| corrupt("contact", e))?,
+                    }))
+                })
+                .collect::<StoreResult<_>>()?;
+            sqlx::query(
+                "INSERT INTO contacts (id, doc, imported_at) \
+                 SELECT json_extract(value, '$.id'), json_extract(value, '$.doc'), $2 \
+                 FROM json_each($1)",
+            )
+            .bind(serde_json::Value::Array(rows).to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(contacts.len())
+    }
+
+    async fn contacts(&self) -> StoreResult<Vec<Contact>> {
+        let rows = sqlx::query("SELECT doc FROM contacts ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let doc: String = r.try_get("doc")?;
+                serde_json::from_str(&doc).map_err(|e| corrupt("stored contact", e))
+            })
+            .collect()
+    }
+
+    async fn create_roll_call(
+        &self,
+        new: &NewRollCall,
+        recipients: &[NewDelivery],
+        now: Millis,
+    ) -> StoreResult<RollCall> {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(existing) = self.roll_call_by_key(key).await? {
+                return Ok(existing);
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO roll_calls (scenario, title, message, buttons, drill, deadline_ms, \
+             provider, state, created_at, recipients, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10) RETURNING id",
+        )
+        .bind(&new.scenario)
+        .bind(&new.title)
+        .bind(&new.message)
+        .bind(serde_json::to_string(&new.buttons).map_err(|e| corrupt("buttons", e))?)
+        .bind(new.drill as i64)
+        .bind(new.deadline_ms)
+        .bind(&new.provider)
+        .bind(now)
+        .bind(recipients.len() as i64)
+        .bind(&new.idempotency_key)
+        .fetch_one(&mut *tx)
+        .await;
+        let id: i64 = match inserted {
+            Ok(row) => row.try_get("id")?,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                drop(tx);
+                let key = new.idempotency_key.as_deref().unwrap_or_default();
+                return self
+                    .roll_call_by_key(key)
+                    .await?
+                    .ok_or_else(|| corrupt("idempotency key", "vanished"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for chunk in recipients.chunks(INSERT_CHUNK) {
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|d| {
+                    json!({
+                        "s": d.staff_id.as_str(),
+                        "n": d.name,
+                        "d": d.department,
+                        "sh": d.shelter,
+                        "k": kind_str(d.kind),
+                        "p": d.call_priority,
+                        "ph": serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into()),
+                        "e": d.email,
+                        "h": d.chat_handle.as_ref().map(|h| h.as_str()),
+                    })
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
+                 call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
+                 last_error, escalated_at, escalation_reason) \
+                 SELECT $1, json_extract(value, '$.s'), json_extract(value, '$.n'), \
+                   json_extract(value, '$.d'), json_extract(value, '$.sh'), \
+                   json_extract(value, '$.k'), json_extract(value, '$.p'), \
+                   json_extract(value, '$.ph'), json_extract(value, '$.e'), $2, \
+                   json_extract(value, '$.h'), \
+                   CASE WHEN json_extract(value, '$.h') IS NULL THEN 'failed' ELSE 'pending' END, \
+                   $3, \
+                   CASE WHEN json_extract(value, '$.h') IS NULL \
+                        THEN 'no chat id on ' || $2 ELSE NULL END, \
+                   CASE WHEN json_extract(value, '$.h') IS NULL THEN $3 ELSE NULL END, \
+                   CASE WHEN json_extract(value, '$.h') IS NULL THEN 'no_chat_id' ELSE NULL END \
+                 FROM json_each($4)",
+            )
+            .bind(id)
+            .bind(&new.provider)
+            .bind(now)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row = sqlx::query("SELECT * FROM roll_calls WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let rc = row_to_roll_call(&row)?;
+        tx.commit().await?;
+        Ok(rc)
+    }
+
+    async fn roll_call(&self, id: RollCallId) -> StoreResult<Option<RollCall>> {
+        let row = sqlx::query("SELECT * FROM roll_calls WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_roll_call).transpose()
+    }
+
+    async fn roll_calls(&self) -> StoreResult<Vec<RollCall>> {
+        let rows = sqlx::query("SELECT * FROM roll_calls ORDER BY id DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row_to_roll_call).collect()
+    }
+
+    async fn close_roll_call(&self, id: RollCallId, now: Millis) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE roll_calls SET state = 'closed', closed_at = $2 WHERE id = $1 AND state = 'open'",
+        )
+        .bind(id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            let exists = sqlx::query("SELECT 1 FROM roll_calls WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NoSuchRollCall(id));
+            }
+            return Ok(false);
+        }
+        // Whatever has not gone out by now never will: it must not sit in the queue.
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', lease_until = NULL, \
+             last_error = 'roll call closed before this was sent' \
+             WHERE roll_call_id = $1 AND state IN ('pending', 'sending')",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn progress(&self, id: RollCallId) -> StoreResult<Progress> {
+        let rows = sqlx::query(
+            "SELECT department, shelter, kind, state, escalated_at IS NOT NULL AS esc, outcome, \
+                    COUNT(*) AS n \
+             FROM deliveries WHERE roll_call_id = $1 \
+             GROUP BY department, shelter, kind, state, esc, outcome",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut p = Progress::default();
+        for r in &rows {
+            let dept: Option<String> = r.try_get("department")?;
+            let shelter: Option<String> = r.try_get("shelter")?;
+            let kind = parse_kind(&r.try_get::<String, _>("kind")?)?;
+            let state = DeliveryState::from_str(&r.try_get::<String, _>("state")?)
+                .map_err(|e| corrupt("state", e))?;
+            let escalated = r.try_get::<i64, _>("esc")? != 0;
+            let outcome = r
+                .try_get::<Option<String>, _>("outcome")?
+                .map(|s| CallOutcome::parse(&s))
+                .transpose()
+                .map_err(|e| corrupt("outcome", e))?;
+            let n: i64 = r.try_get("n")?;
+            let mut targets: Vec<&mut Counts> = vec![&mut p.overall];
+            match kind {
+                ContactKind::Staff => targets.push(
+                    p.by_department
+                        .entry(dept.unwrap_or_else(|| "(所属なし)".to_string()))
+                        .or_default(),
+                ),
+                ContactKind::ShelterPhone => targets.push(
+                    p.by_shelter
+                        .entry(shelter.unwrap_or_else(|| "(避難所名なし)".to_string()))
+                        .or_default(),
+                ),
+            }
+            for c in targets {
+                add_counts(c, state, escalated, outcome, n);
+            }
+        }
+        let answers = sqlx::query(
+            "SELECT answer, COUNT(*) AS n FROM deliveries \
+             WHERE roll_call_id = $1 AND answer IS NOT NULL GROUP BY answer",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &answers {
+            p.answers
+                .insert(r.try_get("answer")?, r.try_get::<i64, _>("n")?);
+        }
+        let times = sqlx::query(
+            "SELECT MAX(sent_at) AS last_sent, \
+                    MIN(CASE WHEN state = 'sent' AND escalated_at IS NULL THEN deadline_at END) AS next_dl \
+             FROM deliveries WHERE roll_call_id = $1",
+        )
+        .bind(id.0)
+        .fetch_one(&self.pool)
+        .await?;
+        p.last_sent_at = times.try_get("last_sent")?;
+        p.next_deadline_at = times.try_get("next_dl")?;
+        Ok(p)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        provider: &str,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let lease_until = now + lease.as_millis() as i64;
+        // Expired leases first (a crashed worker's batch), then due pending rows; each part
+        // walks the (provider, state, next_attempt_at) index and stops at the limit.
+        let rows = sqlx::query(
+            "UPDATE deliveries SET state = 'sending', lease_until = $1, attempts = attempts + 1 \
+             WHERE id IN ( \
+               SELECT id FROM ( \
+                 SELECT id FROM (SELECT id FROM deliveries \
+                    WHERE provider = $2 AND state = 'sending' AND lease_until <= $3 LIMIT $4) \
+                 UNION ALL \
+                 SELECT id FROM (SELECT id FROM deliveries \
+                    WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 LIMIT $4) \
+               ) LIMIT $4) \
+             RETURNING id, roll_call_id, chat_handle, attempts",
+        )
+        .bind(lease_until)
+        .bind(provider)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let handle: Option<String> = r.try_get("chat_handle")?;
+                let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
+                Ok(ClaimedDelivery {
+                    id: r.try_get("id")?,
+                    roll_call_id: RollCallId(r.try_get("roll_call_id")?),
+                    chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat id", e))?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_send_results(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
+        let mut sent = Vec::new();
+        let mut retry = Vec::new();
+        let mut failed = Vec::new();
+        for r in results {
+            match r {
+                SendResult::Sent {
+                    id,
+                    at,
+                    deadline_at,
+                    message_id,
+                } => sent.push(json!({"id": id, "at": at, "dl": deadline_at, "mid": message_id})),
+                SendResult::Retry {
+                    id,
+                    next_attempt_at,
+                    error,
+                    refund_attempt,
+                } => retry.push(json!({"id": id, "next": next_attempt_at, "err": error,
+                                       "refund": *refund_attempt as i64})),
+                SendResult::Failed { id, error } => failed.push(json!({"id": id, "err": error})),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        if !sent.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET \
+                   state = CASE WHEN deliveries.state = 'sending' THEN 'sent' ELSE deliveries.state END, \
+                   sent_at = COALESCE(deliveries.sent_at, j.at), \
+                   deadline_at = COALESCE(deliveries.deadline_at, j.dl), \
+                   message_id = COALESCE(j.mid, deliveries.message_id), \
+                   lease_until = NULL \
+                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.at') AS at, \
+                              json_extract(value, '$.dl') AS dl, json_extract(value, '$.mid') AS mid \
+                       FROM json_each($1)) AS j \
+                 WHERE deliveries.id = j.id AND deliveries.state IN ('sending', 'read', 'answered')",
+            )
+            .bind(serde_json::Value::Array(sent).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !retry.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = j.next, \
+                   last_error = j.err, lease_until = NULL, attempts = deliveries.attempts - j.refund \
+                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.next') AS next, \
+                              json_extract(value, '$.err') AS err, json_extract(value, '$.refund') AS refund \
+                       FROM json_each($1)) AS j \
+                 WHERE deliveries.id = j.id AND deliveries.state = 'sending'",
+            )
+            .bind(serde_json::Value::Array(retry).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !failed.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'failed', last_error = j.err, lease_until = NULL, \
+                   escalated_at = COALESCE(deliveries.escalated_at, $2), \
+                   escalation_reason = COALESCE(deliveries.escalation_reason, 'send_failed') \
+                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.err') AS err \
+                       FROM json_each($1)) AS j \
+                 WHERE deliveries.id = j.id AND deliveries.state = 'sending'",
+            )
+            .bind(serde_json::Value::Array(failed).to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_due_attempt(&self, provider: &str) -> StoreResult<Option<Millis>> {
+        let row = sqlx::query(
+            "SELECT MIN(t) AS t FROM ( \
+               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'pending' \
+               UNION ALL \
+               SELECT MIN(lease_until) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')",
+        )
+        .bind(provider)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("t")?)
+    }
+
+    async fn apply_events(
+        &self,
+        provider: &str,
+        events: &[InboundEvent],
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<ApplySummary> {
+        let mut summary = ApplySummary::default();
+        let mut tx = self.pool.begin().await?;
+        if !events.is_empty() {
+            // An event that does not say which roll call it answers belongs to the newest roll
+            // call that person was sent.
+            let mut resolved: HashMap<&str, Option<i64>> = HashMap::new();
+            for e in events.iter().filter(|e| e.roll_call_id.is_none()) {
+                if resolved.contains_key(e.from.as_str()) {
+                    continue;
+                }
+                let rc: Option<i64> = sqlx::query(
+                    "SELECT MAX(roll_call_id) AS rc FROM deliveries WHERE provider = $1 AND chat_handle = $2",
+                )
+                .bind(provider)
+                .bind(e.from.as_str())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("rc")?;
+                resolved.insert(e.from.as_str(), rc);
+            }
+            let rc_of = |e: &InboundEvent| {
+                e.roll_call_id
+                    .map(|r| r.0)
+                    .or_else(|| resolved.get(e.from.as_str()).copied().flatten())
+            };
+            let rows: Vec<serde_json::Value> = events
+                .iter()
+                .map(|e| {
+                    let (kind, value) = kind_parts(&e.kind);
+                    json!({
+                        "eid": e.event_id, "rc": rc_of(e), "h": e.from.as_str(),
+                        "k": kind, "v": value, "at": e.occurred_at.timestamp_millis(),
+                    })
+                })
+                .collect();
+            let fresh = sqlx::query(
+                "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
+                   kind, value, occurred_at, received_at) \
+                 SELECT $1, j.eid, j.rc, \
+                   (SELECT d.id FROM deliveries d WHERE d.provider = $1 AND d.chat_handle = j.h \
+                      AND d.roll_call_id = j.rc), \
+                   j.h, j.k, j.v, j.at, $2 \
+                 FROM (SELECT json_extract(value, '$.eid') AS eid, json_extract(value, '$.rc') AS rc, \
+                              json_extract(value, '$.h') AS h, json_extract(value, '$.k') AS k, \
+                              json_extract(value, '$.v') AS v, json_extract(value, '$.at') AS at \
+                       FROM json_each($3)) AS j \
+                 WHERE true \
+                 ON CONFLICT (provider, event_id) DO NOTHING \
+                 RETURNING event_id",
+            )
+            .bind(provider)
+            .bind(now)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            summary.logged = fresh.len() as u64;
+            let fresh: std::collections::HashSet<String> = fresh
+                .iter()
+                .map(|r| r.try_get::<String, _>("event_id"))
+                .collect::<Result<_, _>>()?;
+
+            // Fold the new events per delivery so each delivery gets one update per kind.
+            let mut folded: BTreeMap<(i64, &str), Folded> = BTreeMap::new();
+            for e in events.iter().filter(|e| fresh.contains(&e.event_id)) {
+                let Some(rc) = rc_of(e) else { continue };
+                let at = e.occurred_at.timestamp_millis();
+                let f = folded.entry((rc, e.from.as_str())).or_default();
+                f.first_seen = Some(f.first_seen.map_or(at, |t| t.min(at)));
+                if let Some(v) = answer_value(&e.kind) {
+                    f.first_answer = Some(f.first_answer.map_or(at, |t| t.min(at)));
+                    if f.latest_answer.as_ref().is_none_or(|(t, _)| at >= *t) {
+                        f.latest_answer = Some((at, v));
+                    }
+                }
+            }
+            let reads: Vec<serde_json::Value> = folded
+                .iter()
+                .map(|((rc, h), f)| json!({"rc": rc, "h": h, "r": f.first_seen}))
+                .collect();
+            let answers: Vec<serde_json::Value> = folded
+                .iter()
+                .filter_map(|((rc, h), f)| {
+                    let (la, v) = f.latest_answer.as_ref()?;
+                    Some(json!({"rc": rc, "h": h, "a": f.first_answer, "la": la, "v": v}))
+                })
+                .collect();
+            if !reads.is_empty() {
+                summary.read = sqlx::query(
+                    "UPDATE deliveries SET \
+                       state = CASE WHEN deliveries.state = 'answered' THEN 'answered' ELSE 'read' END, \
+                       read_at = CASE WHEN deliveries.read_at IS NULL OR j.r < deliveries.read_at \
+                                      THEN j.r ELSE deliveries.read_at END \
+                     FROM (SELECT json_extract(value, '$.rc') AS rc, json_extract(value, '$.h') AS h, \
+                                  json_extract(value, '$.r') AS r FROM json_each($2)) AS j \
+                     WHERE deliveries.provider = $1 AND deliveries.chat_handle = j.h \
+                       AND deliveries.roll_call_id = j.rc \
+                       AND (deliveries.state NOT IN ('read', 'answered') \
+                            OR deliveries.read_at IS NULL OR j.r < deliveries.read_at)",
+                )
+                .bind(provider)
+                .bind(serde_json::Value::Array(reads).to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            if !answers.is_empty() {
+                summary.answered = sqlx::query(
+                    "UPDATE deliveries SET state = 'answered', \
+                       answered_at = CASE WHEN deliveries.answered_at IS NULL OR j.a < deliveries.answered_at \
+                                          THEN j.a ELSE deliveries.answered_at END, \
+                       answer = CASE WHEN deliveries.answer_at IS NULL OR j.la >= deliveries.answer_at \
+                                     THEN j.v ELSE deliveries.answer END, \
+                       answer_at = CASE WHEN deliveries.answer_at IS NULL OR j.la >= deliveries.answer_at \
+                                        THEN j.la ELSE deliveries.answer_at END \
+                     FROM (SELECT json_extract(value, '$.rc') AS rc, json_extract(value, '$.h') AS h, \
+                                  json_extract(value, '$.a') AS a, json_extract(value, '$.la') AS la, \
+                                  json_extract(value, '$.v') AS v FROM json_each($2)) AS j \
+                     WHERE deliveries.provider = $1 AND deliveries.chat_handle = j.h \
+                       AND deliveries.roll_call_id = j.rc",
+                )
+                .bind(provider)
+                .bind(serde_json::Value::Array(answers).to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+        }
+        if let Some(c) = cursor {
+            sqlx::query(
+                "INSERT INTO provider_cursors (provider, cursor, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (provider) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+            )
+            .bind(provider)
+            .bind(c)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(summary)
+    }
+
+    async fn cursor(&self, provider: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT cursor FROM provider_cursors WHERE provider = $1")
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("cursor")).transpose()?)
+    }
+
+    async fn events(&self, roll_call: RollCallId, limit: usize) -> StoreResult<Vec<LoggedEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, provider, event_id, roll_call_id, delivery_id, from_handle, kind, value, \
+                    occurred_at, received_at \
+             FROM events WHERE roll_call_id = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(roll_call.0)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LoggedEvent {
+                    id: r.try_get("id")?,
+                    provider: r.try_get("provider")?,
+                    event_id: r.try_get("event_id")?,
+                    roll_call_id: r.try_get("roll_call_id")?,
+                    delivery_id: r.try_get("delivery_id")?,
+                    from: r.try_get("from_handle")?,
+                    kind: r.try_get("kind")?,
+                    value: r.try_get("value")?,
+                    occurred_at: r.try_get("occurred_at")?,
+                    received_at: r.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_deadline(&self) -> StoreResult<Option<Millis>> {
+        let row = sqlx::query(
+            "SELECT MIN(deadline_at) AS t FROM deliveries \
+             WHERE state = 'sent' AND escalated_at IS NULL \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("t")?)
+    }
+
+    async fn escalate_due(&self, now: Millis) -> StoreResult<u64> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn call_list(&self, id: RollCallId) -> StoreResult<Vec<CallListEntry>> {
+        if self.roll_call(id).await?.is_none() {
+            return Err(StoreError::NoSuchRollCall(id));
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM deliveries \
+             WHERE roll_call_id = $1 AND (escalated_at IS NOT NULL OR outcome IS NOT NULL) \
+             ORDER BY kind = 'shelter_phone' DESC, call_priority, \
+                      COALESCE(sent_at, escalated_at), staff_id"
+        ))
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_entry).collect()
+    }
+
+    async fn record_call_outcome(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: CallOutcome,
+        by: &str,
+        now: Millis,
+    ) -> StoreResult<CallListEntry> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5 \
+             WHERE roll_call_id = $1 AND staff_id = $2 RETURNING {ENTRY_COLUMNS}, chat_handle"
+        ))
+        .bind(id.0)
+        .bind(staff.as_str())
+        .bind(outcome.as_str())
+        .bind(now)
+        .bind(by)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            if self.roll_call(id).await?.is_none() {
+                return Err(StoreError::NoSuchRollCall(id));
+            }
+            return Err(StoreError::NoSuchRecipient {
+                roll_call: id,
+                staff: staff.clone(),
+            });
+        };
+        let entry = row_to_entry(&row)?;
+        let handle: Option<String> = row.try_get("chat_handle")?;
+        // The call is evidence too: it goes in the same append-only log as chat events.
+        sqlx::query(
+            "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, kind, \
+               value, occurred_at, received_at) \
+             VALUES ('phone', $1, $2, $3, $4, 'call_outcome', $5, $6, $6)",
+        )
+        .bind(format!("call-{}-{}-{}", entry.delivery_id, now, by))
+        .bind(id.0)
+        .bind(entry.delivery_id)
+        .bind(handle.unwrap_or_else(|| staff.to_string()))
+        .bind(format!("{} by {by}", outcome.as_str()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    async fn roll_call_by_key(&self, key: &str) -> StoreResult<Option<RollCall>> {
+        let row = sqlx::query("SELECT * FROM roll_calls WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_roll_call).transpose()
+    }
+}
+
+fn add_counts(
+    c: &mut Counts,
+    state: DeliveryState,
+    escalated: bool,
+    outcome: Option<CallOutcome>,
+    n: i64,
+) {
+    c.total += n;
+    match state {
+        DeliveryState::Pending => c.pending += n,
+        DeliveryState::Sending => c.sending += n,
+        DeliveryState::Sent => c.sent += n,
+        DeliveryState::Read => c.read += n,
+        DeliveryState::Answered => c.answered += n,
+        DeliveryState::Failed => c.failed += n,
+    }
+    if escalated {
+        c.escalated += n;
+        if !state.is_confirmed() && !outcome.is_some_and(CallOutcome::closes_entry) {
+            c.to_call += n;
+        }
+    }
+    if outcome.is_some_and(CallOutcome::closes_entry) {
+        c.reached += n;
+    }
+}

@@ -1,0 +1,154 @@
+//! The `anpi` command as a person runs it: checking files, and the daemon commands against a
+//! running daemon.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn anpi(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_anpi"))
+        .args(args)
+        .env_remove("ANPI_TOKEN")
+        .env_remove("ANPI_URL")
+        .output()
+        .expect("anpi runs")
+}
+
+#[test]
+fn contacts_check_accepts_the_example_file() {
+    let out = anpi(&[
+        "contacts",
+        "check",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/contacts.example.toml"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+}
+
+#[test]
+fn contacts_check_names_line_and_field_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("staff.csv");
+    std::fs::write(
+        &f,
+        "id,name,department,phones,chat.simulator\n\
+         S1,田中 一郎,総務課,090-1234-5678,sim-S1\n\
+         S2,佐藤 花子,総務課,090-12-34,sim-S2\n\
+         S1,鈴木 次郎,建設課,0256-34-5525,\n",
+    )
+    .unwrap();
+    let out = anpi(&["contacts", "check", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":3:") && err.contains("phones"), "{err}");
+    assert!(
+        err.contains(":4:") && err.contains("S1"),
+        "duplicate id named: {err}"
+    );
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = anpi(&["--help"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "serve",
+        "demo",
+        "rollcall",
+        "escalations",
+        "call",
+        "contacts",
+    ] {
+        assert!(s.contains(cmd), "--help mentions {cmd}: {s}");
+    }
+}
+
+#[test]
+fn remote_commands_without_a_token_say_how_to_give_one() {
+    let out = anpi(&["rollcall", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ANPI_TOKEN"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollcall_status_escalations_and_call_go_through_the_api() {
+    let app = spawn_app().await;
+    let url = app.base_url.clone();
+    let run = move |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_anpi"))
+                .args(&args)
+                .env("ANPI_URL", url)
+                .env("ANPI_TOKEN", HQ_TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec![
+        "rollcall".into(),
+        "start".into(),
+        "--scenario".into(),
+        "earthquake".into(),
+    ])
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("#1"), "{stdout}");
+    app.all_sent(anpi::ids::RollCallId(1)).await;
+    app.advance(mins(6));
+    app.wait_for(anpi::ids::RollCallId(1), "escalation", |p| {
+        p.overall.to_call > 0
+    })
+    .await;
+    let out = run(vec!["rollcall".into(), "status".into(), "1".into()])
+        .await
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(s.contains("要電話 50"), "{s}");
+    let out = run(vec![
+        "escalations".into(),
+        "1".into(),
+        "--format".into(),
+        "csv".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(out.stdout.starts_with(&[0xEF, 0xBB, 0xBF]));
+    let first = app.call_list(anpi::ids::RollCallId(1)).await[0]
+        .staff_id
+        .to_string();
+    let out = run(vec![
+        "call".into(),
+        "1".into(),
+        first.clone(),
+        "--outcome".into(),
+        "safe".into(),
+    ])
+    .await
+    .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && s.contains("off the list"), "{s}");
+    let out = run(vec![
+        "escalations".into(),
+        "1".into(),
+        "--format".into(),
+        "json".into(),
+    ])
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 49);
+    app.shutdown().await;
+}

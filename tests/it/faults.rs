@@ -1,0 +1,105 @@
+//! A platform that fails: 503s, 429s with Retry-After, slow answers, unknown users, and a
+//! rate limit. Everyone still ends sent or on the call list with the reason, and the limit is
+//! never exceeded by anpi.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anpi::contacts::synthetic;
+use anpi::rollcall::EscalationReason;
+use anpi::simulator::{Behaviour, Faults, Script};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn with_5xx_429_and_slow_answers_everyone_ends_sent_or_on_the_list() {
+    let contacts = synthetic::generate(300, 21).contacts;
+    let hs = handles(&contacts);
+    let mut script = Script::default();
+    let mut unknown = BTreeSet::new();
+    for (c, h) in contacts.iter().zip(&hs).step_by(50) {
+        script.insert(
+            h.clone(),
+            Behaviour {
+                unknown: true,
+                ..Behaviour::default()
+            },
+        );
+        unknown.insert(c.id.to_string());
+    }
+    // A 600-a-minute platform at 60x: 600 sends a real second at most.
+    let app = spawn_app_with(Options {
+        contacts,
+        script,
+        faults: Faults {
+            server_error_share: 0.15,
+            forced_429_share: 0.05,
+            slow_share: 0.05,
+            slow_delay: Duration::from_millis(300),
+            seed: 5,
+        },
+        sim_rate_limit_per_minute: 600,
+        provider_rate_limit_per_minute: 600,
+        clock: TestClock::Scaled(60.0),
+        extra_config: String::new(),
+    })
+    .await;
+    let rc = app.start(&scenario()).await;
+    let p = app.all_sent(rc.id).await;
+    assert_eq!(p.overall.total, 300);
+    assert_eq!(p.overall.sent + p.overall.failed, 300, "{:?}", p.overall);
+    assert_eq!(p.overall.failed as usize, unknown.len());
+    let failed: BTreeSet<String> = app
+        .call_list(rc.id)
+        .await
+        .into_iter()
+        .filter(|e| e.reason == Some(EscalationReason::SendFailed))
+        .map(|e| e.staff_id.to_string())
+        .collect();
+    assert_eq!(failed, unknown);
+    let stats = app.sim.stats();
+    assert!(
+        stats.server_errors > 0 && stats.forced_429 > 0,
+        "faults were injected: {stats:?}"
+    );
+    assert_eq!(
+        stats.limit_exceeded, 0,
+        "anpi exceeded the rate limit: {stats:?}"
+    );
+    assert!(stats.max_in_window <= 600);
+    assert_eq!(stats.duplicates, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_platform_that_never_recovers_puts_everyone_on_the_list_as_send_failed() {
+    let contacts = synthetic::generate(5, 2).contacts;
+    let app = spawn_app_with(Options {
+        contacts,
+        faults: Faults {
+            server_error_share: 1.0,
+            ..Faults::default()
+        },
+        clock: TestClock::Scaled(600.0),
+        extra_config: "[dispatch]\nmax_attempts = 3\nretry_schedule = [\"1s\", \"2s\"]\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let rc = app.start(&scenario()).await;
+    let p = app
+        .wait_for(rc.id, "give up", |p| p.overall.failed == 5)
+        .await;
+    assert_eq!(p.overall.to_call, 5);
+    for e in app.call_list(rc.id).await {
+        assert_eq!(e.reason, Some(EscalationReason::SendFailed));
+        assert!(
+            e.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("gave up after 3 attempts"),
+            "{:?}",
+            e.last_error
+        );
+    }
+    app.shutdown().await;
+}
