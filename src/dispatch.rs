@@ -112,17 +112,6 @@ impl Dispatcher {
         }
     }
 
-    /// How many to claim at once: a rate-limited provider gets no more than it can send well
-    /// within the lease.
-    fn claim_size(&self) -> usize {
-        let mut n = self.settings.batch_size.max(1);
-        if let Some(l) = &self.limiter {
-            let in_half_lease = l.sustained_per_second() * self.settings.lease.as_secs_f64() / 2.0;
-            n = n.min(in_half_lease.floor().max(1.0) as usize);
-        }
-        n
-    }
-
     async fn roll_call(&self, id: RollCallId) -> Result<Arc<RollCall>, StoreError> {
         if let Some(rc) = self
             .roll_calls
@@ -147,16 +136,30 @@ impl Dispatcher {
 
     /// Claims one batch, sends it, records the results.
     pub async fn run_once(&self) -> Result<Outcome, StoreError> {
+        // With a rate limit, take the tokens first and claim only as many deliveries: a claimed
+        // delivery never waits on the bucket while its lease runs.
+        let want = self.settings.batch_size.max(1);
+        let granted = match &self.limiter {
+            Some(l) => l.take_up_to(want).await,
+            None => want,
+        };
         let now = self.clock.now_millis();
-        let claimed = self
+        let claimed = match self
             .store
-            .claim_due_deliveries(
-                self.provider.name(),
-                now,
-                self.settings.lease,
-                self.claim_size(),
-            )
-            .await?;
+            .claim_due_deliveries(self.provider.name(), now, self.settings.lease, granted)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(l) = &self.limiter {
+                    l.give_back(granted);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(l) = &self.limiter {
+            l.give_back(granted - claimed.len());
+        }
         if claimed.is_empty() {
             return Ok(Outcome::Idle);
         }
@@ -180,8 +183,15 @@ impl Dispatcher {
     }
 
     async fn send_one(&self, d: ClaimedDelivery, rc: Arc<RollCall>) -> SendResult {
-        if let Some(l) = &self.limiter {
-            l.acquire().await;
+        // The platform said stop while this batch was under way: hand the delivery back for
+        // after the pause instead of holding it (and its lease) until then.
+        if let Some(reset) = self.limiter.as_ref().and_then(|l| l.paused_for()) {
+            return SendResult::Retry {
+                id: d.id,
+                next_attempt_at: self.clock.now_millis() + reset.as_millis() as i64,
+                error: format!("platform asked to wait {reset:?}"),
+                refund_attempt: true,
+            };
         }
         let msg = OutboundMessage {
             delivery_id: d.id,

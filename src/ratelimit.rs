@@ -44,9 +44,53 @@ impl TokenBucket {
         }
     }
 
-    /// Sends per second this bucket sustains.
-    pub fn sustained_per_second(&self) -> f64 {
-        self.rate * 1000.0
+    /// Waits until at least one request may be made, then takes as many as are available, up
+    /// to `n`. The dispatcher claims only that many deliveries, so nothing it has claimed
+    /// waits on the bucket while its lease runs.
+    pub async fn take_up_to(&self, n: usize) -> usize {
+        loop {
+            let wait_ms = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = self.refill(&mut s);
+                if now < s.paused_until {
+                    s.paused_until - now
+                } else if s.tokens >= 1.0 {
+                    let k = (s.tokens.floor() as usize).min(n.max(1));
+                    s.tokens -= k as f64;
+                    return k;
+                } else {
+                    ((1.0 - s.tokens) / self.rate).ceil().max(1.0) as i64
+                }
+            };
+            self.clock
+                .sleep(Duration::from_millis(wait_ms.max(1) as u64))
+                .await;
+        }
+    }
+
+    /// Returns tokens taken but not spent.
+    pub fn give_back(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.tokens = (s.tokens + n as f64).min(self.capacity);
+    }
+
+    /// How long the platform asked everyone to wait, if it did and that is not over.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now_millis();
+        (s.paused_until > now).then(|| Duration::from_millis((s.paused_until - now) as u64))
+    }
+
+    fn refill(&self, s: &mut BucketState) -> Millis {
+        let now = self.clock.now_millis();
+        if now > s.last {
+            s.tokens = (s.tokens + (now - s.last) as f64 * self.rate).min(self.capacity);
+            s.last = now;
+        }
+        now
     }
 
     /// Waits until one request may be made, then takes it.
@@ -54,11 +98,7 @@ impl TokenBucket {
         loop {
             let wait_ms = {
                 let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let now = self.clock.now_millis();
-                if now > s.last {
-                    s.tokens = (s.tokens + (now - s.last) as f64 * self.rate).min(self.capacity);
-                    s.last = now;
-                }
+                let now = self.refill(&mut s);
                 if now < s.paused_until {
                     s.paused_until - now
                 } else if s.tokens >= 1.0 {
@@ -153,6 +193,25 @@ mod tests {
             assert!(i - j < 240, "{} sends in one window", i - j + 1);
         }
         assert!(stamps.len() > 900, "bucket too stingy: {}", stamps.len());
+    }
+
+    #[tokio::test]
+    async fn take_up_to_grants_what_is_there_and_give_back_returns_it() {
+        let c = clock();
+        let bucket = TokenBucket::new(
+            RateLimit {
+                requests: 240,
+                per: Duration::from_secs(60),
+            },
+            Arc::new(c.clone()),
+        );
+        assert_eq!(bucket.take_up_to(500).await, 24);
+        bucket.give_back(4);
+        assert_eq!(bucket.take_up_to(3).await, 3);
+        assert_eq!(bucket.take_up_to(500).await, 1);
+        c.advance(Duration::from_secs(10));
+        // 36 tokens accrued in 10 s, but the bucket holds 24.
+        assert_eq!(bucket.take_up_to(500).await, 24);
     }
 
     #[tokio::test]
