@@ -34,6 +34,12 @@ pub struct BenchArgs {
     /// Concurrency of the bare client (anpi's own in-flight limit is the same by default).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Dispatcher send loops (overlap one batch's database work with another's sends).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Deliveries claimed per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
 }
 
 /// One size's figures.
@@ -72,7 +78,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("anpi bench — release build expected (cargo run --release -- bench)");
     let mut results = Vec::new();
     for &n in &args.sizes {
-        let r = run_size(n).await?;
+        let r = run_size(n, &args).await?;
         println!(
             "{:>7} recipients: all sent in {:.2}s ({:.0} sends/s); deadline -> all escalated {:.0} ms; call list query {:.0} ms; duplicates {}",
             r.recipients, r.all_sent_secs, r.sends_per_sec, r.deadline_to_escalated_ms, r.call_list_query_ms, r.duplicates
@@ -100,7 +106,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn run_size(n: usize) -> anyhow::Result<BenchResult> {
+async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let tmp = tempfile::tempdir()?;
     let manual = ManualClock::new(Utc::now());
     let clock: SharedClock = Arc::new(manual.clone());
@@ -121,13 +127,20 @@ async fn run_size(n: usize) -> anyhow::Result<BenchResult> {
         listen = "127.0.0.1:0"
         [database]
         url = "sqlite://{}"
+        [dispatch]
+        workers = {}
+        batch_size = {}
         [providers.simulator]
         url = "{}"
         token = "bench-token"
         poll_wait = "200ms"
+        max_in_flight = {}
         "#,
         tmp.path().join("bench.db").display(),
-        sim.base_url()
+        args.workers,
+        args.batch,
+        sim.base_url(),
+        args.concurrency,
     ))?;
     let app = Application::build_with_clock(config, clock.clone()).await?;
     let hq = app.hq();
@@ -135,6 +148,7 @@ async fn run_size(n: usize) -> anyhow::Result<BenchResult> {
     let deadlines = app.deadlines();
     hq.import_contacts(&synthetic::generate(n, 42).contacts)
         .await?;
+    eprintln!("rss after import {:?}", rss_now());
     let scenario = Scenario::parse(BENCH_SCENARIO, "bench")?;
     let cancel = CancellationToken::new();
     let running = tokio::spawn(app.run_until_stopped(cancel.clone()));
@@ -145,6 +159,7 @@ async fn run_size(n: usize) -> anyhow::Result<BenchResult> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let all_sent = t0.elapsed();
+    eprintln!("rss after sent {:?} peak {:?}", rss_now(), peak_rss_mib());
 
     let escalated = deadlines.escalated.notified();
     tokio::pin!(escalated);
@@ -158,6 +173,7 @@ async fn run_size(n: usize) -> anyhow::Result<BenchResult> {
     let t2 = Instant::now();
     let list = hq.call_list(rc.id).await?;
     let list_ms = t2.elapsed().as_secs_f64() * 1000.0;
+    eprintln!("rss after list {:?} peak {:?}", rss_now(), peak_rss_mib());
     anyhow::ensure!(
         list.len() == n,
         "call list has {} entries, expected {n}",
@@ -227,4 +243,11 @@ async fn bare_ceiling(requests: usize, concurrency: usize) -> anyhow::Result<f64
         "only {ok} of {requests} bare requests succeeded"
     );
     Ok(requests as f64 / secs)
+}
+
+fn rss_now() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

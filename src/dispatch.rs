@@ -136,6 +136,7 @@ impl Dispatcher {
 
     /// Claims one batch, sends it, records the results.
     pub async fn run_once(&self) -> Result<Outcome, StoreError> {
+        let now_inst = std::time::Instant::now();
         // With a rate limit, take the tokens first and claim only as many deliveries: a claimed
         // delivery never waits on the bucket while its lease runs.
         let want = self.settings.batch_size.max(1);
@@ -169,15 +170,18 @@ impl Dispatcher {
             jobs.push((d, rc));
         }
         let n = jobs.len() as u64;
+        let claimed_in = now_inst.elapsed();
         let concurrency = self.provider.capabilities().max_in_flight.max(1);
         let results: Vec<SendResult> = futures::stream::iter(jobs)
             .map(|(d, rc)| self.send_one(d, rc))
             .buffer_unordered(concurrency)
             .collect()
             .await;
+        let sent_in = now_inst.elapsed();
         self.store
             .record_send_results(&results, self.clock.now_millis())
             .await?;
+        debug!(n, claim = ?claimed_in, send = ?(sent_in - claimed_in), record = ?(now_inst.elapsed() - sent_in), "batch");
         self.deadlines_changed.notify_one();
         Ok(Outcome::Worked(n))
     }

@@ -179,6 +179,10 @@ pub fn pad(s: &str, width: usize) -> String {
     for _ in w..width {
         out.push(' ');
     }
+    // A value wider than its column still gets a gap before the next one.
+    if w >= width {
+        out.push(' ');
+    }
     out
 }
 
@@ -319,6 +323,8 @@ mod tests {
             outcome,
             outcome_at: None,
             outcome_by: None,
+            claimed_by: None,
+            claimed_until: None,
         }
     }
 

@@ -419,6 +419,9 @@ pub struct CallListEntry {
     pub outcome: Option<CallOutcome>,
     pub outcome_at: Option<Millis>,
     pub outcome_by: Option<String>,
+    /// The caller working this entry now, if any, and until when their hold lasts.
+    pub claimed_by: Option<String>,
+    pub claimed_until: Option<Millis>,
 }
 
 impl CallListEntry {

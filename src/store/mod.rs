@@ -151,6 +151,44 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Millis,
     ) -> StoreResult<CallListEntry>;
 
+    /// Gives `caller` the next person to ring: the entry they already hold, else shelter
+    /// phones first, then by call priority, then longest unread; entries that got no answer go
+    /// to the back. Nobody is given to two callers at once; a hold lapses after `hold`.
+    async fn claim_next_call(
+        &self,
+        id: RollCallId,
+        caller: &str,
+        now: Millis,
+        hold: Duration,
+    ) -> StoreResult<Option<CallListEntry>>;
+    /// Lets go of `caller`'s hold on a person without recording an outcome.
+    async fn release_call(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        caller: &str,
+    ) -> StoreResult<bool>;
+
+    /// A provider's small piece of state (a DM room id, a board post id).
+    async fn provider_state(&self, provider: &str, key: &str) -> StoreResult<Option<String>>;
+    async fn set_provider_state(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+
+    /// Takes or renews the lease `name` for `holder` until `now + ttl`, if it is free, expired
+    /// or already `holder`'s. True when `holder` has it.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
     /// Cheap liveness check of the database.
     async fn ping(&self) -> StoreResult<()>;
 }

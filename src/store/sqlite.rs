@@ -6,12 +6,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use tokio::sync::Mutex;
 
 use super::{ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
 use crate::clock::Millis;
@@ -29,6 +31,9 @@ const INSERT_CHUNK: usize = 5_000;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite has one writer at a time. Writers in this process queue here instead of in
+    /// SQLite's busy handler, which sleeps in steps of milliseconds and wastes most of them.
+    writer: Arc<Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -53,7 +58,10 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(opts)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Arc::new(Mutex::new(())),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -90,37 +98,40 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 fn row_to_entry(r: &sqlx::sqlite::SqliteRow) -> StoreResult<CallListEntry> {
-    let phones: String = r.try_get("phones")?;
-    let kind: String = r.try_get("kind")?;
-    let state: String = r.try_get("state")?;
-    let reason: Option<String> = r.try_get("escalation_reason")?;
-    let outcome: Option<String> = r.try_get("outcome")?;
-    let staff: String = r.try_get("staff_id")?;
+    // Positional, in ENTRY_COLUMNS order: the call list can be 100,000 rows.
+    let phones: String = r.try_get(7)?;
+    let kind: &str = r.try_get(5)?;
+    let state: &str = r.try_get(8)?;
+    let reason: Option<&str> = r.try_get(9)?;
+    let outcome: Option<&str> = r.try_get(15)?;
+    let staff: &str = r.try_get(1)?;
     Ok(CallListEntry {
-        delivery_id: r.try_get("id")?,
-        staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
-        name: r.try_get("name")?,
-        department: r.try_get("department")?,
-        shelter: r.try_get("shelter")?,
-        kind: parse_kind(&kind)?,
-        call_priority: r.try_get::<i64, _>("call_priority")?.clamp(0, 255) as u8,
+        delivery_id: r.try_get(0)?,
+        staff_id: StaffId::parse(staff).map_err(|e| corrupt("staff id", e))?,
+        name: r.try_get(2)?,
+        department: r.try_get(3)?,
+        shelter: r.try_get(4)?,
+        kind: parse_kind(kind)?,
+        call_priority: r.try_get::<i64, _>(6)?.clamp(0, 255) as u8,
         phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
-        state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
+        state: DeliveryState::from_str(state).map_err(|e| corrupt("state", e))?,
         reason: reason
-            .map(|s| EscalationReason::from_str(&s))
+            .map(EscalationReason::from_str)
             .transpose()
             .map_err(|e| corrupt("escalation reason", e))?,
-        last_error: r.try_get("last_error")?,
-        sent_at: r.try_get("sent_at")?,
-        escalated_at: r.try_get("escalated_at")?,
-        read_at: r.try_get("read_at")?,
-        answer: r.try_get("answer")?,
+        last_error: r.try_get(10)?,
+        sent_at: r.try_get(11)?,
+        escalated_at: r.try_get(12)?,
+        read_at: r.try_get(13)?,
+        answer: r.try_get(14)?,
         outcome: outcome
-            .map(|s| CallOutcome::parse(&s))
+            .map(CallOutcome::parse)
             .transpose()
             .map_err(|e| corrupt("outcome", e))?,
-        outcome_at: r.try_get("outcome_at")?,
-        outcome_by: r.try_get("outcome_by")?,
+        outcome_at: r.try_get(16)?,
+        outcome_by: r.try_get(17)?,
+        claimed_by: r.try_get(18)?,
+        claimed_until: r.try_get(19)?,
     })
 }
 
@@ -141,7 +152,7 @@ fn kind_str(k: ContactKind) -> &'static str {
 
 const ENTRY_COLUMNS: &str = "id, staff_id, name, department, shelter, kind, call_priority, \
     phones, state, escalation_reason, last_error, sent_at, escalated_at, read_at, answer, \
-    outcome, outcome_at, outcome_by";
+    outcome, outcome_at, outcome_by, call_claimed_by, call_claimed_until";
 
 /// One key of an inbound batch after folding: what the batch says about one delivery.
 #[derive(Debug, Default)]
@@ -177,6 +188,7 @@ impl Store for SqliteStore {
     }
 
     async fn replace_contacts(&self, contacts: &[Contact], now: Millis) -> StoreResult<usize> {
+        let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM contacts")
             .execute(&mut *tx)
@@ -223,6 +235,7 @@ impl Store for SqliteStore {
         recipients: &[NewDelivery],
         now: Millis,
     ) -> StoreResult<RollCall> {
+        let _w = self.writer.lock().await;
         if let Some(key) = &new.idempotency_key {
             if let Some(existing) = self.roll_call_by_key(key).await? {
                 return Ok(existing);
@@ -324,6 +337,7 @@ impl Store for SqliteStore {
     }
 
     async fn close_roll_call(&self, id: RollCallId, now: Millis) -> StoreResult<bool> {
+        let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE roll_calls SET state = 'closed', closed_at = $2 WHERE id = $1 AND state = 'open'",
@@ -428,6 +442,7 @@ impl Store for SqliteStore {
         lease: Duration,
         limit: usize,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let _w = self.writer.lock().await;
         let lease_until = now + lease.as_millis() as i64;
         // Expired leases first (a crashed worker's batch), then due pending rows; each part
         // walks the (provider, state, next_attempt_at) index and stops at the limit.
@@ -464,6 +479,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_send_results(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
+        let _w = self.writer.lock().await;
         let mut sent = Vec::new();
         let mut retry = Vec::new();
         let mut failed = Vec::new();
@@ -554,6 +570,7 @@ impl Store for SqliteStore {
         cursor: Option<&str>,
         now: Millis,
     ) -> StoreResult<ApplySummary> {
+        let _w = self.writer.lock().await;
         let mut summary = ApplySummary::default();
         let mut tx = self.pool.begin().await?;
         if !events.is_empty() {
@@ -641,15 +658,19 @@ impl Store for SqliteStore {
                 })
                 .collect();
             if !reads.is_empty() {
+                // The CTE is materialised so SQLite walks the batch and looks each delivery up
+                // by index, instead of walking every delivery and scanning the batch.
                 summary.read = sqlx::query(
-                    "UPDATE deliveries SET \
+                    "WITH j AS MATERIALIZED ( \
+                       SELECT d.id AS id, json_extract(e.value, '$.r') AS r \
+                       FROM json_each($2) AS e CROSS JOIN deliveries AS d \
+                       WHERE d.provider = $1 AND d.chat_handle = json_extract(e.value, '$.h') \
+                         AND d.roll_call_id = json_extract(e.value, '$.rc')) \
+                     UPDATE deliveries SET \
                        state = CASE WHEN deliveries.state = 'answered' THEN 'answered' ELSE 'read' END, \
                        read_at = CASE WHEN deliveries.read_at IS NULL OR j.r < deliveries.read_at \
                                       THEN j.r ELSE deliveries.read_at END \
-                     FROM (SELECT json_extract(value, '$.rc') AS rc, json_extract(value, '$.h') AS h, \
-                                  json_extract(value, '$.r') AS r FROM json_each($2)) AS j \
-                     WHERE deliveries.provider = $1 AND deliveries.chat_handle = j.h \
-                       AND deliveries.roll_call_id = j.rc \
+                     FROM j WHERE deliveries.id = j.id \
                        AND (deliveries.state NOT IN ('read', 'answered') \
                             OR deliveries.read_at IS NULL OR j.r < deliveries.read_at)",
                 )
@@ -661,18 +682,20 @@ impl Store for SqliteStore {
             }
             if !answers.is_empty() {
                 summary.answered = sqlx::query(
-                    "UPDATE deliveries SET state = 'answered', \
+                    "WITH j AS MATERIALIZED ( \
+                       SELECT d.id AS id, json_extract(e.value, '$.a') AS a, \
+                              json_extract(e.value, '$.la') AS la, json_extract(e.value, '$.v') AS v \
+                       FROM json_each($2) AS e CROSS JOIN deliveries AS d \
+                       WHERE d.provider = $1 AND d.chat_handle = json_extract(e.value, '$.h') \
+                         AND d.roll_call_id = json_extract(e.value, '$.rc')) \
+                     UPDATE deliveries SET state = 'answered', \
                        answered_at = CASE WHEN deliveries.answered_at IS NULL OR j.a < deliveries.answered_at \
                                           THEN j.a ELSE deliveries.answered_at END, \
                        answer = CASE WHEN deliveries.answer_at IS NULL OR j.la >= deliveries.answer_at \
                                      THEN j.v ELSE deliveries.answer END, \
                        answer_at = CASE WHEN deliveries.answer_at IS NULL OR j.la >= deliveries.answer_at \
                                         THEN j.la ELSE deliveries.answer_at END \
-                     FROM (SELECT json_extract(value, '$.rc') AS rc, json_extract(value, '$.h') AS h, \
-                                  json_extract(value, '$.a') AS a, json_extract(value, '$.la') AS la, \
-                                  json_extract(value, '$.v') AS v FROM json_each($2)) AS j \
-                     WHERE deliveries.provider = $1 AND deliveries.chat_handle = j.h \
-                       AND deliveries.roll_call_id = j.rc",
+                     FROM j WHERE deliveries.id = j.id",
                 )
                 .bind(provider)
                 .bind(serde_json::Value::Array(answers).to_string())
@@ -744,6 +767,7 @@ impl Store for SqliteStore {
     }
 
     async fn escalate_due(&self, now: Millis) -> StoreResult<u64> {
+        let _w = self.writer.lock().await;
         let n = sqlx::query(
             "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
              WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
@@ -780,9 +804,11 @@ impl Store for SqliteStore {
         by: &str,
         now: Millis,
     ) -> StoreResult<CallListEntry> {
+        let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
-            "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5 \
+            "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5, \
+               call_claimed_by = NULL, call_claimed_until = NULL \
              WHERE roll_call_id = $1 AND staff_id = $2 RETURNING {ENTRY_COLUMNS}, chat_handle"
         ))
         .bind(id.0)
@@ -820,6 +846,114 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(entry)
+    }
+
+    async fn claim_next_call(
+        &self,
+        id: RollCallId,
+        caller: &str,
+        now: Millis,
+        hold: Duration,
+    ) -> StoreResult<Option<CallListEntry>> {
+        let _w = self.writer.lock().await;
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
+             WHERE id = ( \
+               SELECT id FROM deliveries \
+               WHERE roll_call_id = $1 AND escalated_at IS NOT NULL \
+                 AND state NOT IN ('read', 'answered') \
+                 AND (outcome IS NULL OR outcome = 'no_answer') \
+                 AND (call_claimed_until IS NULL OR call_claimed_until <= $4 \
+                      OR call_claimed_by = $2) \
+                 AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+               ORDER BY (call_claimed_by IS NOT NULL AND call_claimed_by = $2 \
+                         AND call_claimed_until > $4) DESC, \
+                        kind = 'shelter_phone' DESC, outcome IS NOT NULL, call_priority, \
+                        COALESCE(sent_at, escalated_at), staff_id \
+               LIMIT 1) \
+             RETURNING {ENTRY_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(caller)
+        .bind(now + hold.as_millis() as i64)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_to_entry).transpose()
+    }
+
+    async fn release_call(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        caller: &str,
+    ) -> StoreResult<bool> {
+        let _w = self.writer.lock().await;
+        let n = sqlx::query(
+            "UPDATE deliveries SET call_claimed_by = NULL, call_claimed_until = NULL \
+             WHERE roll_call_id = $1 AND staff_id = $2 AND call_claimed_by = $3",
+        )
+        .bind(id.0)
+        .bind(staff.as_str())
+        .bind(caller)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn provider_state(&self, provider: &str, key: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM provider_state WHERE provider = $1 AND key = $2")
+            .bind(provider)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    async fn set_provider_state(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let _w = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO provider_state (provider, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value, \
+               updated_at = excluded.updated_at",
+        )
+        .bind(provider)
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let _w = self.writer.lock().await;
+        let n = sqlx::query(
+            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE leases.holder = excluded.holder OR leases.until <= $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl.as_millis() as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     async fn ping(&self) -> StoreResult<()> {

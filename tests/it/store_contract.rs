@@ -198,3 +198,135 @@ async fn closing_stops_sending_and_escalating() {
         assert_eq!(store.escalate_due(999_999).await.unwrap(), 0);
     }
 }
+
+#[tokio::test]
+async fn two_callers_never_get_the_same_person_and_a_lapsed_hold_returns() {
+    for (name, store, _tmp) in backends().await {
+        let rc = seeded(&store, 3, None).await;
+        let c = store
+            .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        store
+            .record_send_results(
+                &c.iter()
+                    .map(|d| SendResult::Sent {
+                        id: d.id,
+                        at: 2_000,
+                        deadline_at: 302_000,
+                        message_id: None,
+                    })
+                    .collect::<Vec<_>>(),
+                2_000,
+            )
+            .await
+            .unwrap();
+        store.escalate_due(302_000).await.unwrap();
+        let hold = Duration::from_secs(180);
+        let a = store
+            .claim_next_call(rc.id, "caller#1", 310_000, hold)
+            .await
+            .unwrap()
+            .unwrap();
+        let a_again = store
+            .claim_next_call(rc.id, "caller#1", 311_000, hold)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            a.staff_id, a_again.staff_id,
+            "{name}: a caller keeps their entry"
+        );
+        let b = store
+            .claim_next_call(rc.id, "caller#2", 311_000, hold)
+            .await
+            .unwrap()
+            .unwrap();
+        let c3 = store
+            .claim_next_call(rc.id, "caller#3", 311_000, hold)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(a.staff_id, b.staff_id);
+        assert_ne!(b.staff_id, c3.staff_id);
+        assert_ne!(a.staff_id, c3.staff_id);
+        assert!(store
+            .claim_next_call(rc.id, "caller#4", 311_000, hold)
+            .await
+            .unwrap()
+            .is_none());
+        // caller#1's hold lapses: the person goes back to the queue.
+        let d = store
+            .claim_next_call(rc.id, "caller#4", 491_001, hold)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.staff_id, a.staff_id, "{name}");
+        // An outcome closes the entry and frees the hold.
+        store
+            .record_call_outcome(
+                rc.id,
+                &d.staff_id,
+                anpi::rollcall::CallOutcome::ReachedSafe,
+                "caller#4",
+                492_000,
+            )
+            .await
+            .unwrap();
+        assert!(store
+            .release_call(rc.id, &b.staff_id, "caller#2")
+            .await
+            .unwrap());
+        assert!(!store
+            .release_call(rc.id, &b.staff_id, "caller#9")
+            .await
+            .unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_expires_and_provider_state_round_trips() {
+    for (name, store, _tmp) in backends().await {
+        let ttl = Duration::from_secs(10);
+        assert!(
+            store.try_lease("deadlines", "a", 0, ttl).await.unwrap(),
+            "{name}"
+        );
+        assert!(!store.try_lease("deadlines", "b", 5_000, ttl).await.unwrap());
+        assert!(
+            store.try_lease("deadlines", "a", 5_000, ttl).await.unwrap(),
+            "renewal"
+        );
+        assert!(!store
+            .try_lease("deadlines", "b", 14_999, ttl)
+            .await
+            .unwrap());
+        assert!(
+            store
+                .try_lease("deadlines", "b", 15_000, ttl)
+                .await
+                .unwrap(),
+            "takeover"
+        );
+        assert_eq!(
+            store.provider_state("matrix", "room:@a:x").await.unwrap(),
+            None
+        );
+        store
+            .set_provider_state("matrix", "room:@a:x", "!r1:x", 1)
+            .await
+            .unwrap();
+        store
+            .set_provider_state("matrix", "room:@a:x", "!r2:x", 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .provider_state("matrix", "room:@a:x")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("!r2:x")
+        );
+    }
+}
