@@ -4,6 +4,9 @@
 //! and peak memory; and, in the same run, the rate at which a bare HTTP client can post to
 //! the same simulator (the ceiling anpi is compared with).
 //!
+//! The simulator runs in a child process (`anpi simulator`), so the memory and CPU figures
+//! are anpi's own, and the ceiling is measured across processes as anpi's sends are.
+//!
 //! Figures are printed, never asserted: the machines are shared and noisy.
 
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use crate::clock::{ManualClock, SharedClock};
 use crate::config::Config;
 use crate::contacts::synthetic;
 use crate::scenario::Scenario;
-use crate::simulator::{Behaviour, Faults, Script, SimConfig, Simulator};
+use crate::simulator::SimStats;
 use crate::startup::Application;
 
 #[derive(Debug, Clone, Args)]
@@ -110,17 +113,7 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let tmp = tempfile::tempdir()?;
     let manual = ManualClock::new(Utc::now());
     let clock: SharedClock = Arc::new(manual.clone());
-    let sim = Simulator::start(
-        SimConfig {
-            token: "bench-token".into(),
-            rate_limit: None,
-            faults: Faults::default(),
-            default_behaviour: Behaviour::default(),
-        },
-        Script::default(),
-        clock.clone(),
-    )
-    .await?;
+    let sim = ChildSim::spawn().await?;
     let config = Config::from_toml(&format!(
         r#"
         [server]
@@ -139,7 +132,7 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
         tmp.path().join("bench.db").display(),
         args.workers,
         args.batch,
-        sim.base_url(),
+        sim.url,
         args.concurrency,
     ))?;
     let app = Application::build_with_clock(config, clock.clone()).await?;
@@ -148,7 +141,6 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let deadlines = app.deadlines();
     hq.import_contacts(&synthetic::generate(n, 42).contacts)
         .await?;
-    eprintln!("rss after import {:?}", rss_now());
     let scenario = Scenario::parse(BENCH_SCENARIO, "bench")?;
     let cancel = CancellationToken::new();
     let running = tokio::spawn(app.run_until_stopped(cancel.clone()));
@@ -159,7 +151,6 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let all_sent = t0.elapsed();
-    eprintln!("rss after sent {:?} peak {:?}", rss_now(), peak_rss_mib());
 
     let escalated = deadlines.escalated.notified();
     tokio::pin!(escalated);
@@ -173,16 +164,14 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let t2 = Instant::now();
     let list = hq.call_list(rc.id).await?;
     let list_ms = t2.elapsed().as_secs_f64() * 1000.0;
-    eprintln!("rss after list {:?} peak {:?}", rss_now(), peak_rss_mib());
     anyhow::ensure!(
         list.len() == n,
         "call list has {} entries, expected {n}",
         list.len()
     );
-    let stats = sim.stats();
+    let stats = sim.stats().await?;
     cancel.cancel();
     let _ = running.await;
-    sim.shutdown().await;
     Ok(BenchResult {
         recipients: n,
         all_sent_secs: all_sent.as_secs_f64(),
@@ -195,23 +184,12 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
 
 /// Posts `requests` messages straight to a fresh simulator with a plain reqwest client.
 async fn bare_ceiling(requests: usize, concurrency: usize) -> anyhow::Result<f64> {
-    let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
-    let sim = Simulator::start(
-        SimConfig {
-            token: "bench-token".into(),
-            rate_limit: None,
-            faults: Faults::default(),
-            default_behaviour: Behaviour::default(),
-        },
-        Script::default(),
-        clock,
-    )
-    .await?;
+    let sim = ChildSim::spawn().await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
         .build()?;
-    let url = format!("{}/v1/messages", sim.base_url());
+    let url = format!("{}/v1/messages", sim.url);
     let t = Instant::now();
     let ok = futures::stream::iter(0..requests)
         .map(|i| {
@@ -237,7 +215,6 @@ async fn bare_ceiling(requests: usize, concurrency: usize) -> anyhow::Result<f64
         .count()
         .await;
     let secs = t.elapsed().as_secs_f64();
-    sim.shutdown().await;
     anyhow::ensure!(
         ok == requests,
         "only {ok} of {requests} bare requests succeeded"
@@ -245,9 +222,52 @@ async fn bare_ceiling(requests: usize, concurrency: usize) -> anyhow::Result<f64
     Ok(requests as f64 / secs)
 }
 
-fn rss_now() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+/// `anpi simulator` in a child process, killed when dropped.
+struct ChildSim {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl ChildSim {
+    async fn spawn() -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().context("finding the anpi executable")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "simulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "bench-token",
+                "--read-after",
+                "never",
+                "--print-url",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the simulator process")?;
+        let stdout = child.stdout.take().context("simulator stdout")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .context("reading the simulator's address")?;
+        anyhow::ensure!(line.starts_with("http://"), "simulator said {line:?}");
+        Ok(Self {
+            url: line.trim().to_string(),
+            _child: child,
+        })
+    }
+
+    async fn stats(&self) -> anyhow::Result<SimStats> {
+        Ok(reqwest::Client::new()
+            .get(format!("{}/v1/stats", self.url))
+            .bearer_auth("bench-token")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
 }

@@ -44,6 +44,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure throughput: 10,000 and 100,000 simulated recipients with no rate limit.
     Bench(crate::bench::BenchArgs),
+    /// Run the built-in stand-in chat server on its own (to try `anpi serve` without a real
+    /// chat platform). Everyone reads after --read-after; nobody answers.
+    Simulator(SimulatorArgs),
     /// Start, list, follow and close roll calls on a running daemon.
     Rollcall {
         #[command(subcommand)]
@@ -80,6 +83,30 @@ pub enum Command {
         #[command(subcommand)]
         command: ContactsCommand,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulatorArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8426")]
+    pub listen: std::net::SocketAddr,
+    /// The bearer token anpi must send (its providers.simulator.token).
+    #[arg(
+        long,
+        env = "ANPI_SIM_TOKEN",
+        default_value = "simulator-token",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// How long after receiving a message every simulated person reads it ("never" for nobody).
+    #[arg(long, default_value = "90s")]
+    pub read_after: String,
+    /// Requests per minute the simulated platform accepts (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_per_minute: u32,
+    /// Print the URL on the first line of standard output once listening.
+    #[arg(long)]
+    pub print_url: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +201,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => serve(config, listen, database).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Simulator(args) => simulator(args).await,
         Command::Rollcall { command, remote } => rollcall(command, &remote).await,
         Command::Escalations {
             id,
@@ -260,6 +288,41 @@ async fn serve(
         c2.cancel();
     });
     app.run_until_stopped(cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
+    use crate::simulator::{Behaviour, Script, SimConfig, Simulator};
+    let read_after = match args.read_after.trim() {
+        "never" | "none" => None,
+        raw => Some(
+            humantime::parse_duration(raw)
+                .with_context(|| format!("--read-after {raw:?}: write e.g. 90s, 2m or never"))?,
+        ),
+    };
+    let config = SimConfig {
+        token: args.token,
+        rate_limit: (args.rate_limit_per_minute > 0).then(|| crate::providers::RateLimit {
+            requests: args.rate_limit_per_minute,
+            per: Duration::from_secs(60),
+        }),
+        faults: Default::default(),
+        default_behaviour: Behaviour {
+            read_after,
+            ..Behaviour::default()
+        },
+    };
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+    let sim = Simulator::start_on(args.listen, config, Script::default(), clock)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    if args.print_url {
+        println!("{}", sim.base_url());
+    } else {
+        eprintln!("chat simulator listening on {}", sim.base_url());
+    }
+    shutdown_signal().await;
+    sim.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -84,7 +84,7 @@ pub struct Faults {
 }
 
 /// Counters a test or benchmark checks the client against.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SimStats {
     pub accepted: u64,
     /// Accepted sends beyond the first per (roll call, handle).
@@ -140,7 +140,17 @@ impl Simulator {
         script: Script,
         clock: SharedClock,
     ) -> std::io::Result<SimHandle> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config, script, clock).await
+    }
+
+    /// Like [`Simulator::start`], on a given address (`anpi simulator --listen`).
+    pub async fn start_on(
+        addr: SocketAddr,
+        config: SimConfig,
+        script: Script,
+        clock: SharedClock,
+    ) -> std::io::Result<SimHandle> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             expected_auth: format!("Bearer {}", config.token).into_bytes(),

@@ -31,7 +31,17 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/messages", post(send_message))
         .route("/v1/events", get(events))
+        .route("/v1/stats", get(stats))
         .with_state(shared)
+}
+
+/// The counters, for a benchmark or test that runs the simulator in another process.
+async fn stats(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorised(&shared, &headers) {
+        return unauthorised();
+    }
+    let s = shared.lock().stats();
+    Json(s).into_response()
 }
 
 fn json(status: StatusCode, body: impl Into<String>) -> Response {

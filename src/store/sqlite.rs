@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -218,15 +219,13 @@ impl Store for SqliteStore {
     }
 
     async fn contacts(&self) -> StoreResult<Vec<Contact>> {
-        let rows = sqlx::query("SELECT doc FROM contacts ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let doc: String = r.try_get("doc")?;
-                serde_json::from_str(&doc).map_err(|e| corrupt("stored contact", e))
-            })
-            .collect()
+        let mut rows = sqlx::query("SELECT doc FROM contacts ORDER BY id").fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            let doc: &str = r.try_get(0)?;
+            out.push(serde_json::from_str(doc).map_err(|e| corrupt("stored contact", e))?);
+        }
+        Ok(out)
     }
 
     async fn create_roll_call(
@@ -784,16 +783,20 @@ impl Store for SqliteStore {
         if self.roll_call(id).await?.is_none() {
             return Err(StoreError::NoSuchRollCall(id));
         }
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {ENTRY_COLUMNS} FROM deliveries \
              WHERE roll_call_id = $1 AND (escalated_at IS NOT NULL OR outcome IS NOT NULL) \
              ORDER BY kind = 'shelter_phone' DESC, call_priority, \
                       COALESCE(sent_at, escalated_at), staff_id"
-        ))
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row_to_entry).collect()
+        );
+        let mut rows = sqlx::query(&sql).bind(id.0).fetch(&self.pool);
+        // Converted row by row: the list can be 100,000 long, and holding every raw row as
+        // well as every entry would double the memory it takes.
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            out.push(row_to_entry(&row)?);
+        }
+        Ok(out)
     }
 
     async fn record_call_outcome(
