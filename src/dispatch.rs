@@ -72,6 +72,15 @@ impl DispatchSettings {
     }
 }
 
+/// How workers tell each other that something changed in the store.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    /// New deliveries were written: the dispatcher should look now.
+    pub new_work: Arc<Notify>,
+    /// New deadlines exist: the deadline worker should re-read the earliest.
+    pub deadlines_changed: Arc<Notify>,
+}
+
 /// Sends one provider's deliveries.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -95,8 +104,7 @@ impl Dispatcher {
         clock: SharedClock,
         limiter: Option<Arc<TokenBucket>>,
         settings: DispatchSettings,
-        new_work: Arc<Notify>,
-        deadlines_changed: Arc<Notify>,
+        signals: Signals,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -106,8 +114,8 @@ impl Dispatcher {
             limiter,
             settings,
             roll_calls: Mutex::new(HashMap::new()),
-            new_work,
-            deadlines_changed,
+            new_work: signals.new_work,
+            deadlines_changed: signals.deadlines_changed,
             metrics,
         }
     }

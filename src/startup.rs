@@ -10,14 +10,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::clock::{ScaledClock, SharedClock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Signals};
 use crate::escalation::DeadlineWorker;
 use crate::hq::Hq;
 use crate::http::{self, ApiState};
@@ -85,8 +84,7 @@ impl Application {
             .with_context(|| format!("opening the database {}", config.database.url))?;
         let provider = provider_from(&config)?;
         let metrics = Arc::new(Metrics::default());
-        let new_work = Arc::new(Notify::new());
-        let deadlines_changed = Arc::new(Notify::new());
+        let signals = Signals::default();
         let caps = provider.capabilities();
         let limiter = caps
             .rate_limit
@@ -99,8 +97,7 @@ impl Application {
                     clock.clone(),
                     limiter.clone(),
                     config.dispatch_settings(),
-                    new_work.clone(),
-                    deadlines_changed.clone(),
+                    signals.clone(),
                     metrics.clone(),
                 ))
             })
@@ -121,7 +118,7 @@ impl Application {
         let deadlines = Arc::new(DeadlineWorker::new(
             store.clone(),
             clock.clone(),
-            deadlines_changed,
+            signals.deadlines_changed.clone(),
             metrics.clone(),
         ));
         let hq = Arc::new(Hq::new(
@@ -129,7 +126,7 @@ impl Application {
             clock.clone(),
             provider.name().to_string(),
             caps,
-            new_work,
+            signals.new_work.clone(),
         ));
         if let Some(path) = config.contacts_file() {
             let dir = crate::contacts::load_file(path)

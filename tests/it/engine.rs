@@ -299,10 +299,10 @@ async fn duplicate_and_out_of_order_events_change_nothing() {
     // The answer arrives first, the earlier read after it, then both again.
     let s = app.store.clone();
     let now = app.now().timestamp_millis();
-    s.apply_events("simulator", &[answer.clone()], None, now)
+    s.apply_events("simulator", std::slice::from_ref(&answer), None, now)
         .await
         .unwrap();
-    s.apply_events("simulator", &[read.clone()], None, now)
+    s.apply_events("simulator", std::slice::from_ref(&read), None, now)
         .await
         .unwrap();
     let again = s
