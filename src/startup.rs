@@ -68,6 +68,8 @@ pub struct Application {
     dispatchers: Vec<Arc<Dispatcher>>,
     watcher: Arc<ReceiptWatcher>,
     deadlines: Arc<DeadlineWorker>,
+    /// Recurring drills: cron line and scenario, checked at build.
+    drills: Vec<(String, Scenario)>,
 }
 
 impl Application {
@@ -134,6 +136,16 @@ impl Application {
             let n = hq.import_contacts(&dir.contacts).await?;
             info!(contacts = n, file = %path.display(), "contacts loaded");
         }
+        let drills = config
+            .drills
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Scenario::find(&config.scenarios.dir, &d.scenario)
+                    .map(|s| (d.cron.clone(), s))
+                    .with_context(|| format!("drills[{i}]: scenario {:?}", d.scenario))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -147,6 +159,7 @@ impl Application {
             dispatchers,
             watcher,
             deadlines,
+            drills,
         })
     }
 
@@ -170,16 +183,18 @@ impl Application {
 
     /// Runs the workers, the drill schedule and the HTTP server until `cancel` fires.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        // Anything that can refuse to start does so before a worker runs.
+        let scheduler = if self.drills.is_empty() {
+            None
+        } else {
+            Some(start_drills(&self.drills, self.config.zone()?, self.hq.clone()).await?)
+        };
         let tracker = TaskTracker::new();
         for d in &self.dispatchers {
             tracker.spawn(d.clone().run(cancel.clone()));
         }
         tracker.spawn(self.watcher.clone().run(cancel.clone()));
         tracker.spawn(self.deadlines.clone().run(cancel.clone()));
-        let mut scheduler = None;
-        if !self.config.drills.is_empty() {
-            scheduler = Some(start_drills(&self.config, self.hq.clone()).await?);
-        }
         let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone());
         let app = http::router(state, &self.config);
         let addr = self.local_addr();
@@ -203,19 +218,18 @@ impl Application {
 
 /// Recurring drills: wall-clock schedules, the one place tokio-cron-scheduler is used.
 async fn start_drills(
-    config: &Config,
+    drills: &[(String, Scenario)],
+    tz: chrono_tz::Tz,
     hq: Arc<Hq>,
 ) -> anyhow::Result<tokio_cron_scheduler::JobScheduler> {
     use tokio_cron_scheduler::{Job, JobScheduler};
     let sched = JobScheduler::new()
         .await
         .context("starting the drill scheduler")?;
-    let tz = config.zone()?;
-    for (i, drill) in config.drills.iter().enumerate() {
-        let scenario = Scenario::find(&config.scenarios.dir, &drill.scenario)
-            .with_context(|| format!("drills[{i}]: scenario {:?}", drill.scenario))?;
+    for (i, (cron, scenario)) in drills.iter().enumerate() {
+        let scenario = scenario.clone();
         let hq = hq.clone();
-        let job = Job::new_async_tz(drill.cron.as_str(), tz, move |_id, _l| {
+        let job = Job::new_async_tz(cron.as_str(), tz, move |_id, _l| {
             let hq = hq.clone();
             let scenario = scenario.clone();
             Box::pin(async move {
@@ -225,7 +239,7 @@ async fn start_drills(
                 }
             })
         })
-        .with_context(|| format!("drills[{i}].cron {:?}", drill.cron))?;
+        .with_context(|| format!("drills[{i}].cron {cron:?}"))?;
         sched.add(job).await?;
     }
     sched.start().await?;

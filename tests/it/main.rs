@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod crash;
+mod drills;
 mod engine;
 mod faults;
 mod store_contract;
