@@ -216,7 +216,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for b in [&b_sent, &b_read, &b_ans, &b_esc] {
-        b.finish();
+        b.abandon();
     }
     let list = hq.call_list(rc.id).await?;
     let now = clock.now_millis();
