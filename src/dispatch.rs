@@ -14,7 +14,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, debug_span, info_span, warn, Instrument};
 
 use crate::clock::{Millis, SharedClock};
 use crate::ids::RollCallId;
@@ -213,7 +213,7 @@ impl Dispatcher {
             buttons: rc.buttons.clone(),
         };
         let started = std::time::Instant::now();
-        let span = info_span!("send", roll_call = %d.roll_call_id, delivery = d.id, provider = self.provider.name());
+        let span = debug_span!("send", roll_call = %d.roll_call_id, delivery = d.id, provider = self.provider.name());
         let res = self.provider.send(&msg).instrument(span).await;
         let at: Millis = self.clock.now_millis();
         self.metrics

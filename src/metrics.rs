@@ -38,7 +38,12 @@ impl Metrics {
             Err(ProviderError::Permanent(_)) => "permanent",
         };
         let mut map = self.providers.lock().unwrap_or_else(|e| e.into_inner());
-        let st = map.entry(provider.to_string()).or_default();
+        if !map.contains_key(provider) {
+            map.insert(provider.to_string(), ProviderStats::default());
+        }
+        let Some(st) = map.get_mut(provider) else {
+            return;
+        };
         *st.results.entry(result).or_default() += 1;
         let secs = took.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
