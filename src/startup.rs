@@ -179,11 +179,23 @@ impl Application {
         }
         tracker.spawn(self.watcher.clone().run(cancel.clone()));
         tracker.spawn(self.deadlines.clone().run(cancel.clone()));
+        if let Some(mail) = crate::email::EmailWorker::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.config.clone(),
+            self.deadlines.escalated.clone(),
+        )
+        .context("setting up e-mail")?
+        {
+            tracker.spawn(Arc::new(mail).run(cancel.clone()));
+        }
         let mut scheduler = None;
         if !self.config.drills.is_empty() {
             scheduler = Some(start_drills(&self.config, self.hq.clone()).await?);
         }
-        let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone());
+        let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone())
+            .with_shutdown(cancel.clone())
+            .with_escalated(self.deadlines.escalated.clone());
         let app = http::router(state, &self.config);
         let addr = self.local_addr();
         info!(%addr, provider = self.hq.provider(), "anpi is listening");
