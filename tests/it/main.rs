@@ -1,6 +1,7 @@
 //! anpi's integration tests: one binary, each module a capability.
 
 mod api;
+mod browser;
 mod cli;
 mod crash;
 mod engine;
@@ -8,3 +9,4 @@ mod faults;
 mod hq_api;
 mod store_contract;
 mod support;
+mod tools;
