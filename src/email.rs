@@ -158,18 +158,59 @@ pub struct EmailWorker {
     tracker: TaskTracker,
 }
 
-/// What a roll call needs mailed once it is due.
-fn plan_for(rc: &RollCall, config: &Config) -> Escalation {
+/// A roll call's e-mail settings, stored when it starts (the roll call row has no column for
+/// them, and the scenario file may change or not exist, e.g. an uploaded scenario).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Plan {
+    email_hq: bool,
+    email_unconfirmed: bool,
+}
+
+fn plan_key(id: RollCallId) -> String {
+    format!("plan:{id}")
+}
+
+/// Records what e-mail the roll call `id` asks for at its deadline. Called by
+/// [`Hq::start`](crate::hq::Hq::start).
+pub async fn record_plan(
+    store: &SharedStore,
+    id: RollCallId,
+    escalation: &Escalation,
+    now: crate::clock::Millis,
+) -> Result<(), StoreError> {
+    let plan = Plan {
+        email_hq: escalation.email_hq,
+        email_unconfirmed: escalation.email_unconfirmed,
+    };
+    let text = serde_json::to_string(&plan).unwrap_or_default();
+    store
+        .set_provider_state(STATE_NS, &plan_key(id), &text, now)
+        .await
+}
+
+/// What a roll call needs mailed once it is due: as recorded at start, else as its scenario
+/// file says today.
+async fn plan_for(store: &SharedStore, rc: &RollCall, config: &Config) -> Result<Plan, StoreError> {
     if rc.scenario == crate::announcement::SCENARIO_NAME {
-        return Escalation {
+        return Ok(Plan {
             email_hq: false,
             email_unconfirmed: false,
-            resend_after: None,
-        };
+        });
     }
-    Scenario::find(&config.scenarios.dir, &rc.scenario)
+    if let Some(p) = store
+        .provider_state(STATE_NS, &plan_key(rc.id))
+        .await?
+        .and_then(|t| serde_json::from_str::<Plan>(&t).ok())
+    {
+        return Ok(p);
+    }
+    let e = Scenario::find(&config.scenarios.dir, &rc.scenario)
         .map(|s| s.escalation)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    Ok(Plan {
+        email_hq: e.email_hq,
+        email_unconfirmed: e.email_unconfirmed,
+    })
 }
 
 impl EmailWorker {
@@ -235,7 +276,7 @@ impl EmailWorker {
             if !due {
                 continue;
             }
-            let plan = plan_for(&rc, &self.config);
+            let plan = plan_for(&self.store, &rc, &self.config).await?;
             let mut mails = Vec::new();
             let now = self.clock.now_millis();
             let entries = self.store.call_list(rc.id).await?;

@@ -188,6 +188,7 @@ impl Hq {
             .store
             .create_roll_call(&new, &recipients, self.clock.now_millis())
             .await?;
+        crate::email::record_plan(&self.store, rc.id, &scenario.escalation, rc.created_at).await?;
         self.new_work.notify_waiters();
         Ok((rc, estimate(recipients.len(), no_chat, &self.capabilities)))
     }

@@ -4,6 +4,7 @@ mod api;
 mod browser;
 mod cli;
 mod crash;
+mod email;
 mod engine;
 mod faults;
 mod hq_api;
