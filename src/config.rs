@@ -491,6 +491,35 @@ mod tests {
     }
 
     #[test]
+    fn email_and_shelter_token_values_are_named() {
+        let cases = [
+            ("[email]\nsecurity = \"ssl3\"\n", "email.security"),
+            ("[email]\nenabled = true\nhq = []\n", "email.hq"),
+            (
+                "[email]\nenabled = true\nfrom = \"anpi@x.example.jp\"\nhq = [\"not an address\"]\n",
+                "email.hq[0]",
+            ),
+            (
+                "[[api.shelter_tokens]]\ntoken = \"short\"\nstaff_id = \"P0001\"\n",
+                "api.shelter_tokens[0]",
+            ),
+            (
+                "[[api.shelter_tokens]]\ntoken = \"0123456789abcdef-long\"\nstaff_id = \"\"\n",
+                "api.shelter_tokens[0].staff_id",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} -> {err}");
+        }
+        let c = Config::from_toml(
+            "[email]\nenabled = true\npassword = \"smtp-secret-123\"\nfrom = \"anpi <anpi@x.example.jp>\"\nhq = [\"hq@x.example.jp\"]\n",
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("smtp-secret-123"));
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let c = Config::from_toml("[api]\nhq_tokens = [\"0123456789abcdef-secret\"]\n").unwrap();
         let dbg = format!("{c:?}");

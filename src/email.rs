@@ -156,6 +156,7 @@ pub struct EmailWorker {
     /// Roll calls whose mail is being sent by a task now.
     in_flight: Arc<Mutex<HashSet<RollCallId>>>,
     tracker: TaskTracker,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A roll call's e-mail settings, stored when it starts (the roll call row has no column for
@@ -220,6 +221,7 @@ impl EmailWorker {
         clock: SharedClock,
         config: Arc<Config>,
         escalated: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Option<Self>, EmailError> {
         if !config.email.enabled {
             return Ok(None);
@@ -243,6 +245,7 @@ impl EmailWorker {
             escalated,
             in_flight: Arc::default(),
             tracker: TaskTracker::new(),
+            metrics,
         }))
     }
 
@@ -331,13 +334,16 @@ impl EmailWorker {
             let store = self.store.clone();
             let clock = self.clock.clone();
             let in_flight = self.in_flight.clone();
+            let metrics = self.metrics.clone();
             let cancel = cancel.clone();
             let id = rc.id;
             self.tracker.spawn(
                 async move {
                     let mut failed = 0;
                     for m in &mails {
-                        if let Err(e) = mailer.send(m, &cancel).await {
+                        let res = mailer.send(m, &cancel).await;
+                        metrics.email(res.is_ok());
+                        if let Err(e) = res {
                             failed += 1;
                             warn!(error = %e, subject = %m.subject, "e-mail given up");
                         }

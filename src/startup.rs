@@ -184,6 +184,7 @@ impl Application {
             self.clock.clone(),
             self.config.clone(),
             self.deadlines.escalated.clone(),
+            self.metrics.clone(),
         )
         .context("setting up e-mail")?
         {

@@ -213,6 +213,19 @@ async fn hq_gets_the_call_list_with_the_csv_and_unconfirmed_people_a_reminder() 
     .await;
     assert_eq!(mark, format!("{expected} sent, 0 failed"));
     assert_eq!(messages(smtp.out.path()).len(), expected);
+    let m = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(&format!("anpi_emails_total{{result=\"sent\"}} {expected}")),
+        "{m}"
+    );
     app.shutdown().await;
 }
 
