@@ -248,6 +248,34 @@ async fn hq_runs_a_drill_from_the_web_page() {
         Some(anpi::rollcall::CallOutcome::ReachedSafe)
     );
 
+    // CSV download: the page fetches it with the token and saves the blob (captured here).
+    eval(
+        c,
+        "window.__blobs = []; const o = URL.createObjectURL; \
+         URL.createObjectURL = (b) => { window.__blobs.push(b); return o(b); }; return true;",
+    )
+    .await;
+    c.find(Locator::Id("csv-btn"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let head = eventually("the CSV blob", || async {
+        let v = c
+            .execute_async(
+                "const done = arguments[arguments.length - 1]; \
+                 if (!window.__blobs.length) { done(null); return; } \
+                 window.__blobs[0].arrayBuffer().then((b) => done(Array.from(new Uint8Array(b).slice(0, 3))));",
+                vec![],
+            )
+            .await
+            .unwrap_or(Value::Null);
+        (!v.is_null()).then_some(v)
+    })
+    .await;
+    assert_eq!(head, json!([0xEF, 0xBB, 0xBF]), "UTF-8 BOM for Excel");
+
     // The English switch.
     c.find(Locator::Id("lang-btn"))
         .await

@@ -430,3 +430,63 @@ async fn the_web_page_and_its_assets_are_served_without_a_token() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn call_queue_requests_that_are_malformed_get_clear_errors() {
+    let app = spawn_app().await;
+    let rc = app.start(&scenario()).await;
+    let post = |path: String, body: String| {
+        app.http
+            .post(format!("{}{path}", app.base_url))
+            .bearer_auth(CALLER_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let next = format!("/api/rollcalls/{}/calls/next", rc.id);
+    let cases = [
+        (next.clone(), "{nope".to_string(), StatusCode::BAD_REQUEST),
+        (
+            next.clone(),
+            r#"{"desk": "a b/c"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            next.clone(),
+            r#"{"who": "me"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            next.clone(),
+            format!(r#"{{"desk": "{}"}}"#, "x".repeat(40 * 1024 * 1024)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "/api/rollcalls/abc/calls/next".into(),
+            "{}".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/rollcalls/999/calls/next".into(),
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/rollcalls/999/calls/S00001/release".into(),
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (path, body, expected) in cases {
+        let res = post(path.clone(), body).await.unwrap();
+        assert_eq!(res.status(), expected, "{path}");
+        assert!(!res.text().await.unwrap().is_empty(), "{path}: says why");
+    }
+    let nobody_claimed = app
+        .call_list(rc.id)
+        .await
+        .iter()
+        .all(|e| e.claimed_by.is_none());
+    assert!(nobody_claimed);
+    app.shutdown().await;
+}
