@@ -248,6 +248,12 @@ async fn hq_runs_a_drill_from_the_web_page() {
         Some(anpi::rollcall::CallOutcome::ReachedSafe)
     );
 
+    // ANPI_SCREENSHOTS=<dir> keeps a picture of the page for a person to look at.
+    if let Some(dir) = std::env::var_os("ANPI_SCREENSHOTS") {
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(std::path::Path::new(&dir).join("hq-page.png"), png).unwrap();
+    }
+
     // CSV download: the page fetches it with the token and saves the blob (captured here).
     eval(
         c,
