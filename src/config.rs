@@ -72,6 +72,8 @@ pub struct Config {
     #[serde(default)]
     pub drills: Vec<DrillConfig>,
     pub providers: ProvidersConfig,
+    #[serde(default)]
+    pub email: EmailConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +117,72 @@ pub struct DispatchConfig {
 pub struct ApiConfig {
     pub hq_tokens: Vec<Secret>,
     pub caller_tokens: Vec<Secret>,
+    /// Tokens of shelter phones: each may acknowledge for its own phone only.
+    #[serde(default)]
+    pub shelter_tokens: Vec<ShelterToken>,
+    /// How long a caller's claim on a person lasts before the person returns to the queue.
+    #[serde(default = "default_call_hold", with = "humantime_serde")]
+    pub call_hold: Duration,
+    /// How long an announcement stays open before its unread recipients go on the call list.
+    #[serde(default = "default_announcement_deadline", with = "humantime_serde")]
+    pub announcement_deadline: Duration,
+}
+
+fn default_call_hold() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_announcement_deadline() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// A shelter phone's token, bound to that phone's staff id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShelterToken {
+    pub token: Secret,
+    pub staff_id: String,
+}
+
+/// SMTP settings for the call-list e-mail to HQ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// "none" (plain, for a relay on loopback), "starttls" or "tls".
+    pub security: String,
+    pub username: String,
+    pub password: Secret,
+    pub from: String,
+    /// Who receives the call list: HQ's own addresses only (it holds personal data).
+    pub hq: Vec<String>,
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often open roll calls are checked besides the wake-up at each escalation.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 25,
+            security: "none".into(),
+            username: String::new(),
+            password: Secret::new(""),
+            from: "anpi@localhost".into(),
+            hq: Vec::new(),
+            retry_schedule: vec![Duration::from_secs(5)],
+            timeout: Duration::from_secs(30),
+            check_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +233,40 @@ impl SimulatorConfig {
             requests: self.rate_limit_per_minute,
             per: Duration::from_secs(60),
         })
+    }
+}
+
+impl EmailConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.security.as_str(), "none" | "starttls" | "tls") {
+            return Err(invalid(
+                "email.security",
+                format!("{:?}: use none, starttls or tls", self.security),
+            ));
+        }
+        if self.retry_schedule.is_empty() {
+            return Err(invalid("email.retry_schedule", "needs at least one wait"));
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.host.trim().is_empty() {
+            return Err(invalid("email.host", "is empty but email.enabled = true"));
+        }
+        self.from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| invalid("email.from", format!("{:?}: {e}", self.from)))?;
+        if self.hq.is_empty() {
+            return Err(invalid(
+                "email.hq",
+                "no HQ addresses but email.enabled = true",
+            ));
+        }
+        for (i, a) in self.hq.iter().enumerate() {
+            a.parse::<lettre::message::Mailbox>()
+                .map_err(|e| invalid(&format!("email.hq[{i}]"), format!("{a:?}: {e}")))?;
+        }
+        Ok(())
     }
 }
 
@@ -286,6 +388,26 @@ impl Config {
                 ))
             }
         }
+        for (i, s) in self.api.shelter_tokens.iter().enumerate() {
+            let key = format!("api.shelter_tokens[{i}]");
+            if s.token.expose().chars().count() < 16 {
+                return Err(invalid(&key, "token is shorter than 16 characters"));
+            }
+            crate::ids::StaffId::parse(&s.staff_id)
+                .map_err(|e| invalid(&format!("{key}.staff_id"), e.to_string()))?;
+        }
+        if self.api.call_hold < Duration::from_secs(10) {
+            return Err(invalid("api.call_hold", "must be at least 10s"));
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
+            .contains(&self.api.announcement_deadline)
+        {
+            return Err(invalid(
+                "api.announcement_deadline",
+                "must be between 1m and 24h",
+            ));
+        }
+        self.email.validate()?;
         for (i, d) in self.drills.iter().enumerate() {
             if d.cron.split_whitespace().count() < 6 {
                 return Err(invalid(
@@ -366,6 +488,35 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn email_and_shelter_token_values_are_named() {
+        let cases = [
+            ("[email]\nsecurity = \"ssl3\"\n", "email.security"),
+            ("[email]\nenabled = true\nhq = []\n", "email.hq"),
+            (
+                "[email]\nenabled = true\nfrom = \"anpi@x.example.jp\"\nhq = [\"not an address\"]\n",
+                "email.hq[0]",
+            ),
+            (
+                "[[api.shelter_tokens]]\ntoken = \"short\"\nstaff_id = \"P0001\"\n",
+                "api.shelter_tokens[0]",
+            ),
+            (
+                "[[api.shelter_tokens]]\ntoken = \"0123456789abcdef-long\"\nstaff_id = \"\"\n",
+                "api.shelter_tokens[0].staff_id",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} -> {err}");
+        }
+        let c = Config::from_toml(
+            "[email]\nenabled = true\npassword = \"smtp-secret-123\"\nfrom = \"anpi <anpi@x.example.jp>\"\nhq = [\"hq@x.example.jp\"]\n",
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("smtp-secret-123"));
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl Hq {
             .store
             .create_roll_call(&new, &recipients, self.clock.now_millis())
             .await?;
+        crate::email::record_plan(&self.store, rc.id, &scenario.escalation, rc.created_at).await?;
         self.new_work.notify_waiters();
         Ok((rc, estimate(recipients.len(), no_chat, &self.capabilities)))
     }
@@ -231,6 +232,83 @@ impl Hq {
             .store
             .record_call_outcome(id, staff, outcome, by, self.clock.now_millis())
             .await?)
+    }
+
+    /// Gives `caller` the next person to ring and holds them for `hold` (see
+    /// [`Store::claim_next_call`](crate::store::Store::claim_next_call)).
+    pub async fn claim_next_call(
+        &self,
+        id: RollCallId,
+        caller: &str,
+        hold: Duration,
+    ) -> Result<Option<CallListEntry>, HqError> {
+        self.store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        Ok(self
+            .store
+            .claim_next_call(id, caller, self.clock.now_millis(), hold)
+            .await?)
+    }
+
+    /// Lets go of `caller`'s hold on `staff`. False if they held nothing.
+    pub async fn release_call(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        caller: &str,
+    ) -> Result<bool, HqError> {
+        self.store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        Ok(self.store.release_call(id, staff, caller).await?)
+    }
+
+    /// A shelter phone says "we got it" through HQ's API instead of the chat app: recorded as
+    /// an answer `ack` from that phone's chat id, through the same receipt path (and event
+    /// log) as a button tap.
+    pub async fn acknowledge(&self, id: RollCallId, phone: &StaffId) -> Result<(), HqError> {
+        let rc = self
+            .store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        if rc.state == crate::rollcall::RollCallState::Closed {
+            return Err(HqError::Store(StoreError::Closed(id)));
+        }
+        let contacts = self.store.contacts().await?;
+        let handle = contacts
+            .iter()
+            .find(|c| &c.id == phone)
+            .and_then(|c| c.chat.get(&rc.provider))
+            .cloned()
+            .ok_or_else(|| {
+                HqError::Store(StoreError::NoSuchRecipient {
+                    roll_call: id,
+                    staff: phone.clone(),
+                })
+            })?;
+        let now = self.clock.now();
+        let event = crate::providers::InboundEvent {
+            event_id: format!("api-ack-{}-{}-{}", id, phone, now.timestamp_millis()),
+            roll_call_id: Some(id),
+            from: handle,
+            kind: crate::providers::InboundKind::Answer {
+                value: "ack".into(),
+            },
+            occurred_at: now,
+        };
+        let summary =
+            crate::receipts::apply(&self.store, &self.clock, &rc.provider, &[event]).await?;
+        if summary.answered == 0 {
+            return Err(HqError::Store(StoreError::NoSuchRecipient {
+                roll_call: id,
+                staff: phone.clone(),
+            }));
+        }
+        Ok(())
     }
 
     /// Waits (by polling the store) until no delivery of `id` is pending or sending.

@@ -11,6 +11,8 @@
 //! - [`contacts`]: the contacts file (TOML, CSV in UTF-8 or Shift_JIS), phone numbers to E.164.
 //! - [`scenario`]: roll-call templates: message, buttons, audience, deadline, drill flag.
 //! - [`rollcall`]: roll calls, deliveries and their state machine.
+//! - [`announcement`]: HQ's instruction to all staff, sent as a roll call of one 確認 button.
+//! - [`email`]: the call list to HQ by e-mail at each roll call's deadline, with retries.
 //! - [`hq`]: what HQ does (start, status, close, call list, outcomes), for every interface.
 //! - [`dispatch`]: the outbox worker that claims and sends deliveries.
 //! - [`ratelimit`]: the per-provider token bucket.
@@ -19,7 +21,7 @@
 //! - [`providers`]: the chat-provider trait and its adapters.
 //! - [`simulator`]: the built-in stand-in chat server (demo, tests, benchmark).
 //! - [`store`]: the storage trait and its SQLite backend.
-//! - [`http`]: the JSON API, `/healthz`, `/metrics`.
+//! - [`http`]: the JSON API, the HQ web page, live progress (SSE), `/healthz`, `/metrics`.
 //! - [`clock`]: the one source of time (real, scaled, manual).
 //! - [`config`]: layered configuration and its validation.
 //! - [`startup`]: builds and runs the application.
@@ -27,6 +29,7 @@
 //! - [`worker`]: the shape shared by background workers.
 //! - [`cli`], [`demo`], [`bench`], [`telemetry`]: the command line and its one-process modes.
 
+pub mod announcement;
 pub mod bench;
 pub mod cli;
 pub mod clock;
@@ -34,6 +37,7 @@ pub mod config;
 pub mod contacts;
 pub mod demo;
 pub mod dispatch;
+pub mod email;
 pub mod escalation;
 pub mod hq;
 pub mod http;

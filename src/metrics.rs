@@ -27,6 +27,8 @@ pub struct Metrics {
     callback_rejections: Mutex<BTreeMap<String, u64>>,
     store_errors: AtomicU64,
     events_applied: AtomicU64,
+    emails_sent: AtomicU64,
+    emails_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -65,6 +67,16 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One e-mail delivered to the SMTP server (`ok`) or given up after its retries.
+    pub fn email(&self, ok: bool) {
+        let c = if ok {
+            &self.emails_sent
+        } else {
+            &self.emails_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn events_applied(&self, n: u64) {
@@ -162,6 +174,18 @@ impl Metrics {
             "anpi_events_applied_total {}",
             self.events_applied.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP anpi_emails_total Deadline e-mails by result (failed = given up after retries)."
+        );
+        let _ = writeln!(out, "# TYPE anpi_emails_total counter");
+        for (r, c) in [("sent", &self.emails_sent), ("failed", &self.emails_failed)] {
+            let _ = writeln!(
+                out,
+                "anpi_emails_total{{result=\"{r}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

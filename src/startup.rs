@@ -189,13 +189,26 @@ impl Application {
         } else {
             Some(start_drills(&self.drills, self.config.zone()?, self.hq.clone()).await?)
         };
+        let mail = crate::email::EmailWorker::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.config.clone(),
+            self.deadlines.escalated.clone(),
+            self.metrics.clone(),
+        )
+        .context("setting up e-mail")?;
         let tracker = TaskTracker::new();
         for d in &self.dispatchers {
             tracker.spawn(d.clone().run(cancel.clone()));
         }
         tracker.spawn(self.watcher.clone().run(cancel.clone()));
         tracker.spawn(self.deadlines.clone().run(cancel.clone()));
-        let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone());
+        if let Some(mail) = mail {
+            tracker.spawn(Arc::new(mail).run(cancel.clone()));
+        }
+        let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone())
+            .with_shutdown(cancel.clone())
+            .with_escalated(self.deadlines.escalated.clone());
         let app = http::router(state, &self.config);
         let addr = self.local_addr();
         info!(%addr, provider = self.hq.provider(), "anpi is listening");
@@ -211,7 +224,6 @@ impl Application {
         tracker.close();
         tracker.wait().await;
         info!("anpi stopped");
-        let _ = self.clock;
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
 //! The HTTP API (JSON): one router per resource, routes beside their handlers. Bearer tokens
-//! carry a role: `hq` may do everything, `caller` may read the call list and record outcomes.
+//! carry a role: `hq` may do everything, `caller` may read the call list, claim calls and
+//! record outcomes, `shelter` may only acknowledge for the one phone its token is bound to.
+//! The HQ web page ([`web`]) is served here too and uses the same API and tokens.
 //!
 //! Invariants: a request without a valid token, or with too small a role, is refused before
 //! it touches anything; tokens are compared in constant time and never logged; client errors
@@ -19,25 +21,47 @@ use tracing::error;
 
 use crate::config::Config;
 use crate::hq::{Hq, HqError};
+use crate::ids::StaffId;
 use crate::metrics::Metrics;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+mod announcements;
+mod calls;
 mod contacts;
 mod ops;
 mod rollcalls;
+mod stream;
+mod web;
 
-/// Who may do what.
+/// Who may do what. `Hq` may do everything a `Caller` may; a `Shelter` token may only
+/// acknowledge for its own phone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    Shelter,
     Caller,
     Hq,
+}
+
+impl Role {
+    /// Whether a token of this role may use an endpoint that needs `needed`.
+    fn allows(self, needed: Role) -> bool {
+        match needed {
+            Role::Shelter => self == Role::Shelter,
+            Role::Caller => self >= Role::Caller,
+            Role::Hq => self == Role::Hq,
+        }
+    }
 }
 
 /// The caller, once authenticated.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub role: Role,
-    /// "hq#1", "caller#2": which token, for the record of who made a call.
+    /// "hq#1", "caller#2", "shelter#1": which token, for the record of who made a call.
     pub name: String,
+    /// For a shelter token: the one phone it speaks for.
+    pub shelter_phone: Option<StaffId>,
 }
 
 #[derive(Clone)]
@@ -45,6 +69,10 @@ pub struct ApiState {
     pub hq: Arc<Hq>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Fires at shutdown, so endless responses (event streams) end and the server can stop.
+    pub shutdown: CancellationToken,
+    /// Told after each escalation (the deadline worker's), so streams update at once.
+    pub escalated: Arc<Notify>,
 }
 
 impl ApiState {
@@ -53,10 +81,24 @@ impl ApiState {
             hq,
             config,
             metrics,
+            shutdown: CancellationToken::new(),
+            escalated: Arc::new(Notify::new()),
         }
     }
 
-    /// Checks the bearer token and that its role is at least `needed`.
+    /// Ends event streams when `cancel` fires.
+    pub fn with_shutdown(mut self, cancel: CancellationToken) -> Self {
+        self.shutdown = cancel;
+        self
+    }
+
+    /// Wakes event streams when the deadline worker escalates.
+    pub fn with_escalated(mut self, escalated: Arc<Notify>) -> Self {
+        self.escalated = escalated;
+        self
+    }
+
+    /// Checks the bearer token and that its role may do what needs `needed`.
     pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<Principal, ApiError> {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
@@ -64,6 +106,11 @@ impl ApiState {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized("send Authorization: Bearer <token>"))?;
+        self.authorize_token(token, needed)
+    }
+
+    /// Checks a token given some other way (an event stream's `?token=`).
+    pub fn authorize_token(&self, token: &str, needed: Role) -> Result<Principal, ApiError> {
         let mut found = None;
         // Compare against every token (no early exit) so timing reveals nothing.
         for (role, list, label) in [
@@ -75,12 +122,23 @@ impl ApiState {
                     found = Some(Principal {
                         role,
                         name: format!("{label}#{}", i + 1),
+                        shelter_phone: None,
                     });
                 }
             }
         }
+        for (i, s) in self.config.api.shelter_tokens.iter().enumerate() {
+            if bool::from(s.token.expose().as_bytes().ct_eq(token.as_bytes())) && found.is_none() {
+                found = Some(Principal {
+                    role: Role::Shelter,
+                    name: format!("shelter#{}", i + 1),
+                    // Checked when the configuration was loaded.
+                    shelter_phone: StaffId::parse(&s.staff_id).ok(),
+                });
+            }
+        }
         let p = found.ok_or(ApiError::Unauthorized("the token is not valid"))?;
-        if p.role < needed {
+        if !p.role.allows(needed) {
             return Err(ApiError::Forbidden(
                 "this token's role may not do this; ask HQ",
             ));
@@ -116,6 +174,7 @@ impl From<HqError> for ApiError {
             HqError::Store(crate::store::StoreError::NoSuchRecipient { .. }) => {
                 Self::NotFound(e.to_string())
             }
+            HqError::Store(crate::store::StoreError::Closed(_)) => Self::Conflict(e.to_string()),
             HqError::Store(s) => Self::Internal(s.into()),
         }
     }
@@ -154,7 +213,15 @@ impl IntoResponse for ApiError {
 pub fn router(state: ApiState, config: &Config) -> Router {
     Router::new()
         .merge(ops::router())
-        .nest("/api", rollcalls::router().merge(contacts::router()))
+        .merge(web::router())
+        .nest(
+            "/api",
+            rollcalls::router()
+                .merge(contacts::router())
+                .merge(calls::router())
+                .merge(announcements::router())
+                .merge(stream::router()),
+        )
         .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -217,6 +217,8 @@ async fn escalations(
 #[serde(deny_unknown_fields)]
 struct CallBody {
     outcome: String,
+    /// The desk that made the call, when tablets share a token (see `calls`).
+    desk: Option<String>,
 }
 
 async fn call(
@@ -230,7 +232,8 @@ async fn call(
     let staff = StaffId::parse(&staff).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let Json(b) = body?;
     let outcome = CallOutcome::parse(&b.outcome).map_err(ApiError::Unprocessable)?;
-    let entry = s.hq.record_outcome(id, &staff, outcome, &who.name).await?;
+    let by = super::calls::DeskBody { desk: b.desk }.caller(&who)?;
+    let entry = s.hq.record_outcome(id, &staff, outcome, &by).await?;
     Ok(Json(json!({"entry": entry, "to_call": entry.to_call()})))
 }
 

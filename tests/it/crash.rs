@@ -147,11 +147,21 @@ poll_wait = "100ms"
 
     // 1. Kill during dispatch.
     let mut daemon = spawn_daemon(&config, &log);
-    wait_until("dispatch under way", Duration::from_secs(30), || {
-        let n = sim.stats().accepted;
-        async move { n >= 400 }
-    })
-    .await;
+    let end = Instant::now() + Duration::from_secs(30);
+    while sim.stats().accepted < 400 {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!(
+                "anpi serve exited with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < end,
+            "dispatch did not get under way; anpi's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     kill(&mut daemon);
     let at_kill = sim.stats().accepted;
     assert!(

@@ -1,10 +1,14 @@
 //! anpi's integration tests: one binary, each module a capability.
 
 mod api;
+mod browser;
 mod cli;
 mod crash;
 mod drills;
+mod email;
 mod engine;
 mod faults;
+mod hq_api;
 mod store_contract;
 mod support;
+mod tools;
