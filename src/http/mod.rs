@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::hq::{Hq, HqError};
 use crate::metrics::Metrics;
 
+mod callbacks;
 mod contacts;
 mod ops;
 mod rollcalls;
@@ -154,6 +155,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: ApiState, config: &Config) -> Router {
     Router::new()
         .merge(ops::router())
+        .merge(callbacks::router())
         .nest("/api", rollcalls::router().merge(contacts::router()))
         .layer(DefaultBodyLimit::max(config.server.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
