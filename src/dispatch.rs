@@ -120,6 +120,8 @@ pub struct Dispatcher {
     routes: Vec<Route>,
     /// Each roll call's plan, and for a rooms plan which group each chat id is in.
     plans: Mutex<HashMap<RollCallId, Arc<PlanCtx>>>,
+    /// This worker's name for store leases: one worker makes a given broadcast.
+    holder: String,
     /// Woken when new deliveries are written.
     pub new_work: Arc<Notify>,
     /// Told when new deadlines exist, so the deadline worker re-reads the earliest.
@@ -148,6 +150,7 @@ impl Dispatcher {
             roll_calls: Mutex::new(HashMap::new()),
             routes,
             plans: Mutex::new(HashMap::new()),
+            holder: format!("dispatch-{:016x}", rand::random::<u64>()),
             new_work,
             deadlines_changed,
             metrics,
@@ -423,11 +426,38 @@ impl Dispatcher {
                 })
                 .collect()
         };
-        // Already posted before a crash: record, do not post again.
-        if let Some(done) = self.store.provider_state(name, &key).await? {
-            if let Ok(b) = serde_json::from_str::<DoneBroadcast>(&done) {
-                return Ok(sent_all(b.at, b.post_id));
-            }
+        let back = |next: Millis, error: String, refund: bool| -> Vec<SendResult> {
+            ds.iter()
+                .map(|d| SendResult::Retry {
+                    id: d.id,
+                    next_attempt_at: next,
+                    error: error.clone(),
+                    refund_attempt: refund,
+                })
+                .collect()
+        };
+        // Posted already (by another worker, or before a crash): record, do not post again.
+        let done = |state: Option<String>| {
+            state.and_then(|s| serde_json::from_str::<DoneBroadcast>(&s).ok())
+        };
+        if let Some(b) = done(self.store.provider_state(name, &key).await?) {
+            return Ok(sent_all(b.at, b.post_id));
+        }
+        let now = self.clock.now_millis();
+        if !self
+            .store
+            .try_lease(&key, &self.holder, now, self.settings.lease)
+            .await?
+        {
+            // Another worker is posting it; these follow once it is recorded as done.
+            return Ok(back(
+                now + 500,
+                "another worker is making this broadcast".into(),
+                true,
+            ));
+        }
+        if let Some(b) = done(self.store.provider_state(name, &key).await?) {
+            return Ok(sent_all(b.at, b.post_id));
         }
         let kind = if group.is_some() {
             RouteKind::Rooms
@@ -459,16 +489,6 @@ impl Dispatcher {
             }),
             started.elapsed(),
         );
-        let back = |next: Millis, error: String, refund: bool| -> Vec<SendResult> {
-            ds.iter()
-                .map(|d| SendResult::Retry {
-                    id: d.id,
-                    next_attempt_at: next,
-                    error: error.clone(),
-                    refund_attempt: refund,
-                })
-                .collect()
-        };
         match res {
             Ok(b) => {
                 let done = DoneBroadcast {

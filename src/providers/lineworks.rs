@@ -48,6 +48,11 @@ const MAX_LABEL_CHARS: usize = 20;
 pub const READERS_PAGE: usize = 5000;
 /// How much of an unexpected error body goes into a reason.
 const EXCERPT_CHARS: usize = 200;
+/// Share of the platform's limit anpi plans with. A request leaves the token bucket and
+/// reaches the platform a moment later, and that moment varies (the first ones wait for the
+/// access token), so a bucket that spends exactly the limit can land one request too many in
+/// the platform's window; 5% below absorbs that.
+const LIMIT_SHARE: f64 = 0.95;
 /// When a 429 carries no usable reset header.
 const DEFAULT_RESET: Duration = Duration::from_secs(5);
 
@@ -557,7 +562,11 @@ impl ChatProvider for LineWorksProvider {
             read_receipts: false,
             buttons: true,
             idempotent_sends: false,
-            rate_limit: Some(self.settings.rate_limit),
+            rate_limit: Some(RateLimit {
+                requests: ((self.settings.rate_limit.requests as f64 * LIMIT_SHARE).floor() as u32)
+                    .max(1),
+                per: self.settings.rate_limit.per,
+            }),
             max_in_flight: self.settings.max_in_flight,
         }
     }

@@ -191,8 +191,9 @@ impl LwApp {
 
 #[tokio::test]
 async fn a_thousand_one_to_one_on_240_per_minute_never_break_the_limit_and_429_waits_for_reset() {
-    // Without a board the planner can only use 1:1 talk: ~271 s of clock time for 1,000.
-    let app = spawn(1_000, Script::default(), false, 100.0).await;
+    // Without a board the planner can only use 1:1 talk: ~285 s of clock time for 1,000 at
+    // 228/min (anpi keeps 5% under the platform's 240).
+    let app = spawn(1_000, Script::default(), false, 30.0).await;
     let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
     assert_eq!(est.plan.route, RouteKind::Direct);
     // The platform refuses 3 requests anyway, asking for 20 s.
@@ -370,11 +371,12 @@ fn demo_args(size: usize, speed: f64) -> DemoArgs {
 #[tokio::test]
 async fn demo_on_one_to_one_takes_what_the_planner_said_within_ten_percent() {
     init_logs();
-    let mut args = demo_args(1_000, 100.0);
+    let mut args = demo_args(1_000, 30.0);
     args.no_board = true;
     let r = demo::run_measured(args).await.unwrap();
     assert_eq!(r.route, RouteKind::Direct);
-    assert!((r.estimate_seconds - 271.1).abs() < 0.5, "{r:?}");
+    // 22 at once, then 978 at 0.9 x 228/min: about 286 s.
+    assert!((r.estimate_seconds - 286.0).abs() < 1.0, "{r:?}");
     let measured = r.measured_seconds.expect("all sent");
     assert!(
         (measured - r.estimate_seconds).abs() <= r.estimate_seconds * 0.1,
