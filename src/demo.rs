@@ -153,7 +153,7 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
             .context("writing the test key")?;
         let c = lw.config();
         let mut rooms = String::new();
-        for (channel, _) in &c.rooms {
+        for channel in c.rooms.keys() {
             // Channel ids are "room-<department>".
             let dept = channel.trim_start_matches("room-");
             rooms.push_str(&format!("\"{dept}\" = \"{channel}\"\n"));

@@ -130,6 +130,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: SharedStore,
         provider: Arc<dyn ChatProvider>,

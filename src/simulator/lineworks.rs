@@ -348,7 +348,7 @@ impl Shared {
         headers: &HeaderMap,
         op: &'static str,
         limit: RateLimit,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         let now = self.clock.now_millis();
         let mut st = self.lock();
         let token = headers
@@ -360,18 +360,18 @@ impl Shared {
             Some(exp) if *exp > now => {}
             _ => {
                 st.stats.unauthorized += 1;
-                return Err(error(
+                return Err(Box::new(error(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHORIZED",
                     "Authentication failed",
-                ));
+                )));
             }
         }
         if st.forced > 0 {
             st.forced -= 1;
             st.stats.forced_429 += 1;
             st.forced_log.push(now);
-            return Err(too_many(st.forced_reset, limit.requests));
+            return Err(Box::new(too_many(st.forced_reset, limit.requests)));
         }
         let per = limit.per.as_millis() as i64;
         let window = st.windows.entry(op).or_default();
@@ -381,7 +381,7 @@ impl Shared {
         if window.len() >= limit.requests as usize {
             let reset = Duration::from_millis((window[0] + per - now).max(0) as u64);
             st.stats.limit_exceeded += 1;
-            return Err(too_many(reset, limit.requests));
+            return Err(Box::new(too_many(reset, limit.requests)));
         }
         window.push_back(now);
         let n = window.len() as u32;
@@ -514,7 +514,7 @@ async fn user_message(
     Json(body): Json<Value>,
 ) -> Response {
     if let Err(r) = s.admit(&headers, "user_messages", s.config.rate_limit) {
-        return r;
+        return *r;
     }
     if bot != s.config.bot_id {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "bot not found");
@@ -547,7 +547,7 @@ async fn channel_message(
     Json(body): Json<Value>,
 ) -> Response {
     if let Err(r) = s.admit(&headers, "channel_messages", s.config.rate_limit) {
-        return r;
+        return *r;
     }
     if bot != s.config.bot_id {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "bot not found");
@@ -577,7 +577,7 @@ async fn board_post(
     Json(body): Json<Value>,
 ) -> Response {
     if let Err(r) = s.admit(&headers, "board_posts", s.config.board_rate_limit) {
-        return r;
+        return *r;
     }
     if board != s.config.board_id {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "board not found");
@@ -658,7 +658,7 @@ async fn readers(
     Query(q): Query<ReadersQuery>,
 ) -> Response {
     if let Err(r) = s.admit(&headers, "board_readers", s.config.board_rate_limit) {
-        return r;
+        return *r;
     }
     let now = s.clock.now_millis();
     let mut st = s.lock();
