@@ -499,6 +499,38 @@ mod tests {
     }
 
     #[test]
+    fn lineworks_table_parses_checks_and_hides_its_secrets() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/lineworks-test-private-key.TEST-ONLY.pem"
+        );
+        let text = format!(
+            "provider = \"lineworks\"\n[providers.lineworks]\nclient_id = \"cid\"\n\
+             client_secret = \"client-s3cret\"\nservice_account = \"sa@x\"\n\
+             private_key_file = \"{key}\"\nbot_id = \"b1\"\nbot_secret = \"bot-s3cret\"\n\
+             board_id = \"100\"\n[providers.lineworks.rooms]\n\"総務課\" = \"ch-1\"\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let lw = c.providers.lineworks.as_ref().unwrap();
+        assert_eq!(lw.rate_limit().requests, 240);
+        assert_eq!(lw.board_rate_limit().requests, 60);
+        assert_eq!(lw.rooms["総務課"], "ch-1");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("client-s3cret") && !dbg.contains("bot-s3cret"));
+        let err = Config::from_toml(&text.replace(key, "/nonexistent.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("providers.lineworks.private_key_file"),
+            "{err}"
+        );
+        let err = Config::from_toml("provider = \"lineworks\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.lineworks"), "{err}");
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let c = Config::from_toml("[api]\nhq_tokens = [\"0123456789abcdef-secret\"]\n").unwrap();
         let dbg = format!("{c:?}");
