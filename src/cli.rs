@@ -455,6 +455,17 @@ fn print_estimate(e: &Value) {
         human_secs(secs),
         e["basis"].as_str().unwrap_or("")
     );
+    // The routes the planner weighed, fastest first (the first is the one it will use).
+    if let Some(alts) = e["plan"]["alternatives"].as_array().filter(|a| a.len() > 1) {
+        for a in alts {
+            println!(
+                "  {:<10} {:>7} requests  {}",
+                a["route"].as_str().unwrap_or("?"),
+                a["requests"],
+                human_secs(a["seconds_to_all_notified"].as_f64().unwrap_or(0.0))
+            );
+        }
+    }
 }
 
 fn human_secs(s: f64) -> String {

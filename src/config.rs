@@ -208,6 +208,67 @@ pub struct DrillConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProvidersConfig {
     pub simulator: Option<SimulatorConfig>,
+    #[serde(default)]
+    pub lineworks: Option<LineWorksConfig>,
+}
+
+/// `[providers.lineworks]`: a LINE WORKS API 2.0 app (Developer Console), its service
+/// account, bot and board. Defaults are the platform's real endpoints and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineWorksConfig {
+    #[serde(default = "lw_api_url")]
+    pub api_url: String,
+    #[serde(default = "lw_token_url")]
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub service_account: String,
+    pub private_key_file: PathBuf,
+    #[serde(default = "lw_scope")]
+    pub scope: String,
+    pub bot_id: String,
+    pub bot_secret: Secret,
+    #[serde(default)]
+    pub board_id: Option<String>,
+    /// Department -> channel id of the bot's room for that department.
+    #[serde(default)]
+    pub rooms: std::collections::BTreeMap<String, String>,
+    #[serde(default = "lw_rate")]
+    pub rate_limit_per_minute: u32,
+    #[serde(default = "lw_board_rate")]
+    pub board_rate_limit_per_minute: u32,
+    #[serde(default = "lw_room_push_limit")]
+    pub room_push_limit: usize,
+    #[serde(default = "lw_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "lw_poll_for", with = "humantime_serde")]
+    pub readers_poll_for: Duration,
+}
+
+fn lw_api_url() -> String {
+    "https://www.worksapis.com/v1.0".into()
+}
+fn lw_token_url() -> String {
+    "https://auth.worksmobile.com/oauth2/v2.0/token".into()
+}
+fn lw_scope() -> String {
+    "bot bot.message board".into()
+}
+fn lw_rate() -> u32 {
+    240
+}
+fn lw_board_rate() -> u32 {
+    60
+}
+fn lw_room_push_limit() -> usize {
+    500
+}
+fn lw_in_flight() -> usize {
+    16
+}
+fn lw_poll_for() -> Duration {
+    Duration::from_secs(2 * 3600)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +328,66 @@ impl EmailConfig {
                 .map_err(|e| invalid(&format!("email.hq[{i}]"), format!("{a:?}: {e}")))?;
         }
         Ok(())
+    }
+}
+
+impl LineWorksConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [("api_url", &self.api_url), ("token_url", &self.token_url)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    &format!("providers.lineworks.{key}"),
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.expose()),
+            ("service_account", self.service_account.as_str()),
+            ("bot_id", self.bot_id.as_str()),
+            ("bot_secret", self.bot_secret.expose()),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(
+                    &format!("providers.lineworks.{key}"),
+                    "must not be empty (see the Developer Console)",
+                ));
+            }
+        }
+        if !self.private_key_file.exists() {
+            return Err(invalid(
+                "providers.lineworks.private_key_file",
+                format!("{} does not exist", self.private_key_file.display()),
+            ));
+        }
+        if self.rate_limit_per_minute == 0 || self.board_rate_limit_per_minute == 0 {
+            return Err(invalid(
+                "providers.lineworks.rate_limit_per_minute",
+                "LINE WORKS always has a limit: give it (240, or 60 on the free plan)",
+            ));
+        }
+        if !(1..=256).contains(&self.max_in_flight) {
+            return Err(invalid(
+                "providers.lineworks.max_in_flight",
+                "must be between 1 and 256",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            requests: self.rate_limit_per_minute,
+            per: Duration::from_secs(60),
+        }
+    }
+
+    pub fn board_rate_limit(&self) -> RateLimit {
+        RateLimit {
+            requests: self.board_rate_limit_per_minute,
+            per: Duration::from_secs(60),
+        }
     }
 }
 
@@ -381,10 +502,19 @@ impl Config {
                     ));
                 }
             }
+            "lineworks" => {
+                let lw = self.providers.lineworks.as_ref().ok_or_else(|| {
+                    invalid(
+                        "providers.lineworks",
+                        "provider is \"lineworks\" but this table is missing",
+                    )
+                })?;
+                lw.validate()?;
+            }
             other => {
                 return Err(invalid(
                     "provider",
-                    format!("unknown chat provider {other:?}; known: simulator"),
+                    format!("unknown chat provider {other:?}; known: simulator, lineworks"),
                 ))
             }
         }
@@ -517,6 +647,38 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("smtp-secret-123"));
+    }
+
+    #[test]
+    fn lineworks_table_parses_checks_and_hides_its_secrets() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/lineworks-test-private-key.TEST-ONLY.pem"
+        );
+        let text = format!(
+            "provider = \"lineworks\"\n[providers.lineworks]\nclient_id = \"cid\"\n\
+             client_secret = \"client-s3cret\"\nservice_account = \"sa@x\"\n\
+             private_key_file = \"{key}\"\nbot_id = \"b1\"\nbot_secret = \"bot-s3cret\"\n\
+             board_id = \"100\"\n[providers.lineworks.rooms]\n\"総務課\" = \"ch-1\"\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let lw = c.providers.lineworks.as_ref().unwrap();
+        assert_eq!(lw.rate_limit().requests, 240);
+        assert_eq!(lw.board_rate_limit().requests, 60);
+        assert_eq!(lw.rooms["総務課"], "ch-1");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("client-s3cret") && !dbg.contains("bot-s3cret"));
+        let err = Config::from_toml(&text.replace(key, "/nonexistent.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("providers.lineworks.private_key_file"),
+            "{err}"
+        );
+        let err = Config::from_toml("provider = \"lineworks\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.lineworks"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! in seconds. It shows live progress, then the phone-call list and a summary per department.
 //!
 //! It goes through the same `Application` as `anpi serve`; only the clock and the chat server
-//! are stand-ins.
+//! are stand-ins. `--provider lineworks` runs the real LINE WORKS adapter against the LINE
+//! WORKS-compatible stand-in ([`crate::simulator::lineworks`]), limits counted in clock time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -53,9 +54,47 @@ pub struct DemoArgs {
     /// Print plain progress lines instead of progress bars.
     #[arg(long)]
     pub plain: bool,
+    /// Which provider: `simulator`, or `lineworks` (the real adapter against a stand-in).
+    #[arg(long, default_value = "simulator")]
+    pub provider: String,
+    /// LINE WORKS: no must-read board (the planner then chooses rooms or 1:1).
+    #[arg(long)]
+    pub no_board: bool,
+    /// LINE WORKS: give every department a bot room.
+    #[arg(long)]
+    pub rooms: bool,
+}
+
+/// What a demo run measured, for the tests.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// The planner's estimate, seconds of clock time.
+    pub estimate_seconds: f64,
+    pub route: crate::providers::RouteKind,
+    /// From start to the last message out, clock time.
+    pub measured_seconds: Option<f64>,
+    /// Requests the stand-in refused because anpi went over its limit.
+    pub limit_exceeded: u64,
+    pub to_call: i64,
+    pub confirmed: i64,
+}
+
+/// The stand-in chat server a demo talks to.
+enum Stand {
+    Sim(crate::simulator::SimHandle),
+    Lw(crate::simulator::lineworks::LwSimHandle),
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
+    run_measured(args).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Runs the demo and returns what it measured.
+pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
+    if !matches!(args.provider.as_str(), "simulator" | "lineworks") {
+        anyhow::bail!("--provider {:?}: use simulator or lineworks", args.provider);
+    }
     if args.size == 0 || args.size > 1_000_000 {
         anyhow::bail!("--size {} must be between 1 and 1000000", args.size);
     }
@@ -79,7 +118,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let scaled = ScaledClock::new(epoch, args.speed);
     let clock: SharedClock = Arc::new(scaled.clone());
 
-    let directory = synthetic::generate(args.size, args.seed);
+    let mut directory = synthetic::generate(args.size, args.seed);
+    if args.provider == "lineworks" {
+        // The same stand-in person, known to LINE WORKS by the same id.
+        for c in &mut directory.contacts {
+            if let Some(h) = c.chat.get("simulator").cloned() {
+                c.chat.insert("lineworks".into(), h);
+            }
+        }
+    }
     let handles: Vec<ChatHandle> = directory
         .contacts
         .iter()
@@ -91,42 +138,111 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         requests: args.rate_limit_per_minute,
         per: Duration::from_secs(60),
     });
-    let sim = Simulator::start(
-        SimConfig {
-            token: "demo-token".into(),
+    let (stand, config) = if args.provider == "lineworks" {
+        let lw = lineworks_stand(
+            &args,
+            &directory.contacts,
+            &handles,
+            script,
+            &clock,
             rate_limit,
-            faults: Faults::default(),
-            default_behaviour: Behaviour::default(),
-        },
-        script,
-        clock.clone(),
-    )
-    .await
-    .context("starting the chat simulator")?;
-
-    let config = Config::from_toml(&format!(
-        r#"
-        [server]
-        listen = "127.0.0.1:0"
-        [database]
-        url = "sqlite://{}"
-        [time]
-        speed = {}
-        epoch = "{}"
-        [providers.simulator]
-        url = "{}"
-        token = "demo-token"
-        rate_limit_per_minute = {}
-        poll_wait = "200ms"
-        "#,
-        db_path.display(),
-        args.speed,
-        epoch.to_rfc3339(),
-        sim.base_url(),
-        args.rate_limit_per_minute,
-    ))?;
+        )
+        .await?;
+        let key_file = tmp.path().join("lineworks-test-key.pem");
+        std::fs::write(&key_file, crate::simulator::lineworks::TEST_PRIVATE_KEY_PEM)
+            .context("writing the test key")?;
+        let c = lw.config();
+        let mut rooms = String::new();
+        for channel in c.rooms.keys() {
+            // Channel ids are "room-<department>".
+            let dept = channel.trim_start_matches("room-");
+            rooms.push_str(&format!("\"{dept}\" = \"{channel}\"\n"));
+        }
+        let config = Config::from_toml(&format!(
+            r#"
+            provider = "lineworks"
+            [server]
+            listen = "127.0.0.1:0"
+            [database]
+            url = "sqlite://{}"
+            [time]
+            speed = {}
+            epoch = "{}"
+            [providers.lineworks]
+            api_url = "{}"
+            token_url = "{}"
+            client_id = "{}"
+            client_secret = "{}"
+            service_account = "{}"
+            private_key_file = "{}"
+            bot_id = "{}"
+            bot_secret = "{}"
+            {}
+            rate_limit_per_minute = {}
+            [providers.lineworks.rooms]
+            {}
+            "#,
+            db_path.display(),
+            args.speed,
+            epoch.to_rfc3339(),
+            lw.api_base(),
+            lw.token_url(),
+            c.client_id,
+            c.client_secret,
+            c.service_account,
+            key_file.display(),
+            c.bot_id,
+            c.bot_secret,
+            if args.no_board {
+                String::new()
+            } else {
+                format!("board_id = \"{}\"", c.board_id)
+            },
+            c.rate_limit.requests,
+            rooms,
+        ))?;
+        (Stand::Lw(lw), config)
+    } else {
+        let sim = Simulator::start(
+            SimConfig {
+                token: "demo-token".into(),
+                rate_limit,
+                faults: Faults::default(),
+                default_behaviour: Behaviour::default(),
+            },
+            script,
+            clock.clone(),
+        )
+        .await
+        .context("starting the chat simulator")?;
+        let config = Config::from_toml(&format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            [database]
+            url = "sqlite://{}"
+            [time]
+            speed = {}
+            epoch = "{}"
+            [providers.simulator]
+            url = "{}"
+            token = "demo-token"
+            rate_limit_per_minute = {}
+            poll_wait = "200ms"
+            "#,
+            db_path.display(),
+            args.speed,
+            epoch.to_rfc3339(),
+            sim.base_url(),
+            args.rate_limit_per_minute,
+        ))?;
+        (Stand::Sim(sim), config)
+    };
     let tz = config.zone()?;
     let app = Application::build_with_clock(config, clock.clone()).await?;
+    if let Stand::Lw(lw) = &stand {
+        lw.set_callback_url(format!("http://{}/callbacks/lineworks", app.local_addr()));
+    }
     let hq = app.hq();
     hq.import_contacts(&directory.contacts).await?;
     let cancel = CancellationToken::new();
@@ -144,6 +260,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         rc.title,
         rc.deadline_ms / 60_000,
         rc.deadline_ms / 60_000,
+        est.seconds_to_all_sent,
+        est.seconds_to_all_sent
+    );
+    println!(
+        "配信計画 / plan: {} — 全員に届くまで 約 {:.0} 秒 / everyone notified in ~{:.0}s",
+        est.plan.describe(),
         est.seconds_to_all_sent,
         est.seconds_to_all_sent
     );
@@ -223,22 +345,77 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("\n電話連絡リスト / phone-call list (#{}):", rc.id);
     print!("{}", render_table(&list, ListScope::ToCall, now, tz));
     print_summary(&status.progress);
-    let stats = sim.stats();
     if let Some((sim_ms, wall)) = all_sent_at {
         println!(
-            "\n全員へ送信完了 / all sent: {:.1}s after start (sim time), {:.2}s real",
+            "\n全員へ送信完了 / all sent: {:.1}s after start (sim time, estimate {:.1}s), {:.2}s real",
             sim_ms as f64 / 1000.0,
+            est.seconds_to_all_sent,
             wall.as_secs_f64()
         );
     }
-    println!(
-        "simulator: {} messages accepted, {} duplicates, {} over the rate limit",
-        stats.accepted, stats.duplicates, stats.limit_exceeded
-    );
+    let limit_exceeded = match &stand {
+        Stand::Sim(sim) => {
+            let stats = sim.stats();
+            println!(
+                "simulator: {} messages accepted, {} duplicates, {} over the rate limit",
+                stats.accepted, stats.duplicates, stats.limit_exceeded
+            );
+            stats.limit_exceeded
+        }
+        Stand::Lw(lw) => {
+            let st = lw.stats();
+            println!(
+                "LINE WORKS stand-in: {} board posts, {} room messages, {} 1:1 messages, {} readers pages, {} callbacks, {} tokens, {} over the rate limit",
+                st.board_posts, st.channel_messages, st.user_messages, st.readers_requests,
+                st.callbacks_sent, st.tokens_issued, st.limit_exceeded
+            );
+            st.limit_exceeded
+        }
+    };
     cancel.cancel();
     let _ = running.await;
-    sim.shutdown().await;
-    Ok(std::process::ExitCode::SUCCESS)
+    match stand {
+        Stand::Sim(sim) => sim.shutdown().await,
+        Stand::Lw(lw) => lw.shutdown(),
+    }
+    Ok(DemoReport {
+        estimate_seconds: est.seconds_to_all_sent,
+        route: est.plan.route,
+        measured_seconds: all_sent_at.map(|(ms, _)| ms as f64 / 1000.0),
+        limit_exceeded,
+        to_call: status.progress.overall.to_call,
+        confirmed: status.progress.overall.confirmed(),
+    })
+}
+
+/// Starts the LINE WORKS stand-in for the demo population: every contact gets a LINE WORKS
+/// id (the same handle), every department a room when `--rooms` is given.
+async fn lineworks_stand(
+    args: &DemoArgs,
+    contacts: &[crate::contacts::Contact],
+    handles: &[ChatHandle],
+    script: Script,
+    clock: &SharedClock,
+    rate_limit: Option<RateLimit>,
+) -> anyhow::Result<crate::simulator::lineworks::LwSimHandle> {
+    use crate::simulator::lineworks::{self as lws, LwSimConfig};
+    let mut c = LwSimConfig::new(handles.to_vec());
+    if let Some(l) = rate_limit {
+        c.rate_limit = l;
+    }
+    if args.rooms {
+        for contact in contacts {
+            if let (Some(d), Some(h)) = (&contact.department, contact.chat.get("simulator")) {
+                c.rooms
+                    .entry(format!("room-{d}"))
+                    .or_default()
+                    .push(h.clone());
+            }
+        }
+    }
+    lws::start(c, script, clock.clone())
+        .await
+        .context("starting the LINE WORKS stand-in")
 }
 
 fn print_summary(p: &crate::rollcall::Progress) {

@@ -5,6 +5,13 @@
 //! set-based statements. Invariants: a delivery is only sent while this worker holds its
 //! lease; a retryable failure is retried on a jittered schedule (never before the platform's
 //! Retry-After); a permanent failure, or retries running out, escalates the person at once.
+//!
+//! A roll call whose plan ([`crate::planner`]) is a broadcast (one board post for everyone) or
+//! department rooms is executed here too: the dispatcher claims all of its due deliveries,
+//! makes the one request per post or room, and records every delivery that request covered
+//! as sent at the moment it went out, with one set-based store call. A done broadcast is
+//! remembered in provider state (`broadcast/<id>`, `room/<id>/<group>`) before its
+//! deliveries are recorded, so a crash in between re-records them without posting twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +26,10 @@ use tracing::{debug, debug_span, info_span, warn, Instrument};
 use crate::clock::{Millis, SharedClock};
 use crate::ids::RollCallId;
 use crate::metrics::Metrics;
-use crate::providers::{ChatProvider, OutboundMessage, ProviderError};
+use crate::planner::{self, Audience, Plan};
+use crate::providers::{
+    BroadcastRequest, ChatProvider, OutboundMessage, ProviderError, Route, RouteKind,
+};
 use crate::ratelimit::TokenBucket;
 use crate::rollcall::{ClaimedDelivery, RollCall, SendResult};
 use crate::store::{SharedStore, StoreError};
@@ -81,6 +91,31 @@ pub struct Signals {
     pub deadlines_changed: Arc<Notify>,
 }
 
+/// Deliveries claimed per statement when a broadcast covers them.
+const BROADCAST_CLAIM: usize = 5_000;
+/// At most this many deliveries in one planned batch (the rest follow in the next).
+const MAX_BROADCAST_BATCH: usize = 200_000;
+
+/// The provider-state key of a roll call's plan.
+pub fn plan_key(id: RollCallId) -> String {
+    format!("plan/{}", id.0)
+}
+
+/// A plan and what executing it needs.
+#[derive(Debug)]
+struct PlanCtx {
+    plan: Plan,
+    /// Rooms plan: chat id -> group (department).
+    group_of: HashMap<String, String>,
+}
+
+/// A broadcast that went out: when, and the platform's id for it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DoneBroadcast {
+    at: Millis,
+    post_id: Option<String>,
+}
+
 /// Sends one provider's deliveries.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -90,6 +125,12 @@ pub struct Dispatcher {
     limiter: Option<Arc<TokenBucket>>,
     settings: DispatchSettings,
     roll_calls: Mutex<HashMap<RollCallId, Arc<RollCall>>>,
+    /// The provider's routes beyond 1:1, read once.
+    routes: Vec<Route>,
+    /// Each roll call's plan, and for a rooms plan which group each chat id is in.
+    plans: Mutex<HashMap<RollCallId, Arc<PlanCtx>>>,
+    /// This worker's name for store leases: one worker makes a given broadcast.
+    holder: String,
     /// Woken when new deliveries are written.
     pub new_work: Arc<Notify>,
     /// Told when new deadlines exist, so the deadline worker re-reads the earliest.
@@ -107,6 +148,7 @@ impl Dispatcher {
         signals: Signals,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let routes = provider.routes();
         Self {
             store,
             provider,
@@ -114,6 +156,9 @@ impl Dispatcher {
             limiter,
             settings,
             roll_calls: Mutex::new(HashMap::new()),
+            routes,
+            plans: Mutex::new(HashMap::new()),
+            holder: format!("dispatch-{:016x}", rand::random::<u64>()),
             new_work: signals.new_work,
             deadlines_changed: signals.deadlines_changed,
             metrics,
@@ -172,6 +217,15 @@ impl Dispatcher {
         if claimed.is_empty() {
             return Ok(Outcome::Idle);
         }
+        if !self.routes.is_empty() {
+            let mut planned = false;
+            for d in &claimed {
+                planned |= self.plan_for(d.roll_call_id).await?.plan.route != RouteKind::Direct;
+            }
+            if planned {
+                return self.run_planned(claimed).await;
+            }
+        }
         let mut jobs = Vec::with_capacity(claimed.len());
         for d in claimed {
             let rc = self.roll_call(d.roll_call_id).await?;
@@ -192,6 +246,296 @@ impl Dispatcher {
         debug!(n, claim = ?claimed_in, send = ?(sent_in - claimed_in), record = ?(now_inst.elapsed() - sent_in), "batch");
         self.deadlines_changed.notify_one();
         Ok(Outcome::Worked(n))
+    }
+
+    /// A roll call's plan: stored in provider state (`plan/<id>`) by HQ at start, or worked
+    /// out here from the roll call's progress and stored, if HQ has not written it yet.
+    async fn plan_for(&self, id: RollCallId) -> Result<Arc<PlanCtx>, StoreError> {
+        if let Some(p) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            return Ok(p.clone());
+        }
+        let name = self.provider.name();
+        let key = plan_key(id);
+        let stored = self
+            .store
+            .provider_state(name, &key)
+            .await?
+            .and_then(|s| serde_json::from_str::<Plan>(&s).ok());
+        let plan = match stored {
+            Some(p) => p,
+            None => {
+                let progress = self.store.progress(id).await?;
+                let by_group: std::collections::BTreeMap<String, usize> = progress
+                    .by_department
+                    .iter()
+                    .map(|(g, c)| (g.clone(), c.total.max(0) as usize))
+                    .collect();
+                let audience = Audience {
+                    reachable: (progress.overall.total - progress.overall.escalated).max(0)
+                        as usize,
+                    by_group,
+                };
+                let p = planner::plan(&audience, &self.provider.capabilities(), &self.routes);
+                if let Ok(json) = serde_json::to_string(&p) {
+                    self.store
+                        .set_provider_state(name, &key, &json, self.clock.now_millis())
+                        .await?;
+                }
+                p
+            }
+        };
+        let mut group_of = HashMap::new();
+        if plan.route == RouteKind::Rooms {
+            for c in self.store.contacts().await? {
+                if let (Some(h), Some(dept)) = (c.chat.get(name), c.department.as_ref()) {
+                    group_of.insert(h.as_str().to_string(), dept.clone());
+                }
+            }
+        }
+        let ctx = Arc::new(PlanCtx { plan, group_of });
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, ctx.clone());
+        Ok(ctx)
+    }
+
+    /// Gives up on a roll call's broadcast route: from now on everyone left gets 1:1.
+    async fn fall_back_to_direct(&self, id: RollCallId, why: &str) -> Result<(), StoreError> {
+        warn!(roll_call = %id, reason = why, "broadcast route failed; falling back to 1:1 sends");
+        let caps = self.provider.capabilities();
+        let plan = Plan::direct(&caps, 0);
+        if let Ok(json) = serde_json::to_string(&plan) {
+            self.store
+                .set_provider_state(
+                    self.provider.name(),
+                    &plan_key(id),
+                    &json,
+                    self.clock.now_millis(),
+                )
+                .await?;
+        }
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Arc::new(PlanCtx {
+                plan,
+                group_of: HashMap::new(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Executes broadcast and room plans for everything due: claims the rest of the due
+    /// deliveries, makes one request per post or room, sends 1:1 only what the token bucket
+    /// already granted (`claimed`), and hands the other 1:1 deliveries back at once.
+    async fn run_planned(&self, claimed: Vec<ClaimedDelivery>) -> Result<Outcome, StoreError> {
+        let granted_ids: std::collections::HashSet<i64> = claimed.iter().map(|d| d.id).collect();
+        let mut all = claimed;
+        loop {
+            let more = self
+                .store
+                .claim_due_deliveries(
+                    self.provider.name(),
+                    self.clock.now_millis(),
+                    self.settings.lease,
+                    BROADCAST_CLAIM,
+                )
+                .await?;
+            let n = more.len();
+            all.extend(more);
+            if n < BROADCAST_CLAIM || all.len() >= MAX_BROADCAST_BATCH {
+                break;
+            }
+        }
+        let total = all.len() as u64;
+        let mut groups: std::collections::BTreeMap<
+            (RollCallId, Option<String>),
+            Vec<ClaimedDelivery>,
+        > = Default::default();
+        let mut direct = Vec::new();
+        let mut results = Vec::new();
+        let mut unused_tokens = 0usize;
+        for d in all {
+            let ctx = self.plan_for(d.roll_call_id).await?;
+            let covered = match ctx.plan.route {
+                RouteKind::Broadcast => Some(None),
+                RouteKind::Rooms => ctx
+                    .group_of
+                    .get(d.chat_handle.as_str())
+                    .filter(|g| ctx.plan.groups.contains(g))
+                    .map(|g| Some(g.clone())),
+                RouteKind::Direct => None,
+            };
+            let from_bucket = granted_ids.contains(&d.id);
+            match covered {
+                Some(group) => {
+                    unused_tokens += usize::from(from_bucket);
+                    groups.entry((d.roll_call_id, group)).or_default().push(d);
+                }
+                None if from_bucket => direct.push(d),
+                None => results.push(SendResult::Retry {
+                    id: d.id,
+                    next_attempt_at: self.clock.now_millis(),
+                    error: "waiting for the rate limit".into(),
+                    refund_attempt: true,
+                }),
+            }
+        }
+        if let Some(l) = &self.limiter {
+            l.give_back(unused_tokens);
+        }
+        for ((id, group), ds) in groups {
+            let rc = self.roll_call(id).await?;
+            results.extend(self.broadcast_one(&rc, group, ds).await?);
+        }
+        let mut jobs = Vec::with_capacity(direct.len());
+        for d in direct {
+            let rc = self.roll_call(d.roll_call_id).await?;
+            jobs.push((d, rc));
+        }
+        let concurrency = self.provider.capabilities().max_in_flight.max(1);
+        let sent: Vec<SendResult> = futures::stream::iter(jobs)
+            .map(|(d, rc)| self.send_one(d, rc))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        results.extend(sent);
+        self.store
+            .record_send_results(&results, self.clock.now_millis())
+            .await?;
+        self.deadlines_changed.notify_one();
+        Ok(Outcome::Worked(total))
+    }
+
+    /// One board post (group `None`) or one room message, covering `ds`.
+    async fn broadcast_one(
+        &self,
+        rc: &RollCall,
+        group: Option<String>,
+        ds: Vec<ClaimedDelivery>,
+    ) -> Result<Vec<SendResult>, StoreError> {
+        let name = self.provider.name();
+        let key = match &group {
+            None => format!("broadcast/{}", rc.id),
+            Some(g) => format!("room/{}/{g}", rc.id),
+        };
+        let sent_all = |at: Millis, post: Option<String>| -> Vec<SendResult> {
+            ds.iter()
+                .map(|d| SendResult::Sent {
+                    id: d.id,
+                    at,
+                    deadline_at: at + rc.deadline_ms,
+                    message_id: post.clone(),
+                })
+                .collect()
+        };
+        let back = |next: Millis, error: String, refund: bool| -> Vec<SendResult> {
+            ds.iter()
+                .map(|d| SendResult::Retry {
+                    id: d.id,
+                    next_attempt_at: next,
+                    error: error.clone(),
+                    refund_attempt: refund,
+                })
+                .collect()
+        };
+        // Posted already (by another worker, or before a crash): record, do not post again.
+        let done = |state: Option<String>| {
+            state.and_then(|s| serde_json::from_str::<DoneBroadcast>(&s).ok())
+        };
+        if let Some(b) = done(self.store.provider_state(name, &key).await?) {
+            return Ok(sent_all(b.at, b.post_id));
+        }
+        let now = self.clock.now_millis();
+        if !self
+            .store
+            .try_lease(&key, &self.holder, now, self.settings.lease)
+            .await?
+        {
+            // Another worker is posting it; these follow once it is recorded as done.
+            return Ok(back(
+                now + 500,
+                "another worker is making this broadcast".into(),
+                true,
+            ));
+        }
+        if let Some(b) = done(self.store.provider_state(name, &key).await?) {
+            return Ok(sent_all(b.at, b.post_id));
+        }
+        let kind = if group.is_some() {
+            RouteKind::Rooms
+        } else {
+            RouteKind::Broadcast
+        };
+        if kind == RouteKind::Rooms {
+            if let Some(l) = &self.limiter {
+                l.acquire().await;
+            }
+        }
+        let req = BroadcastRequest {
+            roll_call_id: rc.id,
+            kind,
+            group: group.clone(),
+            title: rc.title.clone(),
+            text: rc.message.clone(),
+            buttons: rc.buttons.clone(),
+            until: self.clock.now() + chrono::Duration::days(1),
+        };
+        let started = std::time::Instant::now();
+        let span = info_span!("broadcast", roll_call = %rc.id, provider = name, covers = ds.len());
+        let res = self.provider.broadcast(&req).instrument(span).await;
+        let at = self.clock.now_millis();
+        self.metrics.observe_send(
+            name,
+            &res.clone().map(|b| crate::providers::Sent {
+                message_id: b.post_id,
+            }),
+            started.elapsed(),
+        );
+        match res {
+            Ok(b) => {
+                let done = DoneBroadcast {
+                    at,
+                    post_id: b.post_id.clone(),
+                };
+                if let Ok(json) = serde_json::to_string(&done) {
+                    self.store.set_provider_state(name, &key, &json, at).await?;
+                }
+                Ok(sent_all(at, b.post_id))
+            }
+            Err(ProviderError::RateLimited { reset }) => {
+                if kind == RouteKind::Rooms {
+                    if let Some(l) = &self.limiter {
+                        l.pause_for(reset);
+                    }
+                }
+                Ok(back(
+                    at + reset.as_millis() as i64,
+                    format!("rate limited by the platform for {reset:?}"),
+                    true,
+                ))
+            }
+            Err(ProviderError::Retryable { after, reason }) => {
+                let attempts = ds.iter().map(|d| d.attempts).max().unwrap_or(1);
+                if attempts >= self.settings.max_attempts as i64 {
+                    self.fall_back_to_direct(rc.id, &reason).await?;
+                    return Ok(back(at, reason, true));
+                }
+                let wait = self
+                    .settings
+                    .backoff(attempts, after, &mut rand::thread_rng());
+                Ok(back(at + wait.as_millis() as i64, reason, false))
+            }
+            Err(ProviderError::Permanent(reason)) => {
+                self.fall_back_to_direct(rc.id, &reason).await?;
+                Ok(back(at, reason, true))
+            }
+        }
     }
 
     async fn send_one(&self, d: ClaimedDelivery, rc: Arc<RollCall>) -> SendResult {

@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use crate::clock::SharedClock;
 use crate::contacts::Contact;
 use crate::ids::{RollCallId, StaffId};
-use crate::providers::Capabilities;
+use crate::planner::{self, Audience, Plan};
+use crate::providers::{Capabilities, Route};
 use crate::rollcall::{self, CallListEntry, CallOutcome, Progress, RollCall};
 use crate::scenario::Scenario;
 use crate::store::{SharedStore, StoreError};
@@ -55,6 +56,8 @@ pub struct Estimate {
     pub seconds_to_all_sent: f64,
     /// What limits the estimate, in words.
     pub basis: String,
+    /// How the planner will reach everyone, with every route it weighed.
+    pub plan: Plan,
 }
 
 /// Estimates the time to send `n` messages through a provider with these capabilities.
@@ -88,7 +91,51 @@ pub fn estimate(n: usize, no_chat_id: usize, caps: &Capabilities) -> Estimate {
         no_chat_id,
         seconds_to_all_sent: (secs * 10.0).round() / 10.0,
         basis,
+        plan: Plan::direct(caps, reachable),
     }
+}
+
+/// The estimate of the plan the planner picks for `audience` over the provider's routes.
+pub fn estimate_plan(
+    audience: &Audience,
+    no_chat_id: usize,
+    caps: &Capabilities,
+    routes: &[Route],
+) -> Estimate {
+    let mut e = estimate(audience.reachable + no_chat_id, no_chat_id, caps);
+    if routes.is_empty() {
+        return e;
+    }
+    let plan = planner::plan(audience, caps, routes);
+    e.seconds_to_all_sent = plan.seconds_to_all_notified;
+    e.basis = format!("{} ({})", plan.describe(), e.basis);
+    e.plan = plan;
+    e
+}
+
+/// The planner's view of who among `audience` can be reached on `provider`.
+fn audience_shape<'a>(audience: impl Iterator<Item = &'a Contact>, provider: &str) -> Audience {
+    let mut a = Audience::default();
+    for c in audience.filter(|c| c.chat.contains_key(provider)) {
+        a.reachable += 1;
+        *a.by_group
+            .entry(c.department.clone().unwrap_or_default())
+            .or_insert(0) += 1;
+    }
+    a
+}
+
+/// A roll call's plan during dispatch.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStatus {
+    pub roll_call: RollCallId,
+    /// None until HQ or the dispatcher has stored it (1:1-only providers store none).
+    pub plan: Option<Plan>,
+    /// Deliveries not yet sent.
+    pub unsent: usize,
+    pub seconds_remaining: f64,
+    pub created_at: crate::clock::Millis,
+    pub last_sent_at: Option<crate::clock::Millis>,
 }
 
 /// A roll call with its progress.
@@ -105,6 +152,8 @@ pub struct Hq {
     provider: String,
     capabilities: Capabilities,
     new_work: Arc<Notify>,
+    /// The provider's routes beyond 1:1, for the planner.
+    routes: Vec<Route>,
 }
 
 impl Hq {
@@ -121,7 +170,14 @@ impl Hq {
             provider,
             capabilities,
             new_work,
+            routes: Vec::new(),
         }
+    }
+
+    /// Lets the planner use the provider's routes beyond 1:1 (board post, rooms).
+    pub fn with_routes(mut self, routes: Vec<Route>) -> Self {
+        self.routes = routes;
+        self
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -166,7 +222,41 @@ impl Hq {
             .iter()
             .filter(|c| !c.chat.contains_key(&self.provider))
             .count();
-        Ok(estimate(audience.len(), no_chat, &self.capabilities))
+        let shape = audience_shape(audience.iter(), &self.provider);
+        Ok(estimate_plan(
+            &shape,
+            no_chat,
+            &self.capabilities,
+            &self.routes,
+        ))
+    }
+
+    /// A roll call's plan and what is left of it, for HQ during dispatch.
+    pub async fn plan_status(&self, id: RollCallId) -> Result<PlanStatus, HqError> {
+        let status = self.status(id).await?;
+        let plan = self
+            .store
+            .provider_state(&self.provider, &crate::dispatch::plan_key(id))
+            .await?
+            .and_then(|s| serde_json::from_str::<Plan>(&s).ok());
+        let o = &status.progress.overall;
+        let unsent = (o.pending + o.sending).max(0) as usize;
+        let route = plan.as_ref().map(|p| p.route);
+        let seconds_remaining = match route {
+            Some(crate::providers::RouteKind::Direct) | None => {
+                planner::seconds_for(unsent, self.capabilities.rate_limit)
+            }
+            // A post or room message covers many: what is left is a handful of requests.
+            Some(_) => planner::seconds_for(unsent.min(1), self.capabilities.rate_limit),
+        };
+        Ok(PlanStatus {
+            roll_call: id,
+            plan,
+            unsent,
+            seconds_remaining,
+            last_sent_at: status.progress.last_sent_at,
+            created_at: status.roll_call.created_at,
+        })
     }
 
     /// Starts a roll call: writes it and every delivery in one transaction and wakes the
@@ -188,9 +278,24 @@ impl Hq {
             .store
             .create_roll_call(&new, &recipients, self.clock.now_millis())
             .await?;
+        let shape = audience_shape(audience.iter(), &self.provider);
+        let est = estimate_plan(&shape, no_chat, &self.capabilities, &self.routes);
+        if !self.routes.is_empty() {
+            // The dispatcher works the plan out itself if it gets there first; both agree.
+            if let Ok(json) = serde_json::to_string(&est.plan) {
+                self.store
+                    .set_provider_state(
+                        &self.provider,
+                        &crate::dispatch::plan_key(rc.id),
+                        &json,
+                        self.clock.now_millis(),
+                    )
+                    .await?;
+            }
+        }
         crate::email::record_plan(&self.store, rc.id, &scenario.escalation, rc.created_at).await?;
         self.new_work.notify_waiters();
-        Ok((rc, estimate(recipients.len(), no_chat, &self.capabilities)))
+        Ok((rc, est))
     }
 
     pub async fn status(&self, id: RollCallId) -> Result<Status, HqError> {

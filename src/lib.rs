@@ -15,6 +15,8 @@
 //! - [`email`]: the call list to HQ by e-mail at each roll call's deadline, with retries.
 //! - [`hq`]: what HQ does (start, status, close, call list, outcomes), for every interface.
 //! - [`dispatch`]: the outbox worker that claims and sends deliveries.
+//! - [`planner`]: how to reach an audience fastest within a provider's limits (board post,
+//!   department rooms, 1:1), and how long it takes.
 //! - [`ratelimit`]: the per-provider token bucket.
 //! - [`receipts`]: read receipts and answers from providers into delivery state.
 //! - [`escalation`]: the deadline worker and the phone-call list's renderings.
@@ -43,6 +45,7 @@ pub mod hq;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod planner;
 pub mod providers;
 pub mod ratelimit;
 pub mod receipts;

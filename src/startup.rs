@@ -21,6 +21,7 @@ use crate::escalation::DeadlineWorker;
 use crate::hq::Hq;
 use crate::http::{self, ApiState};
 use crate::metrics::Metrics;
+use crate::providers::lineworks::{LineWorksProvider, LineWorksSettings};
 use crate::providers::simulator::SimulatorProvider;
 use crate::providers::ChatProvider;
 use crate::ratelimit::TokenBucket;
@@ -58,6 +59,49 @@ pub fn provider_from(config: &Config) -> anyhow::Result<Arc<dyn ChatProvider>> {
     }
 }
 
+/// Builds the configured chat provider on `clock` (providers that keep time, such as LINE
+/// WORKS for its token expiry and board budget, need it); others as [`provider_from`].
+pub fn provider_with_clock(
+    config: &Config,
+    clock: &SharedClock,
+) -> anyhow::Result<Arc<dyn ChatProvider>> {
+    if config.provider != "lineworks" {
+        return provider_from(config);
+    }
+    let lw = config
+        .providers
+        .lineworks
+        .as_ref()
+        .context("providers.lineworks is not configured")?;
+    let pem = std::fs::read_to_string(&lw.private_key_file).with_context(|| {
+        format!(
+            "providers.lineworks.private_key_file: reading {}",
+            lw.private_key_file.display()
+        )
+    })?;
+    let settings = LineWorksSettings {
+        api_base: lw.api_url.clone(),
+        token_url: lw.token_url.clone(),
+        client_id: lw.client_id.clone(),
+        client_secret: lw.client_secret.clone(),
+        service_account: lw.service_account.clone(),
+        private_key_pem: crate::config::Secret::new(pem),
+        scope: lw.scope.clone(),
+        bot_id: lw.bot_id.clone(),
+        board_id: lw.board_id.clone(),
+        rooms: lw.rooms.clone(),
+        rate_limit: lw.rate_limit(),
+        board_rate_limit: lw.board_rate_limit(),
+        room_push_limit: lw.room_push_limit,
+        max_in_flight: lw.max_in_flight,
+        readers_poll_for: lw.readers_poll_for,
+    };
+    Ok(Arc::new(
+        LineWorksProvider::new(settings, clock.clone())
+            .context("providers.lineworks.private_key_file")?,
+    ))
+}
+
 pub struct Application {
     listener: TcpListener,
     config: Arc<Config>,
@@ -84,7 +128,7 @@ impl Application {
         let store = store::open(&config.database.url)
             .await
             .with_context(|| format!("opening the database {}", config.database.url))?;
-        let provider = provider_from(&config)?;
+        let provider = provider_with_clock(&config, &clock)?;
         let metrics = Arc::new(Metrics::default());
         let signals = Signals::default();
         let caps = provider.capabilities();
@@ -123,13 +167,16 @@ impl Application {
             signals.deadlines_changed.clone(),
             metrics.clone(),
         ));
-        let hq = Arc::new(Hq::new(
-            store.clone(),
-            clock.clone(),
-            provider.name().to_string(),
-            caps,
-            signals.new_work.clone(),
-        ));
+        let hq = Arc::new(
+            Hq::new(
+                store.clone(),
+                clock.clone(),
+                provider.name().to_string(),
+                caps,
+                signals.new_work.clone(),
+            )
+            .with_routes(provider.routes()),
+        );
         if let Some(path) = config.contacts_file() {
             let dir = crate::contacts::load_file(path)
                 .with_context(|| format!("loading contacts from {}", path.display()))?;

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 mod announcements;
+mod callbacks;
 mod calls;
 mod contacts;
 mod ops;
@@ -214,6 +215,7 @@ pub fn router(state: ApiState, config: &Config) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(web::router())
+        .merge(callbacks::router())
         .nest(
             "/api",
             rollcalls::router()

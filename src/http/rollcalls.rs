@@ -24,6 +24,7 @@ pub fn router() -> Router<ApiState> {
         .route("/rollcalls", post(start).get(list))
         .route("/rollcalls/{id}", get(status))
         .route("/rollcalls/{id}/close", post(close))
+        .route("/rollcalls/{id}/plan", get(plan))
         .route("/rollcalls/{id}/escalations", get(escalations))
         .route("/rollcalls/{id}/events", get(events))
         .route("/rollcalls/{id}/calls/{staff}", post(call))
@@ -257,4 +258,15 @@ async fn events(
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(json!({"roll_call": id, "events": ev})))
+}
+
+/// The roll call's dispatch plan and how long the rest will take (HQ during dispatch).
+async fn plan(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    let st = s.hq.plan_status(roll_call_id(&id)?).await?;
+    Ok(Json(json!(st)))
 }

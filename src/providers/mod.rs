@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChatHandle, RollCallId};
 
+pub mod lineworks;
 pub mod simulator;
 
 /// One tap-to-answer choice shown under the message.
@@ -122,6 +123,55 @@ pub struct EventBatch {
     pub cursor: Option<String>,
 }
 
+/// A way of reaching people that a platform offers. The planner ([`crate::planner`]) weighs
+/// them by how many requests reaching the audience takes under each one's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    /// One request reaches everyone (a must-read board post).
+    Broadcast,
+    /// One request per group room (a department's room).
+    Rooms,
+    /// One request per person (1:1 talk): [`ChatProvider::send`].
+    Direct,
+}
+
+/// One route a provider offers beyond 1:1 sends, with its own limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub kind: RouteKind,
+    /// This route's API budget; `None` means the provider's [`Capabilities::rate_limit`].
+    pub rate_limit: Option<RateLimit>,
+    /// Rooms: the groups (departments) that have one.
+    pub groups: Vec<String>,
+    /// Rooms: a group this large or larger gets no push notification, so it is not covered.
+    pub max_members: Option<usize>,
+    /// People reached this way show up as read individually (a board post's reader list).
+    pub read_signal: bool,
+}
+
+/// One request that reaches many people at once: a board post for everyone, or one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BroadcastRequest {
+    pub roll_call_id: RollCallId,
+    pub kind: RouteKind,
+    /// Rooms: which group's room.
+    pub group: Option<String>,
+    pub title: String,
+    /// Japanese first, then English.
+    pub text: String,
+    pub buttons: Vec<AnswerButton>,
+    /// Must-read until (board posts).
+    pub until: DateTime<Utc>,
+}
+
+/// A broadcast the platform accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Broadcasted {
+    /// The platform's id for what was posted (a board post id), where it gives one.
+    pub post_id: Option<String>,
+}
+
 /// A chat platform.
 #[async_trait]
 pub trait ChatProvider: Send + Sync + std::fmt::Debug {
@@ -142,5 +192,20 @@ pub trait ChatProvider: Send + Sync + std::fmt::Debug {
     ) -> Result<EventBatch, ProviderError> {
         let _ = (cursor, wait);
         Ok(EventBatch::default())
+    }
+
+    /// The routes besides 1:1 sends this provider offers; none by default.
+    fn routes(&self) -> Vec<Route> {
+        Vec::new()
+    }
+
+    /// Sends one request that reaches many people (see [`Route`]). Only called for a route the
+    /// provider lists in [`ChatProvider::routes`].
+    async fn broadcast(&self, req: &BroadcastRequest) -> Result<Broadcasted, ProviderError> {
+        Err(ProviderError::Permanent(format!(
+            "{} offers no {:?} route",
+            self.name(),
+            req.kind
+        )))
     }
 }

@@ -10,7 +10,9 @@
 //! - `script`: behaviours per chat handle and the population spec that generates them.
 //! - `state`: every decision the server makes, with no HTTP (one mutex, held briefly).
 //! - `routes`: the axum router: `POST /v1/messages`, `GET /v1/events`.
+//! - [`lineworks`]: a LINE WORKS API 2.0-compatible stand-in, its own server.
 
+pub mod lineworks;
 mod routes;
 mod script;
 mod state;

@@ -9,6 +9,7 @@ mod email;
 mod engine;
 mod faults;
 mod hq_api;
+mod lineworks;
 mod store_contract;
 mod support;
 mod tools;

@@ -1,0 +1,306 @@
+//! The dispatch planner: from a provider's declared routes and limits and the shape of the
+//! audience, how long reaching everyone takes by each route, and which plan notifies everyone
+//! first. Provider-neutral: it reads [`Capabilities`] and [`Route`]s, never a provider's name.
+//!
+//! Invariant: an estimate uses the same pacing model as the dispatcher's token bucket
+//! ([`crate::ratelimit`]: a burst of a tenth of the limit, then 90% of it), so what HQ is told
+//! before a roll call is what the dispatcher then does; a plan never needs more requests per
+//! window than a route's limit allows.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::providers::{Capabilities, RateLimit, Route, RouteKind};
+
+/// Who is to be reached, as the planner needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// People with a chat id on the provider.
+    pub reachable: usize,
+    /// Reachable people per group (department); people without one are under "".
+    pub by_group: BTreeMap<String, usize>,
+}
+
+/// How one route would do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteEstimate {
+    pub route: RouteKind,
+    /// Requests needed to reach everyone (room messages plus 1:1 for people no room covers).
+    pub requests: usize,
+    /// Seconds from start until the last person has been sent the message.
+    pub seconds_to_all_notified: f64,
+}
+
+/// The chosen way to reach an audience, stored per roll call (provider state `plan/<id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub route: RouteKind,
+    /// Rooms plan: the groups a room message covers; everyone else gets 1:1 talk.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub requests: usize,
+    pub seconds_to_all_notified: f64,
+    /// The route tells anpi who has read the message.
+    pub read_signal: bool,
+    /// Every route considered, fastest first.
+    pub alternatives: Vec<RouteEstimate>,
+}
+
+impl Plan {
+    /// The plan of a provider with no routes: 1:1 to everyone.
+    pub fn direct(caps: &Capabilities, reachable: usize) -> Self {
+        let secs = seconds_for(reachable, caps.rate_limit);
+        Self {
+            route: RouteKind::Direct,
+            groups: Vec::new(),
+            requests: reachable,
+            seconds_to_all_notified: secs,
+            read_signal: caps.read_receipts,
+            alternatives: vec![RouteEstimate {
+                route: RouteKind::Direct,
+                requests: reachable,
+                seconds_to_all_notified: secs,
+            }],
+        }
+    }
+
+    /// One line for HQ: route, requests, time.
+    pub fn describe(&self) -> String {
+        let route = match self.route {
+            RouteKind::Broadcast => "必読掲示板 1 件 / one must-read board post".to_string(),
+            RouteKind::Rooms => format!(
+                "部署ルーム {} 件 + 個別 / {} department rooms, 1:1 for the rest",
+                self.groups.len(),
+                self.groups.len()
+            ),
+            RouteKind::Direct => "個別トーク / 1:1 talk".to_string(),
+        };
+        format!("{route}: {} requests", self.requests)
+    }
+}
+
+/// Seconds to make `requests` requests under `limit`, paced like the dispatcher's bucket.
+/// Without a limit, anpi's own pace (~10,000 sends a second on the simulator) bounds it.
+pub fn seconds_for(requests: usize, limit: Option<RateLimit>) -> f64 {
+    let secs = match limit {
+        Some(l) => {
+            let burst = (l.requests as f64 * 0.1).floor().max(1.0);
+            (requests as f64 - burst).max(0.0) / (l.per_second() * 0.9).max(1e-9)
+        }
+        None => requests as f64 / 10_000.0,
+    };
+    (secs * 10.0).round() / 10.0
+}
+
+/// anpi's own pace at claiming and recording deliveries (sends a second on the simulator);
+/// what bounds a broadcast, whose one request covers everyone.
+const ANPI_PACE: f64 = 10_000.0;
+
+fn anpi_seconds(deliveries: usize) -> f64 {
+    ((deliveries as f64 / ANPI_PACE) * 10.0).round() / 10.0
+}
+
+/// Weighs every route and picks the one that notifies everyone first; on a tie, the one that
+/// shows reads, then the one with fewer requests.
+pub fn plan(audience: &Audience, caps: &Capabilities, routes: &[Route]) -> Plan {
+    let n = audience.reachable;
+    let mut candidates: Vec<Plan> = vec![Plan::direct(caps, n)];
+    for r in routes {
+        match r.kind {
+            RouteKind::Broadcast if n > 0 => {
+                let limit = r.rate_limit.or(caps.rate_limit);
+                candidates.push(Plan {
+                    route: RouteKind::Broadcast,
+                    groups: Vec::new(),
+                    requests: 1,
+                    // One request, then anpi records everyone it covered.
+                    seconds_to_all_notified: seconds_for(1, limit) + anpi_seconds(n),
+                    read_signal: r.read_signal,
+                    alternatives: Vec::new(),
+                });
+            }
+            RouteKind::Rooms => {
+                let max = r.max_members.unwrap_or(usize::MAX);
+                let groups: Vec<String> = audience
+                    .by_group
+                    .iter()
+                    .filter(|(g, size)| **size > 0 && **size < max && r.groups.contains(g))
+                    .map(|(g, _)| g.clone())
+                    .collect();
+                if groups.is_empty() {
+                    continue;
+                }
+                let covered: usize = groups.iter().map(|g| audience.by_group[g]).sum();
+                let requests = groups.len() + n.saturating_sub(covered);
+                // Room and 1:1 messages share the dispatcher's bucket.
+                let limit = caps.rate_limit;
+                candidates.push(Plan {
+                    route: RouteKind::Rooms,
+                    groups,
+                    requests,
+                    seconds_to_all_notified: seconds_for(requests, limit) + anpi_seconds(covered),
+                    read_signal: r.read_signal && caps.read_receipts,
+                    alternatives: Vec::new(),
+                });
+            }
+            _ => {}
+        }
+    }
+    candidates.sort_by(|a, b| {
+        a.seconds_to_all_notified
+            .total_cmp(&b.seconds_to_all_notified)
+            .then(b.read_signal.cmp(&a.read_signal))
+            .then(a.requests.cmp(&b.requests))
+    });
+    let alternatives: Vec<RouteEstimate> = candidates
+        .iter()
+        .map(|p| RouteEstimate {
+            route: p.route,
+            requests: p.requests,
+            seconds_to_all_notified: p.seconds_to_all_notified,
+        })
+        .collect();
+    let mut best = candidates.swap_remove(0);
+    best.alternatives = alternatives;
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn per_min(n: u32) -> RateLimit {
+        RateLimit {
+            requests: n,
+            per: Duration::from_secs(60),
+        }
+    }
+
+    fn caps() -> Capabilities {
+        Capabilities {
+            read_receipts: false,
+            buttons: true,
+            idempotent_sends: false,
+            rate_limit: Some(per_min(240)),
+            max_in_flight: 16,
+        }
+    }
+
+    fn board() -> Route {
+        Route {
+            kind: RouteKind::Broadcast,
+            rate_limit: Some(per_min(60)),
+            groups: vec![],
+            max_members: None,
+            read_signal: true,
+        }
+    }
+
+    fn rooms(groups: &[&str]) -> Route {
+        Route {
+            kind: RouteKind::Rooms,
+            rate_limit: Some(per_min(240)),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            max_members: Some(500),
+            read_signal: false,
+        }
+    }
+
+    /// `n` people spread evenly over `groups` departments.
+    fn audience(n: usize, groups: usize) -> Audience {
+        let mut by_group = BTreeMap::new();
+        for i in 0..n {
+            *by_group.entry(format!("d{:03}", i % groups)).or_insert(0) += 1;
+        }
+        Audience {
+            reachable: n,
+            by_group,
+        }
+    }
+
+    #[test]
+    fn one_to_one_at_240_per_minute_takes_minutes_for_a_thousand() {
+        let p = plan(&audience(1_000, 10), &caps(), &[]);
+        assert_eq!(p.route, RouteKind::Direct);
+        assert_eq!(p.requests, 1_000);
+        // 24 in the first burst, the other 976 at 3.6/s.
+        assert!((p.seconds_to_all_notified - 271.1).abs() < 0.2, "{p:?}");
+    }
+
+    #[test]
+    fn board_post_reaches_1000_10000_and_40000_at_once() {
+        for n in [1_000, 10_000, 40_000] {
+            let p = plan(&audience(n, 100), &caps(), &[board()]);
+            assert_eq!(p.route, RouteKind::Broadcast, "{n}");
+            assert_eq!(p.requests, 1);
+            assert!(p.seconds_to_all_notified < 120.0);
+            // One request from the burst; then anpi records n deliveries at ~10,000/s.
+            assert!(
+                (p.seconds_to_all_notified - n as f64 / 10_000.0).abs() < 0.05,
+                "{p:?}"
+            );
+            assert!(p.read_signal);
+            let direct = p
+                .alternatives
+                .iter()
+                .find(|a| a.route == RouteKind::Direct)
+                .unwrap();
+            assert_eq!(direct.requests, n);
+            let expect = (n as f64 - 24.0) / 3.6;
+            assert!(
+                (direct.seconds_to_all_notified - expect).abs() < 0.2,
+                "{direct:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn department_rooms_under_500_beat_one_to_one() {
+        // 40,000 staff in 100 departments of 400: 100 room messages.
+        let names: Vec<String> = (0..100).map(|i| format!("d{i:03}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let p = plan(&audience(40_000, 100), &caps(), &[rooms(&refs)]);
+        assert_eq!(p.route, RouteKind::Rooms);
+        assert_eq!(p.requests, 100);
+        // 24 at once, 76 at 3.6/s: about 21 s, plus 4 s to record 40,000: inside 2 minutes.
+        assert!((p.seconds_to_all_notified - 25.1).abs() < 0.2, "{p:?}");
+    }
+
+    #[test]
+    fn rooms_of_500_or_more_are_not_used() {
+        // 10,000 in 10 departments of 1,000: rooms would get no push.
+        let names: Vec<String> = (0..10).map(|i| format!("d{i:03}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let p = plan(&audience(10_000, 10), &caps(), &[rooms(&refs)]);
+        assert_eq!(p.route, RouteKind::Direct);
+        assert_eq!(p.alternatives.len(), 1);
+    }
+
+    #[test]
+    fn a_board_post_beats_rooms_and_shows_reads() {
+        let p = plan(
+            &audience(1_000, 10),
+            &caps(),
+            &[rooms(&["d000", "d001"]), board()],
+        );
+        assert_eq!(p.route, RouteKind::Broadcast);
+        let rooms = p
+            .alternatives
+            .iter()
+            .find(|a| a.route == RouteKind::Rooms)
+            .unwrap();
+        // Two rooms of 100, 800 people 1:1.
+        assert_eq!(rooms.requests, 802);
+    }
+
+    #[test]
+    fn no_limit_is_bounded_by_anpi() {
+        let mut c = caps();
+        c.rate_limit = None;
+        let p = plan(&audience(40_000, 10), &c, &[]);
+        assert_eq!(p.route, RouteKind::Direct);
+        assert_eq!(p.seconds_to_all_notified, 4.0);
+    }
+}

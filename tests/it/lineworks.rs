@@ -1,0 +1,414 @@
+//! The LINE WORKS provider end to end: the real adapter and the real `Application` against
+//! the LINE WORKS-compatible stand-in, which enforces the platform's rules and counts every
+//! breach.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anpi::clock::{ScaledClock, SharedClock};
+use anpi::config::Config;
+use anpi::contacts::{synthetic, Contact};
+use anpi::demo::{self, DemoArgs};
+use anpi::hq::Hq;
+use anpi::ids::{ChatHandle, RollCallId};
+use anpi::providers::RouteKind;
+use anpi::scenario::Scenario;
+use anpi::simulator::lineworks::{self as lws, LwSimConfig, LwSimHandle, TEST_PRIVATE_KEY_PEM};
+use anpi::simulator::{Behaviour, Script, SimAnswer};
+use anpi::startup::Application;
+use chrono::Utc;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{init_logs, HQ_TOKEN};
+
+struct LwApp {
+    base_url: String,
+    hq: Arc<Hq>,
+    lw: LwSimHandle,
+    http: reqwest::Client,
+    cancel: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    contacts: Vec<Contact>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for LwApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.lw.shutdown();
+        if let Some(r) = self.running.take() {
+            r.abort();
+        }
+    }
+}
+
+/// `n` synthetic contacts known to LINE WORKS by their simulator handle.
+fn contacts(n: usize) -> Vec<Contact> {
+    let mut cs = synthetic::generate(n, 3).contacts;
+    for c in &mut cs {
+        let h = c.chat["simulator"].clone();
+        c.chat.clear();
+        c.chat.insert("lineworks".into(), h);
+    }
+    cs
+}
+
+fn handle(c: &Contact) -> ChatHandle {
+    c.chat["lineworks"].clone()
+}
+
+/// A running anpi on LINE WORKS (board on unless `board` is false) on a clock `speed` times
+/// faster than the wall.
+async fn spawn(n: usize, script: Script, board: bool, speed: f64) -> LwApp {
+    init_logs();
+    let tmp = tempfile::tempdir().unwrap();
+    let cs = contacts(n);
+    let epoch = Utc::now();
+    let clock: SharedClock = Arc::new(ScaledClock::new(epoch, speed));
+    let lw = lws::start(
+        LwSimConfig::new(cs.iter().map(handle).collect()),
+        script,
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let key = tmp.path().join("key.pem");
+    std::fs::write(&key, TEST_PRIVATE_KEY_PEM).unwrap();
+    let c = lw.config().clone();
+    let config = Config::from_toml(&format!(
+        r#"
+provider = "lineworks"
+[time]
+speed = {speed}
+epoch = "{}"
+[server]
+listen = "127.0.0.1:0"
+[database]
+url = "sqlite://{}"
+[api]
+hq_tokens = ["{HQ_TOKEN}"]
+[scenarios]
+dir = "{}"
+[providers.lineworks]
+api_url = "{}"
+token_url = "{}"
+client_id = "{}"
+client_secret = "{}"
+service_account = "{}"
+private_key_file = "{}"
+bot_id = "{}"
+bot_secret = "{}"
+{}
+"#,
+        epoch.to_rfc3339(),
+        tmp.path().join("anpi.db").display(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
+        lw.api_base(),
+        lw.token_url(),
+        c.client_id,
+        c.client_secret,
+        c.service_account,
+        key.display(),
+        c.bot_id,
+        c.bot_secret,
+        if board {
+            format!("board_id = \"{}\"", c.board_id)
+        } else {
+            String::new()
+        },
+    ))
+    .unwrap();
+    let app = Application::build_with_clock(config, clock).await.unwrap();
+    let base_url = format!("http://{}", app.local_addr());
+    lw.set_callback_url(format!("{base_url}/callbacks/lineworks"));
+    let hq = app.hq();
+    hq.import_contacts(&cs).await.unwrap();
+    let cancel = CancellationToken::new();
+    let running = Some(tokio::spawn(app.run_until_stopped(cancel.clone())));
+    LwApp {
+        base_url,
+        hq,
+        lw,
+        http: reqwest::Client::new(),
+        cancel,
+        running,
+        contacts: cs,
+        _tmp: tmp,
+    }
+}
+
+fn drill() -> Scenario {
+    Scenario::find(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")),
+        "drill",
+    )
+    .unwrap()
+}
+
+/// Polls (wall time, bounded) until `f` holds.
+async fn until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..3000 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+impl LwApp {
+    async fn callback(&self, bot: &str, sig: &str, body: Vec<u8>) -> (u16, String) {
+        let r = self
+            .http
+            .post(format!("{}/callbacks/lineworks", self.base_url))
+            .header("X-WORKS-BotId", bot)
+            .header("X-WORKS-Signature", sig)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn all_sent(&self, id: RollCallId) {
+        let hq = self.hq.clone();
+        until("all sent", || {
+            let hq = hq.clone();
+            async move {
+                let o = hq.status(id).await.unwrap().progress.overall;
+                o.pending + o.sending == 0
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_one_to_one_on_240_per_minute_never_break_the_limit_and_429_waits_for_reset() {
+    // Without a board the planner can only use 1:1 talk: ~285 s of clock time for 1,000 at
+    // 228/min (anpi keeps 5% under the platform's 240).
+    let app = spawn(1_000, Script::default(), false, 30.0).await;
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Direct);
+    // The platform refuses 3 requests anyway, asking for 20 s.
+    app.lw.force_429(3, Duration::from_secs(20));
+    app.all_sent(rc.id).await;
+    let st = app.lw.stats();
+    assert_eq!(st.limit_exceeded, 0, "{st:?}");
+    assert_eq!(st.forced_429, 3);
+    assert_eq!(st.user_messages, 1_000);
+    assert!(st.max_in_window <= 240, "{st:?}");
+    // The 429's reset was honoured: nothing was accepted from 1 s after it until 20 s after.
+    let (forced, accepted) = app.lw.request_log();
+    let t = forced[0];
+    let early = accepted
+        .iter()
+        .filter(|a| **a > t + 1_000 && **a < t + 19_000)
+        .count();
+    assert_eq!(early, 0, "sends during the platform's pause");
+    // One token for the whole run: it is cached, not minted per request.
+    assert_eq!(st.tokens_issued, 1);
+}
+
+#[tokio::test]
+async fn a_tap_is_recorded_and_forged_wrong_bot_malformed_and_replayed_callbacks_change_nothing() {
+    let app = spawn(20, Script::default(), true, 1.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let c = app.lw.config().clone();
+    let who = handle(&app.contacts[0]);
+    let body = json!({"type": "postback", "source": {"userId": who.as_str(), "domainId": 1},
+                      "issuedTime": "2026-03-11T05:47:00.000Z",
+                      "data": format!("anpi:{}:safe", rc.id.0)});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &body);
+    let answered = || async {
+        app.hq
+            .status(rc.id)
+            .await
+            .unwrap()
+            .progress
+            .overall
+            .answered
+    };
+
+    // Forged: signed with another secret.
+    let (_, forged) = lws::signed_callback("not-the-bot-secret", &body);
+    assert_eq!(app.callback(&c.bot_id, &forged, raw.clone()).await.0, 401);
+    // Right signature, wrong bot.
+    assert_eq!(app.callback("999", &sig, raw.clone()).await.0, 401);
+    // Body changed after signing.
+    let mut tampered = raw.clone();
+    tampered.extend_from_slice(b" ");
+    assert_eq!(app.callback(&c.bot_id, &sig, tampered).await.0, 401);
+    assert_eq!(answered().await, 0, "a refused callback changed something");
+
+    // Signed but not JSON.
+    let junk = b"{not json".to_vec();
+    let junk_sig = anpi::providers::lineworks::sign(&c.bot_secret, &junk);
+    let (status, text) = app.callback(&c.bot_id, &junk_sig, junk).await;
+    assert_eq!(status, 400, "{text}");
+
+    // The real tap.
+    let (status, text) = app.callback(&c.bot_id, &sig, raw.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(answered().await, 1);
+    // The same callback again: logged once, nothing moves.
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("\"logged\":0"), "{text}");
+    assert_eq!(answered().await, 1);
+    let events = app.hq.store().events(rc.id, 100).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "answer").count(), 1);
+
+    // A join event is not an answer, and is accepted.
+    let join = json!({"type": "join", "source": {"userId": who.as_str()}, "issuedTime": "2026-03-11T05:47:00Z"});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &join);
+    assert_eq!(app.callback(&c.bot_id, &sig, raw).await.0, 200);
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("lineworks_bad_signature"), "{metrics}");
+    assert!(metrics.contains("lineworks_wrong_bot"), "{metrics}");
+    assert!(metrics.contains("lineworks_malformed"), "{metrics}");
+}
+
+#[tokio::test]
+async fn readers_of_the_board_post_leave_the_call_list_and_the_rest_are_on_it_at_their_deadline() {
+    let cs = contacts(30);
+    let mut script = Script::new();
+    for c in &cs[..10] {
+        script.insert(handle(c), Behaviour::reads_after(Duration::from_secs(40)));
+    }
+    for c in &cs[10..12] {
+        script.insert(
+            handle(c),
+            Behaviour::never_reads()
+                .answering(Duration::from_secs(60), SimAnswer::Sticker("fine".into())),
+        );
+    }
+    // Five minutes of clock time pass in five seconds.
+    let app = spawn(30, script, true, 60.0).await;
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Broadcast);
+    assert_eq!(est.plan.requests, 1);
+    app.all_sent(rc.id).await;
+    let hq = app.hq.clone();
+    until("deadline passed and escalated", || {
+        let hq = hq.clone();
+        async move {
+            let p = hq.status(rc.id).await.unwrap().progress;
+            p.overall.pending + p.overall.sending == 0
+                && p.next_deadline_at.is_none()
+                && p.overall.escalated > 0
+        }
+    })
+    .await;
+    let list = app.hq.call_list(rc.id).await.unwrap();
+    let to_call: Vec<_> = list
+        .iter()
+        .filter(|e| e.to_call())
+        .map(|e| e.staff_id.clone())
+        .collect();
+    assert_eq!(to_call.len(), 18, "{to_call:?}");
+    for c in &cs[..12] {
+        assert!(
+            !to_call.contains(&c.id),
+            "{} read or answered but is to be called",
+            c.id
+        );
+    }
+    let st = app.lw.stats();
+    assert_eq!(st.board_posts, 1);
+    assert_eq!(st.user_messages, 0, "the board post covered everyone");
+    assert_eq!(st.callbacks_refused, 0);
+    assert_eq!(st.limit_exceeded, 0);
+    let p = app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(p.answered, 2);
+    // The plan is visible during dispatch too.
+    let plan: serde_json::Value = app
+        .http
+        .get(format!("{}/api/rollcalls/{}/plan", app.base_url, rc.id.0))
+        .bearer_auth(HQ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plan["plan"]["route"], "broadcast");
+    assert_eq!(plan["unsent"], 0);
+}
+
+fn demo_args(size: usize, speed: f64) -> DemoArgs {
+    DemoArgs {
+        size,
+        speed,
+        seed: 5,
+        scenario: None,
+        rate_limit_per_minute: 0,
+        database: None,
+        plain: true,
+        provider: "lineworks".into(),
+        no_board: false,
+        rooms: false,
+    }
+}
+
+#[tokio::test]
+async fn demo_on_one_to_one_takes_what_the_planner_said_within_ten_percent() {
+    init_logs();
+    let mut args = demo_args(1_000, 30.0);
+    args.no_board = true;
+    let r = demo::run_measured(args).await.unwrap();
+    assert_eq!(r.route, RouteKind::Direct);
+    // 22 at once, then 978 at 0.9 x 228/min: about 286 s.
+    assert!((r.estimate_seconds - 286.0).abs() < 1.0, "{r:?}");
+    let measured = r.measured_seconds.expect("all sent");
+    assert!(
+        (measured - r.estimate_seconds).abs() <= r.estimate_seconds * 0.1,
+        "measured {measured:.1}s vs estimate {:.1}s",
+        r.estimate_seconds
+    );
+    assert_eq!(r.limit_exceeded, 0);
+}
+
+#[tokio::test]
+async fn demo_with_a_board_notifies_ten_thousand_within_two_minutes() {
+    init_logs();
+    let r = demo::run_measured(demo_args(10_000, 20.0)).await.unwrap();
+    assert_eq!(r.route, RouteKind::Broadcast);
+    assert_eq!(r.estimate_seconds, 1.0);
+    let measured = r.measured_seconds.expect("all sent");
+    assert!(measured < 120.0, "measured {measured:.1}s");
+    assert_eq!(r.limit_exceeded, 0);
+    // The drill population reads: the board's readers list brought their reads in.
+    assert!(r.confirmed > 5_000, "{r:?}");
+}
+
+#[tokio::test]
+async fn demo_with_department_rooms_uses_one_message_per_room() {
+    init_logs();
+    let mut args = demo_args(1_000, 100.0);
+    args.no_board = true;
+    args.rooms = true;
+    let r = demo::run_measured(args).await.unwrap();
+    assert_eq!(r.route, RouteKind::Rooms);
+    // Twelve departments and the shelter phones 1:1: all inside the first burst.
+    assert!(r.estimate_seconds < 30.0, "{r:?}");
+    assert!(r.measured_seconds.expect("all sent") < 60.0, "{r:?}");
+    assert_eq!(r.limit_exceeded, 0);
+}
