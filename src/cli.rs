@@ -80,6 +80,22 @@ pub enum Command {
         #[command(subcommand)]
         command: ContactsCommand,
     },
+    /// One-time Matrix set-up, run ahead of time (never during a roll call).
+    Matrix {
+        #[command(subcommand)]
+        command: MatrixCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MatrixCommand {
+    /// Create a direct-message room with every contact who has a Matrix id and no room yet
+    /// (the person is invited and accepts once), and store the map in anpi's database.
+    Prepare {
+        /// Configuration file with [providers.matrix] and the database.
+        #[arg(long, short, env = "ANPI_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,7 +246,48 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Contacts { command } => contacts(command).await,
+        Command::Matrix {
+            command: MatrixCommand::Prepare { config },
+        } => matrix_prepare(config).await,
     }
+}
+
+/// Makes the missing DM rooms for the contacts (the configured contacts file, else the
+/// stored contacts) and reports who could not be reached.
+async fn matrix_prepare(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config.as_deref())?;
+    let store = crate::store::open(&config.database.url)
+        .await
+        .with_context(|| format!("opening the database {}", config.database.url))?;
+    let contacts = match config.contacts_file() {
+        Some(path) => {
+            crate::contacts::load_file(path)
+                .with_context(|| format!("loading contacts from {}", path.display()))?
+                .contacts
+        }
+        None => store.contacts().await?,
+    };
+    let people: Vec<_> = contacts
+        .iter()
+        .filter_map(|c| c.chat.get(crate::providers::matrix::NAME).cloned())
+        .collect();
+    let clock = crate::startup::clock_from(&config);
+    let provider = crate::startup::matrix_provider(&config, &store, &clock)?;
+    let report = provider.prepare(&people).await?;
+    println!(
+        "Matrix DM rooms: {} already there, {} created (each person accepts the invite once), {} failed",
+        report.existing,
+        report.created,
+        report.failed.len()
+    );
+    for (who, why) in &report.failed {
+        println!("  {who}: {why}");
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(

@@ -5,5 +5,7 @@ mod cli;
 mod crash;
 mod engine;
 mod faults;
+mod matrix;
 mod store_contract;
 mod support;
+mod synapse_support;
