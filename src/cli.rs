@@ -252,10 +252,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Makes the missing DM rooms for the contacts (the configured contacts file, else the
-/// stored contacts) and reports who could not be reached.
+/// `anpi matrix prepare`: makes the missing DM rooms and reports who could not be reached.
 async fn matrix_prepare(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config.as_deref())?;
+    let report = prepare_matrix_rooms(&config).await?;
+    println!(
+        "Matrix DM rooms: {} already there, {} created (each person accepts the invite once), {} failed",
+        report.existing,
+        report.created,
+        report.failed.len()
+    );
+    for (who, why) in &report.failed {
+        println!("  {who}: {why}");
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Creates a DM room for every contact with a Matrix id and no room yet (contacts from the
+/// configured contacts file, else the stored ones) and stores the map in the database.
+pub async fn prepare_matrix_rooms(
+    config: &Config,
+) -> anyhow::Result<crate::providers::matrix::PrepareReport> {
     let store = crate::store::open(&config.database.url)
         .await
         .with_context(|| format!("opening the database {}", config.database.url))?;
@@ -271,23 +292,9 @@ async fn matrix_prepare(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .iter()
         .filter_map(|c| c.chat.get(crate::providers::matrix::NAME).cloned())
         .collect();
-    let clock = crate::startup::clock_from(&config);
-    let provider = crate::startup::matrix_provider(&config, &store, &clock)?;
-    let report = provider.prepare(&people).await?;
-    println!(
-        "Matrix DM rooms: {} already there, {} created (each person accepts the invite once), {} failed",
-        report.existing,
-        report.created,
-        report.failed.len()
-    );
-    for (who, why) in &report.failed {
-        println!("  {who}: {why}");
-    }
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let clock = crate::startup::clock_from(config);
+    let provider = crate::startup::matrix_provider(config, &store, &clock)?;
+    Ok(provider.prepare(&people).await?)
 }
 
 async fn serve(

@@ -6,10 +6,10 @@
 //! skipped outside CI and fail in CI.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anpi::ids::RollCallId;
+use anpi::providers::matrix::PrepareReport;
 use anpi::providers::{ChatProvider, OutboundMessage};
 use anpi::rollcall::Progress;
 use anpi::scenario::Scenario;
@@ -63,21 +63,14 @@ async fn wait_for(
     }
 }
 
-/// Runs `anpi matrix prepare` (the real binary) on the app's configuration.
-fn prepare_with_cli(app: &MatrixApp) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_anpi"))
-        .args(["matrix", "prepare", "--config"])
-        .arg(&app.config_path)
-        .env_remove("ANPI_CONFIG")
-        .output()
-        .expect("anpi runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "anpi matrix prepare failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+/// What `anpi matrix prepare` does, on the app's configuration (in process: the binary in a
+/// shared build folder may be another checkout's).
+async fn prepare(app: &MatrixApp) -> PrepareReport {
+    let report = anpi::cli::prepare_matrix_rooms(&app.config)
+        .await
+        .expect("prepare runs");
+    assert!(report.failed.is_empty(), "{report:?}");
+    report
 }
 
 /// The check anpi posted in `room`, as the person's phone sees it.
@@ -113,10 +106,9 @@ async fn call_list_is_exactly_those_with_no_visible_confirmation() {
     let app = MatrixApp::spawn(write_config(&hs, &bot, tmp.path())).await;
     app.hq.import_contacts(&contacts).await.unwrap();
 
-    let report = prepare_with_cli(&app);
-    assert!(report.contains("20 created"), "{report}");
+    assert_eq!(prepare(&app).await.created, 20);
     // Running it again creates nothing new.
-    assert!(prepare_with_cli(&app).contains("20 already there"));
+    assert_eq!(prepare(&app).await.existing, 20);
     let mut rooms = Vec::new();
     for p in &people {
         let room = app.room_of(p).await;
@@ -228,7 +220,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     let config_path = write_config(&hs, &bot, tmp.path());
     let app = MatrixApp::spawn(config_path.clone()).await;
     app.hq.import_contacts(&contacts).await.unwrap();
-    prepare_with_cli(&app);
+    prepare(&app).await;
     let mut rooms = Vec::new();
     for p in &people {
         let room = app.room_of(p).await;
@@ -303,7 +295,7 @@ async fn default_rate_limits_delay_but_never_duplicate() {
 
     // The one-time set-up runs with the bot's limit lifted, as the README tells admins to.
     admin.override_ratelimit(&bot.user_id, true).await;
-    prepare_with_cli(&app);
+    prepare(&app).await;
     let provider = anpi::startup::matrix_provider(
         &app.config,
         &app.store,

@@ -438,7 +438,6 @@ pub struct MatrixApp {
     pub hq: Arc<Hq>,
     pub store: SharedStore,
     pub config: Config,
-    pub config_path: PathBuf,
     cancel: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -496,7 +495,6 @@ impl MatrixApp {
             hq,
             store,
             config,
-            config_path,
             cancel,
             running: Some(running),
         }
