@@ -321,6 +321,17 @@ async fn default_rate_limits_delay_but_never_duplicate() {
         |p| p.overall.sent == 14,
     )
     .await;
+    assert!(
+        app.metric(r#"anpi_sends_total{provider="matrix",result="rate_limited"}"#)
+            .await
+            >= 1,
+        "the homeserver's limit was hit and waited out"
+    );
+    assert_eq!(
+        app.metric(r#"anpi_sends_total{provider="matrix",result="sent"}"#)
+            .await,
+        14
+    );
     for (p, room) in people.iter().zip(&rooms) {
         check_in(p, room, &bot.user_id).await;
     }

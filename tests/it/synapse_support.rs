@@ -435,6 +435,7 @@ pub async fn register_people(hs: &Synapse, contacts: &[Contact]) -> Vec<MatrixUs
 
 /// anpi on the Matrix provider, with the real clock and a fresh SQLite file.
 pub struct MatrixApp {
+    pub base_url: String,
     pub hq: Arc<Hq>,
     pub store: SharedStore,
     pub config: Config,
@@ -487,11 +488,13 @@ impl MatrixApp {
         let app = Application::build_with_clock(config.clone(), clock)
             .await
             .expect("app builds");
+        let base_url = format!("http://{}", app.local_addr());
         let hq = app.hq();
         let store = app.store();
         let cancel = CancellationToken::new();
         let running = tokio::spawn(app.run_until_stopped(cancel.clone()));
         MatrixApp {
+            base_url,
             hq,
             store,
             config,
@@ -507,6 +510,19 @@ impl MatrixApp {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("no DM room for {}", user.user_id))
+    }
+
+    /// A counter from `/metrics`, by its full name with labels; 0 when absent.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Stops every worker and waits for them.
