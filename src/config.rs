@@ -485,6 +485,30 @@ mod tests {
     }
 
     #[test]
+    fn matrix_needs_a_token_and_reads_it_from_a_file() {
+        let base = "provider = \"matrix\"\n[providers.matrix]\nhomeserver = \"https://hs.example\"\nuser_id = \"@anpi:hs.example\"\n";
+        let err = Config::from_toml(base).unwrap_err().to_string();
+        assert!(err.contains("access_token"), "{err}");
+        let err = Config::from_toml(&base.replace("@anpi:hs.example", "anpi"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.matrix.user_id"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "syt_from_file\n").unwrap();
+        let c = Config::from_toml(&format!(
+            "{base}access_token_file = \"{}\"\nsync_timeout = \"5s\"\n",
+            file.display()
+        ))
+        .unwrap();
+        let m = c.providers.matrix.as_ref().unwrap();
+        assert_eq!(m.access_token().unwrap().expose(), "syt_from_file");
+        assert_eq!(c.poll_wait(), Duration::from_secs(5));
+        assert!(!format!("{c:?}").contains("syt_from_file"));
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let c = Config::from_toml("[api]\nhq_tokens = [\"0123456789abcdef-secret\"]\n").unwrap();
         let dbg = format!("{c:?}");
