@@ -1,6 +1,6 @@
 //! The Matrix provider against a real Synapse: a roll call whose call list is exactly the people
-//! with no visible confirmation, receipts posted while anpi is down picked up after a restart,
-//! and a roll call under Synapse's default rate limits with no message posted twice.
+//! with no visible confirmation, receipts posted while anpi is down picked up after a restart
+//! (with its sync position, and with it lost), and a roll call under Synapse's default rate limits with no message posted twice.
 //!
 //! Each test starts its own Synapse (see `synapse_support`); without one installed they are
 //! skipped outside CI and fail in CI.
@@ -214,7 +214,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
         return;
     };
     let bot = hs.register("anpi", false).await;
-    let contacts = matrix_contacts(6, 12);
+    let contacts = matrix_contacts(7, 12);
     let people = register_people(&hs, &contacts).await;
     let tmp = tempfile::tempdir().unwrap();
     let config_path = write_config(&hs, &bot, tmp.path());
@@ -229,7 +229,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     }
     let rc = app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
     wait_for(&app, rc.id, "everyone sent", Duration::from_secs(30), |p| {
-        p.overall.sent == 6
+        p.overall.sent == 7
     })
     .await;
     let mut checks = Vec::new();
@@ -270,8 +270,41 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
         |p| p.overall.read == 4 && p.overall.answered == 2,
     )
     .await;
-    assert_eq!(p.overall.sent, 0, "{:?}", p.overall);
-    // Nothing was sent twice across the restart.
+    assert_eq!(p.overall.sent, 1, "{:?}", p.overall);
+    app.shutdown().await;
+
+    // Down again, and this time the stored sync position is lost too: the restart rebuilds
+    // from a full /sync, which carries every room's current receipts.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        tmp.path().join("anpi.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM provider_cursors")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    people[6]
+        .receipt(&rooms[6], &checks[6], "m.read", None)
+        .await;
+    let app = MatrixApp::spawn(write_config(&hs, &bot, tmp.path())).await;
+    let p = wait_for(
+        &app,
+        rc.id,
+        "reconciled reads",
+        Duration::from_secs(30),
+        |p| p.overall.read == 5,
+    )
+    .await;
+    assert_eq!(
+        (p.overall.sent, p.overall.answered),
+        (0, 2),
+        "{:?}",
+        p.overall
+    );
+    // Nothing was sent twice across the restarts.
     for (p, room) in people.iter().zip(&rooms) {
         check_in(p, room, &bot.user_id).await;
     }
