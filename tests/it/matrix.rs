@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anpi::ids::RollCallId;
-use anpi::providers::matrix::PrepareReport;
 use anpi::providers::{ChatProvider, OutboundMessage};
 use anpi::rollcall::Progress;
 use anpi::scenario::Scenario;
@@ -63,16 +62,6 @@ async fn wait_for(
     }
 }
 
-/// What `anpi matrix prepare` does, on the app's configuration (in process: the binary in a
-/// shared build folder may be another checkout's).
-async fn prepare(app: &MatrixApp) -> PrepareReport {
-    let report = anpi::cli::prepare_matrix_rooms(&app.config)
-        .await
-        .expect("prepare runs");
-    assert!(report.failed.is_empty(), "{report:?}");
-    report
-}
-
 /// The check anpi posted in `room`, as the person's phone sees it.
 async fn check_in(user: &MatrixUser, room: &str, bot: &str) -> String {
     let msgs = user.messages_from(room, bot).await;
@@ -96,25 +85,12 @@ async fn staff_ids_to_call(app: &MatrixApp, id: RollCallId) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_list_is_exactly_those_with_no_visible_confirmation() {
-    let Some(hs) = Synapse::start(Limits::Relaxed).await else {
+    let Some(mut w) = World::new(20, 11, Limits::Relaxed).await else {
         return;
     };
-    let bot = hs.register("anpi", false).await;
-    let contacts = matrix_contacts(20, 11);
-    let people = register_people(&hs, &contacts).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let app = MatrixApp::spawn(write_config(&hs, &bot, tmp.path())).await;
-    app.hq.import_contacts(&contacts).await.unwrap();
-
-    assert_eq!(prepare(&app).await.created, 20);
-    // Running it again creates nothing new.
-    assert_eq!(prepare(&app).await.existing, 20);
-    let mut rooms = Vec::new();
-    for p in &people {
-        let room = app.room_of(p).await;
-        p.join(&room).await;
-        rooms.push(room);
-    }
+    let (app, bot, contacts, people, rooms) = (&w.app, &w.bot, &w.contacts, &w.people, &w.rooms);
+    // Running prepare again creates nothing new.
+    assert_eq!(prepare(app).await.existing, 20);
 
     let rc = app.hq.start(&scenario("30s"), None, None).await.unwrap().0;
     assert_eq!(rc.recipients, 20);
@@ -125,7 +101,12 @@ async fn call_list_is_exactly_those_with_no_visible_confirmation() {
 
     let mut confirmed = BTreeSet::new();
     let mut unconfirmed = BTreeSet::new();
-    for (i, ((c, p), room)) in contacts.iter().zip(&people).zip(&rooms).enumerate() {
+    for (i, ((c, p), room)) in contacts
+        .iter()
+        .zip(people.iter())
+        .zip(rooms.iter())
+        .enumerate()
+    {
         let check = check_in(p, room, &bot.user_id).await;
         let id = c.id.to_string();
         match i % 6 {
@@ -205,35 +186,26 @@ async fn call_list_is_exactly_those_with_no_visible_confirmation() {
     );
     assert!(events.iter().any(|e| e.kind == "sticker"));
     assert!(events.iter().any(|e| e.kind == "reply"));
-    app.shutdown().await;
+    w.app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
-    let Some(hs) = Synapse::start(Limits::Relaxed).await else {
+    let Some(mut w) = World::new(7, 12, Limits::Relaxed).await else {
         return;
     };
-    let bot = hs.register("anpi", false).await;
-    let contacts = matrix_contacts(7, 12);
-    let people = register_people(&hs, &contacts).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let config_path = write_config(&hs, &bot, tmp.path());
-    let app = MatrixApp::spawn(config_path.clone()).await;
-    app.hq.import_contacts(&contacts).await.unwrap();
-    prepare(&app).await;
-    let mut rooms = Vec::new();
-    for p in &people {
-        let room = app.room_of(p).await;
-        p.join(&room).await;
-        rooms.push(room);
-    }
-    let rc = app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
-    wait_for(&app, rc.id, "everyone sent", Duration::from_secs(30), |p| {
-        p.overall.sent == 7
-    })
+    let (bot, people, rooms) = (&w.bot, &w.people, &w.rooms);
+    let rc = w.app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
+    wait_for(
+        &w.app,
+        rc.id,
+        "everyone sent",
+        Duration::from_secs(30),
+        |p| p.overall.sent == 7,
+    )
     .await;
     let mut checks = Vec::new();
-    for (p, room) in people.iter().zip(&rooms) {
+    for (p, room) in people.iter().zip(rooms.iter()) {
         checks.push(check_in(p, room, &bot.user_id).await);
     }
     // Two read while anpi watches.
@@ -243,7 +215,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
             .await;
     }
     wait_for(
-        &app,
+        &w.app,
         rc.id,
         "reads while up",
         Duration::from_secs(30),
@@ -251,7 +223,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     )
     .await;
 
-    app.shutdown().await;
+    w.app.shutdown().await;
     // While anpi is down: two read, one reacts, one replies.
     for i in 2..4 {
         people[i]
@@ -261,7 +233,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     people[4].react(&rooms[4], &checks[4], "🙆").await;
     people[5].say(&rooms[5], "2").await;
 
-    let app = MatrixApp::spawn(config_path).await;
+    let mut app = MatrixApp::spawn(w.config_path.clone()).await;
     let p = wait_for(
         &app,
         rc.id,
@@ -277,7 +249,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     // from a full /sync, which carries every room's current receipts.
     let pool = sqlx::SqlitePool::connect(&format!(
         "sqlite://{}",
-        tmp.path().join("anpi.db").display()
+        w.dir.path().join("anpi.db").display()
     ))
     .await
     .unwrap();
@@ -289,7 +261,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     people[6]
         .receipt(&rooms[6], &checks[6], "m.read", None)
         .await;
-    let app = MatrixApp::spawn(write_config(&hs, &bot, tmp.path())).await;
+    let mut app = MatrixApp::spawn(w.config_path.clone()).await;
     let p = wait_for(
         &app,
         rc.id,
@@ -305,7 +277,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
         p.overall
     );
     // Nothing was sent twice across the restarts.
-    for (p, room) in people.iter().zip(&rooms) {
+    for (p, room) in people.iter().zip(rooms.iter()) {
         check_in(p, room, &bot.user_id).await;
     }
     app.shutdown().await;
@@ -313,36 +285,27 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_rate_limits_delay_but_never_duplicate() {
-    let Some(hs) = Synapse::start(Limits::DefaultMessages).await else {
+    // 14 messages against a burst of 10 at 0.2/s: at least four must wait out a 429.
+    let Some(mut w) = World::new(14, 13, Limits::DefaultMessages).await else {
         return;
     };
-    let admin = hs.register("admin", true).await;
-    let bot = hs.register("anpi", false).await;
-    // 14 messages against a burst of 10 at 0.2/s: at least four must wait out a 429.
-    let contacts = matrix_contacts(14, 13);
-    let people = register_people(&hs, &contacts).await;
-    let spare = hs.register("spare", false).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let app = MatrixApp::spawn(write_config(&hs, &bot, tmp.path())).await;
-    app.hq.import_contacts(&contacts).await.unwrap();
-
-    // The one-time set-up runs with the bot's limit lifted, as the README tells admins to.
+    let (app, bot, people, rooms) = (&w.app, &w.bot, &w.people, &w.rooms);
+    let admin = w.admin.as_ref().unwrap();
+    // One more person outside the roll call, for the retry check below.
+    let spare = w.hs.register("spare", false).await;
     admin.override_ratelimit(&bot.user_id, true).await;
-    prepare(&app).await;
     let provider = anpi::startup::matrix_provider(
         &app.config,
         &app.store,
         &(std::sync::Arc::new(anpi::clock::SystemClock) as anpi::clock::SharedClock),
     )
     .unwrap();
-    let report = provider.prepare(&[spare.handle()]).await.unwrap();
-    assert_eq!(report.created, 1);
-    let mut rooms = Vec::new();
-    for p in people.iter().chain([&spare]) {
-        let room = app.room_of(p).await;
-        p.join(&room).await;
-        rooms.push(room);
-    }
+    assert_eq!(
+        provider.prepare(&[spare.handle()]).await.unwrap().created,
+        1
+    );
+    let spare_room = app.room_of(&spare).await;
+    spare.join(&spare_room).await;
     admin.override_ratelimit(&bot.user_id, false).await;
 
     let rc = app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
@@ -365,7 +328,7 @@ async fn default_rate_limits_delay_but_never_duplicate() {
             .await,
         14
     );
-    for (p, room) in people.iter().zip(&rooms) {
+    for (p, room) in people.iter().zip(rooms.iter()) {
         check_in(p, room, &bot.user_id).await;
     }
 
@@ -396,6 +359,6 @@ async fn default_rate_limits_delay_but_never_duplicate() {
         }
     };
     assert_eq!(first.message_id, again.message_id);
-    check_in(&spare, rooms.last().unwrap(), &bot.user_id).await;
-    app.shutdown().await;
+    check_in(&spare, &spare_room, &bot.user_id).await;
+    w.app.shutdown().await;
 }

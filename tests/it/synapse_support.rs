@@ -526,7 +526,7 @@ impl MatrixApp {
     }
 
     /// Stops every worker and waits for them.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&mut self) {
         self.cancel.cancel();
         if let Some(h) = self.running.take() {
             let _ = h.await;
@@ -537,5 +537,74 @@ impl MatrixApp {
 impl Drop for MatrixApp {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// A homeserver, anpi's bot, `n` people with their DM rooms joined, and anpi running.
+pub struct World {
+    pub hs: Synapse,
+    pub bot: MatrixUser,
+    /// A server admin (only with [`Limits::DefaultMessages`], to lift the bot's limit).
+    pub admin: Option<MatrixUser>,
+    pub contacts: Vec<Contact>,
+    pub people: Vec<MatrixUser>,
+    /// `rooms[i]` is `people[i]`'s DM room with the bot.
+    pub rooms: Vec<String>,
+    pub app: MatrixApp,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// What `anpi matrix prepare` does, on the app's configuration (in process: the binary in a
+/// shared build folder may be another checkout's).
+pub async fn prepare(app: &MatrixApp) -> anpi::providers::matrix::PrepareReport {
+    let report = anpi::cli::prepare_matrix_rooms(&app.config)
+        .await
+        .expect("prepare runs");
+    assert!(report.failed.is_empty(), "{report:?}");
+    report
+}
+
+impl World {
+    /// Sets everything up as an admin would: with the bot's rate limit lifted while the rooms
+    /// are made (then restored), `anpi matrix prepare`, and each person accepting the invite.
+    /// `None` when Synapse is not installed (outside CI).
+    pub async fn new(n: usize, seed: u64, limits: Limits) -> Option<World> {
+        let hs = Synapse::start(limits).await?;
+        let admin = match limits {
+            Limits::DefaultMessages => Some(hs.register("admin", true).await),
+            Limits::Relaxed => None,
+        };
+        let bot = hs.register("anpi", false).await;
+        let contacts = matrix_contacts(n, seed);
+        let people = register_people(&hs, &contacts).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = write_config(&hs, &bot, dir.path());
+        let app = MatrixApp::spawn(config_path.clone()).await;
+        app.hq.import_contacts(&contacts).await.unwrap();
+        if let Some(a) = &admin {
+            a.override_ratelimit(&bot.user_id, true).await;
+        }
+        assert_eq!(prepare(&app).await.created, n);
+        let mut rooms = Vec::new();
+        for p in &people {
+            let room = app.room_of(p).await;
+            p.join(&room).await;
+            rooms.push(room);
+        }
+        if let Some(a) = &admin {
+            a.override_ratelimit(&bot.user_id, false).await;
+        }
+        Some(World {
+            hs,
+            bot,
+            admin,
+            contacts,
+            people,
+            rooms,
+            app,
+            config_path,
+            dir,
+        })
     }
 }
