@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anpi::ids::RollCallId;
-use anpi::providers::{ChatProvider, OutboundMessage};
+use anpi::providers::{ChatProvider, OutboundMessage, ProviderError, Sent};
 use anpi::rollcall::Progress;
 use anpi::scenario::Scenario;
 
@@ -69,6 +69,17 @@ async fn check_in(user: &MatrixUser, room: &str, bot: &str) -> String {
     msgs[0]["event_id"].as_str().unwrap().to_string()
 }
 
+/// Sends as the dispatcher would retry it: after each 429, when the homeserver says.
+async fn send_waiting_out_429(provider: &impl ChatProvider, msg: &OutboundMessage) -> Sent {
+    loop {
+        match provider.send(msg).await {
+            Ok(s) => return s,
+            Err(ProviderError::RateLimited { reset }) => tokio::time::sleep(reset).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 async fn staff_ids_to_call(app: &MatrixApp, id: RollCallId) -> Vec<String> {
     let mut v: Vec<String> = app
         .hq
@@ -94,7 +105,7 @@ async fn call_list_is_exactly_those_with_no_visible_confirmation() {
 
     let rc = app.hq.start(&scenario("30s"), None, None).await.unwrap().0;
     assert_eq!(rc.recipients, 20);
-    wait_for(&app, rc.id, "everyone sent", Duration::from_secs(30), |p| {
+    wait_for(app, rc.id, "everyone sent", Duration::from_secs(30), |p| {
         p.overall.sent + p.overall.read + p.overall.answered == 20
     })
     .await;
@@ -153,7 +164,7 @@ async fn call_list_is_exactly_those_with_no_visible_confirmation() {
     }
     let n_confirmed = confirmed.len() as i64;
     wait_for(
-        &app,
+        app,
         rc.id,
         "every visible confirmation",
         Duration::from_secs(30),
@@ -164,7 +175,7 @@ async fn call_list_is_exactly_those_with_no_visible_confirmation() {
     // The 30 s deadline passes on the real clock.
     let n_unconfirmed = unconfirmed.len() as i64;
     let p = wait_for(
-        &app,
+        app,
         rc.id,
         "escalation at the deadline",
         Duration::from_secs(60),
@@ -173,7 +184,7 @@ async fn call_list_is_exactly_those_with_no_visible_confirmation() {
     .await;
     assert_eq!(p.overall.read + p.overall.answered, n_confirmed);
     assert_eq!(
-        staff_ids_to_call(&app, rc.id).await,
+        staff_ids_to_call(app, rc.id).await,
         unconfirmed.iter().cloned().collect::<Vec<_>>()
     );
     // Replies with an option number are recorded as that answer.
@@ -310,7 +321,7 @@ async fn default_rate_limits_delay_but_never_duplicate() {
 
     let rc = app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
     wait_for(
-        &app,
+        app,
         rc.id,
         "everyone sent despite 429s",
         Duration::from_secs(120),
@@ -340,24 +351,8 @@ async fn default_rate_limits_delay_but_never_duplicate() {
         text: "【安否確認】再送テスト".into(),
         buttons: Vec::new(),
     };
-    let first = loop {
-        match provider.send(&msg).await {
-            Ok(s) => break s,
-            Err(anpi::providers::ProviderError::RateLimited { reset }) => {
-                tokio::time::sleep(reset).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
-    let again = loop {
-        match provider.send(&msg).await {
-            Ok(s) => break s,
-            Err(anpi::providers::ProviderError::RateLimited { reset }) => {
-                tokio::time::sleep(reset).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let first = send_waiting_out_429(&provider, &msg).await;
+    let again = send_waiting_out_429(&provider, &msg).await;
     assert_eq!(first.message_id, again.message_id);
     check_in(&spare, &spare_room, &bot.user_id).await;
     w.app.shutdown().await;
