@@ -34,6 +34,9 @@ pub const SERVER_NAME: &str = "anpi.test";
 const START_LIMIT: Duration = Duration::from_secs(90);
 /// Log lines kept for the failure message.
 const LOG_TAIL: usize = 40;
+/// One homeserver at a time: each start costs seconds of CPU, and the other tests in the
+/// binary run on manual clocks that should not be starved meanwhile.
+static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Which rate limits the homeserver enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,8 @@ pub struct Synapse {
     http: reqwest::Client,
     _child: Child,
     _dir: tempfile::TempDir,
+    /// Held while this homeserver runs; set once it has started.
+    _turn: Option<tokio::sync::SemaphorePermit<'static>>,
 }
 
 /// A registered account.
@@ -113,12 +118,16 @@ impl Synapse {
                 return None;
             }
         };
+        let turn = ONE_AT_A_TIME.acquire().await.expect("never closed");
         // A port that was free a moment ago may be taken by the time Synapse binds it; then
         // Synapse exits and another port is tried.
         let mut last_error = String::new();
         for _ in 0..3 {
             match Self::try_start(&python, limits).await {
-                Ok(s) => return Some(s),
+                Ok(mut s) => {
+                    s._turn = Some(turn);
+                    return Some(s);
+                }
                 Err(e) => last_error = e,
             }
         }
@@ -254,6 +263,7 @@ impl Synapse {
             http,
             _child: child,
             _dir: dir,
+            _turn: None,
         })
     }
 
