@@ -83,6 +83,22 @@ pub enum Command {
         #[command(subcommand)]
         command: ContactsCommand,
     },
+    /// One-time Matrix set-up, run ahead of time (never during a roll call).
+    Matrix {
+        #[command(subcommand)]
+        command: MatrixCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MatrixCommand {
+    /// Create a direct-message room with every contact who has a Matrix id and no room yet
+    /// (the person is invited and accepts once), and store the map in anpi's database.
+    Prepare {
+        /// Configuration file with [providers.matrix] and the database.
+        #[arg(long, short, env = "ANPI_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -258,7 +274,55 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Contacts { command } => contacts(command).await,
+        Command::Matrix {
+            command: MatrixCommand::Prepare { config },
+        } => matrix_prepare(config).await,
     }
+}
+
+/// `anpi matrix prepare`: makes the missing DM rooms and reports who could not be reached.
+async fn matrix_prepare(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config.as_deref())?;
+    let report = prepare_matrix_rooms(&config).await?;
+    println!(
+        "Matrix DM rooms: {} already there, {} created (each person accepts the invite once), {} failed",
+        report.existing,
+        report.created,
+        report.failed.len()
+    );
+    for (who, why) in &report.failed {
+        println!("  {who}: {why}");
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Creates a DM room for every contact with a Matrix id and no room yet (contacts from the
+/// configured contacts file, else the stored ones) and stores the map in the database.
+pub async fn prepare_matrix_rooms(
+    config: &Config,
+) -> anyhow::Result<crate::providers::matrix::PrepareReport> {
+    let store = crate::store::open(&config.database.url)
+        .await
+        .with_context(|| format!("opening the database {}", config.database.url))?;
+    let contacts = match config.contacts_file() {
+        Some(path) => {
+            crate::contacts::load_file(path)
+                .with_context(|| format!("loading contacts from {}", path.display()))?
+                .contacts
+        }
+        None => store.contacts().await?,
+    };
+    let people: Vec<_> = contacts
+        .iter()
+        .filter_map(|c| c.chat.get(crate::providers::matrix::NAME).cloned())
+        .collect();
+    let clock = crate::startup::clock_from(config);
+    let provider = crate::startup::matrix_provider(config, &store, &clock)?;
+    Ok(provider.prepare(&people).await?)
 }
 
 async fn serve(

@@ -209,6 +209,7 @@ pub struct DrillConfig {
 pub struct ProvidersConfig {
     pub simulator: Option<SimulatorConfig>,
     #[serde(default)]
+    pub matrix: Option<MatrixConfig>,
     pub lineworks: Option<LineWorksConfig>,
 }
 
@@ -280,6 +281,100 @@ pub struct SimulatorConfig {
     pub max_in_flight: usize,
     #[serde(with = "humantime_serde")]
     pub poll_wait: Duration,
+}
+
+/// A Matrix homeserver and the bot account anpi posts as (see [`crate::providers::matrix`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// The homeserver's client-server API base, e.g. `https://matrix.city.example`.
+    pub homeserver: String,
+    /// The bot's user id, e.g. `@anpi:city.example`.
+    pub user_id: String,
+    /// A file holding the bot's access token (first line). Preferred over `access_token`.
+    #[serde(default)]
+    pub access_token_file: Option<PathBuf>,
+    /// The token itself; usually given as `ANPI_PROVIDERS__MATRIX__ACCESS_TOKEN`.
+    #[serde(default)]
+    pub access_token: Option<Secret>,
+    /// How long one `/sync` long-poll waits on the homeserver for new events.
+    #[serde(with = "humantime_serde", default = "default_sync_timeout")]
+    pub sync_timeout: Duration,
+    /// Sends per minute anpi allows itself; 0 = none (rely on the homeserver's 429s).
+    #[serde(default)]
+    pub rate_limit_per_minute: u32,
+    /// Sends in flight at once.
+    #[serde(default = "default_matrix_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_sync_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_matrix_in_flight() -> usize {
+    8
+}
+
+impl MatrixConfig {
+    /// The bot's access token, from the file or the setting; never logged.
+    pub fn access_token(&self) -> Result<Secret, ConfigError> {
+        if let Some(path) = &self.access_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "providers.matrix.access_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let token = text.lines().next().unwrap_or("").trim();
+            if token.is_empty() {
+                return Err(invalid(
+                    "providers.matrix.access_token_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            return Ok(Secret::new(token));
+        }
+        match &self.access_token {
+            Some(t) if !t.expose().trim().is_empty() => Ok(Secret::new(t.expose().trim())),
+            _ => Err(invalid(
+                "providers.matrix",
+                "needs access_token_file or access_token (ANPI_PROVIDERS__MATRIX__ACCESS_TOKEN)",
+            )),
+        }
+    }
+
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        (self.rate_limit_per_minute > 0).then(|| RateLimit {
+            requests: self.rate_limit_per_minute,
+            per: Duration::from_secs(60),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.homeserver.starts_with("http://") || self.homeserver.starts_with("https://")) {
+            return Err(invalid(
+                "providers.matrix.homeserver",
+                format!("{:?} is not an http(s) URL", self.homeserver),
+            ));
+        }
+        if !(self.user_id.starts_with('@') && self.user_id.contains(':')) {
+            return Err(invalid(
+                "providers.matrix.user_id",
+                format!(
+                    "{:?} is not a Matrix user id like @anpi:city.example",
+                    self.user_id
+                ),
+            ));
+        }
+        if !(1..=256).contains(&self.max_in_flight) {
+            return Err(invalid(
+                "providers.matrix.max_in_flight",
+                "must be between 1 and 256",
+            ));
+        }
+        self.access_token().map(|_| ())
+    }
 }
 
 /// A list of humantime durations ("1s", "2m").
@@ -511,10 +606,21 @@ impl Config {
                 })?;
                 lw.validate()?;
             }
+            "matrix" => self
+                .providers
+                .matrix
+                .as_ref()
+                .ok_or_else(|| {
+                    invalid(
+                        "providers.matrix",
+                        "provider is \"matrix\" but this table is missing",
+                    )
+                })?
+                .validate()?,
             other => {
                 return Err(invalid(
                     "provider",
-                    format!("unknown chat provider {other:?}; known: simulator, lineworks"),
+                    format!("unknown chat provider {other:?}; known: simulator, lineworks, matrix"),
                 ))
             }
         }
@@ -571,6 +677,15 @@ impl Config {
             max_attempts: self.dispatch.max_attempts,
             retry_schedule: self.dispatch.retry_schedule.clone(),
         }
+    }
+
+    /// How long one poll of the configured provider's event feed may wait.
+    pub fn poll_wait(&self) -> Duration {
+        match self.provider.as_str() {
+            "matrix" => self.providers.matrix.as_ref().map(|m| m.sync_timeout),
+            _ => self.providers.simulator.as_ref().map(|s| s.poll_wait),
+        }
+        .unwrap_or(Duration::from_secs(1))
     }
 
     /// The contacts file to load at start, if one is set.
@@ -679,6 +794,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("providers.lineworks"), "{err}");
+    }
+
+    #[test]
+    fn matrix_needs_a_token_and_reads_it_from_a_file() {
+        let base = "provider = \"matrix\"\n[providers.matrix]\nhomeserver = \"https://hs.example\"\nuser_id = \"@anpi:hs.example\"\n";
+        let err = Config::from_toml(base).unwrap_err().to_string();
+        assert!(err.contains("access_token"), "{err}");
+        let err = Config::from_toml(&base.replace("@anpi:hs.example", "anpi"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.matrix.user_id"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "syt_from_file\n").unwrap();
+        let c = Config::from_toml(&format!(
+            "{base}access_token_file = \"{}\"\nsync_timeout = \"5s\"\n",
+            file.display()
+        ))
+        .unwrap();
+        let m = c.providers.matrix.as_ref().unwrap();
+        assert_eq!(m.access_token().unwrap().expose(), "syt_from_file");
+        assert_eq!(c.poll_wait(), Duration::from_secs(5));
+        assert!(!format!("{c:?}").contains("syt_from_file"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::hq::Hq;
 use crate::http::{self, ApiState};
 use crate::metrics::Metrics;
 use crate::providers::lineworks::{LineWorksProvider, LineWorksSettings};
+use crate::providers::matrix::MatrixProvider;
 use crate::providers::simulator::SimulatorProvider;
 use crate::providers::ChatProvider;
 use crate::ratelimit::TokenBucket;
@@ -39,8 +40,13 @@ pub fn clock_from(config: &Config) -> SharedClock {
     }
 }
 
-/// Builds the configured chat provider.
-pub fn provider_from(config: &Config) -> anyhow::Result<Arc<dyn ChatProvider>> {
+/// Builds the configured chat provider. `store` and `clock` are for providers that keep
+/// small state (the Matrix DM room map).
+pub fn provider_from(
+    config: &Config,
+    store: &SharedStore,
+    clock: &SharedClock,
+) -> anyhow::Result<Arc<dyn ChatProvider>> {
     match config.provider.as_str() {
         "simulator" => {
             let sim = config
@@ -55,19 +61,18 @@ pub fn provider_from(config: &Config) -> anyhow::Result<Arc<dyn ChatProvider>> {
                 sim.max_in_flight,
             )))
         }
+        "matrix" => Ok(Arc::new(matrix_provider(config, store, clock)?)),
+        "lineworks" => Ok(Arc::new(lineworks_provider(config, clock)?)),
         other => anyhow::bail!("unknown chat provider {other:?}"),
     }
 }
 
-/// Builds the configured chat provider on `clock` (providers that keep time, such as LINE
-/// WORKS for its token expiry and board budget, need it); others as [`provider_from`].
-pub fn provider_with_clock(
+/// The LINE WORKS provider from `[providers.lineworks]`; it keeps time (token expiry, the
+/// board budget) on `clock`.
+pub fn lineworks_provider(
     config: &Config,
     clock: &SharedClock,
-) -> anyhow::Result<Arc<dyn ChatProvider>> {
-    if config.provider != "lineworks" {
-        return provider_from(config);
-    }
+) -> anyhow::Result<LineWorksProvider> {
     let lw = config
         .providers
         .lineworks
@@ -96,10 +101,27 @@ pub fn provider_with_clock(
         max_in_flight: lw.max_in_flight,
         readers_poll_for: lw.readers_poll_for,
     };
-    Ok(Arc::new(
-        LineWorksProvider::new(settings, clock.clone())
-            .context("providers.lineworks.private_key_file")?,
-    ))
+    LineWorksProvider::new(settings, clock.clone()).context("providers.lineworks.private_key_file")
+}
+
+/// The Matrix provider from `[providers.matrix]` (also used by `anpi matrix prepare`).
+pub fn matrix_provider(
+    config: &Config,
+    store: &SharedStore,
+    clock: &SharedClock,
+) -> anyhow::Result<MatrixProvider> {
+    let m = config
+        .providers
+        .matrix
+        .as_ref()
+        .context("providers.matrix is not configured")?;
+    let token = m.access_token()?;
+    Ok(MatrixProvider::new(
+        m,
+        &token,
+        store.clone(),
+        clock.clone(),
+    )?)
 }
 
 pub struct Application {
@@ -128,7 +150,7 @@ impl Application {
         let store = store::open(&config.database.url)
             .await
             .with_context(|| format!("opening the database {}", config.database.url))?;
-        let provider = provider_with_clock(&config, &clock)?;
+        let provider = provider_from(&config, &store, &clock)?;
         let metrics = Arc::new(Metrics::default());
         let signals = Signals::default();
         let caps = provider.capabilities();
@@ -148,12 +170,7 @@ impl Application {
                 ))
             })
             .collect();
-        let poll_wait = config
-            .providers
-            .simulator
-            .as_ref()
-            .map(|s| s.poll_wait)
-            .unwrap_or(std::time::Duration::from_secs(1));
+        let poll_wait = config.poll_wait();
         let watcher = Arc::new(ReceiptWatcher::new(
             store.clone(),
             provider.clone(),

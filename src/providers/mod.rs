@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ChatHandle, RollCallId};
 
 pub mod lineworks;
+pub mod matrix;
 pub mod simulator;
 
 /// One tap-to-answer choice shown under the message.

@@ -10,6 +10,8 @@ mod engine;
 mod faults;
 mod hq_api;
 mod lineworks;
+mod matrix;
 mod store_contract;
 mod support;
+mod synapse_support;
 mod tools;

@@ -1,0 +1,1158 @@
+//! The Matrix adapter: sends each person one `m.text` in their direct-message room with the
+//! bot, and follows the bot's `/sync` stream for public read receipts (`m.read`), replies and
+//! reactions.
+//!
+//! State it keeps in the store's provider state (provider `matrix`):
+//! - `room:<user id>` -> the DM room id (written by `anpi matrix prepare`, read by every send);
+//! - `event:<event id>` -> the roll call a sent check belongs to (a cache: the check's own
+//!   content also carries `org.anpi.roll_call`, so a lost write costs a lookup, not a receipt);
+//! - `latest:<room id>` -> the newest check sent in that room, so that a receipt on any later
+//!   event (receipts only move forward) still confirms it.
+//!
+//! Invariants: every HTTP outcome is classified here, once; a send the homeserver accepted is
+//! never reported as failed; a send is idempotent (the transaction id comes from the delivery,
+//! so a retry after a timeout never posts twice); the sync cursor is `next_batch`, stored by the
+//! core with the events it covers, and without one the adapter does a full `/sync`, which
+//! returns every room's current receipts (reconciliation after a restart or a lost cursor).
+//!
+//! What Matrix does not show is not guessed: a private receipt (`m.read.private`) is invisible
+//! to the bot, so such a reader stays unconfirmed and is escalated at the deadline (the safe
+//! direction). "Later than the check" is judged by `origin_server_ts`, which is exact for people
+//! on the bot's own homeserver and as good as the servers' clocks across federation.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Response, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{
+    Capabilities, ChatProvider, EventBatch, InboundEvent, InboundKind, OutboundMessage,
+    ProviderError, RateLimit, Sent,
+};
+use crate::clock::SharedClock;
+use crate::config::{MatrixConfig, Secret};
+use crate::ids::{ChatHandle, RollCallId};
+use crate::store::{SharedStore, StoreError};
+
+/// The provider's name in config, contacts and storage.
+pub const NAME: &str = "matrix";
+/// Per-request budget; a `/sync` gets this on top of its long-poll wait.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeline events per room in one `/sync`: more than a person writes between two polls.
+const TIMELINE_LIMIT: u32 = 100;
+/// The key in a check's content that names its roll call.
+const ROLL_CALL_KEY: &str = "org.anpi.roll_call";
+/// How many times `prepare` waits out a 429 for one room before giving up on it.
+const PREPARE_ATTEMPTS: u32 = 20;
+
+/// A failure of `anpi matrix prepare`.
+#[derive(Debug, thiserror::Error)]
+pub enum MatrixError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("homeserver: {0}")]
+    Provider(#[from] ProviderError),
+}
+
+/// What one check in a room is, as remembered for the receipts that come back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CheckRecord {
+    rc: i64,
+    /// The person the check went to, when known.
+    #[serde(default)]
+    to: Option<String>,
+    /// The answer values in the order they were numbered in the text ("1" = values[0]).
+    #[serde(default)]
+    values: Vec<String>,
+    /// The homeserver's `origin_server_ts`, filled in the first time it is needed.
+    #[serde(default)]
+    ts: Option<i64>,
+}
+
+fn room_key(user: &str) -> String {
+    format!("room:{user}")
+}
+fn event_key(event: &str) -> String {
+    format!("event:{event}")
+}
+fn latest_key(room: &str) -> String {
+    format!("latest:{room}")
+}
+
+/// What `prepare` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PrepareReport {
+    /// People who already had a DM room.
+    pub existing: usize,
+    /// Rooms created now (the person is invited and must accept once).
+    pub created: usize,
+    /// People no room could be made for, with the homeserver's reason.
+    pub failed: Vec<(ChatHandle, String)>,
+}
+
+/// A client for one bot account on one homeserver.
+pub struct MatrixProvider {
+    client: reqwest::Client,
+    homeserver: Url,
+    auth: HeaderValue,
+    bot: String,
+    store: SharedStore,
+    clock: SharedClock,
+    rate_limit: Option<RateLimit>,
+    max_in_flight: usize,
+    /// The inline `/sync` filter (JSON).
+    filter: String,
+}
+
+impl fmt::Debug for MatrixProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MatrixProvider")
+            .field("homeserver", &self.homeserver.as_str())
+            .field("bot", &self.bot)
+            .field("access_token", &"[redacted]")
+            .field("rate_limit", &self.rate_limit)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl MatrixProvider {
+    /// `store` holds the person -> DM room map and the sent-check records.
+    pub fn new(
+        config: &MatrixConfig,
+        token: &Secret,
+        store: SharedStore,
+        clock: SharedClock,
+    ) -> Result<Self, ProviderError> {
+        let homeserver = Url::parse(&config.homeserver).map_err(|e| {
+            ProviderError::Permanent(format!(
+                "homeserver {:?} is not a URL: {e}",
+                config.homeserver
+            ))
+        })?;
+        if homeserver.cannot_be_a_base() {
+            return Err(ProviderError::Permanent(format!(
+                "homeserver {:?} is not an http(s) URL",
+                config.homeserver
+            )));
+        }
+        let max_in_flight = config.max_in_flight.max(1);
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(max_in_flight + 1)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            // Fails only when the TLS backend cannot start: nothing anpi could run without.
+            .expect("building the HTTP client");
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| ProviderError::Permanent("the Matrix access token is not valid".into()))?;
+        auth.set_sensitive(true);
+        let filter = json!({
+            "presence": {"types": []},
+            "account_data": {"types": []},
+            "room": {
+                "state": {"types": []},
+                "account_data": {"types": []},
+                "timeline": {
+                    "types": ["m.room.message", "m.reaction", "m.sticker"],
+                    "not_senders": [config.user_id],
+                    "limit": TIMELINE_LIMIT,
+                },
+                "ephemeral": {"types": ["m.receipt"]},
+            },
+        })
+        .to_string();
+        Ok(Self {
+            client,
+            homeserver,
+            auth,
+            bot: config.user_id.clone(),
+            store,
+            clock,
+            rate_limit: config.rate_limit(),
+            max_in_flight,
+            filter,
+        })
+    }
+
+    /// `<homeserver>/_matrix/client/v3/<segments...>`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut u = self.homeserver.clone();
+        {
+            // `new` refused URLs that cannot be a base, so this always has path segments.
+            let mut path = u.path_segments_mut().expect("a base URL");
+            path.pop_if_empty().extend(["_matrix", "client", "v3"]);
+            path.extend(segments);
+        }
+        u
+    }
+
+    async fn get_state(&self, key: &str) -> Result<Option<String>, ProviderError> {
+        self.store
+            .provider_state(NAME, key)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn set_state(&self, key: &str, value: &str) -> Result<(), ProviderError> {
+        self.store
+            .set_provider_state(NAME, key, value, self.clock.now_millis())
+            .await
+            .map_err(store_error)
+    }
+
+    /// The DM room anpi uses for `user`, if `prepare` made one.
+    pub async fn dm_room(&self, user: &ChatHandle) -> Result<Option<String>, ProviderError> {
+        self.get_state(&room_key(user.as_str())).await
+    }
+
+    /// Creates a DM room (invite, `is_direct`) for everyone in `people` who has none yet and
+    /// stores the map. Waits out the homeserver's 429s. Meant for before a roll call: a
+    /// room costs about 100 ms and the person must accept the invite once.
+    pub async fn prepare(&self, people: &[ChatHandle]) -> Result<PrepareReport, MatrixError> {
+        let mut report = PrepareReport::default();
+        let mut created = Vec::new();
+        for person in people {
+            if self.dm_room(person).await?.is_some() {
+                report.existing += 1;
+                continue;
+            }
+            match self.create_dm(person).await {
+                Ok(room) => {
+                    self.set_state(&room_key(person.as_str()), &room).await?;
+                    created.push((person.as_str().to_string(), room));
+                    report.created += 1;
+                }
+                Err(e) => report.failed.push((person.clone(), e.to_string())),
+            }
+        }
+        if !created.is_empty() {
+            // Clients show a room as a direct chat when the bot's m.direct says so; a failure
+            // here only changes how the room is listed.
+            if let Err(e) = self.mark_direct(&created).await {
+                tracing::warn!(error = %e, "could not update the bot's m.direct list");
+            }
+        }
+        Ok(report)
+    }
+
+    async fn create_dm(&self, person: &ChatHandle) -> Result<String, ProviderError> {
+        let body = json!({
+            "preset": "trusted_private_chat",
+            "is_direct": true,
+            "invite": [person.as_str()],
+        });
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = self
+                .client
+                .post(self.url(&["createRoom"]))
+                .header(AUTHORIZATION, self.auth.clone())
+                .json(&body)
+                .send()
+                .await
+                .map_err(transport_error)?;
+            if resp.status().is_success() {
+                let v: Value = resp.json().await.map_err(transport_error)?;
+                return v["room_id"].as_str().map(str::to_string).ok_or_else(|| {
+                    ProviderError::Permanent("createRoom answered without a room_id".into())
+                });
+            }
+            match refusal(resp, "createRoom").await {
+                ProviderError::RateLimited { reset } if attempt < PREPARE_ATTEMPTS => {
+                    tokio::time::sleep(reset).await
+                }
+                ProviderError::Retryable { after, .. } if attempt < PREPARE_ATTEMPTS => {
+                    tokio::time::sleep(after.unwrap_or(Duration::from_secs(1))).await
+                }
+                e => return Err(e),
+            }
+        }
+    }
+
+    async fn mark_direct(&self, created: &[(String, String)]) -> Result<(), ProviderError> {
+        let url = self.url(&["user", &self.bot, "account_data", "m.direct"]);
+        let resp = self
+            .client
+            .get(url.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let mut direct: HashMap<String, Vec<String>> = if resp.status().is_success() {
+            resp.json().await.unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
+        for (user, room) in created {
+            let rooms = direct.entry(user.clone()).or_default();
+            if !rooms.contains(room) {
+                rooms.push(room.clone());
+            }
+        }
+        let resp = self
+            .client
+            .put(url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .json(&direct)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(refusal(resp, "m.direct").await)
+        }
+    }
+
+    /// Fetches one event; `None` when the homeserver will not show it (gone, or not visible).
+    async fn fetch_event(&self, room: &str, event: &str) -> Result<Option<Value>, ProviderError> {
+        let resp = self
+            .client
+            .get(self.url(&["rooms", room, "event", event]))
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(resp.json().await.map_err(transport_error)?)),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
+            _ => Err(refusal(resp, "event lookup").await),
+        }
+    }
+
+    /// The check `event` is, if it is one of anpi's.
+    async fn check_of(
+        &self,
+        room: &str,
+        event: &str,
+    ) -> Result<Option<CheckRecord>, ProviderError> {
+        if let Some(raw) = self.get_state(&event_key(event)).await? {
+            if let Ok(rec) = serde_json::from_str(&raw) {
+                return Ok(Some(rec));
+            }
+        }
+        // Not in the cache (the write after the send was lost): the check says what it is.
+        let Some(ev) = self.fetch_event(room, event).await? else {
+            return Ok(None);
+        };
+        if ev["sender"].as_str() != Some(self.bot.as_str()) {
+            return Ok(None);
+        }
+        let Some(rc) = ev["content"][ROLL_CALL_KEY].as_i64() else {
+            return Ok(None);
+        };
+        let rec = CheckRecord {
+            rc,
+            to: None,
+            values: Vec::new(),
+            ts: ev["origin_server_ts"].as_i64(),
+        };
+        self.set_state(
+            &event_key(event),
+            &serde_json::to_string(&rec).unwrap_or_default(),
+        )
+        .await?;
+        Ok(Some(rec))
+    }
+
+    /// The newest check sent in `room`, with its server timestamp.
+    async fn latest_check(&self, room: &str) -> Result<Option<CheckRecord>, ProviderError> {
+        let Some(event) = self.get_state(&latest_key(room)).await? else {
+            return Ok(None);
+        };
+        let Some(mut rec) = self.check_of(room, &event).await? else {
+            return Ok(None);
+        };
+        if rec.ts.is_none() {
+            let Some(ev) = self.fetch_event(room, &event).await? else {
+                return Ok(None);
+            };
+            rec.ts = ev["origin_server_ts"].as_i64();
+            self.set_state(
+                &event_key(&event),
+                &serde_json::to_string(&rec).unwrap_or_default(),
+            )
+            .await?;
+        }
+        Ok(Some(rec))
+    }
+
+    /// The check that something `from` did to `target` (at server time `at`, when known)
+    /// answers: `target` itself, or else the newest check in the room if `target` is later.
+    async fn answered_check(
+        &self,
+        room: &str,
+        target: Option<&str>,
+        from: &str,
+        at: Option<i64>,
+    ) -> Result<Option<CheckRecord>, ProviderError> {
+        if let Some(t) = target {
+            if let Some(rec) = self.check_of(room, t).await? {
+                return Ok(Some(rec));
+            }
+        }
+        let Some(latest) = self.latest_check(room).await? else {
+            return Ok(None);
+        };
+        if latest.to.as_deref().is_some_and(|to| to != from) {
+            return Ok(None);
+        }
+        let at = match (at, target) {
+            (Some(at), _) => Some(at),
+            (None, Some(t)) => self
+                .fetch_event(room, t)
+                .await?
+                .and_then(|ev| ev["origin_server_ts"].as_i64()),
+            (None, None) => None,
+        };
+        Ok(match (at, latest.ts) {
+            (Some(at), Some(check)) if at >= check => Some(latest),
+            _ => None,
+        })
+    }
+
+    /// Turns one joined room's part of a `/sync` answer into inbound events.
+    async fn room_events(
+        &self,
+        room: &str,
+        data: &JoinedRoom,
+        out: &mut Vec<InboundEvent>,
+    ) -> Result<(), ProviderError> {
+        for ev in &data.ephemeral.events {
+            if ev["type"] != "m.receipt" {
+                continue;
+            }
+            let Some(content) = ev["content"].as_object() else {
+                continue;
+            };
+            for (target, by_type) in content {
+                // Only public receipts reach the bot; m.read.private never arrives here.
+                let Some(readers) = by_type["m.read"].as_object() else {
+                    continue;
+                };
+                for (user, receipt) in readers {
+                    if *user == self.bot {
+                        continue;
+                    }
+                    let Ok(from) = ChatHandle::parse(user) else {
+                        continue;
+                    };
+                    let Some(rec) = self.answered_check(room, Some(target), user, None).await?
+                    else {
+                        continue;
+                    };
+                    out.push(InboundEvent {
+                        event_id: format!("receipt:{user}:{target}"),
+                        roll_call_id: Some(RollCallId(rec.rc)),
+                        from,
+                        kind: InboundKind::Read,
+                        occurred_at: server_time(receipt["ts"].as_i64(), &self.clock),
+                    });
+                }
+            }
+        }
+        for ev in &data.timeline.events {
+            let (Some(sender), Some(event_id)) = (ev["sender"].as_str(), ev["event_id"].as_str())
+            else {
+                continue;
+            };
+            if sender == self.bot {
+                continue;
+            }
+            let Ok(from) = ChatHandle::parse(sender) else {
+                continue;
+            };
+            let at = ev["origin_server_ts"].as_i64();
+            let content = &ev["content"];
+            let relates = &content["m.relates_to"];
+            let (target, kind) = match ev["type"].as_str() {
+                Some("m.reaction") if relates["rel_type"] == "m.annotation" => (
+                    relates["event_id"].as_str(),
+                    Some(InboundKind::Sticker {
+                        id: relates["key"].as_str().unwrap_or("").to_string(),
+                    }),
+                ),
+                Some("m.sticker") => (
+                    None,
+                    Some(InboundKind::Sticker {
+                        id: content["body"].as_str().unwrap_or("sticker").to_string(),
+                    }),
+                ),
+                Some("m.room.message") => (relates["m.in_reply_to"]["event_id"].as_str(), None),
+                _ => continue,
+            };
+            let Some(rec) = self.answered_check(room, target, sender, at).await? else {
+                continue;
+            };
+            let kind = match kind {
+                Some(k) => k,
+                None => match content["body"].as_str() {
+                    Some(body) => reply_kind(body, &rec.values),
+                    None => continue,
+                },
+            };
+            out.push(InboundEvent {
+                event_id: event_id.to_string(),
+                roll_call_id: Some(RollCallId(rec.rc)),
+                from,
+                kind,
+                occurred_at: server_time(at, &self.clock),
+            });
+        }
+        Ok(())
+    }
+
+    async fn sync(&self, since: Option<&str>, wait: Duration) -> Result<Response, ProviderError> {
+        let wait = if since.is_some() {
+            wait
+        } else {
+            Duration::ZERO
+        };
+        let mut req = self
+            .client
+            .get(self.url(&["sync"]))
+            .header(AUTHORIZATION, self.auth.clone())
+            .query(&[
+                ("filter", self.filter.as_str()),
+                ("timeout", &wait.as_millis().to_string()),
+            ])
+            .timeout(REQUEST_TIMEOUT + wait);
+        if let Some(s) = since {
+            req = req.query(&[("since", s)]);
+        }
+        req.send().await.map_err(transport_error)
+    }
+}
+
+/// A Matrix error body.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errcode: String,
+    #[serde(default)]
+    error: String,
+    retry_after_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SyncResponse {
+    next_batch: String,
+    #[serde(default)]
+    rooms: SyncRooms,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SyncRooms {
+    #[serde(default)]
+    join: HashMap<String, JoinedRoom>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct JoinedRoom {
+    #[serde(default)]
+    timeline: Events,
+    #[serde(default)]
+    ephemeral: Events,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Events {
+    /// Kept raw so that one event this adapter cannot read does not block the feed.
+    #[serde(default)]
+    events: Vec<Value>,
+}
+
+fn store_error(e: StoreError) -> ProviderError {
+    ProviderError::Retryable {
+        after: None,
+        reason: format!("provider state: {e}"),
+    }
+}
+
+fn server_time(ms: Option<i64>, clock: &SharedClock) -> DateTime<Utc> {
+    ms.and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_else(|| clock.now())
+}
+
+/// A request that got no HTTP answer.
+fn transport_error(e: reqwest::Error) -> ProviderError {
+    if e.is_builder() {
+        return ProviderError::Permanent(format!("Matrix request cannot be built: {e}"));
+    }
+    let reason = if e.is_timeout() {
+        "homeserver did not answer in time".to_string()
+    } else if e.is_connect() {
+        format!("cannot connect to the homeserver: {e}")
+    } else {
+        format!("homeserver request failed: {e}")
+    };
+    ProviderError::Retryable {
+        after: None,
+        reason,
+    }
+}
+
+fn retry_after_header(resp: &Response) -> Option<Duration> {
+    let secs: f64 = resp
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Classifies an answer that is not a success. `what` names the request for the reason.
+async fn refusal(resp: Response, what: &str) -> ProviderError {
+    let status = resp.status();
+    let header_wait = retry_after_header(&resp);
+    let text = resp.text().await.unwrap_or_default();
+    let body: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
+    classify(status, header_wait, &body, what)
+}
+
+fn classify(
+    status: StatusCode,
+    header_wait: Option<Duration>,
+    body: &ErrorBody,
+    what: &str,
+) -> ProviderError {
+    if status == StatusCode::TOO_MANY_REQUESTS || body.errcode == "M_LIMIT_EXCEEDED" {
+        let reset = body
+            .retry_after_ms
+            .map(Duration::from_millis)
+            .or(header_wait)
+            .unwrap_or(Duration::from_secs(1));
+        return ProviderError::RateLimited { reset };
+    }
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+        return ProviderError::Retryable {
+            after: header_wait,
+            reason: format!("{what}: homeserver answered {status}"),
+        };
+    }
+    let detail: String = format!("{} {}", body.errcode, body.error)
+        .trim()
+        .chars()
+        .take(200)
+        .collect();
+    ProviderError::Permanent(match status {
+        StatusCode::UNAUTHORIZED => {
+            format!("{what}: the homeserver refused the bot's access token ({detail})")
+        }
+        StatusCode::FORBIDDEN => {
+            format!("{what}: the bot may not do this in the room ({detail})")
+        }
+        StatusCode::NOT_FOUND => format!("{what}: unknown room or user ({detail})"),
+        _ => format!("{what}: homeserver answered {status} ({detail})"),
+    })
+}
+
+/// The answer options, written into the text: Matrix has no buttons every client shows.
+/// "無事 / Safe" labels give a Japanese line and an English line.
+pub fn compose(text: &str, buttons: &[super::AnswerButton]) -> String {
+    if buttons.is_empty() {
+        return text.to_string();
+    }
+    let split = |label: &str| -> (String, String) {
+        match label.split_once(" / ") {
+            Some((ja, en)) => (ja.trim().to_string(), en.trim().to_string()),
+            None => (label.trim().to_string(), label.trim().to_string()),
+        }
+    };
+    let (ja, en): (Vec<String>, Vec<String>) = buttons
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (ja, en) = split(&b.label);
+            (format!("{} {ja}", i + 1), format!("{} {en}", i + 1))
+        })
+        .unzip();
+    format!(
+        "{text}\n\n返信: {}（番号で返信、または絵文字でリアクション）\nReply: {} (a number, or react with any emoji)",
+        ja.join(" / "),
+        en.join(" / ")
+    )
+}
+
+/// A reply's text: a number from the options is that answer, anything else a free reply.
+fn reply_kind(body: &str, values: &[String]) -> InboundKind {
+    // A rich reply quotes the original in lines starting with "> ", then a blank line.
+    let own: Vec<&str> = body
+        .lines()
+        .skip_while(|l| l.starts_with('>'))
+        .skip_while(|l| l.trim().is_empty())
+        .collect();
+    let text = own.join("\n").trim().to_string();
+    let digits: String = text
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
+            c => c,
+        })
+        .collect();
+    if let Ok(n) = digits.trim().parse::<usize>() {
+        if let Some(value) = n.checked_sub(1).and_then(|i| values.get(i)) {
+            return InboundKind::Answer {
+                value: value.clone(),
+            };
+        }
+    }
+    InboundKind::Reply { text }
+}
+
+#[async_trait]
+impl ChatProvider for MatrixProvider {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            read_receipts: true,
+            buttons: false,
+            idempotent_sends: true,
+            rate_limit: self.rate_limit,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "matrix.send",
+        skip_all,
+        fields(roll_call = %msg.roll_call_id, delivery = msg.delivery_id)
+    )]
+    async fn send(&self, msg: &OutboundMessage) -> Result<Sent, ProviderError> {
+        let room = self.dm_room(&msg.to).await?.ok_or_else(|| {
+            ProviderError::Permanent(format!(
+                "no Matrix DM room with {} (run `anpi matrix prepare`)",
+                msg.to
+            ))
+        })?;
+        // One transaction id per delivery: a retry of the same delivery is the same send.
+        let txn = format!("anpi-{}-{}", msg.roll_call_id, msg.delivery_id);
+        let content = json!({
+            "msgtype": "m.text",
+            "body": compose(&msg.text, &msg.buttons),
+            ROLL_CALL_KEY: msg.roll_call_id.0,
+        });
+        let resp = self
+            .client
+            .put(self.url(&["rooms", &room, "send", "m.room.message", &txn]))
+            .header(AUTHORIZATION, self.auth.clone())
+            .json(&content)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        if !resp.status().is_success() {
+            return Err(refusal(resp, "send").await);
+        }
+        // Accepted: from here on nothing may turn this into a failure.
+        let event_id = match resp.bytes().await {
+            Ok(b) => serde_json::from_slice::<Value>(&b)
+                .ok()
+                .and_then(|v| v["event_id"].as_str().map(str::to_string)),
+            Err(_) => None,
+        };
+        if let Some(ev) = &event_id {
+            let rec = CheckRecord {
+                rc: msg.roll_call_id.0,
+                to: Some(msg.to.as_str().to_string()),
+                values: msg.buttons.iter().map(|b| b.value.clone()).collect(),
+                ts: None,
+            };
+            let json = serde_json::to_string(&rec).unwrap_or_default();
+            let written = async {
+                self.set_state(&event_key(ev), &json).await?;
+                self.set_state(&latest_key(&room), ev).await
+            };
+            if let Err(e) = written.await {
+                tracing::warn!(error = %e, "sent, but could not remember the check's event");
+            }
+        }
+        Ok(Sent {
+            message_id: event_id,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", name = "matrix.sync", skip(self))]
+    async fn poll_events(
+        &self,
+        cursor: Option<&str>,
+        wait: Duration,
+    ) -> Result<EventBatch, ProviderError> {
+        let mut resp = self.sync(cursor, wait).await?;
+        if cursor.is_some() && resp.status().is_client_error() && resp.status() != 429 {
+            // A cursor the homeserver no longer knows: start over from the current state.
+            tracing::warn!(status = %resp.status(), "sync cursor refused; doing a full sync");
+            resp = self.sync(None, wait).await?;
+        }
+        if !resp.status().is_success() {
+            return Err(refusal(resp, "sync").await);
+        }
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        let sync: SyncResponse =
+            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
+                after: None,
+                reason: format!("homeserver sent an unreadable /sync answer: {e}"),
+            })?;
+        let mut events = Vec::new();
+        for (room, data) in &sync.rooms.join {
+            self.room_events(room, data, &mut events).await?;
+        }
+        Ok(EventBatch {
+            events,
+            cursor: Some(sync.next_batch),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::Path;
+    use axum::http::StatusCode as S;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, put};
+    use axum::{Json, Router};
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::providers::AnswerButton;
+
+    fn buttons() -> Vec<AnswerButton> {
+        vec![
+            AnswerButton {
+                label: "無事 / Safe".into(),
+                value: "safe".into(),
+            },
+            AnswerButton {
+                label: "負傷 / Injured".into(),
+                value: "injured".into(),
+            },
+        ]
+    }
+
+    fn message() -> OutboundMessage {
+        OutboundMessage {
+            delivery_id: 42,
+            roll_call_id: RollCallId(7),
+            to: ChatHandle::parse("@s001:hs.test").unwrap(),
+            text: "【安否確認】地震がありました。".into(),
+            buttons: buttons(),
+        }
+    }
+
+    struct Fixture {
+        provider: MatrixProvider,
+        store: SharedStore,
+        _tmp: tempfile::TempDir,
+    }
+
+    async fn fixture(app: Router) -> Fixture {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&format!("sqlite://{}", tmp.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let config = MatrixConfig {
+            homeserver: url,
+            user_id: "@anpi:hs.test".into(),
+            access_token_file: None,
+            access_token: Some(Secret::new("syt_s3cret")),
+            sync_timeout: Duration::from_secs(1),
+            rate_limit_per_minute: 0,
+            max_in_flight: 4,
+        };
+        let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+        let provider = MatrixProvider::new(
+            &config,
+            &config.access_token().unwrap(),
+            store.clone(),
+            clock,
+        )
+        .unwrap();
+        Fixture {
+            provider,
+            store,
+            _tmp: tmp,
+        }
+    }
+
+    async fn with_room(f: &Fixture) {
+        f.store
+            .set_provider_state(NAME, "room:@s001:hs.test", "!dm:hs.test", 0)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn send_puts_an_m_text_with_options_under_a_delivery_txn_id() {
+        let seen: Arc<Mutex<Vec<(String, String, Value)>>> = Arc::default();
+        let s2 = seen.clone();
+        let app = Router::new().route(
+            "/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
+            put(
+                move |Path((room, txn)): Path<(String, String)>, Json(body): Json<Value>| {
+                    let s2 = s2.clone();
+                    async move {
+                        s2.lock().unwrap().push((room, txn, body));
+                        Json(json!({"event_id": "$ev1"}))
+                    }
+                },
+            ),
+        );
+        let f = fixture(app).await;
+        with_room(&f).await;
+        let sent = f.provider.send(&message()).await.unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("$ev1"));
+        f.provider.send(&message()).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, "!dm:hs.test");
+        assert_eq!(seen[0].1, "anpi-7-42");
+        assert_eq!(seen[0].1, seen[1].1, "a retry reuses the transaction id");
+        let body = &seen[0].2;
+        assert_eq!(body["msgtype"], "m.text");
+        assert_eq!(body[ROLL_CALL_KEY], 7);
+        let text = body["body"].as_str().unwrap();
+        assert!(text.starts_with("【安否確認】"), "{text}");
+        assert!(text.contains("1 無事 / 2 負傷"), "{text}");
+        assert!(text.contains("1 Safe / 2 Injured"), "{text}");
+        // The check is remembered for the receipts that come back.
+        let rec = f
+            .store
+            .provider_state(NAME, "event:$ev1")
+            .await
+            .unwrap()
+            .unwrap();
+        let rec: CheckRecord = serde_json::from_str(&rec).unwrap();
+        assert_eq!(rec.rc, 7);
+        assert_eq!(rec.values, ["safe", "injured"]);
+        assert_eq!(
+            f.store
+                .provider_state(NAME, "latest:!dm:hs.test")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("$ev1")
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_are_classified_once() {
+        let app = Router::new().route(
+            "/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
+            put(|Path((room, _)): Path<(String, String)>| async move {
+                match room.as_str() {
+                    "!busy:hs.test" => (
+                        S::TOO_MANY_REQUESTS,
+                        r#"{"errcode":"M_LIMIT_EXCEEDED","error":"Too Many Requests","retry_after_ms":2500}"#,
+                    )
+                        .into_response(),
+                    "!down:hs.test" => (S::BAD_GATEWAY, "").into_response(),
+                    _ => (
+                        S::FORBIDDEN,
+                        r#"{"errcode":"M_FORBIDDEN","error":"User not in room"}"#,
+                    )
+                        .into_response(),
+                }
+            }),
+        );
+        let f = fixture(app).await;
+        let mut msg = message();
+        // No DM room: permanent, with what to do about it.
+        match f.provider.send(&msg).await {
+            Err(ProviderError::Permanent(r)) => {
+                assert!(r.contains("anpi matrix prepare"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        for (user, room) in [
+            ("@busy:hs.test", "!busy:hs.test"),
+            ("@down:hs.test", "!down:hs.test"),
+            ("@gone:hs.test", "!gone:hs.test"),
+        ] {
+            f.store
+                .set_provider_state(NAME, &room_key(user), room, 0)
+                .await
+                .unwrap();
+        }
+        msg.to = ChatHandle::parse("@busy:hs.test").unwrap();
+        assert_eq!(
+            f.provider.send(&msg).await,
+            Err(ProviderError::RateLimited {
+                reset: Duration::from_millis(2500)
+            })
+        );
+        msg.to = ChatHandle::parse("@down:hs.test").unwrap();
+        assert!(matches!(
+            f.provider.send(&msg).await,
+            Err(ProviderError::Retryable { .. })
+        ));
+        msg.to = ChatHandle::parse("@gone:hs.test").unwrap();
+        match f.provider.send(&msg).await {
+            Err(ProviderError::Permanent(r)) => assert!(r.contains("M_FORBIDDEN"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_maps_receipts_replies_and_reactions_to_their_roll_call() {
+        let sync = json!({
+            "next_batch": "s2",
+            "rooms": {"join": {"!dm:hs.test": {
+                "ephemeral": {"events": [{"type": "m.receipt", "content": {
+                    "$check": {"m.read": {
+                        "@s001:hs.test": {"ts": 1_700_000_000_500i64},
+                        "@anpi:hs.test": {"ts": 1_700_000_000_000i64}
+                    }},
+                    "$old": {"m.read": {"@s001:hs.test": {"ts": 1_600_000_000_000i64}}}
+                }}]},
+                "timeline": {"events": [
+                    {"type": "m.room.message", "event_id": "$r1", "sender": "@s001:hs.test",
+                     "origin_server_ts": 1_700_000_001_000i64,
+                     "content": {"msgtype": "m.text", "body": "２"}},
+                    {"type": "m.room.message", "event_id": "$r0", "sender": "@s001:hs.test",
+                     "origin_server_ts": 1_600_000_000_000i64,
+                     "content": {"msgtype": "m.text", "body": "old chat"}},
+                    {"type": "m.reaction", "event_id": "$x1", "sender": "@s001:hs.test",
+                     "origin_server_ts": 1_700_000_002_000i64,
+                     "content": {"m.relates_to": {"rel_type": "m.annotation",
+                        "event_id": "$check", "key": "👍"}}}
+                ]}
+            }}}
+        });
+        let app = Router::new()
+            .route(
+                "/_matrix/client/v3/sync",
+                get(move || {
+                    let sync = sync.clone();
+                    async move { Json(sync) }
+                }),
+            )
+            .route(
+                "/_matrix/client/v3/rooms/{room}/event/{event}",
+                get(|Path((_, event)): Path<(String, String)>| async move {
+                    let ts: i64 = if event == "$old" {
+                        1_600_000_000_000
+                    } else {
+                        1_700_000_000_000
+                    };
+                    Json(json!({"event_id": event, "sender": "@someone:hs.test",
+                        "origin_server_ts": ts, "content": {}}))
+                }),
+            );
+        let f = fixture(app).await;
+        with_room(&f).await;
+        let rec = CheckRecord {
+            rc: 7,
+            to: Some("@s001:hs.test".into()),
+            values: vec!["safe".into(), "injured".into()],
+            ts: Some(1_700_000_000_000),
+        };
+        f.store
+            .set_provider_state(
+                NAME,
+                "event:$check",
+                &serde_json::to_string(&rec).unwrap(),
+                0,
+            )
+            .await
+            .unwrap();
+        f.store
+            .set_provider_state(NAME, "latest:!dm:hs.test", "$check", 0)
+            .await
+            .unwrap();
+        let batch = f.provider.poll_events(None, Duration::ZERO).await.unwrap();
+        assert_eq!(batch.cursor.as_deref(), Some("s2"));
+        let mut got: Vec<(String, InboundKind)> = batch
+            .events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.roll_call_id, Some(RollCallId(7)));
+                assert_eq!(e.from.as_str(), "@s001:hs.test");
+                (e.event_id.clone(), e.kind.clone())
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "$r1".into(),
+                    InboundKind::Answer {
+                        value: "injured".into()
+                    }
+                ),
+                ("$x1".into(), InboundKind::Sticker { id: "👍".into() }),
+                ("receipt:@s001:hs.test:$check".into(), InboundKind::Read),
+            ],
+            "the bot's own receipt, a receipt and a message from before the check are ignored"
+        );
+    }
+
+    #[test]
+    fn replies_with_a_number_are_answers_and_quotes_are_stripped() {
+        let values = vec!["safe".to_string(), "injured".to_string()];
+        assert_eq!(
+            reply_kind("1", &values),
+            InboundKind::Answer {
+                value: "safe".into()
+            }
+        );
+        assert_eq!(
+            reply_kind("> <@anpi:hs> 【安否確認】...\n\n１", &values),
+            InboundKind::Answer {
+                value: "safe".into()
+            }
+        );
+        assert_eq!(
+            reply_kind("3", &values),
+            InboundKind::Reply { text: "3".into() }
+        );
+        assert_eq!(
+            reply_kind("家族も無事です", &values),
+            InboundKind::Reply {
+                text: "家族も無事です".into()
+            }
+        );
+    }
+
+    #[test]
+    fn compose_without_buttons_is_the_text() {
+        assert_eq!(
+            compose("読んだら既読で十分です。", &[]),
+            "読んだら既読で十分です。"
+        );
+    }
+
+    #[tokio::test]
+    async fn capabilities_and_debug_do_not_leak_the_token() {
+        let f = fixture(Router::new()).await;
+        let c = f.provider.capabilities();
+        assert!(c.read_receipts && c.idempotent_sends && !c.buttons);
+        assert_eq!(f.provider.name(), "matrix");
+        assert!(!format!("{:?}", f.provider).contains("s3cret"));
+        assert_eq!(
+            f.provider.url(&["rooms", "!a:b", "event", "$e/1"]).path(),
+            "/_matrix/client/v3/rooms/!a:b/event/$e%2F1"
+        );
+    }
+}
