@@ -178,12 +178,37 @@ impl Dispatcher {
             .collect()
             .await;
         let sent_in = now_inst.elapsed();
-        self.store
-            .record_send_results(&results, self.clock.now_millis())
-            .await?;
+        self.record(&results, now).await?;
         debug!(n, claim = ?claimed_in, send = ?(sent_in - claimed_in), record = ?(now_inst.elapsed() - sent_in), "batch");
         self.deadlines_changed.notify_one();
         Ok(Outcome::Worked(n))
+    }
+
+    /// Records a sent batch. The messages are out: when the database is briefly unreachable,
+    /// keep trying for half the lease rather than drop the results and send them all again.
+    async fn record(&self, results: &[SendResult], claimed_at: Millis) -> Result<(), StoreError> {
+        let give_up_at = claimed_at + (self.settings.lease / 2).as_millis() as i64;
+        let mut failures = 0u32;
+        loop {
+            match self
+                .store
+                .record_send_results(results, self.clock.now_millis())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.is_transient()
+                        && failures < 30
+                        && self.clock.now_millis() < give_up_at =>
+                {
+                    failures += 1;
+                    self.metrics.store_error();
+                    warn!(error = %e, n = results.len(), "recording sent batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(failures.min(5)))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn send_one(&self, d: ClaimedDelivery, rc: Arc<RollCall>) -> SendResult {
