@@ -185,9 +185,10 @@ impl Dispatcher {
     }
 
     /// Records a sent batch. The messages are out: when the database is briefly unreachable,
-    /// keep trying for half the lease rather than drop the results and send them all again.
+    /// keep trying while the lease still holds (nobody else sends these rows meanwhile) rather
+    /// than drop the results and have the whole batch sent again.
     async fn record(&self, results: &[SendResult], claimed_at: Millis) -> Result<(), StoreError> {
-        let give_up_at = claimed_at + (self.settings.lease / 2).as_millis() as i64;
+        let give_up_at = claimed_at + self.settings.lease.mul_f64(0.9).as_millis() as i64;
         let mut failures = 0u32;
         loop {
             match self
@@ -197,7 +198,7 @@ impl Dispatcher {
             {
                 Ok(()) => return Ok(()),
                 Err(e)
-                    if e.is_transient()
+                    if matches!(e, StoreError::Database(_))
                         && failures < 30
                         && self.clock.now_millis() < give_up_at =>
                 {

@@ -5,5 +5,6 @@ mod cli;
 mod crash;
 mod engine;
 mod faults;
+mod replicas;
 mod store_contract;
 mod support;

@@ -121,8 +121,10 @@ impl Drop for PgDb {
     }
 }
 
-/// Keeps a test's database alive (a temporary SQLite file, or a PostgreSQL database).
+/// Keeps a test's database alive (a temporary SQLite file, or a PostgreSQL database) until
+/// it is dropped.
 #[derive(Debug)]
+#[allow(dead_code)]
 pub enum DbGuard {
     Sqlite(tempfile::TempDir),
     Postgres(PgDb),
