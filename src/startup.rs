@@ -157,6 +157,11 @@ impl Application {
         })
     }
 
+    /// Wakes this application's dispatchers (new deliveries written by someone else).
+    pub fn dispatch_wakeup(&self) -> Option<Arc<Notify>> {
+        self.dispatchers.first().map(|d| d.new_work.clone())
+    }
+
     /// This process's id in the singleton leases.
     pub fn instance(&self) -> &str {
         &self.instance
