@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// Deliveries claimed per batch.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// Run on PostgreSQL: the server's URL (e.g. postgres://root@127.0.0.1:5432/postgres).
+    /// Each size gets a fresh database there, dropped afterwards. Default: a SQLite file.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Replicas (whole applications in this process) sharing the one database.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
 }
 
 /// One size's figures.
@@ -79,6 +86,24 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("anpi bench — release build expected (cargo run --release -- bench)");
+    anyhow::ensure!(
+        (1..=8).contains(&args.replicas),
+        "--replicas must be between 1 and 8"
+    );
+    if let Some(url) = &args.database {
+        anyhow::ensure!(
+            crate::store::is_postgres_url(url),
+            "--database {:?} is not a postgres:// URL (without it the bench uses SQLite)",
+            crate::config::redact_url(url)
+        );
+    }
+    println!(
+        "backend: {}; replicas: {}",
+        args.database
+            .as_deref()
+            .map_or_else(|| "SQLite".to_string(), crate::config::redact_url),
+        args.replicas
+    );
     let mut results = Vec::new();
     for &n in &args.sizes {
         let r = run_size(n, &args).await?;
@@ -114,12 +139,20 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let manual = ManualClock::new(Utc::now());
     let clock: SharedClock = Arc::new(manual.clone());
     let sim = ChildSim::spawn().await?;
+    let bench_db = match &args.database {
+        Some(server) => Some(BenchDatabase::create(server).await?),
+        None => None,
+    };
+    let url = match &bench_db {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", tmp.path().join("bench.db").display()),
+    };
     let config = Config::from_toml(&format!(
         r#"
         [server]
         listen = "127.0.0.1:0"
         [database]
-        url = "sqlite://{}"
+        url = "{}"
         [dispatch]
         workers = {}
         batch_size = {}
@@ -129,35 +162,48 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
         poll_wait = "200ms"
         max_in_flight = {}
         "#,
-        tmp.path().join("bench.db").display(),
-        args.workers,
-        args.batch,
-        sim.url,
-        args.concurrency,
+        url, args.workers, args.batch, sim.url, args.concurrency,
     ))?;
-    let app = Application::build_with_clock(config, clock.clone()).await?;
-    let hq = app.hq();
-    let store = app.store();
-    let deadlines = app.deadlines();
+    let mut apps = Vec::new();
+    for _ in 0..args.replicas.max(1) {
+        apps.push(Application::build_with_clock(config.clone(), clock.clone()).await?);
+    }
+    let hq = apps[0].hq();
+    let store = apps[0].store();
+    let wakeups: Vec<_> = apps.iter().filter_map(|a| a.dispatch_wakeup()).collect();
+    let deadline_workers: Vec<_> = apps.iter().map(|a| a.deadlines()).collect();
     hq.import_contacts(&synthetic::generate(n, 42).contacts)
         .await?;
     let scenario = Scenario::parse(BENCH_SCENARIO, "bench")?;
     let cancel = CancellationToken::new();
-    let running = tokio::spawn(app.run_until_stopped(cancel.clone()));
+    let running: Vec<_> = apps
+        .into_iter()
+        .map(|app| tokio::spawn(app.run_until_stopped(cancel.clone())))
+        .collect();
 
     let t0 = Instant::now();
     let (rc, _) = hq.start(&scenario, None, None).await?;
+    for w in &wakeups {
+        w.notify_waiters();
+    }
     while store.next_due_attempt("simulator").await?.is_some() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let all_sent = t0.elapsed();
 
-    let escalated = deadlines.escalated.notified();
-    tokio::pin!(escalated);
-    escalated.as_mut().enable();
+    // Whichever replica holds the deadline lease escalates.
+    let mut escalated: Vec<_> = deadline_workers
+        .iter()
+        .map(|d| {
+            let mut f = Box::pin(d.escalated.notified());
+            f.as_mut().enable();
+            f
+        })
+        .collect();
     let t1 = Instant::now();
     manual.advance(scenario.deadline + Duration::from_millis(1));
-    tokio::time::timeout(Duration::from_secs(60), escalated)
+    let any_escalated = futures::future::select_all(escalated.iter_mut().map(|f| f.as_mut()));
+    tokio::time::timeout(Duration::from_secs(60), any_escalated)
         .await
         .context("the deadline worker did not escalate within 60 s")?;
     let to_escalated = t1.elapsed();
@@ -171,7 +217,12 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     );
     let stats = sim.stats().await?;
     cancel.cancel();
-    let _ = running.await;
+    for r in running {
+        let _ = r.await;
+    }
+    if let Some(db) = bench_db {
+        db.drop_it().await;
+    }
     Ok(BenchResult {
         recipients: n,
         all_sent_secs: all_sent.as_secs_f64(),
@@ -180,6 +231,43 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
         call_list_query_ms: list_ms,
         duplicates: stats.duplicates,
     })
+}
+
+/// A fresh PostgreSQL database for one bench size.
+struct BenchDatabase {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    async fn create(server: &str) -> anyhow::Result<Self> {
+        use sqlx::{Connection, Executor};
+        let shown = crate::config::redact_url(server);
+        let mut conn = sqlx::PgConnection::connect(server)
+            .await
+            .with_context(|| format!("connecting to {shown}"))?;
+        let name = format!("anpi_bench_{:08x}", rand::random::<u32>());
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .with_context(|| format!("creating database {name} on {shown}"))?;
+        let _ = conn.close().await;
+        let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+        Ok(Self {
+            server: server.to_string(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    async fn drop_it(self) {
+        use sqlx::{Connection, Executor};
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.server).await {
+            let _ = conn
+                .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+                .await;
+        }
+    }
 }
 
 /// Posts `requests` messages straight to a fresh simulator with a plain reqwest client.

@@ -39,6 +39,16 @@ pub enum Command {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Bring the database schema up to date, then exit. `serve` does the same at start unless
+    /// [database] migrate = "refuse"; run this first when upgrading several replicas.
+    Migrate {
+        /// Configuration file whose [database] url to use.
+        #[arg(long, short, env = "ANPI_CONFIG")]
+        config: Option<PathBuf>,
+        /// Database URL, overriding the configuration (e.g. postgres://anpi@db/anpi).
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Run a whole simulated roll call in one process: a temporary SQLite database, the
     /// built-in chat simulator and a clock sped up so the deadline passes in seconds.
     Demo(crate::demo::DemoArgs),
@@ -215,6 +225,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             database,
         } => serve(config, listen, database).await,
+        Command::Migrate { config, database } => migrate(config, database).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Simulator(args) => simulator(args).await,
@@ -387,6 +398,29 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
     }
     shutdown_signal().await;
     sim.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(config: Option<PathBuf>, database: Option<String>) -> anyhow::Result<ExitCode> {
+    let url = match database {
+        Some(url) => url,
+        None => Config::load(config.as_deref())?.database.url,
+    };
+    let shown = crate::config::redact_url(&url);
+    let (before, applied) = crate::store::migrate_url(&url)
+        .await
+        .with_context(|| format!("migrating {shown}"))?;
+    let was = before
+        .database
+        .map_or_else(|| "empty".to_string(), |v| format!("version {v}"));
+    if applied.is_empty() {
+        println!("{shown}: schema is current ({was})");
+    } else {
+        println!(
+            "{shown}: {was} -> version {}; applied {:?}",
+            before.binary, applied
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,6 +74,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     #[serde(default)]
     pub email: EmailConfig,
+    pub replicas: ReplicasConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +90,44 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
+    /// Connections each process keeps at most (PostgreSQL).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// How long an operation waits for a connection before it fails and its worker retries.
+    #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// "apply": bring a schema behind this binary up to date at start; "refuse": stop and
+    /// say to run `anpi migrate`.
+    #[serde(default = "default_migrate")]
+    pub migrate: String,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_migrate() -> String {
+    "apply".into()
+}
+
+/// Several replicas on one database: how the singleton workers move between them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasConfig {
+    /// How long a replica holds the lease of a singleton worker (deadline timer, receipt
+    /// watcher) without renewing it; a replica that dies is replaced within about this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -486,6 +525,15 @@ impl LineWorksConfig {
     }
 }
 
+/// `ANPI_<TABLE>__<KEY>` variables, and `ANPI_PROVIDER`. Other `ANPI_` variables belong to
+/// the command line (`ANPI_URL`, `ANPI_TOKEN`, `ANPI_CONFIG`) or to tooling, and are not
+/// configuration: reading them as such would stop the daemon on an unknown key.
+fn config_env() -> Env {
+    Env::prefixed("ANPI_")
+        .filter(|k| k.as_str().contains("__") || k.as_str().eq_ignore_ascii_case("provider"))
+        .split("__")
+}
+
 impl Config {
     /// Defaults, then `file`, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -502,7 +550,7 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         if env {
-            fig = fig.merge(Env::prefixed("ANPI_").split("__"));
+            fig = fig.merge(config_env());
         }
         let config: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
         config.validate()?;
@@ -570,11 +618,32 @@ impl Config {
                 }
             }
         }
-        if !self.database.url.starts_with("sqlite:") {
+        if !(self.database.url.starts_with("sqlite:")
+            || crate::store::is_postgres_url(&self.database.url))
+        {
             return Err(invalid(
                 "database.url",
-                format!("{:?} is not a sqlite:// URL", self.database.url),
+                format!(
+                    "{:?} is neither a sqlite:// nor a postgres:// URL",
+                    self.redacted_database_url()
+                ),
             ));
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            return Err(invalid(
+                "database.max_connections",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.database.acquire_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "database.acquire_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        self.migrate_policy()?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.replicas.lease_ttl) {
+            return Err(invalid("replicas.lease_ttl", "must be between 1s and 10m"));
         }
         match self.provider.as_str() {
             "simulator" => {
@@ -688,15 +757,73 @@ impl Config {
         .unwrap_or(Duration::from_secs(1))
     }
 
+    /// What start-up does with a schema behind this binary.
+    pub fn migrate_policy(&self) -> Result<crate::store::schema::MigratePolicy, ConfigError> {
+        use crate::store::schema::MigratePolicy;
+        match self.database.migrate.as_str() {
+            "apply" => Ok(MigratePolicy::Apply),
+            "refuse" => Ok(MigratePolicy::Refuse),
+            other => Err(invalid(
+                "database.migrate",
+                format!("{other:?} is neither \"apply\" nor \"refuse\""),
+            )),
+        }
+    }
+
+    /// How to open the configured database.
+    pub fn store_options(&self) -> Result<crate::store::OpenOptions, ConfigError> {
+        Ok(crate::store::OpenOptions {
+            migrate: self.migrate_policy()?,
+            postgres: crate::store::postgres::PgSettings {
+                max_connections: self.database.max_connections,
+                acquire_timeout: self.database.acquire_timeout,
+            },
+        })
+    }
+
+    /// The database URL with any password replaced, for messages and logs.
+    pub fn redacted_database_url(&self) -> String {
+        redact_url(&self.database.url)
+    }
+
     /// The contacts file to load at start, if one is set.
     pub fn contacts_file(&self) -> Option<&Path> {
         (!self.contacts.file.as_os_str().is_empty()).then_some(self.contacts.file.as_path())
     }
 }
 
+/// `scheme://user:password@host/...` -> `scheme://user:[redacted]@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:[redacted]@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn only_table_keys_and_provider_are_read_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ANPI_TOKEN", "cli-token-not-config");
+            jail.set_env("ANPI_TEST_PG", "postgres://x");
+            jail.set_env("ANPI_DISPATCH__BATCH_SIZE", "42");
+            jail.set_env("ANPI_PROVIDER", "simulator");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.dispatch.batch_size, 42);
+            Ok(())
+        });
+    }
 
     #[test]
     fn the_documented_defaults_are_valid() {
@@ -818,6 +945,37 @@ mod tests {
         assert_eq!(m.access_token().unwrap().expose(), "syt_from_file");
         assert_eq!(c.poll_wait(), Duration::from_secs(5));
         assert!(!format!("{c:?}").contains("syt_from_file"));
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_and_their_passwords_never_shown() {
+        let c = Config::from_toml(
+            "[database]\nurl = \"postgres://anpi:hunter2@db.example:5432/anpi\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.redacted_database_url(),
+            "postgres://anpi:[redacted]@db.example:5432/anpi"
+        );
+        assert!(Config::from_toml("[database]\nurl = \"postgresql://db/anpi\"\n").is_ok());
+        let err = Config::from_toml("[database]\nurl = \"mysql://u:hunter2@x/y\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("database.url") && !err.contains("hunter2"),
+            "{err}"
+        );
+        for (text, needle) in [
+            ("[database]\nmigrate = \"later\"\n", "database.migrate"),
+            ("[replicas]\nlease_ttl = \"100ms\"\n", "replicas.lease_ttl"),
+            (
+                "[database]\nmax_connections = 0\n",
+                "database.max_connections",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} -> {err}");
+        }
     }
 
     #[test]

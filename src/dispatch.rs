@@ -240,9 +240,7 @@ impl Dispatcher {
             .collect()
             .await;
         let sent_in = now_inst.elapsed();
-        self.store
-            .record_send_results(&results, self.clock.now_millis())
-            .await?;
+        self.record(&results, now).await?;
         debug!(n, claim = ?claimed_in, send = ?(sent_in - claimed_in), record = ?(now_inst.elapsed() - sent_in), "batch");
         self.deadlines_changed.notify_one();
         Ok(Outcome::Worked(n))
@@ -534,6 +532,34 @@ impl Dispatcher {
             Err(ProviderError::Permanent(reason)) => {
                 self.fall_back_to_direct(rc.id, &reason).await?;
                 Ok(back(at, reason, true))
+            }
+        }
+    }
+
+    /// Records a sent batch. The messages are out: when the database is briefly unreachable,
+    /// keep trying while the lease still holds (nobody else sends these rows meanwhile) rather
+    /// than drop the results and have the whole batch sent again.
+    async fn record(&self, results: &[SendResult], claimed_at: Millis) -> Result<(), StoreError> {
+        let give_up_at = claimed_at + self.settings.lease.mul_f64(0.9).as_millis() as i64;
+        let mut failures = 0u32;
+        loop {
+            match self
+                .store
+                .record_send_results(results, self.clock.now_millis())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if matches!(e, StoreError::Database(_))
+                        && failures < 30
+                        && self.clock.now_millis() < give_up_at =>
+                {
+                    failures += 1;
+                    self.metrics.store_error();
+                    warn!(error = %e, n = results.len(), "recording sent batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(failures.min(5)))).await;
+                }
+                Err(e) => return Err(e),
             }
         }
     }

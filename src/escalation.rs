@@ -20,6 +20,9 @@ use crate::rollcall::CallListEntry;
 use crate::store::{SharedStore, StoreError};
 use crate::worker::Outcome;
 
+/// How often the deadline worker re-reads the earliest deadline when nothing wakes it.
+const REPLAN: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub struct DeadlineWorker {
     store: SharedStore,
@@ -44,6 +47,16 @@ impl DeadlineWorker {
             deadlines_changed,
             escalated: Arc::new(Notify::new()),
             metrics,
+        }
+    }
+
+    /// Resolves when the earliest deadline should be read again: other replicas write
+    /// deadlines without telling this process, so it looks every `REPLAN` (of the application's
+    /// clock, or of the wall when that clock stands still).
+    async fn replan(&self) {
+        tokio::select! {
+            _ = self.clock.sleep(REPLAN) => {}
+            _ = tokio::time::sleep(REPLAN) => {}
         }
     }
 
@@ -96,12 +109,14 @@ impl DeadlineWorker {
                         _ = cancel.cancelled() => break,
                         _ = &mut notified => {}
                         _ = self.clock.sleep_until(from_millis(t)) => {}
+                        _ = self.replan() => {}
                     }
                 }
                 None => {
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = &mut notified => {}
+                        _ = self.replan() => {}
                     }
                 }
             }

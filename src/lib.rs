@@ -22,7 +22,8 @@
 //! - [`escalation`]: the deadline worker and the phone-call list's renderings.
 //! - [`providers`]: the chat-provider trait and its adapters.
 //! - [`simulator`]: the built-in stand-in chat server (demo, tests, benchmark).
-//! - [`store`]: the storage trait and its SQLite backend.
+//! - [`store`]: the storage trait and its backends (SQLite, PostgreSQL), schema versions.
+//! - [`singleton`]: runs the deadline timer and receipt watcher on one replica at a time.
 //! - [`http`]: the JSON API, the HQ web page, live progress (SSE), `/healthz`, `/metrics`.
 //! - [`clock`]: the one source of time (real, scaled, manual).
 //! - [`config`]: layered configuration and its validation.
@@ -52,6 +53,7 @@ pub mod receipts;
 pub mod rollcall;
 pub mod scenario;
 pub mod simulator;
+pub mod singleton;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -98,6 +98,9 @@ impl ReceiptWatcher {
     }
 
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        // Another replica may have followed the feed since this one last did: start from the
+        // stored cursor, not the remembered one.
+        *self.cursor.lock().await = None;
         let provider = self.provider.name().to_string();
         let mut failures = 0u32;
         while !cancel.is_cancelled() {

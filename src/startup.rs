@@ -28,6 +28,7 @@ use crate::providers::ChatProvider;
 use crate::ratelimit::TokenBucket;
 use crate::receipts::ReceiptWatcher;
 use crate::scenario::Scenario;
+use crate::singleton::{self, Singleton};
 use crate::store::{self, SharedStore};
 
 /// The clock the configuration asks for.
@@ -136,6 +137,8 @@ pub struct Application {
     deadlines: Arc<DeadlineWorker>,
     /// Recurring drills: cron line and scenario, checked at build.
     drills: Vec<(String, Scenario)>,
+    /// This process among the replicas sharing the database: names it in singleton leases.
+    instance: String,
 }
 
 impl Application {
@@ -147,9 +150,9 @@ impl Application {
 
     /// Builds with a given clock (tests move a manual one).
     pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
-        let store = store::open(&config.database.url)
+        let store = store::open_with(&config.database.url, &config.store_options()?)
             .await
-            .with_context(|| format!("opening the database {}", config.database.url))?;
+            .with_context(|| format!("opening the database {}", config.redacted_database_url()))?;
         let provider = provider_from(&config, &store, &clock)?;
         let metrics = Arc::new(Metrics::default());
         let signals = Signals::default();
@@ -224,7 +227,18 @@ impl Application {
             watcher,
             deadlines,
             drills,
+            instance: singleton::instance_id(),
         })
+    }
+
+    /// Wakes this application's dispatchers (new deliveries written by someone else).
+    pub fn dispatch_wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.dispatchers.first().map(|d| d.new_work.clone())
+    }
+
+    /// This process's id in the singleton leases.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -265,17 +279,37 @@ impl Application {
         for d in &self.dispatchers {
             tracker.spawn(d.clone().run(cancel.clone()));
         }
-        tracker.spawn(self.watcher.clone().run(cancel.clone()));
-        tracker.spawn(self.deadlines.clone().run(cancel.clone()));
+        // The receipt watcher and the deadline timer run on one replica at a time.
+        let lease = |name: String| Singleton {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            name,
+            holder: self.instance.clone(),
+            ttl: self.config.replicas.lease_ttl,
+        };
+        let watcher = self.watcher.clone();
+        tracker.spawn(
+            lease(format!("receipts:{}", self.hq.provider()))
+                .run(cancel.clone(), move |stop| watcher.clone().run(stop)),
+        );
+        let deadlines = self.deadlines.clone();
+        tracker.spawn(
+            lease("deadlines".into()).run(cancel.clone(), move |stop| deadlines.clone().run(stop)),
+        );
         if let Some(mail) = mail {
-            tracker.spawn(Arc::new(mail).run(cancel.clone()));
+            // One replica mails a roll call's list.
+            let mail = Arc::new(mail);
+            tracker.spawn(
+                lease("email".into()).run(cancel.clone(), move |stop| mail.clone().run(stop)),
+            );
         }
         let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone())
             .with_shutdown(cancel.clone())
             .with_escalated(self.deadlines.escalated.clone());
         let app = http::router(state, &self.config);
         let addr = self.local_addr();
-        info!(%addr, provider = self.hq.provider(), "anpi is listening");
+        info!(%addr, provider = self.hq.provider(), instance = %self.instance, "anpi is listening");
         let shutdown = cancel.clone();
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -1,6 +1,7 @@
 //! Storage: the database is the truth, and every worker reconciles from it. The [`Store`]
 //! trait speaks in domain operations; each backend is one file ([`sqlite`] is the embedded
-//! default).
+//! default, [`postgres`] the one for several replicas), chosen from the database URL;
+//! [`schema`] keeps each database's schema in step with the binary.
 //!
 //! Invariants every backend keeps: creating a roll call writes it and all its deliveries in
 //! one transaction; a claim hands each due delivery to one worker until its lease expires;
@@ -20,6 +21,8 @@ use crate::rollcall::{
     SendResult,
 };
 
+pub mod postgres;
+pub mod schema;
 pub mod sqlite;
 
 /// What can go wrong in storage, in terms a caller can act on.
@@ -34,7 +37,7 @@ pub enum StoreError {
     },
     #[error("roll call {0} is closed")]
     Closed(RollCallId),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
@@ -42,6 +45,16 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database schema is at version {database}, newer than this anpi knows ({binary}): \
+         upgrade anpi, or point it at another database"
+    )]
+    SchemaTooNew { database: i64, binary: i64 },
+    #[error(
+        "the database schema is at version {}, behind this anpi ({binary}): run `anpi migrate`",
+        database.map_or_else(|| "none".to_string(), |v| v.to_string())
+    )]
+    SchemaBehind { database: Option<i64>, binary: i64 },
 }
 
 impl StoreError {
@@ -53,7 +66,19 @@ impl StoreError {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
             )
         ) || matches!(self, Self::Database(sqlx::Error::Database(e)) if e.message().contains("locked") || e.message().contains("busy"))
+            || matches!(self, Self::Database(sqlx::Error::Database(e)) if e.code().is_some_and(|c| postgres_transient(&c)))
     }
+}
+
+/// PostgreSQL error classes that say "try again": connection exceptions (08), the server
+/// shutting down or terminating the backend (57P01-57P03), too many connections (53300), and
+/// lost races (40001, 40P01).
+fn postgres_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+        )
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -195,13 +220,55 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the store named by a database URL. `sqlite://PATH` (created if missing) or
-/// `sqlite::memory:`.
+/// How to open a store, beyond its URL.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// What to do when the schema is behind this binary (a newer one is always refused).
+    pub migrate: schema::MigratePolicy,
+    /// Connection pool settings (PostgreSQL).
+    pub postgres: postgres::PgSettings,
+}
+
+/// True for the URLs [`open`] hands to the PostgreSQL backend.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Opens the store named by a database URL, bringing its schema up to date:
+/// `sqlite://PATH` (created if missing), `sqlite::memory:`, or `postgres://...`.
 pub async fn open(url: &str) -> StoreResult<SharedStore> {
+    open_with(url, &OpenOptions::default()).await
+}
+
+/// Opens the store named by a database URL and checks its schema as `opts` say.
+pub async fn open_with(url: &str, opts: &OpenOptions) -> StoreResult<SharedStore> {
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::connect(url).await?;
-        store.migrate().await?;
+        schema::ensure(&schema::SQLITE, store.pool(), opts.migrate).await?;
         Ok(Arc::new(store))
+    } else if is_postgres_url(url) {
+        let store = postgres::PostgresStore::connect(url, &opts.postgres).await?;
+        schema::ensure(&schema::POSTGRES, store.pool(), opts.migrate).await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+/// Brings the schema of the database at `url` up to date (`anpi migrate`). Returns how it
+/// stood before and the versions applied.
+pub async fn migrate_url(url: &str) -> StoreResult<(schema::SchemaStatus, Vec<i64>)> {
+    let opts = OpenOptions::default();
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::connect(url).await?;
+        let before = schema::status(&schema::SQLITE, store.pool()).await?;
+        let applied = schema::ensure(&schema::SQLITE, store.pool(), opts.migrate).await?;
+        Ok((before, applied))
+    } else if is_postgres_url(url) {
+        let store = postgres::PostgresStore::connect(url, &opts.postgres).await?;
+        let before = schema::status(&schema::POSTGRES, store.pool()).await?;
+        let applied = schema::ensure(&schema::POSTGRES, store.pool(), opts.migrate).await?;
+        Ok((before, applied))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }

@@ -94,7 +94,7 @@ fn row_to_roll_call(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RollCall> {
     })
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
@@ -136,7 +136,7 @@ fn row_to_entry(r: &sqlx::sqlite::SqliteRow) -> StoreResult<CallListEntry> {
     })
 }
 
-fn parse_kind(s: &str) -> StoreResult<ContactKind> {
+pub(super) fn parse_kind(s: &str) -> StoreResult<ContactKind> {
     match s {
         "staff" => Ok(ContactKind::Staff),
         "shelter_phone" => Ok(ContactKind::ShelterPhone),
@@ -144,26 +144,27 @@ fn parse_kind(s: &str) -> StoreResult<ContactKind> {
     }
 }
 
-fn kind_str(k: ContactKind) -> &'static str {
+pub(super) fn kind_str(k: ContactKind) -> &'static str {
     match k {
         ContactKind::Staff => "staff",
         ContactKind::ShelterPhone => "shelter_phone",
     }
 }
 
-const ENTRY_COLUMNS: &str = "id, staff_id, name, department, shelter, kind, call_priority, \
+pub(super) const ENTRY_COLUMNS: &str =
+    "id, staff_id, name, department, shelter, kind, call_priority, \
     phones, state, escalation_reason, last_error, sent_at, escalated_at, read_at, answer, \
     outcome, outcome_at, outcome_by, call_claimed_by, call_claimed_until";
 
 /// One key of an inbound batch after folding: what the batch says about one delivery.
 #[derive(Debug, Default)]
-struct Folded {
-    first_seen: Option<Millis>,
-    first_answer: Option<Millis>,
-    latest_answer: Option<(Millis, String)>,
+pub(super) struct Folded {
+    pub(super) first_seen: Option<Millis>,
+    pub(super) first_answer: Option<Millis>,
+    pub(super) latest_answer: Option<(Millis, String)>,
 }
 
-fn answer_value(kind: &InboundKind) -> Option<String> {
+pub(super) fn answer_value(kind: &InboundKind) -> Option<String> {
     match kind {
         InboundKind::Read => None,
         InboundKind::Answer { value } => Some(value.clone()),
@@ -172,7 +173,7 @@ fn answer_value(kind: &InboundKind) -> Option<String> {
     }
 }
 
-fn kind_parts(kind: &InboundKind) -> (&'static str, Option<String>) {
+pub(super) fn kind_parts(kind: &InboundKind) -> (&'static str, Option<String>) {
     match kind {
         InboundKind::Read => ("read", None),
         InboundKind::Answer { value } => ("answer", Some(value.clone())),
@@ -975,7 +976,7 @@ impl SqliteStore {
     }
 }
 
-fn add_counts(
+pub(super) fn add_counts(
     c: &mut Counts,
     state: DeliveryState,
     escalated: bool,

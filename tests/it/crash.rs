@@ -23,7 +23,7 @@ const SPEED: f64 = 20.0;
 const BATCH: usize = 100;
 const WORKERS: usize = 2;
 
-fn spawn_daemon(config: &Path, log: &Path) -> Child {
+pub(crate) fn spawn_daemon(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -40,13 +40,13 @@ fn spawn_daemon(config: &Path, log: &Path) -> Child {
         .expect("anpi starts")
 }
 
-fn kill(child: &mut Child) {
+pub(crate) fn kill(child: &mut Child) {
     // SIGKILL: no chance to finish anything.
     child.kill().expect("kill");
     child.wait().expect("reap");
 }
 
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

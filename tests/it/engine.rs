@@ -12,6 +12,18 @@ use crate::support::*;
 
 #[tokio::test]
 async fn call_list_is_exactly_the_unread_at_their_deadline_and_late_readers_leave_it() {
+    call_list_is_exactly_the_unread(TestDatabase::SqliteFile).await;
+}
+
+#[tokio::test]
+async fn on_postgres_call_list_is_exactly_the_unread_at_their_deadline_and_late_readers_leave_it() {
+    let Some(pg) = pg_url_or_skip().await else {
+        return;
+    };
+    call_list_is_exactly_the_unread(TestDatabase::Postgres(pg)).await;
+}
+
+async fn call_list_is_exactly_the_unread(database: TestDatabase) {
     let contacts = synthetic::generate(200, 7).contacts;
     let hs = handles(&contacts);
     let mut script = Script::default();
@@ -45,6 +57,7 @@ async fn call_list_is_exactly_the_unread_at_their_deadline_and_late_readers_leav
     let app = spawn_app_with(Options {
         contacts: contacts.clone(),
         script,
+        database,
         ..Options::default()
     })
     .await;

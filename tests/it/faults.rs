@@ -42,6 +42,7 @@ async fn with_5xx_429_and_slow_answers_everyone_ends_sent_or_on_the_list() {
         provider_rate_limit_per_minute: 600,
         clock: TestClock::Scaled(60.0),
         extra_config: String::new(),
+        ..Options::default()
     })
     .await;
     let rc = app.start(&scenario()).await;

@@ -11,6 +11,7 @@ mod faults;
 mod hq_api;
 mod lineworks;
 mod matrix;
+mod replicas;
 mod store_contract;
 mod support;
 mod synapse_support;

@@ -1,19 +1,15 @@
-//! The storage contract, run against every backend: claims and leases, monotonic updates,
-//! idempotent roll-call creation, escalation of exactly the due and unconfirmed.
+//! The storage contract, run against every backend (SQLite, and PostgreSQL when reachable,
+//! always in CI): claims and leases, monotonic updates, idempotent roll-call creation,
+//! escalation of exactly the due and unconfirmed, receipts folding, progress, the call list.
 
 use std::time::Duration;
 
-use anpi::contacts::synthetic;
-use anpi::rollcall::{self, SendResult};
-use anpi::store::{self, SharedStore};
+use anpi::contacts::{synthetic, ContactKind};
+use anpi::providers::{InboundEvent, InboundKind};
+use anpi::rollcall::{self, CallOutcome, SendResult};
+use anpi::store::{SharedStore, StoreError};
 
-use crate::support::scenario;
-
-async fn backends() -> Vec<(String, SharedStore, tempfile::TempDir)> {
-    let tmp = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", tmp.path().join("c.db").display());
-    vec![("sqlite".into(), store::open(&url).await.unwrap(), tmp)]
-}
+use crate::support::{all_backends as backends, scenario};
 
 async fn seeded(store: &SharedStore, n: usize, key: Option<&str>) -> rollcall::RollCall {
     let contacts = synthetic::generate(n, 1).contacts;
@@ -328,5 +324,335 @@ async fn a_lease_has_one_holder_until_it_expires_and_provider_state_round_trips(
                 .as_deref(),
             Some("!r2:x")
         );
+    }
+}
+
+/// Claims everything due at 2,000 and records it all sent at `2_000 + 10 * i`.
+async fn send_all(store: &SharedStore, n: usize) -> Vec<rollcall::ClaimedDelivery> {
+    let c = store
+        .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), n)
+        .await
+        .unwrap();
+    let results: Vec<SendResult> = c
+        .iter()
+        .enumerate()
+        .map(|(i, d)| SendResult::Sent {
+            id: d.id,
+            at: 2_000 + 10 * i as i64,
+            deadline_at: 302_000 + 10 * i as i64,
+            message_id: None,
+        })
+        .collect();
+    store.record_send_results(&results, 2_500).await.unwrap();
+    c
+}
+
+fn event(
+    id: &str,
+    rc: Option<anpi::ids::RollCallId>,
+    from: &anpi::ids::ChatHandle,
+    kind: InboundKind,
+    at_ms: i64,
+) -> InboundEvent {
+    InboundEvent {
+        event_id: id.into(),
+        roll_call_id: rc,
+        from: from.clone(),
+        kind,
+        occurred_at: chrono::DateTime::from_timestamp_millis(at_ms).unwrap(),
+    }
+}
+
+fn answer(v: &str) -> InboundKind {
+    InboundKind::Answer { value: v.into() }
+}
+
+#[tokio::test]
+async fn receipts_fold_per_person_keep_the_first_read_and_latest_answer_and_replays_change_nothing()
+{
+    for (name, store, _db) in backends().await {
+        let contacts = synthetic::generate(5, 1).contacts;
+        let rc = seeded(&store, 5, None).await;
+        let c = send_all(&store, 5).await;
+        let staff_of = |h: &anpi::ids::ChatHandle| {
+            contacts
+                .iter()
+                .find(|x| x.chat.get("simulator") == Some(h))
+                .unwrap()
+                .id
+                .clone()
+        };
+        let (p0, p1, p2) = (&c[0].chat_handle, &c[1].chat_handle, &c[2].chat_handle);
+        let batch = vec![
+            event("e1", Some(rc.id), p0, InboundKind::Read, 3_000),
+            event("e2", Some(rc.id), p0, InboundKind::Read, 2_500),
+            event("e3", Some(rc.id), p1, answer("safe"), 4_000),
+            event("e4", Some(rc.id), p1, InboundKind::Read, 3_500),
+            event("e5", Some(rc.id), p1, answer("injured"), 5_000),
+            // No roll call named: it belongs to the newest one this person was sent.
+            event(
+                "e6",
+                None,
+                p2,
+                InboundKind::Sticker { id: "s1".into() },
+                4_200,
+            ),
+        ];
+        let s = store
+            .apply_events("simulator", &batch, Some("c1"), 6_000)
+            .await
+            .unwrap();
+        assert_eq!((s.logged, s.read, s.answered), (6, 3, 2), "{name}");
+        assert_eq!(
+            store.cursor("simulator").await.unwrap().as_deref(),
+            Some("c1")
+        );
+        // The same batch again: logged once, nothing moves.
+        let again = store
+            .apply_events("simulator", &batch, Some("c2"), 7_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.logged, again.read, again.answered),
+            (0, 0, 0),
+            "{name}"
+        );
+        // An older answer arriving late does not replace the latest one.
+        store
+            .apply_events(
+                "simulator",
+                &[event("e7", Some(rc.id), p1, answer("safe"), 4_500)],
+                None,
+                8_000,
+            )
+            .await
+            .unwrap();
+        let p = store.progress(rc.id).await.unwrap();
+        assert_eq!(
+            (p.overall.sent, p.overall.read, p.overall.answered),
+            (2, 1, 2),
+            "{name}: {:?}",
+            p.overall
+        );
+        assert_eq!(
+            p.answers.get("injured"),
+            Some(&1),
+            "{name}: {:?}",
+            p.answers
+        );
+        assert_eq!(
+            p.answers.get("sticker"),
+            Some(&1),
+            "{name}: {:?}",
+            p.answers
+        );
+        assert_eq!(p.answers.get("safe"), None, "{name}: {:?}", p.answers);
+        let logged = store.events(rc.id, 100).await.unwrap();
+        assert_eq!(logged.len(), 7, "{name}");
+        assert!(logged.iter().all(|e| e.delivery_id.is_some()), "{name}");
+        // The earliest read wins; the record of a call shows it.
+        let e = store
+            .record_call_outcome(
+                rc.id,
+                &staff_of(p0),
+                CallOutcome::ReachedSafe,
+                "caller#1",
+                9_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(e.read_at, Some(2_500), "{name}");
+        assert_eq!(e.outcome, Some(CallOutcome::ReachedSafe));
+        assert_eq!(store.events(rc.id, 100).await.unwrap().len(), 8, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn progress_counts_by_group_and_the_call_list_puts_shelters_then_priority_then_longest_waiting_first(
+) {
+    for (name, store, _db) in backends().await {
+        let rc = seeded(&store, 40, None).await;
+        send_all(&store, 40).await;
+        assert_eq!(store.escalate_due(400_000).await.unwrap(), 40, "{name}");
+        let p = store.progress(rc.id).await.unwrap();
+        assert_eq!((p.overall.total, p.overall.to_call), (40, 40), "{name}");
+        let dept: i64 = p.by_department.values().map(|c| c.total).sum();
+        let shelters: i64 = p.by_shelter.values().map(|c| c.total).sum();
+        assert_eq!((dept, shelters), (38, 2), "{name}");
+        assert_eq!(p.last_sent_at, Some(2_000 + 39 * 10), "{name}");
+
+        let list = store.call_list(rc.id).await.unwrap();
+        assert_eq!(list.len(), 40, "{name}");
+        let key = |e: &anpi::rollcall::CallListEntry| {
+            (
+                e.kind != ContactKind::ShelterPhone,
+                e.call_priority,
+                e.sent_at,
+                e.staff_id.to_string(),
+            )
+        };
+        let mut sorted = list.clone();
+        sorted.sort_by_key(key);
+        assert_eq!(
+            list.iter().map(key).collect::<Vec<_>>(),
+            sorted.iter().map(key).collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert_eq!(list[0].kind, ContactKind::ShelterPhone, "{name}");
+
+        // A reached person leaves the list; "no answer" keeps them on it.
+        store
+            .record_call_outcome(
+                rc.id,
+                &list[0].staff_id,
+                CallOutcome::ReachedSafe,
+                "c1",
+                500_000,
+            )
+            .await
+            .unwrap();
+        store
+            .record_call_outcome(
+                rc.id,
+                &list[1].staff_id,
+                CallOutcome::NoAnswer,
+                "c1",
+                500_001,
+            )
+            .await
+            .unwrap();
+        let p = store.progress(rc.id).await.unwrap();
+        assert_eq!((p.overall.to_call, p.overall.reached), (39, 1), "{name}");
+        let err = store
+            .record_call_outcome(
+                rc.id,
+                &"Z9999".parse().unwrap(),
+                CallOutcome::NoAnswer,
+                "c1",
+                500_002,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NoSuchRecipient { .. }),
+            "{name}: {err}"
+        );
+        let err = store
+            .record_call_outcome(
+                anpi::ids::RollCallId(999),
+                &list[0].staff_id,
+                CallOutcome::NoAnswer,
+                "c1",
+                500_003,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NoSuchRollCall(_)),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn workers_claiming_at_the_same_time_get_disjoint_batches() {
+    for (name, store, _db) in backends().await {
+        seeded(&store, 400, None).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let c = store
+                            .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), 30)
+                            .await
+                            .unwrap();
+                        if c.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(c.into_iter().map(|d| d.id));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let distinct: std::collections::HashSet<i64> = all.iter().copied().collect();
+        assert_eq!(all.len(), 400, "{name}: every delivery claimed");
+        assert_eq!(distinct.len(), 400, "{name}: none claimed twice");
+    }
+}
+
+#[tokio::test]
+async fn contacts_are_replaced_whole_and_the_next_due_attempt_follows_retries_and_leases() {
+    for (name, store, _db) in backends().await {
+        let thirty = synthetic::generate(30, 5).contacts;
+        assert_eq!(store.replace_contacts(&thirty, 1).await.unwrap(), 30);
+        let mut ids: Vec<String> = thirty.iter().map(|c| c.id.to_string()).collect();
+        ids.sort();
+        let back: Vec<String> = store
+            .contacts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect();
+        assert_eq!(back, ids, "{name}: all of them, in id order");
+        store
+            .replace_contacts(&synthetic::generate(10, 6).contacts, 2)
+            .await
+            .unwrap();
+        assert_eq!(store.contacts().await.unwrap().len(), 10, "{name}");
+
+        seeded(&store, 3, None).await;
+        assert_eq!(
+            store.next_due_attempt("simulator").await.unwrap(),
+            Some(1_000),
+            "{name}"
+        );
+        let c = store
+            .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.next_due_attempt("simulator").await.unwrap(),
+            Some(62_000),
+            "{name}: the lease's end"
+        );
+        store
+            .record_send_results(
+                &[
+                    SendResult::Retry {
+                        id: c[0].id,
+                        next_attempt_at: 5_000,
+                        error: "503".into(),
+                        refund_attempt: false,
+                    },
+                    SendResult::Sent {
+                        id: c[1].id,
+                        at: 2_100,
+                        deadline_at: 302_100,
+                        message_id: None,
+                    },
+                    SendResult::Sent {
+                        id: c[2].id,
+                        at: 2_100,
+                        deadline_at: 302_100,
+                        message_id: None,
+                    },
+                ],
+                2_200,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.next_due_attempt("simulator").await.unwrap(),
+            Some(5_000),
+            "{name}"
+        );
+        assert_eq!(store.next_due_attempt("matrix").await.unwrap(), None);
     }
 }

@@ -1,5 +1,11 @@
 //! Test harness: `spawn_app` gives a running anpi (the real `Application`) on port 0 with a
-//! fresh SQLite file, the built-in simulator and a clock the test controls.
+//! fresh SQLite file (or, on request, a fresh PostgreSQL database), the built-in simulator and
+//! a clock the test controls.
+//!
+//! PostgreSQL tests get their own database each (`anpi_t_<random>`, dropped afterwards) from
+//! the server at `ANPI_TEST_PG` (default postgres://root@127.0.0.1:5432/postgres). When that
+//! server is unreachable they are skipped with a message, except in CI (`CI` set), where that
+//! is a failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +47,116 @@ pub enum TestClock {
     Scaled(f64),
 }
 
+/// The PostgreSQL server tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("ANPI_TEST_PG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "postgres://root@127.0.0.1:5432/postgres".to_string())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A fresh PostgreSQL database for one test; dropped (with its connections) when this is.
+#[derive(Debug)]
+pub struct PgDb {
+    pub url: String,
+    pub name: String,
+    admin: String,
+}
+
+/// A fresh database, or `None` after printing why when PostgreSQL is unreachable here.
+/// Panics instead when `CI` is set: there a missing PostgreSQL is a failure, not a skip.
+pub async fn pg_url_or_skip() -> Option<PgDb> {
+    use sqlx::{Connection, Executor};
+    let admin = pg_admin_url();
+    let conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin))
+        .await
+        .map_err(|_| "connection timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            if in_ci() {
+                panic!("PostgreSQL at {admin} is unreachable and CI is set: {e}");
+            }
+            eprintln!("skipped: PostgreSQL at {admin} is unreachable ({e}); set ANPI_TEST_PG");
+            return None;
+        }
+    };
+    let name = format!("anpi_t_{:016x}", rand::random::<u64>());
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap_or_else(|e| panic!("creating test database {name} on {admin}: {e}"));
+    let _ = conn.close().await;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Some(PgDb {
+        url: format!("{base}/{name}"),
+        name,
+        admin,
+    })
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            use sqlx::{Connection, Executor};
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = c
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Keeps a test's database alive (a temporary SQLite file, or a PostgreSQL database) until
+/// it is dropped.
+#[derive(Debug)]
+#[allow(dead_code)]
+pub enum DbGuard {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDb),
+}
+
+/// Every backend this machine can run, each with a fresh, migrated store: SQLite always,
+/// PostgreSQL when reachable (and always in CI).
+pub async fn all_backends() -> Vec<(String, SharedStore, DbGuard)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", tmp.path().join("c.db").display());
+    let mut v = vec![(
+        "sqlite".to_string(),
+        anpi::store::open(&url).await.unwrap(),
+        DbGuard::Sqlite(tmp),
+    )];
+    if let Some(pg) = pg_url_or_skip().await {
+        let store = anpi::store::open(&pg.url).await.unwrap();
+        v.push(("postgres".to_string(), store, DbGuard::Postgres(pg)));
+    }
+    v
+}
+
+/// Which database a test app runs on.
+#[derive(Debug, Default)]
+pub enum TestDatabase {
+    /// A fresh SQLite file in a temporary folder.
+    #[default]
+    SqliteFile,
+    /// A fresh PostgreSQL database (from [`pg_url_or_skip`]).
+    Postgres(PgDb),
+}
+
 pub struct Options {
     pub contacts: Vec<Contact>,
     pub script: Script,
@@ -50,6 +166,7 @@ pub struct Options {
     pub clock: TestClock,
     /// Extra TOML merged into the app's configuration.
     pub extra_config: String,
+    pub database: TestDatabase,
 }
 
 impl Default for Options {
@@ -62,6 +179,7 @@ impl Default for Options {
             provider_rate_limit_per_minute: 0,
             clock: TestClock::Manual,
             extra_config: String::new(),
+            database: TestDatabase::SqliteFile,
         }
     }
 }
@@ -78,6 +196,7 @@ pub struct TestApp {
     cancel: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _tmp: tempfile::TempDir,
+    _pg: Option<PgDb>,
 }
 
 pub fn start_time() -> chrono::DateTime<Utc> {
@@ -125,13 +244,17 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     .await
     .expect("simulator starts");
     let db_path = tmp.path().join("anpi.db");
+    let (db_url, pg) = match opts.database {
+        TestDatabase::SqliteFile => (format!("sqlite://{}", db_path.display()), None),
+        TestDatabase::Postgres(pg) => (pg.url.clone(), Some(pg)),
+    };
     let config = Config::from_toml(&format!(
         r#"
 {speed_toml}
 [server]
 listen = "127.0.0.1:0"
 [database]
-url = "sqlite://{db}"
+url = "{db_url}"
 [api]
 hq_tokens = ["{HQ_TOKEN}"]
 caller_tokens = ["{CALLER_TOKEN}"]
@@ -144,7 +267,6 @@ rate_limit_per_minute = {rl}
 poll_wait = "50ms"
 {extra}
 "#,
-        db = db_path.display(),
         scen = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
         url = sim.base_url(),
         rl = opts.provider_rate_limit_per_minute,
@@ -174,6 +296,7 @@ poll_wait = "50ms"
         cancel,
         running: Some(running),
         _tmp: tmp,
+        _pg: pg,
     }
 }
 

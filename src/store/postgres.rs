@@ -1,0 +1,1048 @@
+//! The PostgreSQL store: the backend for organisations that run several replicas of anpi on
+//! one database.
+//!
+//! Same tables, columns and semantics as [`super::sqlite`]; only the dialect differs. Every
+//! hot-path operation is one set-based statement over arrays (`UNNEST`), never a statement per
+//! row. Invariants beyond the trait's: a claim locks its rows with `FOR UPDATE SKIP LOCKED`,
+//! so two replicas claiming at once get disjoint batches and never wait on each other; a
+//! transaction that loses a deadlock or serialisation race is retried here, so a worker never
+//! drops a batch's results because another replica touched the same rows.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+/// One batch of send results, split by outcome kind into columns for `UNNEST`.
+#[derive(Debug, Default)]
+struct ResultColumns {
+    sent: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>),
+    retry: (Vec<i64>, Vec<i64>, Vec<String>, Vec<i64>),
+    failed: (Vec<i64>, Vec<String>),
+}
+
+use super::sqlite::{
+    add_counts, answer_value, corrupt, kind_parts, kind_str, parse_kind, Folded, ENTRY_COLUMNS,
+};
+use super::{ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use crate::clock::Millis;
+use crate::contacts::{Contact, ContactKind};
+use crate::ids::{ChatHandle, RollCallId, StaffId};
+use crate::providers::InboundEvent;
+use crate::rollcall::{
+    CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
+    NewDelivery, NewRollCall, Progress, RollCall, RollCallState, SendResult,
+};
+
+/// Rows per multi-row statement when writing deliveries and contacts.
+const INSERT_CHUNK: usize = 10_000;
+/// Attempts at a transaction that lost a deadlock or serialisation race.
+const RACE_RETRIES: u32 = 5;
+/// How long a health check waits for the database before calling it unreachable.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the connection pool behaves; from the `[database]` settings.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub max_connections: u32,
+    /// How long an operation waits for a connection before it fails (and its worker retries).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `postgres://...` or `postgresql://...`. The pool tests each connection
+    /// before handing it out, so connections the server dropped (a restart, a terminated
+    /// backend) are replaced instead of failing the next statement.
+    pub async fn connect(url: &str, settings: &PgSettings) -> StoreResult<Self> {
+        let opts = PgConnectOptions::from_str(url)?.application_name("anpi");
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(true)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn replace_contacts_once(
+        &self,
+        chunks: &[(Vec<String>, Vec<String>)],
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM contacts")
+            .execute(&mut *tx)
+            .await?;
+        for (ids, docs) in chunks {
+            sqlx::query(
+                "INSERT INTO contacts (id, doc, imported_at) \
+                 SELECT id, doc, $3 FROM UNNEST($1::text[], $2::text[]) AS j(id, doc)",
+            )
+            .bind(ids)
+            .bind(docs)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn close_once(&self, id: RollCallId, now: Millis) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE roll_calls SET state = 'closed', closed_at = $2 WHERE id = $1 AND state = 'open'",
+        )
+        .bind(id.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            let exists = sqlx::query("SELECT 1 FROM roll_calls WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NoSuchRollCall(id));
+            }
+            return Ok(false);
+        }
+        // Whatever has not gone out by now never will: it must not sit in the queue.
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', lease_until = NULL, \
+             last_error = 'roll call closed before this was sent' \
+             WHERE roll_call_id = $1 AND state IN ('pending', 'sending')",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn record_once(&self, cols: &ResultColumns, now: Millis) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let (sent, retry, failed) = (&cols.sent, &cols.retry, &cols.failed);
+        if !sent.0.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries AS d SET \
+                   state = CASE WHEN d.state = 'sending' THEN 'sent' ELSE d.state END, \
+                   sent_at = COALESCE(d.sent_at, j.at), \
+                   deadline_at = COALESCE(d.deadline_at, j.dl), \
+                   message_id = COALESCE(j.mid, d.message_id), \
+                   lease_until = NULL \
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) \
+                   AS j(id, at, dl, mid) \
+                 WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')",
+            )
+            .bind(&sent.0)
+            .bind(&sent.1)
+            .bind(&sent.2)
+            .bind(&sent.3)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !retry.0.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries AS d SET state = 'pending', next_attempt_at = j.next, \
+                   last_error = j.err, lease_until = NULL, attempts = d.attempts - j.refund \
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) \
+                   AS j(id, next, err, refund) \
+                 WHERE d.id = j.id AND d.state = 'sending'",
+            )
+            .bind(&retry.0)
+            .bind(&retry.1)
+            .bind(&retry.2)
+            .bind(&retry.3)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !failed.0.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries AS d SET state = 'failed', last_error = j.err, \
+                   lease_until = NULL, \
+                   escalated_at = COALESCE(d.escalated_at, $3), \
+                   escalation_reason = COALESCE(d.escalation_reason, 'send_failed') \
+                 FROM UNNEST($1::bigint[], $2::text[]) AS j(id, err) \
+                 WHERE d.id = j.id AND d.state = 'sending'",
+            )
+            .bind(&failed.0)
+            .bind(&failed.1)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outcome_once(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: CallOutcome,
+        by: &str,
+        now: Millis,
+    ) -> StoreResult<Option<CallListEntry>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5, \
+               call_claimed_by = NULL, call_claimed_until = NULL \
+             WHERE roll_call_id = $1 AND staff_id = $2 RETURNING {ENTRY_COLUMNS}, chat_handle"
+        ))
+        .bind(id.0)
+        .bind(staff.as_str())
+        .bind(outcome.as_str())
+        .bind(now)
+        .bind(by)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let entry = row_to_entry(&row)?;
+        let handle: Option<String> = row.try_get("chat_handle")?;
+        // The call is evidence too: it goes in the same append-only log as chat events.
+        sqlx::query(
+            "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, kind, \
+               value, occurred_at, received_at) \
+             VALUES ('phone', $1, $2, $3, $4, 'call_outcome', $5, $6, $6)",
+        )
+        .bind(format!("call-{}-{}-{}", entry.delivery_id, now, by))
+        .bind(id.0)
+        .bind(entry.delivery_id)
+        .bind(handle.unwrap_or_else(|| staff.to_string()))
+        .bind(format!("{} by {by}", outcome.as_str()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(entry))
+    }
+
+    async fn roll_call_by_key(&self, key: &str) -> StoreResult<Option<RollCall>> {
+        let row = sqlx::query("SELECT * FROM roll_calls WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_roll_call).transpose()
+    }
+}
+
+/// Runs `op` (which opens and commits its own transaction) again if it lost a deadlock or
+/// serialisation race to another replica: the database rolled it back, so repeating is safe.
+async fn retrying<T, Fut>(op: impl Fn() -> Fut) -> StoreResult<T>
+where
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Err(e) if attempt < RACE_RETRIES && lost_race(&e) => {
+                tracing::debug!(error = %e, attempt, "transaction lost a race; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A deadlock (40P01) or serialisation failure (40001): the transaction was rolled back.
+fn lost_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(d))
+        if matches!(d.code().as_deref(), Some("40P01" | "40001")))
+}
+
+fn row_to_roll_call(r: &PgRow) -> StoreResult<RollCall> {
+    let buttons: String = r.try_get("buttons")?;
+    let state: String = r.try_get("state")?;
+    Ok(RollCall {
+        id: RollCallId(r.try_get("id")?),
+        scenario: r.try_get("scenario")?,
+        title: r.try_get("title")?,
+        message: r.try_get("message")?,
+        buttons: serde_json::from_str(&buttons)
+            .map_err(|e| StoreError::Corrupt(format!("roll call buttons: {e}")))?,
+        drill: r.try_get("drill")?,
+        deadline_ms: r.try_get("deadline_ms")?,
+        provider: r.try_get("provider")?,
+        state: if state == "closed" {
+            RollCallState::Closed
+        } else {
+            RollCallState::Open
+        },
+        created_at: r.try_get("created_at")?,
+        closed_at: r.try_get("closed_at")?,
+        recipients: r.try_get("recipients")?,
+    })
+}
+
+fn row_to_entry(r: &PgRow) -> StoreResult<CallListEntry> {
+    // Positional, in ENTRY_COLUMNS order: the call list can be 100,000 rows.
+    let phones: &str = r.try_get(7)?;
+    let kind: &str = r.try_get(5)?;
+    let state: &str = r.try_get(8)?;
+    let reason: Option<&str> = r.try_get(9)?;
+    let outcome: Option<&str> = r.try_get(15)?;
+    let staff: &str = r.try_get(1)?;
+    Ok(CallListEntry {
+        delivery_id: r.try_get(0)?,
+        staff_id: StaffId::parse(staff).map_err(|e| corrupt("staff id", e))?,
+        name: r.try_get(2)?,
+        department: r.try_get(3)?,
+        shelter: r.try_get(4)?,
+        kind: parse_kind(kind)?,
+        call_priority: r.try_get::<i64, _>(6)?.clamp(0, 255) as u8,
+        phones: serde_json::from_str(phones).map_err(|e| corrupt("phones", e))?,
+        state: DeliveryState::from_str(state).map_err(|e| corrupt("state", e))?,
+        reason: reason
+            .map(EscalationReason::from_str)
+            .transpose()
+            .map_err(|e| corrupt("escalation reason", e))?,
+        last_error: r.try_get(10)?,
+        sent_at: r.try_get(11)?,
+        escalated_at: r.try_get(12)?,
+        read_at: r.try_get(13)?,
+        answer: r.try_get(14)?,
+        outcome: outcome
+            .map(CallOutcome::parse)
+            .transpose()
+            .map_err(|e| corrupt("outcome", e))?,
+        outcome_at: r.try_get(16)?,
+        outcome_by: r.try_get(17)?,
+        claimed_by: r.try_get(18)?,
+        claimed_until: r.try_get(19)?,
+    })
+}
+
+/// The call list's order: shelter phones first, then call priority, then longest unread.
+/// Staff ids compare byte-wise (`COLLATE "C"`), as on SQLite, whatever the database's locale.
+const CALL_ORDER: &str = "kind = 'shelter_phone' DESC, call_priority, \
+    COALESCE(sent_at, escalated_at) NULLS FIRST, staff_id COLLATE \"C\"";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        super::schema::POSTGRES.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn replace_contacts(&self, contacts: &[Contact], now: Millis) -> StoreResult<usize> {
+        let mut chunks: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        for chunk in contacts.chunks(INSERT_CHUNK) {
+            let ids = chunk.iter().map(|c| c.id.to_string()).collect();
+            let docs = chunk
+                .iter()
+                .map(|c| serde_json::to_string(c).map_err(|e| corrupt("contact", e)))
+                .collect::<StoreResult<_>>()?;
+            chunks.push((ids, docs));
+        }
+        retrying(|| self.replace_contacts_once(&chunks, now)).await?;
+        Ok(contacts.len())
+    }
+
+    async fn contacts(&self) -> StoreResult<Vec<Contact>> {
+        let rows = sqlx::query("SELECT doc FROM contacts ORDER BY id COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let doc: &str = r.try_get("doc")?;
+                serde_json::from_str(doc).map_err(|e| corrupt("stored contact", e))
+            })
+            .collect()
+    }
+
+    async fn create_roll_call(
+        &self,
+        new: &NewRollCall,
+        recipients: &[NewDelivery],
+        now: Millis,
+    ) -> StoreResult<RollCall> {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(existing) = self.roll_call_by_key(key).await? {
+                return Ok(existing);
+            }
+        }
+        let buttons = serde_json::to_string(&new.buttons).map_err(|e| corrupt("buttons", e))?;
+        let mut tx = self.pool.begin().await?;
+        // A concurrent start with the same key waits here on the unique index until the first
+        // commits, then inserts nothing: the first roll call is the answer.
+        let inserted = sqlx::query(
+            "INSERT INTO roll_calls (scenario, title, message, buttons, drill, deadline_ms, \
+             provider, state, created_at, recipients, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        )
+        .bind(&new.scenario)
+        .bind(&new.title)
+        .bind(&new.message)
+        .bind(&buttons)
+        .bind(new.drill)
+        .bind(new.deadline_ms)
+        .bind(&new.provider)
+        .bind(now)
+        .bind(recipients.len() as i64)
+        .bind(&new.idempotency_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = inserted else {
+            tx.rollback().await?;
+            let key = new.idempotency_key.as_deref().unwrap_or_default();
+            return self
+                .roll_call_by_key(key)
+                .await?
+                .ok_or_else(|| corrupt("idempotency key", "vanished"));
+        };
+        let id: i64 = row.try_get("id")?;
+        for chunk in recipients.chunks(INSERT_CHUNK) {
+            let mut staff = Vec::with_capacity(chunk.len());
+            let mut name = Vec::with_capacity(chunk.len());
+            let mut dept = Vec::with_capacity(chunk.len());
+            let mut shelter = Vec::with_capacity(chunk.len());
+            let mut kind = Vec::with_capacity(chunk.len());
+            let mut prio = Vec::with_capacity(chunk.len());
+            let mut phones = Vec::with_capacity(chunk.len());
+            let mut email = Vec::with_capacity(chunk.len());
+            let mut handle = Vec::with_capacity(chunk.len());
+            for d in chunk {
+                staff.push(d.staff_id.to_string());
+                name.push(d.name.clone());
+                dept.push(d.department.clone());
+                shelter.push(d.shelter.clone());
+                kind.push(kind_str(d.kind));
+                prio.push(d.call_priority as i64);
+                phones.push(serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into()));
+                email.push(d.email.clone());
+                handle.push(d.chat_handle.as_ref().map(|h| h.to_string()));
+            }
+            sqlx::query(
+                "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
+                 call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
+                 last_error, escalated_at, escalation_reason) \
+                 SELECT $1, s, n, d, sh, k, p, ph, e, $2, h, \
+                   CASE WHEN h IS NULL THEN 'failed' ELSE 'pending' END, $3, \
+                   CASE WHEN h IS NULL THEN 'no chat id on ' || $2 END, \
+                   CASE WHEN h IS NULL THEN $3 END, \
+                   CASE WHEN h IS NULL THEN 'no_chat_id' END \
+                 FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                             $9::bigint[], $10::text[], $11::text[], $12::text[]) \
+                   AS j(s, n, d, sh, k, p, ph, e, h)",
+            )
+            .bind(id)
+            .bind(&new.provider)
+            .bind(now)
+            .bind(&staff)
+            .bind(&name)
+            .bind(&dept)
+            .bind(&shelter)
+            .bind(&kind)
+            .bind(&prio)
+            .bind(&phones)
+            .bind(&email)
+            .bind(&handle)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row = sqlx::query("SELECT * FROM roll_calls WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let rc = row_to_roll_call(&row)?;
+        tx.commit().await?;
+        Ok(rc)
+    }
+
+    async fn roll_call(&self, id: RollCallId) -> StoreResult<Option<RollCall>> {
+        let row = sqlx::query("SELECT * FROM roll_calls WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(row_to_roll_call).transpose()
+    }
+
+    async fn roll_calls(&self) -> StoreResult<Vec<RollCall>> {
+        let rows = sqlx::query("SELECT * FROM roll_calls ORDER BY id DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row_to_roll_call).collect()
+    }
+
+    async fn close_roll_call(&self, id: RollCallId, now: Millis) -> StoreResult<bool> {
+        retrying(|| self.close_once(id, now)).await
+    }
+
+    async fn progress(&self, id: RollCallId) -> StoreResult<Progress> {
+        let rows = sqlx::query(
+            "SELECT department, shelter, kind, state, escalated_at IS NOT NULL AS esc, outcome, \
+                    COUNT(*) AS n \
+             FROM deliveries WHERE roll_call_id = $1 \
+             GROUP BY department, shelter, kind, state, esc, outcome",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut p = Progress::default();
+        for r in &rows {
+            let dept: Option<String> = r.try_get("department")?;
+            let shelter: Option<String> = r.try_get("shelter")?;
+            let kind = parse_kind(r.try_get("kind")?)?;
+            let state =
+                DeliveryState::from_str(r.try_get("state")?).map_err(|e| corrupt("state", e))?;
+            let escalated: bool = r.try_get("esc")?;
+            let outcome = r
+                .try_get::<Option<&str>, _>("outcome")?
+                .map(CallOutcome::parse)
+                .transpose()
+                .map_err(|e| corrupt("outcome", e))?;
+            let n: i64 = r.try_get("n")?;
+            let group: &mut Counts = match kind {
+                ContactKind::Staff => p
+                    .by_department
+                    .entry(dept.unwrap_or_else(|| "(所属なし)".to_string()))
+                    .or_default(),
+                ContactKind::ShelterPhone => p
+                    .by_shelter
+                    .entry(shelter.unwrap_or_else(|| "(避難所名なし)".to_string()))
+                    .or_default(),
+            };
+            add_counts(group, state, escalated, outcome, n);
+            add_counts(&mut p.overall, state, escalated, outcome, n);
+        }
+        let answers = sqlx::query(
+            "SELECT answer, COUNT(*) AS n FROM deliveries \
+             WHERE roll_call_id = $1 AND answer IS NOT NULL GROUP BY answer",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &answers {
+            p.answers
+                .insert(r.try_get("answer")?, r.try_get::<i64, _>("n")?);
+        }
+        let times = sqlx::query(
+            "SELECT MAX(sent_at) AS last_sent, \
+                    MIN(CASE WHEN state = 'sent' AND escalated_at IS NULL THEN deadline_at END) AS next_dl \
+             FROM deliveries WHERE roll_call_id = $1",
+        )
+        .bind(id.0)
+        .fetch_one(&self.pool)
+        .await?;
+        p.last_sent_at = times.try_get("last_sent")?;
+        p.next_deadline_at = times.try_get("next_dl")?;
+        Ok(p)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        provider: &str,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let lease_until = now + lease.as_millis() as i64;
+        // Expired leases first (a crashed replica's batch), then due pending rows, oldest
+        // first. SKIP LOCKED: rows another replica is claiming this instant are passed over,
+        // and a row changed since this statement's snapshot is re-checked before it is taken.
+        let rows = sqlx::query(
+            "WITH expired AS ( \
+               SELECT id FROM deliveries \
+               WHERE provider = $2 AND state = 'sending' AND lease_until <= $3 \
+               LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             due AS ( \
+               SELECT id FROM deliveries \
+               WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 \
+               ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             picked AS ( \
+               SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS u LIMIT $4) \
+             UPDATE deliveries AS d \
+             SET state = 'sending', lease_until = $1, attempts = d.attempts + 1 \
+             FROM picked WHERE d.id = picked.id \
+             RETURNING d.id, d.roll_call_id, d.chat_handle, d.attempts",
+        )
+        .bind(lease_until)
+        .bind(provider)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let handle: Option<&str> = r.try_get("chat_handle")?;
+                let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
+                Ok(ClaimedDelivery {
+                    id: r.try_get("id")?,
+                    roll_call_id: RollCallId(r.try_get("roll_call_id")?),
+                    chat_handle: ChatHandle::parse(handle).map_err(|e| corrupt("chat id", e))?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_send_results(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
+        let mut cols = ResultColumns::default();
+        for r in results {
+            match r {
+                SendResult::Sent {
+                    id,
+                    at,
+                    deadline_at,
+                    message_id,
+                } => {
+                    cols.sent.0.push(*id);
+                    cols.sent.1.push(*at);
+                    cols.sent.2.push(*deadline_at);
+                    cols.sent.3.push(message_id.clone());
+                }
+                SendResult::Retry {
+                    id,
+                    next_attempt_at,
+                    error,
+                    refund_attempt,
+                } => {
+                    cols.retry.0.push(*id);
+                    cols.retry.1.push(*next_attempt_at);
+                    cols.retry.2.push(error.clone());
+                    cols.retry.3.push(*refund_attempt as i64);
+                }
+                SendResult::Failed { id, error } => {
+                    cols.failed.0.push(*id);
+                    cols.failed.1.push(error.clone());
+                }
+            }
+        }
+        retrying(|| self.record_once(&cols, now)).await
+    }
+
+    async fn next_due_attempt(&self, provider: &str) -> StoreResult<Option<Millis>> {
+        let row = sqlx::query(
+            "SELECT LEAST( \
+               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'pending'), \
+               (SELECT MIN(lease_until) FROM deliveries WHERE provider = $1 AND state = 'sending')) AS t",
+        )
+        .bind(provider)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("t")?)
+    }
+
+    async fn apply_events(
+        &self,
+        provider: &str,
+        events: &[InboundEvent],
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<ApplySummary> {
+        retrying(|| async {
+            let mut tx = self.pool.begin().await?;
+            let summary = apply_events_tx(&mut tx, provider, events, cursor, now).await?;
+            tx.commit().await?;
+            Ok(summary)
+        })
+        .await
+    }
+
+    async fn cursor(&self, provider: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT cursor FROM provider_cursors WHERE provider = $1")
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("cursor")).transpose()?)
+    }
+
+    async fn events(&self, roll_call: RollCallId, limit: usize) -> StoreResult<Vec<LoggedEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, provider, event_id, roll_call_id, delivery_id, from_handle, kind, value, \
+                    occurred_at, received_at \
+             FROM events WHERE roll_call_id = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(roll_call.0)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LoggedEvent {
+                    id: r.try_get("id")?,
+                    provider: r.try_get("provider")?,
+                    event_id: r.try_get("event_id")?,
+                    roll_call_id: r.try_get("roll_call_id")?,
+                    delivery_id: r.try_get("delivery_id")?,
+                    from: r.try_get("from_handle")?,
+                    kind: r.try_get("kind")?,
+                    value: r.try_get("value")?,
+                    occurred_at: r.try_get("occurred_at")?,
+                    received_at: r.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_deadline(&self) -> StoreResult<Option<Millis>> {
+        let row = sqlx::query(
+            "SELECT MIN(deadline_at) AS t FROM deliveries \
+             WHERE state = 'sent' AND escalated_at IS NULL \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("t")?)
+    }
+
+    async fn escalate_due(&self, now: Millis) -> StoreResult<u64> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn call_list(&self, id: RollCallId) -> StoreResult<Vec<CallListEntry>> {
+        if self.roll_call(id).await?.is_none() {
+            return Err(StoreError::NoSuchRollCall(id));
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM deliveries \
+             WHERE roll_call_id = $1 AND (escalated_at IS NOT NULL OR outcome IS NOT NULL) \
+             ORDER BY {CALL_ORDER}"
+        ))
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_entry).collect()
+    }
+
+    async fn record_call_outcome(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: CallOutcome,
+        by: &str,
+        now: Millis,
+    ) -> StoreResult<CallListEntry> {
+        let found = retrying(|| self.outcome_once(id, staff, outcome, by, now)).await?;
+        match found {
+            Some(entry) => Ok(entry),
+            None if self.roll_call(id).await?.is_none() => Err(StoreError::NoSuchRollCall(id)),
+            None => Err(StoreError::NoSuchRecipient {
+                roll_call: id,
+                staff: staff.clone(),
+            }),
+        }
+    }
+
+    async fn claim_next_call(
+        &self,
+        id: RollCallId,
+        caller: &str,
+        now: Millis,
+        hold: Duration,
+    ) -> StoreResult<Option<CallListEntry>> {
+        // SKIP LOCKED: two callers on two replicas asking at once get two different people.
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
+             WHERE id = ( \
+               SELECT id FROM deliveries \
+               WHERE roll_call_id = $1 AND escalated_at IS NOT NULL \
+                 AND state NOT IN ('read', 'answered') \
+                 AND (outcome IS NULL OR outcome = 'no_answer') \
+                 AND (call_claimed_until IS NULL OR call_claimed_until <= $4 \
+                      OR call_claimed_by = $2) \
+                 AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+               ORDER BY (call_claimed_by IS NOT NULL AND call_claimed_by = $2 \
+                         AND call_claimed_until > $4) DESC, \
+                        kind = 'shelter_phone' DESC, outcome IS NOT NULL, call_priority, \
+                        COALESCE(sent_at, escalated_at) NULLS FIRST, staff_id COLLATE \"C\" \
+               LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING {ENTRY_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(caller)
+        .bind(now + hold.as_millis() as i64)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_to_entry).transpose()
+    }
+
+    async fn release_call(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        caller: &str,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET call_claimed_by = NULL, call_claimed_until = NULL \
+             WHERE roll_call_id = $1 AND staff_id = $2 AND call_claimed_by = $3",
+        )
+        .bind(id.0)
+        .bind(staff.as_str())
+        .bind(caller)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn provider_state(&self, provider: &str, key: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT value FROM provider_state WHERE provider = $1 AND key = $2")
+            .bind(provider)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    async fn set_provider_state(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO provider_state (provider, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (provider, key) DO UPDATE SET value = EXCLUDED.value, \
+               updated_at = EXCLUDED.updated_at",
+        )
+        .bind(provider)
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        // One statement: concurrent callers are serialised on the row; exactly one of them
+        // finds it free or expired.
+        let n = sqlx::query(
+            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until \
+             WHERE leases.holder = EXCLUDED.holder OR leases.until <= $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl.as_millis() as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await
+        {
+            Ok(res) => {
+                res?;
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        }
+    }
+}
+
+/// The body of [`Store::apply_events`], inside its transaction.
+async fn apply_events_tx(
+    tx: &mut Transaction<'static, Postgres>,
+    provider: &str,
+    events: &[InboundEvent],
+    cursor: Option<&str>,
+    now: Millis,
+) -> StoreResult<ApplySummary> {
+    let mut summary = ApplySummary::default();
+    if !events.is_empty() {
+        // An event that does not say which roll call it answers belongs to the newest roll
+        // call that person was sent: one lookup for the whole batch.
+        let unresolved: Vec<String> = events
+            .iter()
+            .filter(|e| e.roll_call_id.is_none())
+            .map(|e| e.from.to_string())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut resolved: HashMap<String, i64> = HashMap::new();
+        if !unresolved.is_empty() {
+            let rows = sqlx::query(
+                "SELECT chat_handle, MAX(roll_call_id) AS rc FROM deliveries \
+                 WHERE provider = $1 AND chat_handle = ANY($2::text[]) GROUP BY chat_handle",
+            )
+            .bind(provider)
+            .bind(&unresolved)
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in &rows {
+                resolved.insert(r.try_get("chat_handle")?, r.try_get("rc")?);
+            }
+        }
+        let rc_of = |e: &InboundEvent| {
+            e.roll_call_id
+                .map(|r| r.0)
+                .or_else(|| resolved.get(e.from.as_str()).copied())
+        };
+        let mut eid = Vec::with_capacity(events.len());
+        let mut rc = Vec::with_capacity(events.len());
+        let mut h = Vec::with_capacity(events.len());
+        let mut k = Vec::with_capacity(events.len());
+        let mut v = Vec::with_capacity(events.len());
+        let mut at = Vec::with_capacity(events.len());
+        for e in events {
+            let (kind, value) = kind_parts(&e.kind);
+            eid.push(e.event_id.clone());
+            rc.push(rc_of(e));
+            h.push(e.from.to_string());
+            k.push(kind);
+            v.push(value);
+            at.push(e.occurred_at.timestamp_millis());
+        }
+        let fresh = sqlx::query(
+            "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
+               kind, value, occurred_at, received_at) \
+             SELECT $1, j.eid, j.rc, \
+               (SELECT d.id FROM deliveries d WHERE d.provider = $1 AND d.chat_handle = j.h \
+                  AND d.roll_call_id = j.rc), \
+               j.h, j.k, j.v, j.at, $2 \
+             FROM UNNEST($3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
+                         $8::bigint[]) AS j(eid, rc, h, k, v, at) \
+             ON CONFLICT (provider, event_id) DO NOTHING \
+             RETURNING event_id",
+        )
+        .bind(provider)
+        .bind(now)
+        .bind(&eid)
+        .bind(&rc)
+        .bind(&h)
+        .bind(&k)
+        .bind(&v)
+        .bind(&at)
+        .fetch_all(&mut **tx)
+        .await?;
+        summary.logged = fresh.len() as u64;
+        let fresh: HashSet<String> = fresh
+            .iter()
+            .map(|r| r.try_get::<String, _>("event_id"))
+            .collect::<Result<_, _>>()?;
+
+        // Fold the new events per delivery so each delivery gets one update per kind.
+        let mut folded: BTreeMap<(i64, &str), Folded> = BTreeMap::new();
+        for e in events.iter().filter(|e| fresh.contains(&e.event_id)) {
+            let Some(rc) = rc_of(e) else { continue };
+            let at = e.occurred_at.timestamp_millis();
+            let f = folded.entry((rc, e.from.as_str())).or_default();
+            f.first_seen = Some(f.first_seen.map_or(at, |t| t.min(at)));
+            if let Some(v) = answer_value(&e.kind) {
+                f.first_answer = Some(f.first_answer.map_or(at, |t| t.min(at)));
+                if f.latest_answer.as_ref().is_none_or(|(t, _)| at >= *t) {
+                    f.latest_answer = Some((at, v));
+                }
+            }
+        }
+        if !folded.is_empty() {
+            let (mut rc, mut h, mut r) = (Vec::new(), Vec::new(), Vec::new());
+            for ((c, handle), f) in &folded {
+                rc.push(*c);
+                h.push(handle.to_string());
+                r.push(f.first_seen);
+            }
+            summary.read = sqlx::query(
+                "UPDATE deliveries AS d SET \
+                   state = CASE WHEN d.state = 'answered' THEN 'answered' ELSE 'read' END, \
+                   read_at = CASE WHEN d.read_at IS NULL OR j.r < d.read_at THEN j.r ELSE d.read_at END \
+                 FROM UNNEST($2::bigint[], $3::text[], $4::bigint[]) AS j(rc, h, r) \
+                 WHERE d.provider = $1 AND d.chat_handle = j.h AND d.roll_call_id = j.rc \
+                   AND (d.state NOT IN ('read', 'answered') OR d.read_at IS NULL OR j.r < d.read_at)",
+            )
+            .bind(provider)
+            .bind(&rc)
+            .bind(&h)
+            .bind(&r)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        }
+        let answers: Vec<_> = folded
+            .iter()
+            .filter_map(|((c, handle), f)| {
+                let (la, v) = f.latest_answer.as_ref()?;
+                Some((*c, handle.to_string(), f.first_answer, *la, v.clone()))
+            })
+            .collect();
+        if !answers.is_empty() {
+            let rc: Vec<i64> = answers.iter().map(|a| a.0).collect();
+            let h: Vec<String> = answers.iter().map(|a| a.1.clone()).collect();
+            let a: Vec<Option<i64>> = answers.iter().map(|a| a.2).collect();
+            let la: Vec<i64> = answers.iter().map(|a| a.3).collect();
+            let v: Vec<String> = answers.iter().map(|a| a.4.clone()).collect();
+            summary.answered = sqlx::query(
+                "UPDATE deliveries AS d SET state = 'answered', \
+                   answered_at = CASE WHEN d.answered_at IS NULL OR j.a < d.answered_at \
+                                      THEN j.a ELSE d.answered_at END, \
+                   answer = CASE WHEN d.answer_at IS NULL OR j.la >= d.answer_at \
+                                 THEN j.v ELSE d.answer END, \
+                   answer_at = CASE WHEN d.answer_at IS NULL OR j.la >= d.answer_at \
+                                    THEN j.la ELSE d.answer_at END \
+                 FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
+                   AS j(rc, h, a, la, v) \
+                 WHERE d.provider = $1 AND d.chat_handle = j.h AND d.roll_call_id = j.rc",
+            )
+            .bind(provider)
+            .bind(&rc)
+            .bind(&h)
+            .bind(&a)
+            .bind(&la)
+            .bind(&v)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        }
+    }
+    if let Some(c) = cursor {
+        sqlx::query(
+            "INSERT INTO provider_cursors (provider, cursor, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider) DO UPDATE SET cursor = EXCLUDED.cursor, \
+               updated_at = EXCLUDED.updated_at",
+        )
+        .bind(provider)
+        .bind(c)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(summary)
+}

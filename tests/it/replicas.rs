@@ -1,0 +1,501 @@
+//! Several `anpi serve` processes on one PostgreSQL database, against the simulator in this
+//! process: they share one roll call without sending anyone twice, survive SIGKILL of a
+//! replica mid-dispatch and of the deadline-lease holder mid-watch, and recover by themselves
+//! when the database drops every connection. Skipped without PostgreSQL (a failure in CI).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anpi::clock::{ScaledClock, SharedClock};
+use anpi::contacts::{synthetic, Contact};
+use anpi::hq::Hq;
+use anpi::ids::{ChatHandle, RollCallId};
+use anpi::providers::Capabilities;
+use anpi::rollcall::Progress;
+use anpi::scenario::Scenario;
+use anpi::simulator::{Faults, Script, SimConfig, SimHandle, Simulator};
+use anpi::store::{postgres::PostgresStore, SharedStore};
+use chrono::Utc;
+use sqlx::{Connection, Executor};
+
+use crate::crash::{kill, spawn_daemon, wait_until};
+use crate::support::*;
+
+const SPEED: f64 = 20.0;
+const BATCH: usize = 100;
+const WORKERS: usize = 2;
+/// The singleton lease, in the application's clock (0.5 s of real time at SPEED).
+const LEASE_TTL_MS: i64 = 10_000;
+const PEOPLE: usize = 2_000;
+
+/// Two minutes: six real seconds at SPEED.
+fn short_scenario() -> Scenario {
+    Scenario::parse(
+        r#"
+name = "replicas"
+title = "レプリカ 安否確認"
+deadline = "2m"
+[message]
+ja = "【安否確認】読んだら下のボタンを押してください。"
+en = "Safety check: tap a button below."
+[[buttons]]
+label = "無事 / Safe"
+value = "safe"
+"#,
+        "replicas.toml",
+    )
+    .unwrap()
+}
+
+struct Cluster {
+    tmp: tempfile::TempDir,
+    pg: PgDb,
+    sim: SimHandle,
+    clock: SharedClock,
+    store: SharedStore,
+    hq: Hq,
+    config: PathBuf,
+    contacts: Vec<Contact>,
+    handles: Vec<ChatHandle>,
+    /// Staff ids that read at 30 s; everyone else never reads.
+    readers: BTreeSet<String>,
+}
+
+struct Replica {
+    child: Child,
+    url: String,
+}
+
+impl Cluster {
+    /// A fresh database, a slow simulator (every send takes 20 ms, so dispatch lasts long
+    /// enough to be interrupted) and the roll call's contacts, or None without PostgreSQL.
+    async fn new(dispatch_lease: &str) -> Option<Self> {
+        init_logs();
+        let pg = pg_url_or_skip().await?;
+        let tmp = tempfile::tempdir().unwrap();
+        let epoch = Utc::now();
+        let clock: SharedClock = Arc::new(ScaledClock::new(epoch, SPEED));
+        let contacts = synthetic::generate(PEOPLE, 91).contacts;
+        let handles = handles(&contacts);
+        let mut script = Script::default();
+        let mut readers = BTreeSet::new();
+        for (i, (c, h)) in contacts.iter().zip(&handles).enumerate() {
+            if i % 2 == 0 {
+                script.insert(h.clone(), read_after(Duration::from_secs(30)));
+                readers.insert(c.id.to_string());
+            }
+        }
+        let sim = Simulator::start(
+            SimConfig {
+                token: SIM_TOKEN.into(),
+                rate_limit: None,
+                faults: Faults {
+                    slow_share: 1.0,
+                    slow_delay: Duration::from_millis(20),
+                    ..Faults::default()
+                },
+                default_behaviour: Default::default(),
+            },
+            script,
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        let config = tmp.path().join("anpi.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[database]
+url = "{url}"
+max_connections = 4
+acquire_timeout = "1s"
+[replicas]
+lease_ttl = "{LEASE_TTL_MS}ms"
+[time]
+speed = {SPEED}
+epoch = "{epoch}"
+[dispatch]
+batch_size = {BATCH}
+workers = {WORKERS}
+lease = "{dispatch_lease}"
+[providers.simulator]
+url = "{sim}"
+token = "{SIM_TOKEN}"
+max_in_flight = 16
+poll_wait = "100ms"
+"#,
+                url = pg.url,
+                epoch = epoch.to_rfc3339(),
+                sim = sim.base_url()
+            ),
+        )
+        .unwrap();
+        let store: SharedStore = anpi::store::open(&pg.url).await.unwrap();
+        let hq = Hq::new(
+            store.clone(),
+            clock.clone(),
+            "simulator".into(),
+            Capabilities {
+                read_receipts: true,
+                buttons: true,
+                idempotent_sends: false,
+                rate_limit: None,
+                max_in_flight: 16,
+            },
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        hq.import_contacts(&contacts).await.unwrap();
+        Some(Self {
+            tmp,
+            pg,
+            sim,
+            clock,
+            store,
+            hq,
+            config,
+            contacts,
+            handles,
+            readers,
+        })
+    }
+
+    /// Starts one more `anpi serve` on this database and waits until it answers /healthz.
+    async fn replica(&self) -> Replica {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = self.tmp.path().join(format!("anpi-{port}.toml"));
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(&config, text).unwrap();
+        let child = spawn_daemon(&config, &self.tmp.path().join(format!("anpi-{port}.log")));
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/healthz");
+        wait_until(
+            "the replica answers /healthz",
+            Duration::from_secs(30),
+            || {
+                let health = health.clone();
+                async move {
+                    reqwest::get(&health)
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        Replica { child, url }
+    }
+
+    async fn start(&self) -> RollCallId {
+        self.hq
+            .start(&short_scenario(), None, None)
+            .await
+            .unwrap()
+            .0
+            .id
+    }
+
+    /// Progress, or None while the database is unreachable from the test too.
+    async fn progress(&self, rc: RollCallId) -> Option<Progress> {
+        self.store.progress(rc).await.ok()
+    }
+
+    async fn wait_for(&self, rc: RollCallId, what: &str, cond: impl Fn(&Progress) -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.progress(rc).await.is_some_and(|p| cond(&p)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn never_readers(&self) -> BTreeSet<String> {
+        self.contacts
+            .iter()
+            .map(|c| c.id.to_string())
+            .filter(|id| !self.readers.contains(id))
+            .collect()
+    }
+
+    /// Waits for every deadline to pass and checks the outcome: everyone has one delivery
+    /// and got the message, the readers are confirmed, the call list is exactly the rest, and
+    /// each escalation came at its stored deadline, at most `late_ms` after it.
+    async fn check_roll_call_ends_right(&self, rc: RollCallId, late_ms: i64) {
+        let never = self.never_readers();
+        let n = never.len() as i64;
+        self.wait_for(rc, "everyone unread on the call list", |p| {
+            p.overall.to_call == n
+        })
+        .await;
+        let readers = self.readers.len() as i64;
+        self.wait_for(rc, "every reader confirmed", |p| {
+            p.overall.confirmed() == readers
+        })
+        .await;
+        let p = self.progress(rc).await.unwrap();
+        assert_eq!(p.overall.total, PEOPLE as i64);
+        assert_eq!(p.overall.failed, 0, "{:?}", p.overall);
+        let list: BTreeSet<String> = self
+            .store
+            .call_list(rc)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.to_call())
+            .map(|e| e.staff_id.to_string())
+            .collect();
+        assert_eq!(list, never);
+        let pg = PostgresStore::connect(&self.pg.url, &Default::default())
+            .await
+            .unwrap();
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT deadline_at, escalated_at FROM deliveries \
+             WHERE roll_call_id = $1 AND escalation_reason = 'never_read'",
+        )
+        .bind(rc.0)
+        .fetch_all(pg.pool())
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), never.len());
+        for (deadline, escalated) in &rows {
+            assert!(escalated >= deadline, "escalated before the deadline");
+            assert!(
+                escalated - deadline <= late_ms,
+                "escalated {} ms after the deadline (bound {late_ms})",
+                escalated - deadline
+            );
+        }
+        for h in &self.handles {
+            assert!(self.sim.received(rc, h) >= 1, "{h} never got the message");
+        }
+    }
+
+    /// The replica holding the deadline lease, by the pid in its instance id.
+    async fn deadline_holder(&self) -> Option<u32> {
+        let pg = PostgresStore::connect(&self.pg.url, &Default::default())
+            .await
+            .ok()?;
+        let holder: String =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'deadlines'")
+                .fetch_optional(pg.pool())
+                .await
+                .ok()??;
+        holder.strip_prefix("pid")?.split('-').next()?.parse().ok()
+    }
+}
+
+/// Sends counted by a replica's own /metrics.
+async fn sends_by(replica: &Replica) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", replica.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("anpi_sends_total{") && l.contains("result=\"sent\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_roll_call_and_send_everyone_exactly_once() {
+    let Some(cluster) = Cluster::new("20s").await else {
+        return;
+    };
+    let mut a = cluster.replica().await;
+    let mut b = cluster.replica().await;
+    let rc = cluster.start().await;
+    cluster
+        .wait_for(rc, "everyone sent", |p| {
+            p.overall.pending == 0 && p.overall.sending == 0
+        })
+        .await;
+    let (by_a, by_b) = (sends_by(&a).await, sends_by(&b).await);
+    assert!(by_a > 0 && by_b > 0, "both replicas sent ({by_a}, {by_b})");
+    assert_eq!(by_a + by_b, PEOPLE as u64);
+    cluster
+        .check_roll_call_ends_right(rc, 3 * LEASE_TTL_MS)
+        .await;
+    let stats = cluster.sim.stats();
+    assert_eq!(stats.accepted, PEOPLE as u64);
+    assert_eq!(stats.duplicates, 0);
+    for h in &cluster.handles {
+        assert_eq!(cluster.sim.received(rc, h), 1, "{h}");
+    }
+    kill(&mut a.child);
+    kill(&mut b.child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_dispatch_and_the_lease_holder_killed_mid_watch_lose_nothing() {
+    let Some(cluster) = Cluster::new("20s").await else {
+        return;
+    };
+    let mut a = cluster.replica().await;
+    let mut b = cluster.replica().await;
+    let rc = cluster.start().await;
+
+    // 1. SIGKILL one replica while both are sending.
+    wait_until("dispatch under way", Duration::from_secs(30), || {
+        let n = cluster.sim.stats().accepted;
+        async move { n >= 400 }
+    })
+    .await;
+    kill(&mut a.child);
+    assert!(
+        cluster.sim.stats().accepted < PEOPLE as u64,
+        "dispatch finished before the kill; slow the simulator"
+    );
+    // A new replica joins; the survivor and it finish the roll call.
+    let mut c = cluster.replica().await;
+    cluster
+        .wait_for(rc, "everyone sent", |p| {
+            p.overall.pending == 0 && p.overall.sending == 0
+        })
+        .await;
+
+    // 2. SIGKILL whichever replica holds the deadline lease, before the first deadline.
+    let first_deadline = cluster.progress(rc).await.unwrap().next_deadline_at;
+    let holder = cluster.deadline_holder().await.expect("someone holds it");
+    let (victim, survivor) = if holder == b.child.id() {
+        (&mut b, &mut c)
+    } else {
+        assert_eq!(holder, c.child.id(), "the holder is a live replica");
+        (&mut c, &mut b)
+    };
+    kill(&mut victim.child);
+    if let Some(d) = first_deadline {
+        assert!(
+            cluster.clock.now_millis() < d,
+            "the lease holder must die before the first deadline"
+        );
+    }
+
+    // The survivor takes the lease over and escalates on time, give or take the lease.
+    cluster
+        .check_roll_call_ends_right(rc, 3 * LEASE_TTL_MS)
+        .await;
+    let dup = cluster.sim.stats().duplicates;
+    assert!(
+        dup <= (BATCH * WORKERS) as u64,
+        "{dup} duplicates exceed what one replica had in flight ({})",
+        BATCH * WORKERS
+    );
+    kill(&mut survivor.child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_cut_mid_roll_call_is_survived_health_says_degraded_and_nothing_is_lost() {
+    // A dispatch lease (6 real seconds) longer than the outage: a batch sent just before the
+    // cut is recorded after it, not sent again.
+    let Some(cluster) = Cluster::new("120s").await else {
+        return;
+    };
+    let mut a = cluster.replica().await;
+    let mut b = cluster.replica().await;
+    let rc = cluster.start().await;
+    wait_until("dispatch under way", Duration::from_secs(30), || {
+        let n = cluster.sim.stats().accepted;
+        async move { n >= 300 }
+    })
+    .await;
+
+    // Cut every connection a few times; the first time, keep the database refusing new
+    // ones until the replicas' health check says so.
+    let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    let name = &cluster.pg.name;
+    for round in 0..4 {
+        admin
+            .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
+            .await
+            .unwrap();
+        admin
+            .execute(
+                format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                )
+                .as_str(),
+            )
+            .await
+            .unwrap();
+        if round == 0 {
+            let health = format!("{}/healthz", a.url);
+            wait_until("/healthz says degraded", Duration::from_secs(30), || {
+                let health = health.clone();
+                async move {
+                    match reqwest::get(&health).await {
+                        Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                            r.text().await.is_ok_and(|t| t.contains("degraded"))
+                        }
+                        _ => false,
+                    }
+                }
+            })
+            .await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        admin
+            .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = admin.close().await;
+
+    // Both recover by themselves and finish the roll call.
+    for r in [&a, &b] {
+        let health = format!("{}/healthz", r.url);
+        wait_until("/healthz ok again", Duration::from_secs(30), || {
+            let health = health.clone();
+            async move {
+                reqwest::get(&health)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+    cluster
+        .check_roll_call_ends_right(rc, 3 * LEASE_TTL_MS)
+        .await;
+    let errors = store_errors(&a).await + store_errors(&b).await;
+    assert!(errors > 0, "/metrics counted no store errors");
+    let dup = cluster.sim.stats().duplicates;
+    assert!(
+        dup <= (BATCH * WORKERS) as u64,
+        "{dup} duplicates exceed one replica's in-flight batches"
+    );
+    kill(&mut a.child);
+    kill(&mut b.child);
+}
+
+async fn store_errors(replica: &Replica) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", replica.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("anpi_store_errors_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
