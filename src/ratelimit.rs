@@ -95,23 +95,7 @@ impl TokenBucket {
 
     /// Waits until one request may be made, then takes it.
     pub async fn acquire(&self) {
-        loop {
-            let wait_ms = {
-                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let now = self.refill(&mut s);
-                if now < s.paused_until {
-                    s.paused_until - now
-                } else if s.tokens >= 1.0 {
-                    s.tokens -= 1.0;
-                    return;
-                } else {
-                    ((1.0 - s.tokens) / self.rate).ceil().max(1.0) as i64
-                }
-            };
-            self.clock
-                .sleep(Duration::from_millis(wait_ms.max(1) as u64))
-                .await;
-        }
+        self.take_up_to(1).await;
     }
 
     /// The platform said "no more until `reset`": nobody sends until then, and the bucket

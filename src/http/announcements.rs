@@ -35,21 +35,7 @@ async fn announce(
 ) -> Result<Response, ApiError> {
     s.authorize(&headers, Role::Hq)?;
     let Json(b) = body?;
-    let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let k = v
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be plain text".into()))?
-                .trim();
-            if k.is_empty() || k.len() > 200 {
-                return Err(ApiError::BadRequest(
-                    "Idempotency-Key must be 1 to 200 characters".into(),
-                ));
-            }
-            Some(format!("announcement:{k}"))
-        }
-        None => None,
-    };
+    let key = super::idempotency_key(&headers)?.map(|k| format!("announcement:{k}"));
     let drill = b.drill.unwrap_or(false);
     let scenario = crate::announcement::scenario(
         &b.text_ja,

@@ -148,6 +148,23 @@ impl ApiState {
     }
 }
 
+/// The `Idempotency-Key` header, if sent: a double click sends the same key twice.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be plain text".into()))?
+        .trim();
+    if k.is_empty() || k.len() > 200 {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 200 characters".into(),
+        ));
+    }
+    Ok(Some(k.to_string()))
+}
+
 /// An API error, with a message a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -100,21 +100,7 @@ async fn start(
 ) -> Result<Response, ApiError> {
     s.authorize(&headers, Role::Hq)?;
     let Json(r) = body?;
-    let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let k = v
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be plain text".into()))?
-                .trim();
-            if k.is_empty() || k.len() > 200 {
-                return Err(ApiError::BadRequest(
-                    "Idempotency-Key must be 1 to 200 characters".into(),
-                ));
-            }
-            Some(k.to_string())
-        }
-        None => None,
-    };
+    let key = super::idempotency_key(&headers)?;
     let scenario = r.resolve(&s)?;
     let (rc, est) = s.hq.start(&scenario, r.drill, key).await?;
     Ok((
