@@ -371,7 +371,9 @@ fn demo_args(size: usize, speed: f64) -> DemoArgs {
 #[tokio::test]
 async fn demo_on_one_to_one_takes_what_the_planner_said_within_ten_percent() {
     init_logs();
-    let mut args = demo_args(1_000, 30.0);
+    // 15x, not faster: the stand-in counts the limit in clock time, so scheduling jitter on a
+    // busy machine is multiplied by the speed-up and could bunch requests in its window.
+    let mut args = demo_args(1_000, 15.0);
     args.no_board = true;
     let r = demo::run_measured(args).await.unwrap();
     assert_eq!(r.route, RouteKind::Direct);
