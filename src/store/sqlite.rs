@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use super::{ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
@@ -43,14 +43,24 @@ impl SqliteStore {
         let memory = url.contains(":memory:");
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
-            .journal_mode(if memory {
-                SqliteJournalMode::Memory
-            } else {
-                SqliteJournalMode::Wal
-            })
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let opts = if memory {
+            opts.journal_mode(SqliteJournalMode::Memory)
+        } else {
+            // Switching a file to WAL takes an exclusive lock that the busy timeout does not
+            // wait for, so several pool connections doing it at once on a new file can fail
+            // with "database is locked". WAL is stored in the file: set it once, on one
+            // connection, before the pool opens any.
+            let first = opts
+                .clone()
+                .journal_mode(SqliteJournalMode::Wal)
+                .connect()
+                .await?;
+            first.close().await?;
+            opts
+        };
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists once per connection: keep exactly one.
             .max_connections(if memory { 1 } else { 4 })
@@ -1000,5 +1010,27 @@ pub(super) fn add_counts(
     }
     if outcome.is_some_and(CallOutcome::closes_entry) {
         c.reached += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opening a new file must not race its own pool connections into "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_file_opens_in_wal_mode_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..150 {
+            let url = format!("sqlite://{}", dir.path().join(format!("{i}.db")).display());
+            let store = SqliteStore::connect(&url).await.expect("opens");
+            // Four connections at once, as the pool hands them out under load.
+            let modes = futures::future::try_join_all((0..4).map(|_| {
+                sqlx::query_scalar::<_, String>("PRAGMA journal_mode").fetch_one(store.pool())
+            }))
+            .await
+            .expect("every connection works");
+            assert!(modes.iter().all(|m| m == "wal"), "{modes:?}");
+        }
     }
 }
