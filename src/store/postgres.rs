@@ -564,12 +564,12 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let lease_until = now + lease.as_millis() as i64;
         // Expired leases first (a crashed replica's batch), then due pending rows, oldest
-        // first. SKIP LOCKED: rows another replica is claiming this instant are passed over,
+        // first; a claimed row's next_attempt_at is its lease's end, so both walk one index. SKIP LOCKED: rows another replica is claiming this instant are passed over,
         // and a row changed since this statement's snapshot is re-checked before it is taken.
         let rows = sqlx::query(
             "WITH expired AS ( \
                SELECT id FROM deliveries \
-               WHERE provider = $2 AND state = 'sending' AND lease_until <= $3 \
+               WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
                LIMIT $4 FOR UPDATE SKIP LOCKED), \
              due AS ( \
                SELECT id FROM deliveries \
@@ -578,7 +578,8 @@ impl Store for PostgresStore {
              picked AS ( \
                SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS u LIMIT $4) \
              UPDATE deliveries AS d \
-             SET state = 'sending', lease_until = $1, attempts = d.attempts + 1 \
+             SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
+               attempts = d.attempts + 1 \
              FROM picked WHERE d.id = picked.id \
              RETURNING d.id, d.roll_call_id, d.chat_handle, d.attempts",
         )
@@ -641,7 +642,7 @@ impl Store for PostgresStore {
         let row = sqlx::query(
             "SELECT LEAST( \
                (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'pending'), \
-               (SELECT MIN(lease_until) FROM deliveries WHERE provider = $1 AND state = 'sending')) AS t",
+               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'sending')) AS t",
         )
         .bind(provider)
         .fetch_one(&self.pool)

@@ -455,13 +455,15 @@ impl Store for SqliteStore {
         let _w = self.writer.lock().await;
         let lease_until = now + lease.as_millis() as i64;
         // Expired leases first (a crashed worker's batch), then due pending rows; each part
-        // walks the (provider, state, next_attempt_at) index and stops at the limit.
+        // walks the (provider, state, next_attempt_at) index and stops at the limit. A claimed
+        // row's next_attempt_at is its lease's end, so both parts are index ranges.
         let rows = sqlx::query(
-            "UPDATE deliveries SET state = 'sending', lease_until = $1, attempts = attempts + 1 \
+            "UPDATE deliveries SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
+               attempts = attempts + 1 \
              WHERE id IN ( \
                SELECT id FROM ( \
                  SELECT id FROM (SELECT id FROM deliveries \
-                    WHERE provider = $2 AND state = 'sending' AND lease_until <= $3 LIMIT $4) \
+                    WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 LIMIT $4) \
                  UNION ALL \
                  SELECT id FROM (SELECT id FROM deliveries \
                     WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 LIMIT $4) \
@@ -565,7 +567,7 @@ impl Store for SqliteStore {
             "SELECT MIN(t) AS t FROM ( \
                SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'pending' \
                UNION ALL \
-               SELECT MIN(lease_until) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')",
+               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')",
         )
         .bind(provider)
         .fetch_one(&self.pool)
@@ -766,14 +768,17 @@ impl Store for SqliteStore {
     }
 
     async fn next_deadline(&self) -> StoreResult<Option<Millis>> {
-        let row = sqlx::query(
-            "SELECT MIN(deadline_at) AS t FROM deliveries \
-             WHERE state = 'sent' AND escalated_at IS NULL \
-               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')",
+        // `+roll_call_id` keeps SQLite on the partial deadline index (the earliest entry of
+        // an open roll call) instead of walking every delivery of every open roll call.
+        let t = sqlx::query_scalar(
+            "SELECT deadline_at FROM deliveries \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at IS NOT NULL \
+               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+             ORDER BY deadline_at LIMIT 1",
         )
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(row.try_get("t")?)
+        Ok(t)
     }
 
     async fn escalate_due(&self, now: Millis) -> StoreResult<u64> {
@@ -781,7 +786,7 @@ impl Store for SqliteStore {
         let n = sqlx::query(
             "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
              WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
-               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')",
+               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')",
         )
         .bind(now)
         .execute(&self.pool)
