@@ -1,10 +1,22 @@
 //! The dispatcher: the outbox worker that turns pending deliveries into sent messages.
 //!
-//! It claims due deliveries in batches with a lease, sends them with bounded concurrency
-//! through the provider's token bucket, and records the whole batch's results with a few
-//! set-based statements. Invariants: a delivery is only sent while this worker holds its
-//! lease; a retryable failure is retried on a jittered schedule (never before the platform's
-//! Retry-After); a permanent failure, or retries running out, escalates the person at once.
+//! It is a pipeline of three stages joined by channels, so the send window never drains
+//! while the database is busy:
+//! - the claimer takes due deliveries in chunks with a lease (through the provider's token
+//!   bucket), as long as this dispatcher has fewer than `batch_size` deliveries claimed and
+//!   not yet recorded;
+//! - the feeder starts one send per delivery as soon as a place in the provider's in-flight
+//!   window is free (the window is shared by every dispatcher of the provider in a process);
+//! - the recorder writes finished sends with a few set-based statements, taking whatever has
+//!   finished since its last write (group commit) and freeing their places.
+//!
+//! Invariants: a delivery is only sent while this worker holds its lease (one whose lease is
+//! close to running out is handed back instead); a retryable failure is retried on a
+//! jittered schedule (never before the platform's Retry-After); a permanent failure, or
+//! retries running out, escalates the person at once; at most `batch_size` deliveries per
+//! dispatcher are ever sent and not yet recorded, which bounds the duplicates a crash can
+//! cause. On shutdown nothing new is sent: queued deliveries are handed back and in-flight
+//! sends are recorded.
 //!
 //! A roll call whose plan ([`crate::planner`]) is a broadcast (one board post for everyone) or
 //! department rooms is executed here too: the dispatcher claims all of its due deliveries,
@@ -19,7 +31,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, debug_span, info_span, warn, Instrument};
 
@@ -136,6 +148,57 @@ pub struct Dispatcher {
     /// Told when new deadlines exist, so the deadline worker re-reads the earliest.
     deadlines_changed: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Places in the provider's in-flight window (shared by its dispatchers).
+    window: Arc<Semaphore>,
+    /// Places for deliveries this dispatcher has claimed and not yet recorded.
+    outstanding: Arc<Semaphore>,
+}
+
+/// A claimed delivery on its way to the feeder.
+struct Job {
+    delivery: ClaimedDelivery,
+    roll_call: Arc<RollCall>,
+    claimed_at: Millis,
+    slot: OwnedSemaphorePermit,
+}
+
+/// A finished send on its way to the recorder; its place is freed once it is recorded.
+struct Done {
+    result: SendResult,
+    claimed_at: Millis,
+    slot: OwnedSemaphorePermit,
+}
+
+/// What one claim did.
+enum Claim {
+    /// Deliveries to send one by one.
+    Jobs(Vec<Job>),
+    /// A broadcast or rooms batch, sent and recorded already.
+    Planned,
+    Idle,
+}
+
+/// How long the recorder waits for more finished sends before writing a small group.
+const RECORD_LINGER: Duration = Duration::from_millis(5);
+
+/// How fast a provider may be sent to, shared by all its dispatchers in a process: the token
+/// bucket of its rate limit (if it has one) and its in-flight window of `max_in_flight`.
+#[derive(Debug, Clone)]
+pub struct Pacing {
+    pub limiter: Option<Arc<TokenBucket>>,
+    pub window: Arc<Semaphore>,
+}
+
+impl Pacing {
+    pub fn for_provider(provider: &dyn ChatProvider, clock: &SharedClock) -> Self {
+        let caps = provider.capabilities();
+        Self {
+            limiter: caps
+                .rate_limit
+                .map(|l| Arc::new(TokenBucket::new(l, clock.clone()))),
+            window: Arc::new(Semaphore::new(caps.max_in_flight.max(1))),
+        }
+    }
 }
 
 impl Dispatcher {
@@ -143,12 +206,14 @@ impl Dispatcher {
         store: SharedStore,
         provider: Arc<dyn ChatProvider>,
         clock: SharedClock,
-        limiter: Option<Arc<TokenBucket>>,
+        pacing: Pacing,
         settings: DispatchSettings,
         signals: Signals,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let Pacing { limiter, window } = pacing;
         let routes = provider.routes();
+        let outstanding = Arc::new(Semaphore::new(settings.batch_size.max(1)));
         Self {
             store,
             provider,
@@ -162,6 +227,8 @@ impl Dispatcher {
             new_work: signals.new_work,
             deadlines_changed: signals.deadlines_changed,
             metrics,
+            window,
+            outstanding,
         }
     }
 
@@ -187,12 +254,13 @@ impl Dispatcher {
         Ok(rc)
     }
 
-    /// Claims one batch, sends it, records the results.
-    pub async fn run_once(&self) -> Result<Outcome, StoreError> {
-        let now_inst = std::time::Instant::now();
+    /// Claims up to `room`'s places worth of due deliveries. Broadcast and rooms batches are
+    /// sent and recorded here; 1:1 deliveries come back as jobs, each holding one place.
+    async fn claim(&self, mut room: OwnedSemaphorePermit) -> Result<Claim, StoreError> {
+        let started = std::time::Instant::now();
         // With a rate limit, take the tokens first and claim only as many deliveries: a claimed
         // delivery never waits on the bucket while its lease runs.
-        let want = self.settings.batch_size.max(1);
+        let want = room.num_permits();
         let granted = match &self.limiter {
             Some(l) => l.take_up_to(want).await,
             None => want,
@@ -215,7 +283,7 @@ impl Dispatcher {
             l.give_back(granted - claimed.len());
         }
         if claimed.is_empty() {
-            return Ok(Outcome::Idle);
+            return Ok(Claim::Idle);
         }
         if !self.routes.is_empty() {
             let mut planned = false;
@@ -223,27 +291,26 @@ impl Dispatcher {
                 planned |= self.plan_for(d.roll_call_id).await?.plan.route != RouteKind::Direct;
             }
             if planned {
-                return self.run_planned(claimed).await;
+                self.run_planned(claimed).await?;
+                return Ok(Claim::Planned);
             }
         }
         let mut jobs = Vec::with_capacity(claimed.len());
-        for d in claimed {
-            let rc = self.roll_call(d.roll_call_id).await?;
-            jobs.push((d, rc));
+        for delivery in claimed {
+            let roll_call = self.roll_call(delivery.roll_call_id).await?;
+            // `room` holds at least as many places as deliveries were claimed.
+            let Some(slot) = room.split(1) else {
+                unreachable!("claimed more deliveries than places");
+            };
+            jobs.push(Job {
+                delivery,
+                roll_call,
+                claimed_at: now,
+                slot,
+            });
         }
-        let n = jobs.len() as u64;
-        let claimed_in = now_inst.elapsed();
-        let concurrency = self.provider.capabilities().max_in_flight.max(1);
-        let results: Vec<SendResult> = futures::stream::iter(jobs)
-            .map(|(d, rc)| self.send_one(d, rc))
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let sent_in = now_inst.elapsed();
-        self.record(&results, now).await?;
-        debug!(n, claim = ?claimed_in, send = ?(sent_in - claimed_in), record = ?(now_inst.elapsed() - sent_in), "batch");
-        self.deadlines_changed.notify_one();
-        Ok(Outcome::Worked(n))
+        debug!(n = jobs.len(), took = ?started.elapsed(), "claimed");
+        Ok(Claim::Jobs(jobs))
     }
 
     /// A roll call's plan: stored in provider state (`plan/<id>`) by HQ at start, or worked
@@ -398,7 +465,10 @@ impl Dispatcher {
         }
         let concurrency = self.provider.capabilities().max_in_flight.max(1);
         let sent: Vec<SendResult> = futures::stream::iter(jobs)
-            .map(|(d, rc)| self.send_one(d, rc))
+            .map(|(d, rc)| async {
+                let _place = self.window.acquire().await;
+                self.send_one(d, rc).await
+            })
             .buffer_unordered(concurrency)
             .collect()
             .await;
@@ -634,24 +704,90 @@ impl Dispatcher {
         }
     }
 
-    /// Runs until `cancel` fires, sleeping until the next due attempt when idle.
+    /// Runs the claimer, the feeder and the recorder until `cancel` fires; then hands back
+    /// what was claimed and not sent, and records what was in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+        let (job_tx, mut job_rx) = mpsc::channel::<Job>(self.settings.batch_size.max(1));
+        let recorder = tokio::spawn(self.clone().record_loop(done_rx));
+        let claimer = tokio::spawn(self.clone().claim_loop(job_tx, cancel.clone()));
+        let hand_back_after = self.settings.lease.mul_f64(0.8).as_millis() as i64;
+        while let Some(job) = job_rx.recv().await {
+            let place = tokio::select! {
+                p = self.window.clone().acquire_owned() => p.ok(),
+                _ = cancel.cancelled() => None,
+            };
+            let now = self.clock.now_millis();
+            let (Some(place), false) = (place, now - job.claimed_at > hand_back_after) else {
+                // Stopping, or the lease is close to running out while this waited for a
+                // place: give it back rather than risk another worker sending it too.
+                let _ = done_tx.send(Done {
+                    result: SendResult::Retry {
+                        id: job.delivery.id,
+                        next_attempt_at: now,
+                        error: "handed back unsent".into(),
+                        refund_attempt: true,
+                    },
+                    claimed_at: job.claimed_at,
+                    slot: job.slot,
+                });
+                continue;
+            };
+            let this = self.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let result = this.send_one(job.delivery, job.roll_call).await;
+                drop(place);
+                let _ = done.send(Done {
+                    result,
+                    claimed_at: job.claimed_at,
+                    slot: job.slot,
+                });
+            });
+        }
+        // The claimer has stopped and every job is sent or handed back; the recorder ends
+        // once the last send in flight has reported.
+        drop(done_tx);
+        let _ = claimer.await;
+        let _ = recorder.await;
+    }
+
+    /// Claims while there is room, sleeping until the next due attempt when idle.
+    async fn claim_loop(self: Arc<Self>, jobs: mpsc::Sender<Job>, cancel: CancellationToken) {
         let provider = self.provider.name().to_string();
+        // Half the budget at a time: one chunk is sent while the next is claimed.
+        let chunk = (self.settings.batch_size / 2).max(1) as u32;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
             let notified = self.new_work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let room = tokio::select! {
+                r = self.outstanding.clone().acquire_many_owned(chunk) => match r {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                _ = cancel.cancelled() => break,
+            };
             match self
-                .run_once()
+                .claim(room)
                 .instrument(info_span!("dispatch", %provider))
                 .await
             {
-                Ok(Outcome::Worked(_)) => {
+                Ok(Claim::Jobs(batch)) => {
+                    failures = 0;
+                    for job in batch {
+                        if jobs.send(job).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                Ok(Claim::Planned) => {
                     failures = 0;
                     continue;
                 }
-                Ok(Outcome::Idle) => failures = 0,
+                Ok(Claim::Idle) => failures = 0,
                 Err(e) => {
                     failures += 1;
                     warn!(%provider, error = %e, "dispatch failed; retrying");
@@ -677,6 +813,45 @@ impl Dispatcher {
                 // A safety net against a clock that is not moving (a paused test clock).
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    /// Records finished sends in groups: whatever has finished since the last write, waiting
+    /// up to [`RECORD_LINGER`] for a small group to grow. Ends when every sender is gone.
+    async fn record_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Done>) {
+        let most = self.settings.batch_size.max(1);
+        let enough = (most / 4).max(1);
+        let mut group: Vec<Done> = Vec::with_capacity(most);
+        while let Some(first) = done.recv().await {
+            group.push(first);
+            let linger_until = tokio::time::Instant::now() + RECORD_LINGER;
+            loop {
+                while group.len() < most {
+                    match done.try_recv() {
+                        Ok(d) => group.push(d),
+                        Err(_) => break,
+                    }
+                }
+                if group.len() >= enough {
+                    break;
+                }
+                match tokio::time::timeout_at(linger_until, done.recv()).await {
+                    Ok(Some(d)) => group.push(d),
+                    _ => break,
+                }
+            }
+            let started = std::time::Instant::now();
+            let claimed_at = group.iter().map(|d| d.claimed_at).min().unwrap_or_default();
+            let (results, places): (Vec<SendResult>, Vec<OwnedSemaphorePermit>) =
+                group.drain(..).map(|d| (d.result, d.slot)).unzip();
+            if let Err(e) = self.record(&results, claimed_at).await {
+                // The rows stay claimed until their lease runs out and are sent again then.
+                self.metrics.store_error();
+                warn!(error = %e, n = results.len(), "could not record sent messages");
+            }
+            drop(places);
+            debug!(n = results.len(), took = ?started.elapsed(), "recorded");
+            self.deadlines_changed.notify_one();
         }
     }
 }

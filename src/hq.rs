@@ -267,17 +267,27 @@ impl Hq {
         drill: Option<bool>,
         idempotency_key: Option<String>,
     ) -> Result<(RollCall, Estimate), HqError> {
+        let t = std::time::Instant::now();
         let audience = self.audience(scenario).await?;
+        let read = t.elapsed();
         let (new, recipients) =
             rollcall::plan(scenario, &audience, &self.provider, drill, idempotency_key);
         let no_chat = recipients
             .iter()
             .filter(|r| r.chat_handle.is_none())
             .count();
+        let planned = t.elapsed();
         let rc = self
             .store
             .create_roll_call(&new, &recipients, self.clock.now_millis())
             .await?;
+        tracing::debug!(
+            recipients = recipients.len(),
+            contacts_read = ?read,
+            recipients_built = ?(planned - read),
+            written = ?(t.elapsed() - planned),
+            "roll call started"
+        );
         let shape = audience_shape(audience.iter(), &self.provider);
         let est = estimate_plan(&shape, no_chat, &self.capabilities, &self.routes);
         if !self.routes.is_empty() {

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::clock::{ScaledClock, SharedClock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Signals};
+use crate::dispatch::{Dispatcher, Pacing, Signals};
 use crate::escalation::DeadlineWorker;
 use crate::hq::Hq;
 use crate::http::{self, ApiState};
@@ -25,7 +25,6 @@ use crate::providers::lineworks::{LineWorksProvider, LineWorksSettings};
 use crate::providers::matrix::MatrixProvider;
 use crate::providers::simulator::SimulatorProvider;
 use crate::providers::ChatProvider;
-use crate::ratelimit::TokenBucket;
 use crate::receipts::ReceiptWatcher;
 use crate::scenario::Scenario;
 use crate::singleton::{self, Singleton};
@@ -156,17 +155,14 @@ impl Application {
         let provider = provider_from(&config, &store, &clock)?;
         let metrics = Arc::new(Metrics::default());
         let signals = Signals::default();
-        let caps = provider.capabilities();
-        let limiter = caps
-            .rate_limit
-            .map(|l| Arc::new(TokenBucket::new(l, clock.clone())));
+        let pacing = Pacing::for_provider(provider.as_ref(), &clock);
         let dispatchers = (0..config.dispatch.workers)
             .map(|_| {
                 Arc::new(Dispatcher::new(
                     store.clone(),
                     provider.clone(),
                     clock.clone(),
-                    limiter.clone(),
+                    pacing.clone(),
                     config.dispatch_settings(),
                     signals.clone(),
                     metrics.clone(),
@@ -192,7 +188,7 @@ impl Application {
                 store.clone(),
                 clock.clone(),
                 provider.name().to_string(),
-                caps,
+                provider.capabilities(),
                 signals.new_work.clone(),
             )
             .with_routes(provider.routes()),

@@ -104,3 +104,37 @@ async fn a_platform_that_never_recovers_puts_everyone_on_the_list_as_send_failed
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn stopping_mid_dispatch_records_what_went_out_and_hands_back_the_rest() {
+    // Every answer takes 150 ms: the stop comes with sends in flight and claimed deliveries
+    // queued behind them.
+    let mut app = spawn_app_with(Options {
+        contacts: synthetic::generate(400, 9).contacts,
+        faults: Faults {
+            slow_share: 1.0,
+            slow_delay: Duration::from_millis(150),
+            ..Faults::default()
+        },
+        clock: TestClock::Scaled(1.0),
+        extra_config: "[dispatch]\nbatch_size = 100\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let rc = app.start(&scenario()).await;
+    app.wait_for(rc.id, "some sent", |p| p.overall.sent >= 20)
+        .await;
+    app.stop().await;
+    let p = app.store.progress(rc.id).await.unwrap().overall;
+    assert_eq!(p.sending, 0, "deliveries left claimed after a stop: {p:?}");
+    assert!(
+        p.pending > 0,
+        "the stop came after everything was sent: {p:?}"
+    );
+    assert_eq!(
+        p.sent,
+        app.sim.stats().accepted as i64,
+        "every message that went out is recorded as sent: {p:?}"
+    );
+    assert_eq!(p.sent + p.pending, 400, "{p:?}");
+}

@@ -411,6 +411,11 @@ impl TestApp {
     }
 
     pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    /// Stops anpi and waits for its workers, keeping the simulator and the store open.
+    pub async fn stop(&mut self) {
         self.cancel.cancel();
         if let Some(h) = self.running.take() {
             let _ = h.await;
