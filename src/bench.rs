@@ -37,11 +37,11 @@ pub struct BenchArgs {
     /// Concurrency of the bare client (anpi's own in-flight limit is the same by default).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Dispatcher send loops (overlap one batch's database work with another's sends).
-    #[arg(long, default_value_t = 2)]
+    /// Dispatcher send loops (each one a claim / send / record pipeline).
+    #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Deliveries claimed per batch.
-    #[arg(long, default_value_t = 500)]
+    /// Deliveries a send loop may hold claimed and unrecorded (`[dispatch] batch_size`).
+    #[arg(long, default_value_t = 1000)]
     pub batch: usize,
     /// Run on PostgreSQL: the server's URL (e.g. postgres://root@127.0.0.1:5432/postgres).
     /// Each size gets a fresh database there, dropped afterwards. Default: a SQLite file.

@@ -829,7 +829,7 @@ mod tests {
     fn the_documented_defaults_are_valid() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.provider, "simulator");
-        assert_eq!(c.dispatch.batch_size, 500);
+        assert_eq!(c.dispatch.batch_size, 1000);
         assert_eq!(c.zone().unwrap(), chrono_tz::Asia::Tokyo);
     }
 

@@ -429,6 +429,21 @@ impl CallListEntry {
     pub fn to_call(&self) -> bool {
         !self.state.is_confirmed() && !self.outcome.is_some_and(CallOutcome::closes_entry)
     }
+
+    /// The call list's order: shelter phones first, then by call priority, then longest
+    /// waiting (earliest sent, or escalated when never sent), then staff id.
+    pub fn call_order(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |e: &Self| {
+            (
+                e.kind != ContactKind::ShelterPhone,
+                e.call_priority,
+                e.sent_at.or(e.escalated_at),
+            )
+        };
+        key(self)
+            .cmp(&key(other))
+            .then_with(|| self.staff_id.as_str().cmp(other.staff_id.as_str()))
+    }
 }
 
 #[cfg(test)]
