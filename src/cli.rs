@@ -355,15 +355,42 @@ async fn serve(
         tracing::warn!("no [api] hq_tokens configured: the HTTP API will refuse every request");
     }
     let cancel = CancellationToken::new();
-    let app = Application::build(config).await?;
     let c2 = cancel.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         c2.cancel();
     });
+    // A replica started while its database is down (or restarting) waits for it rather than
+    // exit; a wrong URL, password or schema still stops it at once.
+    let mut wait = Duration::from_secs(1);
+    let app = loop {
+        match Application::build(config.clone()).await {
+            Ok(app) => break app,
+            Err(e) if database_may_come_back(&e) => {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    retry_in = ?wait,
+                    "the database is unreachable; waiting for it"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(ExitCode::FAILURE),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     app.run_until_stopped(cancel).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn database_may_come_back(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<crate::store::StoreError>()
+            .is_some_and(|s| s.may_pass())
+    })
 }
 
 async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {

@@ -70,6 +70,16 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Opening the database failed for a reason that may pass by itself: the server is down,
+    /// restarting, full, or not taking connections to this database for now (`55000`, as
+    /// `ALLOW_CONNECTIONS false` says). A wrong URL, password or schema is not among them.
+    pub fn may_pass(&self) -> bool {
+        self.is_transient()
+            || matches!(self, Self::Database(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55000"))
+    }
+}
+
 /// PostgreSQL error classes that say "try again": connection exceptions (08), the server
 /// shutting down or terminating the backend (57P01-57P03), too many connections (53300), and
 /// lost races (40001, 40P01).

@@ -167,6 +167,13 @@ poll_wait = "100ms"
 
     /// Starts one more `anpi serve` on this database and waits until it answers /healthz.
     async fn replica(&self) -> Replica {
+        let (replica, _log) = self.spawn_replica();
+        replica.wait_healthy().await;
+        replica
+    }
+
+    /// Starts one more `anpi serve` on this database; returns it and its log file.
+    fn spawn_replica(&self) -> (Replica, PathBuf) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -177,23 +184,10 @@ poll_wait = "100ms"
             .unwrap()
             .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
         std::fs::write(&config, text).unwrap();
-        let child = spawn_daemon(&config, &self.tmp.path().join(format!("anpi-{port}.log")));
+        let log = self.tmp.path().join(format!("anpi-{port}.log"));
+        let child = spawn_daemon(&config, &log);
         let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/healthz");
-        wait_until(
-            "the replica answers /healthz",
-            Duration::from_secs(30),
-            || {
-                let health = health.clone();
-                async move {
-                    reqwest::get(&health)
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
-            },
-        )
-        .await;
-        Replica { child, url }
+        (Replica { child, url }, log)
     }
 
     async fn start(&self) -> RollCallId {
@@ -485,6 +479,71 @@ async fn database_cut_mid_roll_call_is_survived_health_says_degraded_and_nothing
     );
     kill(&mut a.child);
     kill(&mut b.child);
+}
+
+impl Replica {
+    async fn wait_healthy(&self) {
+        let health = format!("{}/healthz", self.url);
+        wait_until(
+            "the replica answers /healthz",
+            Duration::from_secs(30),
+            || {
+                let health = health.clone();
+                async move {
+                    reqwest::get(&health)
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_started_while_the_database_refuses_connections_waits_and_comes_up() {
+    let Some(cluster) = Cluster::new("60s").await else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    let name = &cluster.pg.name;
+    admin
+        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    let (mut replica, log) = cluster.spawn_replica();
+    wait_until("the replica says it waits", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("the database is unreachable; waiting for it") }
+    })
+    .await;
+    assert!(
+        replica.child.try_wait().unwrap().is_none(),
+        "the replica exited instead of waiting: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    admin
+        .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    replica.wait_healthy().await;
+    // And it works: a roll call through it ends right.
+    let rc = cluster.start().await;
+    cluster
+        .check_roll_call_ends_right(rc, 3 * LEASE_TTL_MS)
+        .await;
+    kill(&mut replica.child);
 }
 
 async fn store_errors(replica: &Replica) -> u64 {
