@@ -80,9 +80,17 @@ impl DeadlineWorker {
             let notified = self.deadlines_changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // The earliest deadline is a cheap read; the escalating write runs only when it
+            // has passed (a busy dispatcher wakes this worker after every recorded group).
             let step = async {
-                self.run_once(self.clock.now_millis()).await?;
-                self.store.next_deadline().await
+                let now = self.clock.now_millis();
+                match self.store.next_deadline().await? {
+                    Some(t) if t <= now => {
+                        self.run_once(now).await?;
+                        self.store.next_deadline().await
+                    }
+                    next => Ok(next),
+                }
             }
             .instrument(info_span!("deadlines"))
             .await;
