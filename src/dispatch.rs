@@ -33,7 +33,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, debug_span, info_span, warn, Instrument};
+use tracing::{debug, debug_span, error, info_span, warn, Instrument};
 
 use crate::clock::{Millis, SharedClock};
 use crate::ids::RollCallId;
@@ -298,9 +298,11 @@ impl Dispatcher {
         let mut jobs = Vec::with_capacity(claimed.len());
         for delivery in claimed {
             let roll_call = self.roll_call(delivery.roll_call_id).await?;
-            // `room` holds at least as many places as deliveries were claimed.
+            // The store never returns more than asked, and `room` holds that many places.
             let Some(slot) = room.split(1) else {
-                unreachable!("claimed more deliveries than places");
+                return Err(StoreError::Corrupt(
+                    "the store returned more deliveries than were asked for".into(),
+                ));
             };
             jobs.push(Job {
                 delivery,
@@ -707,12 +709,29 @@ impl Dispatcher {
     /// Runs the claimer, the feeder and the recorder until `cancel` fires; then hands back
     /// what was claimed and not sent, and records what was in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        // Only a bug stops the pipeline before `cancel` (every error is retried inside it);
+        // sending must go on regardless, so it is started again.
+        while !self.clone().pipeline(cancel.clone()).await && !cancel.is_cancelled() {
+            error!(
+                provider = self.provider.name(),
+                "the send pipeline stopped unexpectedly; restarting it"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// One run of the pipeline; false when a stage panicked.
+    async fn pipeline(self: Arc<Self>, cancel: CancellationToken) -> bool {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
         let (job_tx, mut job_rx) = mpsc::channel::<Job>(self.settings.batch_size.max(1));
         let recorder = tokio::spawn(self.clone().record_loop(done_rx));
         let claimer = tokio::spawn(self.clone().claim_loop(job_tx, cancel.clone()));
         let hand_back_after = self.settings.lease.mul_f64(0.8).as_millis() as i64;
         while let Some(job) = job_rx.recv().await {
+            if done_tx.is_closed() {
+                // The recorder is gone: sending more would only send it again later.
+                break;
+            }
             let place = tokio::select! {
                 p = self.window.clone().acquire_owned() => p.ok(),
                 _ = cancel.cancelled() => None,
@@ -745,11 +764,14 @@ impl Dispatcher {
                 });
             });
         }
-        // The claimer has stopped and every job is sent or handed back; the recorder ends
-        // once the last send in flight has reported.
+        // The claimer has stopped (or stops at its next claim, the queue being gone) and
+        // every job is sent or handed back; the recorder ends once the last send in flight
+        // has reported.
+        drop(job_rx);
         drop(done_tx);
-        let _ = claimer.await;
-        let _ = recorder.await;
+        let claimed = claimer.await;
+        let recorded = recorder.await;
+        claimed.is_ok() && recorded.is_ok()
     }
 
     /// Claims while there is room, sleeping until the next due attempt when idle.
