@@ -152,3 +152,38 @@ async fn rollcall_status_escalations_and_call_go_through_the_api() {
     assert_eq!(v["entries"].as_array().unwrap().len(), 49);
     app.shutdown().await;
 }
+
+#[test]
+fn bench_runs_a_small_roll_call_and_prints_every_figure() {
+    let out = anpi(&[
+        "bench",
+        "--sizes",
+        "300",
+        "--runs",
+        "2",
+        "--ceiling-requests",
+        "300",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for what in [
+        "run 1/2:     300 recipients: all sent in",
+        "run 2/2: bare HTTP client",
+        "median of 2 runs:",
+        "300 recipients: all sent in",
+        "duplicates 0",
+        "anpi at its best:",
+        "peak RSS (whole run):",
+    ] {
+        assert!(stdout.contains(what), "no {what:?} in:\n{stdout}");
+    }
+    // The last line is the machine-readable summary.
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON summary");
+    assert_eq!(json["results"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json["results"][0]["recipients"], 300);
+}
