@@ -177,7 +177,7 @@ fn bench_runs_a_small_roll_call_and_prints_every_figure() {
         "300 recipients: all sent in",
         "duplicates 0",
         "anpi at its best:",
-        "peak RSS (whole run):",
+        "peak RSS: ",
     ] {
         assert!(stdout.contains(what), "no {what:?} in:\n{stdout}");
     }
