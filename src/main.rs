@@ -3,7 +3,6 @@
 
 use clap::Parser;
 
-
 fn main() -> std::process::ExitCode {
     let cli = anpi::cli::Cli::parse();
     anpi::cli::run(cli)
