@@ -4,3 +4,7 @@
 DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due ON deliveries (provider, state, next_attempt_at)
     WHERE state IN ('pending', 'sending');
+
+-- Every reader of escalated rows asks for one roll call's, which the (roll_call_id, staff_id)
+-- key already finds; the separate index only cost an entry per escalated person.
+DROP INDEX deliveries_escalated;
