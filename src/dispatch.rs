@@ -178,6 +178,9 @@ enum Claim {
     Idle,
 }
 
+/// A rate-limit token taken at a claim is good for a send that starts within this long.
+const STALE_TOKEN: Duration = Duration::from_secs(2);
+
 /// How long the recorder waits for more finished sends before writing a small group.
 const RECORD_LINGER: Duration = Duration::from_millis(5);
 
@@ -258,8 +261,8 @@ impl Dispatcher {
     /// sent and recorded here; 1:1 deliveries come back as jobs, each holding one place.
     async fn claim(&self, mut room: OwnedSemaphorePermit) -> Result<Claim, StoreError> {
         let started = std::time::Instant::now();
-        // With a rate limit, take the tokens first and claim only as many deliveries: a claimed
-        // delivery never waits on the bucket while its lease runs.
+        // With a rate limit, take the tokens first and claim only as many deliveries, so what
+        // is claimed can be sent at once (see `STALE_TOKEN` for what waited anyway).
         let want = room.num_permits();
         let granted = match &self.limiter {
             Some(l) => l.take_up_to(want).await,
@@ -726,20 +729,22 @@ impl Dispatcher {
         let (job_tx, mut job_rx) = mpsc::channel::<Job>(self.settings.batch_size.max(1));
         let recorder = tokio::spawn(self.clone().record_loop(done_rx));
         let claimer = tokio::spawn(self.clone().claim_loop(job_tx, cancel.clone()));
-        let hand_back_after = self.settings.lease.mul_f64(0.8).as_millis() as i64;
+        // A send may take a while (a slow platform, a token refresh, a retry inside the
+        // client): one that has not started by half its lease is handed back instead.
+        let hand_back_after = self.settings.lease.mul_f64(0.5).as_millis() as i64;
         while let Some(job) = job_rx.recv().await {
             if done_tx.is_closed() {
                 // The recorder is gone: sending more would only send it again later.
                 break;
             }
-            let place = tokio::select! {
-                p = self.window.clone().acquire_owned() => p.ok(),
-                _ = cancel.cancelled() => None,
-            };
+            let place = self
+                .place_to_send(job.claimed_at, &cancel)
+                .await
+                .filter(|_| self.clock.now_millis() - job.claimed_at <= hand_back_after);
             let now = self.clock.now_millis();
-            let (Some(place), false) = (place, now - job.claimed_at > hand_back_after) else {
-                // Stopping, or the lease is close to running out while this waited for a
-                // place: give it back rather than risk another worker sending it too.
+            let Some(place) = place else {
+                // Stopping, or the lease is running out while this waited: give it back
+                // rather than risk another worker sending it too.
                 let _ = done_tx.send(Done {
                     result: SendResult::Retry {
                         id: job.delivery.id,
@@ -772,6 +777,32 @@ impl Dispatcher {
         let claimed = claimer.await;
         let recorded = recorder.await;
         claimed.is_ok() && recorded.is_ok()
+    }
+
+    /// A place in the in-flight window for a delivery claimed at `claimed_at`; None once
+    /// stopping. A delivery that waited past [`STALE_TOKEN`] for it takes a fresh token: the
+    /// one taken at the claim is forfeited, so sends held up by a slow platform do not all go
+    /// out at once when it recovers.
+    async fn place_to_send(
+        &self,
+        claimed_at: Millis,
+        cancel: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        let place = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return None,
+            p = self.window.clone().acquire_owned() => p.ok()?,
+        };
+        if let Some(l) = &self.limiter {
+            if self.clock.now_millis() - claimed_at > STALE_TOKEN.as_millis() as i64 {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return None,
+                    _ = l.acquire() => {}
+                }
+            }
+        }
+        Some(place)
     }
 
     /// Claims while there is room, sleeping until the next due attempt when idle.

@@ -45,8 +45,8 @@ impl TokenBucket {
     }
 
     /// Waits until at least one request may be made, then takes as many as are available, up
-    /// to `n`. The dispatcher claims only that many deliveries, so nothing it has claimed
-    /// waits on the bucket while its lease runs.
+    /// to `n`. The dispatcher claims only that many deliveries, so what it claims is sent
+    /// soon rather than waiting on the bucket while its lease runs.
     pub async fn take_up_to(&self, n: usize) -> usize {
         loop {
             let wait_ms = {

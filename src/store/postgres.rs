@@ -564,12 +564,14 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let lease_until = now + lease.as_millis() as i64;
         // Expired leases first (a crashed replica's batch), then due pending rows, oldest
-        // first; a claimed row's next_attempt_at is its lease's end, so both walk one index. SKIP LOCKED: rows another replica is claiming this instant are passed over,
+        // first; a claimed row's next_attempt_at is its lease's end, so both walk one index
+        // (lease_until is checked too, for rows claimed by a replica not yet upgraded). SKIP LOCKED: rows another replica is claiming this instant are passed over,
         // and a row changed since this statement's snapshot is re-checked before it is taken.
         let rows = sqlx::query(
             "WITH expired AS ( \
                SELECT id FROM deliveries \
                WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
+                 AND lease_until <= $3 \
                LIMIT $4 FOR UPDATE SKIP LOCKED), \
              due AS ( \
                SELECT id FROM deliveries \
@@ -642,7 +644,8 @@ impl Store for PostgresStore {
         let row = sqlx::query(
             "SELECT LEAST( \
                (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'pending'), \
-               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'sending')) AS t",
+               (SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM deliveries \
+                 WHERE provider = $1 AND state = 'sending')) AS t",
         )
         .bind(provider)
         .fetch_one(&self.pool)

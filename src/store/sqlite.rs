@@ -450,14 +450,17 @@ impl Store for SqliteStore {
         let lease_until = now + lease.as_millis() as i64;
         // Expired leases first (a crashed worker's batch), then due pending rows; each part
         // walks the (provider, state, next_attempt_at) index and stops at the limit. A claimed
-        // row's next_attempt_at is its lease's end, so both parts are index ranges.
+        // row's next_attempt_at is its lease's end, so both parts are index ranges; the
+        // lease_until check keeps a row claimed by an anpi from before that rule (a replica
+        // not yet upgraded) until its real lease ends.
         let rows = sqlx::query(
             "UPDATE deliveries SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
                attempts = attempts + 1 \
              WHERE id IN ( \
                SELECT id FROM ( \
                  SELECT id FROM (SELECT id FROM deliveries \
-                    WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 LIMIT $4) \
+                    WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
+                      AND lease_until <= $3 LIMIT $4) \
                  UNION ALL \
                  SELECT id FROM (SELECT id FROM deliveries \
                     WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 LIMIT $4) \
@@ -561,7 +564,8 @@ impl Store for SqliteStore {
             "SELECT MIN(t) AS t FROM ( \
                SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'pending' \
                UNION ALL \
-               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')",
+               SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) AS t FROM deliveries \
+                 WHERE provider = $1 AND state = 'sending')",
         )
         .bind(provider)
         .fetch_one(&self.pool)

@@ -54,6 +54,41 @@ async fn a_claim_hands_each_delivery_to_one_worker_until_its_lease_expires() {
 }
 
 #[tokio::test]
+async fn a_row_claimed_by_an_older_anpi_is_left_alone_until_its_lease_ends() {
+    for (name, store, db) in backends().await {
+        seeded(&store, 5, None).await;
+        let lease = Duration::from_secs(60);
+        let a = store
+            .claim_due_deliveries("simulator", 2_000, lease, 5)
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 5, "{name}");
+        // An anpi from before migration 0003, still running during a rolling upgrade, set
+        // only lease_until when it claimed: its rows keep an old next_attempt_at.
+        db.execute("UPDATE deliveries SET next_attempt_at = 0")
+            .await;
+        let b = store
+            .claim_due_deliveries("simulator", 3_000, lease, 5)
+            .await
+            .unwrap();
+        assert!(
+            b.is_empty(),
+            "{name}: taken while the older anpi's lease holds"
+        );
+        assert_eq!(
+            store.next_due_attempt("simulator").await.unwrap(),
+            Some(62_000),
+            "{name}: the next due attempt is the lease's end"
+        );
+        let c = store
+            .claim_due_deliveries("simulator", 62_001, lease, 5)
+            .await
+            .unwrap();
+        assert_eq!(c.len(), 5, "{name}: taken over once the lease ended");
+    }
+}
+
+#[tokio::test]
 async fn send_results_move_forward_only_and_failures_escalate_at_once() {
     for (name, store, _tmp) in backends().await {
         let rc = seeded(&store, 3, None).await;

@@ -130,6 +130,27 @@ pub enum DbGuard {
     Postgres(PgDb),
 }
 
+impl DbGuard {
+    /// Runs one SQL statement on this database from outside the store (to set up what another
+    /// version of anpi would have left).
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::{Connection, Executor};
+        match self {
+            DbGuard::Sqlite(tmp) => {
+                let url = format!("sqlite://{}", tmp.path().join("c.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                c.execute(sql).await.unwrap();
+                c.close().await.unwrap();
+            }
+            DbGuard::Postgres(pg) => {
+                let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+                c.execute(sql).await.unwrap();
+                c.close().await.unwrap();
+            }
+        }
+    }
+}
+
 /// Every backend this machine can run, each with a fresh, migrated store: SQLite always,
 /// PostgreSQL when reachable (and always in CI).
 pub async fn all_backends() -> Vec<(String, SharedStore, DbGuard)> {
