@@ -450,6 +450,7 @@ impl Dispatcher {
                 None if from_bucket => direct.push(d),
                 None => results.push(SendResult::Retry {
                     id: d.id,
+                    lease_until: d.lease_until,
                     next_attempt_at: self.clock.now_millis(),
                     error: "waiting for the rate limit".into(),
                     refund_attempt: true,
@@ -511,6 +512,7 @@ impl Dispatcher {
             ds.iter()
                 .map(|d| SendResult::Retry {
                     id: d.id,
+                    lease_until: d.lease_until,
                     next_attempt_at: next,
                     error: error.clone(),
                     refund_attempt: refund,
@@ -645,6 +647,7 @@ impl Dispatcher {
         if let Some(reset) = self.limiter.as_ref().and_then(|l| l.paused_for()) {
             return SendResult::Retry {
                 id: d.id,
+                lease_until: d.lease_until,
                 next_attempt_at: self.clock.now_millis() + reset.as_millis() as i64,
                 error: format!("platform asked to wait {reset:?}"),
                 refund_attempt: true,
@@ -683,6 +686,7 @@ impl Dispatcher {
                 }
                 SendResult::Retry {
                     id: d.id,
+                    lease_until: d.lease_until,
                     next_attempt_at: at + reset.as_millis() as i64,
                     error: format!("rate limited by the platform for {reset:?}"),
                     refund_attempt: true,
@@ -700,6 +704,7 @@ impl Dispatcher {
                         .backoff(d.attempts, after, &mut rand::thread_rng());
                     SendResult::Retry {
                         id: d.id,
+                        lease_until: d.lease_until,
                         next_attempt_at: at + wait.as_millis() as i64,
                         error: reason,
                         refund_attempt: false,
@@ -748,6 +753,7 @@ impl Dispatcher {
                 let _ = done_tx.send(Done {
                     result: SendResult::Retry {
                         id: job.delivery.id,
+                        lease_until: job.delivery.lease_until,
                         next_attempt_at: now,
                         error: "handed back unsent".into(),
                         refund_attempt: true,

@@ -330,6 +330,8 @@ pub struct ClaimedDelivery {
     pub chat_handle: ChatHandle,
     /// Including this one.
     pub attempts: i64,
+    /// When this claim's lease ends: the claim's results are written only while it holds.
+    pub lease_until: Millis,
 }
 
 /// One delivery's fate after a send attempt.
@@ -348,6 +350,10 @@ pub enum SendResult {
         /// A rate-limit refusal is the platform pacing anpi, not a failed attempt: it does
         /// not count towards giving up.
         refund_attempt: bool,
+        /// The lease of the claim this comes from. A retry is written only while that claim
+        /// still holds the row: once another worker has taken it over, putting it back would
+        /// have it sent a third time.
+        lease_until: Millis,
     },
     Failed {
         id: i64,

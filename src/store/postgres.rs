@@ -16,11 +16,21 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+/// Retry results as one array per column (id, next attempt, error, refund, claim's lease).
+#[derive(Debug, Default)]
+struct RetryColumns {
+    id: Vec<i64>,
+    next: Vec<i64>,
+    err: Vec<String>,
+    refund: Vec<i64>,
+    lease: Vec<i64>,
+}
+
 /// One batch of send results, split by outcome kind into columns for `UNNEST`.
 #[derive(Debug, Default)]
 struct ResultColumns {
     sent: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>),
-    retry: (Vec<i64>, Vec<i64>, Vec<String>, Vec<i64>),
+    retry: RetryColumns,
     failed: (Vec<i64>, Vec<String>),
 }
 
@@ -166,18 +176,19 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        if !retry.0.is_empty() {
+        if !retry.id.is_empty() {
             sqlx::query(
                 "UPDATE deliveries AS d SET state = 'pending', next_attempt_at = j.next, \
                    last_error = j.err, lease_until = NULL, attempts = d.attempts - j.refund \
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) \
-                   AS j(id, next, err, refund) \
-                 WHERE d.id = j.id AND d.state = 'sending'",
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[]) \
+                   AS j(id, next, err, refund, lease) \
+                 WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.lease",
             )
-            .bind(&retry.0)
-            .bind(&retry.1)
-            .bind(&retry.2)
-            .bind(&retry.3)
+            .bind(&retry.id)
+            .bind(&retry.next)
+            .bind(&retry.err)
+            .bind(&retry.refund)
+            .bind(&retry.lease)
             .execute(&mut *tx)
             .await?;
         }
@@ -600,6 +611,7 @@ impl Store for PostgresStore {
                     roll_call_id: RollCallId(r.try_get("roll_call_id")?),
                     chat_handle: ChatHandle::parse(handle).map_err(|e| corrupt("chat id", e))?,
                     attempts: r.try_get("attempts")?,
+                    lease_until,
                 })
             })
             .collect()
@@ -625,11 +637,13 @@ impl Store for PostgresStore {
                     next_attempt_at,
                     error,
                     refund_attempt,
+                    lease_until,
                 } => {
-                    cols.retry.0.push(*id);
-                    cols.retry.1.push(*next_attempt_at);
-                    cols.retry.2.push(error.clone());
-                    cols.retry.3.push(*refund_attempt as i64);
+                    cols.retry.id.push(*id);
+                    cols.retry.next.push(*next_attempt_at);
+                    cols.retry.err.push(error.clone());
+                    cols.retry.refund.push(*refund_attempt as i64);
+                    cols.retry.lease.push(*lease_until);
                 }
                 SendResult::Failed { id, error } => {
                     cols.failed.0.push(*id);

@@ -482,6 +482,7 @@ impl Store for SqliteStore {
                     roll_call_id: RollCallId(r.try_get("roll_call_id")?),
                     chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat id", e))?,
                     attempts: r.try_get("attempts")?,
+                    lease_until,
                 })
             })
             .collect()
@@ -505,8 +506,9 @@ impl Store for SqliteStore {
                     next_attempt_at,
                     error,
                     refund_attempt,
+                    lease_until,
                 } => retry.push(json!({"id": id, "next": next_attempt_at, "err": error,
-                                       "refund": *refund_attempt as i64})),
+                                       "refund": *refund_attempt as i64, "lease": lease_until})),
                 SendResult::Failed { id, error } => failed.push(json!({"id": id, "err": error})),
             }
         }
@@ -533,9 +535,11 @@ impl Store for SqliteStore {
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = j.next, \
                    last_error = j.err, lease_until = NULL, attempts = deliveries.attempts - j.refund \
                  FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.next') AS next, \
-                              json_extract(value, '$.err') AS err, json_extract(value, '$.refund') AS refund \
+                              json_extract(value, '$.err') AS err, json_extract(value, '$.refund') AS refund, \
+                              json_extract(value, '$.lease') AS lease \
                        FROM json_each($1)) AS j \
-                 WHERE deliveries.id = j.id AND deliveries.state = 'sending'",
+                 WHERE deliveries.id = j.id AND deliveries.state = 'sending' \
+                   AND deliveries.lease_until = j.lease",
             )
             .bind(serde_json::Value::Array(retry).to_string())
             .execute(&mut *tx)

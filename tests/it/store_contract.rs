@@ -89,6 +89,55 @@ async fn a_row_claimed_by_an_older_anpi_is_left_alone_until_its_lease_ends() {
 }
 
 #[tokio::test]
+async fn a_late_retry_does_not_take_back_a_row_another_worker_has_claimed_since() {
+    for (name, store, _db) in backends().await {
+        let rc = seeded(&store, 1, None).await;
+        let lease = Duration::from_secs(60);
+        let first = store
+            .claim_due_deliveries("simulator", 2_000, lease, 1)
+            .await
+            .unwrap();
+        assert_eq!(first[0].lease_until, 62_000, "{name}");
+        // The first worker's lease ran out (its database writes stalled); another took over.
+        let second = store
+            .claim_due_deliveries("simulator", 62_001, lease, 1)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1, "{name}");
+        // The first worker's "retry later" arrives now: it must not put the row back.
+        let late = SendResult::Retry {
+            id: first[0].id,
+            next_attempt_at: 62_002,
+            error: "503".into(),
+            refund_attempt: false,
+            lease_until: first[0].lease_until,
+        };
+        store.record_send_results(&[late], 62_002).await.unwrap();
+        let p = store.progress(rc.id).await.unwrap().overall;
+        assert_eq!((p.sending, p.pending), (1, 0), "{name}: {p:?}");
+        assert!(
+            store
+                .claim_due_deliveries("simulator", 62_003, lease, 1)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: nobody else may take it while the second claim holds"
+        );
+        // The second worker's own retry is written.
+        let own = SendResult::Retry {
+            id: second[0].id,
+            next_attempt_at: 62_004,
+            error: "503".into(),
+            refund_attempt: false,
+            lease_until: second[0].lease_until,
+        };
+        store.record_send_results(&[own], 62_004).await.unwrap();
+        let p = store.progress(rc.id).await.unwrap().overall;
+        assert_eq!((p.sending, p.pending), (0, 1), "{name}: {p:?}");
+    }
+}
+
+#[tokio::test]
 async fn send_results_move_forward_only_and_failures_escalate_at_once() {
     for (name, store, _tmp) in backends().await {
         let rc = seeded(&store, 3, None).await;
@@ -110,6 +159,7 @@ async fn send_results_move_forward_only_and_failures_escalate_at_once() {
                         next_attempt_at: 5_000,
                         error: "503".into(),
                         refund_attempt: false,
+                        lease_until: c[1].lease_until,
                     },
                     SendResult::Failed {
                         id: c[2].id,
@@ -665,6 +715,7 @@ async fn contacts_are_replaced_whole_and_the_next_due_attempt_follows_retries_an
                         next_attempt_at: 5_000,
                         error: "503".into(),
                         refund_attempt: false,
+                        lease_until: c[0].lease_until,
                     },
                     SendResult::Sent {
                         id: c[1].id,
