@@ -10,8 +10,11 @@
 //! - the recorder writes finished sends with a few set-based statements, taking whatever has
 //!   finished since its last write (group commit) and freeing their places.
 //!
-//! Invariants: a delivery is only sent while this worker holds its lease (one whose lease is
-//! close to running out is handed back instead); a retryable failure is retried on a
+//! Invariants: a delivery is only sent while this worker holds its lease (one that waited
+//! half its lease without a place is handed back instead), and its result is put back for a
+//! retry only while that lease still holds; a rate-limit token is spent within moments of
+//! being taken (a delivery that waited longer takes a fresh one); a retryable failure is
+//! retried on a
 //! jittered schedule (never before the platform's Retry-After); a permanent failure, or
 //! retries running out, escalates the person at once; at most `batch_size` deliveries per
 //! dispatcher are ever sent and not yet recorded, which bounds the duplicates a crash can
