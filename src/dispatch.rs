@@ -860,6 +860,9 @@ impl Dispatcher {
                 Duration::from_millis(200 * 2u64.pow(failures.min(5)))
             } else {
                 match self.store.next_due_attempt(&provider).await {
+                    // Due already, yet nothing was claimed: a row another anpi holds on an
+                    // older lease rule, or one claimed a moment ago. Look again shortly.
+                    Ok(Some(t)) if t <= self.clock.now_millis() => Duration::from_millis(100),
                     Ok(Some(t)) => {
                         let d = t - self.clock.now_millis();
                         Duration::from_millis(d.clamp(1, 30_000) as u64)

@@ -658,8 +658,7 @@ impl Store for PostgresStore {
         let row = sqlx::query(
             "SELECT LEAST( \
                (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'pending'), \
-               (SELECT MIN(GREATEST(next_attempt_at, lease_until)) FROM deliveries \
-                 WHERE provider = $1 AND state = 'sending')) AS t",
+               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'sending')) AS t",
         )
         .bind(provider)
         .fetch_one(&self.pool)

@@ -568,8 +568,7 @@ impl Store for SqliteStore {
             "SELECT MIN(t) AS t FROM ( \
                SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'pending' \
                UNION ALL \
-               SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) AS t FROM deliveries \
-                 WHERE provider = $1 AND state = 'sending')",
+               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')",
         )
         .bind(provider)
         .fetch_one(&self.pool)
