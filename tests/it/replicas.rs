@@ -415,20 +415,7 @@ async fn database_cut_mid_roll_call_is_survived_health_says_degraded_and_nothing
     let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
     let name = &cluster.pg.name;
     for round in 0..4 {
-        admin
-            .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
-            .await
-            .unwrap();
-        admin
-            .execute(
-                format!(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-                )
-                .as_str(),
-            )
-            .await
-            .unwrap();
+        cut_off(&mut admin, name).await;
         if round == 0 {
             let health = format!("{}/healthz", a.url);
             wait_until("/healthz says degraded", Duration::from_secs(30), || {
@@ -446,10 +433,7 @@ async fn database_cut_mid_roll_call_is_survived_health_says_degraded_and_nothing
         } else {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        admin
-            .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
-            .await
-            .unwrap();
+        reopen(&mut admin, name).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let _ = admin.close().await;
@@ -507,6 +491,31 @@ async fn a_replica_started_while_the_database_refuses_connections_waits_and_come
     };
     let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
     let name = &cluster.pg.name;
+    cut_off(&mut admin, name).await;
+    let (mut replica, log) = cluster.spawn_replica();
+    wait_until("the replica says it waits", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("the database is unreachable; waiting for it") }
+    })
+    .await;
+    assert!(
+        replica.child.try_wait().unwrap().is_none(),
+        "the replica exited instead of waiting: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    reopen(&mut admin, name).await;
+    let _ = admin.close().await;
+    replica.wait_healthy().await;
+    // And it works: a roll call through it ends right.
+    let rc = cluster.start().await;
+    cluster
+        .check_roll_call_ends_right(rc, 3 * LEASE_TTL_MS)
+        .await;
+    kill(&mut replica.child);
+}
+
+/// Makes database `name` refuse new connections and ends every open one.
+async fn cut_off(admin: &mut sqlx::PgConnection, name: &str) {
     admin
         .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false").as_str())
         .await
@@ -521,29 +530,14 @@ async fn a_replica_started_while_the_database_refuses_connections_waits_and_come
         )
         .await
         .unwrap();
-    let (mut replica, log) = cluster.spawn_replica();
-    wait_until("the replica says it waits", Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { text.contains("the database is unreachable; waiting for it") }
-    })
-    .await;
-    assert!(
-        replica.child.try_wait().unwrap().is_none(),
-        "the replica exited instead of waiting: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+}
+
+/// Lets database `name` take connections again.
+async fn reopen(admin: &mut sqlx::PgConnection, name: &str) {
     admin
         .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true").as_str())
         .await
         .unwrap();
-    let _ = admin.close().await;
-    replica.wait_healthy().await;
-    // And it works: a roll call through it ends right.
-    let rc = cluster.start().await;
-    cluster
-        .check_roll_call_ends_right(rc, 3 * LEASE_TTL_MS)
-        .await;
-    kill(&mut replica.child);
 }
 
 async fn store_errors(replica: &Replica) -> u64 {
