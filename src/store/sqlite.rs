@@ -81,6 +81,40 @@ impl SqliteStore {
     }
 }
 
+/// One sent message, as `record_send_results` hands it to SQLite in a JSON array.
+#[derive(serde::Serialize)]
+struct SentRow<'a> {
+    id: i64,
+    at: Millis,
+    dl: Millis,
+    mid: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct RetryRow<'a> {
+    id: i64,
+    next: Millis,
+    err: &'a str,
+    refund: i64,
+    lease: Millis,
+}
+
+#[derive(serde::Serialize)]
+struct FailedRow<'a> {
+    id: i64,
+    err: &'a str,
+}
+
+/// `rows` as one JSON array for `json_each`, or None when there are none.
+fn rows_json<T: serde::Serialize>(rows: &[T]) -> StoreResult<Option<String>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(rows)
+        .map(Some)
+        .map_err(|e| corrupt("send results", e))
+}
+
 fn row_to_roll_call(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RollCall> {
     let buttons: String = r.try_get("buttons")?;
     let state: String = r.try_get("state")?;
@@ -489,7 +523,6 @@ impl Store for SqliteStore {
     }
 
     async fn record_send_results(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
-        let _w = self.writer.lock().await;
         let mut sent = Vec::new();
         let mut retry = Vec::new();
         let mut failed = Vec::new();
@@ -500,20 +533,36 @@ impl Store for SqliteStore {
                     at,
                     deadline_at,
                     message_id,
-                } => sent.push(json!({"id": id, "at": at, "dl": deadline_at, "mid": message_id})),
+                } => sent.push(SentRow {
+                    id: *id,
+                    at: *at,
+                    dl: *deadline_at,
+                    mid: message_id.as_deref(),
+                }),
                 SendResult::Retry {
                     id,
                     next_attempt_at,
                     error,
                     refund_attempt,
                     lease_until,
-                } => retry.push(json!({"id": id, "next": next_attempt_at, "err": error,
-                                       "refund": *refund_attempt as i64, "lease": lease_until})),
-                SendResult::Failed { id, error } => failed.push(json!({"id": id, "err": error})),
+                } => retry.push(RetryRow {
+                    id: *id,
+                    next: *next_attempt_at,
+                    err: error,
+                    refund: i64::from(*refund_attempt),
+                    lease: *lease_until,
+                }),
+                SendResult::Failed { id, error } => failed.push(FailedRow {
+                    id: *id,
+                    err: error,
+                }),
             }
         }
+        // Built before taking the writer's turn, which other writers wait for.
+        let (sent, retry, failed) = (rows_json(&sent)?, rows_json(&retry)?, rows_json(&failed)?);
+        let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        if !sent.is_empty() {
+        if let Some(sent) = sent {
             sqlx::query(
                 "UPDATE deliveries SET \
                    state = CASE WHEN deliveries.state = 'sending' THEN 'sent' ELSE deliveries.state END, \
@@ -526,11 +575,11 @@ impl Store for SqliteStore {
                        FROM json_each($1)) AS j \
                  WHERE deliveries.id = j.id AND deliveries.state IN ('sending', 'read', 'answered')",
             )
-            .bind(serde_json::Value::Array(sent).to_string())
+            .bind(sent)
             .execute(&mut *tx)
             .await?;
         }
-        if !retry.is_empty() {
+        if let Some(retry) = retry {
             sqlx::query(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = j.next, \
                    last_error = j.err, lease_until = NULL, attempts = deliveries.attempts - j.refund \
@@ -541,11 +590,11 @@ impl Store for SqliteStore {
                  WHERE deliveries.id = j.id AND deliveries.state = 'sending' \
                    AND deliveries.lease_until = j.lease",
             )
-            .bind(serde_json::Value::Array(retry).to_string())
+            .bind(retry)
             .execute(&mut *tx)
             .await?;
         }
-        if !failed.is_empty() {
+        if let Some(failed) = failed {
             sqlx::query(
                 "UPDATE deliveries SET state = 'failed', last_error = j.err, lease_until = NULL, \
                    escalated_at = COALESCE(deliveries.escalated_at, $2), \
@@ -554,7 +603,7 @@ impl Store for SqliteStore {
                        FROM json_each($1)) AS j \
                  WHERE deliveries.id = j.id AND deliveries.state = 'sending'",
             )
-            .bind(serde_json::Value::Array(failed).to_string())
+            .bind(failed)
             .bind(now)
             .execute(&mut *tx)
             .await?;
