@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn, Instrument};
 
 use crate::clock::SharedClock;
+use crate::dispatch::{broadcast_key, DoneBroadcast};
 use crate::metrics::Metrics;
 use crate::providers::{ChatProvider, InboundEvent, ProviderError};
+use crate::rollcall::RollCallState;
 use crate::store::{ApplySummary, SharedStore, StoreError};
 use crate::worker::Outcome;
 
@@ -47,7 +49,12 @@ pub struct ReceiptWatcher {
     poll_wait: Duration,
     cursor: tokio::sync::Mutex<Option<Option<String>>>,
     metrics: Arc<Metrics>,
+    /// When open roll calls' broadcasts were last handed to the provider to follow.
+    followed_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the watcher looks for broadcasts made by other replicas or before a restart.
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 
 impl ReceiptWatcher {
     pub fn new(
@@ -64,7 +71,39 @@ impl ReceiptWatcher {
             poll_wait,
             cursor: tokio::sync::Mutex::new(None),
             metrics,
+            followed_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Hands every open roll call's stored broadcast to the provider, so its reads are
+    /// followed whichever replica posted it, and after a restart.
+    async fn follow_broadcasts(&self) -> Result<(), StoreError> {
+        if !self.provider.routes().iter().any(|r| r.read_signal) {
+            return Ok(());
+        }
+        {
+            let mut at = self.followed_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < FOLLOW_EVERY) {
+                return Ok(());
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let name = self.provider.name();
+        for rc in self.store.roll_calls().await? {
+            if rc.state != RollCallState::Open {
+                continue;
+            }
+            let stored = self
+                .store
+                .provider_state(name, &broadcast_key(rc.id))
+                .await?;
+            if let Some(b) = stored.as_deref().and_then(DoneBroadcast::parse) {
+                if let Some(post) = &b.post_id {
+                    self.provider.follow_broadcast(rc.id, post, b.at);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fetches one batch from the feed and applies it.
@@ -74,6 +113,7 @@ impl ReceiptWatcher {
             *cursor = Some(self.store.cursor(self.provider.name()).await?);
         }
         let current = cursor.clone().flatten();
+        self.follow_broadcasts().await?;
         let batch = self
             .provider
             .poll_events(current.as_deref(), self.poll_wait)

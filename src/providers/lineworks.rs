@@ -136,10 +136,23 @@ struct WatchedPost {
     since: Millis,
 }
 
-/// The readers feed's cursor: the posts being watched, so a restart resumes them.
+/// The readers feed's cursor: the posts being watched, so a restart resumes them, and which
+/// poll it came from, so reads are counted as reported only once the watcher has stored them.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ReadersCursor {
     posts: Vec<WatchedPost>,
+    #[serde(default)]
+    poll: u64,
+}
+
+/// Reads already reported, and those of the last poll, which count as reported only when the
+/// next poll starts from that poll's cursor (the watcher stores a cursor together with the
+/// events it covers; after a failed store it polls again from the older one).
+#[derive(Debug, Default)]
+struct Reported {
+    stored: HashSet<(String, String)>,
+    last_poll: u64,
+    pending: Vec<(String, String)>,
 }
 
 /// A client for the LINE WORKS API.
@@ -156,7 +169,7 @@ pub struct LineWorksProvider {
     posts: Mutex<Vec<WatchedPost>>,
     /// (post, user) reads already reported since start; a restart reports them again and the
     /// event log drops the replays.
-    seen: Mutex<HashSet<(String, String)>>,
+    seen: Mutex<Reported>,
 }
 
 impl fmt::Debug for LineWorksProvider {
@@ -325,7 +338,13 @@ impl LineWorksProvider {
             settings,
             token: tokio::sync::Mutex::new(None),
             posts: Mutex::new(Vec::new()),
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(Reported {
+                // Unlike any cursor an earlier process stored, so none is taken for this one's.
+                last_poll: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64),
+                ..Reported::default()
+            }),
         })
     }
 
@@ -638,11 +657,18 @@ impl ChatProvider for LineWorksProvider {
         cursor: Option<&str>,
         wait: Duration,
     ) -> Result<EventBatch, ProviderError> {
-        if let Some(c) = cursor {
-            if let Ok(saved) = serde_json::from_str::<ReadersCursor>(c) {
-                for p in saved.posts {
-                    self.watch(p);
-                }
+        let saved = cursor.and_then(|c| serde_json::from_str::<ReadersCursor>(c).ok());
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = &mut *seen;
+            let pending = std::mem::take(&mut seen.pending);
+            if saved.as_ref().is_some_and(|c| c.poll == seen.last_poll) {
+                seen.stored.extend(pending);
+            }
+        }
+        if let Some(saved) = saved {
+            for p in saved.posts {
+                self.watch(p);
             }
         }
         let now = self.clock.now_millis();
@@ -652,43 +678,61 @@ impl ChatProvider for LineWorksProvider {
             posts.retain(|p| now - p.since < keep_ms);
             posts.clone()
         };
-        let next = serde_json::to_string(&ReadersCursor {
-            posts: posts.clone(),
-        })
-        .ok();
         if posts.is_empty() {
             self.clock.sleep(wait).await;
+            let next = serde_json::to_string(&ReadersCursor::default()).ok();
             return Ok(EventBatch {
                 events: Vec::new(),
-                cursor: cursor.map(|_| next.clone().unwrap_or_default()),
+                cursor: cursor.and(next),
             });
         }
         let mut events = Vec::new();
+        let mut new_reads = Vec::new();
         for p in &posts {
             let readers = self.readers(&p.post).await?;
             let seen_at = self.clock.now();
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             for user in readers {
-                if !seen.insert((p.post.clone(), user.clone())) {
+                let key = (p.post.clone(), user);
+                if seen.stored.contains(&key) {
                     continue;
                 }
-                let Ok(from) = ChatHandle::parse(&user) else {
+                let Ok(from) = ChatHandle::parse(&key.1) else {
                     continue;
                 };
                 events.push(InboundEvent {
-                    event_id: format!("lw-read:{}:{user}", p.post),
+                    event_id: format!("lw-read:{}:{}", p.post, key.1),
                     roll_call_id: Some(RollCallId(p.rc)),
                     from,
                     kind: InboundKind::Read,
                     // The platform says who has read, not when: this is when anpi saw it.
                     occurred_at: seen_at,
                 });
+                new_reads.push(key);
             }
         }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !new_reads.is_empty() {
+            seen.last_poll += 1;
+        }
+        seen.pending = new_reads;
+        let next = serde_json::to_string(&ReadersCursor {
+            posts,
+            poll: seen.last_poll,
+        })
+        .ok();
         Ok(EventBatch {
             events,
             cursor: next,
         })
+    }
+
+    fn follow_broadcast(&self, roll_call: RollCallId, post_id: &str, posted_at: Millis) {
+        self.watch(WatchedPost {
+            rc: roll_call.0,
+            post: post_id.to_string(),
+            since: posted_at,
+        });
     }
 }
 

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Millis;
 use crate::ids::{ChatHandle, RollCallId};
 
 pub mod lineworks;
@@ -198,6 +199,12 @@ pub trait ChatProvider: Send + Sync + std::fmt::Debug {
     /// The routes besides 1:1 sends this provider offers; none by default.
     fn routes(&self) -> Vec<Route> {
         Vec::new()
+    }
+
+    /// A broadcast made earlier, by this process or another replica, whose reads the event
+    /// feed should follow (the receipt watcher passes every open roll call's stored one).
+    fn follow_broadcast(&self, roll_call: RollCallId, post_id: &str, posted_at: Millis) {
+        let _ = (roll_call, post_id, posted_at);
     }
 
     /// Sends one request that reaches many people (see [`Route`]). Only called for a route the
