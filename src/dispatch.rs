@@ -124,11 +124,24 @@ struct PlanCtx {
     group_of: HashMap<String, String>,
 }
 
-/// A broadcast that went out: when, and the platform's id for it.
+/// A broadcast that went out: when, and the platform's id for it. Stored in provider state
+/// under [`broadcast_key`] before the deliveries it covers are recorded.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct DoneBroadcast {
-    at: Millis,
-    post_id: Option<String>,
+pub struct DoneBroadcast {
+    pub at: Millis,
+    pub post_id: Option<String>,
+}
+
+impl DoneBroadcast {
+    /// Reads a stored record; anything else (a lease, garbage) is None.
+    pub fn parse(state: &str) -> Option<Self> {
+        serde_json::from_str(state).ok()
+    }
+}
+
+/// The provider-state key of a roll call's broadcast.
+pub fn broadcast_key(id: RollCallId) -> String {
+    format!("broadcast/{id}")
 }
 
 /// Sends one provider's deliveries.
@@ -339,19 +352,34 @@ impl Dispatcher {
             .provider_state(name, &key)
             .await?
             .and_then(|s| serde_json::from_str::<Plan>(&s).ok());
+        // Who is on the platform: needed to plan here, and to know who each room covers.
+        let needs_contacts = stored
+            .as_ref()
+            .is_none_or(|p: &Plan| p.route == RouteKind::Rooms);
+        let contacts = if needs_contacts {
+            self.store.contacts().await?
+        } else {
+            Vec::new()
+        };
         let plan = match stored {
             Some(p) => p,
             None => {
                 let progress = self.store.progress(id).await?;
-                let by_group: std::collections::BTreeMap<String, usize> = progress
-                    .by_department
-                    .iter()
-                    .map(|(g, c)| (g.clone(), c.total.max(0) as usize))
-                    .collect();
+                let mut population = std::collections::BTreeMap::new();
+                for c in contacts.iter().filter(|c| c.chat.contains_key(name)) {
+                    *population
+                        .entry(c.department.clone().unwrap_or_default())
+                        .or_insert(0) += 1;
+                }
                 let audience = Audience {
                     reachable: (progress.overall.total - progress.overall.escalated).max(0)
                         as usize,
-                    by_group,
+                    by_group: progress
+                        .by_department
+                        .iter()
+                        .map(|(g, c)| (g.clone(), (c.total - c.escalated).max(0) as usize))
+                        .collect(),
+                    population,
                 };
                 let p = planner::plan(&audience, &self.provider.capabilities(), &self.routes);
                 if let Ok(json) = serde_json::to_string(&p) {
@@ -364,7 +392,7 @@ impl Dispatcher {
         };
         let mut group_of = HashMap::new();
         if plan.route == RouteKind::Rooms {
-            for c in self.store.contacts().await? {
+            for c in &contacts {
                 if let (Some(h), Some(dept)) = (c.chat.get(name), c.department.as_ref()) {
                     group_of.insert(h.as_str().to_string(), dept.clone());
                 }
@@ -403,14 +431,67 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Executes broadcast and room plans for everything due: claims the rest of the due
-    /// deliveries, makes one request per post or room, sends 1:1 only what the token bucket
-    /// already granted (`claimed`), and hands the other 1:1 deliveries back at once.
+    /// Executes broadcast and room plans for everything due, a chunk at a time: the first
+    /// chunk is `claimed` (its 1:1 deliveries hold rate-limit tokens), and each chunk's board
+    /// post or room messages go out before the next chunk is claimed, so everyone is notified
+    /// as soon as the first deliveries are claimed; later chunks are recorded against the post
+    /// already made. 1:1 deliveries without a token are handed back at the end (holding them
+    /// until then keeps them out of the next chunk).
     async fn run_planned(&self, claimed: Vec<ClaimedDelivery>) -> Result<Outcome, StoreError> {
         let granted_ids: std::collections::HashSet<i64> = claimed.iter().map(|d| d.id).collect();
-        let mut all = claimed;
+        let mut chunk = claimed;
+        let mut first = true;
+        let mut total = 0usize;
+        let mut direct = Vec::new();
+        let mut results = Vec::new();
+        let mut unused_tokens = 0usize;
         loop {
-            let more = self
+            let n = chunk.len();
+            total += n;
+            let mut groups: std::collections::BTreeMap<
+                (RollCallId, Option<String>),
+                Vec<ClaimedDelivery>,
+            > = Default::default();
+            for d in chunk {
+                let ctx = self.plan_for(d.roll_call_id).await?;
+                let covered = match ctx.plan.route {
+                    RouteKind::Broadcast => Some(None),
+                    RouteKind::Rooms => ctx
+                        .group_of
+                        .get(d.chat_handle.as_str())
+                        .filter(|g| ctx.plan.groups.contains(g))
+                        .map(|g| Some(g.clone())),
+                    RouteKind::Direct => None,
+                };
+                let from_bucket = granted_ids.contains(&d.id);
+                match covered {
+                    Some(group) => {
+                        unused_tokens += usize::from(from_bucket);
+                        groups.entry((d.roll_call_id, group)).or_default().push(d);
+                    }
+                    None if from_bucket => direct.push(d),
+                    None => results.push(SendResult::Retry {
+                        id: d.id,
+                        lease_until: d.lease_until,
+                        next_attempt_at: self.clock.now_millis(),
+                        error: "waiting for the rate limit".into(),
+                        refund_attempt: true,
+                    }),
+                }
+            }
+            // Tokens of 1:1 deliveries a post or room covers are free for room messages.
+            if let Some(l) = &self.limiter {
+                l.give_back(std::mem::take(&mut unused_tokens));
+            }
+            for ((id, group), ds) in groups {
+                let rc = self.roll_call(id).await?;
+                results.extend(self.broadcast_one(&rc, group, ds).await?);
+            }
+            if (!first && n < BROADCAST_CLAIM) || total >= MAX_BROADCAST_BATCH {
+                break;
+            }
+            first = false;
+            chunk = self
                 .store
                 .claim_due_deliveries(
                     self.provider.name(),
@@ -419,53 +500,6 @@ impl Dispatcher {
                     BROADCAST_CLAIM,
                 )
                 .await?;
-            let n = more.len();
-            all.extend(more);
-            if n < BROADCAST_CLAIM || all.len() >= MAX_BROADCAST_BATCH {
-                break;
-            }
-        }
-        let total = all.len() as u64;
-        let mut groups: std::collections::BTreeMap<
-            (RollCallId, Option<String>),
-            Vec<ClaimedDelivery>,
-        > = Default::default();
-        let mut direct = Vec::new();
-        let mut results = Vec::new();
-        let mut unused_tokens = 0usize;
-        for d in all {
-            let ctx = self.plan_for(d.roll_call_id).await?;
-            let covered = match ctx.plan.route {
-                RouteKind::Broadcast => Some(None),
-                RouteKind::Rooms => ctx
-                    .group_of
-                    .get(d.chat_handle.as_str())
-                    .filter(|g| ctx.plan.groups.contains(g))
-                    .map(|g| Some(g.clone())),
-                RouteKind::Direct => None,
-            };
-            let from_bucket = granted_ids.contains(&d.id);
-            match covered {
-                Some(group) => {
-                    unused_tokens += usize::from(from_bucket);
-                    groups.entry((d.roll_call_id, group)).or_default().push(d);
-                }
-                None if from_bucket => direct.push(d),
-                None => results.push(SendResult::Retry {
-                    id: d.id,
-                    lease_until: d.lease_until,
-                    next_attempt_at: self.clock.now_millis(),
-                    error: "waiting for the rate limit".into(),
-                    refund_attempt: true,
-                }),
-            }
-        }
-        if let Some(l) = &self.limiter {
-            l.give_back(unused_tokens);
-        }
-        for ((id, group), ds) in groups {
-            let rc = self.roll_call(id).await?;
-            results.extend(self.broadcast_one(&rc, group, ds).await?);
         }
         let mut jobs = Vec::with_capacity(direct.len());
         for d in direct {
@@ -486,7 +520,7 @@ impl Dispatcher {
             .record_send_results(&results, self.clock.now_millis())
             .await?;
         self.deadlines_changed.notify_one();
-        Ok(Outcome::Worked(total))
+        Ok(Outcome::Worked(total as u64))
     }
 
     /// One board post (group `None`) or one room message, covering `ds`.
@@ -498,7 +532,7 @@ impl Dispatcher {
     ) -> Result<Vec<SendResult>, StoreError> {
         let name = self.provider.name();
         let key = match &group {
-            None => format!("broadcast/{}", rc.id),
+            None => broadcast_key(rc.id),
             Some(g) => format!("room/{}/{g}", rc.id),
         };
         let sent_all = |at: Millis, post: Option<String>| -> Vec<SendResult> {
@@ -523,9 +557,7 @@ impl Dispatcher {
                 .collect()
         };
         // Posted already (by another worker, or before a crash): record, do not post again.
-        let done = |state: Option<String>| {
-            state.and_then(|s| serde_json::from_str::<DoneBroadcast>(&s).ok())
-        };
+        let done = |state: Option<String>| state.as_deref().and_then(DoneBroadcast::parse);
         if let Some(b) = done(self.store.provider_state(name, &key).await?) {
             return Ok(sent_all(b.at, b.post_id));
         }

@@ -200,11 +200,13 @@ impl Hq {
             .await?)
     }
 
-    async fn audience(&self, scenario: &Scenario) -> Result<Vec<Contact>, HqError> {
+    /// The scenario's audience, and the planner's view of it (which needs everyone).
+    async fn audience(&self, scenario: &Scenario) -> Result<(Vec<Contact>, Audience), HqError> {
         let contacts = self.store.contacts().await?;
         if contacts.is_empty() {
             return Err(HqError::NoContacts);
         }
+        let population = audience_shape(contacts.iter(), &self.provider).by_group;
         let audience: Vec<Contact> = contacts
             .into_iter()
             .filter(|c| scenario.audience.matches(c))
@@ -212,17 +214,18 @@ impl Hq {
         if audience.is_empty() {
             return Err(HqError::EmptyAudience(scenario.name.clone()));
         }
-        Ok(audience)
+        let mut shape = audience_shape(audience.iter(), &self.provider);
+        shape.population = population;
+        Ok((audience, shape))
     }
 
     /// How long a roll call of `scenario` would take to reach everyone, without starting it.
     pub async fn estimate(&self, scenario: &Scenario) -> Result<Estimate, HqError> {
-        let audience = self.audience(scenario).await?;
+        let (audience, shape) = self.audience(scenario).await?;
         let no_chat = audience
             .iter()
             .filter(|c| !c.chat.contains_key(&self.provider))
             .count();
-        let shape = audience_shape(audience.iter(), &self.provider);
         Ok(estimate_plan(
             &shape,
             no_chat,
@@ -268,7 +271,7 @@ impl Hq {
         idempotency_key: Option<String>,
     ) -> Result<(RollCall, Estimate), HqError> {
         let t = std::time::Instant::now();
-        let audience = self.audience(scenario).await?;
+        let (audience, shape) = self.audience(scenario).await?;
         let read = t.elapsed();
         let (new, recipients) =
             rollcall::plan(scenario, &audience, &self.provider, drill, idempotency_key);
@@ -288,7 +291,6 @@ impl Hq {
             written = ?(t.elapsed() - planned),
             "roll call started"
         );
-        let shape = audience_shape(audience.iter(), &self.provider);
         let est = estimate_plan(&shape, no_chat, &self.capabilities, &self.routes);
         if !self.routes.is_empty() {
             // The dispatcher works the plan out itself if it gets there first; both agree.
@@ -394,17 +396,21 @@ impl Hq {
             return Err(HqError::Store(StoreError::Closed(id)));
         }
         let contacts = self.store.contacts().await?;
-        let handle = contacts
-            .iter()
-            .find(|c| &c.id == phone)
-            .and_then(|c| c.chat.get(&rc.provider))
-            .cloned()
-            .ok_or_else(|| {
-                HqError::Store(StoreError::NoSuchRecipient {
-                    roll_call: id,
-                    staff: phone.clone(),
-                })
-            })?;
+        let contact = contacts.iter().find(|c| &c.id == phone).ok_or_else(|| {
+            HqError::Store(StoreError::NoSuchRecipient {
+                roll_call: id,
+                staff: phone.clone(),
+            })
+        })?;
+        // Answers are matched by chat id; a phone without one was never sent the message and
+        // is on the call list from the start, where HQ's call records what it says.
+        let handle = contact.chat.get(&rc.provider).cloned().ok_or_else(|| {
+            HqError::Store(StoreError::Conflict(format!(
+                "{phone} has no {} id, so it was not sent the message and is on the call \
+                 list: HQ will call it and record the answer",
+                rc.provider
+            )))
+        })?;
         let now = self.clock.now();
         let event = crate::providers::InboundEvent {
             event_id: format!("api-ack-{}-{}-{}", id, phone, now.timestamp_millis()),

@@ -20,6 +20,23 @@ pub struct Audience {
     pub reachable: usize,
     /// Reachable people per group (department); people without one are under "".
     pub by_group: BTreeMap<String, usize>,
+    /// Everyone reachable on the provider, per group: who a board post or a room message
+    /// really reaches. A board post is used only when the audience is everyone, and a room
+    /// only when the audience holds the whole group, so a drill for one department never
+    /// notifies another. Empty: the audience is the whole population.
+    pub population: BTreeMap<String, usize>,
+}
+
+impl Audience {
+    fn is_everyone(&self) -> bool {
+        self.population.is_empty() || self.reachable >= self.population.values().sum()
+    }
+
+    /// Everyone in group `g` is in the audience.
+    fn holds_group(&self, g: &str) -> bool {
+        let ours = self.by_group.get(g).copied().unwrap_or(0);
+        self.population.is_empty() || ours >= self.population.get(g).copied().unwrap_or(0)
+    }
 }
 
 /// How one route would do.
@@ -108,7 +125,7 @@ pub fn plan(audience: &Audience, caps: &Capabilities, routes: &[Route]) -> Plan 
     let mut candidates: Vec<Plan> = vec![Plan::direct(caps, n)];
     for r in routes {
         match r.kind {
-            RouteKind::Broadcast if n > 0 => {
+            RouteKind::Broadcast if n > 0 && audience.is_everyone() => {
                 let limit = r.rate_limit.or(caps.rate_limit);
                 candidates.push(Plan {
                     route: RouteKind::Broadcast,
@@ -125,7 +142,12 @@ pub fn plan(audience: &Audience, caps: &Capabilities, routes: &[Route]) -> Plan 
                 let groups: Vec<String> = audience
                     .by_group
                     .iter()
-                    .filter(|(g, size)| **size > 0 && **size < max && r.groups.contains(g))
+                    .filter(|(g, size)| {
+                        **size > 0
+                            && audience.holds_group(g)
+                            && **size < max
+                            && r.groups.contains(g)
+                    })
                     .map(|(g, _)| g.clone())
                     .collect();
                 if groups.is_empty() {
@@ -217,6 +239,7 @@ mod tests {
         Audience {
             reachable: n,
             by_group,
+            population: BTreeMap::new(),
         }
     }
 
@@ -293,6 +316,33 @@ mod tests {
             .unwrap();
         // Two rooms of 100, 800 people 1:1.
         assert_eq!(rooms.requests, 802);
+    }
+
+    #[test]
+    fn a_board_post_or_room_is_used_only_when_it_reaches_no_one_outside_the_audience() {
+        let whole = audience(1_000, 10);
+        // A drill for d000 alone: 100 of the 1,000.
+        let mut part = Audience {
+            reachable: 100,
+            by_group: BTreeMap::from([("d000".to_string(), 100)]),
+            population: whole.by_group.clone(),
+        };
+        let p = plan(&part, &caps(), &[board(), rooms(&["d000", "d001"])]);
+        assert_eq!(p.route, RouteKind::Rooms, "{p:?}");
+        assert_eq!(p.groups, vec!["d000".to_string()]);
+        assert!(p
+            .alternatives
+            .iter()
+            .all(|a| a.route != RouteKind::Broadcast));
+        // Half of d000 (say, only its managers): its room would reach the other half too.
+        part.reachable = 50;
+        part.by_group.insert("d000".into(), 50);
+        let p = plan(&part, &caps(), &[board(), rooms(&["d000"])]);
+        assert_eq!(p.route, RouteKind::Direct, "{p:?}");
+        // Everyone: the board post.
+        let mut all = whole.clone();
+        all.population = whole.by_group.clone();
+        assert_eq!(plan(&all, &caps(), &[board()]).route, RouteKind::Broadcast);
     }
 
     #[test]
