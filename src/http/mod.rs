@@ -180,6 +180,8 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -192,7 +194,9 @@ impl From<HqError> for ApiError {
             HqError::Store(crate::store::StoreError::NoSuchRecipient { .. }) => {
                 Self::NotFound(e.to_string())
             }
-            HqError::Store(crate::store::StoreError::Closed(_)) => Self::Conflict(e.to_string()),
+            HqError::Store(
+                crate::store::StoreError::Closed(_) | crate::store::StoreError::Conflict(_),
+            ) => Self::Conflict(e.to_string()),
             HqError::Store(s) => Self::Internal(s.into()),
         }
     }
@@ -201,7 +205,7 @@ impl From<HqError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Self::BadRequest(r.body_text()),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge(r.body_text()),
             StatusCode::UNPROCESSABLE_ENTITY => Self::Unprocessable(r.body_text()),
             _ => Self::BadRequest(r.body_text()),
         }
@@ -214,7 +218,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::BadRequest(m) if m.contains("length limit") => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict(_) => StatusCode::CONFLICT,

@@ -37,6 +37,10 @@ pub enum StoreError {
     },
     #[error("roll call {0} is closed")]
     Closed(RollCallId),
+    /// The change would undo someone else's work (a call another caller holds, an outcome
+    /// already reached); the message says what and what to do.
+    #[error("{0}")]
+    Conflict(String),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
     #[error("stored data is damaged: {0}")]
@@ -282,4 +286,31 @@ pub async fn migrate_url(url: &str) -> StoreResult<(schema::SchemaStatus, Vec<i6
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
+}
+
+/// Why recording `outcome` by `by` was refused, from the stored row (see
+/// `OUTCOME_GUARD`): a hold by another caller, or a person already reached.
+pub(crate) fn outcome_conflict(
+    staff: &StaffId,
+    stored: Option<&str>,
+    stored_by: Option<&str>,
+    held_by: Option<&str>,
+    held_until: Option<Millis>,
+    now: Millis,
+) -> StoreError {
+    if let (Some(holder), Some(until)) = (held_by, held_until) {
+        if until > now {
+            let secs = (until - now + 999) / 1000;
+            return StoreError::Conflict(format!(
+                "{staff} is being called by {holder} (held for another {secs} s): let them \
+                 record it, or release the call first"
+            ));
+        }
+    }
+    StoreError::Conflict(format!(
+        "{staff} was already reached ({}, by {}): only another 'reached' outcome \
+         (safe, injured, needs-help) can correct it",
+        stored.unwrap_or("?"),
+        stored_by.unwrap_or("?")
+    ))
 }

@@ -36,8 +36,9 @@ struct ResultColumns {
 
 use super::sqlite::{
     add_counts, answer_value, corrupt, kind_parts, kind_str, parse_kind, Folded, ENTRY_COLUMNS,
+    OUTCOME_CONFLICT_COLUMNS, OUTCOME_GUARD,
 };
-use super::{ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use super::{outcome_conflict, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
 use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
@@ -223,7 +224,8 @@ impl PostgresStore {
         let row = sqlx::query(&format!(
             "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5, \
                call_claimed_by = NULL, call_claimed_until = NULL \
-             WHERE roll_call_id = $1 AND staff_id = $2 RETURNING {ENTRY_COLUMNS}, chat_handle"
+             WHERE roll_call_id = $1 AND staff_id = $2 {OUTCOME_GUARD} \
+             RETURNING {ENTRY_COLUMNS}, chat_handle"
         ))
         .bind(id.0)
         .bind(staff.as_str())
@@ -766,14 +768,34 @@ impl Store for PostgresStore {
         now: Millis,
     ) -> StoreResult<CallListEntry> {
         let found = retrying(|| self.outcome_once(id, staff, outcome, by, now)).await?;
-        match found {
-            Some(entry) => Ok(entry),
-            None if self.roll_call(id).await?.is_none() => Err(StoreError::NoSuchRollCall(id)),
-            None => Err(StoreError::NoSuchRecipient {
+        if let Some(entry) = found {
+            return Ok(entry);
+        }
+        if self.roll_call(id).await?.is_none() {
+            return Err(StoreError::NoSuchRollCall(id));
+        }
+        let found = sqlx::query(&format!(
+            "SELECT {OUTCOME_CONFLICT_COLUMNS} FROM deliveries \
+             WHERE roll_call_id = $1 AND staff_id = $2"
+        ))
+        .bind(id.0)
+        .bind(staff.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Err(match found {
+            Some(r) => outcome_conflict(
+                staff,
+                r.try_get("outcome")?,
+                r.try_get("outcome_by")?,
+                r.try_get("call_claimed_by")?,
+                r.try_get("call_claimed_until")?,
+                now,
+            ),
+            None => StoreError::NoSuchRecipient {
                 roll_call: id,
                 staff: staff.clone(),
-            }),
-        }
+            },
+        })
     }
 
     async fn claim_next_call(

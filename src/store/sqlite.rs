@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
-use super::{ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use super::{outcome_conflict, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
 use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
@@ -200,6 +200,16 @@ pub(super) const ENTRY_COLUMNS: &str =
     "id, staff_id, name, department, shelter, kind, call_priority, \
     phones, state, escalation_reason, last_error, sent_at, escalated_at, read_at, answer, \
     outcome, outcome_at, outcome_by, call_claimed_by, call_claimed_until";
+
+/// Where a call outcome ($3, by $5 at $4) may be written: not over a hold another caller has,
+/// and a person once reached is not put back on the list by a late "no answer".
+pub(super) const OUTCOME_GUARD: &str = "\
+    AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $5) \
+    AND NOT (COALESCE(outcome, '') LIKE 'reached%' AND $3 NOT LIKE 'reached%')";
+
+/// Reads what `outcome_conflict` needs to explain a refused outcome.
+pub(super) const OUTCOME_CONFLICT_COLUMNS: &str =
+    "outcome, outcome_by, call_claimed_by, call_claimed_until";
 
 /// One key of an inbound batch after folding: what the batch says about one delivery.
 #[derive(Debug, Default)]
@@ -879,7 +889,8 @@ impl Store for SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5, \
                call_claimed_by = NULL, call_claimed_until = NULL \
-             WHERE roll_call_id = $1 AND staff_id = $2 RETURNING {ENTRY_COLUMNS}, chat_handle"
+             WHERE roll_call_id = $1 AND staff_id = $2 {OUTCOME_GUARD} \
+             RETURNING {ENTRY_COLUMNS}, chat_handle"
         ))
         .bind(id.0)
         .bind(staff.as_str())
@@ -893,9 +904,27 @@ impl Store for SqliteStore {
             if self.roll_call(id).await?.is_none() {
                 return Err(StoreError::NoSuchRollCall(id));
             }
-            return Err(StoreError::NoSuchRecipient {
-                roll_call: id,
-                staff: staff.clone(),
+            let found = sqlx::query(&format!(
+                "SELECT {OUTCOME_CONFLICT_COLUMNS} FROM deliveries \
+                 WHERE roll_call_id = $1 AND staff_id = $2"
+            ))
+            .bind(id.0)
+            .bind(staff.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            return Err(match found {
+                Some(r) => outcome_conflict(
+                    staff,
+                    r.try_get("outcome")?,
+                    r.try_get("outcome_by")?,
+                    r.try_get("call_claimed_by")?,
+                    r.try_get("call_claimed_until")?,
+                    now,
+                ),
+                None => StoreError::NoSuchRecipient {
+                    roll_call: id,
+                    staff: staff.clone(),
+                },
             });
         };
         let entry = row_to_entry(&row)?;
@@ -1066,6 +1095,12 @@ pub(super) fn add_counts(
     }
     if outcome.is_some_and(CallOutcome::closes_entry) {
         c.reached += n;
+    }
+    match outcome {
+        Some(CallOutcome::ReachedInjured) => c.injured += n,
+        Some(CallOutcome::ReachedNeedsHelp) => c.needs_help += n,
+        Some(CallOutcome::Unreachable) => c.unreachable += n,
+        _ => {}
     }
 }
 

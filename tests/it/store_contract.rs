@@ -360,6 +360,134 @@ async fn two_callers_never_get_the_same_person_and_a_lapsed_hold_returns() {
     }
 }
 
+/// Escalates everyone of a fresh roll call of `n` at 302 s and returns it.
+async fn all_on_the_call_list(store: &SharedStore, n: usize) -> rollcall::RollCall {
+    let rc = seeded(store, n, None).await;
+    let c = store
+        .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), n)
+        .await
+        .unwrap();
+    let sent: Vec<SendResult> = c
+        .iter()
+        .map(|d| SendResult::Sent {
+            id: d.id,
+            at: 2_000,
+            deadline_at: 302_000,
+            message_id: None,
+        })
+        .collect();
+    store.record_send_results(&sent, 2_000).await.unwrap();
+    store.escalate_due(302_000).await.unwrap();
+    rc
+}
+
+#[tokio::test]
+async fn an_outcome_never_undoes_another_callers_hold_or_a_person_reached() {
+    for (name, store, _tmp) in backends().await {
+        let rc = all_on_the_call_list(&store, 2).await;
+        let hold = Duration::from_secs(180);
+        let a = store
+            .claim_next_call(rc.id, "desk-1", 310_000, hold)
+            .await
+            .unwrap()
+            .unwrap();
+        // Someone else records over desk-1's call while it is held: refused, with who holds it.
+        let e = store
+            .record_call_outcome(rc.id, &a.staff_id, CallOutcome::NoAnswer, "desk-2", 311_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Conflict(m) if m.contains("desk-1")),
+            "{name}: {e}"
+        );
+        store
+            .record_call_outcome(
+                rc.id,
+                &a.staff_id,
+                CallOutcome::ReachedSafe,
+                "desk-1",
+                312_000,
+            )
+            .await
+            .unwrap();
+        // A late "no answer" from a stale screen does not put a reached person back on the list.
+        let e = store
+            .record_call_outcome(rc.id, &a.staff_id, CallOutcome::NoAnswer, "desk-2", 313_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Conflict(m) if m.contains("reached_safe")),
+            "{name}: {e}"
+        );
+        let e = store
+            .record_call_outcome(
+                rc.id,
+                &a.staff_id,
+                CallOutcome::Unreachable,
+                "desk-2",
+                313_000,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{name}: {e}");
+        // A correction between reached outcomes is allowed.
+        let entry = store
+            .record_call_outcome(
+                rc.id,
+                &a.staff_id,
+                CallOutcome::ReachedInjured,
+                "desk-2",
+                314_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(entry.outcome, Some(CallOutcome::ReachedInjured), "{name}");
+        let p = store.progress(rc.id).await.unwrap();
+        assert_eq!((p.overall.reached, p.overall.injured), (1, 1), "{name}");
+        assert_eq!(p.overall.to_call, 1, "{name}");
+        // Nobody by that id: still "no such recipient", not a conflict.
+        let nobody = anpi::ids::StaffId::parse("NOBODY").unwrap();
+        let e = store
+            .record_call_outcome(rc.id, &nobody, CallOutcome::NoAnswer, "desk-2", 315_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::NoSuchRecipient { .. }),
+            "{name}: {e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_claiming_at_the_same_moment_never_get_the_same_person() {
+    for (name, store, _tmp) in backends().await {
+        let rc = all_on_the_call_list(&store, 40).await;
+        let claims = (0..60).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_next_call(
+                        rc.id,
+                        &format!("desk-{i}"),
+                        310_000,
+                        Duration::from_secs(180),
+                    )
+                    .await
+                    .unwrap()
+            })
+        });
+        let got: Vec<_> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .filter_map(|r| r.unwrap())
+            .map(|e| e.staff_id)
+            .collect();
+        let distinct: std::collections::HashSet<_> = got.iter().collect();
+        assert_eq!(got.len(), 40, "{name}: everyone is given to someone");
+        assert_eq!(distinct.len(), 40, "{name}: nobody is given to two callers");
+    }
+}
+
 #[tokio::test]
 async fn a_lease_has_one_holder_until_it_expires_and_provider_state_round_trips() {
     for (name, store, _tmp) in backends().await {
