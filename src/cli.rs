@@ -76,15 +76,28 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Record the outcome of a phone call.
+    /// Work the call queue: take the next person to ring (--next), record how the call went
+    /// (STAFF --outcome), or hand a person back to the queue (STAFF --release).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["next", "outcome", "release"])))]
     Call {
         /// Roll call number.
         id: String,
-        /// Staff id of the person called.
-        staff: String,
+        /// Staff id of the person called (with --outcome or --release).
+        #[arg(required_unless_present = "next", conflicts_with = "next")]
+        staff: Option<String>,
+        /// Take the next person to ring: shelter phones first, then call priority, then
+        /// longest unread; nobody is given to two callers.
+        #[arg(long)]
+        next: bool,
         /// safe, injured, needs-help, no-answer or unreachable.
         #[arg(long)]
-        outcome: String,
+        outcome: Option<String>,
+        /// Hand the person back to the queue without a call outcome.
+        #[arg(long)]
+        release: bool,
+        /// This desk's name, when several callers share one token (e.g. tablet-1).
+        #[arg(long)]
+        desk: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -255,40 +268,92 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Call {
             id,
             staff,
+            next,
             outcome,
+            release,
+            desk,
             remote,
         } => {
-            crate::rollcall::CallOutcome::parse(&outcome).map_err(anyhow::Error::msg)?;
+            let id = id.trim_start_matches('#').to_string();
             let client = Client::new(&remote)?;
-            let v = client
-                .post(
-                    &format!(
-                        "/api/rollcalls/{}/calls/{staff}",
-                        id.trim_start_matches('#')
-                    ),
-                    &json!({ "outcome": outcome }),
-                    None,
-                )
-                .await?;
-            let still = v["to_call"].as_bool().unwrap_or(false);
-            println!(
-                "{} {}: {} — {}",
-                v["entry"]["staff_id"].as_str().unwrap_or(&staff),
-                v["entry"]["name"].as_str().unwrap_or(""),
-                outcome,
-                if still {
-                    "まだ電話リストに残ります / stays on the list"
-                } else {
-                    "電話リストから外れました / off the list"
+            let desk_body = json!({ "desk": desk });
+            match (staff, outcome) {
+                _ if next => call_next(&client, &id, &desk_body).await,
+                (Some(staff), Some(outcome)) => {
+                    crate::rollcall::CallOutcome::parse(&outcome).map_err(anyhow::Error::msg)?;
+                    let v = client
+                        .post(
+                            &format!("/api/rollcalls/{id}/calls/{staff}"),
+                            &json!({ "outcome": outcome, "desk": desk }),
+                            None,
+                        )
+                        .await?;
+                    let still = v["to_call"].as_bool().unwrap_or(false);
+                    println!(
+                        "{} {}: {} — {}",
+                        v["entry"]["staff_id"].as_str().unwrap_or(&staff),
+                        v["entry"]["name"].as_str().unwrap_or(""),
+                        outcome,
+                        if still {
+                            "まだ電話リストに残ります / stays on the list"
+                        } else {
+                            "電話リストから外れました / off the list"
+                        }
+                    );
+                    Ok(ExitCode::SUCCESS)
                 }
-            );
-            Ok(ExitCode::SUCCESS)
+                (Some(staff), None) if release => {
+                    let v = client
+                        .post(
+                            &format!("/api/rollcalls/{id}/calls/{staff}/release"),
+                            &desk_body,
+                            None,
+                        )
+                        .await?;
+                    if v["released"].as_bool().unwrap_or(false) {
+                        println!("{staff}: キューに戻しました / back in the queue");
+                    } else {
+                        println!("{staff}: このデスクは保留していません / not held by this desk");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => anyhow::bail!("give --next, or a staff id with --outcome or --release"),
+            }
         }
         Command::Contacts { command } => contacts(command).await,
         Command::Matrix {
             command: MatrixCommand::Prepare { config },
         } => matrix_prepare(config).await,
     }
+}
+
+/// `anpi call ID --next`: claims the next person and shows who to ring and how.
+async fn call_next(client: &Client, id: &str, desk: &Value) -> anyhow::Result<ExitCode> {
+    let v = client
+        .post(&format!("/api/rollcalls/{id}/calls/next"), desk, None)
+        .await?;
+    let e = &v["entry"];
+    if e.is_null() {
+        println!("電話する人はいません / nobody left to call");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let staff = e["staff_id"].as_str().unwrap_or("?");
+    let place = e["shelter"]
+        .as_str()
+        .or_else(|| e["department"].as_str())
+        .unwrap_or("");
+    println!("{staff} {} ({place})", e["name"].as_str().unwrap_or(""));
+    for phone in e["phones"].as_array().into_iter().flatten() {
+        println!("  tel: {}", phone.as_str().unwrap_or("?"));
+    }
+    if let Some(m) = v["minutes_waiting"].as_i64() {
+        println!("  {m} 分未読 / minutes unread");
+    }
+    println!(
+        "held by {}: record the call with `anpi call {id} {staff} --outcome safe|injured|needs-help|no-answer|unreachable`",
+        v["caller"].as_str().unwrap_or("you")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `anpi matrix prepare`: makes the missing DM rooms and reports who could not be reached.
@@ -636,6 +701,19 @@ fn print_status(v: &Value) {
         n("failed"),
         n("to_call")
     );
+    if n("reached") > 0 {
+        println!(
+            "電話で確認 {} (負傷 {} 要救助 {} 不通 {}) / reached by phone {} (injured {}, needs help {}, unreachable {})",
+            n("reached"),
+            n("injured"),
+            n("needs_help"),
+            n("unreachable"),
+            n("reached"),
+            n("injured"),
+            n("needs_help"),
+            n("unreachable")
+        );
+    }
     if let Some(depts) = v["progress"]["by_department"].as_object() {
         if !depts.is_empty() {
             println!(

@@ -279,7 +279,7 @@ pub fn render_csv(entries: &[CallListEntry], scope: ListScope, now: Millis, tz: 
         "経過(分)",
         "理由",
         "状態",
-        "通話結果",
+        "通話結果(代理回答)",
         "記録者",
         "記録時刻",
     ]);
@@ -310,9 +310,7 @@ pub fn render_csv(entries: &[CallListEntry], scope: ListScope, now: Millis, tz: 
             minutes_waiting(e, now).to_string(),
             why(e),
             status(e),
-            e.outcome
-                .map(|o| o.as_str().to_string())
-                .unwrap_or_default(),
+            e.outcome.map(|o| o.label().to_string()).unwrap_or_default(),
             e.outcome_by.clone().unwrap_or_default(),
             fmt(e.outcome_at),
         ]);

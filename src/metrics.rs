@@ -10,6 +10,17 @@ use std::time::Duration;
 
 use crate::providers::{ProviderError, Sent};
 
+/// Values read from the store at each scrape.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// (open|closed, drill) -> roll calls.
+    pub roll_calls: BTreeMap<(&'static str, bool), i64>,
+    /// Deliveries of open roll calls by state.
+    pub deliveries: BTreeMap<&'static str, i64>,
+    /// Call-list figures of open roll calls.
+    pub call_list: BTreeMap<&'static str, i64>,
+}
+
 /// Upper bounds (seconds) of the send latency histogram.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
@@ -84,25 +95,46 @@ impl Metrics {
     }
 
     /// Renders the counters, plus the given gauges read from the store.
-    pub fn render(
-        &self,
-        roll_calls_open: i64,
-        deliveries_by_state: &BTreeMap<String, i64>,
-    ) -> String {
+    pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();
+        let open: i64 = g
+            .roll_calls
+            .iter()
+            .filter(|((state, _), _)| *state == "open")
+            .map(|(_, n)| n)
+            .sum();
         let _ = writeln!(
             out,
             "# HELP anpi_roll_calls_open Roll calls not yet closed."
         );
         let _ = writeln!(out, "# TYPE anpi_roll_calls_open gauge");
-        let _ = writeln!(out, "anpi_roll_calls_open {roll_calls_open}");
+        let _ = writeln!(out, "anpi_roll_calls_open {open}");
+        let _ = writeln!(
+            out,
+            "# HELP anpi_roll_calls Roll calls ever started, by state and drill flag."
+        );
+        let _ = writeln!(out, "# TYPE anpi_roll_calls gauge");
+        for ((state, drill), n) in &g.roll_calls {
+            let _ = writeln!(
+                out,
+                "anpi_roll_calls{{state=\"{state}\",drill=\"{drill}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP anpi_deliveries Deliveries of open roll calls by state."
         );
         let _ = writeln!(out, "# TYPE anpi_deliveries gauge");
-        for (state, n) in deliveries_by_state {
+        for (state, n) in &g.deliveries {
             let _ = writeln!(out, "anpi_deliveries{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP anpi_call_list People escalated in open roll calls, by what became of them."
+        );
+        let _ = writeln!(out, "# TYPE anpi_call_list gauge");
+        for (status, n) in &g.call_list {
+            let _ = writeln!(out, "anpi_call_list{{status=\"{status}\"}} {n}");
         }
         let providers = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(

@@ -375,8 +375,16 @@ pub struct Counts {
     pub to_call: i64,
     /// Ever escalated (including those who read late or were reached).
     pub escalated: i64,
-    /// Closed by a phone call.
+    /// Closed by a phone call (reached, or unreachable).
     pub reached: i64,
+    /// Of `reached`: proxy answers HQ must act on — reached and injured, reached and needing
+    /// help, and numbers that could not be reached at all.
+    #[serde(default)]
+    pub injured: i64,
+    #[serde(default)]
+    pub needs_help: i64,
+    #[serde(default)]
+    pub unreachable: i64,
 }
 
 impl Counts {

@@ -1,8 +1,6 @@
 //! Operations endpoints: `/healthz` for load balancers and `/metrics` for Prometheus. Neither
 //! needs a token; neither shows personal data.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -33,11 +31,17 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
-    let mut open = 0;
-    let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
+    let mut g = crate::metrics::Gauges::default();
     if let Ok(list) = s.hq.list().await {
+        for rc in &list {
+            let state = if rc.state == RollCallState::Open {
+                "open"
+            } else {
+                "closed"
+            };
+            *g.roll_calls.entry((state, rc.drill)).or_default() += 1;
+        }
         for rc in list.iter().filter(|r| r.state == RollCallState::Open) {
-            open += 1;
             if let Ok(p) = s.hq.store().progress(rc.id).await {
                 let c = &p.overall;
                 for (k, v) in [
@@ -47,15 +51,24 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
                     ("read", c.read),
                     ("answered", c.answered),
                     ("failed", c.failed),
-                    ("to_call", c.to_call),
                 ] {
-                    *by_state.entry(k.to_string()).or_default() += v;
+                    *g.deliveries.entry(k).or_default() += v;
+                }
+                for (k, v) in [
+                    ("escalated", c.escalated),
+                    ("to_call", c.to_call),
+                    ("reached", c.reached),
+                    ("injured", c.injured),
+                    ("needs_help", c.needs_help),
+                    ("unreachable", c.unreachable),
+                ] {
+                    *g.call_list.entry(k).or_default() += v;
                 }
             }
         }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(open, &by_state),
+        s.metrics.render(&g),
     )
 }

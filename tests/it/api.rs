@@ -249,6 +249,8 @@ async fn call_list_csv_has_a_bom_and_healthz_and_metrics_answer() {
         m.contains("anpi_sends_total{provider=\"simulator\",result=\"sent\"} 50"),
         "{m}"
     );
-    assert!(m.contains("anpi_deliveries{state=\"to_call\"} 50"), "{m}");
+    assert!(m.contains("anpi_call_list{status=\"to_call\"} 50"), "{m}");
+    assert!(m.contains("anpi_call_list{status=\"escalated\"} 50"), "{m}");
+    assert!(m.contains("anpi_roll_calls{state=\"open\",drill=\""), "{m}");
     app.shutdown().await;
 }

@@ -22,6 +22,7 @@ const T = {
   confirmed: ["確認済み", "Confirmed"],
   to_call: ["要電話", "To call"],
   reached: ["電話で確認", "Reached by phone"],
+  needs_action: ["負傷・要救助・不通", "Injured / needs help / unreachable"],
   live_on: ["更新: ライブ", "Updates: live"],
   live_off: ["更新: 停止中（再接続中）", "Updates: paused (reconnecting)"],
   by_shelter: ["避難所ごと", "By shelter"],
@@ -224,10 +225,16 @@ function watch(id) {
   src.onerror = () => { $("live").textContent = t("live_off"); };
 }
 
+// Proxy answers HQ must act on: reached and injured or needing help, or not reachable at all.
+function needsAction(c) {
+  return (c.injured || 0) + (c.needs_help || 0) + (c.unreachable || 0);
+}
+
 function countRow(name, c) {
   const tr = el("tr", c.to_call > 0 ? { class: "silent" } : {},
     el("td", {}, name), el("td", { class: "num" }, c.total),
-    el("td", { class: "num" }, c.read + c.answered), el("td", { class: "num" }, c.to_call));
+    el("td", { class: "num" }, c.read + c.answered), el("td", { class: "num" }, c.to_call),
+    el("td", { class: "num" }, needsAction(c)));
   return tr;
 }
 
@@ -239,6 +246,7 @@ function renderStatus(st) {
   $("p-confirmed").textContent = c.read + c.answered;
   $("p-to_call").textContent = c.to_call;
   $("p-reached").textContent = c.reached;
+  $("p-needs_action").textContent = needsAction(c);
   $("by-shelter").replaceChildren(...Object.entries(st.progress.by_shelter).map(([k, v]) => countRow(k, v)));
   $("by-department").replaceChildren(...Object.entries(st.progress.by_department).map(([k, v]) => countRow(k, v)));
 }
@@ -344,8 +352,13 @@ async function confirmStart() {
 async function announce() {
   const text = $("announce-text").value.trim();
   if (!text || !confirm(t("announce_confirm"))) return;
+  // One key per text until it has gone out: a double tap (two confirmations) posts it once.
+  if (!S.announceKey || S.announceKey.text !== text) {
+    S.announceKey = { text, key: "web-ann-" + Date.now() + "-" + Math.random().toString(36).slice(2) };
+  }
   const d = await (await api("POST", "/api/announcements", { text_ja: text, drill: $("announce-drill").checked },
-    { "Idempotency-Key": "web-ann-" + Date.now() })).json();
+    { "Idempotency-Key": S.announceKey.key })).json();
+  S.announceKey = null;
   $("announce-text").value = "";
   showError("");
   alert(t("announced", { id: d.roll_call.id }));
