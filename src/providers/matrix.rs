@@ -7,7 +7,9 @@
 //! - `event:<event id>` -> the roll call a sent check belongs to (a cache: the check's own
 //!   content also carries `org.anpi.roll_call`, so a lost write costs a lookup, not a receipt);
 //! - `latest:<room id>` -> the newest check sent in that room, so that a receipt on any later
-//!   event (receipts only move forward) still confirms it.
+//!   event (receipts only move forward) still confirms it. Each check also names the check
+//!   sent before it in the room (`prev`), so a receipt on a later check (an announcement after
+//!   a safety check, or two roll calls at once) confirms the earlier ones too.
 //!
 //! Invariants: every HTTP outcome is classified here, once; a send the homeserver accepted is
 //! never reported as failed; a send is idempotent (the transaction id comes from the delivery,
@@ -73,7 +75,13 @@ struct CheckRecord {
     /// The homeserver's `origin_server_ts`, filled in the first time it is needed.
     #[serde(default)]
     ts: Option<i64>,
+    /// The check sent before this one in the same room, when there was one.
+    #[serde(default)]
+    prev: Option<String>,
 }
+
+/// How far back a receipt on a check also confirms the checks sent before it in the room.
+const EARLIER_CHECKS: usize = 8;
 
 fn room_key(user: &str) -> String {
     format!("room:{user}")
@@ -354,6 +362,7 @@ impl MatrixProvider {
             to: None,
             values: Vec::new(),
             ts: ev["origin_server_ts"].as_i64(),
+            prev: None,
         };
         self.set_state(
             &event_key(event),
@@ -419,6 +428,51 @@ impl MatrixProvider {
         })
     }
 
+    /// The checks sent in `room` before `rec`, newest first (at most [`EARLIER_CHECKS`]): what
+    /// has been read or answered after them has been seen after them too.
+    async fn earlier_checks(
+        &self,
+        room: &str,
+        rec: &CheckRecord,
+    ) -> Result<Vec<CheckRecord>, ProviderError> {
+        let mut out: Vec<CheckRecord> = Vec::new();
+        let mut next = rec.prev.clone();
+        while let Some(event) = next.take() {
+            if out.len() >= EARLIER_CHECKS {
+                break;
+            }
+            let Some(earlier) = self.check_of(room, &event).await? else {
+                break;
+            };
+            next = earlier.prev.clone();
+            out.push(earlier);
+        }
+        Ok(out)
+    }
+
+    /// Read events for the checks before `rec` (see [`Self::earlier_checks`]).
+    async fn push_earlier_reads(
+        &self,
+        room: &str,
+        rec: &CheckRecord,
+        base: &InboundEvent,
+        out: &mut Vec<InboundEvent>,
+    ) -> Result<(), ProviderError> {
+        for earlier in self.earlier_checks(room, rec).await? {
+            if earlier.rc == rec.rc {
+                continue;
+            }
+            out.push(InboundEvent {
+                event_id: format!("{}:rc{}", base.event_id, earlier.rc),
+                roll_call_id: Some(RollCallId(earlier.rc)),
+                from: base.from.clone(),
+                kind: InboundKind::Read,
+                occurred_at: base.occurred_at,
+            });
+        }
+        Ok(())
+    }
+
     /// Turns one joined room's part of a `/sync` answer into inbound events.
     async fn room_events(
         &self,
@@ -449,13 +503,15 @@ impl MatrixProvider {
                     else {
                         continue;
                     };
-                    out.push(InboundEvent {
+                    let read = InboundEvent {
                         event_id: format!("receipt:{user}:{target}"),
                         roll_call_id: Some(RollCallId(rec.rc)),
                         from,
                         kind: InboundKind::Read,
                         occurred_at: server_time(receipt["ts"].as_i64(), &self.clock),
-                    });
+                    };
+                    self.push_earlier_reads(room, &rec, &read, out).await?;
+                    out.push(read);
                 }
             }
         }
@@ -499,13 +555,15 @@ impl MatrixProvider {
                     None => continue,
                 },
             };
-            out.push(InboundEvent {
+            let answer = InboundEvent {
                 event_id: event_id.to_string(),
                 roll_call_id: Some(RollCallId(rec.rc)),
                 from,
                 kind,
                 occurred_at: server_time(at, &self.clock),
-            });
+            };
+            self.push_earlier_reads(room, &rec, &answer, out).await?;
+            out.push(answer);
         }
         Ok(())
     }
@@ -766,14 +824,19 @@ impl ChatProvider for MatrixProvider {
             Err(_) => None,
         };
         if let Some(ev) = &event_id {
-            let rec = CheckRecord {
-                rc: msg.roll_call_id.0,
-                to: Some(msg.to.as_str().to_string()),
-                values: msg.buttons.iter().map(|b| b.value.clone()).collect(),
-                ts: None,
-            };
-            let json = serde_json::to_string(&rec).unwrap_or_default();
             let written = async {
+                let prev = self
+                    .get_state(&latest_key(&room))
+                    .await?
+                    .filter(|p| p != ev);
+                let rec = CheckRecord {
+                    rc: msg.roll_call_id.0,
+                    to: Some(msg.to.as_str().to_string()),
+                    values: msg.buttons.iter().map(|b| b.value.clone()).collect(),
+                    ts: None,
+                    prev,
+                };
+                let json = serde_json::to_string(&rec).unwrap_or_default();
                 self.set_state(&event_key(ev), &json).await?;
                 self.set_state(&latest_key(&room), ev).await
             };
@@ -956,6 +1019,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_receipt_on_a_later_check_confirms_the_earlier_ones_in_the_room() {
+        // A safety check (roll call 7), then an announcement (roll call 8) in the same DM
+        // room; the person opens the chat and their client sends one receipt, on the newest.
+        let next = Arc::new(Mutex::new(0u32));
+        let n2 = next.clone();
+        let sync = json!({
+            "next_batch": "s2",
+            "rooms": {"join": {"!dm:hs.test": {
+                "ephemeral": {"events": [{"type": "m.receipt", "content": {
+                    "$ev2": {"m.read": {"@s001:hs.test": {"ts": 1_700_000_000_500_i64}}}
+                }}]},
+                "timeline": {"events": []}
+            }}}
+        });
+        let app = Router::new()
+            .route(
+                "/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
+                put(move || {
+                    let n2 = n2.clone();
+                    async move {
+                        let mut n = n2.lock().unwrap();
+                        *n += 1;
+                        Json(json!({"event_id": format!("$ev{n}")}))
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/client/v3/sync",
+                get(move || {
+                    let sync = sync.clone();
+                    async move { Json(sync) }
+                }),
+            );
+        let f = fixture(app).await;
+        with_room(&f).await;
+        let mut msg = message();
+        f.provider.send(&msg).await.unwrap();
+        msg.roll_call_id = RollCallId(8);
+        msg.delivery_id = 43;
+        f.provider.send(&msg).await.unwrap();
+        let batch = f.provider.poll_events(None, Duration::ZERO).await.unwrap();
+        let mut got: Vec<(Option<RollCallId>, InboundKind)> = batch
+            .events
+            .iter()
+            .map(|e| (e.roll_call_id, e.kind.clone()))
+            .collect();
+        got.sort_by_key(|g| g.0);
+        assert_eq!(
+            got,
+            vec![
+                (Some(RollCallId(7)), InboundKind::Read),
+                (Some(RollCallId(8)), InboundKind::Read),
+            ]
+        );
+        assert_eq!(*next.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
     async fn errors_are_classified_once() {
         let app = Router::new().route(
             "/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
@@ -1066,6 +1187,7 @@ mod tests {
             to: Some("@s001:hs.test".into()),
             values: vec!["safe".into(), "injured".into()],
             ts: Some(1_700_000_000_000),
+            prev: None,
         };
         f.store
             .set_provider_state(
