@@ -14,8 +14,9 @@
 //! Invariants: every HTTP outcome is classified here, once; a send the homeserver accepted is
 //! never reported as failed; a send is idempotent (the transaction id comes from the delivery,
 //! so a retry after a timeout never posts twice); the sync cursor is `next_batch`, stored by the
-//! core with the events it covers, and without one the adapter does a full `/sync`, which
-//! returns every room's current receipts (reconciliation after a restart or a lost cursor).
+//! core with the events it covers; without one, and once more on the first poll of every
+//! process, the adapter does a full `/sync`, which returns every room's current receipts
+//! (reconciliation after a restart or a lost cursor).
 //!
 //! What Matrix does not show is not guessed: a private receipt (`m.read.private`) is invisible
 //! to the bot, so such a reader stays unconfirmed and is escalated at the deadline (the safe
@@ -116,6 +117,8 @@ pub struct MatrixProvider {
     max_in_flight: usize,
     /// The inline `/sync` filter (JSON).
     filter: String,
+    /// Whether this process has read every room's current receipts once (see `poll_events`).
+    reconciled: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for MatrixProvider {
@@ -186,6 +189,7 @@ impl MatrixProvider {
             rate_limit: config.rate_limit(),
             max_in_flight,
             filter,
+            reconciled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -294,8 +298,15 @@ impl MatrixProvider {
             .send()
             .await
             .map_err(transport_error)?;
+        // Only a missing list starts empty: anything else unreadable would be overwritten.
         let mut direct: HashMap<String, Vec<String>> = if resp.status().is_success() {
-            resp.json().await.unwrap_or_default()
+            resp.json().await.map_err(|e| {
+                ProviderError::Permanent(format!(
+                    "the bot's m.direct list is not readable ({e}); left unchanged"
+                ))
+            })?
+        } else if resp.status() != StatusCode::NOT_FOUND {
+            return Err(refusal(resp, "m.direct").await);
         } else {
             HashMap::new()
         };
@@ -855,6 +866,20 @@ impl ChatProvider for MatrixProvider {
         cursor: Option<&str>,
         wait: Duration,
     ) -> Result<EventBatch, ProviderError> {
+        let mut events = Vec::new();
+        let mut wait = wait;
+        // The first poll of this process also reads every room's current receipts (a full
+        // /sync), so nothing a stored cursor could have missed stays missed after a restart.
+        if cursor.is_some() && !self.reconciled.load(std::sync::atomic::Ordering::Relaxed) {
+            let full = self.sync(None, Duration::ZERO).await?;
+            if !full.status().is_success() {
+                return Err(refusal(full, "sync").await);
+            }
+            for (room, data) in &read_sync(full).await?.rooms.join {
+                self.room_events(room, data, &mut events).await?;
+            }
+            wait = Duration::ZERO;
+        }
         let mut resp = self.sync(cursor, wait).await?;
         if cursor.is_some() && resp.status().is_client_error() && resp.status() != 429 {
             // A cursor the homeserver no longer knows: start over from the current state.
@@ -864,21 +889,25 @@ impl ChatProvider for MatrixProvider {
         if !resp.status().is_success() {
             return Err(refusal(resp, "sync").await);
         }
-        let bytes = resp.bytes().await.map_err(transport_error)?;
-        let sync: SyncResponse =
-            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
-                after: None,
-                reason: format!("homeserver sent an unreadable /sync answer: {e}"),
-            })?;
-        let mut events = Vec::new();
+        let sync = read_sync(resp).await?;
         for (room, data) in &sync.rooms.join {
             self.room_events(room, data, &mut events).await?;
         }
+        self.reconciled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(EventBatch {
             events,
             cursor: Some(sync.next_batch),
         })
     }
+}
+
+async fn read_sync(resp: Response) -> Result<SyncResponse, ProviderError> {
+    let bytes = resp.bytes().await.map_err(transport_error)?;
+    serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
+        after: None,
+        reason: format!("homeserver sent an unreadable /sync answer: {e}"),
+    })
 }
 
 #[cfg(test)]
