@@ -255,11 +255,11 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let started_wall = Instant::now();
     let (rc, est) = hq.start(&scenario, None, None).await?;
     println!(
-        "安否確認 #{} 「{}」 締切 {} 分 / deadline {} min; 送信完了見込み {:.0} 秒 / all sent in ~{:.0}s (sim time)",
+        "安否確認 #{} 「{}」 締切 {} 秒 / deadline {} s; 送信完了見込み {:.1} 秒 / all sent in ~{:.1}s (sim time)",
         rc.id,
         rc.title,
-        rc.deadline_ms / 60_000,
-        rc.deadline_ms / 60_000,
+        rc.deadline_ms / 1000,
+        rc.deadline_ms / 1000,
         est.seconds_to_all_sent,
         est.seconds_to_all_sent
     );

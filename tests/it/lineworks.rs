@@ -30,6 +30,8 @@ struct LwApp {
     cancel: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     contacts: Vec<Contact>,
+    config: Config,
+    clock: SharedClock,
     _tmp: tempfile::TempDir,
 }
 
@@ -119,7 +121,9 @@ bot_secret = "{}"
         },
     ))
     .unwrap();
-    let app = Application::build_with_clock(config, clock).await.unwrap();
+    let app = Application::build_with_clock(config.clone(), clock.clone())
+        .await
+        .unwrap();
     let base_url = format!("http://{}", app.local_addr());
     lw.set_callback_url(format!("{base_url}/callbacks/lineworks"));
     let hq = app.hq();
@@ -134,7 +138,28 @@ bot_secret = "{}"
         cancel,
         running,
         contacts: cs,
+        config,
+        clock,
         _tmp: tmp,
+    }
+}
+
+impl LwApp {
+    /// Stops anpi (the stand-in keeps running) and starts it again on the same database.
+    async fn restart(&mut self) {
+        self.cancel.cancel();
+        if let Some(r) = self.running.take() {
+            r.await.unwrap().unwrap();
+        }
+        let app = Application::build_with_clock(self.config.clone(), self.clock.clone())
+            .await
+            .unwrap();
+        self.base_url = format!("http://{}", app.local_addr());
+        self.lw
+            .set_callback_url(format!("{}/callbacks/lineworks", self.base_url));
+        self.hq = app.hq();
+        self.cancel = CancellationToken::new();
+        self.running = Some(tokio::spawn(app.run_until_stopped(self.cancel.clone())));
     }
 }
 
@@ -353,6 +378,50 @@ async fn readers_of_the_board_post_leave_the_call_list_and_the_rest_are_on_it_at
     assert_eq!(plan["unsent"], 0);
 }
 
+#[tokio::test]
+async fn a_board_post_made_before_a_restart_is_still_followed_without_a_stored_cursor() {
+    let cs = contacts(20);
+    let mut script = Script::new();
+    for c in &cs[..10] {
+        script.insert(handle(c), Behaviour::reads_after(Duration::from_secs(120)));
+    }
+    let mut app = spawn(20, script, true, 60.0).await;
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Broadcast);
+    app.all_sent(rc.id).await;
+    // Stopped before anyone has read; the readers feed's cursor is lost too (as when another
+    // replica made the post): only the stored record of the post is left.
+    app.cancel.cancel();
+    if let Some(r) = app.running.take() {
+        r.await.unwrap().unwrap();
+    }
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        app._tmp.path().join("anpi.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM provider_cursors")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    app.restart().await;
+    let hq = app.hq.clone();
+    until("deadline passed and escalated", || {
+        let hq = hq.clone();
+        async move {
+            let p = hq.status(rc.id).await.unwrap().progress;
+            p.next_deadline_at.is_none() && p.overall.escalated > 0
+        }
+    })
+    .await;
+    let p = app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(p.read, 10, "{p:?}");
+    assert_eq!(p.to_call, 10, "{p:?}");
+    assert_eq!(app.lw.stats().board_posts, 1);
+}
+
 fn demo_args(size: usize, speed: f64) -> DemoArgs {
     DemoArgs {
         size,
@@ -391,11 +460,22 @@ async fn demo_on_one_to_one_takes_what_the_planner_said_within_ten_percent() {
 #[tokio::test]
 async fn demo_with_a_board_notifies_ten_thousand_within_two_minutes() {
     init_logs();
-    let r = demo::run_measured(demo_args(10_000, 20.0)).await.unwrap();
+    let speed = 20.0;
+    let r = demo::run_measured(demo_args(10_000, speed)).await.unwrap();
     assert_eq!(r.route, RouteKind::Broadcast);
-    assert_eq!(r.estimate_seconds, 1.0);
+    // Writing 10,000 deliveries, then one post.
+    assert_eq!(r.estimate_seconds, 0.1);
     let measured = r.measured_seconds.expect("all sent");
     assert!(measured < 120.0, "measured {measured:.1}s");
+    // Nothing here waits for the platform's limit: all of it is anpi's own work, which the
+    // sped-up clock multiplies. In wall time it is the estimate, give or take a second for a
+    // debug build on a shared machine (release figures: docs/BENCHMARKS.md).
+    assert!(
+        measured / speed <= r.estimate_seconds * 1.1 + 1.0,
+        "measured {:.2}s of wall time vs estimate {:.1}s",
+        measured / speed,
+        r.estimate_seconds
+    );
     assert_eq!(r.limit_exceeded, 0);
     // The drill population reads: the board's readers list brought their reads in.
     assert!(r.confirmed > 5_000, "{r:?}");
@@ -404,13 +484,19 @@ async fn demo_with_a_board_notifies_ten_thousand_within_two_minutes() {
 #[tokio::test]
 async fn demo_with_department_rooms_uses_one_message_per_room() {
     init_logs();
-    let mut args = demo_args(1_000, 100.0);
+    let mut args = demo_args(1_000, 10.0);
     args.no_board = true;
     args.rooms = true;
     let r = demo::run_measured(args).await.unwrap();
     assert_eq!(r.route, RouteKind::Rooms);
-    // Twelve departments and the shelter phones 1:1: all inside the first burst.
-    assert!(r.estimate_seconds < 30.0, "{r:?}");
-    assert!(r.measured_seconds.expect("all sent") < 60.0, "{r:?}");
+    // Twelve department rooms and 50 shelter phones 1:1: 62 requests, 22 in the first burst,
+    // 40 at 0.9 x 228/min.
+    assert!((r.estimate_seconds - 11.7).abs() < 0.05, "{r:?}");
+    let measured = r.measured_seconds.expect("all sent");
+    assert!(
+        (measured - r.estimate_seconds).abs() <= r.estimate_seconds * 0.1,
+        "measured {measured:.1}s vs estimate {:.1}s",
+        r.estimate_seconds
+    );
     assert_eq!(r.limit_exceeded, 0);
 }
