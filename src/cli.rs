@@ -327,6 +327,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The dispatch plan and what is left of it (`GET /api/rollcalls/{id}/plan`).
+fn print_plan(v: &Value) {
+    let unsent = v["unsent"].as_u64().unwrap_or(0);
+    let p = &v["plan"];
+    if !p.is_null() {
+        println!(
+            "経路 / route: {} — {} requests, estimate {:.1}s to reach everyone",
+            p["route"].as_str().unwrap_or("?"),
+            p["requests"],
+            p["seconds_to_all_notified"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if unsent > 0 {
+        println!(
+            "未送信 {unsent} 件、あと約 {:.0} 秒 / {unsent} not yet sent, about {:.0}s to go",
+            v["seconds_remaining"].as_f64().unwrap_or(0.0),
+            v["seconds_remaining"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
 /// `anpi call ID --next`: claims the next person and shows who to ring and how.
 async fn call_next(client: &Client, id: &str, desk: &Value) -> anyhow::Result<ExitCode> {
     let v = client
@@ -605,13 +626,16 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
             Ok(ExitCode::SUCCESS)
         }
         RollcallCommand::Status { id, json } => {
-            let v = client
-                .get_json(&format!("/api/rollcalls/{}", id.trim_start_matches('#')))
-                .await?;
+            let id = id.trim_start_matches('#');
+            let v = client.get_json(&format!("/api/rollcalls/{id}")).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_status(&v);
+                let plan = client
+                    .get_json(&format!("/api/rollcalls/{id}/plan"))
+                    .await?;
+                print_plan(&plan);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1098,13 +1098,36 @@ mod tests {
             .all(|e| e.kind == InboundKind::Read && e.roll_call_id == Some(RollCallId(3))));
         // 12,000 members at 5,000 a page: 3 pages a poll, 2 polls.
         assert_eq!(lw.stats().readers_requests, 6);
-        // The readers budget (30/min, a burst of 3) refills on the clock.
+        // The watcher could not store that batch, so it polls again from the older cursor:
+        // the same reads come again rather than being lost.
+        c.advance(Duration::from_secs(10));
+        let retried = p
+            .poll_events(none.cursor.as_deref(), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            retried.events.len(),
+            6_000,
+            "reads not yet stored are reported again"
+        );
+        // Stored this time: polling on from its cursor reports nothing new.
         c.advance(Duration::from_secs(10));
         let again = p
-            .poll_events(batch.cursor.as_deref(), Duration::ZERO)
+            .poll_events(retried.cursor.as_deref(), Duration::ZERO)
             .await
             .unwrap();
         assert!(again.events.is_empty(), "reads are reported once");
+        // A new process (no memory of what was reported) following the stored post, as after
+        // a restart or on another replica, reports them again; the event log drops replays.
+        let fresh = provider(&lw, &c);
+        fresh.follow_broadcast(
+            RollCallId(3),
+            posted.post_id.as_deref().unwrap(),
+            c.now_millis(),
+        );
+        c.advance(Duration::from_secs(10));
+        let rebuilt = fresh.poll_events(None, Duration::ZERO).await.unwrap();
+        assert_eq!(rebuilt.events.len(), 6_000);
         assert_eq!(lw.stats().limit_exceeded, 0);
     }
 

@@ -95,6 +95,12 @@ fn endpoints(rc: i64) -> Vec<(Method, String, Value, &'static str)> {
             Value::Null,
             "hq",
         ),
+        (
+            Method::GET,
+            format!("/api/rollcalls/{rc}/plan"),
+            Value::Null,
+            "caller",
+        ),
         (Method::PUT, "/api/contacts".into(), json!([]), "hq"),
         (Method::GET, "/api/contacts".into(), Value::Null, "hq"),
     ]
