@@ -835,8 +835,14 @@ pub fn parse_callback(
                 .content
                 .as_ref()
                 .ok_or_else(|| CallbackError::Malformed("message without content".into()))?;
-            if let Some(data) = content.get("postback").and_then(Value::as_str) {
-                answer(data)
+            // A tap on one of anpi's buttons is that answer; anything else the person sends
+            // (text, a sticker, a photo, another bot's button) is a reply all the same.
+            let tap = content
+                .get("postback")
+                .and_then(Value::as_str)
+                .and_then(answer);
+            if tap.is_some() {
+                tap
             } else {
                 match content.get("type").and_then(Value::as_str) {
                     Some("text") => content.get("text").and_then(Value::as_str).map(|t| {
@@ -861,7 +867,13 @@ pub fn parse_callback(
                         );
                         Some((None, InboundKind::Sticker { id }))
                     }
-                    _ => None,
+                    Some(other) => Some((
+                        None,
+                        InboundKind::Reply {
+                            text: format!("[{other}]"),
+                        },
+                    )),
+                    None => None,
                 }
             }
         }
@@ -1177,6 +1189,21 @@ mod tests {
             parse_callback(sticker, Utc::now()).unwrap().unwrap().kind,
             InboundKind::Sticker { .. }
         ));
+        // Another bot's button, or a photo: a reply all the same.
+        let foreign = r#"{"type":"message","source":{"userId":"u1"},"content":{"type":"text","text":"はい","postback":"other-bot:1"}}"#.as_bytes();
+        assert_eq!(
+            parse_callback(foreign, Utc::now()).unwrap().unwrap().kind,
+            InboundKind::Reply {
+                text: "はい".into()
+            }
+        );
+        let photo = br#"{"type":"message","source":{"userId":"u1"},"content":{"type":"image","resourceId":"r1"}}"#;
+        assert_eq!(
+            parse_callback(photo, Utc::now()).unwrap().unwrap().kind,
+            InboundKind::Reply {
+                text: "[image]".into()
+            }
+        );
         let leave = br#"{"type":"leave","source":{"userId":"u1"}}"#;
         assert_eq!(parse_callback(leave, Utc::now()), Ok(None));
         assert!(matches!(
