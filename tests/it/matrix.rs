@@ -206,7 +206,12 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
         return;
     };
     let (bot, people, rooms) = (&w.bot, &w.people, &w.rooms);
+    // From here the real daemon runs, as a process that is killed with SIGKILL; the test
+    // keeps its in-process HQ only to write the roll call and read progress from the file.
+    w.app.shutdown().await;
     let rc = w.app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
+    let log = w.dir.path().join("anpi.log");
+    let mut daemon = crate::crash::spawn_daemon(&w.config_path, &log);
     wait_for(
         &w.app,
         rc.id,
@@ -234,7 +239,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     )
     .await;
 
-    w.app.shutdown().await;
+    crate::crash::kill(&mut daemon);
     // While anpi is down: two read, one reacts, one replies.
     for i in 2..4 {
         people[i]
@@ -244,9 +249,9 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     people[4].react(&rooms[4], &checks[4], "🙆").await;
     people[5].say(&rooms[5], "2").await;
 
-    let mut app = MatrixApp::spawn(w.config_path.clone()).await;
+    let mut daemon = crate::crash::spawn_daemon(&w.config_path, &log);
     let p = wait_for(
-        &app,
+        &w.app,
         rc.id,
         "reads after restart",
         Duration::from_secs(30),
@@ -254,7 +259,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
     )
     .await;
     assert_eq!(p.overall.sent, 1, "{:?}", p.overall);
-    app.shutdown().await;
+    crate::crash::kill(&mut daemon);
 
     // Down again, and this time the stored sync position is lost too: the restart rebuilds
     // from a full /sync, which carries every room's current receipts.
