@@ -340,6 +340,32 @@ async fn a_shelter_token_acknowledges_for_its_own_phone_only() {
 }
 
 #[tokio::test]
+async fn a_shelter_phone_without_a_chat_id_is_told_it_is_on_the_call_list() {
+    let mut opts = with_shelter_token();
+    let phone = opts
+        .contacts
+        .iter_mut()
+        .find(|c| c.id.as_str() == "P0001")
+        .expect("the synthetic population has shelter phone P0001");
+    phone.chat.clear();
+    let app = spawn_app_with(opts).await;
+    let rc = app.start(&scenario()).await;
+    app.all_sent(rc.id).await;
+    let res = app
+        .http
+        .post(format!("{}/api/rollcalls/{}/ack", app.base_url, rc.id))
+        .bearer_auth(SHELTER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("P0001") && body.contains("call list"), "{body}");
+    assert_eq!(app.progress(rc.id).await.overall.answered, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_announcement_goes_to_everyone_once_with_one_ok_button() {
     let app = spawn_app().await;
     let send = || {
