@@ -370,8 +370,12 @@ async fn call_next(client: &Client, id: &str, desk: &Value) -> anyhow::Result<Ex
     if let Some(m) = v["minutes_waiting"].as_i64() {
         println!("  {m} 分未読 / minutes unread");
     }
+    let desk = desk["desk"]
+        .as_str()
+        .map(|d| format!(" --desk {d}"))
+        .unwrap_or_default();
     println!(
-        "held by {}: record the call with `anpi call {id} {staff} --outcome safe|injured|needs-help|no-answer|unreachable`",
+        "held by {}: record the call with `anpi call {id} {staff}{desk} --outcome safe|injured|needs-help|no-answer|unreachable`",
         v["caller"].as_str().unwrap_or("you")
     );
     Ok(ExitCode::SUCCESS)
@@ -727,7 +731,7 @@ fn print_status(v: &Value) {
     );
     if n("reached") > 0 {
         println!(
-            "電話で確認 {} (負傷 {} 要救助 {} 不通 {}) / reached by phone {} (injured {}, needs help {}, unreachable {})",
+            "電話対応済み {} (うち負傷 {} 要救助 {} 不通 {}) / closed by phone {} (injured {}, needs help {}, unreachable {})",
             n("reached"),
             n("injured"),
             n("needs_help"),

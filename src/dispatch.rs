@@ -365,22 +365,7 @@ impl Dispatcher {
             Some(p) => p,
             None => {
                 let progress = self.store.progress(id).await?;
-                let mut population = std::collections::BTreeMap::new();
-                for c in contacts.iter().filter(|c| c.chat.contains_key(name)) {
-                    *population
-                        .entry(c.department.clone().unwrap_or_default())
-                        .or_insert(0) += 1;
-                }
-                let audience = Audience {
-                    reachable: (progress.overall.total - progress.overall.escalated).max(0)
-                        as usize,
-                    by_group: progress
-                        .by_department
-                        .iter()
-                        .map(|(g, c)| (g.clone(), (c.total - c.escalated).max(0) as usize))
-                        .collect(),
-                    population,
-                };
+                let audience = Audience::from_progress(&progress, &contacts, name);
                 let p = planner::plan(&audience, &self.provider.capabilities(), &self.routes);
                 if let Ok(json) = serde_json::to_string(&p) {
                     self.store
@@ -393,8 +378,8 @@ impl Dispatcher {
         let mut group_of = HashMap::new();
         if plan.route == RouteKind::Rooms {
             for c in &contacts {
-                if let (Some(h), Some(dept)) = (c.chat.get(name), c.department.as_ref()) {
-                    group_of.insert(h.as_str().to_string(), dept.clone());
+                if let Some(h) = c.chat.get(name) {
+                    group_of.insert(h.as_str().to_string(), planner::group_key(c));
                 }
             }
         }
@@ -433,9 +418,9 @@ impl Dispatcher {
 
     /// Executes broadcast and room plans for everything due, a chunk at a time: the first
     /// chunk is `claimed` (its 1:1 deliveries hold rate-limit tokens), and each chunk's board
-    /// post or room messages go out before the next chunk is claimed, so everyone is notified
-    /// as soon as the first deliveries are claimed; later chunks are recorded against the post
-    /// already made. 1:1 deliveries without a token are handed back at the end (holding them
+    /// post or room messages go out before the next chunk is claimed, so a board post notifies
+    /// everyone as soon as the first deliveries are claimed; later chunks are recorded against
+    /// the post already made, or, when it did not go out, put back with its retry time. 1:1 deliveries without a token are handed back at the end (holding them
     /// until then keeps them out of the next chunk).
     async fn run_planned(&self, claimed: Vec<ClaimedDelivery>) -> Result<Outcome, StoreError> {
         let granted_ids: std::collections::HashSet<i64> = claimed.iter().map(|d| d.id).collect();
@@ -445,6 +430,10 @@ impl Dispatcher {
         let mut direct = Vec::new();
         let mut results = Vec::new();
         let mut unused_tokens = 0usize;
+        // Posts that did not go out in this run, and when to try again: later chunks they
+        // cover go back with the same answer instead of asking the platform again.
+        let mut not_out: HashMap<(RollCallId, Option<String>), (Millis, String, bool)> =
+            HashMap::new();
         loop {
             let n = chunk.len();
             total += n;
@@ -483,9 +472,29 @@ impl Dispatcher {
             if let Some(l) = &self.limiter {
                 l.give_back(std::mem::take(&mut unused_tokens));
             }
-            for ((id, group), ds) in groups {
-                let rc = self.roll_call(id).await?;
-                results.extend(self.broadcast_one(&rc, group, ds).await?);
+            for (key, ds) in groups {
+                if let Some((next, error, refund)) = not_out.get(&key) {
+                    results.extend(ds.iter().map(|d| SendResult::Retry {
+                        id: d.id,
+                        lease_until: d.lease_until,
+                        next_attempt_at: *next,
+                        error: error.clone(),
+                        refund_attempt: *refund,
+                    }));
+                    continue;
+                }
+                let rc = self.roll_call(key.0).await?;
+                let done = self.broadcast_one(&rc, key.1.clone(), ds).await?;
+                if let Some(SendResult::Retry {
+                    next_attempt_at,
+                    error,
+                    refund_attempt,
+                    ..
+                }) = done.first()
+                {
+                    not_out.insert(key, (*next_attempt_at, error.clone(), *refund_attempt));
+                }
+                results.extend(done);
             }
             if (!first && n < BROADCAST_CLAIM) || total >= MAX_BROADCAST_BATCH {
                 break;

@@ -408,15 +408,15 @@ fn hq_text(rc: &RollCall, p: &crate::rollcall::Progress, table: &str) -> String 
     let c = &p.overall;
     format!(
         "{title}（#{id}）の期限が過ぎました。下の人に電話で確認してください。\n\
-         対象 {total}名 / 確認済み {confirmed}名 / 要電話 {to_call}名 / 電話で確認 {reached}名\
-         （負傷 {injured} / 要救助 {needs_help} / 不通 {unreachable}）\n\
+         対象 {total}名 / 確認済み {confirmed}名 / 要電話 {to_call}名 / 電話対応済み {reached}名\
+         （うち負傷 {injured} / 要救助 {needs_help} / 不通 {unreachable}）\n\
          \n\
          {table}\n\
          同じ一覧を CSV で添付しています（Excel で開けます）。電話の結果は HQ 画面か\n\
          `anpi call` で記録してください。\n\
          \n\
          Deadline passed for roll call #{id} ({title}). Please call the people above.\n\
-         Recipients {total}, confirmed {confirmed}, to call {to_call}, reached by phone {reached} \
+         Recipients {total}, confirmed {confirmed}, to call {to_call}, closed by phone {reached} \
          (injured {injured}, needs help {needs_help}, unreachable {unreachable}).\n\
          The same list is attached as CSV. Record call outcomes on the HQ page or with `anpi call`.\n",
         title = rc.title,

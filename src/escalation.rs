@@ -185,9 +185,12 @@ fn group(e: &CallListEntry) -> String {
     match e.kind {
         ContactKind::ShelterPhone => format!(
             "避難所: {}",
-            e.shelter.as_deref().unwrap_or("(避難所名なし)")
+            e.shelter.as_deref().unwrap_or(crate::rollcall::NO_SHELTER)
         ),
-        ContactKind::Staff => e.department.clone().unwrap_or_else(|| "(所属なし)".into()),
+        ContactKind::Staff => e
+            .department
+            .clone()
+            .unwrap_or_else(|| crate::rollcall::NO_DEPARTMENT.into()),
     }
 }
 

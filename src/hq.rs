@@ -113,18 +113,6 @@ pub fn estimate_plan(
     e
 }
 
-/// The planner's view of who among `audience` can be reached on `provider`.
-fn audience_shape<'a>(audience: impl Iterator<Item = &'a Contact>, provider: &str) -> Audience {
-    let mut a = Audience::default();
-    for c in audience.filter(|c| c.chat.contains_key(provider)) {
-        a.reachable += 1;
-        *a.by_group
-            .entry(c.department.clone().unwrap_or_default())
-            .or_insert(0) += 1;
-    }
-    a
-}
-
 /// A roll call's plan during dispatch.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanStatus {
@@ -206,16 +194,15 @@ impl Hq {
         if contacts.is_empty() {
             return Err(HqError::NoContacts);
         }
-        let population = audience_shape(contacts.iter(), &self.provider).by_group;
         let audience: Vec<Contact> = contacts
-            .into_iter()
+            .iter()
             .filter(|c| scenario.audience.matches(c))
+            .cloned()
             .collect();
         if audience.is_empty() {
             return Err(HqError::EmptyAudience(scenario.name.clone()));
         }
-        let mut shape = audience_shape(audience.iter(), &self.provider);
-        shape.population = population;
+        let shape = Audience::of(audience.iter(), &contacts, &self.provider);
         Ok((audience, shape))
     }
 

@@ -11,14 +11,16 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::contacts::{Contact, ContactKind};
 use crate::providers::{Capabilities, RateLimit, Route, RouteKind};
+use crate::rollcall::{Progress, NO_DEPARTMENT, NO_SHELTER};
 
 /// Who is to be reached, as the planner needs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Audience {
     /// People with a chat id on the provider.
     pub reachable: usize,
-    /// Reachable people per group (department); people without one are under "".
+    /// Reachable people per group ([`group_key`]: a department, or a shelter).
     pub by_group: BTreeMap<String, usize>,
     /// Everyone reachable on the provider, per group: who a board post or a room message
     /// really reaches. A board post is used only when the audience is everyone, and a room
@@ -28,6 +30,44 @@ pub struct Audience {
 }
 
 impl Audience {
+    /// The planner's view of `audience` (contacts) on `provider`, with `everyone` (every
+    /// contact) as the population. Groups are keyed as roll-call progress keys them (see
+    /// [`group_key`]), so a plan worked out later from a roll call's progress agrees.
+    pub fn of<'a>(
+        audience: impl Iterator<Item = &'a Contact>,
+        everyone: &[Contact],
+        provider: &str,
+    ) -> Self {
+        let mut a = Self {
+            population: count_by_group(everyone.iter(), provider),
+            ..Self::default()
+        };
+        a.by_group = count_by_group(audience, provider);
+        a.reachable = a.by_group.values().sum();
+        a
+    }
+
+    /// The planner's view of a roll call from its progress (for a roll call HQ has not
+    /// planned): who is not yet escalated is reachable.
+    pub fn from_progress(p: &Progress, everyone: &[Contact], provider: &str) -> Self {
+        let reachable = |c: &crate::rollcall::Counts| (c.total - c.escalated).max(0) as usize;
+        let by_group: BTreeMap<String, usize> = p
+            .by_department
+            .iter()
+            .map(|(g, c)| (g.clone(), reachable(c)))
+            .chain(
+                p.by_shelter
+                    .iter()
+                    .map(|(s, c)| (format!("{SHELTER_GROUP}{s}"), reachable(c))),
+            )
+            .collect();
+        Self {
+            reachable: reachable(&p.overall),
+            by_group,
+            population: count_by_group(everyone.iter(), provider),
+        }
+    }
+
     fn is_everyone(&self) -> bool {
         self.population.is_empty() || self.reachable >= self.population.values().sum()
     }
@@ -37,6 +77,31 @@ impl Audience {
         let ours = self.by_group.get(g).copied().unwrap_or(0);
         self.population.is_empty() || ours >= self.population.get(g).copied().unwrap_or(0)
     }
+}
+
+/// Prefix of a shelter phone's group, so no shelter is taken for a department's room.
+const SHELTER_GROUP: &str = "避難所:";
+
+/// The group `c` counts in: a member of staff by department, a shelter phone by shelter.
+pub fn group_key(c: &Contact) -> String {
+    match c.kind {
+        ContactKind::Staff => c.department.clone().unwrap_or_else(|| NO_DEPARTMENT.into()),
+        ContactKind::ShelterPhone => format!(
+            "{SHELTER_GROUP}{}",
+            c.shelter.as_deref().unwrap_or(NO_SHELTER)
+        ),
+    }
+}
+
+fn count_by_group<'a>(
+    contacts: impl Iterator<Item = &'a Contact>,
+    provider: &str,
+) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for c in contacts.filter(|c| c.chat.contains_key(provider)) {
+        *by.entry(group_key(c)).or_insert(0) += 1;
+    }
+    by
 }
 
 /// How one route would do.

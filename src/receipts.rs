@@ -14,7 +14,7 @@ use tracing::{info_span, warn, Instrument};
 use crate::clock::SharedClock;
 use crate::dispatch::{broadcast_key, DoneBroadcast};
 use crate::metrics::Metrics;
-use crate::providers::{ChatProvider, InboundEvent, ProviderError};
+use crate::providers::{ChatProvider, InboundEvent, ProviderError, RouteKind};
 use crate::rollcall::RollCallState;
 use crate::store::{ApplySummary, SharedStore, StoreError};
 use crate::worker::Outcome;
@@ -49,8 +49,8 @@ pub struct ReceiptWatcher {
     poll_wait: Duration,
     cursor: tokio::sync::Mutex<Option<Option<String>>>,
     metrics: Arc<Metrics>,
-    /// When open roll calls' broadcasts were last handed to the provider to follow.
-    followed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When (clock millis) open roll calls' broadcasts were last handed to the provider.
+    followed_at: std::sync::Mutex<Option<crate::clock::Millis>>,
 }
 
 /// How often the watcher looks for broadcasts made by other replicas or before a restart.
@@ -78,15 +78,21 @@ impl ReceiptWatcher {
     /// Hands every open roll call's stored broadcast to the provider, so its reads are
     /// followed whichever replica posted it, and after a restart.
     async fn follow_broadcasts(&self) -> Result<(), StoreError> {
-        if !self.provider.routes().iter().any(|r| r.read_signal) {
+        let followed = self
+            .provider
+            .routes()
+            .iter()
+            .any(|r| r.kind == RouteKind::Broadcast && r.read_signal);
+        if !followed {
             return Ok(());
         }
         {
+            let now = self.clock.now_millis();
             let mut at = self.followed_at.lock().unwrap_or_else(|e| e.into_inner());
-            if at.is_some_and(|t| t.elapsed() < FOLLOW_EVERY) {
+            if at.is_some_and(|t| now - t < FOLLOW_EVERY.as_millis() as i64) {
                 return Ok(());
             }
-            *at = Some(std::time::Instant::now());
+            *at = Some(now);
         }
         let name = self.provider.name();
         for rc in self.store.roll_calls().await? {
@@ -113,7 +119,11 @@ impl ReceiptWatcher {
             *cursor = Some(self.store.cursor(self.provider.name()).await?);
         }
         let current = cursor.clone().flatten();
-        self.follow_broadcasts().await?;
+        // Not fatal: the feed still brings what this process already follows.
+        if let Err(e) = self.follow_broadcasts().await {
+            warn!(error = %e, "could not read open roll calls' broadcasts; following what is known");
+            self.metrics.store_error();
+        }
         let batch = self
             .provider
             .poll_events(current.as_deref(), self.poll_wait)

@@ -361,6 +361,11 @@ pub enum SendResult {
     },
 }
 
+/// The group of staff with no department, in progress and lists.
+pub const NO_DEPARTMENT: &str = "(所属なし)";
+/// The group of shelter phones with no shelter name.
+pub const NO_SHELTER: &str = "(避難所名なし)";
+
 /// Counts for HQ's progress view.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {

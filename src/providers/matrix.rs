@@ -300,10 +300,9 @@ impl MatrixProvider {
             .map_err(transport_error)?;
         // Only a missing list starts empty: anything else unreadable would be overwritten.
         let mut direct: HashMap<String, Vec<String>> = if resp.status().is_success() {
-            resp.json().await.map_err(|e| {
-                ProviderError::Permanent(format!(
-                    "the bot's m.direct list is not readable ({e}); left unchanged"
-                ))
+            resp.json().await.map_err(|e| ProviderError::Retryable {
+                after: None,
+                reason: format!("the bot's m.direct list is not readable ({e}); left unchanged"),
             })?
         } else if resp.status() != StatusCode::NOT_FOUND {
             return Err(refusal(resp, "m.direct").await);
@@ -447,6 +446,7 @@ impl MatrixProvider {
         rec: &CheckRecord,
     ) -> Result<Vec<CheckRecord>, ProviderError> {
         let mut out: Vec<CheckRecord> = Vec::new();
+        let mut seen = std::collections::HashSet::from([rec.rc]);
         let mut next = rec.prev.clone();
         while let Some(event) = next.take() {
             if out.len() >= EARLIER_CHECKS {
@@ -455,6 +455,17 @@ impl MatrixProvider {
             let Some(earlier) = self.check_of(room, &event).await? else {
                 break;
             };
+            // A closed roll call's record is evidence and stays as it was; older checks are
+            // older still. A roll call seen twice means the chain loops: stop.
+            let open = self
+                .store
+                .roll_call(RollCallId(earlier.rc))
+                .await
+                .map_err(store_error)?
+                .is_some_and(|r| r.state == crate::rollcall::RollCallState::Open);
+            if !open || !seen.insert(earlier.rc) {
+                break;
+            }
             next = earlier.prev.clone();
             out.push(earlier);
         }
@@ -836,6 +847,11 @@ impl ChatProvider for MatrixProvider {
         };
         if let Some(ev) = &event_id {
             let written = async {
+                // A retried send the homeserver recognised (same transaction id) returns the
+                // event it already has: its record, and the room's order, stay as they are.
+                if self.get_state(&event_key(ev)).await?.is_some() {
+                    return Ok(());
+                }
                 let prev = self
                     .get_state(&latest_key(&room))
                     .await?
@@ -1083,26 +1099,51 @@ mod tests {
             );
         let f = fixture(app).await;
         with_room(&f).await;
+        // Two open roll calls, the check (first) and the announcement (second).
+        let scenario = crate::scenario::Scenario::parse(
+            include_str!("../../scenarios/drill.toml"),
+            "scenarios/drill.toml",
+        )
+        .unwrap();
+        let contacts = crate::contacts::synthetic::generate(1, 1).contacts;
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let (new, recipients) = crate::rollcall::plan(&scenario, &contacts, NAME, None, None);
+            ids.push(
+                f.store
+                    .create_roll_call(&new, &recipients, 0)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
         let mut msg = message();
+        msg.roll_call_id = ids[0];
         f.provider.send(&msg).await.unwrap();
-        msg.roll_call_id = RollCallId(8);
+        msg.roll_call_id = ids[1];
         msg.delivery_id = 43;
         f.provider.send(&msg).await.unwrap();
-        let batch = f.provider.poll_events(None, Duration::ZERO).await.unwrap();
-        let mut got: Vec<(Option<RollCallId>, InboundKind)> = batch
-            .events
-            .iter()
-            .map(|e| (e.roll_call_id, e.kind.clone()))
-            .collect();
-        got.sort_by_key(|g| g.0);
+        let poll = || async {
+            let batch = f.provider.poll_events(None, Duration::ZERO).await.unwrap();
+            let mut got: Vec<(Option<RollCallId>, InboundKind)> = batch
+                .events
+                .iter()
+                .map(|e| (e.roll_call_id, e.kind.clone()))
+                .collect();
+            got.sort_by_key(|g| g.0);
+            got
+        };
         assert_eq!(
-            got,
+            poll().await,
             vec![
-                (Some(RollCallId(7)), InboundKind::Read),
-                (Some(RollCallId(8)), InboundKind::Read),
+                (Some(ids[0]), InboundKind::Read),
+                (Some(ids[1]), InboundKind::Read),
             ]
         );
         assert_eq!(*next.lock().unwrap(), 2);
+        // Once the check is closed, its record stays as it was.
+        f.store.close_roll_call(ids[0], 1).await.unwrap();
+        assert_eq!(poll().await, vec![(Some(ids[1]), InboundKind::Read)]);
     }
 
     #[tokio::test]

@@ -292,6 +292,7 @@ pub async fn migrate_url(url: &str) -> StoreResult<(schema::SchemaStatus, Vec<i6
 /// `OUTCOME_GUARD`): a hold by another caller, or a person already reached.
 pub(crate) fn outcome_conflict(
     staff: &StaffId,
+    by: &str,
     stored: Option<&str>,
     stored_by: Option<&str>,
     held_by: Option<&str>,
@@ -299,11 +300,11 @@ pub(crate) fn outcome_conflict(
     now: Millis,
 ) -> StoreError {
     if let (Some(holder), Some(until)) = (held_by, held_until) {
-        if until > now {
+        if until > now && holder != by {
             let secs = (until - now + 999) / 1000;
             return StoreError::Conflict(format!(
-                "{staff} is being called by {holder} (held for another {secs} s): let them \
-                 record it, or release the call first"
+                "{staff} is being called by {holder}: let them record it (or release it), \
+                 or try again in {secs} s when their hold ends"
             ));
         }
     }

@@ -534,11 +534,11 @@ impl Store for PostgresStore {
             let group: &mut Counts = match kind {
                 ContactKind::Staff => p
                     .by_department
-                    .entry(dept.unwrap_or_else(|| "(所属なし)".to_string()))
+                    .entry(dept.unwrap_or_else(|| crate::rollcall::NO_DEPARTMENT.to_string()))
                     .or_default(),
                 ContactKind::ShelterPhone => p
                     .by_shelter
-                    .entry(shelter.unwrap_or_else(|| "(避難所名なし)".to_string()))
+                    .entry(shelter.unwrap_or_else(|| crate::rollcall::NO_SHELTER.to_string()))
                     .or_default(),
             };
             add_counts(group, state, escalated, outcome, n);
@@ -785,6 +785,7 @@ impl Store for PostgresStore {
         Err(match found {
             Some(r) => outcome_conflict(
                 staff,
+                by,
                 r.try_get("outcome")?,
                 r.try_get("outcome_by")?,
                 r.try_get("call_claimed_by")?,

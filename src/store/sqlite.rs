@@ -446,12 +446,12 @@ impl Store for SqliteStore {
             match kind {
                 ContactKind::Staff => targets.push(
                     p.by_department
-                        .entry(dept.unwrap_or_else(|| "(所属なし)".to_string()))
+                        .entry(dept.unwrap_or_else(|| crate::rollcall::NO_DEPARTMENT.to_string()))
                         .or_default(),
                 ),
                 ContactKind::ShelterPhone => targets.push(
                     p.by_shelter
-                        .entry(shelter.unwrap_or_else(|| "(避難所名なし)".to_string()))
+                        .entry(shelter.unwrap_or_else(|| crate::rollcall::NO_SHELTER.to_string()))
                         .or_default(),
                 ),
             }
@@ -915,6 +915,7 @@ impl Store for SqliteStore {
             return Err(match found {
                 Some(r) => outcome_conflict(
                     staff,
+                    by,
                     r.try_get("outcome")?,
                     r.try_get("outcome_by")?,
                     r.try_get("call_claimed_by")?,

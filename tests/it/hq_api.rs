@@ -360,7 +360,10 @@ async fn a_shelter_phone_without_a_chat_id_is_told_it_is_on_the_call_list() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::CONFLICT);
     let body = res.text().await.unwrap();
-    assert!(body.contains("P0001") && body.contains("call list"), "{body}");
+    assert!(
+        body.contains("P0001") && body.contains("call list"),
+        "{body}"
+    );
     assert_eq!(app.progress(rc.id).await.overall.answered, 0);
     app.shutdown().await;
 }

@@ -21,7 +21,7 @@ const T = {
   sent: ["送信済み", "Sent"],
   confirmed: ["確認済み", "Confirmed"],
   to_call: ["要電話", "To call"],
-  reached: ["電話で確認", "Reached by phone"],
+  reached: ["電話対応済み", "Closed by phone"],
   needs_action: ["負傷・要救助・不通", "Injured / needs help / unreachable"],
   live_on: ["更新: ライブ", "Updates: live"],
   live_off: ["更新: 停止中（再接続中）", "Updates: paused (reconnecting)"],
