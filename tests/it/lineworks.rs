@@ -422,6 +422,28 @@ async fn a_board_post_made_before_a_restart_is_still_followed_without_a_stored_c
     assert_eq!(app.lw.stats().board_posts, 1);
 }
 
+#[tokio::test]
+async fn a_board_post_refused_with_429_is_posted_once_after_the_reset() {
+    // More than one claim chunk (5,000) of deliveries: a refused post must not be asked
+    // again for every chunk, and must wait for rateLimit-reset.
+    let app = spawn(6_000, Script::new(), true, 60.0).await;
+    app.lw.force_429(1, Duration::from_secs(60));
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Broadcast);
+    app.all_sent(rc.id).await;
+    let st = app.lw.stats();
+    assert_eq!(st.forced_429, 1);
+    assert_eq!(st.board_posts, 1, "one post accepted");
+    assert_eq!(st.user_messages, 0);
+    let p = app.hq.status(rc.id).await.unwrap().progress;
+    let waited = p.last_sent_at.unwrap() - rc.created_at;
+    assert!(
+        waited >= 60_000,
+        "the post went out {waited} ms after start, before the 60 s reset"
+    );
+    assert_eq!(p.overall.sent + p.overall.read + p.overall.answered, 6_000);
+}
+
 fn demo_args(size: usize, speed: f64) -> DemoArgs {
     DemoArgs {
         size,
