@@ -271,6 +271,16 @@ impl Hq {
             .store
             .create_roll_call(&new, &recipients, self.clock.now_millis())
             .await?;
+        if rc.scenario != new.scenario || rc.drill != new.drill {
+            // The key was used before, for a different roll call: say so, start nothing.
+            return Err(HqError::Store(StoreError::Conflict(format!(
+                "this Idempotency-Key already started roll call #{} ({}{}); use a new key to \
+                 start a different one",
+                rc.id,
+                rc.scenario,
+                if rc.drill { ", drill" } else { "" }
+            ))));
+        }
         tracing::debug!(
             recipients = recipients.len(),
             contacts_read = ?read,

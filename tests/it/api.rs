@@ -144,6 +144,20 @@ async fn a_double_clicked_start_makes_one_roll_call() {
     let rc = app.hq.list().await.unwrap()[0].clone();
     app.all_sent(rc.id).await;
     assert_eq!(app.sim.stats().accepted, 50, "each person got one message");
+    // The same key for another scenario is a mistake, not a replay: refused, nothing started.
+    let other = app
+        .http
+        .post(format!("{}/api/rollcalls", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .header("Idempotency-Key", "click-1")
+        .json(&json!({"scenario": "flood"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    let msg = other.text().await.unwrap();
+    assert!(msg.contains("#1") && msg.contains("earthquake"), "{msg}");
+    assert_eq!(app.hq.list().await.unwrap().len(), 1);
     app.shutdown().await;
 }
 
