@@ -444,6 +444,61 @@ async fn a_board_post_refused_with_429_is_posted_once_after_the_reset() {
     assert_eq!(p.overall.sent + p.overall.read + p.overall.answered, 6_000);
 }
 
+#[tokio::test]
+async fn lost_callbacks_and_reads_after_the_deadline_are_made_up_by_the_readers_list() {
+    let cs = contacts(20);
+    let mut script = Script::new();
+    // Five read the board and tap a sticker, but every callback is lost on the way.
+    for c in &cs[..5] {
+        script.insert(
+            handle(c),
+            Behaviour::reads_after(Duration::from_secs(40))
+                .answering(Duration::from_secs(50), SimAnswer::Sticker("ok".into())),
+        );
+    }
+    // Three read only after their deadline has put them on the call list.
+    for c in &cs[5..8] {
+        script.insert(handle(c), Behaviour::reads_after(Duration::from_secs(400)));
+    }
+    let app = spawn(20, script, true, 60.0).await;
+    app.lw
+        .set_callback_url("http://127.0.0.1:9/callbacks/lineworks".into());
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let hq = app.hq.clone();
+    until("late readers off the call list", || {
+        let hq = hq.clone();
+        async move {
+            let p = hq.status(rc.id).await.unwrap().progress;
+            p.next_deadline_at.is_none() && p.overall.read == 8
+        }
+    })
+    .await;
+    let p = app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(p.answered, 0, "no callback arrived");
+    assert_eq!(
+        p.escalated, 15,
+        "the five who read in time were never escalated"
+    );
+    assert_eq!(p.to_call, 12, "{p:?}");
+    let to_call: Vec<_> = app
+        .hq
+        .call_list(rc.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.to_call())
+        .map(|e| e.staff_id)
+        .collect();
+    for c in &cs[..8] {
+        assert!(
+            !to_call.contains(&c.id),
+            "{} read but is to be called",
+            c.id
+        );
+    }
+}
+
 fn demo_args(size: usize, speed: f64) -> DemoArgs {
     DemoArgs {
         size,
