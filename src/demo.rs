@@ -352,6 +352,13 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
             est.seconds_to_all_sent,
             wall.as_secs_f64()
         );
+        if args.speed > 1.0 {
+            println!(
+                "  (the demo clock runs {}x: a platform's rate limit is paced on it, but anpi's own \
+                 work shows {}x longer on it than it took)",
+                args.speed, args.speed
+            );
+        }
     }
     let limit_exceeded = match &stand {
         Stand::Sim(sim) => {
