@@ -10,6 +10,12 @@ use std::time::Duration;
 
 use crate::providers::{ProviderError, Sent};
 
+/// The `# HELP` and `# TYPE` lines of one metric.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// Values read from the store at each scrape.
 #[derive(Debug, Default)]
 pub struct Gauges {
@@ -103,45 +109,50 @@ impl Metrics {
             .filter(|((state, _), _)| *state == "open")
             .map(|(_, n)| n)
             .sum();
-        let _ = writeln!(
-            out,
-            "# HELP anpi_roll_calls_open Roll calls not yet closed."
+        header(
+            &mut out,
+            "anpi_roll_calls_open",
+            "gauge",
+            "Roll calls not yet closed.",
         );
-        let _ = writeln!(out, "# TYPE anpi_roll_calls_open gauge");
         let _ = writeln!(out, "anpi_roll_calls_open {open}");
-        let _ = writeln!(
-            out,
-            "# HELP anpi_roll_calls Roll calls ever started, by state and drill flag."
+        header(
+            &mut out,
+            "anpi_roll_calls",
+            "gauge",
+            "Roll calls ever started, by state and drill flag.",
         );
-        let _ = writeln!(out, "# TYPE anpi_roll_calls gauge");
         for ((state, drill), n) in &g.roll_calls {
             let _ = writeln!(
                 out,
                 "anpi_roll_calls{{state=\"{state}\",drill=\"{drill}\"}} {n}"
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP anpi_deliveries Deliveries of open roll calls by state."
+        header(
+            &mut out,
+            "anpi_deliveries",
+            "gauge",
+            "Deliveries of open roll calls by state.",
         );
-        let _ = writeln!(out, "# TYPE anpi_deliveries gauge");
         for (state, n) in &g.deliveries {
             let _ = writeln!(out, "anpi_deliveries{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP anpi_call_list People escalated in open roll calls, by what became of them."
+        header(
+            &mut out,
+            "anpi_call_list",
+            "gauge",
+            "People escalated in open roll calls, by what became of them.",
         );
-        let _ = writeln!(out, "# TYPE anpi_call_list gauge");
         for (status, n) in &g.call_list {
             let _ = writeln!(out, "anpi_call_list{{status=\"{status}\"}} {n}");
         }
         let providers = self.providers.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(
-            out,
-            "# HELP anpi_sends_total Send attempts by provider and result."
+        header(
+            &mut out,
+            "anpi_sends_total",
+            "counter",
+            "Send attempts by provider and result.",
         );
-        let _ = writeln!(out, "# TYPE anpi_sends_total counter");
         for (p, st) in providers.iter() {
             for (r, n) in &st.results {
                 let _ = writeln!(
@@ -150,8 +161,12 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP anpi_send_seconds Send latency by provider.");
-        let _ = writeln!(out, "# TYPE anpi_send_seconds histogram");
+        header(
+            &mut out,
+            "anpi_send_seconds",
+            "histogram",
+            "Send latency by provider.",
+        );
         for (p, st) in providers.iter() {
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
@@ -173,11 +188,12 @@ impl Metrics {
             );
         }
         drop(providers);
-        let _ = writeln!(
-            out,
-            "# HELP anpi_callback_rejections_total Refused provider callbacks by reason."
+        header(
+            &mut out,
+            "anpi_callback_rejections_total",
+            "counter",
+            "Refused provider callbacks by reason.",
         );
-        let _ = writeln!(out, "# TYPE anpi_callback_rejections_total counter");
         for (r, n) in self
             .callback_rejections
             .lock()
@@ -186,31 +202,34 @@ impl Metrics {
         {
             let _ = writeln!(out, "anpi_callback_rejections_total{{reason=\"{r}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP anpi_store_errors_total Database operations that failed and were retried."
+        header(
+            &mut out,
+            "anpi_store_errors_total",
+            "counter",
+            "Database operations that failed and were retried.",
         );
-        let _ = writeln!(out, "# TYPE anpi_store_errors_total counter");
         let _ = writeln!(
             out,
             "anpi_store_errors_total {}",
             self.store_errors.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP anpi_events_applied_total Inbound chat events logged."
+        header(
+            &mut out,
+            "anpi_events_applied_total",
+            "counter",
+            "Inbound chat events logged.",
         );
-        let _ = writeln!(out, "# TYPE anpi_events_applied_total counter");
         let _ = writeln!(
             out,
             "anpi_events_applied_total {}",
             self.events_applied.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP anpi_emails_total Deadline e-mails by result (failed = given up after retries)."
+        header(
+            &mut out,
+            "anpi_emails_total",
+            "counter",
+            "Deadline e-mails by result (failed = given up after retries).",
         );
-        let _ = writeln!(out, "# TYPE anpi_emails_total counter");
         for (r, c) in [("sent", &self.emails_sent), ("failed", &self.emails_failed)] {
             let _ = writeln!(
                 out,
