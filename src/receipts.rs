@@ -141,6 +141,7 @@ impl ReceiptWatcher {
             )
             .await?;
         self.metrics.events_applied(summary.logged);
+        self.provider.events_stored();
         if batch.cursor.is_some() {
             *cursor = Some(batch.cursor);
         }

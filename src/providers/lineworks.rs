@@ -136,22 +136,17 @@ struct WatchedPost {
     since: Millis,
 }
 
-/// The readers feed's cursor: the posts being watched, so a restart resumes them, and which
-/// poll it came from, so reads are counted as reported only once the watcher has stored them.
+/// The readers feed's cursor: the posts being watched, so a restart resumes them.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ReadersCursor {
     posts: Vec<WatchedPost>,
-    #[serde(default)]
-    poll: u64,
 }
 
-/// Reads already reported, and those of the last poll, which count as reported only when the
-/// next poll starts from that poll's cursor (the watcher stores a cursor together with the
-/// events it covers; after a failed store it polls again from the older one).
+/// Reads already reported and stored, and those of the last poll, which count as reported
+/// only once the watcher says it has stored them ([`ChatProvider::events_stored`]).
 #[derive(Debug, Default)]
 struct Reported {
     stored: HashSet<(String, String)>,
-    last_poll: u64,
     pending: Vec<(String, String)>,
 }
 
@@ -338,13 +333,7 @@ impl LineWorksProvider {
             settings,
             token: tokio::sync::Mutex::new(None),
             posts: Mutex::new(Vec::new()),
-            seen: Mutex::new(Reported {
-                // Unlike any cursor an earlier process stored, so none is taken for this one's.
-                last_poll: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64),
-                ..Reported::default()
-            }),
+            seen: Mutex::new(Reported::default()),
         })
     }
 
@@ -657,16 +646,13 @@ impl ChatProvider for LineWorksProvider {
         cursor: Option<&str>,
         wait: Duration,
     ) -> Result<EventBatch, ProviderError> {
-        let saved = cursor.and_then(|c| serde_json::from_str::<ReadersCursor>(c).ok());
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            let seen = &mut *seen;
-            let pending = std::mem::take(&mut seen.pending);
-            if saved.as_ref().is_some_and(|c| c.poll == seen.last_poll) {
-                seen.stored.extend(pending);
-            }
-        }
-        if let Some(saved) = saved {
+        // Reads of a poll whose batch was not stored are reported again.
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .clear();
+        if let Some(saved) = cursor.and_then(|c| serde_json::from_str::<ReadersCursor>(c).ok()) {
             for p in saved.posts {
                 self.watch(p);
             }
@@ -711,20 +697,18 @@ impl ChatProvider for LineWorksProvider {
                 new_reads.push(key);
             }
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !new_reads.is_empty() {
-            seen.last_poll += 1;
-        }
-        seen.pending = new_reads;
-        let next = serde_json::to_string(&ReadersCursor {
-            posts,
-            poll: seen.last_poll,
-        })
-        .ok();
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).pending = new_reads;
+        let next = serde_json::to_string(&ReadersCursor { posts }).ok();
         Ok(EventBatch {
             events,
             cursor: next,
         })
+    }
+
+    fn events_stored(&self) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = std::mem::take(&mut seen.pending);
+        seen.stored.extend(pending);
     }
 
     fn follow_broadcast(&self, roll_call: RollCallId, post_id: &str, posted_at: Millis) {
@@ -1110,8 +1094,8 @@ mod tests {
             .all(|e| e.kind == InboundKind::Read && e.roll_call_id == Some(RollCallId(3))));
         // 12,000 members at 5,000 a page: 3 pages a poll, 2 polls.
         assert_eq!(lw.stats().readers_requests, 6);
-        // The watcher could not store that batch, so it polls again from the older cursor:
-        // the same reads come again rather than being lost.
+        // The watcher could not store that batch (it never said `events_stored`), so it polls
+        // again: the same reads come again rather than being lost.
         c.advance(Duration::from_secs(10));
         let retried = p
             .poll_events(none.cursor.as_deref(), Duration::ZERO)
@@ -1123,6 +1107,7 @@ mod tests {
             "reads not yet stored are reported again"
         );
         // Stored this time: polling on from its cursor reports nothing new.
+        p.events_stored();
         c.advance(Duration::from_secs(10));
         let again = p
             .poll_events(retried.cursor.as_deref(), Duration::ZERO)

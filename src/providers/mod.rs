@@ -201,6 +201,10 @@ pub trait ChatProvider: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
+    /// The receipt watcher has stored the last batch `poll_events` returned, with its cursor:
+    /// what that batch reported need not be reported again. Until then it must be.
+    fn events_stored(&self) {}
+
     /// A broadcast made earlier, by this process or another replica, whose reads the event
     /// feed should follow (the receipt watcher passes every open roll call's stored one).
     fn follow_broadcast(&self, roll_call: RollCallId, post_id: &str, posted_at: Millis) {
