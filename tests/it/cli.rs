@@ -158,61 +158,36 @@ async fn rollcall_status_escalations_and_call_go_through_the_api() {
             String::from_utf8_lossy(&o.stderr)
         )
     };
-    let next = |desk: &str| {
-        run(vec![
-            "call".into(),
-            "1".into(),
-            "--next".into(),
-            "--desk".into(),
-            desk.into(),
-        ])
+    // `anpi call 1 ARGS...`
+    let call = |args: &[&str]| {
+        let mut all = vec!["call".to_string(), "1".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        run(all)
     };
-    let a = next("tablet-1").await.unwrap();
-    let b = next("tablet-2").await.unwrap();
+    let a = call(&["--next", "--desk", "tablet-1"]).await.unwrap();
+    let b = call(&["--next", "--desk", "tablet-2"]).await.unwrap();
     assert!(a.status.success() && b.status.success(), "{}", text(&a));
     let (a, b) = (text(&a), text(&b));
     assert!(a.contains("tel: +81"), "{a}");
     let who = |s: &str| s.split_whitespace().next().unwrap().to_string();
-    assert_ne!(who(&a), who(&b), "{a}\n{b}");
+    let held = who(&a);
+    assert_ne!(held, who(&b), "{a}\n{b}");
     // tablet-2 may not record over tablet-1's call; tablet-1 hands it back, then it may.
-    let over = run(vec![
-        "call".into(),
-        "1".into(),
-        who(&a),
-        "--outcome".into(),
-        "no-answer".into(),
-        "--desk".into(),
-        "tablet-2".into(),
-    ])
-    .await
-    .unwrap();
+    let over = call(&[&held, "--outcome", "no-answer", "--desk", "tablet-2"])
+        .await
+        .unwrap();
     assert!(!over.status.success(), "{}", text(&over));
     assert!(text(&over).contains("tablet-1"), "{}", text(&over));
-    let back = run(vec![
-        "call".into(),
-        "1".into(),
-        who(&a),
-        "--release".into(),
-        "--desk".into(),
-        "tablet-1".into(),
-    ])
-    .await
-    .unwrap();
+    let back = call(&[&held, "--release", "--desk", "tablet-1"])
+        .await
+        .unwrap();
     assert!(text(&back).contains("back in the queue"), "{}", text(&back));
-    let out = run(vec![
-        "call".into(),
-        "1".into(),
-        who(&a),
-        "--outcome".into(),
-        "no-answer".into(),
-        "--desk".into(),
-        "tablet-2".into(),
-    ])
-    .await
-    .unwrap();
+    let out = call(&[&held, "--outcome", "no-answer", "--desk", "tablet-2"])
+        .await
+        .unwrap();
     assert!(text(&out).contains("stays on the list"), "{}", text(&out));
     // Neither --next nor a staff id: a clear usage error.
-    let bad = run(vec!["call".into(), "1".into()]).await.unwrap();
+    let bad = call(&[]).await.unwrap();
     assert!(!bad.status.success());
     assert!(text(&bad).contains("--next"), "{}", text(&bad));
     app.shutdown().await;

@@ -395,17 +395,7 @@ async fn a_board_post_made_before_a_restart_is_still_followed_without_a_stored_c
     if let Some(r) = app.running.take() {
         r.await.unwrap().unwrap();
     }
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        app._tmp.path().join("anpi.db").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("DELETE FROM provider_cursors")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    crate::support::forget_feed_cursors(&app._tmp.path().join("anpi.db")).await;
     app.restart().await;
     let hq = app.hq.clone();
     until("deadline passed and escalated", || {

@@ -263,17 +263,7 @@ async fn receipts_posted_while_anpi_is_down_are_picked_up_after_restart() {
 
     // Down again, and this time the stored sync position is lost too: the restart rebuilds
     // from a full /sync, which carries every room's current receipts.
-    let pool = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        w.dir.path().join("anpi.db").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("DELETE FROM provider_cursors")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    crate::support::forget_feed_cursors(&w.dir.path().join("anpi.db")).await;
     people[6]
         .receipt(&rooms[6], &checks[6], "m.read", None)
         .await;

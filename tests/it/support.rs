@@ -357,6 +357,19 @@ pub fn read_after(d: Duration) -> Behaviour {
     }
 }
 
+/// Loses every stored event-feed position in the SQLite file at `db`, as when a feed's
+/// cursor was never stored (anpi must rebuild from what else it has).
+pub async fn forget_feed_cursors(db: &std::path::Path) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM provider_cursors")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
 pub fn mins(m: u64) -> Duration {
     Duration::from_secs(m * 60)
 }
