@@ -288,18 +288,33 @@ pub async fn migrate_url(url: &str) -> StoreResult<(schema::SchemaStatus, Vec<i6
     }
 }
 
-/// Why recording `outcome` by `by` was refused, from the stored row (see
-/// `OUTCOME_GUARD`): a hold by another caller, or a person already reached.
-pub(crate) fn outcome_conflict(
+/// Why a call outcome recorded by `by` was not written (the store's guard refused it, or
+/// there is no such roll call or person): a hold by another caller, or a person already
+/// reached. Anyone the guard refuses is on the call list, which tells which it was; this
+/// runs only when a write was refused.
+pub(crate) async fn refused_outcome<S: Store + ?Sized>(
+    store: &S,
+    id: RollCallId,
     staff: &StaffId,
     by: &str,
-    stored: Option<&str>,
-    stored_by: Option<&str>,
-    held_by: Option<&str>,
-    held_until: Option<Millis>,
     now: Millis,
 ) -> StoreError {
-    if let (Some(holder), Some(until)) = (held_by, held_until) {
+    match store.roll_call(id).await {
+        Ok(None) => return StoreError::NoSuchRollCall(id),
+        Err(e) => return e,
+        Ok(Some(_)) => {}
+    }
+    let list = match store.call_list(id).await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let Some(e) = list.iter().find(|e| &e.staff_id == staff) else {
+        return StoreError::NoSuchRecipient {
+            roll_call: id,
+            staff: staff.clone(),
+        };
+    };
+    if let (Some(holder), Some(until)) = (&e.claimed_by, e.claimed_until) {
         if until > now && holder != by {
             let secs = (until - now + 999) / 1000;
             return StoreError::Conflict(format!(
@@ -311,7 +326,7 @@ pub(crate) fn outcome_conflict(
     StoreError::Conflict(format!(
         "{staff} was already reached ({}, by {}): only another 'reached' outcome \
          (safe, injured, needs-help) can correct it",
-        stored.unwrap_or("?"),
-        stored_by.unwrap_or("?")
+        e.outcome.map_or("?", |o| o.as_str()),
+        e.outcome_by.as_deref().unwrap_or("?")
     ))
 }

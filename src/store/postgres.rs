@@ -36,9 +36,9 @@ struct ResultColumns {
 
 use super::sqlite::{
     add_counts, answer_value, corrupt, kind_parts, kind_str, parse_kind, Folded, ENTRY_COLUMNS,
-    OUTCOME_CONFLICT_COLUMNS, OUTCOME_GUARD,
+    OUTCOME_GUARD,
 };
-use super::{outcome_conflict, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use super::{refused_outcome, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
 use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
@@ -768,35 +768,10 @@ impl Store for PostgresStore {
         now: Millis,
     ) -> StoreResult<CallListEntry> {
         let found = retrying(|| self.outcome_once(id, staff, outcome, by, now)).await?;
-        if let Some(entry) = found {
-            return Ok(entry);
+        match found {
+            Some(entry) => Ok(entry),
+            None => Err(refused_outcome(self, id, staff, by, now).await),
         }
-        if self.roll_call(id).await?.is_none() {
-            return Err(StoreError::NoSuchRollCall(id));
-        }
-        let found = sqlx::query(&format!(
-            "SELECT {OUTCOME_CONFLICT_COLUMNS} FROM deliveries \
-             WHERE roll_call_id = $1 AND staff_id = $2"
-        ))
-        .bind(id.0)
-        .bind(staff.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        Err(match found {
-            Some(r) => outcome_conflict(
-                staff,
-                by,
-                r.try_get("outcome")?,
-                r.try_get("outcome_by")?,
-                r.try_get("call_claimed_by")?,
-                r.try_get("call_claimed_until")?,
-                now,
-            ),
-            None => StoreError::NoSuchRecipient {
-                roll_call: id,
-                staff: staff.clone(),
-            },
-        })
     }
 
     async fn claim_next_call(

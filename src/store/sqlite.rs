@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
-use super::{outcome_conflict, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use super::{refused_outcome, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
 use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
@@ -206,10 +206,6 @@ pub(super) const ENTRY_COLUMNS: &str =
 pub(super) const OUTCOME_GUARD: &str = "\
     AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $5) \
     AND NOT (COALESCE(outcome, '') LIKE 'reached%' AND $3 NOT LIKE 'reached%')";
-
-/// Reads what `outcome_conflict` needs to explain a refused outcome.
-pub(super) const OUTCOME_CONFLICT_COLUMNS: &str =
-    "outcome, outcome_by, call_claimed_by, call_claimed_until";
 
 /// One key of an inbound batch after folding: what the batch says about one delivery.
 #[derive(Debug, Default)]
@@ -901,32 +897,7 @@ impl Store for SqliteStore {
         .await?;
         let Some(row) = row else {
             drop(tx);
-            if self.roll_call(id).await?.is_none() {
-                return Err(StoreError::NoSuchRollCall(id));
-            }
-            let found = sqlx::query(&format!(
-                "SELECT {OUTCOME_CONFLICT_COLUMNS} FROM deliveries \
-                 WHERE roll_call_id = $1 AND staff_id = $2"
-            ))
-            .bind(id.0)
-            .bind(staff.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-            return Err(match found {
-                Some(r) => outcome_conflict(
-                    staff,
-                    by,
-                    r.try_get("outcome")?,
-                    r.try_get("outcome_by")?,
-                    r.try_get("call_claimed_by")?,
-                    r.try_get("call_claimed_until")?,
-                    now,
-                ),
-                None => StoreError::NoSuchRecipient {
-                    roll_call: id,
-                    staff: staff.clone(),
-                },
-            });
+            return Err(refused_outcome(self, id, staff, by, now).await);
         };
         let entry = row_to_entry(&row)?;
         let handle: Option<String> = row.try_get("chat_handle")?;
