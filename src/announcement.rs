@@ -32,6 +32,7 @@ pub fn scenario(
     let mut button = toml::Table::new();
     button.insert("label".into(), "確認 / OK".into());
     button.insert("value".into(), "ack".into());
+    button.insert("level".into(), "ok".into());
     let mut escalation = toml::Table::new();
     // An announcement is not a safety check: HQ is not mailed a call list for it.
     escalation.insert("email_hq".into(), false.into());
@@ -41,6 +42,11 @@ pub fn scenario(
     t.insert("drill".into(), drill.into());
     t.insert("deadline".into(), format!("{}s", deadline.as_secs()).into());
     t.insert("message".into(), message.into());
+    // Shelter phones acknowledge an instruction the same way as staff.
+    t.insert(
+        "shelter_buttons".into(),
+        toml::Value::Array(vec![toml::Value::Table(button.clone())]),
+    );
     t.insert(
         "buttons".into(),
         toml::Value::Array(vec![toml::Value::Table(button)]),

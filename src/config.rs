@@ -75,6 +75,35 @@ pub struct Config {
     #[serde(default)]
     pub email: EmailConfig,
     pub replicas: ReplicasConfig,
+    #[serde(default)]
+    pub answers: AnswersConfig,
+}
+
+/// `[answers]`: how anpi reads answers that are not a button.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswersConfig {
+    /// A free-text reply containing one of these is urgent (on HQ's action list at once);
+    /// any other free text is shown to HQ as needing attention.
+    pub urgent_words: Vec<String>,
+}
+
+impl Default for AnswersConfig {
+    fn default() -> Self {
+        Self {
+            urgent_words: crate::answers::DEFAULT_URGENT_WORDS
+                .iter()
+                .map(|w| w.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl AnswersConfig {
+    pub fn urgent_words(&self) -> Result<crate::answers::UrgentWords, ConfigError> {
+        crate::answers::UrgentWords::new(self.urgent_words.iter().map(String::as_str))
+            .map_err(|e| invalid("answers.urgent_words", e))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -713,6 +742,7 @@ impl Config {
             ));
         }
         self.email.validate()?;
+        self.answers.urgent_words()?;
         for (i, d) in self.drills.iter().enumerate() {
             if d.cron.split_whitespace().count() < 6 {
                 return Err(invalid(
@@ -778,6 +808,7 @@ impl Config {
                 max_connections: self.database.max_connections,
                 acquire_timeout: self.database.acquire_timeout,
             },
+            urgent_words: self.answers.urgent_words()?,
         })
     }
 

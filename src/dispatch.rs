@@ -602,7 +602,7 @@ impl Dispatcher {
             group: group.clone(),
             title: rc.title.clone(),
             text: rc.message.clone(),
-            buttons: rc.buttons.clone(),
+            buttons: crate::answers::buttons(&rc.buttons),
             until: self.clock.now() + chrono::Duration::days(1),
         };
         let started = std::time::Instant::now();
@@ -702,7 +702,7 @@ impl Dispatcher {
             roll_call_id: d.roll_call_id,
             to: d.chat_handle.clone(),
             text: rc.message.clone(),
-            buttons: rc.buttons.clone(),
+            buttons: rc.buttons_for(d.kind),
         };
         let started = std::time::Instant::now();
         let span = debug_span!("send", roll_call = %d.roll_call_id, delivery = d.id, provider = self.provider.name());

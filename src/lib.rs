@@ -33,7 +33,9 @@
 //! - [`cli`], [`demo`], [`bench`], [`telemetry`]: the command line and its one-process modes.
 
 pub mod announcement;
+pub mod answers;
 pub mod bench;
+pub mod calllist;
 pub mod cli;
 pub mod clock;
 pub mod config;

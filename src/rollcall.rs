@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::answers::{AnswerLevel, Choice};
 use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
@@ -228,7 +229,10 @@ pub struct RollCall {
     pub title: String,
     /// Exactly the text that went to staff.
     pub message: String,
-    pub buttons: Vec<AnswerButton>,
+    /// The staff's answer choices, each with its level.
+    pub buttons: Vec<Choice>,
+    /// What shelter phones were given instead.
+    pub shelter_buttons: Vec<Choice>,
     pub drill: bool,
     pub deadline_ms: i64,
     pub provider: String,
@@ -236,11 +240,28 @@ pub struct RollCall {
     pub created_at: Millis,
     pub closed_at: Option<Millis>,
     pub recipients: i64,
+    /// The chat message goes again, once, to whoever has not read it this long after their
+    /// first send (the scenario's `escalation.resend_after`).
+    #[serde(default)]
+    pub resend_after_ms: Option<i64>,
 }
 
 impl RollCall {
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms.max(0) as u64)
+    }
+
+    /// The choices a recipient of this kind was given.
+    pub fn choices_for(&self, kind: ContactKind) -> &[Choice] {
+        match kind {
+            ContactKind::ShelterPhone => &self.shelter_buttons,
+            ContactKind::Staff => &self.buttons,
+        }
+    }
+
+    /// The buttons a recipient of this kind is sent.
+    pub fn buttons_for(&self, kind: ContactKind) -> Vec<AnswerButton> {
+        crate::answers::buttons(self.choices_for(kind))
     }
 }
 
@@ -250,12 +271,14 @@ pub struct NewRollCall {
     pub scenario: String,
     pub title: String,
     pub message: String,
-    pub buttons: Vec<AnswerButton>,
+    pub buttons: Vec<Choice>,
+    pub shelter_buttons: Vec<Choice>,
     pub drill: bool,
     pub deadline_ms: i64,
     pub provider: String,
     /// A repeated start with the same key returns the first roll call.
     pub idempotency_key: Option<String>,
+    pub resend_after_ms: Option<i64>,
 }
 
 /// One recipient, snapshotted at start so the record stands even if contacts change later.
@@ -263,6 +286,12 @@ pub struct NewRollCall {
 pub struct NewDelivery {
     pub staff_id: StaffId,
     pub name: String,
+    /// ふりがな, so a caller can say the name.
+    #[serde(default)]
+    pub kana: Option<String>,
+    /// 役職.
+    #[serde(default)]
+    pub role: Option<String>,
     pub department: Option<String>,
     pub shelter: Option<String>,
     pub kind: ContactKind,
@@ -279,6 +308,8 @@ impl NewDelivery {
         Self {
             staff_id: c.id.clone(),
             name: c.name.clone(),
+            kana: c.kana.clone(),
+            role: c.role.clone(),
             department: c.department.clone(),
             shelter: c.shelter.clone(),
             kind: c.kind,
@@ -314,10 +345,15 @@ pub fn plan(
         title,
         message: scenario.message_text(drill),
         buttons: scenario.buttons.clone(),
+        shelter_buttons: scenario.shelter_buttons.clone(),
         drill,
         deadline_ms: scenario.deadline.as_millis() as i64,
         provider: provider.to_string(),
         idempotency_key,
+        resend_after_ms: scenario
+            .escalation
+            .resend_after
+            .map(|d| d.as_millis() as i64),
     };
     (new, recipients)
 }
@@ -328,6 +364,8 @@ pub struct ClaimedDelivery {
     pub id: i64,
     pub roll_call_id: RollCallId,
     pub chat_handle: ChatHandle,
+    /// Staff and shelter phones are sent different buttons.
+    pub kind: ContactKind,
     /// Including this one.
     pub attempts: i64,
     /// When this claim's lease ends: the claim's results are written only while it holds.
@@ -378,7 +416,8 @@ pub struct Counts {
     pub failed: i64,
     /// On the call list and not yet confirmed or closed by a call.
     pub to_call: i64,
-    /// Ever escalated (including those who read late or were reached).
+    /// Ever escalated (people, not transitions: a person escalated, read late and escalated
+    /// again is one).
     pub escalated: i64,
     /// Closed by a phone call (reached, or unreachable).
     pub reached: i64,
@@ -390,6 +429,25 @@ pub struct Counts {
     pub needs_help: i64,
     #[serde(default)]
     pub unreachable: i64,
+    /// People by the most severe answer they gave in chat.
+    #[serde(default)]
+    pub answered_ok: i64,
+    #[serde(default)]
+    pub answered_attention: i64,
+    #[serde(default)]
+    pub answered_urgent: i64,
+    /// Urgent answers HQ has not closed yet: the top of the action list.
+    #[serde(default)]
+    pub urgent_open: i64,
+    /// People the message was sent to a second time (`resend_after`).
+    #[serde(default)]
+    pub resent: i64,
+    /// Shelter phones in this group, and those silent past their deadline (on the list, not
+    /// confirmed, not closed by a call).
+    #[serde(default)]
+    pub shelter_phones: i64,
+    #[serde(default)]
+    pub shelter_phones_silent: i64,
 }
 
 impl Counts {
@@ -400,15 +458,22 @@ impl Counts {
     pub fn confirmed(&self) -> i64 {
         self.read + self.answered
     }
+    /// The shelter of these counts has a phone that is silent past its deadline.
+    pub fn shelter_silent(&self) -> bool {
+        self.shelter_phones_silent > 0
+    }
 }
 
 /// Progress of one roll call, overall and by group.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
     pub overall: Counts,
+    /// Staff by department (shelter phones belong to no department).
     pub by_department: BTreeMap<String, Counts>,
+    /// By shelter: its phones and the staff assigned to it (who count under their department
+    /// as well).
     pub by_shelter: BTreeMap<String, Counts>,
-    /// Answer value -> how many gave it.
+    /// Standing answer value (the most severe each person gave) -> how many gave it.
     pub answers: BTreeMap<String, i64>,
     /// When the earliest pending deadline falls (stored time).
     pub next_deadline_at: Option<Millis>,
@@ -416,53 +481,231 @@ pub struct Progress {
     pub last_sent_at: Option<Millis>,
 }
 
-/// One row of the phone-call list.
+impl Progress {
+    /// Shelters with a phone silent past its deadline, first, then the rest, each by name.
+    pub fn shelters_silent_first(&self) -> Vec<(&String, &Counts)> {
+        let mut v: Vec<_> = self.by_shelter.iter().collect();
+        v.sort_by_key(|(name, c)| (!c.shelter_silent(), c.shelter_phones == 0, (*name).clone()));
+        v
+    }
+}
+
+/// A note HQ wrote on an entry (where the person is, what they need, what was done).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    pub at: Millis,
+    pub by: String,
+    pub text: String,
+}
+
+/// An answer as HQ sees it: what it means, what the person chose or wrote, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GivenAnswer {
+    pub level: AnswerLevel,
+    /// The button value, "text" or "sticker".
+    pub value: String,
+    /// The button's label, or 自由記述 / スタンプ.
+    pub label: String,
+    /// What the person wrote, verbatim.
+    pub text: Option<String>,
+    pub at: Millis,
+}
+
+/// Why an entry is on HQ's action list, in the list's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// An answer that asks for help (負傷, 救助要請, free text with a help word), not yet closed
+    /// by HQ: at the top the moment it is stored, deadline or not.
+    Urgent,
+    /// A shelter phone silent past its deadline (or never sent the message).
+    SilentShelter,
+    /// Sent, and not read by the deadline.
+    NeverRead,
+    /// The message could not go out: the platform refused it, or the person has no chat id.
+    NotSent,
+}
+
+impl Action {
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Urgent => 0,
+            Self::SilentShelter => 1,
+            Self::NeverRead => 2,
+            Self::NotSent => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Urgent => "urgent",
+            Self::SilentShelter => "silent_shelter",
+            Self::NeverRead => "never_read",
+            Self::NotSent => "not_sent",
+        }
+    }
+
+    /// How HQ reads it, Japanese first.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Urgent => "要対応 / urgent",
+            Self::SilentShelter => "避難所 応答なし / silent shelter",
+            Self::NeverRead => "未読 / never read",
+            Self::NotSent => "送信できず / not sent",
+        }
+    }
+}
+
+/// One row of HQ's action list (要対応): everyone with an urgent answer, and everyone ever
+/// escalated, with what became of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallListEntry {
     pub delivery_id: i64,
     pub staff_id: StaffId,
     pub name: String,
+    /// ふりがな.
+    #[serde(default)]
+    pub kana: Option<String>,
+    /// 役職.
+    #[serde(default)]
+    pub role: Option<String>,
     pub department: Option<String>,
     pub shelter: Option<String>,
     pub kind: ContactKind,
     pub call_priority: u8,
     pub phones: Vec<String>,
     pub state: DeliveryState,
-    /// None only for a person HQ called without their being escalated.
+    /// None for a person on the list only for an answer, or called without being escalated.
     pub reason: Option<EscalationReason>,
     pub last_error: Option<String>,
     pub sent_at: Option<Millis>,
     pub escalated_at: Option<Millis>,
     pub read_at: Option<Millis>,
+    /// The most severe answer so far: it stands whatever the person sends later.
+    #[serde(default)]
+    pub standing: Option<GivenAnswer>,
+    /// The latest answer, when it is not the standing one.
+    #[serde(default)]
+    pub latest: Option<GivenAnswer>,
+    /// The latest answer's value (kept for older readers of the API).
     pub answer: Option<String>,
     pub outcome: Option<CallOutcome>,
     pub outcome_at: Option<Millis>,
     pub outcome_by: Option<String>,
+    /// HQ's notes, oldest first.
+    #[serde(default)]
+    pub notes: Vec<Note>,
     /// The caller working this entry now, if any, and until when their hold lasts.
     pub claimed_by: Option<String>,
     pub claimed_until: Option<Millis>,
+    /// When the message went a second time (`resend_after`).
+    #[serde(default)]
+    pub resent_at: Option<Millis>,
 }
 
 impl CallListEntry {
-    /// Still to be called: not confirmed in chat, and no call has closed the entry.
-    pub fn to_call(&self) -> bool {
-        !self.state.is_confirmed() && !self.outcome.is_some_and(CallOutcome::closes_entry)
+    /// An urgent answer HQ has not closed: an outcome that closes entries, recorded after the
+    /// urgent answer arrived, closes it; a new urgent answer after that opens it again.
+    pub fn urgent_open(&self) -> bool {
+        let Some(a) = self
+            .standing
+            .as_ref()
+            .filter(|a| a.level == AnswerLevel::Urgent)
+        else {
+            return false;
+        };
+        !(self.outcome.is_some_and(CallOutcome::closes_entry)
+            && self.outcome_at.is_some_and(|t| t >= a.at))
     }
 
-    /// The call list's order: shelter phones first, then by call priority, then longest
-    /// waiting (earliest sent, or escalated when never sent), then staff id.
+    /// Escalated, not confirmed in chat, and no call closed it.
+    fn escalated_open(&self) -> bool {
+        self.escalated_at.is_some()
+            && !self.state.is_confirmed()
+            && !self.outcome.is_some_and(CallOutcome::closes_entry)
+    }
+
+    /// Still needs HQ: an open urgent answer, or still to be called.
+    pub fn to_call(&self) -> bool {
+        self.urgent_open() || self.escalated_open()
+    }
+
+    /// Why HQ must act on this entry now, if it must.
+    pub fn action(&self) -> Option<Action> {
+        if self.urgent_open() {
+            return Some(Action::Urgent);
+        }
+        if !self.escalated_open() {
+            return None;
+        }
+        Some(if self.kind == ContactKind::ShelterPhone {
+            Action::SilentShelter
+        } else {
+            match self.reason {
+                Some(EscalationReason::SendFailed | EscalationReason::NoChatId) => Action::NotSent,
+                _ => Action::NeverRead,
+            }
+        })
+    }
+
+    /// When the entry started waiting for HQ: the urgent answer, else the send (or the
+    /// escalation, for a message that never went out).
+    pub fn waiting_since(&self) -> Option<Millis> {
+        if self.urgent_open() {
+            return self.standing.as_ref().map(|a| a.at);
+        }
+        self.sent_at.or(self.escalated_at)
+    }
+
+    /// The action list's one order, used by every view and by the call queue: open entries
+    /// by [`Action`] (urgent, silent shelters, never read, not sent), then closed ones; within
+    /// each, by call priority, then longest waiting, then staff id.
+    /// [`crate::store::ACTION_ORDER`] is the same order in SQL.
     pub fn call_order(&self, other: &Self) -> std::cmp::Ordering {
         let key = |e: &Self| {
             (
-                e.kind != ContactKind::ShelterPhone,
+                e.action().map_or(4, Action::rank),
                 e.call_priority,
-                e.sent_at.or(e.escalated_at),
+                e.waiting_since().unwrap_or(i64::MIN),
             )
         };
         key(self)
             .cmp(&key(other))
             .then_with(|| self.staff_id.as_str().cmp(other.staff_id.as_str()))
     }
+}
+
+/// A person who sent an urgent answer after their roll call was closed, while no open roll
+/// call of theirs could take it: shown to HQ on its own until HQ closes it with a note.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LateAnswer {
+    pub id: i64,
+    /// The closed roll call the answer came to.
+    pub roll_call_id: RollCallId,
+    pub staff_id: StaffId,
+    pub name: String,
+    pub kana: Option<String>,
+    pub department: Option<String>,
+    pub shelter: Option<String>,
+    pub phones: Vec<String>,
+    pub answer: GivenAnswer,
+    pub closed_at: Option<Millis>,
+    pub closed_by: Option<String>,
+    pub note: Option<String>,
+}
+
+/// A recipient found by a caller's search (name, kana, id or phone).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub staff_id: StaffId,
+    pub name: String,
+    pub kana: Option<String>,
+    pub role: Option<String>,
+    pub department: Option<String>,
+    pub shelter: Option<String>,
+    pub kind: ContactKind,
+    pub phones: Vec<String>,
+    pub state: DeliveryState,
 }
 
 #[cfg(test)]

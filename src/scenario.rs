@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
 
+use crate::answers::{AnswerLevel, Choice};
 use crate::contacts::{Contact, ContactKind};
-use crate::providers::AnswerButton;
 use crate::simulator::PopulationSpec;
 
 /// Sanjo's rule: whoever has not read the talk within 5 minutes gets a phone call.
@@ -101,8 +101,12 @@ pub struct Scenario {
     pub title: String,
     pub message_ja: String,
     pub message_en: String,
-    /// Japanese first in each label, e.g. "無事 / Safe"; values are unique.
-    pub buttons: Vec<AnswerButton>,
+    /// Japanese first in each label, e.g. "無事 / Safe"; values are unique; each has the
+    /// level that tells HQ whether the answer needs action.
+    pub buttons: Vec<Choice>,
+    /// What shelter phones get instead of `buttons` (開設済・異常なし / 未開設 / 支援が必要):
+    /// a shelter reports on the shelter, not on one person.
+    pub shelter_buttons: Vec<Choice>,
     pub audience: Audience,
     /// From each recipient's own send time to the moment they go on the call list.
     pub deadline: Duration,
@@ -179,6 +183,8 @@ struct RawScenario {
     #[serde(default)]
     buttons: Vec<RawButton>,
     #[serde(default)]
+    shelter_buttons: Vec<RawButton>,
+    #[serde(default)]
     audience: RawAudience,
     #[serde(default)]
     escalation: RawEscalation,
@@ -199,6 +205,8 @@ struct RawMessage {
 struct RawButton {
     label: String,
     value: String,
+    /// A string, so an unknown level gets an error naming the key and the allowed values.
+    level: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -314,16 +322,18 @@ impl Checker<'_> {
         Ok(d)
     }
 
-    fn buttons(&self, raw: Vec<RawButton>) -> Result<Vec<AnswerButton>, ScenarioError> {
+    fn buttons(&self, key: &str, raw: Vec<RawButton>) -> Result<Vec<Choice>, ScenarioError> {
         if raw.is_empty() {
             return Err(self.err(
-                "buttons",
-                format!("none given; add 1 to {MAX_BUTTONS} [[buttons]] with a label and a value"),
+                key,
+                format!(
+                    "none given; add 1 to {MAX_BUTTONS} [[{key}]] with a label, a value and a level"
+                ),
             ));
         }
         if raw.len() > MAX_BUTTONS {
             return Err(self.err(
-                "buttons",
+                key,
                 format!(
                     "{} given; LINE WORKS shows at most {MAX_BUTTONS}",
                     raw.len()
@@ -338,12 +348,12 @@ impl Checker<'_> {
             let n = i + 1;
             let label = b.label.trim().to_string();
             if label.is_empty() {
-                return Err(self.err(format!("buttons[{n}].label"), "is empty"));
+                return Err(self.err(format!("{key}[{n}].label"), "is empty"));
             }
             let chars = label.chars().count();
             if chars > MAX_LABEL_CHARS {
                 return Err(self.err(
-                    format!("buttons[{n}].label"),
+                    format!("{key}[{n}].label"),
                     format!(
                         "{label:?} is {chars} characters long; LINE WORKS shows {MAX_LABEL_CHARS}"
                     ),
@@ -351,7 +361,7 @@ impl Checker<'_> {
             }
             if !is_slug(&b.value, MAX_VALUE_CHARS) {
                 return Err(self.err(
-                    format!("buttons[{n}].value"),
+                    format!("{key}[{n}].value"),
                     format!(
                         "{:?} is not a usable value: use 1 to {MAX_VALUE_CHARS} of a-z, 0-9, \
                          '_' and '-'",
@@ -361,9 +371,9 @@ impl Checker<'_> {
             }
             if let Some(first) = seen_values.insert(b.value.clone(), n) {
                 return Err(self.err(
-                    format!("buttons[{n}].value"),
+                    format!("{key}[{n}].value"),
                     format!(
-                        "{:?} is also the value of buttons[{first}]; HQ could not tell the \
+                        "{:?} is also the value of {key}[{first}]; HQ could not tell the \
                          answers apart",
                         b.value
                     ),
@@ -371,13 +381,29 @@ impl Checker<'_> {
             }
             if let Some(first) = seen_labels.insert(label.clone(), n) {
                 return Err(self.err(
-                    format!("buttons[{n}].label"),
-                    format!("{label:?} is also the label of buttons[{first}]"),
+                    format!("{key}[{n}].label"),
+                    format!("{label:?} is also the label of {key}[{first}]"),
                 ));
             }
-            out.push(AnswerButton {
+            let level = match b.level.as_deref() {
+                Some(l) => l
+                    .parse::<AnswerLevel>()
+                    .map_err(|e| self.err(format!("{key}[{n}].level"), e))?,
+                None => AnswerLevel::conventional(&b.value).ok_or_else(|| {
+                    self.err(
+                        format!("{key}[{n}].level"),
+                        format!(
+                            "missing; say what {:?} means for HQ: level = \"ok\" (nothing to \
+                             do), \"attention\" (HQ reads it) or \"urgent\" (HQ acts at once)",
+                            b.value
+                        ),
+                    )
+                })?,
+            };
+            out.push(Choice {
                 label,
                 value: b.value,
+                level,
             });
         }
         Ok(out)
@@ -474,7 +500,12 @@ impl Scenario {
                 ));
             }
         }
-        let buttons = c.buttons(raw.buttons)?;
+        let buttons = c.buttons("buttons", raw.buttons)?;
+        let shelter_buttons = if raw.shelter_buttons.is_empty() {
+            crate::answers::default_shelter_choices()
+        } else {
+            c.buttons("shelter_buttons", raw.shelter_buttons)?
+        };
         let deadline = match &raw.deadline {
             Some(v) => c.duration("deadline", v)?,
             None => DEFAULT_DEADLINE,
@@ -496,6 +527,7 @@ impl Scenario {
             message_ja,
             message_en,
             buttons,
+            shelter_buttons,
             audience,
             deadline,
             drill: raw.drill,
@@ -776,7 +808,7 @@ value = "injured"
             let mut text = MINIMAL.split("[[buttons]]").next().unwrap().to_string();
             for i in 0..n {
                 text.push_str(&format!(
-                    "[[buttons]]\nlabel = \"選択{i}\"\nvalue = \"v{i}\"\n"
+                    "[[buttons]]\nlabel = \"選択{i}\"\nvalue = \"v{i}\"\nlevel = \"ok\"\n"
                 ));
             }
             parse(&text)
@@ -785,6 +817,80 @@ value = "injured"
         let e = with(14).unwrap_err();
         assert_eq!(invalid_key(&e), "buttons");
         assert_eq!(invalid_key(&with(0).unwrap_err()), "buttons");
+    }
+
+    #[test]
+    fn every_button_has_a_level_and_an_unknown_one_is_refused_with_the_choices() {
+        let s = parse(MINIMAL).unwrap();
+        let levels: Vec<_> = s.buttons.iter().map(|b| b.level).collect();
+        assert_eq!(levels, [AnswerLevel::Ok, AnswerLevel::Urgent]);
+
+        let text = MINIMAL.replace(
+            "value = \"injured\"",
+            "value = \"injured\"\nlevel = \"critical\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(invalid_key(&e), "buttons[2].level");
+        let shown = e.to_string();
+        assert!(shown.starts_with("scenarios/test.toml: buttons[2].level: "), "{shown}");
+        assert!(shown.contains("\"ok\", \"attention\" or \"urgent\""), "{shown}");
+
+        // A value anpi does not know must say what it means.
+        let text = MINIMAL.replace("value = \"injured\"", "value = \"support\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(invalid_key(&e), "buttons[2].level");
+        assert!(e.to_string().contains("missing"), "{e}");
+        let text = MINIMAL.replace(
+            "value = \"injured\"",
+            "value = \"support\"\nlevel = \"attention\"",
+        );
+        assert_eq!(parse(&text).unwrap().buttons[1].level, AnswerLevel::Attention);
+    }
+
+    #[test]
+    fn shelter_phones_get_their_own_buttons_or_the_default_set() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.shelter_buttons, crate::answers::default_shelter_choices());
+        let text = format!(
+            "{MINIMAL}[[shelter_buttons]]\nlabel = \"開設済\"\nvalue = \"opened\"\n\
+             [[shelter_buttons]]\nlabel = \"物資不足\"\nvalue = \"supplies\"\nlevel = \"urgent\"\n"
+        );
+        let s = parse(&text).unwrap();
+        let got: Vec<_> = s
+            .shelter_buttons
+            .iter()
+            .map(|b| (b.value.as_str(), b.level))
+            .collect();
+        assert_eq!(
+            got,
+            [("opened", AnswerLevel::Ok), ("supplies", AnswerLevel::Urgent)]
+        );
+        let text = format!(
+            "{MINIMAL}[[shelter_buttons]]\nlabel = \"x\"\nvalue = \"x\"\nlevel = \"high\"\n"
+        );
+        assert_eq!(
+            invalid_key(&parse(&text).unwrap_err()),
+            "shelter_buttons[1].level"
+        );
+    }
+
+    #[test]
+    fn shipped_scenarios_give_every_button_an_explicit_level() {
+        for (name, text) in [("earthquake", EARTHQUAKE), ("flood", FLOOD), ("drill", DRILL)] {
+            let raw: toml::Value = toml::from_str(text).unwrap();
+            for key in ["buttons", "shelter_buttons"] {
+                let list = raw.get(key).and_then(|b| b.as_array());
+                let list = list.unwrap_or_else(|| panic!("{name}: no {key}"));
+                for b in list {
+                    assert!(b.get("level").is_some(), "{name}: {key} {b:?} has no level");
+                }
+            }
+            let s = Scenario::parse(text, name).unwrap();
+            assert!(
+                s.buttons.iter().any(|b| b.level == AnswerLevel::Urgent),
+                "{name}: no way to ask for help"
+            );
+        }
     }
 
     #[test]

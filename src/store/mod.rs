@@ -17,12 +17,13 @@ use crate::contacts::Contact;
 use crate::ids::{RollCallId, StaffId};
 use crate::providers::InboundEvent;
 use crate::rollcall::{
-    CallListEntry, CallOutcome, ClaimedDelivery, NewDelivery, NewRollCall, Progress, RollCall,
-    SendResult,
+    CallListEntry, CallOutcome, ClaimedDelivery, LateAnswer, NewDelivery, NewRollCall, Progress,
+    Recipient, RollCall, SendResult,
 };
 
 pub mod postgres;
 pub mod schema;
+mod shared;
 pub mod sqlite;
 
 /// What can go wrong in storage, in terms a caller can act on.
@@ -106,6 +107,30 @@ pub struct ApplySummary {
     pub read: u64,
     /// Deliveries that moved to answered or changed their answer.
     pub answered: u64,
+    /// New urgent answers among the events (on an open roll call, or kept as late answers).
+    pub urgent: u64,
+    /// Urgent answers to a closed roll call that no open roll call of the person could take.
+    pub late: u64,
+}
+
+/// What became of a re-send (`resend_after`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResendResult {
+    Sent {
+        id: i64,
+        at: Millis,
+    },
+    /// Try again at `next` (the platform was busy or rate-limited).
+    Retry {
+        id: i64,
+        next: Millis,
+        error: String,
+    },
+    /// The platform refused it for good; the first send still stands.
+    Failed {
+        id: i64,
+        error: String,
+    },
 }
 
 /// One event-log entry, for HQ's record.
@@ -178,9 +203,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn next_deadline(&self) -> StoreResult<Option<Millis>>;
     /// Escalates every sent, unread delivery whose deadline has passed. Returns how many.
     async fn escalate_due(&self, now: Millis) -> StoreResult<u64>;
-    /// Everyone ever escalated in the roll call, shelter phones first, then by call priority,
-    /// then longest unread first.
+    /// HQ's action list: everyone with an urgent answer, ever escalated, called or written
+    /// about, in the one order of [`CallListEntry::call_order`].
     async fn call_list(&self, id: RollCallId) -> StoreResult<Vec<CallListEntry>>;
+    /// One recipient's entry, whether or not they are on the action list.
+    async fn entry(&self, id: RollCallId, staff: &StaffId) -> StoreResult<Option<CallListEntry>>;
+    /// Records what HQ learned about a person by phone and/or a note, in one transaction,
+    /// audited in the event log. With an outcome, the store's guard applies (not over another
+    /// caller's hold; a reached person is not put back by a late "no answer"). The roll call
+    /// must be open.
+    async fn record_call(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: Option<CallOutcome>,
+        note: Option<&str>,
+        by: &str,
+        now: Millis,
+    ) -> StoreResult<CallListEntry>;
     async fn record_call_outcome(
         &self,
         id: RollCallId,
@@ -188,7 +228,38 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         outcome: CallOutcome,
         by: &str,
         now: Millis,
-    ) -> StoreResult<CallListEntry>;
+    ) -> StoreResult<CallListEntry> {
+        self.record_call(id, staff, Some(outcome), None, by, now)
+            .await
+    }
+    /// Every recipient of the roll call (for a caller's search by name, kana, id or phone).
+    async fn recipients(&self, id: RollCallId) -> StoreResult<Vec<Recipient>>;
+    /// Urgent answers to closed roll calls that no open roll call took; only those HQ has not
+    /// closed when `open_only`.
+    async fn late_answers(&self, open_only: bool) -> StoreResult<Vec<LateAnswer>>;
+    /// HQ closes a late answer with a note. False if there is no such open one.
+    async fn close_late_answer(
+        &self,
+        id: i64,
+        by: &str,
+        note: &str,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Open urgent entries over all open roll calls, plus open late answers (for /metrics).
+    async fn urgent_open(&self) -> StoreResult<i64>;
+
+    /// Claims up to `limit` deliveries of `provider` whose re-send is due: still sent and
+    /// unread, in an open roll call, not re-sent yet, not claimed by another worker.
+    async fn claim_due_resends(
+        &self,
+        provider: &str,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+    async fn record_resends(&self, results: &[ResendResult]) -> StoreResult<()>;
+    /// When the next re-send of `provider` falls due, if any.
+    async fn next_resend(&self, provider: &str) -> StoreResult<Option<Millis>>;
 
     /// Gives `caller` the next person to ring: the entry they already hold, else shelter
     /// phones first, then by call priority, then longest unread; entries that got no answer go
@@ -241,6 +312,8 @@ pub struct OpenOptions {
     pub migrate: schema::MigratePolicy,
     /// Connection pool settings (PostgreSQL).
     pub postgres: postgres::PgSettings,
+    /// The words that make a free-text answer urgent (`[answers] urgent_words`).
+    pub urgent_words: crate::answers::UrgentWords,
 }
 
 /// True for the URLs [`open`] hands to the PostgreSQL backend.
@@ -257,11 +330,15 @@ pub async fn open(url: &str) -> StoreResult<SharedStore> {
 /// Opens the store named by a database URL and checks its schema as `opts` say.
 pub async fn open_with(url: &str, opts: &OpenOptions) -> StoreResult<SharedStore> {
     if url.starts_with("sqlite:") {
-        let store = sqlite::SqliteStore::connect(url).await?;
+        let store = sqlite::SqliteStore::connect(url)
+            .await?
+            .with_urgent_words(opts.urgent_words.clone());
         schema::ensure(&schema::SQLITE, store.pool(), opts.migrate).await?;
         Ok(Arc::new(store))
     } else if is_postgres_url(url) {
-        let store = postgres::PostgresStore::connect(url, &opts.postgres).await?;
+        let store = postgres::PostgresStore::connect(url, &opts.postgres)
+            .await?
+            .with_urgent_words(opts.urgent_words.clone());
         schema::ensure(&schema::POSTGRES, store.pool(), opts.migrate).await?;
         Ok(Arc::new(store))
     } else {
@@ -302,17 +379,20 @@ pub(crate) async fn refused_outcome<S: Store + ?Sized>(
     match store.roll_call(id).await {
         Ok(None) => return StoreError::NoSuchRollCall(id),
         Err(e) => return e,
+        Ok(Some(rc)) if rc.state == crate::rollcall::RollCallState::Closed => {
+            return StoreError::Closed(id)
+        }
         Ok(Some(_)) => {}
     }
-    let list = match store.call_list(id).await {
-        Ok(l) => l,
+    let e = match store.entry(id, staff).await {
+        Ok(Some(e)) => e,
+        Ok(None) => {
+            return StoreError::NoSuchRecipient {
+                roll_call: id,
+                staff: staff.clone(),
+            }
+        }
         Err(e) => return e,
-    };
-    let Some(e) = list.iter().find(|e| &e.staff_id == staff) else {
-        return StoreError::NoSuchRecipient {
-            roll_call: id,
-            staff: staff.clone(),
-        };
     };
     if let (Some(holder), Some(until)) = (&e.claimed_by, e.claimed_until) {
         if until > now && holder != by {

@@ -8,8 +8,9 @@
 //! transaction that loses a deadlock or serialisation race is retried here, so a worker never
 //! drops a batch's results because another replica touched the same rows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,18 +35,21 @@ struct ResultColumns {
     failed: (Vec<i64>, Vec<String>),
 }
 
-use super::sqlite::{
-    add_counts, answer_value, corrupt, kind_parts, kind_str, parse_kind, Folded, ENTRY_COLUMNS,
-    OUTCOME_GUARD,
+use super::shared::{
+    self, corrupt, entry_from_row, kind_str, parse_kind, BatchReader, Dialect, Membership,
+    RollInfo, ENTRY_COLUMNS, ON_ACTION_LIST, OUTCOME_GUARD,
 };
-use super::{refused_outcome, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use super::{
+    refused_outcome, ApplySummary, LoggedEvent, ResendResult, Store, StoreError, StoreResult,
+};
+use crate::answers::UrgentWords;
 use crate::clock::Millis;
-use crate::contacts::{Contact, ContactKind};
+use crate::contacts::Contact;
 use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::InboundEvent;
 use crate::rollcall::{
-    CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
-    NewDelivery, NewRollCall, Progress, RollCall, RollCallState, SendResult,
+    CallListEntry, CallOutcome, ClaimedDelivery, LateAnswer, NewDelivery, NewRollCall, Note,
+    Progress, Recipient, RollCall, RollCallState, SendResult,
 };
 
 /// Rows per multi-row statement when writing deliveries and contacts.
@@ -75,6 +79,8 @@ impl Default for PgSettings {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// What makes a free-text answer urgent.
+    words: Arc<UrgentWords>,
 }
 
 impl PostgresStore {
@@ -91,7 +97,16 @@ impl PostgresStore {
             .idle_timeout(Some(Duration::from_secs(300)))
             .connect_with(opts)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            words: Arc::new(UrgentWords::default()),
+        })
+    }
+
+    /// Uses `words` to tell urgent free text from the rest.
+    pub fn with_urgent_words(mut self, words: UrgentWords) -> Self {
+        self.words = Arc::new(words);
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -165,7 +180,9 @@ impl PostgresStore {
                    sent_at = COALESCE(d.sent_at, j.at), \
                    deadline_at = COALESCE(d.deadline_at, j.dl), \
                    message_id = COALESCE(j.mid, d.message_id), \
-                   lease_until = NULL \
+                   lease_until = NULL, \
+                   resend_at = COALESCE(d.resend_at, j.at + \
+                     (SELECT r.resend_after_ms FROM roll_calls r WHERE r.id = d.roll_call_id)) \
                  FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) \
                    AS j(id, at, dl, mid) \
                  WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')",
@@ -212,49 +229,6 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn outcome_once(
-        &self,
-        id: RollCallId,
-        staff: &StaffId,
-        outcome: CallOutcome,
-        by: &str,
-        now: Millis,
-    ) -> StoreResult<Option<CallListEntry>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5, \
-               call_claimed_by = NULL, call_claimed_until = NULL \
-             WHERE roll_call_id = $1 AND staff_id = $2 {OUTCOME_GUARD} \
-             RETURNING {ENTRY_COLUMNS}, chat_handle"
-        ))
-        .bind(id.0)
-        .bind(staff.as_str())
-        .bind(outcome.as_str())
-        .bind(now)
-        .bind(by)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let entry = row_to_entry(&row)?;
-        let handle: Option<String> = row.try_get("chat_handle")?;
-        // The call is evidence too: it goes in the same append-only log as chat events.
-        sqlx::query(
-            "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, kind, \
-               value, occurred_at, received_at) \
-             VALUES ('phone', $1, $2, $3, $4, 'call_outcome', $5, $6, $6)",
-        )
-        .bind(format!("call-{}-{}-{}", entry.delivery_id, now, by))
-        .bind(id.0)
-        .bind(entry.delivery_id)
-        .bind(handle.unwrap_or_else(|| staff.to_string()))
-        .bind(format!("{} by {by}", outcome.as_str()))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(entry))
-    }
-
     async fn roll_call_by_key(&self, key: &str) -> StoreResult<Option<RollCall>> {
         let row = sqlx::query("SELECT * FROM roll_calls WHERE idempotency_key = $1")
             .bind(key)
@@ -290,14 +264,17 @@ fn lost_race(e: &StoreError) -> bool {
 
 fn row_to_roll_call(r: &PgRow) -> StoreResult<RollCall> {
     let buttons: String = r.try_get("buttons")?;
+    let shelter_buttons: Option<String> = r.try_get("shelter_buttons")?;
     let state: String = r.try_get("state")?;
+    let info = RollInfo::parse(&state, &buttons, shelter_buttons.as_deref())?;
     Ok(RollCall {
         id: RollCallId(r.try_get("id")?),
         scenario: r.try_get("scenario")?,
         title: r.try_get("title")?,
         message: r.try_get("message")?,
-        buttons: serde_json::from_str(&buttons)
-            .map_err(|e| StoreError::Corrupt(format!("roll call buttons: {e}")))?,
+        buttons: info.buttons,
+        shelter_buttons: info.shelter_buttons,
+        resend_after_ms: r.try_get("resend_after_ms")?,
         drill: r.try_get("drill")?,
         deadline_ms: r.try_get("deadline_ms")?,
         provider: r.try_get("provider")?,
@@ -311,49 +288,6 @@ fn row_to_roll_call(r: &PgRow) -> StoreResult<RollCall> {
         recipients: r.try_get("recipients")?,
     })
 }
-
-fn row_to_entry(r: &PgRow) -> StoreResult<CallListEntry> {
-    // Positional, in ENTRY_COLUMNS order: the call list can be 100,000 rows.
-    let phones: &str = r.try_get(7)?;
-    let kind: &str = r.try_get(5)?;
-    let state: &str = r.try_get(8)?;
-    let reason: Option<&str> = r.try_get(9)?;
-    let outcome: Option<&str> = r.try_get(15)?;
-    let staff: &str = r.try_get(1)?;
-    Ok(CallListEntry {
-        delivery_id: r.try_get(0)?,
-        staff_id: StaffId::parse(staff).map_err(|e| corrupt("staff id", e))?,
-        name: r.try_get(2)?,
-        department: r.try_get(3)?,
-        shelter: r.try_get(4)?,
-        kind: parse_kind(kind)?,
-        call_priority: r.try_get::<i64, _>(6)?.clamp(0, 255) as u8,
-        phones: serde_json::from_str(phones).map_err(|e| corrupt("phones", e))?,
-        state: DeliveryState::from_str(state).map_err(|e| corrupt("state", e))?,
-        reason: reason
-            .map(EscalationReason::from_str)
-            .transpose()
-            .map_err(|e| corrupt("escalation reason", e))?,
-        last_error: r.try_get(10)?,
-        sent_at: r.try_get(11)?,
-        escalated_at: r.try_get(12)?,
-        read_at: r.try_get(13)?,
-        answer: r.try_get(14)?,
-        outcome: outcome
-            .map(CallOutcome::parse)
-            .transpose()
-            .map_err(|e| corrupt("outcome", e))?,
-        outcome_at: r.try_get(16)?,
-        outcome_by: r.try_get(17)?,
-        claimed_by: r.try_get(18)?,
-        claimed_until: r.try_get(19)?,
-    })
-}
-
-/// The call list's order: shelter phones first, then call priority, then longest unread.
-/// Staff ids compare byte-wise (`COLLATE "C"`), as on SQLite, whatever the database's locale.
-const CALL_ORDER: &str = "kind = 'shelter_phone' DESC, call_priority, \
-    COALESCE(sent_at, escalated_at) NULLS FIRST, staff_id COLLATE \"C\"";
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -405,8 +339,9 @@ impl Store for PostgresStore {
         // commits, then inserts nothing: the first roll call is the answer.
         let inserted = sqlx::query(
             "INSERT INTO roll_calls (scenario, title, message, buttons, drill, deadline_ms, \
-             provider, state, created_at, recipients, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10) \
+             provider, state, created_at, recipients, idempotency_key, shelter_buttons, \
+             resend_after_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(&new.scenario)
@@ -419,6 +354,8 @@ impl Store for PostgresStore {
         .bind(now)
         .bind(recipients.len() as i64)
         .bind(&new.idempotency_key)
+        .bind(serde_json::to_string(&new.shelter_buttons).map_err(|e| corrupt("buttons", e))?)
+        .bind(new.resend_after_ms)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -440,7 +377,11 @@ impl Store for PostgresStore {
             let mut phones = Vec::with_capacity(chunk.len());
             let mut email = Vec::with_capacity(chunk.len());
             let mut handle = Vec::with_capacity(chunk.len());
+            let mut kana = Vec::with_capacity(chunk.len());
+            let mut role = Vec::with_capacity(chunk.len());
             for d in chunk {
+                kana.push(d.kana.clone());
+                role.push(d.role.clone());
                 staff.push(d.staff_id.to_string());
                 name.push(d.name.clone());
                 dept.push(d.department.clone());
@@ -454,15 +395,16 @@ impl Store for PostgresStore {
             sqlx::query(
                 "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
                  call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
-                 last_error, escalated_at, escalation_reason) \
+                 last_error, escalated_at, escalation_reason, kana, role) \
                  SELECT $1, s, n, d, sh, k, p, ph, e, $2, h, \
                    CASE WHEN h IS NULL THEN 'failed' ELSE 'pending' END, $3, \
                    CASE WHEN h IS NULL THEN 'no chat id on ' || $2 END, \
                    CASE WHEN h IS NULL THEN $3 END, \
-                   CASE WHEN h IS NULL THEN 'no_chat_id' END \
+                   CASE WHEN h IS NULL THEN 'no_chat_id' END, ka, ro \
                  FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                             $9::bigint[], $10::text[], $11::text[], $12::text[]) \
-                   AS j(s, n, d, sh, k, p, ph, e, h)",
+                             $9::bigint[], $10::text[], $11::text[], $12::text[], \
+                             $13::text[], $14::text[]) \
+                   AS j(s, n, d, sh, k, p, ph, e, h, ka, ro)",
             )
             .bind(id)
             .bind(&new.provider)
@@ -476,6 +418,8 @@ impl Store for PostgresStore {
             .bind(&phones)
             .bind(&email)
             .bind(&handle)
+            .bind(&kana)
+            .bind(&role)
             .execute(&mut *tx)
             .await?;
         }
@@ -508,61 +452,23 @@ impl Store for PostgresStore {
     }
 
     async fn progress(&self, id: RollCallId) -> StoreResult<Progress> {
-        let rows = sqlx::query(
-            "SELECT department, shelter, kind, state, escalated_at IS NOT NULL AS esc, outcome, \
-                    COUNT(*) AS n \
-             FROM deliveries WHERE roll_call_id = $1 \
-             GROUP BY department, shelter, kind, state, esc, outcome",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
         let mut p = Progress::default();
-        for r in &rows {
-            let dept: Option<String> = r.try_get("department")?;
-            let shelter: Option<String> = r.try_get("shelter")?;
-            let kind = parse_kind(r.try_get("kind")?)?;
-            let state =
-                DeliveryState::from_str(r.try_get("state")?).map_err(|e| corrupt("state", e))?;
-            let escalated: bool = r.try_get("esc")?;
-            let outcome = r
-                .try_get::<Option<&str>, _>("outcome")?
-                .map(CallOutcome::parse)
-                .transpose()
-                .map_err(|e| corrupt("outcome", e))?;
-            let n: i64 = r.try_get("n")?;
-            let group: &mut Counts = match kind {
-                ContactKind::Staff => p
-                    .by_department
-                    .entry(dept.unwrap_or_else(|| crate::rollcall::NO_DEPARTMENT.to_string()))
-                    .or_default(),
-                ContactKind::ShelterPhone => p
-                    .by_shelter
-                    .entry(shelter.unwrap_or_else(|| crate::rollcall::NO_SHELTER.to_string()))
-                    .or_default(),
-            };
-            add_counts(group, state, escalated, outcome, n);
-            add_counts(&mut p.overall, state, escalated, outcome, n);
+        let rows = sqlx::query(&shared::progress_sql())
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        shared::fold_progress(&rows, &mut p)?;
+        for r in sqlx::query(shared::ANSWERS_SQL)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            p.answers.insert(r.try_get(0)?, r.try_get::<i64, _>(1)?);
         }
-        let answers = sqlx::query(
-            "SELECT answer, COUNT(*) AS n FROM deliveries \
-             WHERE roll_call_id = $1 AND answer IS NOT NULL GROUP BY answer",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        for r in &answers {
-            p.answers
-                .insert(r.try_get("answer")?, r.try_get::<i64, _>("n")?);
-        }
-        let times = sqlx::query(
-            "SELECT MAX(sent_at) AS last_sent, \
-                    MIN(CASE WHEN state = 'sent' AND escalated_at IS NULL THEN deadline_at END) AS next_dl \
-             FROM deliveries WHERE roll_call_id = $1",
-        )
-        .bind(id.0)
-        .fetch_one(&self.pool)
-        .await?;
+        let times = sqlx::query(shared::TIMES_SQL)
+            .bind(id.0)
+            .fetch_one(&self.pool)
+            .await?;
         p.last_sent_at = times.try_get("last_sent")?;
         p.next_deadline_at = times.try_get("next_dl")?;
         Ok(p)
@@ -596,7 +502,7 @@ impl Store for PostgresStore {
              SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
                attempts = d.attempts + 1 \
              FROM picked WHERE d.id = picked.id \
-             RETURNING d.id, d.roll_call_id, d.chat_handle, d.attempts",
+             RETURNING d.id, d.roll_call_id, d.chat_handle, d.attempts, d.kind",
         )
         .bind(lease_until)
         .bind(provider)
@@ -604,19 +510,7 @@ impl Store for PostgresStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let handle: Option<&str> = r.try_get("chat_handle")?;
-                let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
-                Ok(ClaimedDelivery {
-                    id: r.try_get("id")?,
-                    roll_call_id: RollCallId(r.try_get("roll_call_id")?),
-                    chat_handle: ChatHandle::parse(handle).map_err(|e| corrupt("chat id", e))?,
-                    attempts: r.try_get("attempts")?,
-                    lease_until,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| claimed(r, lease_until)).collect()
     }
 
     async fn record_send_results(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
@@ -677,7 +571,30 @@ impl Store for PostgresStore {
     ) -> StoreResult<ApplySummary> {
         retrying(|| async {
             let mut tx = self.pool.begin().await?;
-            let summary = apply_events_tx(&mut tx, provider, events, cursor, now).await?;
+            let summary = {
+                let mut reader = Batch(&mut tx);
+                shared::apply_batch(
+                    &mut reader,
+                    Dialect::Postgres,
+                    &self.words,
+                    provider,
+                    events,
+                    now,
+                )
+                .await?
+            };
+            if let Some(c) = cursor {
+                sqlx::query(
+                    "INSERT INTO provider_cursors (provider, cursor, updated_at) \
+                     VALUES ($1, $2, $3) ON CONFLICT (provider) DO UPDATE SET \
+                       cursor = EXCLUDED.cursor, updated_at = EXCLUDED.updated_at",
+                )
+                .bind(provider)
+                .bind(c)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok(summary)
         })
@@ -750,28 +667,123 @@ impl Store for PostgresStore {
         }
         let rows = sqlx::query(&format!(
             "SELECT {ENTRY_COLUMNS} FROM deliveries \
-             WHERE roll_call_id = $1 AND (escalated_at IS NOT NULL OR outcome IS NOT NULL) \
-             ORDER BY {CALL_ORDER}"
+             WHERE roll_call_id = $1 AND {ON_ACTION_LIST} ORDER BY {}",
+            Dialect::Postgres.action_order(false)
         ))
         .bind(id.0)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(row_to_entry).collect()
+        rows.iter().map(entry_from_row).collect()
     }
 
-    async fn record_call_outcome(
+    async fn entry(&self, id: RollCallId, staff: &StaffId) -> StoreResult<Option<CallListEntry>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2"
+        ))
+        .bind(id.0)
+        .bind(staff.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    async fn record_call(
         &self,
         id: RollCallId,
         staff: &StaffId,
-        outcome: CallOutcome,
+        outcome: Option<CallOutcome>,
+        note: Option<&str>,
         by: &str,
         now: Millis,
     ) -> StoreResult<CallListEntry> {
-        let found = retrying(|| self.outcome_once(id, staff, outcome, by, now)).await?;
+        let found = retrying(|| self.call_once(id, staff, outcome, note, by, now)).await?;
         match found {
             Some(entry) => Ok(entry),
             None => Err(refused_outcome(self, id, staff, by, now).await),
         }
+    }
+
+    async fn recipients(&self, id: RollCallId) -> StoreResult<Vec<Recipient>> {
+        if self.roll_call(id).await?.is_none() {
+            return Err(StoreError::NoSuchRollCall(id));
+        }
+        let rows = sqlx::query(shared::RECIPIENTS_SQL)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(shared::recipient_from_row).collect()
+    }
+
+    async fn late_answers(&self, open_only: bool) -> StoreResult<Vec<LateAnswer>> {
+        let rows = sqlx::query(shared::LATE_ANSWERS_SQL)
+            .bind(i64::from(open_only))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(shared::late_from_row).collect()
+    }
+
+    async fn close_late_answer(
+        &self,
+        id: i64,
+        by: &str,
+        note: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(shared::CLOSE_LATE_SQL)
+            .bind(id)
+            .bind(now)
+            .bind(by)
+            .bind(note)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn urgent_open(&self) -> StoreResult<i64> {
+        let n: i64 = sqlx::query_scalar(&shared::urgent_open_sql())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    async fn claim_due_resends(
+        &self,
+        provider: &str,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let lease_until = now + lease.as_millis() as i64;
+        let rows = sqlx::query(&shared::claim_resends_sql("FOR UPDATE SKIP LOCKED"))
+            .bind(lease_until)
+            .bind(provider)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| claimed(r, lease_until)).collect()
+    }
+
+    async fn record_resends(&self, results: &[ResendResult]) -> StoreResult<()> {
+        let rows = shared::resend_rows(results);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = shared::record_resends_sql(Dialect::Postgres);
+        retrying(|| async {
+            sqlx::query(&sql).bind(&rows).execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn next_resend(&self, provider: &str) -> StoreResult<Option<Millis>> {
+        let t: Option<Option<i64>> = sqlx::query_scalar(shared::NEXT_RESEND_SQL)
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(t.flatten())
     }
 
     async fn claim_next_call(
@@ -781,31 +793,14 @@ impl Store for PostgresStore {
         now: Millis,
         hold: Duration,
     ) -> StoreResult<Option<CallListEntry>> {
-        // SKIP LOCKED: two callers on two replicas asking at once get two different people.
-        let row = sqlx::query(&format!(
-            "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
-             WHERE id = ( \
-               SELECT id FROM deliveries \
-               WHERE roll_call_id = $1 AND escalated_at IS NOT NULL \
-                 AND state NOT IN ('read', 'answered') \
-                 AND (outcome IS NULL OR outcome = 'no_answer') \
-                 AND (call_claimed_until IS NULL OR call_claimed_until <= $4 \
-                      OR call_claimed_by = $2) \
-                 AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
-               ORDER BY (call_claimed_by IS NOT NULL AND call_claimed_by = $2 \
-                         AND call_claimed_until > $4) DESC, \
-                        kind = 'shelter_phone' DESC, outcome IS NOT NULL, call_priority, \
-                        COALESCE(sent_at, escalated_at) NULLS FIRST, staff_id COLLATE \"C\" \
-               LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING {ENTRY_COLUMNS}"
-        ))
-        .bind(id.0)
-        .bind(caller)
-        .bind(now + hold.as_millis() as i64)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(row_to_entry).transpose()
+        let row = sqlx::query(&shared::claim_next_call_sql(Dialect::Postgres))
+            .bind(id.0)
+            .bind(caller)
+            .bind(now + hold.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(entry_from_row).transpose()
     }
 
     async fn release_call(
@@ -894,170 +889,174 @@ impl Store for PostgresStore {
 }
 
 /// The body of [`Store::apply_events`], inside its transaction.
-async fn apply_events_tx(
-    tx: &mut Transaction<'static, Postgres>,
-    provider: &str,
-    events: &[InboundEvent],
-    cursor: Option<&str>,
-    now: Millis,
-) -> StoreResult<ApplySummary> {
-    let mut summary = ApplySummary::default();
-    if !events.is_empty() {
-        // An event that does not say which roll call it answers belongs to the newest roll
-        // call that person was sent: one lookup for the whole batch.
-        let unresolved: Vec<String> = events
-            .iter()
-            .filter(|e| e.roll_call_id.is_none())
-            .map(|e| e.from.to_string())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut resolved: HashMap<String, i64> = HashMap::new();
-        if !unresolved.is_empty() {
-            let rows = sqlx::query(
-                "SELECT chat_handle, MAX(roll_call_id) AS rc FROM deliveries \
-                 WHERE provider = $1 AND chat_handle = ANY($2::text[]) GROUP BY chat_handle",
-            )
-            .bind(provider)
-            .bind(&unresolved)
-            .fetch_all(&mut **tx)
-            .await?;
-            for r in &rows {
-                resolved.insert(r.try_get("chat_handle")?, r.try_get("rc")?);
-            }
-        }
-        let rc_of = |e: &InboundEvent| {
-            e.roll_call_id
-                .map(|r| r.0)
-                .or_else(|| resolved.get(e.from.as_str()).copied())
-        };
-        let mut eid = Vec::with_capacity(events.len());
-        let mut rc = Vec::with_capacity(events.len());
-        let mut h = Vec::with_capacity(events.len());
-        let mut k = Vec::with_capacity(events.len());
-        let mut v = Vec::with_capacity(events.len());
-        let mut at = Vec::with_capacity(events.len());
-        for e in events {
-            let (kind, value) = kind_parts(&e.kind);
-            eid.push(e.event_id.clone());
-            rc.push(rc_of(e));
-            h.push(e.from.to_string());
-            k.push(kind);
-            v.push(value);
-            at.push(e.occurred_at.timestamp_millis());
-        }
-        let fresh = sqlx::query(
-            "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
-               kind, value, occurred_at, received_at) \
-             SELECT $1, j.eid, j.rc, \
-               (SELECT d.id FROM deliveries d WHERE d.provider = $1 AND d.chat_handle = j.h \
-                  AND d.roll_call_id = j.rc), \
-               j.h, j.k, j.v, j.at, $2 \
-             FROM UNNEST($3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], \
-                         $8::bigint[]) AS j(eid, rc, h, k, v, at) \
-             ON CONFLICT (provider, event_id) DO NOTHING \
-             RETURNING event_id",
-        )
-        .bind(provider)
-        .bind(now)
-        .bind(&eid)
-        .bind(&rc)
-        .bind(&h)
-        .bind(&k)
-        .bind(&v)
-        .bind(&at)
-        .fetch_all(&mut **tx)
-        .await?;
-        summary.logged = fresh.len() as u64;
-        let fresh: HashSet<String> = fresh
-            .iter()
-            .map(|r| r.try_get::<String, _>("event_id"))
-            .collect::<Result<_, _>>()?;
-
-        // Fold the new events per delivery so each delivery gets one update per kind.
-        let mut folded: BTreeMap<(i64, &str), Folded> = BTreeMap::new();
-        for e in events.iter().filter(|e| fresh.contains(&e.event_id)) {
-            let Some(rc) = rc_of(e) else { continue };
-            let at = e.occurred_at.timestamp_millis();
-            let f = folded.entry((rc, e.from.as_str())).or_default();
-            f.first_seen = Some(f.first_seen.map_or(at, |t| t.min(at)));
-            if let Some(v) = answer_value(&e.kind) {
-                f.first_answer = Some(f.first_answer.map_or(at, |t| t.min(at)));
-                if f.latest_answer.as_ref().is_none_or(|(t, _)| at >= *t) {
-                    f.latest_answer = Some((at, v));
-                }
-            }
-        }
-        if !folded.is_empty() {
-            let (mut rc, mut h, mut r) = (Vec::new(), Vec::new(), Vec::new());
-            for ((c, handle), f) in &folded {
-                rc.push(*c);
-                h.push(handle.to_string());
-                r.push(f.first_seen);
-            }
-            summary.read = sqlx::query(
-                "UPDATE deliveries AS d SET \
-                   state = CASE WHEN d.state = 'answered' THEN 'answered' ELSE 'read' END, \
-                   read_at = CASE WHEN d.read_at IS NULL OR j.r < d.read_at THEN j.r ELSE d.read_at END \
-                 FROM UNNEST($2::bigint[], $3::text[], $4::bigint[]) AS j(rc, h, r) \
-                 WHERE d.provider = $1 AND d.chat_handle = j.h AND d.roll_call_id = j.rc \
-                   AND (d.state NOT IN ('read', 'answered') OR d.read_at IS NULL OR j.r < d.read_at)",
-            )
-            .bind(provider)
-            .bind(&rc)
-            .bind(&h)
-            .bind(&r)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-        }
-        let answers: Vec<_> = folded
-            .iter()
-            .filter_map(|((c, handle), f)| {
-                let (la, v) = f.latest_answer.as_ref()?;
-                Some((*c, handle.to_string(), f.first_answer, *la, v.clone()))
+impl PostgresStore {
+    /// One try at [`Store::record_call`]; `None` when the guard refused it.
+    async fn call_once(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: Option<CallOutcome>,
+        note: Option<&str>,
+        by: &str,
+        now: Millis,
+    ) -> StoreResult<Option<CallListEntry>> {
+        let note_json = note
+            .map(|n| {
+                serde_json::to_string(&Note {
+                    at: now,
+                    by: by.to_string(),
+                    text: n.to_string(),
+                })
             })
-            .collect();
-        if !answers.is_empty() {
-            let rc: Vec<i64> = answers.iter().map(|a| a.0).collect();
-            let h: Vec<String> = answers.iter().map(|a| a.1.clone()).collect();
-            let a: Vec<Option<i64>> = answers.iter().map(|a| a.2).collect();
-            let la: Vec<i64> = answers.iter().map(|a| a.3).collect();
-            let v: Vec<String> = answers.iter().map(|a| a.4.clone()).collect();
-            summary.answered = sqlx::query(
-                "UPDATE deliveries AS d SET state = 'answered', \
-                   answered_at = CASE WHEN d.answered_at IS NULL OR j.a < d.answered_at \
-                                      THEN j.a ELSE d.answered_at END, \
-                   answer = CASE WHEN d.answer_at IS NULL OR j.la >= d.answer_at \
-                                 THEN j.v ELSE d.answer END, \
-                   answer_at = CASE WHEN d.answer_at IS NULL OR j.la >= d.answer_at \
-                                    THEN j.la ELSE d.answer_at END \
-                 FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) \
-                   AS j(rc, h, a, la, v) \
-                 WHERE d.provider = $1 AND d.chat_handle = j.h AND d.roll_call_id = j.rc",
-            )
-            .bind(provider)
-            .bind(&rc)
-            .bind(&h)
-            .bind(&a)
-            .bind(&la)
-            .bind(&v)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-        }
+            .transpose()
+            .map_err(|e| corrupt("note", e))?;
+        let (set, guard) = match outcome {
+            Some(_) => (
+                "outcome = $3, outcome_at = $4, outcome_by = $5, \
+                 call_claimed_by = NULL, call_claimed_until = NULL,",
+                OUTCOME_GUARD,
+            ),
+            None => ("", ""),
+        };
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries SET {set} \
+               notes = CASE WHEN $6::text IS NULL THEN notes \
+                            ELSE (COALESCE(notes::jsonb, '[]'::jsonb) || jsonb_build_array($6::jsonb))::text END \
+             WHERE roll_call_id = $1 AND staff_id = $2 {guard} \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+               AND COALESCE($3::text, '') = COALESCE($3::text, '') AND $4::bigint = $4::bigint \
+               AND $5::text = $5::text \
+             RETURNING {ENTRY_COLUMNS}, chat_handle"
+        ))
+        .bind(id.0)
+        .bind(staff.as_str())
+        .bind(outcome.map(|o| o.as_str()))
+        .bind(now)
+        .bind(by)
+        .bind(&note_json)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let entry = entry_from_row(&row)?;
+        let handle: Option<String> = row.try_get("chat_handle")?;
+        // The call and the note are evidence too: they go in the same append-only log as
+        // chat events.
+        sqlx::query(shared::CALL_EVENT_SQL)
+            .bind(shared::call_event_id(entry.delivery_id, now, by))
+            .bind(id.0)
+            .bind(entry.delivery_id)
+            .bind(handle.unwrap_or_else(|| staff.to_string()))
+            .bind(shared::call_event_kind(outcome))
+            .bind(shared::call_event_value(outcome, note, by))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(entry))
     }
-    if let Some(c) = cursor {
-        sqlx::query(
-            "INSERT INTO provider_cursors (provider, cursor, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (provider) DO UPDATE SET cursor = EXCLUDED.cursor, \
-               updated_at = EXCLUDED.updated_at",
+}
+
+/// A claimed delivery from `RETURNING id, roll_call_id, chat_handle, attempts, kind`.
+fn claimed(r: &PgRow, lease_until: Millis) -> StoreResult<ClaimedDelivery> {
+    let handle: Option<&str> = r.try_get("chat_handle")?;
+    let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
+    Ok(ClaimedDelivery {
+        id: r.try_get("id")?,
+        roll_call_id: RollCallId(r.try_get("roll_call_id")?),
+        chat_handle: ChatHandle::parse(handle).map_err(|e| corrupt("chat id", e))?,
+        attempts: r.try_get("attempts")?,
+        kind: parse_kind(r.try_get("kind")?)?,
+        lease_until,
+    })
+}
+
+/// An inbound batch's reads and writes, inside its transaction.
+struct Batch<'a, 't>(&'a mut Transaction<'t, Postgres>);
+
+#[async_trait]
+impl BatchReader for Batch<'_, '_> {
+    async fn memberships(
+        &mut self,
+        provider: &str,
+        handles: &[String],
+        named: &[i64],
+    ) -> StoreResult<Vec<(String, Membership)>> {
+        let rows = sqlx::query(
+            "SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at, r.state \
+             FROM deliveries AS d JOIN roll_calls AS r ON r.id = d.roll_call_id \
+             WHERE d.provider = $1 AND d.chat_handle = ANY($2::text[]) \
+               AND (r.state = 'open' OR d.roll_call_id = ANY($3::bigint[]) \
+                    OR d.roll_call_id = (SELECT MAX(x.roll_call_id) FROM deliveries AS x \
+                                         WHERE x.provider = d.provider \
+                                           AND x.chat_handle = d.chat_handle))",
         )
         .bind(provider)
-        .bind(c)
-        .bind(now)
-        .execute(&mut **tx)
+        .bind(handles)
+        .bind(named)
+        .fetch_all(&mut **self.0)
         .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Membership {
+                        roll_call: r.try_get(1)?,
+                        delivery: r.try_get(2)?,
+                        kind: parse_kind(r.try_get(3)?)?,
+                        sent_at: r.try_get(4)?,
+                        open: r.try_get::<&str, _>(5)? == "open",
+                    },
+                ))
+            })
+            .collect()
     }
-    Ok(summary)
+
+    async fn roll_infos(&mut self, ids: &[i64]) -> StoreResult<HashMap<i64, RollInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, state, buttons, shelter_buttons FROM roll_calls WHERE id = ANY($1::bigint[])",
+        )
+        .bind(ids)
+        .fetch_all(&mut **self.0)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    RollInfo::parse(r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        provider: &str,
+        now: Millis,
+        rows: String,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        if sql.contains("RETURNING") {
+            let out = sqlx::query(sql)
+                .bind(provider)
+                .bind(now)
+                .bind(rows)
+                .fetch_all(&mut **self.0)
+                .await?;
+            let firsts = out
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((firsts.len() as u64, firsts))
+        } else {
+            let n = sqlx::query(sql)
+                .bind(provider)
+                .bind(now)
+                .bind(rows)
+                .execute(&mut **self.0)
+                .await?
+                .rows_affected();
+            Ok((n, Vec::new()))
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! (`json_each`), never a statement per row: on SQLite through sqlx each statement costs a
 //! cross-thread round trip, rows cost almost nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +16,26 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
-use super::{refused_outcome, ApplySummary, LoggedEvent, Store, StoreError, StoreResult};
+use super::shared::{
+    self, corrupt, entry_from_row, kind_str, parse_kind, BatchReader, Dialect, Membership,
+    RollInfo, ENTRY_COLUMNS, ON_ACTION_LIST, OUTCOME_GUARD,
+};
+use super::{
+    refused_outcome, ApplySummary, LoggedEvent, ResendResult, Store, StoreError, StoreResult,
+};
+use crate::answers::UrgentWords;
 use crate::clock::Millis;
-use crate::contacts::{Contact, ContactKind};
+use crate::contacts::Contact;
 use crate::ids::{ChatHandle, RollCallId, StaffId};
-use crate::providers::{InboundEvent, InboundKind};
+use crate::providers::InboundEvent;
 use crate::rollcall::{
-    CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
-    NewDelivery, NewRollCall, Progress, RollCall, RollCallState, SendResult,
+    CallListEntry, CallOutcome, ClaimedDelivery, LateAnswer, NewDelivery, NewRollCall, Note,
+    Progress, Recipient, RollCall, RollCallState, SendResult,
 };
 
-/// Rows per multi-row statement when writing deliveries: 16 bound values a row, under
+/// Rows per multi-row statement when writing deliveries: 18 bound values a row, under
 /// SQLite's limit of 32,766 per statement.
-const INSERT_CHUNK: usize = 2_000;
+const INSERT_CHUNK: usize = 1_800;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -36,6 +43,8 @@ pub struct SqliteStore {
     /// SQLite has one writer at a time. Writers in this process queue here instead of in
     /// SQLite's busy handler, which sleeps in steps of milliseconds and wastes most of them.
     writer: Arc<Mutex<()>>,
+    /// What makes a free-text answer urgent.
+    words: Arc<UrgentWords>,
 }
 
 impl SqliteStore {
@@ -73,7 +82,14 @@ impl SqliteStore {
         Ok(Self {
             pool,
             writer: Arc::new(Mutex::new(())),
+            words: Arc::new(UrgentWords::default()),
         })
+    }
+
+    /// Uses `words` to tell urgent free text from the rest.
+    pub fn with_urgent_words(mut self, words: UrgentWords) -> Self {
+        self.words = Arc::new(words);
+        self
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -117,14 +133,17 @@ fn rows_json<T: serde::Serialize>(rows: &[T]) -> StoreResult<Option<String>> {
 
 fn row_to_roll_call(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RollCall> {
     let buttons: String = r.try_get("buttons")?;
+    let shelter_buttons: Option<String> = r.try_get("shelter_buttons")?;
     let state: String = r.try_get("state")?;
+    let info = RollInfo::parse(&state, &buttons, shelter_buttons.as_deref())?;
     Ok(RollCall {
         id: RollCallId(r.try_get("id")?),
         scenario: r.try_get("scenario")?,
         title: r.try_get("title")?,
         message: r.try_get("message")?,
-        buttons: serde_json::from_str(&buttons)
-            .map_err(|e| StoreError::Corrupt(format!("roll call buttons: {e}")))?,
+        buttons: info.buttons,
+        shelter_buttons: info.shelter_buttons,
+        resend_after_ms: r.try_get("resend_after_ms")?,
         drill: r.try_get::<i64, _>("drill")? != 0,
         deadline_ms: r.try_get("deadline_ms")?,
         provider: r.try_get("provider")?,
@@ -137,100 +156,6 @@ fn row_to_roll_call(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RollCall> {
         closed_at: r.try_get("closed_at")?,
         recipients: r.try_get("recipients")?,
     })
-}
-
-pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn row_to_entry(r: &sqlx::sqlite::SqliteRow) -> StoreResult<CallListEntry> {
-    // Positional, in ENTRY_COLUMNS order: the call list can be 100,000 rows.
-    let phones: String = r.try_get(7)?;
-    let kind: &str = r.try_get(5)?;
-    let state: &str = r.try_get(8)?;
-    let reason: Option<&str> = r.try_get(9)?;
-    let outcome: Option<&str> = r.try_get(15)?;
-    let staff: &str = r.try_get(1)?;
-    Ok(CallListEntry {
-        delivery_id: r.try_get(0)?,
-        staff_id: StaffId::parse(staff).map_err(|e| corrupt("staff id", e))?,
-        name: r.try_get(2)?,
-        department: r.try_get(3)?,
-        shelter: r.try_get(4)?,
-        kind: parse_kind(kind)?,
-        call_priority: r.try_get::<i64, _>(6)?.clamp(0, 255) as u8,
-        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
-        state: DeliveryState::from_str(state).map_err(|e| corrupt("state", e))?,
-        reason: reason
-            .map(EscalationReason::from_str)
-            .transpose()
-            .map_err(|e| corrupt("escalation reason", e))?,
-        last_error: r.try_get(10)?,
-        sent_at: r.try_get(11)?,
-        escalated_at: r.try_get(12)?,
-        read_at: r.try_get(13)?,
-        answer: r.try_get(14)?,
-        outcome: outcome
-            .map(CallOutcome::parse)
-            .transpose()
-            .map_err(|e| corrupt("outcome", e))?,
-        outcome_at: r.try_get(16)?,
-        outcome_by: r.try_get(17)?,
-        claimed_by: r.try_get(18)?,
-        claimed_until: r.try_get(19)?,
-    })
-}
-
-pub(super) fn parse_kind(s: &str) -> StoreResult<ContactKind> {
-    match s {
-        "staff" => Ok(ContactKind::Staff),
-        "shelter_phone" => Ok(ContactKind::ShelterPhone),
-        other => Err(corrupt("contact kind", other)),
-    }
-}
-
-pub(super) fn kind_str(k: ContactKind) -> &'static str {
-    match k {
-        ContactKind::Staff => "staff",
-        ContactKind::ShelterPhone => "shelter_phone",
-    }
-}
-
-pub(super) const ENTRY_COLUMNS: &str =
-    "id, staff_id, name, department, shelter, kind, call_priority, \
-    phones, state, escalation_reason, last_error, sent_at, escalated_at, read_at, answer, \
-    outcome, outcome_at, outcome_by, call_claimed_by, call_claimed_until";
-
-/// Where a call outcome ($3, by $5 at $4) may be written: not over a hold another caller has,
-/// and a person once reached is not put back on the list by a late "no answer".
-pub(super) const OUTCOME_GUARD: &str = "\
-    AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $5) \
-    AND NOT (COALESCE(outcome, '') LIKE 'reached%' AND $3 NOT LIKE 'reached%')";
-
-/// One key of an inbound batch after folding: what the batch says about one delivery.
-#[derive(Debug, Default)]
-pub(super) struct Folded {
-    pub(super) first_seen: Option<Millis>,
-    pub(super) first_answer: Option<Millis>,
-    pub(super) latest_answer: Option<(Millis, String)>,
-}
-
-pub(super) fn answer_value(kind: &InboundKind) -> Option<String> {
-    match kind {
-        InboundKind::Read => None,
-        InboundKind::Answer { value } => Some(value.clone()),
-        InboundKind::Reply { .. } => Some("reply".to_string()),
-        InboundKind::Sticker { .. } => Some("sticker".to_string()),
-    }
-}
-
-pub(super) fn kind_parts(kind: &InboundKind) -> (&'static str, Option<String>) {
-    match kind {
-        InboundKind::Read => ("read", None),
-        InboundKind::Answer { value } => ("answer", Some(value.clone())),
-        InboundKind::Reply { text } => ("reply", Some(text.clone())),
-        InboundKind::Sticker { id } => ("sticker", Some(id.clone())),
-    }
 }
 
 #[async_trait]
@@ -299,8 +224,9 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO roll_calls (scenario, title, message, buttons, drill, deadline_ms, \
-             provider, state, created_at, recipients, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10) RETURNING id",
+             provider, state, created_at, recipients, idempotency_key, shelter_buttons, \
+             resend_after_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12) RETURNING id",
         )
         .bind(&new.scenario)
         .bind(&new.title)
@@ -312,6 +238,8 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(recipients.len() as i64)
         .bind(&new.idempotency_key)
+        .bind(serde_json::to_string(&new.shelter_buttons).map_err(|e| corrupt("buttons", e))?)
+        .bind(new.resend_after_ms)
         .fetch_one(&mut *tx)
         .await;
         let id: i64 = match inserted {
@@ -332,7 +260,7 @@ impl Store for SqliteStore {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
                  call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
-                 last_error, escalated_at, escalation_reason) ",
+                 last_error, escalated_at, escalation_reason, kana, role) ",
             );
             insert.push_values(chunk, |mut row, d| {
                 let phones = serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into());
@@ -352,7 +280,9 @@ impl Store for SqliteStore {
                     .push_bind(now)
                     .push_bind((!reachable).then(|| format!("no chat id on {}", new.provider)))
                     .push_bind((!reachable).then_some(now))
-                    .push_bind((!reachable).then_some("no_chat_id"));
+                    .push_bind((!reachable).then_some("no_chat_id"))
+                    .push_bind(d.kana.as_deref())
+                    .push_bind(d.role.as_deref());
             });
             insert.build().execute(&mut *tx).await?;
         }
@@ -415,65 +345,23 @@ impl Store for SqliteStore {
     }
 
     async fn progress(&self, id: RollCallId) -> StoreResult<Progress> {
-        let rows = sqlx::query(
-            "SELECT department, shelter, kind, state, escalated_at IS NOT NULL AS esc, outcome, \
-                    COUNT(*) AS n \
-             FROM deliveries WHERE roll_call_id = $1 \
-             GROUP BY department, shelter, kind, state, esc, outcome",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
         let mut p = Progress::default();
-        for r in &rows {
-            let dept: Option<String> = r.try_get("department")?;
-            let shelter: Option<String> = r.try_get("shelter")?;
-            let kind = parse_kind(&r.try_get::<String, _>("kind")?)?;
-            let state = DeliveryState::from_str(&r.try_get::<String, _>("state")?)
-                .map_err(|e| corrupt("state", e))?;
-            let escalated = r.try_get::<i64, _>("esc")? != 0;
-            let outcome = r
-                .try_get::<Option<String>, _>("outcome")?
-                .map(|s| CallOutcome::parse(&s))
-                .transpose()
-                .map_err(|e| corrupt("outcome", e))?;
-            let n: i64 = r.try_get("n")?;
-            let mut targets: Vec<&mut Counts> = vec![&mut p.overall];
-            match kind {
-                ContactKind::Staff => targets.push(
-                    p.by_department
-                        .entry(dept.unwrap_or_else(|| crate::rollcall::NO_DEPARTMENT.to_string()))
-                        .or_default(),
-                ),
-                ContactKind::ShelterPhone => targets.push(
-                    p.by_shelter
-                        .entry(shelter.unwrap_or_else(|| crate::rollcall::NO_SHELTER.to_string()))
-                        .or_default(),
-                ),
-            }
-            for c in targets {
-                add_counts(c, state, escalated, outcome, n);
-            }
+        let rows = sqlx::query(&shared::progress_sql())
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        shared::fold_progress(&rows, &mut p)?;
+        for r in sqlx::query(shared::ANSWERS_SQL)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            p.answers.insert(r.try_get(0)?, r.try_get::<i64, _>(1)?);
         }
-        let answers = sqlx::query(
-            "SELECT answer, COUNT(*) AS n FROM deliveries \
-             WHERE roll_call_id = $1 AND answer IS NOT NULL GROUP BY answer",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        for r in &answers {
-            p.answers
-                .insert(r.try_get("answer")?, r.try_get::<i64, _>("n")?);
-        }
-        let times = sqlx::query(
-            "SELECT MAX(sent_at) AS last_sent, \
-                    MIN(CASE WHEN state = 'sent' AND escalated_at IS NULL THEN deadline_at END) AS next_dl \
-             FROM deliveries WHERE roll_call_id = $1",
-        )
-        .bind(id.0)
-        .fetch_one(&self.pool)
-        .await?;
+        let times = sqlx::query(shared::TIMES_SQL)
+            .bind(id.0)
+            .fetch_one(&self.pool)
+            .await?;
         p.last_sent_at = times.try_get("last_sent")?;
         p.next_deadline_at = times.try_get("next_dl")?;
         Ok(p)
@@ -505,7 +393,7 @@ impl Store for SqliteStore {
                  SELECT id FROM (SELECT id FROM deliveries \
                     WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 LIMIT $4) \
                ) LIMIT $4) \
-             RETURNING id, roll_call_id, chat_handle, attempts",
+             RETURNING id, roll_call_id, chat_handle, attempts, kind",
         )
         .bind(lease_until)
         .bind(provider)
@@ -513,19 +401,7 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let handle: Option<String> = r.try_get("chat_handle")?;
-                let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
-                Ok(ClaimedDelivery {
-                    id: r.try_get("id")?,
-                    roll_call_id: RollCallId(r.try_get("roll_call_id")?),
-                    chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat id", e))?,
-                    attempts: r.try_get("attempts")?,
-                    lease_until,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| claimed(r, lease_until)).collect()
     }
 
     async fn record_send_results(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
@@ -575,7 +451,9 @@ impl Store for SqliteStore {
                    sent_at = COALESCE(deliveries.sent_at, j.at), \
                    deadline_at = COALESCE(deliveries.deadline_at, j.dl), \
                    message_id = COALESCE(j.mid, deliveries.message_id), \
-                   lease_until = NULL \
+                   lease_until = NULL, \
+                   resend_at = COALESCE(deliveries.resend_at, j.at + \
+                     (SELECT r.resend_after_ms FROM roll_calls r WHERE r.id = deliveries.roll_call_id)) \
                  FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.at') AS at, \
                               json_extract(value, '$.dl') AS dl, json_extract(value, '$.mid') AS mid \
                        FROM json_each($1)) AS j \
@@ -639,139 +517,19 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> StoreResult<ApplySummary> {
         let _w = self.writer.lock().await;
-        let mut summary = ApplySummary::default();
         let mut tx = self.pool.begin().await?;
-        if !events.is_empty() {
-            // An event that does not say which roll call it answers belongs to the newest roll
-            // call that person was sent.
-            let mut resolved: HashMap<&str, Option<i64>> = HashMap::new();
-            for e in events.iter().filter(|e| e.roll_call_id.is_none()) {
-                if resolved.contains_key(e.from.as_str()) {
-                    continue;
-                }
-                let rc: Option<i64> = sqlx::query(
-                    "SELECT MAX(roll_call_id) AS rc FROM deliveries WHERE provider = $1 AND chat_handle = $2",
-                )
-                .bind(provider)
-                .bind(e.from.as_str())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("rc")?;
-                resolved.insert(e.from.as_str(), rc);
-            }
-            let rc_of = |e: &InboundEvent| {
-                e.roll_call_id
-                    .map(|r| r.0)
-                    .or_else(|| resolved.get(e.from.as_str()).copied().flatten())
-            };
-            let rows: Vec<serde_json::Value> = events
-                .iter()
-                .map(|e| {
-                    let (kind, value) = kind_parts(&e.kind);
-                    json!({
-                        "eid": e.event_id, "rc": rc_of(e), "h": e.from.as_str(),
-                        "k": kind, "v": value, "at": e.occurred_at.timestamp_millis(),
-                    })
-                })
-                .collect();
-            let fresh = sqlx::query(
-                "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
-                   kind, value, occurred_at, received_at) \
-                 SELECT $1, j.eid, j.rc, \
-                   (SELECT d.id FROM deliveries d WHERE d.provider = $1 AND d.chat_handle = j.h \
-                      AND d.roll_call_id = j.rc), \
-                   j.h, j.k, j.v, j.at, $2 \
-                 FROM (SELECT json_extract(value, '$.eid') AS eid, json_extract(value, '$.rc') AS rc, \
-                              json_extract(value, '$.h') AS h, json_extract(value, '$.k') AS k, \
-                              json_extract(value, '$.v') AS v, json_extract(value, '$.at') AS at \
-                       FROM json_each($3)) AS j \
-                 WHERE true \
-                 ON CONFLICT (provider, event_id) DO NOTHING \
-                 RETURNING event_id",
+        let summary = {
+            let mut reader = Batch(&mut tx);
+            shared::apply_batch(
+                &mut reader,
+                Dialect::Sqlite,
+                &self.words,
+                provider,
+                events,
+                now,
             )
-            .bind(provider)
-            .bind(now)
-            .bind(serde_json::Value::Array(rows).to_string())
-            .fetch_all(&mut *tx)
-            .await?;
-            summary.logged = fresh.len() as u64;
-            let fresh: std::collections::HashSet<String> = fresh
-                .iter()
-                .map(|r| r.try_get::<String, _>("event_id"))
-                .collect::<Result<_, _>>()?;
-
-            // Fold the new events per delivery so each delivery gets one update per kind.
-            let mut folded: BTreeMap<(i64, &str), Folded> = BTreeMap::new();
-            for e in events.iter().filter(|e| fresh.contains(&e.event_id)) {
-                let Some(rc) = rc_of(e) else { continue };
-                let at = e.occurred_at.timestamp_millis();
-                let f = folded.entry((rc, e.from.as_str())).or_default();
-                f.first_seen = Some(f.first_seen.map_or(at, |t| t.min(at)));
-                if let Some(v) = answer_value(&e.kind) {
-                    f.first_answer = Some(f.first_answer.map_or(at, |t| t.min(at)));
-                    if f.latest_answer.as_ref().is_none_or(|(t, _)| at >= *t) {
-                        f.latest_answer = Some((at, v));
-                    }
-                }
-            }
-            let reads: Vec<serde_json::Value> = folded
-                .iter()
-                .map(|((rc, h), f)| json!({"rc": rc, "h": h, "r": f.first_seen}))
-                .collect();
-            let answers: Vec<serde_json::Value> = folded
-                .iter()
-                .filter_map(|((rc, h), f)| {
-                    let (la, v) = f.latest_answer.as_ref()?;
-                    Some(json!({"rc": rc, "h": h, "a": f.first_answer, "la": la, "v": v}))
-                })
-                .collect();
-            if !reads.is_empty() {
-                // The CTE is materialised so SQLite walks the batch and looks each delivery up
-                // by index, instead of walking every delivery and scanning the batch.
-                summary.read = sqlx::query(
-                    "WITH j AS MATERIALIZED ( \
-                       SELECT d.id AS id, json_extract(e.value, '$.r') AS r \
-                       FROM json_each($2) AS e CROSS JOIN deliveries AS d \
-                       WHERE d.provider = $1 AND d.chat_handle = json_extract(e.value, '$.h') \
-                         AND d.roll_call_id = json_extract(e.value, '$.rc')) \
-                     UPDATE deliveries SET \
-                       state = CASE WHEN deliveries.state = 'answered' THEN 'answered' ELSE 'read' END, \
-                       read_at = CASE WHEN deliveries.read_at IS NULL OR j.r < deliveries.read_at \
-                                      THEN j.r ELSE deliveries.read_at END \
-                     FROM j WHERE deliveries.id = j.id \
-                       AND (deliveries.state NOT IN ('read', 'answered') \
-                            OR deliveries.read_at IS NULL OR j.r < deliveries.read_at)",
-                )
-                .bind(provider)
-                .bind(serde_json::Value::Array(reads).to_string())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            }
-            if !answers.is_empty() {
-                summary.answered = sqlx::query(
-                    "WITH j AS MATERIALIZED ( \
-                       SELECT d.id AS id, json_extract(e.value, '$.a') AS a, \
-                              json_extract(e.value, '$.la') AS la, json_extract(e.value, '$.v') AS v \
-                       FROM json_each($2) AS e CROSS JOIN deliveries AS d \
-                       WHERE d.provider = $1 AND d.chat_handle = json_extract(e.value, '$.h') \
-                         AND d.roll_call_id = json_extract(e.value, '$.rc')) \
-                     UPDATE deliveries SET state = 'answered', \
-                       answered_at = CASE WHEN deliveries.answered_at IS NULL OR j.a < deliveries.answered_at \
-                                          THEN j.a ELSE deliveries.answered_at END, \
-                       answer = CASE WHEN deliveries.answer_at IS NULL OR j.la >= deliveries.answer_at \
-                                     THEN j.v ELSE deliveries.answer END, \
-                       answer_at = CASE WHEN deliveries.answer_at IS NULL OR j.la >= deliveries.answer_at \
-                                        THEN j.la ELSE deliveries.answer_at END \
-                     FROM j WHERE deliveries.id = j.id",
-                )
-                .bind(provider)
-                .bind(serde_json::Value::Array(answers).to_string())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            }
-        }
+            .await?
+        };
         if let Some(c) = cursor {
             sqlx::query(
                 "INSERT INTO provider_cursors (provider, cursor, updated_at) VALUES ($1, $2, $3) \
@@ -858,65 +616,182 @@ impl Store for SqliteStore {
         // Sorted here rather than by SQLite, which would copy every wide row into a temporary
         // b-tree first: for 100,000 entries that took seconds.
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM deliveries \
-             WHERE roll_call_id = $1 AND (escalated_at IS NOT NULL OR outcome IS NOT NULL)"
+            "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND {ON_ACTION_LIST}"
         );
         let mut rows = sqlx::query(&sql).bind(id.0).fetch(&self.pool);
         // Converted row by row: the list can be 100,000 long, and holding every raw row as
         // well as every entry would double the memory it takes.
         let mut out = Vec::new();
         while let Some(row) = rows.try_next().await? {
-            out.push(row_to_entry(&row)?);
+            out.push(entry_from_row(&row)?);
         }
         out.sort_unstable_by(CallListEntry::call_order);
         Ok(out)
     }
 
-    async fn record_call_outcome(
+    async fn entry(&self, id: RollCallId, staff: &StaffId) -> StoreResult<Option<CallListEntry>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2"
+        ))
+        .bind(id.0)
+        .bind(staff.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    async fn record_call(
         &self,
         id: RollCallId,
         staff: &StaffId,
-        outcome: CallOutcome,
+        outcome: Option<CallOutcome>,
+        note: Option<&str>,
         by: &str,
         now: Millis,
     ) -> StoreResult<CallListEntry> {
+        let note_json = note
+            .map(|n| {
+                serde_json::to_string(&Note {
+                    at: now,
+                    by: by.to_string(),
+                    text: n.to_string(),
+                })
+            })
+            .transpose()
+            .map_err(|e| corrupt("note", e))?;
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
+        let (set, guard) = match outcome {
+            Some(_) => (
+                "outcome = $3, outcome_at = $4, outcome_by = $5, \
+                 call_claimed_by = NULL, call_claimed_until = NULL,",
+                OUTCOME_GUARD,
+            ),
+            None => ("", ""),
+        };
         let row = sqlx::query(&format!(
-            "UPDATE deliveries SET outcome = $3, outcome_at = $4, outcome_by = $5, \
-               call_claimed_by = NULL, call_claimed_until = NULL \
-             WHERE roll_call_id = $1 AND staff_id = $2 {OUTCOME_GUARD} \
+            "UPDATE deliveries SET {set} \
+               notes = CASE WHEN $6 IS NULL THEN notes \
+                            ELSE json_insert(COALESCE(notes, '[]'), '$[#]', json($6)) END \
+             WHERE roll_call_id = $1 AND staff_id = $2 {guard} \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+               AND COALESCE($3, '') = COALESCE($3, '') AND $4 = $4 AND $5 = $5 \
              RETURNING {ENTRY_COLUMNS}, chat_handle"
         ))
         .bind(id.0)
         .bind(staff.as_str())
-        .bind(outcome.as_str())
+        .bind(outcome.map(|o| o.as_str()))
         .bind(now)
         .bind(by)
+        .bind(&note_json)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             drop(tx);
+            drop(_w);
             return Err(refused_outcome(self, id, staff, by, now).await);
         };
-        let entry = row_to_entry(&row)?;
+        let entry = entry_from_row(&row)?;
         let handle: Option<String> = row.try_get("chat_handle")?;
-        // The call is evidence too: it goes in the same append-only log as chat events.
-        sqlx::query(
-            "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, kind, \
-               value, occurred_at, received_at) \
-             VALUES ('phone', $1, $2, $3, $4, 'call_outcome', $5, $6, $6)",
-        )
-        .bind(format!("call-{}-{}-{}", entry.delivery_id, now, by))
-        .bind(id.0)
-        .bind(entry.delivery_id)
-        .bind(handle.unwrap_or_else(|| staff.to_string()))
-        .bind(format!("{} by {by}", outcome.as_str()))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // The call and the note are evidence too: they go in the same append-only log as
+        // chat events.
+        sqlx::query(shared::CALL_EVENT_SQL)
+            .bind(shared::call_event_id(entry.delivery_id, now, by))
+            .bind(id.0)
+            .bind(entry.delivery_id)
+            .bind(handle.unwrap_or_else(|| staff.to_string()))
+            .bind(shared::call_event_kind(outcome))
+            .bind(shared::call_event_value(outcome, note, by))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(entry)
+    }
+
+    async fn recipients(&self, id: RollCallId) -> StoreResult<Vec<Recipient>> {
+        if self.roll_call(id).await?.is_none() {
+            return Err(StoreError::NoSuchRollCall(id));
+        }
+        let rows = sqlx::query(shared::RECIPIENTS_SQL)
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(shared::recipient_from_row).collect()
+    }
+
+    async fn late_answers(&self, open_only: bool) -> StoreResult<Vec<LateAnswer>> {
+        let rows = sqlx::query(shared::LATE_ANSWERS_SQL)
+            .bind(i64::from(open_only))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(shared::late_from_row).collect()
+    }
+
+    async fn close_late_answer(
+        &self,
+        id: i64,
+        by: &str,
+        note: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let _w = self.writer.lock().await;
+        let n = sqlx::query(shared::CLOSE_LATE_SQL)
+            .bind(id)
+            .bind(now)
+            .bind(by)
+            .bind(note)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn urgent_open(&self) -> StoreResult<i64> {
+        let n: i64 = sqlx::query_scalar(&shared::urgent_open_sql())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    async fn claim_due_resends(
+        &self,
+        provider: &str,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let _w = self.writer.lock().await;
+        let lease_until = now + lease.as_millis() as i64;
+        let rows = sqlx::query(&shared::claim_resends_sql(""))
+            .bind(lease_until)
+            .bind(provider)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| claimed(r, lease_until)).collect()
+    }
+
+    async fn record_resends(&self, results: &[ResendResult]) -> StoreResult<()> {
+        let rows = shared::resend_rows(results);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let _w = self.writer.lock().await;
+        sqlx::query(&shared::record_resends_sql(Dialect::Sqlite))
+            .bind(rows)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_resend(&self, provider: &str) -> StoreResult<Option<Millis>> {
+        let t = sqlx::query_scalar(shared::NEXT_RESEND_SQL)
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(t.flatten())
     }
 
     async fn claim_next_call(
@@ -927,30 +802,14 @@ impl Store for SqliteStore {
         hold: Duration,
     ) -> StoreResult<Option<CallListEntry>> {
         let _w = self.writer.lock().await;
-        let row = sqlx::query(&format!(
-            "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
-             WHERE id = ( \
-               SELECT id FROM deliveries \
-               WHERE roll_call_id = $1 AND escalated_at IS NOT NULL \
-                 AND state NOT IN ('read', 'answered') \
-                 AND (outcome IS NULL OR outcome = 'no_answer') \
-                 AND (call_claimed_until IS NULL OR call_claimed_until <= $4 \
-                      OR call_claimed_by = $2) \
-                 AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
-               ORDER BY (call_claimed_by IS NOT NULL AND call_claimed_by = $2 \
-                         AND call_claimed_until > $4) DESC, \
-                        kind = 'shelter_phone' DESC, outcome IS NOT NULL, call_priority, \
-                        COALESCE(sent_at, escalated_at), staff_id \
-               LIMIT 1) \
-             RETURNING {ENTRY_COLUMNS}"
-        ))
-        .bind(id.0)
-        .bind(caller)
-        .bind(now + hold.as_millis() as i64)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(row_to_entry).transpose()
+        let row = sqlx::query(&shared::claim_next_call_sql(Dialect::Sqlite))
+            .bind(id.0)
+            .bind(caller)
+            .bind(now + hold.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(entry_from_row).transpose()
     }
 
     async fn release_call(
@@ -1043,36 +902,108 @@ impl SqliteStore {
     }
 }
 
-pub(super) fn add_counts(
-    c: &mut Counts,
-    state: DeliveryState,
-    escalated: bool,
-    outcome: Option<CallOutcome>,
-    n: i64,
-) {
-    c.total += n;
-    match state {
-        DeliveryState::Pending => c.pending += n,
-        DeliveryState::Sending => c.sending += n,
-        DeliveryState::Sent => c.sent += n,
-        DeliveryState::Read => c.read += n,
-        DeliveryState::Answered => c.answered += n,
-        DeliveryState::Failed => c.failed += n,
+/// A claimed delivery from `RETURNING id, roll_call_id, chat_handle, attempts, kind`.
+fn claimed(r: &sqlx::sqlite::SqliteRow, lease_until: Millis) -> StoreResult<ClaimedDelivery> {
+    let handle: Option<String> = r.try_get("chat_handle")?;
+    let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
+    Ok(ClaimedDelivery {
+        id: r.try_get("id")?,
+        roll_call_id: RollCallId(r.try_get("roll_call_id")?),
+        chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat id", e))?,
+        attempts: r.try_get("attempts")?,
+        kind: parse_kind(r.try_get("kind")?)?,
+        lease_until,
+    })
+}
+
+/// An inbound batch's reads and writes, inside its transaction.
+struct Batch<'a, 't>(&'a mut sqlx::Transaction<'t, sqlx::Sqlite>);
+
+#[async_trait]
+impl BatchReader for Batch<'_, '_> {
+    async fn memberships(
+        &mut self,
+        provider: &str,
+        handles: &[String],
+        named: &[i64],
+    ) -> StoreResult<Vec<(String, Membership)>> {
+        let rows = sqlx::query(
+            "SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at, r.state \
+             FROM deliveries AS d JOIN roll_calls AS r ON r.id = d.roll_call_id \
+             WHERE d.provider = $1 AND d.chat_handle IN (SELECT value FROM json_each($2)) \
+               AND (r.state = 'open' OR d.roll_call_id IN (SELECT value FROM json_each($3)) \
+                    OR d.roll_call_id = (SELECT MAX(x.roll_call_id) FROM deliveries AS x \
+                                         WHERE x.provider = d.provider \
+                                           AND x.chat_handle = d.chat_handle))",
+        )
+        .bind(provider)
+        .bind(json!(handles).to_string())
+        .bind(json!(named).to_string())
+        .fetch_all(&mut **self.0)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Membership {
+                        roll_call: r.try_get(1)?,
+                        delivery: r.try_get(2)?,
+                        kind: parse_kind(r.try_get(3)?)?,
+                        sent_at: r.try_get(4)?,
+                        open: r.try_get::<&str, _>(5)? == "open",
+                    },
+                ))
+            })
+            .collect()
     }
-    if escalated {
-        c.escalated += n;
-        if !state.is_confirmed() && !outcome.is_some_and(CallOutcome::closes_entry) {
-            c.to_call += n;
+
+    async fn roll_infos(&mut self, ids: &[i64]) -> StoreResult<HashMap<i64, RollInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, state, buttons, shelter_buttons FROM roll_calls \
+             WHERE id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(json!(ids).to_string())
+        .fetch_all(&mut **self.0)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    RollInfo::parse(r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        provider: &str,
+        now: Millis,
+        rows: String,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        if sql.contains("RETURNING") {
+            let out = sqlx::query(sql)
+                .bind(provider)
+                .bind(now)
+                .bind(rows)
+                .fetch_all(&mut **self.0)
+                .await?;
+            let firsts = out
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((firsts.len() as u64, firsts))
+        } else {
+            let n = sqlx::query(sql)
+                .bind(provider)
+                .bind(now)
+                .bind(rows)
+                .execute(&mut **self.0)
+                .await?
+                .rows_affected();
+            Ok((n, Vec::new()))
         }
-    }
-    if outcome.is_some_and(CallOutcome::closes_entry) {
-        c.reached += n;
-    }
-    match outcome {
-        Some(CallOutcome::ReachedInjured) => c.injured += n,
-        Some(CallOutcome::ReachedNeedsHelp) => c.needs_help += n,
-        Some(CallOutcome::Unreachable) => c.unreachable += n,
-        _ => {}
     }
 }
 

@@ -685,8 +685,19 @@ async fn progress_counts_by_group_and_the_call_list_puts_shelters_then_priority_
         let p = store.progress(rc.id).await.unwrap();
         assert_eq!((p.overall.total, p.overall.to_call), (40, 40), "{name}");
         let dept: i64 = p.by_department.values().map(|c| c.total).sum();
+        let phones: i64 = p.by_shelter.values().map(|c| c.shelter_phones).sum();
+        assert_eq!((dept, phones), (38, 2), "{name}");
+        // Staff assigned to a shelter count under it as well as under their department.
+        let assigned = synthetic::generate(40, 1)
+            .contacts
+            .iter()
+            .filter(|c| c.kind == ContactKind::Staff && c.shelter.is_some())
+            .count() as i64;
         let shelters: i64 = p.by_shelter.values().map(|c| c.total).sum();
-        assert_eq!((dept, shelters), (38, 2), "{name}");
+        assert_eq!(shelters, 2 + assigned, "{name}");
+        // Both shelter phones are silent past their deadline.
+        let silent: i64 = p.by_shelter.values().map(|c| c.shelter_phones_silent).sum();
+        assert_eq!(silent, 2, "{name}");
         assert_eq!(p.last_sent_at, Some(2_000 + 39 * 10), "{name}");
 
         let list = store.call_list(rc.id).await.unwrap();

@@ -1,0 +1,1026 @@
+//! What both backends share: the action list's columns and order, row decoding, progress
+//! counting, and how a batch of inbound events becomes answers. Only the dialect differs
+//! between SQLite and PostgreSQL (how a JSON array of rows is read, how strings collate); the
+//! rules are written once, here.
+//!
+//! Invariants kept here for every backend: an event for a closed roll call is logged and
+//! changes no delivery (an urgent one still reaches HQ: the person's newest open roll call
+//! takes it, or it is kept as a late answer); an event that names no roll call counts for the
+//! newest open roll call the person is in; the most severe answer stands; no stored time is
+//! later than when anpi received the event, or earlier than the send.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{ApplySummary, StoreError, StoreResult};
+use crate::answers::{AnswerLevel, Choice, Meaning, UrgentWords};
+use crate::clock::Millis;
+use crate::contacts::ContactKind;
+use crate::ids::StaffId;
+use crate::providers::{InboundEvent, InboundKind};
+use crate::rollcall::{
+    CallListEntry, CallOutcome, Counts, DeliveryState, EscalationReason, GivenAnswer, Note,
+    Progress,
+};
+
+/// Which SQL dialect a statement is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// A JSON array of objects bound as parameter `$n`, read as a table `j` with the given
+    /// (column, SQL type) pairs.
+    pub(super) fn rows(self, n: usize, cols: &[(&str, &str)]) -> String {
+        match self {
+            Dialect::Sqlite => {
+                let fields: Vec<String> = cols
+                    .iter()
+                    .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
+                    .collect();
+                format!("(SELECT {} FROM json_each(${n})) AS j", fields.join(", "))
+            }
+            Dialect::Postgres => {
+                let fields: Vec<String> = cols.iter().map(|(c, t)| format!("{c} {t}")).collect();
+                format!("json_to_recordset(${n}::json) AS j({})", fields.join(", "))
+            }
+        }
+    }
+
+    /// Staff ids compare byte-wise on both backends, as in Rust.
+    fn staff_order(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "staff_id",
+            Dialect::Postgres => "staff_id COLLATE \"C\"",
+        }
+    }
+
+    /// The action list's order in SQL: the same as [`CallListEntry::call_order`] (a contract
+    /// test holds the two together). `callers_first` puts the entry `$2` holds until after
+    /// `$4` first and entries that got no answer after the rest of their group (the call
+    /// queue).
+    pub(super) fn action_order(self, queue: bool) -> String {
+        let queue_keys = if queue {
+            "(call_claimed_by IS NOT NULL AND call_claimed_by = $2 AND call_claimed_until > $4) DESC, "
+        } else {
+            ""
+        };
+        let no_answer_last = if queue {
+            "(outcome IS NOT NULL AND outcome = 'no_answer'), "
+        } else {
+            ""
+        };
+        format!(
+            "{queue_keys}{ACTION_RANK}, {no_answer_last}call_priority, {WAITING_SINCE}, {}",
+            self.staff_order()
+        )
+    }
+}
+
+/// An urgent answer HQ has not closed (see [`CallListEntry::urgent_open`]).
+pub(super) const URGENT_OPEN: &str = "(level = 3 AND NOT (outcome IS NOT NULL \
+    AND outcome <> 'no_answer' AND outcome_at IS NOT NULL AND outcome_at >= level_at))";
+
+/// Escalated, not confirmed in chat, and no call closed it.
+pub(super) const ESCALATED_OPEN: &str = "(escalated_at IS NOT NULL \
+    AND state NOT IN ('read', 'answered') AND (outcome IS NULL OR outcome = 'no_answer'))";
+
+/// [`crate::rollcall::Action::rank`] in SQL; 4 for entries that need nothing now.
+const ACTION_RANK: &str = "CASE \
+    WHEN (level = 3 AND NOT (outcome IS NOT NULL AND outcome <> 'no_answer' \
+          AND outcome_at IS NOT NULL AND outcome_at >= level_at)) THEN 0 \
+    WHEN (escalated_at IS NOT NULL AND state NOT IN ('read', 'answered') \
+          AND (outcome IS NULL OR outcome = 'no_answer')) THEN \
+      CASE WHEN kind = 'shelter_phone' THEN 1 \
+           WHEN escalation_reason IN ('send_failed', 'no_chat_id') THEN 3 ELSE 2 END \
+    ELSE 4 END";
+
+/// [`CallListEntry::waiting_since`] in SQL (no time sorts first, as in Rust).
+const WAITING_SINCE: &str = "CASE \
+    WHEN (level = 3 AND NOT (outcome IS NOT NULL AND outcome <> 'no_answer' \
+          AND outcome_at IS NOT NULL AND outcome_at >= level_at)) THEN COALESCE(level_at, 0) \
+    ELSE COALESCE(sent_at, escalated_at, 0) END";
+
+/// Who belongs on the action list (open or closed): escalated, answered urgently, called,
+/// or written about.
+pub(super) const ON_ACTION_LIST: &str = "(escalated_at IS NOT NULL OR outcome IS NOT NULL \
+    OR level = 3 OR notes IS NOT NULL)";
+
+/// Where a call outcome ($3, by $5 at $4) may be written: not over a hold another caller has,
+/// and a person once reached is not put back on the list by a late "no answer".
+pub(super) const OUTCOME_GUARD: &str = "\
+    AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $5) \
+    AND NOT (COALESCE(outcome, '') LIKE 'reached%' AND $3 NOT LIKE 'reached%')";
+
+/// The columns [`entry_from_row`] reads, in its order.
+pub(super) const ENTRY_COLUMNS: &str = "id, staff_id, name, kana, role, department, shelter, \
+    kind, call_priority, phones, state, escalation_reason, last_error, sent_at, escalated_at, \
+    read_at, answer, answer_label, answer_text, answer_level, answer_at, level, level_value, \
+    level_label, level_text, level_at, outcome, outcome_at, outcome_by, notes, \
+    call_claimed_by, call_claimed_until, resent_at";
+
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub(super) fn parse_kind(s: &str) -> StoreResult<ContactKind> {
+    match s {
+        "staff" => Ok(ContactKind::Staff),
+        "shelter_phone" => Ok(ContactKind::ShelterPhone),
+        other => Err(corrupt("contact kind", other)),
+    }
+}
+
+pub(super) fn kind_str(k: ContactKind) -> &'static str {
+    match k {
+        ContactKind::Staff => "staff",
+        ContactKind::ShelterPhone => "shelter_phone",
+    }
+}
+
+/// Reads column `i` of a row of either backend.
+fn get<'r, R, T>(r: &'r R, i: usize) -> StoreResult<T>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(r.try_get(i)?)
+}
+
+/// An answer from its stored columns, if there is one.
+fn given(
+    level: Option<i64>,
+    value: Option<String>,
+    label: Option<String>,
+    text: Option<String>,
+    at: Option<Millis>,
+) -> Option<GivenAnswer> {
+    let level = AnswerLevel::from_rank(level?)?;
+    let value = value?;
+    Some(GivenAnswer {
+        level,
+        label: label.unwrap_or_else(|| value.clone()),
+        value,
+        text,
+        at: at?,
+    })
+}
+
+/// One action-list entry from a row of [`ENTRY_COLUMNS`], on either backend.
+pub(super) fn entry_from_row<R>(r: &R) -> StoreResult<CallListEntry>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let staff: String = get(r, 1)?;
+    let kind: String = get(r, 7)?;
+    let phones: String = get(r, 9)?;
+    let state: String = get(r, 10)?;
+    let reason: Option<String> = get(r, 11)?;
+    let outcome: Option<String> = get(r, 26)?;
+    let notes: Option<String> = get(r, 29)?;
+    let latest = given(
+        get(r, 19)?,
+        get(r, 16)?,
+        get(r, 17)?,
+        get(r, 18)?,
+        get(r, 20)?,
+    );
+    let standing = given(
+        get(r, 21)?,
+        get(r, 22)?,
+        get(r, 23)?,
+        get(r, 24)?,
+        get(r, 25)?,
+    );
+    Ok(CallListEntry {
+        delivery_id: get(r, 0)?,
+        staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
+        name: get(r, 2)?,
+        kana: get(r, 3)?,
+        role: get(r, 4)?,
+        department: get(r, 5)?,
+        shelter: get(r, 6)?,
+        kind: parse_kind(&kind)?,
+        call_priority: get::<R, i64>(r, 8)?.clamp(0, 255) as u8,
+        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
+        state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
+        reason: reason
+            .as_deref()
+            .map(EscalationReason::from_str)
+            .transpose()
+            .map_err(|e| corrupt("escalation reason", e))?,
+        last_error: get(r, 12)?,
+        sent_at: get(r, 13)?,
+        escalated_at: get(r, 14)?,
+        read_at: get(r, 15)?,
+        answer: latest.as_ref().map(|a| a.value.clone()),
+        latest: latest.filter(|l| standing.as_ref() != Some(l)),
+        standing,
+        outcome: outcome
+            .as_deref()
+            .map(CallOutcome::parse)
+            .transpose()
+            .map_err(|e| corrupt("outcome", e))?,
+        outcome_at: get(r, 27)?,
+        outcome_by: get(r, 28)?,
+        notes: match notes {
+            Some(n) => serde_json::from_str::<Vec<Note>>(&n).map_err(|e| corrupt("notes", e))?,
+            None => Vec::new(),
+        },
+        claimed_by: get(r, 30)?,
+        claimed_until: get(r, 31)?,
+        resent_at: get(r, 32)?,
+    })
+}
+
+/// The query behind [`fold_progress`]: one row per group of identical counting keys.
+pub(super) fn progress_sql() -> String {
+    format!(
+        "SELECT department, shelter, kind, state, \
+           CAST(CASE WHEN escalated_at IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS esc, \
+           outcome, level, \
+           CAST(CASE WHEN {URGENT_OPEN} THEN 1 ELSE 0 END AS BIGINT) AS uo, \
+           CAST(CASE WHEN resent_at IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS rs, \
+           CAST(CASE WHEN {ESCALATED_OPEN} THEN 1 ELSE 0 END AS BIGINT) AS eo, \
+           COUNT(*) AS n \
+         FROM deliveries WHERE roll_call_id = $1 \
+         GROUP BY department, shelter, kind, state, esc, outcome, level, uo, rs, eo"
+    )
+}
+
+/// The standing answers' values and how many gave each.
+pub(super) const ANSWERS_SQL: &str = "SELECT level_value, COUNT(*) AS n FROM deliveries \
+    WHERE roll_call_id = $1 AND level_value IS NOT NULL GROUP BY level_value";
+
+/// When the last message went out and the next deadline falls.
+pub(super) const TIMES_SQL: &str = "SELECT MAX(sent_at) AS last_sent, \
+    MIN(CASE WHEN state = 'sent' AND escalated_at IS NULL THEN deadline_at END) AS next_dl \
+    FROM deliveries WHERE roll_call_id = $1";
+
+/// Counts the rows of [`progress_sql`] into overall, department and shelter counts.
+pub(super) fn fold_progress<R>(rows: &[R], p: &mut Progress) -> StoreResult<()>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    for r in rows {
+        let dept: Option<String> = get(r, 0)?;
+        let shelter: Option<String> = get(r, 1)?;
+        let kind = parse_kind(&get::<R, String>(r, 2)?)?;
+        let state =
+            DeliveryState::from_str(&get::<R, String>(r, 3)?).map_err(|e| corrupt("state", e))?;
+        let outcome = get::<R, Option<String>>(r, 5)?
+            .map(|s| CallOutcome::parse(&s))
+            .transpose()
+            .map_err(|e| corrupt("outcome", e))?;
+        let row = CountRow {
+            kind,
+            state,
+            escalated: get::<R, i64>(r, 4)? != 0,
+            outcome,
+            level: AnswerLevel::from_rank(get(r, 6)?),
+            urgent_open: get::<R, i64>(r, 7)? != 0,
+            resent: get::<R, i64>(r, 8)? != 0,
+            escalated_open: get::<R, i64>(r, 9)? != 0,
+            n: get(r, 10)?,
+        };
+        row.add_to(&mut p.overall);
+        match kind {
+            ContactKind::Staff => {
+                row.add_to(
+                    p.by_department
+                        .entry(dept.unwrap_or_else(|| crate::rollcall::NO_DEPARTMENT.into()))
+                        .or_default(),
+                );
+                // Staff assigned to a shelter count under it as well.
+                if let Some(s) = shelter.filter(|s| !s.trim().is_empty()) {
+                    row.add_to(p.by_shelter.entry(s).or_default());
+                }
+            }
+            ContactKind::ShelterPhone => row.add_to(
+                p.by_shelter
+                    .entry(shelter.unwrap_or_else(|| crate::rollcall::NO_SHELTER.into()))
+                    .or_default(),
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// One group of [`progress_sql`].
+struct CountRow {
+    kind: ContactKind,
+    state: DeliveryState,
+    escalated: bool,
+    outcome: Option<CallOutcome>,
+    level: Option<AnswerLevel>,
+    urgent_open: bool,
+    resent: bool,
+    escalated_open: bool,
+    n: i64,
+}
+
+impl CountRow {
+    fn add_to(&self, c: &mut Counts) {
+        let n = self.n;
+        c.total += n;
+        match self.state {
+            DeliveryState::Pending => c.pending += n,
+            DeliveryState::Sending => c.sending += n,
+            DeliveryState::Sent => c.sent += n,
+            DeliveryState::Read => c.read += n,
+            DeliveryState::Answered => c.answered += n,
+            DeliveryState::Failed => c.failed += n,
+        }
+        if self.escalated {
+            c.escalated += n;
+        }
+        if self.escalated_open {
+            c.to_call += n;
+        }
+        if self.outcome.is_some_and(CallOutcome::closes_entry) {
+            c.reached += n;
+        }
+        match self.outcome {
+            Some(CallOutcome::ReachedInjured) => c.injured += n,
+            Some(CallOutcome::ReachedNeedsHelp) => c.needs_help += n,
+            Some(CallOutcome::Unreachable) => c.unreachable += n,
+            _ => {}
+        }
+        match self.level {
+            Some(AnswerLevel::Ok) => c.answered_ok += n,
+            Some(AnswerLevel::Attention) => c.answered_attention += n,
+            Some(AnswerLevel::Urgent) => c.answered_urgent += n,
+            None => {}
+        }
+        if self.urgent_open {
+            c.urgent_open += n;
+        }
+        if self.resent {
+            c.resent += n;
+        }
+        if self.kind == ContactKind::ShelterPhone {
+            c.shelter_phones += n;
+            if self.escalated_open {
+                c.shelter_phones_silent += n;
+            }
+        }
+    }
+}
+
+// ---- Inbound events -> answers ---------------------------------------------------------
+
+/// A roll call a person of the batch is in, as the batch needs it.
+#[derive(Debug, Clone)]
+pub(super) struct Membership {
+    pub(super) roll_call: i64,
+    pub(super) delivery: i64,
+    pub(super) kind: ContactKind,
+    pub(super) open: bool,
+    pub(super) sent_at: Option<Millis>,
+}
+
+/// A roll call of the batch: whether it is open and what its buttons mean.
+#[derive(Debug, Clone)]
+pub(super) struct RollInfo {
+    pub(super) open: bool,
+    pub(super) buttons: Vec<Choice>,
+    pub(super) shelter_buttons: Vec<Choice>,
+}
+
+impl RollInfo {
+    /// From the stored columns; roll calls from before shelter buttons gave shelter phones
+    /// the staff buttons.
+    pub(super) fn parse(state: &str, buttons: &str, shelter: Option<&str>) -> StoreResult<Self> {
+        let buttons: Vec<Choice> =
+            serde_json::from_str(buttons).map_err(|e| corrupt("roll call buttons", e))?;
+        let shelter_buttons = match shelter {
+            Some(s) => serde_json::from_str(s).map_err(|e| corrupt("shelter buttons", e))?,
+            None => buttons.clone(),
+        };
+        Ok(Self {
+            open: state == "open",
+            buttons,
+            shelter_buttons,
+        })
+    }
+
+    fn choices(&self, kind: ContactKind) -> &[Choice] {
+        match kind {
+            ContactKind::ShelterPhone => &self.shelter_buttons,
+            ContactKind::Staff => &self.buttons,
+        }
+    }
+}
+
+/// The statements a backend runs for one batch, written once for both dialects. Each takes
+/// the provider as `$1`, the time of receipt as `$2` and a JSON array of rows as `$3`.
+pub(super) struct EventStatements {
+    pub(super) insert_events: String,
+    pub(super) reads: String,
+    pub(super) answers: String,
+    pub(super) late: String,
+}
+
+impl EventStatements {
+    pub(super) fn new(d: Dialect) -> Self {
+        let events = d.rows(
+            3,
+            &[
+                ("eid", "text"),
+                ("rc", "bigint"),
+                ("did", "bigint"),
+                ("h", "text"),
+                ("k", "text"),
+                ("v", "text"),
+                ("at", "bigint"),
+                ("lvl", "bigint"),
+            ],
+        );
+        let reads = d.rows(3, &[("id", "bigint"), ("r", "bigint")]);
+        let answers = d.rows(
+            3,
+            &[
+                ("id", "bigint"),
+                ("a", "bigint"),
+                ("la", "bigint"),
+                ("lv", "text"),
+                ("lb", "text"),
+                ("lt", "text"),
+                ("ll", "bigint"),
+                ("sa", "bigint"),
+                ("sv", "text"),
+                ("sb", "text"),
+                ("st", "text"),
+                ("sl", "bigint"),
+            ],
+        );
+        let late = d.rows(
+            3,
+            &[
+                ("eid", "text"),
+                ("rc", "bigint"),
+                ("did", "bigint"),
+                ("lvl", "bigint"),
+                ("v", "text"),
+                ("lb", "text"),
+                ("t", "text"),
+            ],
+        );
+        // `$1` and `$2` appear in every statement so both backends bind the same parameters.
+        let newer = "(d.answer_at IS NULL OR j.la >= d.answer_at)";
+        let graver =
+            "(j.sl > d.level OR (j.sl = d.level AND (d.level_at IS NULL OR j.sa >= d.level_at)))";
+        Self {
+            insert_events: format!(
+                "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
+                   kind, value, occurred_at, received_at, level) \
+                 SELECT $1, j.eid, j.rc, j.did, j.h, j.k, j.v, j.at, $2, j.lvl FROM {events} \
+                 WHERE true ON CONFLICT (provider, event_id) DO NOTHING RETURNING event_id"
+            ),
+            reads: format!(
+                "UPDATE deliveries AS d SET \
+                   state = CASE WHEN d.state = 'answered' THEN 'answered' ELSE 'read' END, \
+                   read_at = CASE WHEN d.read_at IS NULL OR j.r < d.read_at THEN j.r \
+                                  ELSE d.read_at END \
+                 FROM {reads} \
+                 WHERE d.id = j.id AND d.provider = $1 AND $2 >= 0 \
+                   AND (d.state NOT IN ('read', 'answered') OR d.read_at IS NULL \
+                        OR j.r < d.read_at)"
+            ),
+            answers: format!(
+                "UPDATE deliveries AS d SET state = 'answered', \
+                   answered_at = CASE WHEN d.answered_at IS NULL OR j.a < d.answered_at \
+                                      THEN j.a ELSE d.answered_at END, \
+                   answer = CASE WHEN {newer} THEN j.lv ELSE d.answer END, \
+                   answer_label = CASE WHEN {newer} THEN j.lb ELSE d.answer_label END, \
+                   answer_text = CASE WHEN {newer} THEN j.lt ELSE d.answer_text END, \
+                   answer_level = CASE WHEN {newer} THEN j.ll ELSE d.answer_level END, \
+                   answer_at = CASE WHEN {newer} THEN j.la ELSE d.answer_at END, \
+                   level_value = CASE WHEN {graver} THEN j.sv ELSE d.level_value END, \
+                   level_label = CASE WHEN {graver} THEN j.sb ELSE d.level_label END, \
+                   level_text = CASE WHEN {graver} THEN j.st ELSE d.level_text END, \
+                   level_at = CASE WHEN {graver} THEN j.sa ELSE d.level_at END, \
+                   level = CASE WHEN j.sl > d.level THEN j.sl ELSE d.level END \
+                 FROM {answers} \
+                 WHERE d.id = j.id AND d.provider = $1 AND $2 >= 0"
+            ),
+            late: format!(
+                "INSERT INTO late_answers (provider, event_id, roll_call_id, delivery_id, level, \
+                   value, label, text, received_at) \
+                 SELECT $1, j.eid, j.rc, j.did, j.lvl, j.v, j.lb, j.t, $2 FROM {late} \
+                 WHERE true ON CONFLICT (provider, event_id) DO NOTHING"
+            ),
+        }
+    }
+}
+
+/// What a backend reads about a batch before deciding what it means, in the batch's
+/// transaction.
+#[async_trait]
+pub(super) trait BatchReader: Send {
+    /// The deliveries of `provider` to `handles` in roll calls that are open or in `named`,
+    /// and each handle's newest delivery of all.
+    async fn memberships(
+        &mut self,
+        provider: &str,
+        handles: &[String],
+        named: &[i64],
+    ) -> StoreResult<Vec<(String, Membership)>>;
+    /// The state and buttons of these roll calls.
+    async fn roll_infos(&mut self, ids: &[i64]) -> StoreResult<HashMap<i64, RollInfo>>;
+    /// Runs one of [`EventStatements`]; returns the first column of any returned rows.
+    async fn run(
+        &mut self,
+        sql: &str,
+        provider: &str,
+        now: Millis,
+        rows: String,
+    ) -> StoreResult<(u64, Vec<String>)>;
+}
+
+/// Where one event goes.
+struct Placed<'e> {
+    event: &'e InboundEvent,
+    /// The roll call and delivery it is logged under.
+    logged: Option<(i64, Option<i64>)>,
+    /// The delivery it changes (an open roll call's), if any.
+    target: Option<(i64, &'e str, Option<Millis>)>,
+    meaning: Option<Meaning>,
+    /// An urgent answer no open roll call could take: kept for HQ as a late answer.
+    late: Option<(i64, i64)>,
+    at: Millis,
+}
+
+/// What a batch says about one delivery.
+#[derive(Default)]
+struct Fold {
+    first_seen: Option<Millis>,
+    first_answer: Option<Millis>,
+    latest: Option<(Millis, Meaning)>,
+    gravest: Option<(Millis, Meaning)>,
+}
+
+/// Logs `events` and applies them, following the module's rules, through `db`.
+pub(super) async fn apply_batch(
+    db: &mut dyn BatchReader,
+    dialect: Dialect,
+    words: &UrgentWords,
+    provider: &str,
+    events: &[InboundEvent],
+    now: Millis,
+) -> StoreResult<ApplySummary> {
+    let mut summary = ApplySummary::default();
+    if events.is_empty() {
+        return Ok(summary);
+    }
+    let handles: Vec<String> = events
+        .iter()
+        .map(|e| e.from.to_string())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let named: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e.roll_call_id.map(|r| r.0))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    // handle -> memberships, newest roll call first.
+    let mut by_handle: HashMap<String, Vec<Membership>> = HashMap::new();
+    for (h, m) in db.memberships(provider, &handles, &named).await? {
+        by_handle.entry(h).or_default().push(m);
+    }
+    for v in by_handle.values_mut() {
+        v.sort_by(|a, b| b.roll_call.cmp(&a.roll_call));
+        v.dedup_by_key(|m| m.roll_call);
+    }
+    let mut ids: Vec<i64> = by_handle
+        .values()
+        .flatten()
+        .map(|m| m.roll_call)
+        .chain(named.iter().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let infos = db.roll_infos(&ids).await?;
+
+    let placed: Vec<Placed> = events
+        .iter()
+        .map(|e| place(e, &by_handle, &infos, words, now))
+        .collect();
+
+    let rows: Vec<serde_json::Value> = placed
+        .iter()
+        .map(|p| {
+            let (kind, value) = kind_parts(&p.event.kind);
+            json!({
+                "eid": p.event.event_id, "rc": p.logged.map(|l| l.0), "did": p.logged.and_then(|l| l.1),
+                "h": p.event.from.as_str(), "k": kind, "v": value,
+                "at": p.event.occurred_at.timestamp_millis(),
+                "lvl": p.meaning.as_ref().map(|m| m.level.rank()),
+            })
+        })
+        .collect();
+    let st = EventStatements::new(dialect);
+    let (_, fresh) = db
+        .run(&st.insert_events, provider, now, json!(rows).to_string())
+        .await?;
+    summary.logged = fresh.len() as u64;
+    let fresh: HashSet<String> = fresh.into_iter().collect();
+
+    let mut folded: BTreeMap<i64, Fold> = BTreeMap::new();
+    let mut late = Vec::new();
+    for p in placed.iter().filter(|p| fresh.contains(&p.event.event_id)) {
+        if let (Some((rc, did)), Some(m)) = (p.late, &p.meaning) {
+            late.push(json!({
+                "eid": p.event.event_id, "rc": rc, "did": did, "lvl": m.level.rank(),
+                "v": m.value, "lb": m.label, "t": m.text,
+            }));
+        }
+        let Some((delivery, _, _)) = p.target else {
+            continue;
+        };
+        let f = folded.entry(delivery).or_default();
+        f.first_seen = Some(f.first_seen.map_or(p.at, |t| t.min(p.at)));
+        if let Some(m) = &p.meaning {
+            f.first_answer = Some(f.first_answer.map_or(p.at, |t| t.min(p.at)));
+            if f.latest.as_ref().is_none_or(|(t, _)| p.at >= *t) {
+                f.latest = Some((p.at, m.clone()));
+            }
+            let graver = f
+                .gravest
+                .as_ref()
+                .is_none_or(|(t, g)| m.level > g.level || (m.level == g.level && p.at >= *t));
+            if graver {
+                f.gravest = Some((p.at, m.clone()));
+            }
+        }
+    }
+    if !folded.is_empty() {
+        let reads: Vec<_> = folded
+            .iter()
+            .map(|(id, f)| json!({"id": id, "r": f.first_seen}))
+            .collect();
+        summary.read = db
+            .run(&st.reads, provider, now, json!(reads).to_string())
+            .await?
+            .0;
+        let answers: Vec<_> = folded
+            .iter()
+            .filter_map(|(id, f)| {
+                let (la, l) = f.latest.as_ref()?;
+                let (sa, s) = f.gravest.as_ref()?;
+                Some(json!({
+                    "id": id, "a": f.first_answer,
+                    "la": la, "lv": l.value, "lb": l.label, "lt": l.text, "ll": l.level.rank(),
+                    "sa": sa, "sv": s.value, "sb": s.label, "st": s.text, "sl": s.level.rank(),
+                }))
+            })
+            .collect();
+        if !answers.is_empty() {
+            summary.answered = db
+                .run(&st.answers, provider, now, json!(answers).to_string())
+                .await?
+                .0;
+        }
+    }
+    if !late.is_empty() {
+        summary.late = db
+            .run(&st.late, provider, now, json!(late).to_string())
+            .await?
+            .0;
+    }
+    summary.urgent = placed
+        .iter()
+        .filter(|p| fresh.contains(&p.event.event_id))
+        .filter(|p| {
+            p.meaning
+                .as_ref()
+                .is_some_and(|m| m.level == AnswerLevel::Urgent)
+        })
+        .count() as u64;
+    Ok(summary)
+}
+
+/// Decides where one event goes and what it means (see the module's rules).
+fn place<'e>(
+    e: &'e InboundEvent,
+    by_handle: &HashMap<String, Vec<Membership>>,
+    infos: &HashMap<i64, RollInfo>,
+    words: &UrgentWords,
+    now: Millis,
+) -> Placed<'e> {
+    let memberships = by_handle
+        .get(e.from.as_str())
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let newest_open = memberships.iter().find(|m| m.open);
+    // The roll call the event speaks for, and the person's delivery in it.
+    let own: Option<(i64, Option<&Membership>)> = match e.roll_call_id {
+        Some(rc) => Some((rc.0, memberships.iter().find(|m| m.roll_call == rc.0))),
+        None => newest_open
+            .or_else(|| memberships.first())
+            .map(|m| (m.roll_call, Some(m))),
+    };
+    let meaning = |m: Option<&Membership>, rc: i64| -> Option<Meaning> {
+        let choices = match (m, infos.get(&rc)) {
+            (Some(m), Some(info)) => info.choices(m.kind),
+            _ => &[],
+        };
+        match &e.kind {
+            InboundKind::Read => None,
+            InboundKind::Answer { value } => Some(Meaning::of_button(value, choices, words)),
+            InboundKind::Reply { text } => Some(Meaning::of_text(text, words)),
+            InboundKind::Sticker { .. } => Some(Meaning::sticker()),
+        }
+    };
+    let occurred = e.occurred_at.timestamp_millis().min(now);
+    let clamp = |m: &Membership| m.sent_at.map_or(occurred, |s| occurred.max(s));
+    let Some((rc, m)) = own else {
+        return Placed {
+            event: e,
+            logged: None,
+            target: None,
+            meaning: meaning(None, 0),
+            late: None,
+            at: occurred,
+        };
+    };
+    let meaning = meaning(m, rc);
+    let open = infos.get(&rc).is_some_and(|i| i.open);
+    let logged = Some((rc, m.map(|m| m.delivery)));
+    let Some(m) = m else {
+        // Not a recipient of the roll call it names: kept in the record only.
+        return Placed {
+            event: e,
+            logged,
+            target: None,
+            meaning,
+            late: None,
+            at: occurred,
+        };
+    };
+    if open {
+        return Placed {
+            event: e,
+            logged,
+            target: Some((m.delivery, e.from.as_str(), m.sent_at)),
+            meaning,
+            late: None,
+            at: clamp(m),
+        };
+    }
+    // A closed roll call never changes. An urgent answer still reaches HQ: on the person's
+    // newest open roll call, or kept as a late answer when they are in none.
+    let urgent = meaning
+        .as_ref()
+        .is_some_and(|x| x.level == AnswerLevel::Urgent);
+    if urgent {
+        if let Some(o) = newest_open {
+            return Placed {
+                event: e,
+                logged,
+                target: Some((o.delivery, e.from.as_str(), o.sent_at)),
+                meaning,
+                late: None,
+                at: clamp(o),
+            };
+        }
+    }
+    Placed {
+        event: e,
+        logged,
+        target: None,
+        late: urgent.then_some((rc, m.delivery)),
+        meaning,
+        at: occurred,
+    }
+}
+
+/// How an event is written in the log: its kind and its value.
+pub(super) fn kind_parts(kind: &InboundKind) -> (&'static str, Option<String>) {
+    match kind {
+        InboundKind::Read => ("read", None),
+        InboundKind::Answer { value } => ("answer", Some(value.clone())),
+        InboundKind::Reply { text } => ("reply", Some(text.clone())),
+        InboundKind::Sticker { id } => ("sticker", Some(id.clone())),
+    }
+}
+
+// ---- HQ's calls and notes, searches, late answers, re-sends ------------------------------
+
+/// Logs a call outcome or a note: `$1` event id, `$2` roll call, `$3` delivery, `$4` chat id
+/// (or staff id), `$5` kind, `$6` value, `$7` time.
+pub(super) const CALL_EVENT_SQL: &str = "INSERT INTO events (provider, event_id, roll_call_id, \
+    delivery_id, from_handle, kind, value, occurred_at, received_at) \
+    VALUES ('phone', $1, $2, $3, $4, $5, $6, $7, $7)";
+
+/// A unique id for one of HQ's call records.
+pub(super) fn call_event_id(delivery: i64, now: Millis, by: &str) -> String {
+    let salt: u32 = rand::random();
+    format!("call-{delivery}-{now}-{by}-{salt:08x}")
+}
+
+pub(super) fn call_event_kind(outcome: Option<CallOutcome>) -> &'static str {
+    if outcome.is_some() {
+        "call_outcome"
+    } else {
+        "note"
+    }
+}
+
+/// What the log says of a call record: "reached_safe by caller#1/受付2: 自宅で無事".
+pub(super) fn call_event_value(
+    outcome: Option<CallOutcome>,
+    note: Option<&str>,
+    by: &str,
+) -> String {
+    let what = outcome.map_or("note", CallOutcome::as_str);
+    match note {
+        Some(n) => format!("{what} by {by}: {n}"),
+        None => format!("{what} by {by}"),
+    }
+}
+
+/// Every recipient of roll call `$1`, for a caller's search.
+pub(super) const RECIPIENTS_SQL: &str = "SELECT staff_id, name, kana, role, department, shelter, \
+    kind, phones, state FROM deliveries WHERE roll_call_id = $1";
+
+pub(super) fn recipient_from_row<R>(r: &R) -> StoreResult<crate::rollcall::Recipient>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let staff: String = get(r, 0)?;
+    let kind: String = get(r, 6)?;
+    let phones: String = get(r, 7)?;
+    let state: String = get(r, 8)?;
+    Ok(crate::rollcall::Recipient {
+        staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
+        name: get(r, 1)?,
+        kana: get(r, 2)?,
+        role: get(r, 3)?,
+        department: get(r, 4)?,
+        shelter: get(r, 5)?,
+        kind: parse_kind(&kind)?,
+        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
+        state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
+    })
+}
+
+/// Late answers, oldest first; `$1` = 1 for only those HQ has not closed.
+pub(super) const LATE_ANSWERS_SQL: &str = "SELECT l.id, l.roll_call_id, d.staff_id, d.name, \
+    d.kana, d.department, d.shelter, d.phones, l.level, l.value, l.label, l.text, \
+    l.received_at, l.closed_at, l.closed_by, l.note \
+    FROM late_answers AS l JOIN deliveries AS d ON d.id = l.delivery_id \
+    WHERE ($1 = 0 OR l.closed_at IS NULL) ORDER BY l.received_at, l.id";
+
+pub(super) fn late_from_row<R>(r: &R) -> StoreResult<crate::rollcall::LateAnswer>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let staff: String = get(r, 2)?;
+    let phones: String = get(r, 7)?;
+    let level: i64 = get(r, 8)?;
+    Ok(crate::rollcall::LateAnswer {
+        id: get(r, 0)?,
+        roll_call_id: crate::ids::RollCallId(get(r, 1)?),
+        staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
+        name: get(r, 3)?,
+        kana: get(r, 4)?,
+        department: get(r, 5)?,
+        shelter: get(r, 6)?,
+        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
+        answer: GivenAnswer {
+            level: AnswerLevel::from_rank(level).ok_or_else(|| corrupt("level", level))?,
+            value: get(r, 9)?,
+            label: get(r, 10)?,
+            text: get(r, 11)?,
+            at: get(r, 12)?,
+        },
+        closed_at: get(r, 13)?,
+        closed_by: get(r, 14)?,
+        note: get(r, 15)?,
+    })
+}
+
+/// HQ closes late answer `$1` at `$2`, by `$3`, with note `$4`.
+pub(super) const CLOSE_LATE_SQL: &str = "UPDATE late_answers SET closed_at = $2, closed_by = $3, \
+    note = $4 WHERE id = $1 AND closed_at IS NULL";
+
+/// Open urgent entries of open roll calls, plus open late answers.
+pub(super) fn urgent_open_sql() -> String {
+    format!(
+        "SELECT (SELECT COUNT(*) FROM deliveries WHERE level = 3 AND {URGENT_OPEN} \
+                   AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')) \
+              + (SELECT COUNT(*) FROM late_answers WHERE closed_at IS NULL)"
+    )
+}
+
+/// The call queue's claim: `$1` roll call, `$2` caller, `$3` hold until, `$4` now.
+pub(super) fn claim_next_call_sql(d: Dialect) -> String {
+    let lock = match d {
+        Dialect::Sqlite => "",
+        // Two callers on two replicas asking at once get two different people.
+        Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+    };
+    format!(
+        "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
+         WHERE id = ( \
+           SELECT id FROM deliveries \
+           WHERE roll_call_id = $1 AND ({URGENT_OPEN} OR {ESCALATED_OPEN}) \
+             AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $2) \
+             AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+           ORDER BY {} LIMIT 1 {lock}) \
+         RETURNING {ENTRY_COLUMNS}",
+        d.action_order(true)
+    )
+}
+
+/// Claims due re-sends: `$1` lease until, `$2` provider, `$3` now, `$4` limit.
+pub(super) fn claim_resends_sql(lock: &str) -> String {
+    format!(
+        "UPDATE deliveries SET resend_lease = $1 \
+         WHERE id IN (SELECT id FROM deliveries \
+           WHERE resend_at IS NOT NULL AND resent_at IS NULL AND resend_at <= $3 \
+             AND provider = $2 AND state = 'sent' \
+             AND (resend_lease IS NULL OR resend_lease <= $3) \
+             AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+           ORDER BY resend_at LIMIT $4 {lock}) \
+         RETURNING id, roll_call_id, chat_handle, attempts, kind"
+    )
+}
+
+/// When provider `$1`'s next re-send falls due (or its claim lapses).
+pub(super) const NEXT_RESEND_SQL: &str = "SELECT MIN(CASE WHEN resend_lease IS NOT NULL \
+      AND resend_lease > resend_at THEN resend_lease ELSE resend_at END) \
+    FROM deliveries WHERE provider = $1 AND resend_at IS NOT NULL AND resent_at IS NULL \
+      AND state = 'sent' AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')";
+
+/// Re-send results as a JSON array for [`record_resends_sql`].
+pub(super) fn resend_rows(results: &[super::ResendResult]) -> String {
+    use super::ResendResult as R;
+    let rows: Vec<_> = results
+        .iter()
+        .map(|r| match r {
+            R::Sent { id, at } => json!({"id": id, "k": "sent", "at": at}),
+            R::Retry { id, next, error } => {
+                json!({"id": id, "k": "retry", "nx": next, "err": format!("re-send: {error}")})
+            }
+            R::Failed { id, error } => {
+                json!({"id": id, "k": "failed", "err": format!("re-send: {error}")})
+            }
+        })
+        .collect();
+    if rows.is_empty() {
+        String::new()
+    } else {
+        json!(rows).to_string()
+    }
+}
+
+/// Records re-send results given as `$1`.
+pub(super) fn record_resends_sql(d: Dialect) -> String {
+    let rows = d.rows(
+        1,
+        &[
+            ("id", "bigint"),
+            ("k", "text"),
+            ("at", "bigint"),
+            ("nx", "bigint"),
+            ("err", "text"),
+        ],
+    );
+    format!(
+        "UPDATE deliveries AS d SET \
+           resent_at = CASE WHEN j.k = 'sent' THEN j.at ELSE d.resent_at END, \
+           resend_at = CASE WHEN j.k = 'retry' THEN j.nx WHEN j.k = 'failed' THEN NULL \
+                            ELSE d.resend_at END, \
+           resend_lease = NULL, \
+           last_error = CASE WHEN j.k = 'sent' THEN d.last_error ELSE j.err END \
+         FROM {rows} WHERE d.id = j.id"
+    )
+}
