@@ -109,7 +109,10 @@ fn phones(e: &CallListEntry) -> String {
 }
 
 fn clock_time(t: Millis, tz: Tz) -> String {
-    from_millis(t).with_timezone(&tz).format("%H:%M").to_string()
+    from_millis(t)
+        .with_timezone(&tz)
+        .format("%H:%M")
+        .to_string()
 }
 
 fn full_time(t: Option<Millis>, tz: Tz) -> String {
@@ -282,7 +285,14 @@ pub fn render_csv(entries: &[CallListEntry], scope: ListScope, now: Millis, tz: 
         let notes = e
             .notes
             .iter()
-            .map(|n| format!("{} {}: {}", full_time(Some(n.at), tz), desk_of(&n.by), n.text))
+            .map(|n| {
+                format!(
+                    "{} {}: {}",
+                    full_time(Some(n.at), tz),
+                    desk_of(&n.by),
+                    n.text
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let _ = w.write_record([
@@ -342,7 +352,11 @@ mod tests {
     use crate::ids::StaffId;
     use crate::rollcall::{CallOutcome, DeliveryState, EscalationReason, Note};
 
-    pub(crate) fn entry(id: &str, state: DeliveryState, outcome: Option<CallOutcome>) -> CallListEntry {
+    pub(crate) fn entry(
+        id: &str,
+        state: DeliveryState,
+        outcome: Option<CallOutcome>,
+    ) -> CallListEntry {
         CallListEntry {
             delivery_id: 1,
             staff_id: StaffId::parse(id).unwrap(),
@@ -416,7 +430,7 @@ mod tests {
         failed.call_priority = 0;
         let never = entry("N1", DeliveryState::Sent, None);
         let help = urgent("U1", 500_000, None);
-        let mut list = vec![failed, never, shelter, help];
+        let mut list = [failed, never, shelter, help];
         list.sort_by(CallListEntry::call_order);
         let order: Vec<_> = list.iter().map(|e| e.staff_id.to_string()).collect();
         assert_eq!(order, ["U1", "SH1", "N1", "F1"]);
@@ -462,7 +476,10 @@ mod tests {
         assert!(urgent_at < never_at, "{t}");
         assert!(t.contains("「足を怪我、家から出られない」"), "{t}");
         assert!(t.contains("消防に連絡済み") && t.contains("受付2"), "{t}");
-        assert!(t.contains("田中 一郎 (たなか いちろう)") && t.contains("主査"), "{t}");
+        assert!(
+            t.contains("田中 一郎 (たなか いちろう)") && t.contains("主査"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -703,6 +703,7 @@ impl Dispatcher {
             to: d.chat_handle.clone(),
             text: rc.message.clone(),
             buttons: rc.buttons_for(d.kind),
+            resend: false,
         };
         let started = std::time::Instant::now();
         let span = debug_span!("send", roll_call = %d.roll_call_id, delivery = d.id, provider = self.provider.name());

@@ -31,8 +31,65 @@ pub enum HqError {
     EmptyAudience(String),
     #[error("roll call {0} does not exist")]
     NotFound(RollCallId),
+    /// What HQ sent cannot be recorded as it is; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(StoreError),
+}
+
+/// The longest note HQ may write on an entry.
+pub const MAX_NOTE_CHARS: usize = 1_000;
+
+/// Checks a note: not empty, not too long, no control characters but line breaks.
+pub fn check_note(note: &str) -> Result<String, HqError> {
+    let n = note.trim();
+    if n.is_empty() {
+        return Err(HqError::Invalid("the note is empty".into()));
+    }
+    let len = n.chars().count();
+    if len > MAX_NOTE_CHARS {
+        return Err(HqError::Invalid(format!(
+            "the note is {len} characters long; keep it to {MAX_NOTE_CHARS}"
+        )));
+    }
+    if let Some(c) = n
+        .chars()
+        .find(|c| c.is_control() && *c != '\n' && *c != '\t')
+    {
+        return Err(HqError::Invalid(format!(
+            "the note contains the control character U+{:04X}; remove it",
+            c as u32
+        )));
+    }
+    Ok(n.replace("\r\n", "\n"))
+}
+
+/// Folds what a caller types and what is stored to one form for a search: NFKC, lower case,
+/// katakana as hiragana, no spaces, phone numbers as their digits after the leading zero or
+/// +81.
+pub fn search_key(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfkc()
+        .flat_map(char::to_lowercase)
+        .filter(|c| !c.is_whitespace() && *c != '-' && *c != '(' && *c != ')')
+        .map(|c| match c {
+            '\u{30A1}'..='\u{30F6}' => char::from_u32(c as u32 - 0x60).unwrap_or(c),
+            c => c,
+        })
+        .collect()
+}
+
+/// The digits of a phone number that every form of it shares: 090-1234-5678, 09012345678 and
+/// +819012345678 all give 9012345678.
+fn phone_key(s: &str) -> Option<String> {
+    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+    let rest = if s.trim_start().starts_with('+') {
+        digits.strip_prefix("81").unwrap_or(&digits).to_string()
+    } else {
+        digits.strip_prefix('0').unwrap_or(&digits).to_string()
+    };
+    (rest.len() >= 4).then_some(rest)
 }
 
 impl From<StoreError> for HqError {
@@ -124,6 +181,16 @@ pub struct PlanStatus {
     pub seconds_remaining: f64,
     pub created_at: crate::clock::Millis,
     pub last_sent_at: Option<crate::clock::Millis>,
+}
+
+/// An open roll call as a shelter phone's page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShelterRollCall {
+    pub roll_call: RollCall,
+    /// The answers this phone may give.
+    pub choices: Vec<crate::answers::Choice>,
+    /// What is known of this phone in the roll call (its standing answer, if any).
+    pub entry: CallListEntry,
 }
 
 /// A roll call with its progress.
@@ -335,6 +402,135 @@ impl Hq {
         Ok(self.store.call_list(id).await?)
     }
 
+    /// Everyone whose standing answer has `level`, newest first.
+    pub async fn answered(
+        &self,
+        id: RollCallId,
+        level: crate::answers::AnswerLevel,
+    ) -> Result<Vec<CallListEntry>, HqError> {
+        self.store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        Ok(self.store.answered(id, level).await?)
+    }
+
+    /// One recipient's entry, on the action list or not.
+    pub async fn entry(&self, id: RollCallId, staff: &StaffId) -> Result<CallListEntry, HqError> {
+        self.store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        self.store.entry(id, staff).await?.ok_or_else(|| {
+            HqError::Store(StoreError::NoSuchRecipient {
+                roll_call: id,
+                staff: staff.clone(),
+            })
+        })
+    }
+
+    /// Recipients whose name, ふりがな, staff id or phone number contains `query` (folded the
+    /// same way on both sides), those on the action list first, at most `limit`.
+    pub async fn search(
+        &self,
+        id: RollCallId,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<rollcall::Recipient>, HqError> {
+        let q = search_key(query);
+        if q.is_empty() {
+            return Err(HqError::Invalid(
+                "type part of a name, ふりがな, staff id or phone number".into(),
+            ));
+        }
+        let phone = phone_key(query);
+        let mut found: Vec<rollcall::Recipient> = self
+            .store
+            .recipients(id)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                search_key(&r.name).contains(&q)
+                    || r.kana
+                        .as_deref()
+                        .is_some_and(|k| search_key(k).contains(&q))
+                    || search_key(r.staff_id.as_str()).contains(&q)
+                    || phone.as_ref().is_some_and(|p| {
+                        r.phones
+                            .iter()
+                            .any(|n| phone_key(n).is_some_and(|k| k.contains(p.as_str())))
+                    })
+            })
+            .collect();
+        found.sort_by(|a, b| a.staff_id.as_str().cmp(b.staff_id.as_str()));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Records what HQ learned by phone and/or a note for a named person, on the list or not.
+    /// Closing an urgent answer needs a note saying what was done.
+    pub async fn record_call(
+        &self,
+        id: RollCallId,
+        staff: &StaffId,
+        outcome: Option<CallOutcome>,
+        note: Option<&str>,
+        by: &str,
+    ) -> Result<CallListEntry, HqError> {
+        let note = note.map(check_note).transpose()?;
+        if outcome.is_none() && note.is_none() {
+            return Err(HqError::Invalid(
+                "say what happened: an outcome, a note, or both".into(),
+            ));
+        }
+        if note.is_none() && outcome.is_some_and(CallOutcome::closes_entry) {
+            let e = self.entry(id, staff).await?;
+            if e.urgent_open() {
+                return Err(HqError::Invalid(format!(
+                    "{} asked for help ({}): write what was done in a note when closing it",
+                    e.name,
+                    e.standing.as_ref().map_or("", |a| a.label.as_str())
+                )));
+            }
+        }
+        Ok(self
+            .store
+            .record_call(
+                id,
+                staff,
+                outcome,
+                note.as_deref(),
+                by,
+                self.clock.now_millis(),
+            )
+            .await?)
+    }
+
+    /// Urgent answers that came after their roll call closed, with no open roll call to take
+    /// them.
+    pub async fn late_answers(
+        &self,
+        open_only: bool,
+    ) -> Result<Vec<rollcall::LateAnswer>, HqError> {
+        Ok(self.store.late_answers(open_only).await?)
+    }
+
+    /// HQ closes a late answer with a note of what was done.
+    pub async fn close_late_answer(&self, id: i64, by: &str, note: &str) -> Result<(), HqError> {
+        let note = check_note(note)?;
+        if self
+            .store
+            .close_late_answer(id, by, &note, self.clock.now_millis())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(HqError::Store(StoreError::Conflict(format!(
+                "late answer {id} does not exist or is already closed"
+            ))))
+        }
+    }
+
     pub async fn record_outcome(
         &self,
         id: RollCallId,
@@ -342,10 +538,7 @@ impl Hq {
         outcome: CallOutcome,
         by: &str,
     ) -> Result<CallListEntry, HqError> {
-        Ok(self
-            .store
-            .record_call_outcome(id, staff, outcome, by, self.clock.now_millis())
-            .await?)
+        self.record_call(id, staff, Some(outcome), None, by).await
     }
 
     /// Gives `caller` the next person to ring and holds them for `hold` (see
@@ -380,10 +573,16 @@ impl Hq {
         Ok(self.store.release_call(id, staff, caller).await?)
     }
 
-    /// A shelter phone says "we got it" through HQ's API instead of the chat app: recorded as
-    /// an answer `ack` from that phone's chat id, through the same receipt path (and event
-    /// log) as a button tap.
-    pub async fn acknowledge(&self, id: RollCallId, phone: &StaffId) -> Result<(), HqError> {
+    /// A shelter phone answers through HQ's API (its own page) instead of the chat app:
+    /// recorded as a tap on one of its roll call's shelter buttons (the first "ok" one when
+    /// `value` is None), from that phone's chat id, through the same receipt path and event
+    /// log as a tap in the chat app.
+    pub async fn acknowledge(
+        &self,
+        id: RollCallId,
+        phone: &StaffId,
+        value: Option<&str>,
+    ) -> Result<CallListEntry, HqError> {
         let rc = self
             .store
             .roll_call(id)
@@ -392,29 +591,51 @@ impl Hq {
         if rc.state == crate::rollcall::RollCallState::Closed {
             return Err(HqError::Store(StoreError::Closed(id)));
         }
+        let entry = self.entry(id, phone).await?;
+        let choices = rc.choices_for(entry.kind);
+        let choice = match value {
+            Some(v) => choices.iter().find(|c| c.value == v).ok_or_else(|| {
+                HqError::Invalid(format!(
+                    "{v:?} is not one of this roll call's answers: {}",
+                    choices
+                        .iter()
+                        .map(|c| c.value.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?,
+            None => choices
+                .iter()
+                .find(|c| c.level == crate::answers::AnswerLevel::Ok)
+                .or_else(|| choices.first())
+                .ok_or_else(|| HqError::Invalid("this roll call has no answers".into()))?,
+        };
         let contacts = self.store.contacts().await?;
-        let contact = contacts.iter().find(|c| &c.id == phone).ok_or_else(|| {
-            HqError::Store(StoreError::NoSuchRecipient {
-                roll_call: id,
-                staff: phone.clone(),
-            })
-        })?;
+        let contact = contacts.iter().find(|c| &c.id == phone);
         // Answers are matched by chat id; a phone without one was never sent the message and
         // is on the call list from the start, where HQ's call records what it says.
-        let handle = contact.chat.get(&rc.provider).cloned().ok_or_else(|| {
-            HqError::Store(StoreError::Conflict(format!(
-                "{phone} has no {} id, so it was not sent the message and is on the call \
-                 list: HQ will call it and record the answer",
-                rc.provider
-            )))
-        })?;
+        let handle = contact
+            .and_then(|c| c.chat.get(&rc.provider).cloned())
+            .ok_or_else(|| {
+                HqError::Store(StoreError::Conflict(format!(
+                    "{phone} has no {} id, so it was not sent the message and is on the call \
+                     list: HQ will call it and record the answer",
+                    rc.provider
+                )))
+            })?;
         let now = self.clock.now();
         let event = crate::providers::InboundEvent {
-            event_id: format!("api-ack-{}-{}-{}", id, phone, now.timestamp_millis()),
+            event_id: format!(
+                "api-ack-{}-{}-{}-{:08x}",
+                id,
+                phone,
+                now.timestamp_millis(),
+                rand::random::<u32>()
+            ),
             roll_call_id: Some(id),
             from: handle,
             kind: crate::providers::InboundKind::Answer {
-                value: "ack".into(),
+                value: choice.value.clone(),
             },
             occurred_at: now,
         };
@@ -426,7 +647,27 @@ impl Hq {
                 staff: phone.clone(),
             }));
         }
-        Ok(())
+        self.entry(id, phone).await
+    }
+
+    /// What a shelter phone's own page shows: every open roll call the phone is in, with its
+    /// answers and what the phone has answered so far.
+    pub async fn shelter_view(&self, phone: &StaffId) -> Result<Vec<ShelterRollCall>, HqError> {
+        let mut out = Vec::new();
+        for rc in self.store.roll_calls().await? {
+            if rc.state != crate::rollcall::RollCallState::Open {
+                continue;
+            }
+            let Some(entry) = self.store.entry(rc.id, phone).await? else {
+                continue;
+            };
+            out.push(ShelterRollCall {
+                choices: rc.choices_for(entry.kind).to_vec(),
+                roll_call: rc,
+                entry,
+            });
+        }
+        Ok(out)
     }
 
     /// Waits (by polling the store) until no delivery of `id` is pending or sending.

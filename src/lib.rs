@@ -10,7 +10,10 @@
 //! - [`ids`]: the identifiers that cross modules (staff id, chat id, roll call id).
 //! - [`contacts`]: the contacts file (TOML, CSV in UTF-8 or Shift_JIS), phone numbers to E.164.
 //! - [`scenario`]: roll-call templates: message, buttons, audience, deadline, drill flag.
-//! - [`rollcall`]: roll calls, deliveries and their state machine.
+//! - [`answers`]: what an answer means for HQ: levels (ok, attention, urgent), free-text
+//!   words that ask for help.
+//! - [`rollcall`]: roll calls, deliveries and their state machine, the action list's entries
+//!   and their one order.
 //! - [`announcement`]: HQ's instruction to all staff, sent as a roll call of one 確認 button.
 //! - [`email`]: the call list to HQ by e-mail at each roll call's deadline, with retries.
 //! - [`hq`]: what HQ does (start, status, close, call list, outcomes), for every interface.
@@ -19,7 +22,9 @@
 //!   department rooms, 1:1), and how long it takes.
 //! - [`ratelimit`]: the per-provider token bucket.
 //! - [`receipts`]: read receipts and answers from providers into delivery state.
-//! - [`escalation`]: the deadline worker and the phone-call list's renderings.
+//! - [`escalation`]: the deadline worker that puts the unread on the call list.
+//! - [`calllist`]: HQ's action list (要対応) rendered for people: table, print, CSV.
+//! - [`resend`]: the chat message once more to the unread (`resend_after`).
 //! - [`providers`]: the chat-provider trait and its adapters.
 //! - [`simulator`]: the built-in stand-in chat server (demo, tests, benchmark).
 //! - [`store`]: the storage trait and its backends (SQLite, PostgreSQL), schema versions.
@@ -52,6 +57,7 @@ pub mod planner;
 pub mod providers;
 pub mod ratelimit;
 pub mod receipts;
+pub mod resend;
 pub mod rollcall;
 pub mod scenario;
 pub mod simulator;

@@ -25,6 +25,8 @@ pub struct Gauges {
     pub deliveries: BTreeMap<&'static str, i64>,
     /// Call-list figures of open roll calls.
     pub call_list: BTreeMap<&'static str, i64>,
+    /// Urgent answers HQ has not closed: open roll calls' and late ones.
+    pub urgent_open: i64,
 }
 
 /// Upper bounds (seconds) of the send latency histogram.
@@ -46,6 +48,8 @@ pub struct Metrics {
     events_applied: AtomicU64,
     emails_sent: AtomicU64,
     emails_failed: AtomicU64,
+    /// Re-sends (`resend_after`) by result: sent, retry, failed.
+    resends: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -94,6 +98,12 @@ impl Metrics {
             &self.emails_failed
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One re-send finished with `result` (sent, retry, failed).
+    pub fn resend(&self, result: &'static str) {
+        let mut map = self.resends.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(result).or_default() += 1;
     }
 
     pub fn events_applied(&self, n: u64) {
@@ -146,6 +156,14 @@ impl Metrics {
         for (status, n) in &g.call_list {
             let _ = writeln!(out, "anpi_call_list{{status=\"{status}\"}} {n}");
         }
+        header(
+            &mut out,
+            "anpi_urgent_open",
+            "gauge",
+            "Urgent answers (injured, needs help, a reply asking for help) HQ has not closed yet, \
+             including those that came after their roll call closed.",
+        );
+        let _ = writeln!(out, "anpi_urgent_open {}", g.urgent_open);
         let providers = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         header(
             &mut out,
@@ -236,6 +254,20 @@ impl Metrics {
                 "anpi_emails_total{{result=\"{r}\"}} {}",
                 c.load(Ordering::Relaxed)
             );
+        }
+        header(
+            &mut out,
+            "anpi_resends_total",
+            "counter",
+            "Messages sent a second time to the unread (resend_after), by result.",
+        );
+        for (r, n) in self
+            .resends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "anpi_resends_total{{result=\"{r}\"}} {n}");
         }
         out
     }

@@ -832,8 +832,14 @@ value = "injured"
         let e = parse(&text).unwrap_err();
         assert_eq!(invalid_key(&e), "buttons[2].level");
         let shown = e.to_string();
-        assert!(shown.starts_with("scenarios/test.toml: buttons[2].level: "), "{shown}");
-        assert!(shown.contains("\"ok\", \"attention\" or \"urgent\""), "{shown}");
+        assert!(
+            shown.starts_with("scenarios/test.toml: buttons[2].level: "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\"ok\", \"attention\" or \"urgent\""),
+            "{shown}"
+        );
 
         // A value anpi does not know must say what it means.
         let text = MINIMAL.replace("value = \"injured\"", "value = \"support\"");
@@ -844,7 +850,10 @@ value = "injured"
             "value = \"injured\"",
             "value = \"support\"\nlevel = \"attention\"",
         );
-        assert_eq!(parse(&text).unwrap().buttons[1].level, AnswerLevel::Attention);
+        assert_eq!(
+            parse(&text).unwrap().buttons[1].level,
+            AnswerLevel::Attention
+        );
     }
 
     #[test]
@@ -863,7 +872,10 @@ value = "injured"
             .collect();
         assert_eq!(
             got,
-            [("opened", AnswerLevel::Ok), ("supplies", AnswerLevel::Urgent)]
+            [
+                ("opened", AnswerLevel::Ok),
+                ("supplies", AnswerLevel::Urgent)
+            ]
         );
         let text = format!(
             "{MINIMAL}[[shelter_buttons]]\nlabel = \"x\"\nvalue = \"x\"\nlevel = \"high\"\n"
@@ -876,7 +888,11 @@ value = "injured"
 
     #[test]
     fn shipped_scenarios_give_every_button_an_explicit_level() {
-        for (name, text) in [("earthquake", EARTHQUAKE), ("flood", FLOOD), ("drill", DRILL)] {
+        for (name, text) in [
+            ("earthquake", EARTHQUAKE),
+            ("flood", FLOOD),
+            ("drill", DRILL),
+        ] {
             let raw: toml::Value = toml::from_str(text).unwrap();
             for key in ["buttons", "shelter_buttons"] {
                 let list = raw.get(key).and_then(|b| b.as_array());

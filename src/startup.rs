@@ -26,6 +26,7 @@ use crate::providers::matrix::MatrixProvider;
 use crate::providers::simulator::SimulatorProvider;
 use crate::providers::ChatProvider;
 use crate::receipts::ReceiptWatcher;
+use crate::resend::ResendWorker;
 use crate::scenario::Scenario;
 use crate::singleton::{self, Singleton};
 use crate::store::{self, SharedStore};
@@ -134,6 +135,7 @@ pub struct Application {
     dispatchers: Vec<Arc<Dispatcher>>,
     watcher: Arc<ReceiptWatcher>,
     deadlines: Arc<DeadlineWorker>,
+    resend: Arc<ResendWorker>,
     /// Recurring drills: cron line and scenario, checked at build.
     drills: Vec<(String, Scenario)>,
     /// This process among the replicas sharing the database: names it in singleton leases.
@@ -183,6 +185,15 @@ impl Application {
             signals.deadlines_changed.clone(),
             metrics.clone(),
         ));
+        // Shares the dispatchers' token bucket: the platform's limit holds for both.
+        let resend = Arc::new(ResendWorker::new(
+            store.clone(),
+            provider.clone(),
+            clock.clone(),
+            pacing.limiter.clone(),
+            signals.deadlines_changed.clone(),
+            metrics.clone(),
+        ));
         let hq = Arc::new(
             Hq::new(
                 store.clone(),
@@ -222,6 +233,7 @@ impl Application {
             dispatchers,
             watcher,
             deadlines,
+            resend,
             drills,
             instance: singleton::instance_id(),
         })
@@ -253,6 +265,10 @@ impl Application {
 
     pub fn deadlines(&self) -> Arc<DeadlineWorker> {
         self.deadlines.clone()
+    }
+
+    pub fn resend(&self) -> Arc<ResendWorker> {
+        self.resend.clone()
     }
 
     /// Runs the workers, the drill schedule and the HTTP server until `cancel` fires.
@@ -292,6 +308,11 @@ impl Application {
         let deadlines = self.deadlines.clone();
         tracker.spawn(
             lease("deadlines".into()).run(cancel.clone(), move |stop| deadlines.clone().run(stop)),
+        );
+        let resend = self.resend.clone();
+        tracker.spawn(
+            lease(format!("resend:{}", self.hq.provider()))
+                .run(cancel.clone(), move |stop| resend.clone().run(stop)),
         );
         if let Some(mail) = mail {
             // One replica mails a roll call's list.

@@ -1,15 +1,19 @@
-//! The call queue and shelter acknowledgements: a caller claims the next person to ring
-//! (`POST /api/rollcalls/{id}/calls/next`), may let go of them (`.../calls/{staff}/release`)
-//! and records the outcome at `.../calls/{staff}` (in `rollcalls`); a shelter phone's token
-//! acknowledges for that phone (`POST /api/rollcalls/{id}/ack`).
+//! The call queue, people, late answers and shelter phones: a caller claims the next person
+//! to ring (`POST /api/rollcalls/{id}/calls/next`), may let go of them
+//! (`.../calls/{staff}/release`) and records the outcome and notes at `.../calls/{staff}` (in
+//! `rollcalls`); finds anyone by name, kana, id or phone (`GET .../people?q=`) and reads one
+//! (`GET .../people/{staff}`); works urgent answers that came after their roll call closed
+//! (`/api/late-answers`). A shelter phone's token reads its open roll calls
+//! (`GET /api/shelter`) and answers for that phone (`POST /api/rollcalls/{id}/ack`). Every
+//! token can ask who it is (`GET /api/whoami`), so a page shows only what it may do.
 //!
 //! Invariants: nobody is held by two callers at once (the store's claim is one statement); a
 //! hold lapses after `api.call_hold`; a shelter token speaks only for its own phone.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -19,9 +23,139 @@ use crate::ids::{RollCallId, StaffId};
 
 pub fn router() -> Router<ApiState> {
     Router::new()
+        .route("/whoami", get(whoami))
         .route("/rollcalls/{id}/calls/next", post(next))
         .route("/rollcalls/{id}/calls/{staff}/release", post(release))
+        .route("/rollcalls/{id}/people", get(people))
+        .route("/rollcalls/{id}/people/{staff}", get(person))
+        .route("/late-answers", get(late_answers))
+        .route("/late-answers/{id}/close", post(close_late))
         .route("/rollcalls/{id}/ack", post(ack))
+        .route("/shelter", get(shelter))
+}
+
+/// Who this token is: its role and name (and, for a shelter token, its phone).
+async fn whoami(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let who = s.authorize(&headers, Role::Shelter).or_else(|e| match e {
+        ApiError::Forbidden(_) => s.authorize(&headers, Role::Caller),
+        e => Err(e),
+    })?;
+    let role = match who.role {
+        Role::Hq => "hq",
+        Role::Caller => "caller",
+        Role::Shelter => "shelter",
+    };
+    Ok(Json(json!({
+        "role": role,
+        "name": who.name,
+        "shelter_phone": who.shelter_phone,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeopleQuery {
+    q: String,
+}
+
+/// Recipients matching `q` (name, ふりがな, staff id or phone), for a caller whose person
+/// phoned in.
+async fn people(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PeopleQuery>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    let id = roll_call_id(&id)?;
+    if q.q.chars().count() > 100 {
+        return Err(ApiError::BadRequest(
+            "the search is longer than 100 characters".into(),
+        ));
+    }
+    let found = s.hq.search(id, &q.q, 50).await?;
+    Ok(Json(json!({"roll_call": id, "people": found})))
+}
+
+/// One recipient's entry, whether or not they are on the action list.
+async fn person(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, staff)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    let id = roll_call_id(&id)?;
+    let staff = StaffId::parse(&staff).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let e = s.hq.entry(id, &staff).await?;
+    let now = s.hq.clock().now_millis();
+    Ok(Json(json!({
+        "roll_call": id,
+        "action": e.action(),
+        "to_call": e.to_call(),
+        "minutes_waiting": crate::calllist::minutes_waiting(&e, now),
+        "entry": e,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LateQuery {
+    scope: Option<String>,
+}
+
+/// Urgent answers that came after their roll call closed, while none of the person's roll
+/// calls was open: open ones by default, `?scope=all` for the record.
+async fn late_answers(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<LateQuery>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    let open_only = match q.scope.as_deref() {
+        None | Some("open") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "scope {:?}: use open or all",
+                super::short(other)
+            )))
+        }
+    };
+    let entries = s.hq.late_answers(open_only).await?;
+    Ok(Json(json!({"entries": entries})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseLate {
+    note: String,
+    desk: Option<String>,
+}
+
+async fn close_late(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<CloseLate>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = s.authorize(&headers, Role::Caller)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest("a late answer's id is a number".into()))?;
+    let Json(b) = body?;
+    let by = DeskBody { desk: b.desk }.caller(&who)?;
+    s.hq.close_late_answer(id, &by, &b.note).await?;
+    Ok(Json(json!({"id": id, "closed": true, "by": by})))
+}
+
+/// A shelter phone's own page: the open roll calls it is in, with its answers.
+async fn shelter(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let who = s.authorize(&headers, Role::Shelter)?;
+    let phone = who.shelter_phone.ok_or(ApiError::Forbidden(
+        "this token is not bound to a shelter phone",
+    ))?;
+    let open = s.hq.shelter_view(&phone).await?;
+    Ok(Json(json!({"staff_id": phone, "roll_calls": open})))
 }
 
 fn roll_call_id(raw: &str) -> Result<RollCallId, ApiError> {
@@ -57,13 +191,15 @@ impl DeskBody {
             None | Some("") => Ok(who.name.clone()),
             Some(d)
                 if d.chars().count() <= 32
-                    && d.chars()
-                        .all(|c| c.is_alphanumeric() || c == '-' || c == '_') =>
+                    && d.chars().all(|c| {
+                        c.is_alphanumeric() || c == '-' || c == '_' || c == ' ' || c == '　'
+                    }) =>
             {
                 Ok(format!("{}/{d}", who.name))
             }
             Some(d) => Err(ApiError::Unprocessable(format!(
-                "desk {d:?}: use up to 32 letters, digits, '-' or '_'"
+                "desk {:?}: use up to 32 letters, digits, spaces, '-' or '_'",
+                super::short(d)
             ))),
         }
     }
@@ -108,6 +244,13 @@ async fn release(
     ))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    /// One of the roll call's shelter answers; none means its first "ok" one.
+    value: Option<String>,
+}
+
 async fn ack(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -116,21 +259,29 @@ async fn ack(
 ) -> Result<Json<Value>, ApiError> {
     let who = s.authorize(&headers, Role::Shelter)?;
     let id = roll_call_id(&id)?;
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        // Nothing to say beyond "we got it"; a body is a client mistake worth reporting.
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
-        if v.as_object().is_none_or(|o| !o.is_empty()) {
-            return Err(ApiError::Unprocessable(
-                "an acknowledgement takes no fields: send an empty body or {}".into(),
-            ));
-        }
-    }
+    // A shelter token speaks for its own phone only: the body names an answer, never a phone.
+    let body: AckBody = if body.iter().all(u8::is_ascii_whitespace) {
+        AckBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ApiError::BadRequest(format!("the body is not JSON: {e}"))
+            } else {
+                ApiError::Unprocessable(format!(
+                    "an acknowledgement takes only {{\"value\": \"...\"}} (one of the \
+                     shelter's answers) or an empty body: {e}"
+                ))
+            }
+        })?
+    };
     let phone = who.shelter_phone.ok_or(ApiError::Forbidden(
         "this token is not bound to a shelter phone",
     ))?;
-    s.hq.acknowledge(id, &phone).await?;
-    Ok(Json(
-        json!({"roll_call": id, "staff_id": phone, "answer": "ack"}),
-    ))
+    let entry = s.hq.acknowledge(id, &phone, body.value.as_deref()).await?;
+    Ok(Json(json!({
+        "roll_call": id,
+        "staff_id": phone,
+        "answer": entry.latest.as_ref().or(entry.standing.as_ref()),
+        "entry": entry,
+    })))
 }

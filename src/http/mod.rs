@@ -165,6 +165,16 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     Ok(Some(k.to_string()))
 }
 
+/// At most the first 80 characters of something a client sent, for an error message.
+pub(crate) fn short(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(MAX).collect::<String>())
+    }
+}
+
 /// An API error, with a message a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -191,6 +201,7 @@ impl From<HqError> for ApiError {
         match e {
             HqError::NotFound(_) => Self::NotFound(e.to_string()),
             HqError::NoContacts | HqError::EmptyAudience(_) => Self::Conflict(e.to_string()),
+            HqError::Invalid(m) => Self::Unprocessable(m),
             HqError::Store(crate::store::StoreError::NoSuchRecipient { .. }) => {
                 Self::NotFound(e.to_string())
             }

@@ -61,12 +61,15 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
                     ("injured", c.injured),
                     ("needs_help", c.needs_help),
                     ("unreachable", c.unreachable),
+                    ("urgent_open", c.urgent_open),
+                    ("resent", c.resent),
                 ] {
                     *g.call_list.entry(k).or_default() += v;
                 }
             }
         }
     }
+    g.urgent_open = s.hq.store().urgent_open().await.unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(&g),

@@ -1,5 +1,6 @@
 //! `/api/rollcalls`: start (with an Idempotency-Key so a double click starts one roll call),
-//! list, status, close, the phone-call list (JSON, CSV, table), call outcomes and the event
+//! list, status, close, HQ's action list (JSON, CSV, table: urgent answers, silent shelters,
+//! never read, not sent), the answers HQ should read, call outcomes and notes, and the event
 //! log; `/api/scenarios` and `/api/estimate` for what HQ sees before starting.
 
 use axum::extract::rejection::JsonRejection;
@@ -12,9 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiState, Role};
-use crate::escalation::{render_csv, render_table, ListScope};
+use crate::answers::AnswerLevel;
+use crate::calllist::{render_csv, render_table, ListScope};
 use crate::ids::{RollCallId, StaffId};
-use crate::rollcall::CallOutcome;
+use crate::rollcall::{Action, CallOutcome};
 use crate::scenario::Scenario;
 
 pub fn router() -> Router<ApiState> {
@@ -26,6 +28,7 @@ pub fn router() -> Router<ApiState> {
         .route("/rollcalls/{id}/close", post(close))
         .route("/rollcalls/{id}/plan", get(plan))
         .route("/rollcalls/{id}/escalations", get(escalations))
+        .route("/rollcalls/{id}/answers", get(answers))
         .route("/rollcalls/{id}/events", get(events))
         .route("/rollcalls/{id}/calls/{staff}", post(call))
 }
@@ -167,16 +170,36 @@ async fn escalations(
     let tz = s.config.zone().map_err(|e| ApiError::Internal(e.into()))?;
     match q.format.as_deref().unwrap_or("json") {
         "json" => {
+            let mut counts = serde_json::Map::new();
+            for a in [
+                Action::Urgent,
+                Action::SilentShelter,
+                Action::NeverRead,
+                Action::NotSent,
+            ] {
+                let n = entries.iter().filter(|e| e.action() == Some(a)).count();
+                counts.insert(a.as_str().into(), n.into());
+            }
             let selected: Vec<_> = entries
                 .into_iter()
                 .filter(|e| scope == ListScope::All || e.to_call())
                 .map(|e| {
-                    let minutes = crate::escalation::minutes_waiting(&e, now);
-                    let to_call = e.to_call();
-                    json!({"entry": e, "minutes_waiting": minutes, "to_call": to_call})
+                    let minutes = crate::calllist::minutes_waiting(&e, now);
+                    json!({
+                        "action": e.action(),
+                        "to_call": e.to_call(),
+                        "minutes_waiting": minutes,
+                        "entry": e,
+                    })
                 })
                 .collect();
-            Ok(Json(json!({"roll_call": id, "entries": selected})).into_response())
+            Ok(Json(json!({
+                "roll_call": id,
+                "as_of": now,
+                "counts": counts,
+                "entries": selected,
+            }))
+            .into_response())
         }
         "csv" => Ok((
             [
@@ -195,15 +218,47 @@ async fn escalations(
         )
             .into_response()),
         other => Err(ApiError::BadRequest(format!(
-            "format {other:?}: use json, csv or table"
+            "format {:?}: use json, csv or table",
+            super::short(other)
         ))),
     }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AnswersQuery {
+    level: Option<String>,
+}
+
+/// Everyone whose standing answer has the given level (`attention` by default: 出動不可 and
+/// free text HQ should read, verbatim), newest first.
+async fn answers(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<AnswersQuery>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Role::Caller)?;
+    let id = roll_call_id(&id)?;
+    let level: AnswerLevel = q
+        .level
+        .as_deref()
+        .unwrap_or("attention")
+        .parse()
+        .map_err(|e: String| ApiError::BadRequest(format!("level: {}", super::short(&e))))?;
+    let entries = s.hq.answered(id, level).await?;
+    Ok(Json(
+        json!({"roll_call": id, "level": level, "entries": entries}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CallBody {
-    outcome: String,
+    /// What the call found; may be left out when only a note is written.
+    outcome: Option<String>,
+    /// Where the person is, what they need, what was done. Needed to close an urgent answer.
+    note: Option<String>,
     /// The desk that made the call, when tablets share a token (see `calls`).
     desk: Option<String>,
 }
@@ -218,10 +273,21 @@ async fn call(
     let id = roll_call_id(&id)?;
     let staff = StaffId::parse(&staff).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let Json(b) = body?;
-    let outcome = CallOutcome::parse(&b.outcome).map_err(ApiError::Unprocessable)?;
+    let outcome = b
+        .outcome
+        .as_deref()
+        .map(CallOutcome::parse)
+        .transpose()
+        .map_err(|e| ApiError::Unprocessable(super::short(&e)))?;
     let by = super::calls::DeskBody { desk: b.desk }.caller(&who)?;
-    let entry = s.hq.record_outcome(id, &staff, outcome, &by).await?;
-    Ok(Json(json!({"entry": entry, "to_call": entry.to_call()})))
+    let entry =
+        s.hq.record_call(id, &staff, outcome, b.note.as_deref(), &by)
+            .await?;
+    Ok(Json(json!({
+        "action": entry.action(),
+        "to_call": entry.to_call(),
+        "entry": entry,
+    })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -941,6 +941,7 @@ mod tests {
                 label: "無事".into(),
                 value: "safe".into(),
             }],
+            resend: false,
         }
     }
 

@@ -821,7 +821,9 @@ impl ChatProvider for MatrixProvider {
             ))
         })?;
         // One transaction id per delivery: a retry of the same delivery is the same send.
-        let txn = format!("anpi-{}-{}", msg.roll_call_id, msg.delivery_id);
+        // A re-send is a second message, not a retry of the first.
+        let again = if msg.resend { "-again" } else { "" };
+        let txn = format!("anpi-{}-{}{again}", msg.roll_call_id, msg.delivery_id);
         let content = json!({
             "msgtype": "m.text",
             "body": compose(&msg.text, &msg.buttons),
@@ -960,6 +962,7 @@ mod tests {
             to: ChatHandle::parse("@s001:hs.test").unwrap(),
             text: "【安否確認】地震がありました。".into(),
             buttons: buttons(),
+            resend: false,
         }
     }
 

@@ -37,6 +37,10 @@ pub struct OutboundMessage {
     /// Japanese first, then English.
     pub text: String,
     pub buttons: Vec<AnswerButton>,
+    /// A second send of the same delivery (`resend_after`): a provider that makes sends
+    /// idempotent by delivery must not fold it into the first.
+    #[serde(default)]
+    pub resend: bool,
 }
 
 /// A successful send.

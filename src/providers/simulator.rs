@@ -283,6 +283,7 @@ mod tests {
                 label: "無事".into(),
                 value: "safe".into(),
             }],
+            resend: false,
         }
     }
 

@@ -38,6 +38,7 @@ fn message(roll_call: i64, to: &ChatHandle) -> OutboundMessage {
                 value: "injured".into(),
             },
         ],
+        resend: false,
     }
 }
 

@@ -232,6 +232,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         self.record_call(id, staff, Some(outcome), None, by, now)
             .await
     }
+    /// Everyone whose standing answer has `level`, the newest answer first.
+    async fn answered(
+        &self,
+        id: RollCallId,
+        level: crate::answers::AnswerLevel,
+    ) -> StoreResult<Vec<CallListEntry>>;
     /// Every recipient of the roll call (for a caller's search by name, kana, id or phone).
     async fn recipients(&self, id: RollCallId) -> StoreResult<Vec<Recipient>>;
     /// Urgent answers to closed roll calls that no open roll call took; only those HQ has not

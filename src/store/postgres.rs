@@ -703,6 +703,19 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn answered(
+        &self,
+        id: RollCallId,
+        level: crate::answers::AnswerLevel,
+    ) -> StoreResult<Vec<CallListEntry>> {
+        let rows = sqlx::query(&shared::answered_sql())
+            .bind(id.0)
+            .bind(level.rank())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
     async fn recipients(&self, id: RollCallId) -> StoreResult<Vec<Recipient>> {
         if self.roll_call(id).await?.is_none() {
             return Err(StoreError::NoSuchRollCall(id));

@@ -35,8 +35,10 @@ pub(super) enum Dialect {
 }
 
 impl Dialect {
-    /// A JSON array of objects bound as parameter `$n`, read as a table `j` with the given
-    /// (column, SQL type) pairs.
+    /// `WITH j AS MATERIALIZED (...)`: a JSON array of objects bound as parameter `$n`, read
+    /// as a table `j` with the given (column, SQL type) pairs, for a statement that follows
+    /// with `FROM j`. Materialised, so the database walks the batch and looks each row up by
+    /// its key, instead of walking the whole table and scanning the batch for every row.
     pub(super) fn rows(self, n: usize, cols: &[(&str, &str)]) -> String {
         match self {
             Dialect::Sqlite => {
@@ -44,11 +46,17 @@ impl Dialect {
                     .iter()
                     .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
                     .collect();
-                format!("(SELECT {} FROM json_each(${n})) AS j", fields.join(", "))
+                format!(
+                    "WITH j AS MATERIALIZED (SELECT {} FROM json_each(${n}))",
+                    fields.join(", ")
+                )
             }
             Dialect::Postgres => {
                 let fields: Vec<String> = cols.iter().map(|(c, t)| format!("{c} {t}")).collect();
-                format!("json_to_recordset(${n}::json) AS j({})", fields.join(", "))
+                format!(
+                    "WITH j AS MATERIALIZED (SELECT * FROM json_to_recordset(${n}::json) AS x({}))",
+                    fields.join(", ")
+                )
             }
         }
     }
@@ -488,23 +496,23 @@ impl EventStatements {
             "(j.sl > d.level OR (j.sl = d.level AND (d.level_at IS NULL OR j.sa >= d.level_at)))";
         Self {
             insert_events: format!(
-                "INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
+                "{events} INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
                    kind, value, occurred_at, received_at, level) \
-                 SELECT $1, j.eid, j.rc, j.did, j.h, j.k, j.v, j.at, $2, j.lvl FROM {events} \
+                 SELECT $1, j.eid, j.rc, j.did, j.h, j.k, j.v, j.at, $2, j.lvl FROM j \
                  WHERE true ON CONFLICT (provider, event_id) DO NOTHING RETURNING event_id"
             ),
             reads: format!(
-                "UPDATE deliveries AS d SET \
+                "{reads} UPDATE deliveries AS d SET \
                    state = CASE WHEN d.state = 'answered' THEN 'answered' ELSE 'read' END, \
                    read_at = CASE WHEN d.read_at IS NULL OR j.r < d.read_at THEN j.r \
                                   ELSE d.read_at END \
-                 FROM {reads} \
+                 FROM j \
                  WHERE d.id = j.id AND d.provider = $1 AND $2 >= 0 \
                    AND (d.state NOT IN ('read', 'answered') OR d.read_at IS NULL \
                         OR j.r < d.read_at)"
             ),
             answers: format!(
-                "UPDATE deliveries AS d SET state = 'answered', \
+                "{answers} UPDATE deliveries AS d SET state = 'answered', \
                    answered_at = CASE WHEN d.answered_at IS NULL OR j.a < d.answered_at \
                                       THEN j.a ELSE d.answered_at END, \
                    answer = CASE WHEN {newer} THEN j.lv ELSE d.answer END, \
@@ -517,13 +525,13 @@ impl EventStatements {
                    level_text = CASE WHEN {graver} THEN j.st ELSE d.level_text END, \
                    level_at = CASE WHEN {graver} THEN j.sa ELSE d.level_at END, \
                    level = CASE WHEN j.sl > d.level THEN j.sl ELSE d.level END \
-                 FROM {answers} \
+                 FROM j \
                  WHERE d.id = j.id AND d.provider = $1 AND $2 >= 0"
             ),
             late: format!(
-                "INSERT INTO late_answers (provider, event_id, roll_call_id, delivery_id, level, \
+                "{late} INSERT INTO late_answers (provider, event_id, roll_call_id, delivery_id, level, \
                    value, label, text, received_at) \
-                 SELECT $1, j.eid, j.rc, j.did, j.lvl, j.v, j.lb, j.t, $2 FROM {late} \
+                 SELECT $1, j.eid, j.rc, j.did, j.lvl, j.v, j.lb, j.t, $2 FROM j \
                  WHERE true ON CONFLICT (provider, event_id) DO NOTHING"
             ),
         }
@@ -607,7 +615,7 @@ pub(super) async fn apply_batch(
         by_handle.entry(h).or_default().push(m);
     }
     for v in by_handle.values_mut() {
-        v.sort_by(|a, b| b.roll_call.cmp(&a.roll_call));
+        v.sort_by_key(|m| std::cmp::Reverse(m.roll_call));
         v.dedup_by_key(|m| m.roll_call);
     }
     let mut ids: Vec<i64> = by_handle
@@ -1015,12 +1023,20 @@ pub(super) fn record_resends_sql(d: Dialect) -> String {
         ],
     );
     format!(
-        "UPDATE deliveries AS d SET \
+        "{rows} UPDATE deliveries AS d SET \
            resent_at = CASE WHEN j.k = 'sent' THEN j.at ELSE d.resent_at END, \
            resend_at = CASE WHEN j.k = 'retry' THEN j.nx WHEN j.k = 'failed' THEN NULL \
                             ELSE d.resend_at END, \
            resend_lease = NULL, \
            last_error = CASE WHEN j.k = 'sent' THEN d.last_error ELSE j.err END \
-         FROM {rows} WHERE d.id = j.id"
+         FROM j WHERE d.id = j.id"
+    )
+}
+
+/// Everyone of roll call `$1` whose standing answer has level `$2`, newest first.
+pub(super) fn answered_sql() -> String {
+    format!(
+        "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND level = $2 \
+         ORDER BY level_at DESC, id"
     )
 }

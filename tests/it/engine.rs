@@ -169,7 +169,8 @@ async fn answers_and_stickers_confirm_and_are_logged() {
         .await;
     assert_eq!(p.answers.get("injured"), Some(&1));
     assert_eq!(p.answers.get("sticker"), Some(&1));
-    assert_eq!(p.answers.get("reply"), Some(&1));
+    // Free text is counted as "text"; its words are on the entry, verbatim.
+    assert_eq!(p.answers.get("text"), Some(&1));
     let events = app.store.events(rc.id, 100).await.unwrap();
     let kinds: BTreeSet<_> = events.iter().map(|e| e.kind.as_str()).collect();
     assert!(kinds.contains("answer") && kinds.contains("sticker") && kinds.contains("reply"));
@@ -309,9 +310,10 @@ async fn duplicate_and_out_of_order_events_change_nothing() {
         30,
     );
     let read = ev("r1", InboundKind::Read, 10);
-    // The answer arrives first, the earlier read after it, then both again.
+    // The answer arrives first, the earlier read after it, then both again; all of them a
+    // minute after they happened (a stored time is never later than its receipt).
     let s = app.store.clone();
-    let now = app.now().timestamp_millis();
+    let now = app.now().timestamp_millis() + 60_000;
     s.apply_events("simulator", std::slice::from_ref(&answer), None, now)
         .await
         .unwrap();
@@ -327,7 +329,8 @@ async fn duplicate_and_out_of_order_events_change_nothing() {
     assert_eq!(p.overall.answered, 1);
     assert_eq!(p.overall.read, 0, "an answer is never demoted to read");
     assert_eq!(p.answers.get("safe"), Some(&1));
-    // An older answer arriving late does not overwrite the newer one.
+    // An older answer arriving late does not overwrite the newer one as the latest; being
+    // more severe, it is the answer that stands.
     let older = ev(
         "a0",
         InboundKind::Answer {
@@ -339,8 +342,27 @@ async fn duplicate_and_out_of_order_events_change_nothing() {
         .await
         .unwrap();
     let p = app.progress(rc.id).await;
-    assert_eq!(p.answers.get("safe"), Some(&1));
-    assert_eq!(p.answers.get("injured"), None);
-    assert_eq!(app.store.events(rc.id, 10).await.unwrap().len(), 3);
+    assert_eq!(p.answers.get("injured"), Some(&1));
+    assert_eq!(p.answers.get("safe"), None);
+    let list = app.store.call_list(rc.id).await.unwrap();
+    assert_eq!(list.len(), 1, "an urgent answer is on the action list");
+    assert_eq!(list[0].answer.as_deref(), Some("safe"), "the latest answer");
+    assert_eq!(
+        list[0].standing.as_ref().map(|a| a.value.as_str()),
+        Some("injured")
+    );
+    let older_safe = ev(
+        "a00",
+        InboundKind::Answer {
+            value: "safe".into(),
+        },
+        10,
+    );
+    s.apply_events("simulator", &[older_safe], None, now)
+        .await
+        .unwrap();
+    let list = app.store.call_list(rc.id).await.unwrap();
+    assert_eq!(list[0].answer.as_deref(), Some("safe"));
+    assert_eq!(app.store.events(rc.id, 10).await.unwrap().len(), 4);
     app.shutdown().await;
 }

@@ -316,11 +316,16 @@ async fn a_shelter_token_acknowledges_for_its_own_phone_only() {
     let res = ack("{nope").await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(app.progress(rc.id).await.overall.answered, 0);
+    // Not one of the shelter's answers: refused, naming them.
+    let res = ack(r#"{"value": "safe"}"#).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().await.unwrap().contains("need_support"));
+    // An empty body is the shelter's first "ok" answer: open, nothing wrong.
     let res = ack("").await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let p = app.progress(rc.id).await;
     assert_eq!(p.overall.answered, 1);
-    assert_eq!(p.answers.get("ack"), Some(&1));
+    assert_eq!(p.answers.get("opened"), Some(&1));
     // Past the deadline, the acknowledged shelter is not on the list; the other one is.
     app.advance(mins(6));
     app.wait_for(rc.id, "escalation", |p| p.overall.to_call == 49)
@@ -332,7 +337,7 @@ async fn a_shelter_token_acknowledges_for_its_own_phone_only() {
     let events = app.store.events(rc.id, 100).await.unwrap();
     assert!(events
         .iter()
-        .any(|e| e.kind == "answer" && e.value.as_deref() == Some("ack")));
+        .any(|e| e.kind == "answer" && e.value.as_deref() == Some("opened")));
     // A closed roll call takes no more acknowledgements.
     app.hq.close(rc.id).await.unwrap();
     assert_eq!(ack("{}").await.unwrap().status(), StatusCode::CONFLICT);

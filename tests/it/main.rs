@@ -1,5 +1,6 @@
 //! anpi's integration tests: one binary, each module a capability.
 
+mod answers;
 mod api;
 mod browser;
 mod cli;

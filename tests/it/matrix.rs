@@ -348,6 +348,7 @@ async fn default_rate_limits_delay_but_never_duplicate() {
         to: spare.handle(),
         text: "【安否確認】再送テスト".into(),
         buttons: Vec::new(),
+        resend: false,
     };
     let first = send_waiting_out_429(&provider, &msg).await;
     let again = send_waiting_out_429(&provider, &msg).await;
