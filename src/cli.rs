@@ -54,8 +54,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure throughput: 10,000 and 100,000 simulated recipients with no rate limit.
     Bench(crate::bench::BenchArgs),
-    /// Run the built-in stand-in chat server on its own (to try `anpi serve` without a real
-    /// chat platform). Everyone reads after --read-after; nobody answers.
+    /// Run the built-in stand-in chat server on its own (to rehearse `anpi serve` without a
+    /// real chat platform). People read after about --read-after and answer as --answers says.
     Simulator(SimulatorArgs),
     /// Start, list, follow and close roll calls on a running daemon.
     Rollcall {
@@ -137,9 +137,25 @@ pub struct SimulatorArgs {
         hide_env_values = true
     )]
     pub token: String,
-    /// How long after receiving a message every simulated person reads it ("never" for nobody).
+    /// How long after receiving a message a simulated person reads it ("never" for nobody).
+    /// With --answers this is the median of a spread of read times, and some never read.
     #[arg(long, default_value = "90s")]
     pub read_after: String,
+    /// Who answers what, in percent of the people who read: button values, `text` (a
+    /// free-text reply) and `sticker`; the rest only read.
+    /// E.g. safe=60,injured=5,need_help=2,text=5,sticker=10.
+    #[arg(long)]
+    pub answers: Option<String>,
+    /// A free-text reply for `text` answers (repeat for several; default: a few samples, some
+    /// asking for help).
+    #[arg(long = "text")]
+    pub texts: Vec<String>,
+    /// Share of people who never read, with --answers (0 to 1).
+    #[arg(long, default_value_t = 0.08)]
+    pub never_read: f64,
+    /// Seed for who does what, with --answers: the same seed gives the same people.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Requests per minute the simulated platform accepts (0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub rate_limit_per_minute: u32,
@@ -492,6 +508,29 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--read-after {raw:?}: write e.g. 90s, 2m or never"))?,
         ),
     };
+    let population = match &args.answers {
+        None if !args.texts.is_empty() => {
+            bail!("--text needs --answers with a share for text (e.g. --answers safe=80,text=10)")
+        }
+        None => None,
+        Some(mix) => {
+            let median = read_after.ok_or_else(|| {
+                anyhow::anyhow!("--answers needs people who read: give --read-after a time")
+            })?;
+            let spec = crate::simulator::PopulationSpec {
+                read_median: median,
+                never_read: args.never_read,
+                unknown_users: 0.0,
+                answers: crate::simulator::PopulationSpec::parse_answers(mix)
+                    .map_err(|e| anyhow::anyhow!("--answers: {e}"))?,
+                texts: args.texts.clone(),
+                ..Default::default()
+            };
+            spec.validate()
+                .map_err(|e| anyhow::anyhow!("{}", e.replace("simulation.", "--")))?;
+            Some((spec, args.seed))
+        }
+    };
     let config = SimConfig {
         token: args.token,
         rate_limit: (args.rate_limit_per_minute > 0).then(|| crate::providers::RateLimit {
@@ -503,6 +542,7 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
             read_after,
             ..Behaviour::default()
         },
+        population,
     };
     let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
     let sim = Simulator::start_on(args.listen, config, Script::default(), clock)

@@ -63,6 +63,14 @@ pub struct DemoArgs {
     /// LINE WORKS: give every department a bot room.
     #[arg(long)]
     pub rooms: bool,
+    /// Who answers what, in percent of the people who read (button values, `text`,
+    /// `sticker`), e.g. safe=60,injured=5,need_help=2,text=5,sticker=10. Default: the
+    /// scenario's [simulation] answers.
+    #[arg(long)]
+    pub answers: Option<String>,
+    /// A free-text reply for `text` answers (repeat for several).
+    #[arg(long = "text")]
+    pub texts: Vec<String>,
 }
 
 /// What a demo run measured, for the tests.
@@ -107,6 +115,13 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
     };
     let mut spec: PopulationSpec = scenario.simulation.clone().unwrap_or_default();
     spec.population = args.size;
+    if let Some(mix) = &args.answers {
+        spec.answers =
+            PopulationSpec::parse_answers(mix).map_err(|e| anyhow::anyhow!("--answers: {e}"))?;
+    }
+    if !args.texts.is_empty() {
+        spec.texts = args.texts.clone();
+    }
     spec.validate().map_err(anyhow::Error::msg)?;
 
     let tmp = tempfile::tempdir().context("creating a temporary folder")?;
@@ -132,8 +147,7 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
         .iter()
         .filter_map(|c| c.chat.get("simulator").cloned())
         .collect();
-    let values: Vec<String> = scenario.buttons.iter().map(|b| b.value.clone()).collect();
-    let script = Script::generate(&handles, &spec, &values, args.seed);
+    let script = population_script(&directory.contacts, &scenario, &spec, args.seed);
     let rate_limit = (args.rate_limit_per_minute > 0).then(|| RateLimit {
         requests: args.rate_limit_per_minute,
         per: Duration::from_secs(60),
@@ -209,6 +223,7 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
                 rate_limit,
                 faults: Faults::default(),
                 default_behaviour: Behaviour::default(),
+                population: None,
             },
             script,
             clock.clone(),
@@ -342,8 +357,13 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
     }
     let list = hq.call_list(rc.id).await?;
     let now = clock.now_millis();
-    println!("\n電話連絡リスト / phone-call list (#{}):", rc.id);
+    println!(
+        "\n要対応 / HQ's action list (#{}): 救助要請・負傷などの回答が先、次に応答のない避難所、\
+         未読、送信できなかった人 / urgent answers first, then silent shelters, never read, not sent",
+        rc.id
+    );
     print!("{}", render_table(&list, ListScope::ToCall, now, tz));
+    print_actions(&list);
     print_summary(&status.progress);
     if let Some((sim_ms, wall)) = all_sent_at {
         println!(
@@ -425,15 +445,86 @@ async fn lineworks_stand(
         .context("starting the LINE WORKS stand-in")
 }
 
+/// Staff answer with the scenario's buttons as the spec's mix says; shelter phones with the
+/// shelter buttons: mostly the first "ok" one, a few of the others.
+fn population_script(
+    contacts: &[crate::contacts::Contact],
+    scenario: &Scenario,
+    spec: &PopulationSpec,
+    seed: u64,
+) -> Script {
+    use crate::answers::AnswerLevel;
+    use crate::contacts::ContactKind;
+    let handles = |kind: ContactKind| -> Vec<ChatHandle> {
+        contacts
+            .iter()
+            .filter(|c| c.kind == kind)
+            .filter_map(|c| c.chat.get("simulator").cloned())
+            .collect()
+    };
+    let values = |choices: &[crate::answers::Choice]| -> Vec<String> {
+        choices.iter().map(|b| b.value.clone()).collect()
+    };
+    let staff = Script::generate(
+        &handles(ContactKind::Staff),
+        spec,
+        &values(&scenario.buttons),
+        seed,
+    );
+    let mut shelter_spec = spec.clone();
+    shelter_spec.answers = BTreeMap::new();
+    let mut first_ok = true;
+    for c in &scenario.shelter_buttons {
+        let pct = match c.level {
+            AnswerLevel::Ok if first_ok => {
+                first_ok = false;
+                70.0
+            }
+            AnswerLevel::Ok => 0.0,
+            AnswerLevel::Attention => 8.0,
+            AnswerLevel::Urgent => 4.0,
+        };
+        shelter_spec.answers.insert(c.value.clone(), pct);
+    }
+    let shelters = Script::generate(
+        &handles(ContactKind::ShelterPhone),
+        &shelter_spec,
+        &values(&scenario.shelter_buttons),
+        seed.wrapping_add(1),
+    );
+    staff
+        .iter()
+        .chain(shelters.iter())
+        .map(|(h, b)| (h.clone(), b.clone()))
+        .collect()
+}
+
+/// The action list's counts, from the list itself, so they always agree with it.
+fn print_actions(list: &[crate::rollcall::CallListEntry]) {
+    use crate::rollcall::Action;
+    let n = |a: Action| list.iter().filter(|e| e.action() == Some(a)).count();
+    let total = list.iter().filter(|e| e.to_call()).count();
+    println!(
+        "要対応 {total} 名 / {total} need HQ: 救助要請・負傷 {} / urgent, 避難所応答なし {} / silent \
+         shelters, 未読 {} / never read, 送信できず {} / not sent",
+        n(Action::Urgent),
+        n(Action::SilentShelter),
+        n(Action::NeverRead),
+        n(Action::NotSent)
+    );
+}
+
 fn print_summary(p: &crate::rollcall::Progress) {
     let o = &p.overall;
     println!(
-        "\n集計 / summary: 対象 {}  既読 {}  回答 {}  送信失敗 {}  要電話 {}",
+        "\n集計 / summary: 対象 {}  既読 {}  回答 {}  送信失敗 {}  要電話 {}  要対応の回答 {}  要確認の回答 {}",
         o.total,
         o.confirmed(),
         o.answered,
         o.failed,
-        o.to_call
+        o.to_call,
+        o.urgent_open,
+        o.answered_attention
     );
     println!(
         "\n{:<14} {:>6} {:>8} {:>6} {:>8}",
@@ -459,25 +550,25 @@ fn print_summary(p: &crate::rollcall::Progress) {
     }
     if !p.by_shelter.is_empty() {
         let silent: Vec<&String> = p
-            .by_shelter
-            .iter()
-            .filter(|(_, c)| c.confirmed() == 0)
+            .shelters_silent_first()
+            .into_iter()
+            .filter(|(_, c)| c.shelter_silent())
             .map(|(n, _)| n)
             .collect();
-        let all = p
-            .by_shelter
-            .values()
-            .fold(crate::rollcall::Counts::default(), |mut a, c| {
-                a.total += c.total;
-                a.read += c.read;
-                a.answered += c.answered;
-                a.to_call += c.to_call;
-                a
-            });
-        row("避難所 shelters", &all);
+        // Shelter phones only: staff assigned to a shelter are counted under their department.
+        let phones = p.overall.shelter_phones;
+        let silent_phones: i64 = p.by_shelter.values().map(|c| c.shelter_phones_silent).sum();
+        println!(
+            "{}{:>6} {:>8} {:>6}",
+            pad("避難所の電話 / shelter phones", 15),
+            phones,
+            phones - silent_phones,
+            silent_phones
+        );
         if !silent.is_empty() {
             println!(
-                "応答のない避難所 / silent shelters: {}",
+                "避難所 応答なし / silent shelters ({}): {}",
+                silent.len(),
                 silent
                     .iter()
                     .map(|s| s.as_str())

@@ -1,7 +1,8 @@
 //! `GET /api/rollcalls/{id}/stream`: live progress as server-sent events, for the HQ page.
 //! Each `progress` event carries the roll call's status (overall, per department, per
-//! shelter) and a `calls_version` that changes whenever the phone-call list does (an
-//! escalation, a late read, a claim, an outcome), so the page refetches the list only then.
+//! shelter) and a `calls_version` that changes whenever the action list does (an urgent
+//! answer, an escalation, a late read, a claim, an outcome, a note), so the page refetches
+//! the list only then.
 //!
 //! The token may come as `?token=`: the browser's `EventSource` cannot set an Authorization
 //! header. anpi logs no request URIs, so the token stays out of its logs; a reverse proxy in
@@ -99,9 +100,15 @@ async fn snapshot(s: &ApiState, id: RollCallId) -> Result<Option<String>, crate:
             &e.outcome_at,
             &e.claimed_by,
             &e.claimed_until,
+            e.standing.as_ref().map(|a| (a.level, a.at)),
+            e.latest.as_ref().map(|a| a.at),
+            e.notes.len(),
         )
             .hash(&mut h);
     }
+    // Answers HQ should read change the page too, without touching the action list.
+    let p = &status.progress.overall;
+    (p.answered_attention, p.answered, p.resent).hash(&mut h);
     Ok(Some(
         json!({
             "status": status,

@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// For handles without a script entry.
     pub default_behaviour: Behaviour,
+    /// A population to draw each unscripted person's behaviour from, with its seed, when
+    /// they get their first message (instead of `default_behaviour`).
+    pub population: Option<(PopulationSpec, u64)>,
 }
 
 impl SimConfig {
@@ -55,6 +58,7 @@ impl SimConfig {
             rate_limit: None,
             faults: Faults::default(),
             default_behaviour: Behaviour::default(),
+            population: None,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! Invariant: [`Script::generate`] is a pure function of its inputs and the seed, so a demo or
 //! benchmark run can be repeated exactly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -92,6 +92,79 @@ pub struct PopulationSpec {
     pub answer_sticker: f64,
     /// Share of the population the platform does not know (left the city, typo'd id).
     pub unknown_users: f64,
+    /// Who answers what, in percent of the people who read: a button's value (`safe`,
+    /// `need_help`), `text` (a free-text reply drawn from `texts`) or `sticker`; the rest only
+    /// read. When given, it replaces `answer_button` and `answer_sticker`.
+    pub answers: BTreeMap<String, f64>,
+    /// Free-text replies for `text` answers (default: a few that ask for help and a few that
+    /// do not).
+    pub texts: Vec<String>,
+}
+
+/// Free-text replies a simulated person sends when the mix says `text` and none are given:
+/// some ask for help, some only need reading.
+pub const DEFAULT_TEXTS: &[&str] = &[
+    "無事です。家族も大丈夫です",
+    "道路が冠水していて出勤が遅れます",
+    "足を怪我して家から出られない",
+    "家が倒壊して閉じ込められた。助けて",
+    "子どもを避難所に送ってから向かいます",
+];
+
+/// One kind of answer in an answer mix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MixKind {
+    Button(String),
+    Text,
+    Sticker,
+}
+
+impl PopulationSpec {
+    /// Reads an answer mix written as `safe=60,injured=5,need_help=2,text=5,sticker=10`
+    /// (percent of the people who read; the rest only read).
+    pub fn parse_answers(mix: &str) -> Result<BTreeMap<String, f64>, String> {
+        let mut out = BTreeMap::new();
+        for part in mix.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!("{part:?}: write value=percent, e.g. safe=60,injured=5,text=5,sticker=10")
+            })?;
+            let k = k.trim();
+            if k.is_empty()
+                || !k
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                return Err(format!(
+                    "{k:?} is not an answer: use a button value (a-z, 0-9, '_', '-'), text or sticker"
+                ));
+            }
+            let pct: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?}: {:?} is not a number of percent", v.trim()))?;
+            if out.insert(k.to_string(), pct).is_some() {
+                return Err(format!("{k:?} is given twice"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kinds of answer of the mix with their upper bounds in [0, 1) (cumulative shares).
+    fn mix(&self) -> Vec<(f64, MixKind)> {
+        let mut acc = 0.0;
+        self.answers
+            .iter()
+            .map(|(k, pct)| {
+                acc += pct / 100.0;
+                let kind = match k.as_str() {
+                    "text" => MixKind::Text,
+                    "sticker" => MixKind::Sticker,
+                    v => MixKind::Button(v.to_string()),
+                };
+                (acc, kind)
+            })
+            .collect()
+    }
 }
 
 impl Default for PopulationSpec {
@@ -105,6 +178,8 @@ impl Default for PopulationSpec {
             answer_button: 0.35,
             answer_sticker: 0.1,
             unknown_users: 0.005,
+            answers: BTreeMap::new(),
+            texts: Vec::new(),
         }
     }
 }
@@ -133,6 +208,23 @@ impl PopulationSpec {
                 "simulation.answer_button + simulation.answer_sticker = {} is more than 1",
                 self.answer_button + self.answer_sticker
             ));
+        }
+        let mut total = 0.0;
+        for (k, pct) in &self.answers {
+            if !(pct.is_finite() && (0.0..=100.0).contains(pct)) {
+                return Err(format!(
+                    "simulation.answers.{k} = {pct} is not a percentage between 0 and 100"
+                ));
+            }
+            total += pct;
+        }
+        if total > 100.0 + 1e-9 {
+            return Err(format!(
+                "simulation.answers add up to {total}%, more than 100"
+            ));
+        }
+        if let Some(t) = self.texts.iter().find(|t| t.trim().is_empty()) {
+            return Err(format!("simulation.texts has an empty reply {t:?}"));
         }
         if !self.read_sigma.is_finite() || self.read_sigma < 0.0 {
             return Err(format!(
@@ -170,39 +262,11 @@ impl Script {
         seed: u64,
     ) -> Script {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let median = spec.read_median.as_secs_f64();
         let mut map = HashMap::with_capacity(handles.len());
         for h in handles {
             // Draw the same number of values for every handle so that one person's fate does
             // not shift everyone after them when a share changes.
-            let u_unknown: f64 = rng.gen();
-            let u_read: f64 = rng.gen();
-            let z = standard_normal(&mut rng);
-            let u_answer: f64 = rng.gen();
-            let answer_lag = Duration::from_millis(rng.gen_range(5_000..=60_000));
-            let pick: usize = rng.gen();
-
-            let b = if u_unknown < spec.unknown_users {
-                Behaviour::unknown_user()
-            } else if u_read < spec.never_read {
-                Behaviour::never_reads()
-            } else {
-                let secs = median * (spec.read_sigma * z).exp();
-                let read = Duration::try_from_secs_f64(secs)
-                    .unwrap_or(MAX_DELAY)
-                    .min(MAX_DELAY);
-                let mut b = Behaviour::reads_after(read);
-                if u_answer < spec.answer_button {
-                    if !buttons.is_empty() {
-                        let value = buttons[pick % buttons.len()].clone();
-                        b = b.answering(read + answer_lag, SimAnswer::Button(value));
-                    }
-                } else if u_answer < spec.answer_button + spec.answer_sticker {
-                    let id = STICKERS[pick % STICKERS.len()].to_string();
-                    b = b.answering(read + answer_lag, SimAnswer::Sticker(id));
-                }
-                b
-            };
+            let b = spec.draw(Draws::new(&mut rng), buttons);
             map.insert(h.clone(), b);
         }
         Script(map)
@@ -233,6 +297,96 @@ impl Script {
 impl FromIterator<(ChatHandle, Behaviour)> for Script {
     fn from_iter<I: IntoIterator<Item = (ChatHandle, Behaviour)>>(iter: I) -> Self {
         Script(iter.into_iter().collect())
+    }
+}
+
+/// The random numbers one person's behaviour is drawn from.
+struct Draws {
+    unknown: f64,
+    read: f64,
+    /// A standard normal draw for the read delay.
+    z: f64,
+    answer: f64,
+    lag: Duration,
+    pick: usize,
+}
+
+impl Draws {
+    fn new(rng: &mut SmallRng) -> Self {
+        Self {
+            unknown: rng.gen(),
+            read: rng.gen(),
+            z: standard_normal(rng),
+            answer: rng.gen(),
+            lag: Duration::from_millis(rng.gen_range(5_000..=60_000)),
+            pick: rng.gen(),
+        }
+    }
+}
+
+impl PopulationSpec {
+    /// One person's behaviour from their draws; `buttons` are the values they can tap.
+    fn draw(&self, d: Draws, buttons: &[String]) -> Behaviour {
+        if d.unknown < self.unknown_users {
+            return Behaviour::unknown_user();
+        }
+        if d.read < self.never_read {
+            return Behaviour::never_reads();
+        }
+        let secs = self.read_median.as_secs_f64() * (self.read_sigma * d.z).exp();
+        let read = Duration::try_from_secs_f64(secs)
+            .unwrap_or(MAX_DELAY)
+            .min(MAX_DELAY);
+        let b = Behaviour::reads_after(read);
+        let at = read + d.lag;
+        if !self.answers.is_empty() {
+            let kind = self
+                .mix()
+                .into_iter()
+                .find(|(upto, _)| d.answer < *upto)
+                .map(|(_, k)| k);
+            return match kind {
+                // A value this person was not sent (a shelter phone has its own buttons):
+                // they only read.
+                Some(MixKind::Button(v)) if buttons.contains(&v) => {
+                    b.answering(at, SimAnswer::Button(v))
+                }
+                Some(MixKind::Button(_)) | None => b,
+                Some(MixKind::Sticker) => {
+                    b.answering(at, SimAnswer::Sticker(STICKERS[d.pick % STICKERS.len()].into()))
+                }
+                Some(MixKind::Text) => {
+                    let text = if self.texts.is_empty() {
+                        DEFAULT_TEXTS[d.pick % DEFAULT_TEXTS.len()].to_string()
+                    } else {
+                        self.texts[d.pick % self.texts.len()].clone()
+                    };
+                    b.answering(at, SimAnswer::Reply(text))
+                }
+            };
+        }
+        if d.answer < self.answer_button {
+            if !buttons.is_empty() {
+                let value = buttons[d.pick % buttons.len()].clone();
+                return b.answering(at, SimAnswer::Button(value));
+            }
+            b
+        } else if d.answer < self.answer_button + self.answer_sticker {
+            let id = STICKERS[d.pick % STICKERS.len()].to_string();
+            b.answering(at, SimAnswer::Sticker(id))
+        } else {
+            b
+        }
+    }
+
+    /// One person's behaviour drawn from `seed` and their chat id alone, for a population
+    /// whose members are not known in advance (`anpi simulator` meets them as messages come).
+    pub fn draw_for(&self, handle: &ChatHandle, buttons: &[String], seed: u64) -> Behaviour {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        handle.as_str().hash(&mut h);
+        let mut rng = SmallRng::seed_from_u64(seed ^ h.finish());
+        self.draw(Draws::new(&mut rng), buttons)
     }
 }
 
@@ -361,6 +515,56 @@ mod tests {
         assert_eq!(s.never_read, 0.2);
         assert_eq!(s.read_sigma, 0.9);
         assert_eq!(s.answer_button, 0.35);
+    }
+
+    #[test]
+    fn an_answer_mix_gives_its_shares_of_the_readers_and_texts_verbatim() {
+        let hs = handles(10_000);
+        let spec = PopulationSpec {
+            never_read: 0.0,
+            unknown_users: 0.0,
+            answers: PopulationSpec::parse_answers("safe=60, injured=5,need_help=2,text=5,sticker=10")
+                .unwrap(),
+            texts: vec!["閉じ込められた".into()],
+            ..PopulationSpec::default()
+        };
+        spec.validate().unwrap();
+        let s = Script::generate(&hs, &spec, &["safe".into(), "injured".into(), "need_help".into()], 3);
+        let share = |f: &dyn Fn(&Behaviour) -> bool| {
+            hs.iter().filter(|h| f(s.get(h).unwrap())).count() as f64 / 10_000.0
+        };
+        let button = |v: &'static str| {
+            move |b: &Behaviour| matches!(&b.answer, Some((_, SimAnswer::Button(x))) if x == v)
+        };
+        assert!((share(&button("safe")) - 0.60).abs() < 0.02);
+        assert!((share(&button("injured")) - 0.05).abs() < 0.01);
+        assert!((share(&button("need_help")) - 0.02).abs() < 0.006);
+        let texts = share(&|b| matches!(&b.answer, Some((_, SimAnswer::Reply(t))) if t == "閉じ込められた"));
+        assert!((texts - 0.05).abs() < 0.01, "{texts}");
+        let none = share(&|b| b.answer.is_none());
+        assert!((none - 0.18).abs() < 0.02, "{none}");
+    }
+
+    #[test]
+    fn an_answer_mix_is_checked_and_draws_are_stable_per_person() {
+        assert!(PopulationSpec::parse_answers("safe=60,safe=1").unwrap_err().contains("twice"));
+        assert!(PopulationSpec::parse_answers("safe").unwrap_err().contains("value=percent"));
+        assert!(PopulationSpec::parse_answers("Safe=1").unwrap_err().contains("not an answer"));
+        let too_much = PopulationSpec {
+            answers: PopulationSpec::parse_answers("safe=90,text=20").unwrap(),
+            ..PopulationSpec::default()
+        };
+        assert!(too_much.validate().unwrap_err().contains("more than 100"));
+        let spec = PopulationSpec {
+            answers: PopulationSpec::parse_answers("text=100").unwrap(),
+            never_read: 0.0,
+            unknown_users: 0.0,
+            ..PopulationSpec::default()
+        };
+        let h = &handles(1)[0];
+        let a = spec.draw_for(h, &[], 9);
+        assert_eq!(a, spec.draw_for(h, &[], 9));
+        assert!(matches!(a.answer, Some((_, SimAnswer::Reply(_)))));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub(crate) struct SendBody {
     pub text: String,
     #[serde(default)]
     pub buttons: Vec<AnswerButton>,
+    /// A second send of a message the person already has (`resend_after`): not a duplicate.
+    #[serde(default)]
+    pub resend: bool,
 }
 
 /// What the server answers to one send.
@@ -116,6 +119,8 @@ pub(crate) struct State {
     rng: SmallRng,
     default_behaviour: Behaviour,
     script: Script,
+    /// Draws unscripted people's behaviour on their first message.
+    population: Option<(crate::simulator::PopulationSpec, u64)>,
     /// Clock times of the accepted sends still inside the rate window, oldest first.
     window: VecDeque<Millis>,
     /// Latest clock reading seen; keeps `window` sorted even if a clock steps back.
@@ -137,6 +142,7 @@ impl State {
             faults: config.faults.clone(),
             default_behaviour: config.default_behaviour.clone(),
             script,
+            population: config.population.clone(),
             window: VecDeque::new(),
             last_now: Millis::MIN,
             inboxes: HashMap::new(),
@@ -197,6 +203,13 @@ impl State {
             });
         }
 
+        if self.script.get(&body.to).is_none() {
+            if let Some((spec, seed)) = &self.population {
+                let values: Vec<String> = body.buttons.iter().map(|b| b.value.clone()).collect();
+                let drawn = spec.draw_for(&body.to, &values, *seed);
+                self.script.insert(body.to.clone(), drawn);
+            }
+        }
         let behaviour = self.script.get(&body.to).unwrap_or(&self.default_behaviour);
         if behaviour.unknown {
             self.stats.unknown_user += 1;
@@ -228,7 +241,7 @@ impl State {
         let from = match self.inboxes.entry(body.to) {
             Entry::Occupied(mut e) => {
                 let first = !e.get().iter().any(|m| m.roll_call_id == roll_call_id);
-                if !first {
+                if !first && !body.resend {
                     self.stats.duplicates += 1;
                 }
                 let from = (first && wants_events).then(|| e.key().clone());

@@ -85,6 +85,7 @@ async fn killed_during_dispatch_and_while_watching_loses_nothing() {
                 ..Faults::default()
             },
             default_behaviour: Default::default(),
+            population: None,
         },
         script,
         clock.clone(),

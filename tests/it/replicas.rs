@@ -98,6 +98,7 @@ impl Cluster {
                     ..Faults::default()
                 },
                 default_behaviour: Default::default(),
+                population: None,
             },
             script,
             clock.clone(),

@@ -258,6 +258,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             rate_limit,
             faults: opts.faults,
             default_behaviour: Behaviour::default(),
+            population: None,
         },
         opts.script,
         clock.clone(),
