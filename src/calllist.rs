@@ -384,6 +384,7 @@ mod tests {
             claimed_by: None,
             claimed_until: None,
             resent_at: None,
+            urgent_at: None,
         }
     }
 

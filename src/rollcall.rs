@@ -601,6 +601,9 @@ pub struct CallListEntry {
     /// When the message went a second time (`resend_after`).
     #[serde(default)]
     pub resent_at: Option<Millis>,
+    /// When the latest urgent answer came (the standing one is the first).
+    #[serde(default)]
+    pub urgent_at: Option<Millis>,
 }
 
 impl CallListEntry {

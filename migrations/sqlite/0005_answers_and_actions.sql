@@ -12,13 +12,15 @@ ALTER TABLE deliveries ADD COLUMN role TEXT;
 ALTER TABLE deliveries ADD COLUMN answer_label TEXT;
 ALTER TABLE deliveries ADD COLUMN answer_text TEXT;
 ALTER TABLE deliveries ADD COLUMN answer_level INTEGER;
--- The standing answer: the most severe so far (level 1 ok, 2 attention, 3 urgent; 0 none).
--- Nothing the person sends later lowers it.
+-- The standing answer: the first of the most severe so far (level 1 ok, 2 attention,
+-- 3 urgent; 0 none). Nothing the person sends later lowers it.
 ALTER TABLE deliveries ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deliveries ADD COLUMN level_value TEXT;
 ALTER TABLE deliveries ADD COLUMN level_label TEXT;
 ALTER TABLE deliveries ADD COLUMN level_text TEXT;
 ALTER TABLE deliveries ADD COLUMN level_at INTEGER;
+-- When the latest urgent answer came: one after HQ closed the entry opens it again.
+ALTER TABLE deliveries ADD COLUMN urgent_at INTEGER;
 -- HQ's notes on the entry: a JSON array of {at, by, text}, oldest first.
 ALTER TABLE deliveries ADD COLUMN notes TEXT;
 -- The re-send: due at (set when the first send went out), done at, claimed until.
@@ -37,7 +39,7 @@ UPDATE deliveries SET
         ELSE 2 END
  WHERE answer IS NOT NULL;
 UPDATE deliveries SET level = answer_level, level_value = answer, level_label = answer,
-    level_at = answer_at
+    level_at = answer_at, urgent_at = CASE WHEN answer_level = 3 THEN answer_at END
  WHERE answer IS NOT NULL;
 
 CREATE INDEX deliveries_resend ON deliveries (resend_at)

@@ -27,6 +27,9 @@ pub struct Behaviour {
     /// A button tap / sticker / reply after this long. Answering implies reading: if no read
     /// is due earlier, a read receipt appears together with the answer.
     pub answer: Option<(Duration, SimAnswer)>,
+    /// Answers after the first one (a sticker and a line of text after a tap), each at its
+    /// own time after the message arrived.
+    pub then: Vec<(Duration, SimAnswer)>,
 }
 
 impl Behaviour {
@@ -54,6 +57,12 @@ impl Behaviour {
     /// Adds an answer `d` after the message arrives.
     pub fn answering(mut self, d: Duration, answer: SimAnswer) -> Self {
         self.answer = Some((d, answer));
+        self
+    }
+
+    /// Adds a later answer `d` after the message arrives.
+    pub fn then_answering(mut self, d: Duration, answer: SimAnswer) -> Self {
+        self.then.push((d, answer));
         self
     }
 }
@@ -352,9 +361,10 @@ impl PopulationSpec {
                     b.answering(at, SimAnswer::Button(v))
                 }
                 Some(MixKind::Button(_)) | None => b,
-                Some(MixKind::Sticker) => {
-                    b.answering(at, SimAnswer::Sticker(STICKERS[d.pick % STICKERS.len()].into()))
-                }
+                Some(MixKind::Sticker) => b.answering(
+                    at,
+                    SimAnswer::Sticker(STICKERS[d.pick % STICKERS.len()].into()),
+                ),
                 Some(MixKind::Text) => {
                     let text = if self.texts.is_empty() {
                         DEFAULT_TEXTS[d.pick % DEFAULT_TEXTS.len()].to_string()
@@ -523,23 +533,30 @@ mod tests {
         let spec = PopulationSpec {
             never_read: 0.0,
             unknown_users: 0.0,
-            answers: PopulationSpec::parse_answers("safe=60, injured=5,need_help=2,text=5,sticker=10")
-                .unwrap(),
+            answers: PopulationSpec::parse_answers(
+                "safe=60, injured=5,need_help=2,text=5,sticker=10",
+            )
+            .unwrap(),
             texts: vec!["閉じ込められた".into()],
             ..PopulationSpec::default()
         };
         spec.validate().unwrap();
-        let s = Script::generate(&hs, &spec, &["safe".into(), "injured".into(), "need_help".into()], 3);
+        let s = Script::generate(
+            &hs,
+            &spec,
+            &["safe".into(), "injured".into(), "need_help".into()],
+            3,
+        );
         let share = |f: &dyn Fn(&Behaviour) -> bool| {
             hs.iter().filter(|h| f(s.get(h).unwrap())).count() as f64 / 10_000.0
         };
-        let button = |v: &'static str| {
-            move |b: &Behaviour| matches!(&b.answer, Some((_, SimAnswer::Button(x))) if x == v)
-        };
+        let button = |v: &'static str| move |b: &Behaviour| matches!(&b.answer, Some((_, SimAnswer::Button(x))) if x == v);
         assert!((share(&button("safe")) - 0.60).abs() < 0.02);
         assert!((share(&button("injured")) - 0.05).abs() < 0.01);
         assert!((share(&button("need_help")) - 0.02).abs() < 0.006);
-        let texts = share(&|b| matches!(&b.answer, Some((_, SimAnswer::Reply(t))) if t == "閉じ込められた"));
+        let texts = share(
+            &|b| matches!(&b.answer, Some((_, SimAnswer::Reply(t))) if t == "閉じ込められた"),
+        );
         assert!((texts - 0.05).abs() < 0.01, "{texts}");
         let none = share(&|b| b.answer.is_none());
         assert!((none - 0.18).abs() < 0.02, "{none}");
@@ -547,9 +564,15 @@ mod tests {
 
     #[test]
     fn an_answer_mix_is_checked_and_draws_are_stable_per_person() {
-        assert!(PopulationSpec::parse_answers("safe=60,safe=1").unwrap_err().contains("twice"));
-        assert!(PopulationSpec::parse_answers("safe").unwrap_err().contains("value=percent"));
-        assert!(PopulationSpec::parse_answers("Safe=1").unwrap_err().contains("not an answer"));
+        assert!(PopulationSpec::parse_answers("safe=60,safe=1")
+            .unwrap_err()
+            .contains("twice"));
+        assert!(PopulationSpec::parse_answers("safe")
+            .unwrap_err()
+            .contains("value=percent"));
+        assert!(PopulationSpec::parse_answers("Safe=1")
+            .unwrap_err()
+            .contains("not an answer"));
         let too_much = PopulationSpec {
             answers: PopulationSpec::parse_answers("safe=90,text=20").unwrap(),
             ..PopulationSpec::default()

@@ -217,6 +217,7 @@ impl State {
         }
         let read_after = behaviour.read_after;
         let answer = behaviour.answer.clone();
+        let later = behaviour.then.clone();
 
         if self.rate_limit.is_some() {
             self.window.push_back(now_ms);
@@ -266,14 +267,18 @@ impl State {
                 wake_pollers |= at <= now_ms;
                 self.schedule(at, roll_call_id, from.clone(), InboundKind::Read);
             }
-            if let (Some(at), Some((_, a))) = (answer_at, answer) {
+            let answers = answer
+                .into_iter()
+                .chain(later)
+                .map(|(d, a)| (add(now_ms, d), a));
+            for (at, a) in answers {
                 wake_pollers |= at <= now_ms;
                 let kind = match a {
                     SimAnswer::Button(value) => InboundKind::Answer { value },
                     SimAnswer::Sticker(id) => InboundKind::Sticker { id },
                     SimAnswer::Reply(text) => InboundKind::Reply { text },
                 };
-                self.schedule(at, roll_call_id, from, kind);
+                self.schedule(at, roll_call_id, from.clone(), kind);
             }
         }
         Decision {

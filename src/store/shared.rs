@@ -93,7 +93,8 @@ impl Dialect {
 
 /// An urgent answer HQ has not closed (see [`CallListEntry::urgent_open`]).
 pub(super) const URGENT_OPEN: &str = "(level = 3 AND NOT (outcome IS NOT NULL \
-    AND outcome <> 'no_answer' AND outcome_at IS NOT NULL AND outcome_at >= level_at))";
+    AND outcome <> 'no_answer' AND outcome_at IS NOT NULL \
+    AND outcome_at >= COALESCE(urgent_at, level_at)))";
 
 /// Escalated, not confirmed in chat, and no call closed it.
 pub(super) const ESCALATED_OPEN: &str = "(escalated_at IS NOT NULL \
@@ -102,7 +103,7 @@ pub(super) const ESCALATED_OPEN: &str = "(escalated_at IS NOT NULL \
 /// [`crate::rollcall::Action::rank`] in SQL; 4 for entries that need nothing now.
 const ACTION_RANK: &str = "CASE \
     WHEN (level = 3 AND NOT (outcome IS NOT NULL AND outcome <> 'no_answer' \
-          AND outcome_at IS NOT NULL AND outcome_at >= level_at)) THEN 0 \
+          AND outcome_at IS NOT NULL AND outcome_at >= COALESCE(urgent_at, level_at))) THEN 0 \
     WHEN (escalated_at IS NOT NULL AND state NOT IN ('read', 'answered') \
           AND (outcome IS NULL OR outcome = 'no_answer')) THEN \
       CASE WHEN kind = 'shelter_phone' THEN 1 \
@@ -112,7 +113,8 @@ const ACTION_RANK: &str = "CASE \
 /// [`CallListEntry::waiting_since`] in SQL (no time sorts first, as in Rust).
 const WAITING_SINCE: &str = "CASE \
     WHEN (level = 3 AND NOT (outcome IS NOT NULL AND outcome <> 'no_answer' \
-          AND outcome_at IS NOT NULL AND outcome_at >= level_at)) THEN COALESCE(level_at, 0) \
+          AND outcome_at IS NOT NULL AND outcome_at >= COALESCE(urgent_at, level_at))) \
+      THEN COALESCE(level_at, 0) \
     ELSE COALESCE(sent_at, escalated_at, 0) END";
 
 /// Who belongs on the action list (open or closed): escalated, answered urgently, called,
@@ -131,7 +133,7 @@ pub(super) const ENTRY_COLUMNS: &str = "id, staff_id, name, kana, role, departme
     kind, call_priority, phones, state, escalation_reason, last_error, sent_at, escalated_at, \
     read_at, answer, answer_label, answer_text, answer_level, answer_at, level, level_value, \
     level_label, level_text, level_at, outcome, outcome_at, outcome_by, notes, \
-    call_claimed_by, call_claimed_until, resent_at";
+    call_claimed_by, call_claimed_until, resent_at, urgent_at";
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -250,6 +252,7 @@ where
         claimed_by: get(r, 30)?,
         claimed_until: get(r, 31)?,
         resent_at: get(r, 32)?,
+        urgent_at: get(r, 33)?,
     })
 }
 
@@ -476,6 +479,7 @@ impl EventStatements {
                 ("sb", "text"),
                 ("st", "text"),
                 ("sl", "bigint"),
+                ("ua", "bigint"),
             ],
         );
         let late = d.rows(
@@ -524,7 +528,9 @@ impl EventStatements {
                    level_label = CASE WHEN {graver} THEN j.sb ELSE d.level_label END, \
                    level_text = CASE WHEN {graver} THEN j.st ELSE d.level_text END, \
                    level_at = CASE WHEN {graver} THEN j.sa ELSE d.level_at END, \
-                   level = CASE WHEN j.sl > d.level THEN j.sl ELSE d.level END \
+                   level = CASE WHEN j.sl > d.level THEN j.sl ELSE d.level END, \
+                   urgent_at = CASE WHEN j.ua IS NOT NULL AND (d.urgent_at IS NULL OR j.ua > d.urgent_at) \
+                                    THEN j.ua ELSE d.urgent_at END \
                  FROM j \
                  WHERE d.id = j.id AND d.provider = $1 AND $2 >= 0"
             ),
@@ -582,6 +588,8 @@ struct Fold {
     first_answer: Option<Millis>,
     latest: Option<(Millis, Meaning)>,
     gravest: Option<(Millis, Meaning)>,
+    /// The latest urgent answer's time.
+    urgent: Option<Millis>,
 }
 
 /// Logs `events` and applies them, following the module's rules, through `db`.
@@ -674,9 +682,12 @@ pub(super) async fn apply_batch(
             let graver = f
                 .gravest
                 .as_ref()
-                .is_none_or(|(t, g)| m.level > g.level || (m.level == g.level && p.at >= *t));
+                .is_none_or(|(t, g)| m.level > g.level || (m.level == g.level && p.at < *t));
             if graver {
                 f.gravest = Some((p.at, m.clone()));
+            }
+            if m.level == AnswerLevel::Urgent {
+                f.urgent = Some(f.urgent.map_or(p.at, |t| t.max(p.at)));
             }
         }
     }
@@ -698,6 +709,7 @@ pub(super) async fn apply_batch(
                     "id": id, "a": f.first_answer,
                     "la": la, "lv": l.value, "lb": l.label, "lt": l.text, "ll": l.level.rank(),
                     "sa": sa, "sv": s.value, "sb": s.label, "st": s.text, "sl": s.level.rank(),
+                    "ua": f.urgent,
                 }))
             })
             .collect();

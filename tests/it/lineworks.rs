@@ -501,6 +501,8 @@ fn demo_args(size: usize, speed: f64) -> DemoArgs {
         provider: "lineworks".into(),
         no_board: false,
         rooms: false,
+        answers: None,
+        texts: Vec::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! anpi's integration tests: one binary, each module a capability.
 
+mod action_list;
 mod answers;
 mod api;
 mod browser;
