@@ -777,8 +777,9 @@ fn print_status(v: &Value) {
 
 async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ContactsCommand::Check { file } => match crate::contacts::load_file(&file) {
-            Ok(dir) => {
+        ContactsCommand::Check { file } => match crate::contacts::load_file_read(&file) {
+            Ok(read) => {
+                let dir = &read.directory;
                 let shelters = dir
                     .contacts
                     .iter()
@@ -791,6 +792,7 @@ async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
                     dir.contacts.len() - shelters,
                     shelters
                 );
+                print_ignored_columns(&read.ignored_columns);
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -799,21 +801,34 @@ async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
             }
         },
         ContactsCommand::Import { file, remote } => {
-            let dir = match crate::contacts::load_file(&file) {
-                Ok(d) => d,
+            let read = match crate::contacts::load_file_read(&file) {
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("{e}");
                     eprintln!("nothing was imported / 取り込みは行っていません");
                     return Ok(ExitCode::FAILURE);
                 }
             };
+            print_ignored_columns(&read.ignored_columns);
             let client = Client::new(&remote)?;
             let v = client
-                .put("/api/contacts", &serde_json::to_value(&dir.contacts)?)
+                .put(
+                    "/api/contacts",
+                    &serde_json::to_value(&read.directory.contacts)?,
+                )
                 .await?;
             println!("{}: imported {} contacts", file.display(), v["imported"]);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_ignored_columns(columns: &[String]) {
+    if !columns.is_empty() {
+        println!(
+            "使わない列 / columns not used: {} (anpi has no use for them)",
+            columns.join(", ")
+        );
     }
 }
 
