@@ -111,9 +111,15 @@ pub(crate) fn control_char_problem(value: &str) -> Option<String> {
     } else {
         "delete it (it is invisible in most editors; retyping the value removes it)"
     };
+    // Quote enough to find the value, not all of it.
+    let shown: String = value.trim().chars().take(40).collect();
+    let more = if value.trim().chars().nth(40).is_some() {
+        "…"
+    } else {
+        ""
+    };
     Some(format!(
-        "{:?} contains {what} at character {}; {fix}",
-        value.trim(),
+        "{shown:?}{more} contains {what} at character {}; {fix}",
         i + 1
     ))
 }
