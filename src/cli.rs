@@ -4,6 +4,7 @@
 //!
 //! Invariant: every failure ends with a message saying what went wrong and a non-zero exit.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -113,6 +114,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Commands that print a result and exit, writing nothing a signal could interrupt
+    /// half-way (they talk to the daemon or read a file, or run in a throwaway database).
+    fn prints_and_exits(&self) -> bool {
+        matches!(
+            self,
+            Command::Rollcall { .. }
+                | Command::Escalations { .. }
+                | Command::Call { .. }
+                | Command::Contacts { .. }
+                | Command::Demo(_)
+                | Command::Bench(_)
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum MatrixCommand {
     /// Create a direct-message room with every contact who has a Matrix id and no room yet
@@ -151,15 +168,24 @@ pub struct SimulatorArgs {
 #[derive(Debug, Subcommand)]
 pub enum RollcallCommand {
     /// Start a roll call from a scenario (a name in the daemon's scenarios folder, or a file).
+    /// A real (non-drill) roll call started from a terminal asks for confirmation first.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["name", "scenario"])))]
     Start {
-        #[arg(long)]
-        scenario: String,
+        /// The scenario, e.g. `anpi rollcall start earthquake` (the same as --scenario).
+        #[arg(value_name = "SCENARIO")]
+        name: Option<String>,
+        /// The scenario: a name in the daemon's scenarios folder, or a scenario file.
+        #[arg(long, conflicts_with = "name")]
+        scenario: Option<String>,
         /// Run it as a drill (messages are marked 【訓練】).
         #[arg(long)]
         drill: bool,
         /// Only show how many people it would reach and how long that would take.
         #[arg(long)]
         dry_run: bool,
+        /// Start a real roll call without asking (for scripts run from a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// List roll calls.
     List,
@@ -212,6 +238,12 @@ pub struct Remote {
 /// Runs a command and turns any error into a message and exit code 1.
 pub fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init(matches!(cli.command, Command::Serve { .. }));
+    if cli.command.prints_and_exits() {
+        // `anpi rollcall status 2 | head -3`: end quietly when the reader goes away, as other
+        // Unix tools do, instead of panicking on the broken pipe. Long-running and
+        // database-writing commands keep Rust's default (ignore SIGPIPE, handle EPIPE).
+        sigpipe::reset();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -408,7 +440,7 @@ pub async fn prepare_matrix_rooms(
 ) -> anyhow::Result<crate::providers::matrix::PrepareReport> {
     let store = crate::store::open(&config.database.url)
         .await
-        .with_context(|| format!("opening the database {}", config.database.url))?;
+        .with_context(|| format!("opening the database {}", config.redacted_database_url()))?;
     let contacts = match config.contacts_file() {
         Some(path) => {
             crate::contacts::load_file(path)
@@ -441,8 +473,8 @@ async fn serve(
         config.database.url = d;
     }
     config.validate()?;
-    if config.api.hq_tokens.is_empty() {
-        tracing::warn!("no [api] hq_tokens configured: the HTTP API will refuse every request");
+    if let Some(advice) = token_advice(&config) {
+        tracing::warn!("{advice}");
     }
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
@@ -474,6 +506,26 @@ async fn serve(
     };
     app.run_until_stopped(cancel).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Said once at start when the configured tokens leave people unable to use the API.
+fn token_advice(config: &Config) -> Option<String> {
+    const HOW: &str = "add one in the config file ([api] hq_tokens = [\"<16 or more random \
+                       characters>\"]) or as ANPI_API__HQ_TOKENS='[\"...\"]', restart, and give \
+                       the same token to the CLI as ANPI_TOKEN";
+    let api = &config.api;
+    if api.hq_tokens.is_empty() && api.caller_tokens.is_empty() && api.shelter_tokens.is_empty() {
+        Some(format!(
+            "no API tokens are configured, so no one can use the API, the CLI or the HQ page; \
+             {HOW}"
+        ))
+    } else if api.hq_tokens.is_empty() {
+        Some(format!(
+            "no [api] hq_tokens are configured, so no one can start a roll call; {HOW}"
+        ))
+    } else {
+        None
+    }
 }
 
 fn database_may_come_back(e: &anyhow::Error) -> bool {
@@ -568,10 +620,13 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
     let client = Client::new(remote)?;
     match command {
         RollcallCommand::Start {
+            name,
             scenario,
             drill,
             dry_run,
+            yes,
         } => {
+            let scenario = scenario.or(name).unwrap_or_default();
             let path = PathBuf::from(&scenario);
             let mut body = if path.is_file() {
                 // Check the file here first, so a mistake is reported with this file's name.
@@ -590,22 +645,12 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
             if dry_run {
                 return Ok(ExitCode::SUCCESS);
             }
-            let key = format!("cli-{}-{}", std::process::id(), rand::random::<u64>());
-            let v = client.post("/api/rollcalls", &body, Some(&key)).await?;
-            let rc = &v["roll_call"];
-            println!(
-                "安否確認を開始しました / roll call #{} started: {} ({} 人 / recipients{})",
-                rc["id"],
-                rc["title"].as_str().unwrap_or(""),
-                rc["recipients"],
-                if rc["drill"].as_bool() == Some(true) {
-                    ", 訓練 / drill"
-                } else {
-                    ""
-                }
-            );
-            println!("進捗 / progress: anpi rollcall status {}", rc["id"]);
-            Ok(ExitCode::SUCCESS)
+            let real = !drill && est["drill"].as_bool() != Some(true);
+            if real && !yes && std::io::stdin().is_terminal() && !confirm_real_start(&est)? {
+                eprintln!("取り消しました。何も送っていません / cancelled: nothing was sent");
+                return Ok(ExitCode::FAILURE);
+            }
+            start_roll_call(&client, &body).await
         }
         RollcallCommand::List => {
             let v = client.get_json("/api/rollcalls").await?;
@@ -659,6 +704,146 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Shows what a real roll call will do and asks for a typed yes. `false` for anything else,
+/// including end of input.
+fn confirm_real_start(est: &Value) -> anyhow::Result<bool> {
+    let e = &est["estimate"];
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "\n本番の安否確認です（訓練ではありません） / This is a REAL roll call, not a drill"
+    )?;
+    writeln!(
+        err,
+        "  宛先 / to: {} 人 / people (チャット / chat {}, 電話リストへ直行 / straight to the call list {})",
+        e["recipients"], e["reachable"], e["no_chat_id"]
+    )?;
+    writeln!(
+        err,
+        "  全員へ送信 / all sent in: 約 / about {}",
+        human_secs(e["seconds_to_all_sent"].as_f64().unwrap_or(0.0))
+    )?;
+    if let Some(title) = est["title"].as_str() {
+        writeln!(err, "  件名 / title: {title}")?;
+    }
+    if let Some(message) = est["message"].as_str() {
+        writeln!(err, "  本文 / message:")?;
+        for line in message.lines() {
+            writeln!(err, "    {line}")?;
+        }
+    }
+    write!(err, "送信しますか？ yes と入力 / Send it now? Type yes: ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_lowercase().as_str(),
+        "y" | "yes" | "はい"
+    ))
+}
+
+/// Sends the start with a key kept in the CLI's state directory, so that running the same
+/// command again after a failure starts one roll call, not two; and when the daemon drops
+/// the connection, asks again with the same key to learn whether the roll call exists.
+async fn start_roll_call(client: &Client, body: &Value) -> anyhow::Result<ExitCode> {
+    use crate::cli_state::{default_dir, fingerprint, StartKeys, KEEP};
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    let shown_time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%H:%M:%S")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let fp = fingerprint(&client.base, body);
+    let keys = default_dir().map(StartKeys::new);
+    let start = keys.as_ref().map(|k| (k, k.key_for(&fp, now_ms())));
+    let (key, since) = match start {
+        Some((_, Ok(k))) => {
+            if let Some(first) = k.retry_of_ms {
+                eprintln!(
+                    "{} の開始要求を同じキーで送り直します（二重には始まりません） / retrying the \
+                     start from {} with the same key: it cannot start a second roll call",
+                    shown_time(first),
+                    shown_time(first)
+                );
+            }
+            (k.key, k.retry_of_ms.unwrap_or_else(now_ms))
+        }
+        Some((k, Err(e))) => {
+            eprintln!(
+                "anpi: cannot keep this start's key in {} ({e}); if this attempt fails, check \
+                 `anpi rollcall list` before starting again",
+                k.dir().display()
+            );
+            (format!("cli-{:032x}", rand::random::<u128>()), now_ms())
+        }
+        None => (format!("cli-{:032x}", rand::random::<u128>()), now_ms()),
+    };
+    let settle = || {
+        if let Some(k) = &keys {
+            let _ = k.settled(&fp, now_ms());
+        }
+    };
+    let mut result = client.post("/api/rollcalls", body, Some(&key)).await;
+    // Lost on the way: the daemon may have written the roll call before it went away. The
+    // same key makes asking again safe, and the answer says which roll call it is.
+    let mut wait = Duration::from_millis(500);
+    for _ in 0..3 {
+        match &result {
+            Err(e) if unanswered(e) => {
+                eprintln!("anpi: no answer to the start ({e:#}); asking again with the same key …");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                result = client.post("/api/rollcalls", body, Some(&key)).await;
+            }
+            _ => break,
+        }
+    }
+    let v = match result {
+        Ok(v) => {
+            settle();
+            v
+        }
+        Err(e) if unanswered(&e) => {
+            let until = shown_time(since + KEEP.as_millis() as i64);
+            bail!(
+                "{e:#}\nThe roll call may or may not have started. Run the same command again \
+                 once anpi is back, before {until}: it sends the same key, so it cannot start a \
+                 second roll call. `anpi rollcall list` shows what has started."
+            );
+        }
+        Err(e) => {
+            // Refused (wrong scenario, no contacts, ...): nothing started, nothing to retry.
+            settle();
+            return Err(e);
+        }
+    };
+    let rc = &v["roll_call"];
+    println!(
+        "安否確認を開始しました / roll call #{} started: {} ({} 人 / recipients{})",
+        rc["id"],
+        rc["title"].as_str().unwrap_or(""),
+        rc["recipients"],
+        if rc["drill"].as_bool() == Some(true) {
+            ", 訓練 / drill"
+        } else {
+            ""
+        }
+    );
+    println!("進捗 / progress: anpi rollcall status {}", rc["id"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The request got no answer: the connection failed or dropped, or the answer was cut off.
+/// A status the daemon sent (4xx, 5xx) is an answer.
+fn unanswered(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<reqwest::Error>().is_some())
 }
 
 fn print_estimate(e: &Value) {

@@ -3,7 +3,9 @@
 mod api;
 mod browser;
 mod cli;
+mod cli_terminal;
 mod crash;
+mod doc_commands;
 mod drills;
 mod email;
 mod engine;
