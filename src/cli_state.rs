@@ -150,12 +150,13 @@ mod tests {
             .unwrap();
         assert_ne!(later.key, first.key);
         // Settled: a new request too, and the other pending one is kept.
-        keys.settled(&quake, 1_000 + KEEP.as_millis() as i64)
-            .unwrap();
-        let fresh = keys.key_for(&quake, 2_000).unwrap();
+        let t = 1_000 + KEEP.as_millis() as i64;
+        keys.settled(&quake, t).unwrap();
+        let fresh = keys.key_for(&quake, t + 1).unwrap();
         assert_eq!(fresh.retry_of_ms, None);
+        assert_ne!(fresh.key, later.key);
         assert_eq!(
-            keys.key_for(&flood, 2_000).unwrap().retry_of_ms,
+            keys.key_for(&flood, t + 1).unwrap().retry_of_ms,
             Some(61_000)
         );
     }
