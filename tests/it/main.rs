@@ -3,6 +3,7 @@
 mod api;
 mod browser;
 mod cli;
+mod cli_secrets;
 mod cli_start_retry;
 mod cli_terminal;
 mod crash;
