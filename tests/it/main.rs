@@ -16,6 +16,7 @@ mod hq_api;
 mod lineworks;
 mod matrix;
 mod replicas;
+mod simulator_restart;
 mod store_contract;
 mod support;
 mod synapse_support;
