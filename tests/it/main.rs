@@ -7,6 +7,7 @@ mod cli_secrets;
 mod cli_start_retry;
 mod cli_terminal;
 mod crash;
+mod demo;
 mod doc_commands;
 mod drills;
 mod email;
