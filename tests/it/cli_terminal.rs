@@ -1,6 +1,7 @@
 //! The CLI at a terminal and in pipes: a real roll call is confirmed first (through a real
-//! pseudo-terminal, made by util-linux `script`), a closed pipe ends a command quietly, and
-//! colour codes appear only on a terminal without `NO_COLOR`.
+//! pseudo-terminal, made by util-linux `script`), a closed pipe ends a command quietly,
+//! colour codes appear only on a terminal without `NO_COLOR`, and `anpi serve` says what is
+//! wrong once rather than at every retry.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -175,4 +176,68 @@ fn logs_are_coloured_only_on_a_terminal_without_no_color() {
         .unwrap();
     assert!(text(&to_file).contains("DEBUG"), "{}", text(&to_file));
     assert!(!esc(&to_file), "a pipe or file: {}", text(&to_file));
+}
+
+#[test]
+fn serve_without_tokens_says_once_that_no_one_can_get_in_and_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sim_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = dir.path().join("anpi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}\"\n\
+             [providers.simulator]\nurl = \"{sim_url}\"\ntoken = \"t\"\npoll_wait = \"50ms\"\n",
+            dir.path().join("anpi.db").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("anpi.log");
+    let mut child = Command::new(anpi_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info,anpi=debug")
+        .env_remove("ANPI_CONFIG")
+        .env_remove("ANPI_API__HQ_TOKENS")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Debug level shows every retry of the unreachable chat feed; wait for several.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("event feed failed").count() >= 4 || std::time::Instant::now() > end {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    crate::crash::kill(&mut child);
+    assert!(
+        text.matches("event feed failed").count() >= 4,
+        "the feed kept failing: {text}"
+    );
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|l| l.contains("no one can use the API"))
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        warnings.iter().any(|l| l.contains("ANPI_API__HQ_TOKENS")),
+        "{text}"
+    );
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|l| l.contains("event feed failed"))
+            .count(),
+        1,
+        "a failing feed is said once, not at every retry: {text}"
+    );
 }
