@@ -497,16 +497,19 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
             let name = cell.trim().to_string();
             let column = column_for(&name).unwrap_or_else(|| {
                 let advice = match closest_header(&name) {
-                    Some(near) => format!("did you mean {near:?}? "),
-                    None => String::new(),
+                    Some(near) => format!(
+                        "did you mean {near:?}? (contacts.example.toml lists every header \
+                         anpi reads)"
+                    ),
+                    None => COLUMNS_HINT.to_string(),
                 };
                 let shown = if name.is_empty() { "(blank)" } else { &name };
                 problems.push(Problem::at(
                     header_line,
                     shown,
                     format!(
-                        "unknown column; {advice}{COLUMNS_HINT}. Until it is fixed, rows with \
-                         a value in this column are not checked for missing values"
+                        "unknown column; {advice}. Until it is fixed, rows with a value in \
+                         this column are not checked for missing values"
                     ),
                 ));
                 Column::Unknown
