@@ -4,6 +4,7 @@
 //!
 //! Invariant: every failure ends with a message saying what went wrong and a non-zero exit.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,34 +65,44 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Show a roll call's phone-call list.
+    /// Show a roll call's action list (要対応): urgent answers (救助要請, 負傷, a reply asking
+    /// for help) first, then silent shelters, never read, not sent.
     Escalations {
         /// Roll call number.
         id: String,
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
-        /// Show everyone ever escalated, with what became of them, not only those to call.
+        /// Show everyone ever on the list, with what became of them, not only those HQ must
+        /// still act on.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
         remote: Remote,
     },
-    /// Work the call queue: take the next person to ring (--next), record how the call went
-    /// (STAFF --outcome), or hand a person back to the queue (STAFF --release).
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["next", "outcome", "release"])))]
+    /// Work the call queue: take the next person (--next), record how a call went or a note
+    /// for any named person (STAFF --outcome and/or --note), find someone who phoned in
+    /// (--find), or hand a person back to the queue (STAFF --release).
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["next", "outcome", "note", "release", "find"])))]
     Call {
         /// Roll call number.
         id: String,
-        /// Staff id of the person called (with --outcome or --release).
-        #[arg(required_unless_present = "next", conflicts_with = "next")]
+        /// Staff id of the person (with --outcome, --note or --release).
+        #[arg(required_unless_present_any = ["next", "find"], conflicts_with_all = ["next", "find"])]
         staff: Option<String>,
-        /// Take the next person to ring: shelter phones first, then call priority, then
-        /// longest unread; nobody is given to two callers.
+        /// Take the next person to ring: urgent answers first, then silent shelters, never
+        /// read, not sent; nobody is given to two callers.
         #[arg(long)]
         next: bool,
         /// safe, injured, needs-help, no-answer or unreachable.
         #[arg(long)]
         outcome: Option<String>,
+        /// What the call found, where the person is, what was done. Closing an urgent answer
+        /// needs one.
+        #[arg(long)]
+        note: Option<String>,
+        /// Find people by part of a name, ふりがな, staff id or phone number.
+        #[arg(long, conflicts_with_all = ["next", "outcome", "note", "release"])]
+        find: Option<String>,
         /// Hand the person back to the queue without a call outcome.
         #[arg(long)]
         release: bool,
@@ -111,6 +122,50 @@ pub enum Command {
         #[command(subcommand)]
         command: MatrixCommand,
     },
+    /// Urgent answers that came after their roll call was closed, while no roll call of the
+    /// person was open: list them, or close one with a note of what was done.
+    Late {
+        #[command(subcommand)]
+        command: LateCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LateCommand {
+    /// The late urgent answers HQ has not closed (--all: every one, with how it was closed).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Close a late urgent answer with a note of what was done.
+    Close {
+        /// Its number, from `anpi late list`.
+        id: i64,
+        #[arg(long)]
+        note: String,
+        /// This desk's name (e.g. 受付1).
+        #[arg(long)]
+        desk: Option<String>,
+    },
+}
+
+impl Command {
+    /// Commands that print a result and exit, writing nothing a signal could interrupt
+    /// half-way (they talk to the daemon or read a file, or run in a throwaway database).
+    fn prints_and_exits(&self) -> bool {
+        matches!(
+            self,
+            Command::Rollcall { .. }
+                | Command::Escalations { .. }
+                | Command::Call { .. }
+                | Command::Late { .. }
+                | Command::Contacts { .. }
+                | Command::Demo(_)
+                | Command::Bench(_)
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,15 +222,24 @@ pub struct SimulatorArgs {
 #[derive(Debug, Subcommand)]
 pub enum RollcallCommand {
     /// Start a roll call from a scenario (a name in the daemon's scenarios folder, or a file).
+    /// A real (non-drill) roll call started from a terminal asks for confirmation first.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["name", "scenario"])))]
     Start {
-        #[arg(long)]
-        scenario: String,
+        /// The scenario, e.g. `anpi rollcall start earthquake` (the same as --scenario).
+        #[arg(value_name = "SCENARIO")]
+        name: Option<String>,
+        /// The scenario: a name in the daemon's scenarios folder, or a scenario file.
+        #[arg(long, conflicts_with = "name")]
+        scenario: Option<String>,
         /// Run it as a drill (messages are marked 【訓練】).
         #[arg(long)]
         drill: bool,
         /// Only show how many people it would reach and how long that would take.
         #[arg(long)]
         dry_run: bool,
+        /// Start a real roll call without asking (for scripts run from a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// List roll calls.
     List,
@@ -228,6 +292,12 @@ pub struct Remote {
 /// Runs a command and turns any error into a message and exit code 1.
 pub fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init(matches!(cli.command, Command::Serve { .. }));
+    if cli.command.prints_and_exits() {
+        // `anpi rollcall status 2 | head -3`: end quietly when the reader goes away, as other
+        // Unix tools do, instead of panicking on the broken pipe. Long-running and
+        // database-writing commands keep Rust's default (ignore SIGPIPE, handle EPIPE).
+        sigpipe::reset();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -286,6 +356,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             staff,
             next,
             outcome,
+            note,
+            find,
             release,
             desk,
             remote,
@@ -293,49 +365,55 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let id = id.trim_start_matches('#').to_string();
             let client = Client::new(&remote)?;
             let desk_body = json!({ "desk": desk });
-            match (staff, outcome) {
-                _ if next => call_next(&client, &id, &desk_body).await,
-                (Some(staff), Some(outcome)) => {
-                    crate::rollcall::CallOutcome::parse(&outcome).map_err(anyhow::Error::msg)?;
-                    let v = client
-                        .post(
-                            &format!("/api/rollcalls/{id}/calls/{staff}"),
-                            &json!({ "outcome": outcome, "desk": desk }),
-                            None,
-                        )
-                        .await?;
-                    let still = v["to_call"].as_bool().unwrap_or(false);
-                    println!(
-                        "{} {}: {} — {}",
-                        v["entry"]["staff_id"].as_str().unwrap_or(&staff),
-                        v["entry"]["name"].as_str().unwrap_or(""),
-                        outcome,
-                        if still {
-                            "まだ電話リストに残ります / stays on the list"
-                        } else {
-                            "電話リストから外れました / off the list"
-                        }
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                (Some(staff), None) if release => {
-                    let v = client
-                        .post(
-                            &format!("/api/rollcalls/{id}/calls/{staff}/release"),
-                            &desk_body,
-                            None,
-                        )
-                        .await?;
-                    if v["released"].as_bool().unwrap_or(false) {
-                        println!("{staff}: キューに戻しました / back in the queue");
-                    } else {
-                        println!("{staff}: このデスクは保留していません / not held by this desk");
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                _ => anyhow::bail!("give --next, or a staff id with --outcome or --release"),
+            if next {
+                return call_next(&client, &id, &desk_body).await;
             }
+            if let Some(q) = find {
+                return call_find(&client, &id, &q).await;
+            }
+            let Some(staff) = staff else {
+                bail!("give --next, --find, or a staff id with --outcome, --note or --release");
+            };
+            if release {
+                let v = client
+                    .post(
+                        &format!("/api/rollcalls/{id}/calls/{staff}/release"),
+                        &desk_body,
+                        None,
+                    )
+                    .await?;
+                if v["released"].as_bool().unwrap_or(false) {
+                    println!("{staff}: キューに戻しました / back in the queue");
+                } else {
+                    println!("{staff}: このデスクは保留していません / not held by this desk");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(o) = &outcome {
+                crate::rollcall::CallOutcome::parse(o).map_err(anyhow::Error::msg)?;
+            }
+            let v = client
+                .post(
+                    &format!("/api/rollcalls/{id}/calls/{staff}"),
+                    &json!({ "outcome": outcome, "note": note, "desk": desk }),
+                    None,
+                )
+                .await?;
+            let still = v["to_call"].as_bool().unwrap_or(false);
+            println!(
+                "{} {}: {} — {}",
+                v["entry"]["staff_id"].as_str().unwrap_or(&staff),
+                v["entry"]["name"].as_str().unwrap_or(""),
+                outcome.as_deref().unwrap_or("メモ / note"),
+                if still {
+                    "まだ要対応です / still needs HQ"
+                } else {
+                    "要対応から外れました / off the action list"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Late { command, remote } => late(command, &remote).await,
         Command::Contacts { command } => contacts(command).await,
         Command::Matrix {
             command: MatrixCommand::Prepare { config },
@@ -375,16 +453,9 @@ async fn call_next(client: &Client, id: &str, desk: &Value) -> anyhow::Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     let staff = e["staff_id"].as_str().unwrap_or("?");
-    let place = e["shelter"]
-        .as_str()
-        .or_else(|| e["department"].as_str())
-        .unwrap_or("");
-    println!("{staff} {} ({place})", e["name"].as_str().unwrap_or(""));
-    for phone in e["phones"].as_array().into_iter().flatten() {
-        println!("  tel: {}", phone.as_str().unwrap_or("?"));
-    }
+    print_person(e);
     if let Some(m) = v["minutes_waiting"].as_i64() {
-        println!("  {m} 分未読 / minutes unread");
+        println!("  {m} 分経過 / minutes waiting");
     }
     let desk = desk["desk"]
         .as_str()
@@ -394,6 +465,131 @@ async fn call_next(client: &Client, id: &str, desk: &Value) -> anyhow::Result<Ex
         "held by {}: record the call with `anpi call {id} {staff}{desk} --outcome safe|injured|needs-help|no-answer|unreachable`",
         v["caller"].as_str().unwrap_or("you")
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One person as a caller needs them: name and ふりがな, 役職, where, what they answered, the
+/// numbers to ring and HQ's notes so far.
+fn print_person(e: &Value) {
+    let s = |k: &str| e[k].as_str().unwrap_or("");
+    let kana = if s("kana").is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", s("kana"))
+    };
+    let place = e["shelter"]
+        .as_str()
+        .map(|sh| format!("避難所 {sh}"))
+        .or_else(|| e["department"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!(
+        "{} {}{kana} {} [{place}]",
+        s("staff_id"),
+        s("name"),
+        s("role")
+    );
+    if let Some(a) = e["standing"].as_object() {
+        let text = a
+            .get("text")
+            .and_then(Value::as_str)
+            .map(|t| format!(" 「{t}」"))
+            .unwrap_or_default();
+        println!(
+            "  回答 / answered: {}{text}",
+            a.get("label").and_then(Value::as_str).unwrap_or("")
+        );
+    }
+    for phone in e["phones"].as_array().into_iter().flatten() {
+        println!("  tel: {}", phone.as_str().unwrap_or("?"));
+    }
+    for n in e["notes"].as_array().into_iter().flatten() {
+        println!(
+            "  メモ / note ({}): {}",
+            crate::calllist::desk_of(n["by"].as_str().unwrap_or("")),
+            n["text"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// `anpi call ID --find TEXT`: who matches, to record a call for someone who phoned in.
+async fn call_find(client: &Client, id: &str, q: &str) -> anyhow::Result<ExitCode> {
+    let mut url = reqwest::Url::parse("http://x/")?;
+    url.query_pairs_mut().append_pair("q", q);
+    let v = client
+        .get_json(&format!(
+            "/api/rollcalls/{id}/people?{}",
+            url.query().unwrap_or_default()
+        ))
+        .await?;
+    let people = v["people"].as_array().cloned().unwrap_or_default();
+    if people.is_empty() {
+        println!("見つかりません / nobody matches {q:?}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &people {
+        print_person(p);
+    }
+    println!(
+        "record a call: `anpi call {id} STAFF --outcome safe|injured|needs-help|no-answer|unreachable --note \"...\"`"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `anpi late list|close`.
+async fn late(command: LateCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    match command {
+        LateCommand::List { all } => {
+            let scope = if all { "all" } else { "open" };
+            let v = client
+                .get_json(&format!("/api/late-answers?scope={scope}"))
+                .await?;
+            let entries = v["entries"].as_array().cloned().unwrap_or_default();
+            if entries.is_empty() {
+                println!("終了後に届いた要対応の回答はありません / no late urgent answers");
+            }
+            for a in &entries {
+                let ans = &a["answer"];
+                let text = ans["text"]
+                    .as_str()
+                    .map(|t| format!(" 「{t}」"))
+                    .unwrap_or_default();
+                let closed = match a["closed_by"].as_str() {
+                    Some(by) => format!(
+                        " [対応済み / closed by {}: {}]",
+                        crate::calllist::desk_of(by),
+                        a["note"].as_str().unwrap_or("")
+                    ),
+                    None => String::new(),
+                };
+                let phones: Vec<&str> = a["phones"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:>4}  #{} {} {}  {}{text}  tel: {}{closed}",
+                    a["id"],
+                    a["roll_call_id"],
+                    a["staff_id"].as_str().unwrap_or(""),
+                    a["name"].as_str().unwrap_or(""),
+                    ans["label"].as_str().unwrap_or(""),
+                    phones.join(", ")
+                );
+            }
+        }
+        LateCommand::Close { id, note, desk } => {
+            client
+                .post(
+                    &format!("/api/late-answers/{id}/close"),
+                    &json!({ "note": note, "desk": desk }),
+                    None,
+                )
+                .await?;
+            println!("{id}: 対応済みにしました / closed");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -424,7 +620,7 @@ pub async fn prepare_matrix_rooms(
 ) -> anyhow::Result<crate::providers::matrix::PrepareReport> {
     let store = crate::store::open(&config.database.url)
         .await
-        .with_context(|| format!("opening the database {}", config.database.url))?;
+        .with_context(|| format!("opening the database {}", config.redacted_database_url()))?;
     let contacts = match config.contacts_file() {
         Some(path) => {
             crate::contacts::load_file(path)
@@ -457,8 +653,8 @@ async fn serve(
         config.database.url = d;
     }
     config.validate()?;
-    if config.api.hq_tokens.is_empty() {
-        tracing::warn!("no [api] hq_tokens configured: the HTTP API will refuse every request");
+    if let Some(advice) = token_advice(&config) {
+        tracing::warn!("{advice}");
     }
     let cancel = CancellationToken::new();
     let c2 = cancel.clone();
@@ -490,6 +686,26 @@ async fn serve(
     };
     app.run_until_stopped(cancel).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Said once at start when the configured tokens leave people unable to use the API.
+fn token_advice(config: &Config) -> Option<String> {
+    const HOW: &str = "add one in the config file ([api] hq_tokens = [\"<16 or more random \
+                       characters>\"]) or as ANPI_API__HQ_TOKENS='[\"...\"]', restart, and give \
+                       the same token to the CLI as ANPI_TOKEN";
+    let api = &config.api;
+    if api.hq_tokens.is_empty() && api.caller_tokens.is_empty() && api.shelter_tokens.is_empty() {
+        Some(format!(
+            "no API tokens are configured, so no one can use the API, the CLI or the HQ page; \
+             {HOW}"
+        ))
+    } else if api.hq_tokens.is_empty() {
+        Some(format!(
+            "no [api] hq_tokens are configured, so no one can start a roll call; {HOW}"
+        ))
+    } else {
+        None
+    }
 }
 
 fn database_may_come_back(e: &anyhow::Error) -> bool {
@@ -608,10 +824,13 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
     let client = Client::new(remote)?;
     match command {
         RollcallCommand::Start {
+            name,
             scenario,
             drill,
             dry_run,
+            yes,
         } => {
+            let scenario = scenario.or(name).unwrap_or_default();
             let path = PathBuf::from(&scenario);
             let mut body = if path.is_file() {
                 // Check the file here first, so a mistake is reported with this file's name.
@@ -630,22 +849,12 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
             if dry_run {
                 return Ok(ExitCode::SUCCESS);
             }
-            let key = format!("cli-{}-{}", std::process::id(), rand::random::<u64>());
-            let v = client.post("/api/rollcalls", &body, Some(&key)).await?;
-            let rc = &v["roll_call"];
-            println!(
-                "安否確認を開始しました / roll call #{} started: {} ({} 人 / recipients{})",
-                rc["id"],
-                rc["title"].as_str().unwrap_or(""),
-                rc["recipients"],
-                if rc["drill"].as_bool() == Some(true) {
-                    ", 訓練 / drill"
-                } else {
-                    ""
-                }
-            );
-            println!("進捗 / progress: anpi rollcall status {}", rc["id"]);
-            Ok(ExitCode::SUCCESS)
+            let real = !drill && est["drill"].as_bool() != Some(true);
+            if real && !yes && std::io::stdin().is_terminal() && !confirm_real_start(&est)? {
+                eprintln!("取り消しました。何も送っていません / cancelled: nothing was sent");
+                return Ok(ExitCode::FAILURE);
+            }
+            start_roll_call(&client, &body).await
         }
         RollcallCommand::List => {
             let v = client.get_json("/api/rollcalls").await?;
@@ -676,6 +885,10 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_status(&v);
+                let list = client
+                    .get_json(&format!("/api/rollcalls/{id}/escalations"))
+                    .await?;
+                print_urgent(&list);
                 let plan = client
                     .get_json(&format!("/api/rollcalls/{id}/plan"))
                     .await?;
@@ -699,6 +912,146 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Shows what a real roll call will do and asks for a typed yes. `false` for anything else,
+/// including end of input.
+fn confirm_real_start(est: &Value) -> anyhow::Result<bool> {
+    let e = &est["estimate"];
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "\n本番の安否確認です（訓練ではありません） / This is a REAL roll call, not a drill"
+    )?;
+    writeln!(
+        err,
+        "  宛先 / to: {} 人 / people (チャット / chat {}, 電話リストへ直行 / straight to the call list {})",
+        e["recipients"], e["reachable"], e["no_chat_id"]
+    )?;
+    writeln!(
+        err,
+        "  全員へ送信 / all sent in: 約 / about {}",
+        human_secs(e["seconds_to_all_sent"].as_f64().unwrap_or(0.0))
+    )?;
+    if let Some(title) = est["title"].as_str() {
+        writeln!(err, "  件名 / title: {title}")?;
+    }
+    if let Some(message) = est["message"].as_str() {
+        writeln!(err, "  本文 / message:")?;
+        for line in message.lines() {
+            writeln!(err, "    {line}")?;
+        }
+    }
+    write!(err, "送信しますか？ yes と入力 / Send it now? Type yes: ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_lowercase().as_str(),
+        "y" | "yes" | "はい"
+    ))
+}
+
+/// Sends the start with a key kept in the CLI's state directory, so that running the same
+/// command again after a failure starts one roll call, not two; and when the daemon drops
+/// the connection, asks again with the same key to learn whether the roll call exists.
+async fn start_roll_call(client: &Client, body: &Value) -> anyhow::Result<ExitCode> {
+    use crate::cli_state::{default_dir, fingerprint, StartKeys, KEEP};
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    let shown_time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%H:%M:%S")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let fp = fingerprint(&client.base, body);
+    let keys = default_dir().map(StartKeys::new);
+    let start = keys.as_ref().map(|k| (k, k.key_for(&fp, now_ms())));
+    let (key, since) = match start {
+        Some((_, Ok(k))) => {
+            if let Some(first) = k.retry_of_ms {
+                eprintln!(
+                    "{} の開始要求を同じキーで送り直します（二重には始まりません） / retrying the \
+                     start from {} with the same key: it cannot start a second roll call",
+                    shown_time(first),
+                    shown_time(first)
+                );
+            }
+            (k.key, k.retry_of_ms.unwrap_or_else(now_ms))
+        }
+        Some((k, Err(e))) => {
+            eprintln!(
+                "anpi: cannot keep this start's key in {} ({e}); if this attempt fails, check \
+                 `anpi rollcall list` before starting again",
+                k.dir().display()
+            );
+            (format!("cli-{:032x}", rand::random::<u128>()), now_ms())
+        }
+        None => (format!("cli-{:032x}", rand::random::<u128>()), now_ms()),
+    };
+    let settle = || {
+        if let Some(k) = &keys {
+            let _ = k.settled(&fp, now_ms());
+        }
+    };
+    let mut result = client.post("/api/rollcalls", body, Some(&key)).await;
+    // Lost on the way: the daemon may have written the roll call before it went away. The
+    // same key makes asking again safe, and the answer says which roll call it is.
+    let mut wait = Duration::from_millis(500);
+    for _ in 0..3 {
+        match &result {
+            Err(e) if unanswered(e) => {
+                eprintln!("anpi: no answer to the start ({e:#}); asking again with the same key …");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                result = client.post("/api/rollcalls", body, Some(&key)).await;
+            }
+            _ => break,
+        }
+    }
+    let v = match result {
+        Ok(v) => {
+            settle();
+            v
+        }
+        Err(e) if unanswered(&e) => {
+            let until = shown_time(since + KEEP.as_millis() as i64);
+            bail!(
+                "{e:#}\nThe roll call may or may not have started. Run the same command again \
+                 once anpi is back, before {until}: it sends the same key, so it cannot start a \
+                 second roll call. `anpi rollcall list` shows what has started."
+            );
+        }
+        Err(e) => {
+            // Refused (wrong scenario, no contacts, ...): nothing started, nothing to retry.
+            settle();
+            return Err(e);
+        }
+    };
+    let rc = &v["roll_call"];
+    println!(
+        "安否確認を開始しました / roll call #{} started: {} ({} 人 / recipients{})",
+        rc["id"],
+        rc["title"].as_str().unwrap_or(""),
+        rc["recipients"],
+        if rc["drill"].as_bool() == Some(true) {
+            ", 訓練 / drill"
+        } else {
+            ""
+        }
+    );
+    println!("進捗 / progress: anpi rollcall status {}", rc["id"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The request got no answer: the connection failed or dropped, or the answer was cut off.
+/// A status the daemon sent (4xx, 5xx) is an answer.
+fn unanswered(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<reqwest::Error>().is_some())
 }
 
 fn print_estimate(e: &Value) {
@@ -782,30 +1135,64 @@ fn print_status(v: &Value) {
             n("unreachable")
         );
     }
+    println!(
+        "要対応 {} (回答: 負傷・救助要請 {} 要確認 {})  再送 {} / needs HQ {} (answered: urgent {}, attention {}), sent again {}",
+        n("urgent_open"),
+        n("answered_urgent"),
+        n("answered_attention"),
+        n("resent"),
+        n("urgent_open"),
+        n("answered_urgent"),
+        n("answered_attention"),
+        n("resent")
+    );
+    let pad = crate::calllist::pad;
     if let Some(depts) = v["progress"]["by_department"].as_object() {
         if !depts.is_empty() {
             println!(
-                "\n{:<16} {:>6} {:>6} {:>6}",
-                "所属", "対象", "確認済", "要電話"
+                "\n{}{:>6} {:>6} {:>6} {:>6}",
+                pad("所属", 16),
+                "対象",
+                "確認済",
+                "要電話",
+                "要対応"
             );
         }
         for (name, c) in depts {
             let confirmed = c["read"].as_i64().unwrap_or(0) + c["answered"].as_i64().unwrap_or(0);
             println!(
-                "{:<16} {:>6} {:>6} {:>6}",
-                name, c["total"], confirmed, c["to_call"]
+                "{}{:>6} {:>6} {:>6} {:>6}",
+                pad(name, 16),
+                c["total"],
+                confirmed,
+                c["to_call"],
+                c["urgent_open"].as_i64().unwrap_or(0)
             );
         }
     }
     if let Some(sh) = v["progress"]["by_shelter"].as_object() {
-        for (name, c) in sh {
+        // Silent shelters first: a phone that has not answered by its deadline.
+        let mut shelters: Vec<(&String, &Value)> = sh.iter().collect();
+        let silent = |c: &Value| c["shelter_phones_silent"].as_i64().unwrap_or(0) > 0;
+        shelters.sort_by_key(|(name, c)| (!silent(c), (*name).clone()));
+        if !shelters.is_empty() {
+            println!(
+                "\n{}{:>6} {:>6} {:>6}",
+                pad("避難所 (電話と担当職員)", 24),
+                "対象",
+                "確認済",
+                "要対応"
+            );
+        }
+        for (name, c) in shelters {
             let confirmed = c["read"].as_i64().unwrap_or(0) + c["answered"].as_i64().unwrap_or(0);
             println!(
-                "避難所 {:<16} {:>3}/{:<3} {}",
-                name,
-                confirmed,
+                "{}{:>6} {:>6} {:>6} {}",
+                pad(name, 24),
                 c["total"],
-                if confirmed == 0 {
+                confirmed,
+                c["urgent_open"].as_i64().unwrap_or(0),
+                if silent(c) {
                     "応答なし / silent"
                 } else {
                     ""
@@ -815,10 +1202,31 @@ fn print_status(v: &Value) {
     }
 }
 
+/// The urgent entries of an action list (`GET .../escalations`), by name, with what they said.
+fn print_urgent(list: &Value) {
+    let urgent: Vec<&Value> = list["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["action"] == "urgent")
+        .collect();
+    if urgent.is_empty() {
+        return;
+    }
+    println!(
+        "\n■ 要対応（救助要請・負傷など）/ urgent answers — {}名 (`anpi escalations ID` for the whole list)",
+        urgent.len()
+    );
+    for x in urgent {
+        print_person(&x["entry"]);
+    }
+}
+
 async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ContactsCommand::Check { file } => match crate::contacts::load_file(&file) {
-            Ok(dir) => {
+        ContactsCommand::Check { file } => match crate::contacts::load_file_read(&file) {
+            Ok(read) => {
+                let dir = &read.directory;
                 let shelters = dir
                     .contacts
                     .iter()
@@ -831,6 +1239,7 @@ async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
                     dir.contacts.len() - shelters,
                     shelters
                 );
+                print_ignored_columns(&read.ignored_columns);
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -839,21 +1248,34 @@ async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
             }
         },
         ContactsCommand::Import { file, remote } => {
-            let dir = match crate::contacts::load_file(&file) {
-                Ok(d) => d,
+            let read = match crate::contacts::load_file_read(&file) {
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("{e}");
                     eprintln!("nothing was imported / 取り込みは行っていません");
                     return Ok(ExitCode::FAILURE);
                 }
             };
+            print_ignored_columns(&read.ignored_columns);
             let client = Client::new(&remote)?;
             let v = client
-                .put("/api/contacts", &serde_json::to_value(&dir.contacts)?)
+                .put(
+                    "/api/contacts",
+                    &serde_json::to_value(&read.directory.contacts)?,
+                )
                 .await?;
             println!("{}: imported {} contacts", file.display(), v["imported"]);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_ignored_columns(columns: &[String]) {
+    if !columns.is_empty() {
+        println!(
+            "使わない列 / columns not used: {} (anpi has no use for them)",
+            columns.join(", ")
+        );
     }
 }
 

@@ -825,16 +825,33 @@ impl Config {
 
 /// `scheme://user:password@host/...` -> `scheme://user:[redacted]@host/...`.
 pub fn redact_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (url, None),
+    };
+    // `?password=...` (and `sslpassword=`) is as secret as the password in the authority.
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                    format!("{k}=[redacted]")
+                }
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return format!("{url}{query}");
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:[redacted]@{host}{path}")
+            format!("{scheme}://{user}:[redacted]@{host}{path}{query}")
         }
-        _ => url.to_string(),
+        _ => format!("{url}{query}"),
     }
 }
 
@@ -1015,5 +1032,21 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("0123456789abcdef-secret"));
         assert!(!dbg.contains("simulator-token"));
+    }
+
+    #[test]
+    fn a_password_in_the_query_string_is_redacted_too() {
+        assert_eq!(
+            redact_url("postgres://db:5432/anpi?user=a&password=hunter2&sslmode=require"),
+            "postgres://db:5432/anpi?user=a&password=[redacted]&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://a:hunter2@db/anpi?sslpassword=x"),
+            "postgres://a:[redacted]@db/anpi?sslpassword=[redacted]"
+        );
+        assert_eq!(
+            redact_url("sqlite://anpi.db?mode=rwc"),
+            "sqlite://anpi.db?mode=rwc"
+        );
     }
 }

@@ -84,6 +84,10 @@ pub struct DemoReport {
     /// Requests the stand-in refused because anpi went over its limit.
     pub limit_exceeded: u64,
     pub to_call: i64,
+    /// Rows in the printed action list; always `to_call + urgent`.
+    pub listed: usize,
+    /// Urgent answers HQ has not closed (on the list besides those to call).
+    pub urgent: i64,
     pub confirmed: i64,
 }
 
@@ -310,7 +314,7 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let grace = chrono::Duration::seconds(30);
     let mut all_sent_at: Option<(i64, Duration)> = None;
     let mut last_plain = Instant::now() - Duration::from_secs(10);
-    let status = loop {
+    loop {
         let st = hq.status(rc.id).await?;
         let o = &st.progress.overall;
         let elapsed = clock.now() - from_millis(rc.created_at);
@@ -348,14 +352,21 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
                 .last_sent_at
                 .is_none_or(|t| clock.now() >= from_millis(t + rc.deadline_ms) + grace);
         if done {
-            break st;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     for b in [&b_sent, &b_read, &b_ans, &b_esc] {
         b.abandon();
     }
+    // The summary and the list are read from one moment: with the daemon stopped no late
+    // read can land between them (reads keep arriving after the deadline, and at 60x a late
+    // read between two queries took people off the list after the summary had counted them).
+    cancel.cancel();
+    let _ = running.await;
+    let status = hq.status(rc.id).await?;
     let list = hq.call_list(rc.id).await?;
+    let listed = list.iter().filter(|e| e.to_call()).count();
     let now = clock.now_millis();
     println!(
         "\n要対応 / HQ's action list (#{}): 救助要請・負傷などの回答が先、次に応答のない避難所、\
@@ -399,8 +410,6 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
             st.limit_exceeded
         }
     };
-    cancel.cancel();
-    let _ = running.await;
     match stand {
         Stand::Sim(sim) => sim.shutdown().await,
         Stand::Lw(lw) => lw.shutdown(),
@@ -411,6 +420,8 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
         measured_seconds: all_sent_at.map(|(ms, _)| ms as f64 / 1000.0),
         limit_exceeded,
         to_call: status.progress.overall.to_call,
+        urgent: status.progress.overall.urgent_open,
+        listed,
         confirmed: status.progress.overall.confirmed(),
     })
 }

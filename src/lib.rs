@@ -36,12 +36,14 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`worker`]: the shape shared by background workers.
 //! - [`cli`], [`demo`], [`bench`], [`telemetry`]: the command line and its one-process modes.
+//! - [`cli_state`]: the CLI's own state (keys of unconfirmed roll-call starts, for retries).
 
 pub mod announcement;
 pub mod answers;
 pub mod bench;
 pub mod calllist;
 pub mod cli;
+pub mod cli_state;
 pub mod clock;
 pub mod config;
 pub mod contacts;

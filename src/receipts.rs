@@ -53,6 +53,9 @@ pub struct ReceiptWatcher {
     followed_at: std::sync::Mutex<Option<crate::clock::Millis>>,
 }
 
+/// How often a feed that keeps failing is logged at warning level.
+const FEED_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// How often the watcher looks for broadcasts made by other replicas or before a restart.
 const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 
@@ -154,16 +157,35 @@ impl ReceiptWatcher {
         *self.cursor.lock().await = None;
         let provider = self.provider.name().to_string();
         let mut failures = 0u32;
+        // A feed that stays down (the platform unreachable) is said once, then once a
+        // minute, not at every retry.
+        let mut last_warned: Option<std::time::Instant> = None;
         while !cancel.is_cancelled() {
             let res = tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = self.run_once().instrument(info_span!("receipts", %provider)) => r,
             };
             match res {
-                Ok(_) => failures = 0,
+                Ok(_) => {
+                    if failures > 0 && last_warned.is_some() {
+                        tracing::info!(%provider, failures, "event feed is back");
+                    }
+                    failures = 0;
+                    last_warned = None;
+                }
                 Err(e) => {
                     failures += 1;
-                    warn!(%provider, error = %e, "event feed failed; retrying");
+                    if last_warned.is_none_or(|t| t.elapsed() >= FEED_WARN_EVERY) {
+                        warn!(
+                            %provider,
+                            error = %e,
+                            failures,
+                            "event feed failed; retrying (said again each minute while it lasts)"
+                        );
+                        last_warned = Some(std::time::Instant::now());
+                    } else {
+                        tracing::debug!(%provider, error = %e, failures, "event feed failed; retrying");
+                    }
                     if matches!(e, ReceiptError::Store(_)) {
                         self.metrics.store_error();
                     }

@@ -281,6 +281,27 @@ impl Checker<'_> {
                 format!("is {n} characters long; keep it to {max} or fewer"),
             ));
         }
+        // Messages may run over several lines; a title or label is one line.
+        let multi_line = key.starts_with("message");
+        if let Some((i, ch)) = text
+            .chars()
+            .enumerate()
+            .find(|(_, ch)| ch.is_control() && !(multi_line && matches!(ch, '\n' | '\r' | '\t')))
+        {
+            return Err(self.err(
+                key,
+                format!(
+                    "contains the control character U+{:04X} at character {}; delete it{}",
+                    ch as u32,
+                    i + 1,
+                    if multi_line {
+                        ""
+                    } else {
+                        " (this text is one line)"
+                    }
+                ),
+            ));
+        }
         if let Some(g) = FORBIDDEN_GREETINGS.iter().find(|g| text.contains(**g)) {
             return Err(self.err(
                 key,
@@ -349,6 +370,15 @@ impl Checker<'_> {
             let label = b.label.trim().to_string();
             if label.is_empty() {
                 return Err(self.err(format!("{key}[{n}].label"), "is empty"));
+            }
+            if let Some(ch) = label.chars().find(|c| c.is_control()) {
+                return Err(self.err(
+                    format!("buttons[{n}].label"),
+                    format!(
+                        "{label:?} contains the control character U+{:04X}; delete it",
+                        ch as u32
+                    ),
+                ));
             }
             let chars = label.chars().count();
             if chars > MAX_LABEL_CHARS {
@@ -748,6 +778,20 @@ value = "injured"
         let text = MINIMAL.replace("押してください。", "押してください。よろしくお願いします。");
         let shown = parse(&text).unwrap_err().to_string();
         assert!(shown.contains("よろしくお願いします"), "{shown}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_but_a_message_may_have_line_breaks() {
+        let text = MINIMAL.replace("title = \"テスト\"", "title = \"テ\\u0000スト\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(invalid_key(&e), "title");
+        assert!(e.to_string().contains("U+0000 at character 2"), "{e}");
+        let text = MINIMAL.replace("label = \"無事 / Safe\"", "label = \"無事\\u001b\"");
+        assert_eq!(invalid_key(&parse(&text).unwrap_err()), "buttons[1].label");
+        let text = MINIMAL.replace("An earthquake.", "An\\u0007 earthquake.");
+        assert_eq!(invalid_key(&parse(&text).unwrap_err()), "message.en");
+        let text = MINIMAL.replace("地震がありました。", "地震がありました。\\n\\t");
+        assert!(parse(&text).is_ok());
     }
 
     #[test]

@@ -1,58 +1,296 @@
 //! CSV import, as municipal HR systems and Japanese Excel write it: UTF-8 with or without a
-//! BOM, or Shift_JIS (CP932); English or Japanese headers.
+//! BOM, or Shift_JIS (CP932); CRLF, LF or CR line endings; English or Japanese headers,
+//! including the ones HR exports really use (携帯電話, 社員番号, 部署, LINE WORKS ID, 姓 / 名 …).
 //!
-//! Invariant: every column is understood or the file is refused naming the column, and every
-//! problem names the physical line of its record, so what the IT person sees in a text
-//! editor matches the message.
+//! Invariants: every column is understood, deliberately ignored (a short documented list such
+//! as 内線 or 住所 that anpi has no use for), or the file is refused naming the column and the
+//! closest column anpi knows; every problem names the physical line of its record by the one
+//! rule in [`super::lines`]; a problem a refused column may have caused (a row whose number
+//! sits in an unknown column) is not reported until that column is fixed.
 
 use encoding_rs::SHIFT_JIS;
+use unicode_normalization::UnicodeNormalization;
 
 use super::entry::{self, At, Labels, RawEntry};
-use super::{finish, ContactsError, Directory, Problem};
+use super::lines::LineIndex;
+use super::{finish, ContactsError, Directory, PhoneNumber, Problem};
 
 /// What a header means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Column {
+    /// A canonical single-value field (`id`, `name`, `kana`, `department`, ...).
     Field(&'static str),
-    /// `phone2`, `電話2`: more numbers, appended after `phones`.
-    ExtraPhone,
-    /// `chat.<provider>`
+    /// A phone number column. Every phone column is read: mobiles first (the number most
+    /// likely to be answered in a disaster), then the others, each group in file order.
+    Phone { mobile: bool },
+    /// Family (姓) or given (名) part of `name` or `kana`, joined with a space.
+    Part { field: &'static str, given: bool },
+    /// `chat.<provider>`, or a header naming a provider's id (`LINE WORKS ID`).
     Chat(String),
+    /// Known, and deliberately not used (内線, 住所, 生年月日 ...): skipped, and listed by
+    /// `anpi contacts check` so nobody wonders where it went.
+    Ignored,
     /// Refused; kept so the cells line up while the other columns are still checked.
     Unknown,
 }
 
-/// Header text -> canonical field. Japanese names are what HR exports use.
+/// A header's meaning in the alias table (a `Copy` form of [`Column`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meaning {
+    Field(&'static str),
+    Phone { mobile: bool },
+    Family(&'static str),
+    Given(&'static str),
+    Chat(&'static str),
+    Ignored,
+}
+
+/// Every header anpi reads, as people write it. Matching ignores case, full/half width,
+/// spaces, `_`, `-`, `・` and brackets, so `氏名（カナ）`, `E-mail` and `ＩＤ` all match.
+const ALIASES: &[(&str, Meaning)] = {
+    use Meaning::*;
+    &[
+        // id
+        ("id", Field("id")),
+        ("staff_id", Field("id")),
+        ("employee_id", Field("id")),
+        ("職員番号", Field("id")),
+        ("職員No", Field("id")),
+        ("職員コード", Field("id")),
+        ("職員ID", Field("id")),
+        ("社員番号", Field("id")),
+        ("社員No", Field("id")),
+        ("社員コード", Field("id")),
+        ("社員ID", Field("id")),
+        ("従業員番号", Field("id")),
+        ("従業員コード", Field("id")),
+        ("個人コード", Field("id")),
+        // name
+        ("name", Field("name")),
+        ("full_name", Field("name")),
+        ("氏名", Field("name")),
+        ("名前", Field("name")),
+        ("職員名", Field("name")),
+        ("社員名", Field("name")),
+        ("漢字氏名", Field("name")),
+        ("氏名（漢字）", Field("name")),
+        ("姓", Family("name")),
+        ("苗字", Family("name")),
+        ("名字", Family("name")),
+        ("family_name", Family("name")),
+        ("last_name", Family("name")),
+        ("名", Given("name")),
+        ("given_name", Given("name")),
+        ("first_name", Given("name")),
+        // kana
+        ("kana", Field("kana")),
+        ("furigana", Field("kana")),
+        ("ふりがな", Field("kana")),
+        ("フリガナ", Field("kana")),
+        ("かな", Field("kana")),
+        ("カナ", Field("kana")),
+        ("よみがな", Field("kana")),
+        ("ヨミガナ", Field("kana")),
+        ("読み", Field("kana")),
+        ("読み仮名", Field("kana")),
+        ("カナ氏名", Field("kana")),
+        ("氏名カナ", Field("kana")),
+        ("氏名（カナ）", Field("kana")),
+        ("氏名（フリガナ）", Field("kana")),
+        ("氏名（ふりがな）", Field("kana")),
+        ("セイ", Family("kana")),
+        ("姓（カナ）", Family("kana")),
+        ("姓（フリガナ）", Family("kana")),
+        ("姓（ヨミガナ）", Family("kana")),
+        ("メイ", Given("kana")),
+        ("名（カナ）", Given("kana")),
+        ("名（フリガナ）", Given("kana")),
+        ("名（ヨミガナ）", Given("kana")),
+        // department
+        ("department", Field("department")),
+        ("dept", Field("department")),
+        ("division", Field("department")),
+        ("section", Field("department")),
+        ("所属", Field("department")),
+        ("所属名", Field("department")),
+        ("所属課", Field("department")),
+        ("所属部署", Field("department")),
+        ("部署", Field("department")),
+        ("部署名", Field("department")),
+        ("部課", Field("department")),
+        ("部門", Field("department")),
+        ("課", Field("department")),
+        ("課名", Field("department")),
+        // role
+        ("role", Field("role")),
+        ("title", Field("role")),
+        ("position", Field("role")),
+        ("job_title", Field("role")),
+        ("役職", Field("role")),
+        ("役職名", Field("role")),
+        ("職名", Field("role")),
+        ("職位", Field("role")),
+        // call priority
+        ("call_priority", Field("call_priority")),
+        ("priority", Field("call_priority")),
+        ("優先度", Field("call_priority")),
+        ("連絡優先度", Field("call_priority")),
+        ("優先順位", Field("call_priority")),
+        // phones: mobiles first
+        ("mobile", Phone { mobile: true }),
+        ("mobile_phone", Phone { mobile: true }),
+        ("cell", Phone { mobile: true }),
+        ("cellphone", Phone { mobile: true }),
+        ("携帯", Phone { mobile: true }),
+        ("携帯電話", Phone { mobile: true }),
+        ("携帯電話番号", Phone { mobile: true }),
+        ("携帯番号", Phone { mobile: true }),
+        ("携帯TEL", Phone { mobile: true }),
+        ("スマートフォン", Phone { mobile: true }),
+        ("スマホ", Phone { mobile: true }),
+        ("phones", Phone { mobile: false }),
+        ("phone", Phone { mobile: false }),
+        ("tel", Phone { mobile: false }),
+        ("telephone", Phone { mobile: false }),
+        ("電話", Phone { mobile: false }),
+        ("電話番号", Phone { mobile: false }),
+        ("TEL番号", Phone { mobile: false }),
+        ("連絡先", Phone { mobile: false }),
+        ("連絡先電話番号", Phone { mobile: false }),
+        ("緊急連絡先", Phone { mobile: false }),
+        ("自宅電話", Phone { mobile: false }),
+        ("自宅電話番号", Phone { mobile: false }),
+        ("固定電話", Phone { mobile: false }),
+        // e-mail
+        ("email", Field("email")),
+        ("mail", Field("email")),
+        ("email_address", Field("email")),
+        ("mail_address", Field("email")),
+        ("メール", Field("email")),
+        ("メールアドレス", Field("email")),
+        ("Eメール", Field("email")),
+        ("Eメールアドレス", Field("email")),
+        ("電子メール", Field("email")),
+        ("メアド", Field("email")),
+        // kind, shelter
+        ("kind", Field("kind")),
+        ("type", Field("kind")),
+        ("種別", Field("kind")),
+        ("種類", Field("kind")),
+        ("shelter", Field("shelter")),
+        ("避難所", Field("shelter")),
+        ("避難所名", Field("shelter")),
+        ("担当避難所", Field("shelter")),
+        ("配置避難所", Field("shelter")),
+        // chat ids named the way admins write them
+        ("LINE WORKS ID", Chat("lineworks")),
+        ("LINE WORKS", Chat("lineworks")),
+        ("LINE WORKS アカウント", Chat("lineworks")),
+        ("LINE WORKS ユーザーID", Chat("lineworks")),
+        ("ラインワークス", Chat("lineworks")),
+        ("ラインワークスID", Chat("lineworks")),
+        ("Matrix ID", Chat("matrix")),
+        ("Matrix", Chat("matrix")),
+        // columns anpi has no use for: skipped, and named by `anpi contacts check`
+        ("内線", Ignored),
+        ("内線番号", Ignored),
+        ("FAX", Ignored),
+        ("FAX番号", Ignored),
+        ("住所", Ignored),
+        ("address", Ignored),
+        ("郵便番号", Ignored),
+        ("生年月日", Ignored),
+        ("birthday", Ignored),
+        ("性別", Ignored),
+        ("gender", Ignored),
+        ("年齢", Ignored),
+        ("入社日", Ignored),
+        ("入庁日", Ignored),
+        ("採用日", Ignored),
+        ("雇用形態", Ignored),
+        ("備考", Ignored),
+        ("note", Ignored),
+        ("notes", Ignored),
+    ]
+};
+
+/// The form headers are compared in: NFKC (full width to half width, half-width katakana
+/// to full width, `（` to `(`), lower case, without spaces, `_`, `-`, `・` or brackets.
+fn normalise(header: &str) -> String {
+    header
+        .nfkc()
+        .flat_map(char::to_lowercase)
+        .filter(|c| {
+            !c.is_whitespace()
+                && !matches!(
+                    c,
+                    '_' | '-' | '・' | '(' | ')' | '[' | ']' | '【' | '】' | '\u{feff}'
+                )
+        })
+        .collect()
+}
+
+fn meaning_of(key: &str) -> Option<Meaning> {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| normalise(alias) == key)
+        .map(|(_, m)| *m)
+}
+
+/// Header text -> meaning. `None` for a column anpi does not know.
 fn column_for(header: &str) -> Option<Column> {
-    let h: String = header
-        .trim_matches(|c: char| c.is_whitespace())
-        .to_lowercase();
-    if let Some(provider) = h.strip_prefix("chat.") {
+    let trimmed = header.trim();
+    let lower = trimmed.to_lowercase();
+    if let Some(provider) = lower.strip_prefix("chat.") {
         return Some(Column::Chat(provider.to_string()));
     }
-    let field = match h.as_str() {
-        "id" | "職員番号" => "id",
-        "name" | "氏名" | "名前" => "name",
-        "kana" | "ふりがな" | "フリガナ" => "kana",
-        "department" | "所属" => "department",
-        "role" | "役職" => "role",
-        "call_priority" | "優先度" | "連絡優先度" => "call_priority",
-        "phones" | "phone" | "電話" | "電話番号" => "phones",
-        "email" | "メール" | "メールアドレス" => "email",
-        "kind" | "種別" => "kind",
-        "shelter" | "避難所" => "shelter",
-        _ => {
-            let numbered = ["phone", "電話番号", "電話"].iter().any(|p| {
-                h.strip_prefix(p).is_some_and(|n| {
-                    !n.is_empty()
-                        && n.chars()
-                            .all(|c| c.is_ascii_digit() || ('０'..='９').contains(&c))
-                })
-            });
-            return numbered.then_some(Column::ExtraPhone);
+    let key = normalise(trimmed);
+    let meaning = meaning_of(&key).or_else(|| {
+        // 電話2, phone2, 携帯電話２: more numbers of the same kind.
+        let base = key.trim_end_matches(|c: char| c.is_ascii_digit());
+        (base.len() < key.len())
+            .then(|| meaning_of(base))
+            .flatten()
+            .filter(|m| matches!(m, Meaning::Phone { .. }))
+    })?;
+    Some(match meaning {
+        Meaning::Field(f) => Column::Field(f),
+        Meaning::Phone { mobile } => Column::Phone { mobile },
+        Meaning::Family(f) => Column::Part {
+            field: f,
+            given: false,
+        },
+        Meaning::Given(f) => Column::Part {
+            field: f,
+            given: true,
+        },
+        Meaning::Chat(p) => Column::Chat(p.to_string()),
+        Meaning::Ignored => Column::Ignored,
+    })
+}
+
+/// The known header closest to an unknown one, if any is close enough to be a likely slip.
+/// Japanese headers are compared with Japanese aliases, others with the English ones.
+fn closest_header(header: &str) -> Option<&'static str> {
+    let key = normalise(header);
+    if key.is_empty() {
+        return None;
+    }
+    let japanese = !key.is_ascii();
+    let candidates = ALIASES
+        .iter()
+        .filter(|(_, m)| *m != Meaning::Ignored)
+        .map(|(alias, _)| *alias)
+        .chain(["電話2", "phone2", "chat.lineworks", "chat.matrix"])
+        .filter(|alias| normalise(alias).is_ascii() != japanese);
+    let mut best: Option<(f64, &'static str)> = None;
+    for alias in candidates {
+        let score = strsim::normalized_levenshtein(&key, &normalise(alias));
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, alias));
         }
-    };
-    Some(Column::Field(field))
+    }
+    best.filter(|(score, _)| *score >= 0.5).map(|(_, a)| a)
 }
 
 /// Separators people put between several numbers in one cell.
@@ -60,48 +298,176 @@ const PHONE_SEPARATORS: [char; 7] = [';', '/', '、', '；', '／', ',', '，'];
 
 const COLUMNS_HINT: &str = "use id, name, kana, department, role, call_priority, phones, \
                             phone2, email, kind, shelter, chat.<provider> (or 職員番号, 氏名, \
-                            ふりがな, 所属, 役職, 優先度, 電話, 電話2, メール, 種別, 避難所)";
+                            フリガナ, 所属, 役職, 優先度, 携帯電話, 電話番号, メールアドレス, \
+                            種別, 避難所, LINE WORKS ID); contacts.example.toml lists every \
+                            header anpi reads";
 
-/// Decodes the bytes, reporting each line that is neither UTF-8 nor Shift_JIS.
-fn decode(bytes: &[u8], problems: &mut Vec<Problem>) -> Option<String> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if let Ok(text) = std::str::from_utf8(bytes) {
-        return Some(text.to_string());
+/// What a phone cell looks like after Excel treated it as a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ExcelDamage {
+    /// `9012345678`: the leading 0 went; the number it probably was.
+    LostZero(PhoneNumber),
+    /// `9.01235E+09`: shown in scientific notation; the last digits are gone.
+    Scientific,
+}
+
+fn excel_damage(cell: &str) -> Option<ExcelDamage> {
+    let folded: String = cell
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
+            '．' => '.',
+            '＋' => '+',
+            'Ｅ' | 'ｅ' => 'E',
+            _ => c,
+        })
+        .collect();
+    if folded.len() >= 8 && folded.chars().all(|c| c.is_ascii_digit()) && !folded.starts_with('0') {
+        return PhoneNumber::parse(&format!("0{folded}"))
+            .ok()
+            .map(ExcelDamage::LostZero);
     }
-    // Shift_JIS trail bytes are never 0x0A, so splitting on '\n' cannot cut a character.
-    let mut out = String::with_capacity(bytes.len() * 3 / 2);
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        match SHIFT_JIS.decode_without_bom_handling_and_without_replacement(line) {
-            Some(text) => {
-                if i > 0 {
-                    out.push('\n');
-                }
-                out.push_str(&text);
-            }
-            None => problems.push(Problem::at(
-                i + 1,
-                "encoding",
-                "this line is neither UTF-8 nor Shift_JIS text; in Excel, save as \
-                 \"CSV UTF-8 (comma delimited)\"",
-            )),
+    let upper = folded.to_ascii_uppercase();
+    let (mantissa, exponent) = upper.split_once('E')?;
+    let exponent = exponent.strip_prefix('+').unwrap_or(exponent);
+    let mantissa_ok = mantissa
+        .split_once('.')
+        .map_or(mantissa.len() == 1, |(a, b)| a.len() == 1 && !b.is_empty())
+        && mantissa.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let exponent_ok = !exponent.is_empty() && exponent.chars().all(|c| c.is_ascii_digit());
+    (mantissa_ok && exponent_ok).then_some(ExcelDamage::Scientific)
+}
+
+const EXCEL_NOTE: &str = "Excel turned these phone numbers into numbers: it drops the leading \
+                          0 (090-1234-5678 becomes 9012345678) and shows long ones as \
+                          9.01235E+09, losing the last digits. To keep them: in Excel select \
+                          the phone columns, format the cells as Text (セルの書式設定 → 文字列), \
+                          type the numbers again (or write them with hyphens), and save as \
+                          \"CSV UTF-8 (コンマ区切り)\"; when opening a CSV, import it with \
+                          Data → From Text/CSV (データ → テキストまたは CSV から) and set those \
+                          columns to Text";
+
+/// The file's text, decoded by one encoding chosen for the whole file.
+fn decode(bytes: &[u8]) -> Result<String, Problem> {
+    let bom = bytes.starts_with(b"\xEF\xBB\xBF");
+    let body = if bom { &bytes[3..] } else { bytes };
+    let body_start = bytes.len() - body.len();
+    if let Ok(text) = std::str::from_utf8(body) {
+        return Ok(text.to_string());
+    }
+    // Which encoding is the file meant to be in? Text that is mostly valid UTF-8 with a few
+    // bad bytes is UTF-8 that was damaged (and would decode as Shift_JIS mojibake); Shift_JIS
+    // text is almost never valid UTF-8 beyond a stray character.
+    let mut utf8_chars = 0usize;
+    let mut utf8_bad = Vec::new();
+    let mut at = 0;
+    for chunk in body.utf8_chunks() {
+        utf8_chars += chunk.valid().chars().filter(|c| !c.is_ascii()).count();
+        at += chunk.valid().len();
+        if !chunk.invalid().is_empty() {
+            utf8_bad.push(at);
+            at += chunk.invalid().len();
         }
     }
-    problems.is_empty().then_some(out)
+    let meant_utf8 = bom || (utf8_chars > 0 && utf8_chars >= utf8_bad.len());
+    if !meant_utf8 {
+        if let Some(text) = SHIFT_JIS.decode_without_bom_handling_and_without_replacement(body) {
+            return Ok(text.into_owned());
+        }
+    }
+    let lines = LineIndex::new(bytes);
+    let (first, count, message) = if meant_utf8 {
+        (
+            utf8_bad[0],
+            utf8_bad.len(),
+            "the file is UTF-8 but this line has bytes that are not: a character was cut or \
+             saved in another encoding; retype the text around it",
+        )
+    } else {
+        let bad = shift_jis_errors(body);
+        (
+            bad.first().copied().unwrap_or(0),
+            bad.len().max(1),
+            "this is neither UTF-8 nor Shift_JIS text; in Excel, save the file as \"CSV UTF-8 \
+             (コンマ区切り)\"",
+        )
+    };
+    let offset = body_start + first;
+    let more = match count {
+        1 => String::new(),
+        n => format!(" ({} more bad places after this one)", n - 1),
+    };
+    Err(Problem::at(
+        lines.line_of(offset),
+        "encoding",
+        format!("byte offset {offset}: {message}{more}"),
+    ))
+}
+
+/// Offsets (in `body`) of every malformed Shift_JIS sequence.
+fn shift_jis_errors(body: &[u8]) -> Vec<usize> {
+    let mut decoder = SHIFT_JIS.new_decoder_without_bom_handling();
+    let mut out = String::with_capacity(body.len() * 2);
+    let mut bad = Vec::new();
+    let mut pos = 0;
+    loop {
+        let (result, read) =
+            decoder.decode_to_string_without_replacement(&body[pos..], &mut out, true);
+        match result {
+            encoding_rs::DecoderResult::InputEmpty => break,
+            encoding_rs::DecoderResult::OutputFull => {
+                out.reserve(body.len());
+                pos += read;
+            }
+            encoding_rs::DecoderResult::Malformed(len, after) => {
+                pos += read;
+                bad.push(pos - after as usize - len as usize);
+            }
+        }
+    }
+    bad
+}
+
+/// A contacts CSV read, with the columns it skipped on purpose.
+#[derive(Debug)]
+pub struct CsvRead {
+    pub directory: Directory,
+    /// Headers anpi knows and does not use (内線, 住所 ...), as the file wrote them.
+    pub ignored_columns: Vec<String>,
 }
 
 /// Parses a CSV export. `origin` names the file in problems.
 pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError> {
-    let mut problems = Vec::new();
-    let Some(text) = decode(bytes, &mut problems) else {
-        return finish(origin, Vec::new(), problems);
+    parse_csv_read(bytes, origin).map(|r| r.directory)
+}
+
+/// Like [`parse_csv`], also naming the columns skipped on purpose.
+pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsError> {
+    let done = |contacts, problems, ignored_columns| {
+        finish(origin, contacts, problems).map(|directory| CsvRead {
+            directory,
+            ignored_columns,
+        })
     };
-    if text.trim().is_empty() {
+    let mut problems = Vec::new();
+    let text = match decode(bytes) {
+        Ok(t) => t,
+        Err(p) => return done(Vec::new(), vec![p], Vec::new()),
+    };
+    if text.trim_start_matches('\u{feff}').trim().is_empty() {
         problems.push(Problem::file(
             "header",
             format!("the file is empty; it needs a header row ({COLUMNS_HINT})"),
         ));
-        return finish(origin, Vec::new(), problems);
+        return done(Vec::new(), problems, Vec::new());
     }
+    let lines = LineIndex::new(text.as_bytes());
+    let line_at = |pos: Option<&csv::Position>| {
+        pos.map_or(1, |p| {
+            lines.content_line_at(text.as_bytes(), p.byte() as usize)
+        })
+    };
 
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -113,25 +479,38 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
     let mut columns = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let mut labels = Labels::new();
+    let mut ignored = Vec::new();
     for result in records.by_ref() {
         let record = match result {
             Ok(r) => r,
             Err(e) => {
-                problems.push(csv_error(&e));
-                return finish(origin, Vec::new(), problems);
+                problems.push(csv_error(&e, line_at(e.position())));
+                return done(Vec::new(), problems, Vec::new());
             }
         };
         if record.iter().all(|c| c.trim().is_empty()) {
             continue;
         }
-        header_line = record.position().map_or(1, |p| p.line() as usize);
+        header_line = line_at(record.position());
+        let mut parts: Vec<(&'static str, bool, String)> = Vec::new();
         for cell in record.iter() {
             let name = cell.trim().to_string();
             let column = column_for(&name).unwrap_or_else(|| {
+                let advice = match closest_header(&name) {
+                    Some(near) => format!(
+                        "did you mean {near:?}? (contacts.example.toml lists every header \
+                         anpi reads)"
+                    ),
+                    None => COLUMNS_HINT.to_string(),
+                };
+                let shown = if name.is_empty() { "(blank)" } else { &name };
                 problems.push(Problem::at(
                     header_line,
-                    name.clone(),
-                    format!("unknown column; {COLUMNS_HINT}"),
+                    shown,
+                    format!(
+                        "unknown column; {advice}. Until it is fixed, rows with a value in \
+                         this column are not checked for missing values"
+                    ),
                 ));
                 Column::Unknown
             });
@@ -145,6 +524,20 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
                         ));
                     }
                 }
+                Column::Part { field, given } => {
+                    if let Some((_, _, before)) =
+                        parts.iter().find(|(f, g, _)| f == field && g == given)
+                    {
+                        problems.push(Problem::at(
+                            header_line,
+                            name.clone(),
+                            format!(
+                                "this column and {before:?} are the same part of {field}; keep one"
+                            ),
+                        ));
+                    }
+                    parts.push((field, *given, name.clone()));
+                }
                 Column::Chat(p) => {
                     if columns.contains(&column) {
                         problems.push(Problem::at(
@@ -154,10 +547,34 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
                         ));
                     }
                 }
-                Column::ExtraPhone | Column::Unknown => {}
+                Column::Ignored => ignored.push(name.clone()),
+                Column::Phone { .. } | Column::Unknown => {}
             }
             columns.push(column);
             names.push(name);
+        }
+        // 姓 + 名 stand for the name; with a 氏名 column as well, the file says it twice.
+        for field in ["name", "kana"] {
+            let given: Vec<&str> = parts
+                .iter()
+                .filter(|(f, _, _)| *f == field)
+                .map(|(_, _, n)| n.as_str())
+                .collect();
+            if given.is_empty() {
+                continue;
+            }
+            let joined = given.join("/");
+            if let Some(whole) = labels.get(field) {
+                problems.push(Problem::at(
+                    header_line,
+                    joined,
+                    format!(
+                        "these columns and {whole:?} both give the {field}; keep one or the other"
+                    ),
+                ));
+            } else {
+                labels.insert(field, joined);
+            }
         }
         break;
     }
@@ -166,7 +583,7 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
             "header",
             format!("the file has no header row ({COLUMNS_HINT})"),
         ));
-        return finish(origin, Vec::new(), problems);
+        return done(Vec::new(), problems, ignored);
     }
     for required in ["id", "name"] {
         if !labels.contains_key(required) {
@@ -177,38 +594,46 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
             ));
         }
     }
-    let reachable = columns.iter().any(|c| {
-        matches!(
-            c,
-            Column::Chat(_) | Column::ExtraPhone | Column::Field("phones")
-        )
-    });
+    // An unknown column may be the phone column misspelt: its own problem says so, and rows
+    // are still checked (see `RawEntry::unread_column`).
+    let reachable = columns
+        .iter()
+        .any(|c| matches!(c, Column::Chat(_) | Column::Phone { .. } | Column::Unknown));
     if !reachable {
         problems.push(Problem::at(
             header_line,
             "phones",
-            "the header has neither a phones column nor a chat.<provider> column, so no one \
-             could be reached",
+            "the header has neither a phone column (電話番号, 携帯電話 ...) nor a chat id column \
+             (LINE WORKS ID, chat.<provider>), so no one could be reached",
         ));
     }
     if !labels.contains_key("id") || !labels.contains_key("name") || !reachable {
         // Every row would repeat the same complaint; the header problem says it once.
-        return finish(origin, Vec::new(), problems);
+        return done(Vec::new(), problems, ignored);
+    }
+    if let Some(label) = columns
+        .iter()
+        .zip(&names)
+        .find(|(c, _)| matches!(c, Column::Phone { .. }))
+        .map(|(_, n)| n.clone())
+    {
+        labels.insert("phones", label);
     }
 
     let mut entries = Vec::new();
+    let mut excel_damaged = None;
     for result in records {
         let record = match result {
             Ok(r) => r,
             Err(e) => {
-                problems.push(csv_error(&e));
+                problems.push(csv_error(&e, line_at(e.position())));
                 break;
             }
         };
         if record.iter().all(|c| c.trim().is_empty()) {
             continue;
         }
-        let line = record.position().map_or(0, |p| p.line() as usize);
+        let line = line_at(record.position());
         let extra_filled = record
             .iter()
             .skip(columns.len())
@@ -230,7 +655,9 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
             line,
             ..RawEntry::default()
         };
-        let mut extra_phones = Vec::new();
+        let mut other_phones = Vec::new();
+        // (field, given, text, header)
+        let mut name_parts: Vec<(&'static str, bool, String)> = Vec::new();
         for ((column, header), cell) in columns.iter().zip(&names).zip(record.iter()) {
             let cell = cell.trim();
             if cell.is_empty() {
@@ -238,23 +665,53 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
             }
             let at = At::new(cell, line, header.clone());
             let slot = match column {
-                Column::Unknown => continue,
+                Column::Unknown => {
+                    e.unread_column = true;
+                    continue;
+                }
+                Column::Ignored => continue,
                 Column::Chat(provider) => {
                     e.chat.push((provider.clone(), at));
                     continue;
                 }
-                Column::ExtraPhone | Column::Field("phones") => {
-                    let target = if *column == Column::ExtraPhone {
-                        &mut extra_phones
-                    } else {
-                        &mut e.phones
-                    };
-                    target.extend(
-                        cell.split(PHONE_SEPARATORS)
-                            .map(str::trim)
-                            .filter(|p| !p.is_empty())
-                            .map(|p| At::new(p, line, header.clone())),
-                    );
+                Column::Part { field, given } => {
+                    name_parts.push((field, *given, cell.to_string()));
+                    continue;
+                }
+                Column::Phone { mobile } => {
+                    for number in cell
+                        .split(PHONE_SEPARATORS)
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                    {
+                        if let Some(damage) = excel_damage(number) {
+                            excel_damaged.get_or_insert_with(|| header.clone());
+                            problems.push(Problem::at(
+                                line,
+                                header.clone(),
+                                match damage {
+                                    ExcelDamage::LostZero(p) => format!(
+                                        "{number:?} has lost its leading 0 (it was probably \
+                                         {}); Excel did this, see the note at the top",
+                                        p.national()
+                                    ),
+                                    ExcelDamage::Scientific => format!(
+                                        "{number:?} is a phone number Excel rewrote in \
+                                         scientific notation, and its last digits are gone; \
+                                         type it again (see the note at the top)"
+                                    ),
+                                },
+                            ));
+                            e.reported.push("phones");
+                            continue;
+                        }
+                        let at = At::new(number, line, header.clone());
+                        if *mobile {
+                            e.phones.push(at);
+                        } else {
+                            other_phones.push(at);
+                        }
+                    }
                     continue;
                 }
                 Column::Field("id") => &mut e.id,
@@ -269,16 +726,48 @@ pub fn parse_csv(bytes: &[u8], origin: &str) -> Result<Directory, ContactsError>
             };
             *slot = Some(at);
         }
-        e.phones.append(&mut extra_phones);
+        e.phones.append(&mut other_phones);
+        for field in ["name", "kana"] {
+            let mut parts: Vec<&(&str, bool, String)> =
+                name_parts.iter().filter(|(f, _, _)| *f == field).collect();
+            if parts.is_empty() {
+                continue;
+            }
+            parts.sort_by_key(|(_, given, _)| *given);
+            let joined = parts
+                .iter()
+                .map(|(_, _, t)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let at = Some(At::new(
+                joined,
+                line,
+                labels.get(field).cloned().unwrap_or_default(),
+            ));
+            if field == "name" {
+                e.name = at;
+            } else {
+                e.kana = at;
+            }
+        }
         entries.push(e);
     }
+    if let Some(header) = excel_damaged {
+        problems.push(Problem::file(header, EXCEL_NOTE));
+    }
     let contacts = entry::build(entries, &labels, &mut problems);
-    finish(origin, contacts, problems)
+    done(contacts, problems, ignored)
 }
 
-fn csv_error(e: &csv::Error) -> Problem {
-    let line = e.position().map_or(1, |p| p.line() as usize);
-    Problem::at(line, "row", format!("cannot read this row: {e}"))
+/// The csv crate's own message carries its own line count; only the line from
+/// [`LineIndex`] is shown.
+fn csv_error(e: &csv::Error, line: usize) -> Problem {
+    let what = match e.kind() {
+        csv::ErrorKind::Io(io) => io.to_string(),
+        csv::ErrorKind::Utf8 { .. } => "it is not UTF-8 text".to_string(),
+        _ => "it is not well-formed CSV".to_string(),
+    };
+    Problem::at(line, "row", format!("cannot read this row: {what}"))
 }
 
 #[cfg(test)]
@@ -380,37 +869,267 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_lines_are_named() {
-        let (mut bytes, _, _) = encoding_rs::SHIFT_JIS.encode(JAPANESE);
+    fn a_shift_jis_file_with_a_broken_character_gets_one_error_naming_line_and_byte() {
+        let (bytes, _, _) = encoding_rs::SHIFT_JIS.encode(JAPANESE);
         let mut bad = bytes.to_vec();
+        let offset = bad.len() + 3;
         bad.extend_from_slice(b"S9,\x82\xff\x82,090-1234-5678\r\n");
-        bytes = bad.into();
-        let p = problems(&bytes);
+        bad.extend_from_slice(b"S8,\x82\xff\x82,090-1234-5679\r\n");
+        let p = problems(&bad);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!((p[0].0, p[0].1.as_str()), (Some(4), "encoding"));
-        assert!(p[0].2.contains("neither UTF-8 nor Shift_JIS"));
+        assert!(
+            p[0].2.starts_with(&format!(
+                "byte offset {offset}: this is neither UTF-8 nor Shift_JIS"
+            )),
+            "{p:?}"
+        );
+        assert!(
+            p[0].2.contains("(3 more bad places after this one)"),
+            "{p:?}"
+        );
     }
 
     #[test]
-    fn unknown_and_duplicate_columns_are_named() {
+    fn a_utf8_file_with_one_bad_byte_is_named_as_utf8_once() {
+        let mut text = String::from("職員番号,氏名,電話番号\r\n");
+        for i in 0..1010 {
+            text.push_str(&format!("S{i},職員{i},090-0000-{i:04}\r\n"));
+        }
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        // Line 501 is the row of S499: cut the 員 of its name short by a byte.
+        let row = "S499,職員499".as_bytes();
+        let start = bytes.windows(row.len()).position(|w| w == row).unwrap();
+        let bad_at = start + "S499,職".len();
+        bytes.remove(bad_at + 2);
+        for bom in [true, false] {
+            let input = if bom { &bytes[..] } else { &bytes[3..] };
+            let p = problems(input);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (Some(501), "encoding"));
+            let offset = bad_at - if bom { 0 } else { 3 };
+            assert!(
+                p[0].2
+                    .starts_with(&format!("byte offset {offset}: the file is UTF-8 but")),
+                "{p:?}"
+            );
+            assert!(
+                !p[0].2.contains("CSV UTF-8"),
+                "not told to save as what it is: {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_column_is_one_error_with_the_closest_header() {
         let p = problems(
-            "id,name,phones,住所,電話番号,chat.matrix,Chat.Matrix\nS1,a,090-1234-5678,x,,,\n"
+            "id,name,phones,血液型,電話番号,chat.matrix,Chat.Matrix\nS1,a,090-1234-5678,x,,,\n"
                 .as_bytes(),
         );
         let got: Vec<_> = p.iter().map(|p| (p.0, p.1.as_str())).collect();
         assert_eq!(
             got,
-            [
-                (Some(1), "住所"),
-                (Some(1), "電話番号"),
-                (Some(1), "Chat.Matrix")
-            ]
+            [(Some(1), "血液型"), (Some(1), "Chat.Matrix")],
+            "{p:?}"
         );
         assert!(p[0].2.starts_with("unknown column; use id, name"), "{p:?}");
-        assert_eq!(
-            p[1].2,
-            "this column and \"phones\" both mean phones; keep one"
+        assert!(!p[0].2.contains("did you mean"), "nothing is close: {p:?}");
+
+        let p = problems("職員番号,氏名,電話番,メールアドレス\nS1,a,090-1234-5678,\n".as_bytes());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(1), "電話番"));
+        assert!(
+            p[0].2
+                .starts_with("unknown column; did you mean \"電話番号\"?"),
+            "{p:?}"
         );
+
+        let p = problems("id,name,phone,emial\nS1,a,090-1234-5678,a@b.jp\n".as_bytes());
+        assert!(
+            p[0].2
+                .starts_with("unknown column; did you mean \"email\"?"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn rows_whose_values_sit_in_an_unknown_column_get_no_follow_on_errors() {
+        // The only phone number of every row is in the misspelt column.
+        let mut text = String::from("職員番号,氏名,携帯電話番,内線\r\n");
+        for i in 0..221 {
+            text.push_str(&format!("S{i},職員{i},090-0000-{i:04},{i}\r\n"));
+        }
+        // A row with nothing in the unknown column is still checked.
+        text.push_str("S999,,090-0000-9999,\r\nS1000,職員,,\r\n");
+        let p = problems(text.as_bytes());
+        let got: Vec<_> = p.iter().map(|p| (p.0, p.1.as_str())).collect();
+        assert_eq!(
+            got,
+            [(Some(1), "携帯電話番"), (Some(224), "phones")],
+            "{p:?}"
+        );
+        assert!(p[0].2.contains("did you mean \"携帯電話番号\"?"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_columns_are_named() {
+        let p = problems("id,name,職員番号,電話\nS1,a,S1,090-1234-5678\n".as_bytes());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(1), "職員番号"));
+        assert_eq!(p[0].2, "this column and \"id\" both mean id; keep one");
+    }
+
+    /// An export as HR systems write it: cp932, CRLF, the headers HR uses.
+    const HR_EXPORT: &str = "社員番号,姓,名,セイ,メイ,部署,役職,内線,電話番号,携帯電話,Ｅメール,LINE WORKS ID,住所\r\n\
+        0012,田中,一郎,タナカ,イチロウ,防災対策室,室長,1234,0256-34-5525,090-1234-5678,tanaka@city.example.jp,tanaka@sanjo-city,三条市旭町2-3-1\r\n\
+        0013,佐藤,花子,ｻﾄｳ,ﾊﾅｺ,総務課,,1235,,,,sato@sanjo-city,\r\n";
+
+    #[test]
+    fn an_hr_export_with_mobile_and_line_works_id_headers_loads() {
+        let (bytes, _, unmappable) = encoding_rs::SHIFT_JIS.encode(HR_EXPORT);
+        assert!(!unmappable);
+        let read = parse_csv_read(&bytes, "社員.csv").unwrap_or_else(|e| panic!("{e}"));
+        let dir = read.directory;
+        assert_eq!(dir.len(), 2);
+        let c = &dir.contacts[0];
+        assert_eq!(c.id.as_str(), "0012");
+        assert_eq!(c.name, "田中 一郎", "姓 and 名 are joined");
+        assert_eq!(c.kana.as_deref(), Some("タナカ イチロウ"));
+        assert_eq!(c.department.as_deref(), Some("防災対策室"));
+        assert_eq!(c.role.as_deref(), Some("室長"));
+        assert_eq!(
+            c.phones.iter().map(|p| p.national()).collect::<Vec<_>>(),
+            ["090-1234-5678", "0256-34-5525"],
+            "the mobile is called first"
+        );
+        assert_eq!(
+            c.email.as_ref().unwrap().to_string(),
+            "tanaka@city.example.jp"
+        );
+        assert_eq!(
+            c.chat_handle("lineworks").unwrap().as_str(),
+            "tanaka@sanjo-city"
+        );
+        assert_eq!(
+            dir.contacts[1].chat_handle("lineworks").unwrap().as_str(),
+            "sato@sanjo-city"
+        );
+        assert_eq!(read.ignored_columns, ["内線", "住所"]);
+    }
+
+    #[test]
+    fn header_spellings_match_whatever_the_width_case_or_brackets() {
+        for (header, want) in [
+            ("ＩＤ", Column::Field("id")),
+            ("E-Mail", Column::Field("email")),
+            ("氏名（カナ）", Column::Field("kana")),
+            ("ﾌﾘｶﾞﾅ", Column::Field("kana")),
+            ("携帯電話２", Column::Phone { mobile: true }),
+            ("電話2", Column::Phone { mobile: false }),
+            ("lineworks id", Column::Chat("lineworks".into())),
+            ("課", Column::Field("department")),
+            ("カナ", Column::Field("kana")),
+            ("ID", Column::Field("id")),
+            ("内線", Column::Ignored),
+        ] {
+            assert_eq!(column_for(header), Some(want), "{header}");
+        }
+        assert_eq!(column_for("血液型"), None);
+    }
+
+    #[test]
+    fn a_phone_number_excel_mangled_gets_the_excel_hint() {
+        let text = "職員番号,氏名,電話番号\r\nS1,田中,9012345678\r\nS2,佐藤,256345525\r\nS3,鈴木,9.01235E+09\r\nS4,高橋,090-12-34\r\n";
+        let p = problems(text.as_bytes());
+        let got: Vec<_> = p.iter().map(|p| (p.0, p.1.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (None, "電話番号"),
+                (Some(2), "電話番号"),
+                (Some(3), "電話番号"),
+                (Some(4), "電話番号"),
+                (Some(5), "電話番号")
+            ],
+            "{p:?}"
+        );
+        assert!(
+            p[0].2
+                .starts_with("Excel turned these phone numbers into numbers"),
+            "{p:?}"
+        );
+        assert!(p[0].2.contains("文字列"), "{p:?}");
+        assert!(
+            p[1].2
+                .contains("lost its leading 0 (it was probably 090-1234-5678)"),
+            "{p:?}"
+        );
+        assert!(p[2].2.contains("probably 0256-34-5525"), "{p:?}");
+        assert!(p[3].2.contains("scientific notation"), "{p:?}");
+        assert!(
+            !p[4].2.contains("Excel"),
+            "an ordinary typo is not blamed on Excel: {p:?}"
+        );
+        assert_eq!(
+            p.iter().filter(|p| p.2.contains("Excel turned")).count(),
+            1,
+            "the explanation is given once"
+        );
+    }
+
+    #[test]
+    fn crlf_lf_and_cr_copies_give_the_lines_an_editor_shows() {
+        // Line 1 header, 2 good, 3 blank, 4-5 a quoted note over two lines, 6 bad phone,
+        // 7 a duplicate of line 2's id.
+        let lines = [
+            "id,name,phones,備考",
+            "S1,a,090-1234-5678,",
+            "",
+            "S2,b,090-1234-5679,\"二行の",
+            "備考\"",
+            "S3,c,090-12-34,",
+            "S1,d,090-1234-5670,",
+        ];
+        let mut seen = Vec::new();
+        for eol in ["\n", "\r\n", "\r"] {
+            for bom in ["", "\u{feff}"] {
+                let text = format!("{bom}{}{eol}", lines.join(eol));
+                let p = problems(text.as_bytes());
+                let got: Vec<_> = p.iter().map(|p| (p.0, p.1.clone(), p.2.clone())).collect();
+                assert_eq!(
+                    got.iter().map(|g| (g.0, g.1.as_str())).collect::<Vec<_>>(),
+                    [(Some(6), "phones"), (Some(7), "id")],
+                    "{eol:?} bom={bom:?}"
+                );
+                assert!(got[1].2.contains("used on line 2 and line 7"), "{got:?}");
+                seen.push(got);
+            }
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn a_nul_in_a_contact_name_is_refused_with_its_line() {
+        let p = problems(
+            "職員番号,氏名,電話番号\r\nS1,田中,090-1234-5678\r\nS2,佐\0藤,090-1234-5679\r\n"
+                .as_bytes(),
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(3), "氏名"));
+        assert!(
+            p[0].2.contains("a NUL character (U+0000) at character 2"),
+            "{p:?}"
+        );
+        let p = problems("id,name,department,phones\nS1,a,\"防災\n対策室\",090-1234-5678\nS2,b,x\u{7}y,090-1234-5679\n".as_bytes());
+        let got: Vec<_> = p.iter().map(|p| (p.0, p.1.as_str())).collect();
+        assert_eq!(
+            got,
+            [(Some(2), "department"), (Some(4), "department")],
+            "{p:?}"
+        );
+        assert!(p[0].2.contains("a line break"), "{p:?}");
+        assert!(p[1].2.contains("U+0007"), "{p:?}");
     }
 
     #[test]
@@ -436,7 +1155,7 @@ mod tests {
 
     #[test]
     fn quoted_cells_keep_their_line_numbers_right() {
-        let text = "id,name,phones\nS1,\"田中\n一郎\",090-1234-5678\nS2,b,090-12-34\n";
+        let text = "id,name,phones,備考\nS1,a,090-1234-5678,\"二行の\n備考\"\nS2,b,090-12-34,\n";
         let p = problems(text.as_bytes());
         assert_eq!((p[0].0, p[0].1.as_str()), (Some(4), "phones"), "{p:?}");
     }

@@ -50,6 +50,9 @@ pub(super) struct RawEntry {
     /// Canonical fields the reader already reported as unusable (wrong type, say), so the
     /// builder does not also call them missing.
     pub reported: Vec<&'static str>,
+    /// The row has a value in a column the reader refused (an unknown CSV header): a value
+    /// that seems missing may be sitting there, so missing values are not reported.
+    pub unread_column: bool,
 }
 
 /// The file's own name for each canonical field, used when a problem is about a field that
@@ -92,6 +95,74 @@ fn fold_digits(s: &str) -> String {
         .collect()
 }
 
+/// Why a text value is refused for holding a control character (NUL, a line break, ...):
+/// invisible in a spreadsheet, but it breaks printed lists, CSV downloads and PostgreSQL
+/// (which stores no NUL). `None` when the text is clean.
+pub(crate) fn control_char_problem(value: &str) -> Option<String> {
+    let (i, c) = value.chars().enumerate().find(|(_, c)| c.is_control())?;
+    let what = match c {
+        '\0' => "a NUL character (U+0000)".to_string(),
+        '\n' | '\r' | '\u{85}' => "a line break".to_string(),
+        '\t' => "a tab".to_string(),
+        c => format!("the control character U+{:04X}", c as u32),
+    };
+    let fix = if matches!(c, '\n' | '\r' | '\u{85}') {
+        "put the value on one line (in Excel a cell with Alt+Enter holds one)"
+    } else {
+        "delete it (it is invisible in most editors; retyping the value removes it)"
+    };
+    // Quote enough to find the value, not all of it.
+    let shown: String = value.trim().chars().take(40).collect();
+    let more = if value.trim().chars().nth(40).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    Some(format!(
+        "{shown:?}{more} contains {what} at character {}; {fix}",
+        i + 1
+    ))
+}
+
+/// Takes every value holding a control character out of the entry, reporting it once with
+/// its line and field; the builder then treats the value as reported, not as missing.
+fn scrub(e: &mut RawEntry, problems: &mut Vec<Problem>) {
+    let mut report = |at: &At| match control_char_problem(&at.value) {
+        Some(message) => {
+            problems.push(Problem::at(at.line, at.field.clone(), message));
+            true
+        }
+        None => false,
+    };
+    let singles: [(&'static str, &mut Option<At>); 9] = [
+        ("id", &mut e.id),
+        ("name", &mut e.name),
+        ("kana", &mut e.kana),
+        ("department", &mut e.department),
+        ("role", &mut e.role),
+        ("call_priority", &mut e.call_priority),
+        ("email", &mut e.email),
+        ("kind", &mut e.kind),
+        ("shelter", &mut e.shelter),
+    ];
+    for (field, slot) in singles {
+        if slot.as_ref().is_some_and(&mut report) {
+            *slot = None;
+            e.reported.push(field);
+        }
+    }
+    let before = e.phones.len();
+    e.phones.retain(|at| !report(at));
+    if e.phones.len() != before {
+        e.reported.push("phones");
+    }
+    let before = e.chat.len();
+    e.chat.retain(|(_, at)| !report(at));
+    if e.chat.len() != before {
+        e.reported.push("chat");
+    }
+}
+
 /// Rules about a contact as a whole. `check_reachable = false` skips the "unreachable"
 /// rule when the numbers or ids were given but malformed: those already have a problem of
 /// their own, and a second one would send the reader looking for a missing column.
@@ -124,6 +195,20 @@ pub(super) fn rule_violations(c: &Contact, check_reachable: bool) -> Vec<(&'stat
                 .to_string(),
         ));
     }
+    // Files are scrubbed value by value in `build`; this catches a directory that came
+    // another way (the HTTP API, the database).
+    let texts = [
+        ("name", Some(c.name.as_str())),
+        ("kana", c.kana.as_deref()),
+        ("department", c.department.as_deref()),
+        ("role", c.role.as_deref()),
+        ("shelter", c.shelter.as_deref()),
+    ];
+    for (field, value) in texts {
+        if let Some(message) = value.and_then(control_char_problem) {
+            out.push((field, message));
+        }
+    }
     out
 }
 
@@ -135,8 +220,9 @@ pub(super) fn build(
 ) -> Vec<Contact> {
     let mut contacts = Vec::with_capacity(entries.len());
     let mut first_line: HashMap<StaffId, usize> = HashMap::with_capacity(entries.len());
-    for e in entries {
+    for mut e in entries {
         let before = problems.len();
+        scrub(&mut e, problems);
         let mut fail = |line: usize, field: &str, message: String| {
             problems.push(Problem::at(line, field, message));
         };
@@ -165,7 +251,7 @@ pub(super) fn build(
                     None
                 }
             },
-            None if e.reported.contains(&"id") => None,
+            None if e.reported.contains(&"id") || e.unread_column => None,
             None => {
                 fail(
                     e.line,
@@ -288,7 +374,9 @@ pub(super) fn build(
         let check_reachable =
             !reach_failed && !e.reported.contains(&"phones") && !e.reported.contains(&"chat");
         for (field, message) in rule_violations(&contact, check_reachable) {
-            if e.reported.contains(&field) {
+            // A value the reader could not take may be the one that seems missing.
+            let absence = matches!(field, "name" | "phones" | "shelter");
+            if e.reported.contains(&field) || (absence && e.unread_column) {
                 continue;
             }
             let (line, name) = match field {
@@ -571,5 +659,32 @@ mod tests {
             "{shown}"
         );
         assert_eq!(err.origin(), "contacts.csv");
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_toml_and_in_a_directory_from_elsewhere() {
+        let text = "[[contact]]\nid = \"A\"\nname = \"田\\u0000中\"\nphones = \"090-1234-5678\"\n";
+        let (line, field, msg) = one(toml_problems(text));
+        assert_eq!((line, field.as_str()), (Some(3), "name"));
+        assert!(
+            msg.contains("a NUL character (U+0000) at character 2"),
+            "{msg}"
+        );
+
+        let mut dir = crate::contacts::synthetic::generate(3, 1);
+        dir.contacts[1].department = Some("総務\u{1b}[31m課".into());
+        dir.contacts[2].name = "改行\nあり".into();
+        let err = dir.validate("api").unwrap_err();
+        let got: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(got, ["S00002.department", "S00003.name"], "{err}");
+        assert!(err.to_string().contains("U+001B"), "{err}");
+    }
+
+    #[test]
+    fn odd_but_printable_unicode_is_kept() {
+        let name = "Ａ\u{301}👨\u{200d}👩 \u{5d0}\u{5d1} ｶﾀｶﾅ\u{2028}x\u{feff}y";
+        let text = format!("id,name,phones\nS1,{name},090-1234-5678\n");
+        let dir = parse_csv(text.as_bytes(), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dir.contacts[0].name, name);
     }
 }

@@ -8,12 +8,13 @@
 //! one phone number or chat id, and a shelter if it is a shelter phone.
 //!
 //! Submodules: `phone` (Japanese numbers -> E.164), `email`, `entry` (checks shared by both
-//! file formats), `toml_file`, `csv_file`, and [`synthetic`] (fictional populations for the
-//! demo and benchmarks).
+//! file formats), `lines` (the one line-numbering rule), `toml_file`, `csv_file`, and
+//! [`synthetic`] (fictional populations for the demo and benchmarks).
 
 mod csv_file;
 mod email;
 mod entry;
+mod lines;
 mod phone;
 pub mod synthetic;
 mod toml_file;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChatHandle, StaffId};
 
-pub use csv_file::parse_csv;
+pub use csv_file::{parse_csv, parse_csv_read, CsvRead};
 pub use email::{EmailAddress, EmailError};
 pub use phone::{PhoneError, PhoneNumber, PhoneProblem};
 pub use toml_file::parse_toml;
@@ -316,6 +317,12 @@ pub(crate) fn finish(
 /// Loads a contacts file, choosing the format by extension (`.toml` or `.csv`, any case).
 /// The origin in errors is the path as given.
 pub fn load_file(path: &Path) -> Result<Directory, ContactsError> {
+    load_file_read(path).map(|r| r.directory)
+}
+
+/// Like [`load_file`], also naming the CSV columns skipped on purpose (内線, 住所 ...), for
+/// `anpi contacts check` to show.
+pub fn load_file_read(path: &Path) -> Result<CsvRead, ContactsError> {
     let origin = path.display().to_string();
     let extension = path
         .extension()
@@ -329,27 +336,32 @@ pub fn load_file(path: &Path) -> Result<Directory, ContactsError> {
         source,
     })?;
     if extension == "csv" {
-        return parse_csv(&bytes, &origin);
+        return parse_csv_read(&bytes, &origin);
     }
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    match std::str::from_utf8(bytes) {
-        Ok(text) => parse_toml(text, &origin),
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let directory = match std::str::from_utf8(body) {
+        Ok(text) => parse_toml(text, &origin)?,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count();
-            finish(
+            let offset = bytes.len() - body.len() + e.valid_up_to();
+            return finish(
                 &origin,
                 Vec::new(),
                 vec![Problem::at(
-                    line,
+                    lines::LineIndex::new(&bytes).line_of(offset),
                     "encoding",
-                    "the file is not UTF-8 text; save it as UTF-8",
+                    format!("byte offset {offset}: the file is not UTF-8 text; save it as UTF-8"),
                 )],
             )
+            .map(|directory| CsvRead {
+                directory,
+                ignored_columns: Vec::new(),
+            });
         }
-    }
+    };
+    Ok(CsvRead {
+        directory,
+        ignored_columns: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -391,6 +403,26 @@ mod tests {
                 "{field} is not explained in a comment"
             );
         }
+    }
+
+    #[test]
+    fn the_csv_example_in_the_example_file_loads_as_documented() {
+        let csv: String = EXAMPLE
+            .lines()
+            .skip_while(|l| !l.contains("csv-example-begin"))
+            .skip(1)
+            .take_while(|l| !l.contains("csv-example-end"))
+            .map(|l| format!("{}\r\n", l.trim_start_matches('#').trim()))
+            .collect();
+        let (bytes, _, _) = encoding_rs::SHIFT_JIS.encode(&csv);
+        let read = parse_csv_read(&bytes, "example.csv").unwrap_or_else(|e| panic!("{e}"));
+        let dir = read.directory;
+        assert_eq!(dir.len(), 3);
+        assert_eq!(dir.contacts[0].name, "田中 一郎");
+        assert_eq!(dir.contacts[0].phones[0].national(), "090-0000-0001");
+        assert_eq!(dir.contacts[2].kind, ContactKind::ShelterPhone);
+        assert_eq!(dir.contacts[2].name, "三条小学校避難所");
+        assert_eq!(read.ignored_columns, ["内線"]);
     }
 
     #[test]

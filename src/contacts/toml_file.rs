@@ -9,6 +9,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 use super::entry::{self, At, Labels, RawEntry};
+use super::lines::LineIndex;
 use super::{finish, ContactsError, Directory, Problem};
 
 /// A TOML value with spans all the way down. `toml::Value` loses spans, and a derived
@@ -91,17 +92,15 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-/// Byte offset -> 1-based line.
-struct Lines(Vec<usize>);
+/// Byte offset -> 1-based line, by the one rule every contacts message uses.
+struct Lines(LineIndex);
 
 impl Lines {
     fn new(text: &str) -> Self {
-        let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Self(starts)
+        Self(LineIndex::new(text.as_bytes()))
     }
     fn of(&self, offset: usize) -> usize {
-        self.0.partition_point(|&s| s <= offset).max(1)
+        self.0.line_of(offset)
     }
 }
 

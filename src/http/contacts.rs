@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiState, Role};
-use crate::contacts::Contact;
+use crate::contacts::{Contact, Directory};
 
 pub fn router() -> Router<ApiState> {
     Router::new().route("/contacts", put(replace).get(count))
@@ -27,13 +27,23 @@ async fn replace(
             "the contacts list is empty; refusing to delete everyone".into(),
         ));
     }
-    let mut seen = std::collections::HashSet::new();
-    for c in &contacts {
-        if !seen.insert(c.id.clone()) {
-            return Err(ApiError::Unprocessable(format!("duplicate id {}", c.id)));
+    // The same rules as a file (control characters, priorities, reachability, unique ids):
+    // what the API stores, every backend can store and every list can print.
+    let directory = Directory { contacts };
+    if let Err(e) = directory.validate("contacts") {
+        const SHOWN: usize = 20;
+        let problems = e.problems();
+        let mut message: Vec<String> = problems
+            .iter()
+            .take(SHOWN)
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect();
+        if problems.len() > SHOWN {
+            message.push(format!("and {} more", problems.len() - SHOWN));
         }
+        return Err(ApiError::Unprocessable(message.join("\n")));
     }
-    let n = s.hq.import_contacts(&contacts).await?;
+    let n = s.hq.import_contacts(&directory.contacts).await?;
     Ok(Json(json!({ "imported": n })))
 }
 

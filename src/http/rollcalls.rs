@@ -93,7 +93,15 @@ async fn estimate(
     let Json(r) = body?;
     let scenario = r.resolve(&s)?;
     let est = s.hq.estimate(&scenario).await?;
-    Ok(Json(json!({"scenario": scenario.name, "estimate": est})))
+    // What a confirmation before a real start shows: the text exactly as staff will get it.
+    let drill = scenario.drill || r.drill == Some(true);
+    Ok(Json(json!({
+        "scenario": scenario.name,
+        "estimate": est,
+        "title": scenario.title,
+        "drill": drill,
+        "message": scenario.message_text(drill),
+    })))
 }
 
 async fn start(

@@ -1,4 +1,5 @@
-//! The HQ web page: one HTML file, one stylesheet and one script, compiled into the binary
+//! The HQ web page and the shelter phone's page (`/shelter`): HTML, one stylesheet and a
+//! script each, compiled into the binary
 //! (no build step, nothing fetched from the internet). The page holds only the token the
 //! operator pasted (in `sessionStorage`) and does everything through the JSON API, so the
 //! page can do exactly what its token's role allows and nothing more.
@@ -15,12 +16,16 @@ use super::ApiState;
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
 const APP_CSS: &str = include_str!("web/app.css");
+const SHELTER_HTML: &str = include_str!("web/shelter.html");
+const SHELTER_JS: &str = include_str!("web/shelter.js");
 
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/app.css", get(app_css))
+        .route("/shelter", get(shelter))
+        .route("/shelter.js", get(shelter_js))
 }
 
 /// The page may only load its own script and style, and nothing may frame it.
@@ -35,6 +40,29 @@ async fn index() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         INDEX_HTML,
+    )
+}
+
+/// The shelter phone's page (opened from `/shelter#token=...`: the part after `#` never
+/// reaches the server).
+async fn shelter() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SHELTER_HTML,
+    )
+}
+
+async fn shelter_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        SHELTER_JS,
     )
 }
 

@@ -1,9 +1,12 @@
 //! The adapter for anpi's built-in chat simulator ([`crate::simulator`]): sends over
 //! `POST /v1/messages`, events by long-polling `GET /v1/events`.
 //!
-//! Invariant: every HTTP outcome is classified here, once, into [`Sent`] or a
+//! Invariants: every HTTP outcome is classified here, once, into [`Sent`] or a
 //! [`ProviderError`]; a send the server accepted (2xx) is never reported as failed, whatever
-//! its body looks like, because retrying it would message the person twice.
+//! its body looks like, because retrying it would message the person twice. The cursor names
+//! the feed it belongs to (`<feed>:<seq>`), so when the simulator restarts (a new feed, its
+//! `seq` back at 1) the new feed is read from its beginning instead of waiting forever past
+//! the old cursor.
 
 use std::fmt;
 use std::time::Duration;
@@ -92,6 +95,24 @@ struct EventsPage {
     /// Kept raw so that one event this adapter cannot read does not block the feed.
     events: Vec<serde_json::Value>,
     next: String,
+    /// The feed's id; empty from a simulator that does not say.
+    #[serde(default)]
+    feed: String,
+    /// The newest `seq` in the feed, when the simulator says.
+    #[serde(default)]
+    last: Option<u64>,
+}
+
+/// `<feed>:<seq>`, or a bare `<seq>` stored before feeds had ids.
+fn parse_cursor(c: &str) -> Result<(Option<&str>, u64), ProviderError> {
+    let (feed, seq) = match c.trim().split_once(':') {
+        Some((f, s)) => (Some(f), s),
+        None => (None, c.trim()),
+    };
+    let seq = seq
+        .parse()
+        .map_err(|_| ProviderError::Permanent(format!("{c:?} is not a simulator event cursor")))?;
+    Ok((feed, seq))
 }
 
 #[derive(Deserialize)]
@@ -218,12 +239,51 @@ impl ChatProvider for SimulatorProvider {
         cursor: Option<&str>,
         wait: Duration,
     ) -> Result<EventBatch, ProviderError> {
-        let after: u64 = match cursor {
-            None => 0,
-            Some(c) => c.trim().parse().map_err(|_| {
-                ProviderError::Permanent(format!("{c:?} is not a simulator event cursor"))
-            })?,
+        let (feed, after) = match cursor {
+            None => (None, 0),
+            Some(c) => parse_cursor(c)?,
         };
+        let mut page = self.events_page(after, wait).await?;
+        let other_feed = feed.is_some_and(|f| !page.feed.is_empty() && f != page.feed);
+        let past_the_end = page.last.is_some_and(|last| after > last);
+        if after > 0 && (other_feed || past_the_end) {
+            tracing::warn!(
+                stored = cursor.unwrap_or_default(),
+                feed = %page.feed,
+                newest = ?page.last,
+                "the simulator's event feed started again (the simulator restarted); \
+                 reading the new feed from its beginning"
+            );
+            page = self.events_page(0, Duration::ZERO).await?;
+        }
+        let mut events = Vec::with_capacity(page.events.len());
+        for raw in page.events {
+            match serde_json::from_value::<WireEvent>(raw) {
+                Ok(e) => events.push(InboundEvent {
+                    event_id: e.event_id,
+                    roll_call_id: e.roll_call_id,
+                    from: e.from,
+                    kind: e.kind,
+                    occurred_at: e.occurred_at,
+                }),
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable simulator event"),
+            }
+        }
+        let cursor = if page.feed.is_empty() {
+            page.next
+        } else {
+            format!("{}:{}", page.feed, page.next)
+        };
+        Ok(EventBatch {
+            events,
+            cursor: Some(cursor),
+        })
+    }
+}
+
+impl SimulatorProvider {
+    /// One `GET /v1/events` page after `after`, waiting up to `wait` for events.
+    async fn events_page(&self, after: u64, wait: Duration) -> Result<EventsPage, ProviderError> {
         let wait_ms = wait.as_millis().min(u64::MAX as u128) as u64;
         let resp = self
             .client
@@ -238,27 +298,9 @@ impl ChatProvider for SimulatorProvider {
             return Err(refusal(resp).await);
         }
         let bytes = resp.bytes().await.map_err(transport_error)?;
-        let page: EventsPage =
-            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
-                after: None,
-                reason: format!("simulator sent an unreadable events page: {e}"),
-            })?;
-        let mut events = Vec::with_capacity(page.events.len());
-        for raw in page.events {
-            match serde_json::from_value::<WireEvent>(raw) {
-                Ok(e) => events.push(InboundEvent {
-                    event_id: e.event_id,
-                    roll_call_id: e.roll_call_id,
-                    from: e.from,
-                    kind: e.kind,
-                    occurred_at: e.occurred_at,
-                }),
-                Err(e) => tracing::warn!(error = %e, "skipping an unreadable simulator event"),
-            }
-        }
-        Ok(EventBatch {
-            events,
-            cursor: Some(page.next),
+        serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
+            after: None,
+            reason: format!("simulator sent an unreadable events page: {e}"),
         })
     }
 }
@@ -363,6 +405,35 @@ mod tests {
             p.poll_events(None, Duration::ZERO).await,
             Err(ProviderError::Retryable { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_feed_that_started_again_is_read_from_its_beginning() {
+        // A restarted simulator: feed "new1", two events; the stored cursor is the old feed's.
+        let app = Router::new().route(
+            "/v1/events",
+            get(|q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+                let ev = |n: u32| format!(
+                    r#"{{"seq":{n},"event_id":"e-new1-{n}","roll_call_id":7,"from":"sim-a","kind":{{"type":"read"}},"occurred_at":"2026-01-01T00:00:00Z"}}"#
+                );
+                match q.get("after").map(String::as_str) {
+                    Some("0") => format!(r#"{{"events":[{},{}],"next":"2","feed":"new1","last":2}}"#, ev(1), ev(2)),
+                    Some(a) => format!(r#"{{"events":[],"next":"{a}","feed":"new1","last":2}}"#),
+                    None => "{}".into(),
+                }
+            }),
+        );
+        let p = provider_for(app).await;
+        for stored in ["old9:40", "40"] {
+            let batch = p.poll_events(Some(stored), Duration::ZERO).await.unwrap();
+            let ids: Vec<&str> = batch.events.iter().map(|e| e.event_id.as_str()).collect();
+            assert_eq!(ids, ["e-new1-1", "e-new1-2"], "{stored}");
+            assert_eq!(batch.cursor.as_deref(), Some("new1:2"));
+        }
+        // The same feed, nothing new: no reset.
+        let batch = p.poll_events(Some("new1:2"), Duration::ZERO).await.unwrap();
+        assert!(batch.events.is_empty());
+        assert_eq!(batch.cursor.as_deref(), Some("new1:2"));
     }
 
     #[tokio::test]

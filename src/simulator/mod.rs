@@ -4,7 +4,8 @@
 //!
 //! Invariants: the rate limit is enforced exactly (a sliding-window log on the shared clock,
 //! so [`SimStats::max_in_window`] and [`SimStats::limit_exceeded`] are evidence, not
-//! estimates), and events appear in the feed only once the shared clock reaches their time.
+//! estimates), events appear in the feed only once the shared clock reaches their time, and
+//! each server start is a new feed with its own id (see `Shared::feed`).
 //!
 //! # Layout
 //! - `script`: behaviours per chat handle and the population spec that generates them.
@@ -122,6 +123,10 @@ pub struct ReceivedMessage {
 pub(crate) struct Shared {
     /// `"Bearer <token>"`, compared whole against the Authorization header.
     pub expected_auth: Vec<u8>,
+    /// This server's event feed, drawn at start: a restarted simulator has a new feed whose
+    /// `seq` starts again at 1, and clients tell the two apart by it. Event ids carry it, so
+    /// the new feed's events are never taken for the old feed's.
+    pub feed: String,
     pub clock: SharedClock,
     pub state: Mutex<state::State>,
     /// Woken when an event becomes due at the moment it is scheduled.
@@ -160,6 +165,7 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             expected_auth: format!("Bearer {}", config.token).into_bytes(),
+            feed: format!("{:08x}", rand::random::<u32>()),
             clock,
             state: Mutex::new(state::State::new(&config, script)),
             new_events: Notify::new(),

@@ -143,6 +143,10 @@ struct EventsPage {
     events: Vec<WireEvent>,
     /// The `seq` to pass as `after` next time.
     next: String,
+    /// Which feed this is (new at every server start).
+    feed: String,
+    /// The newest `seq` in this feed: an `after` beyond it belongs to another feed.
+    last: u64,
 }
 
 async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
@@ -161,17 +165,19 @@ async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
 
-    let events = loop {
+    let (mut events, last) = loop {
         // Registered before looking, so a wake-up between the look and the wait is not lost.
         let woken = shared.new_events.notified();
-        let events = {
+        let (events, last) = {
             let mut state = shared.lock();
             let now = shared.clock.now();
-            state.poll(now, after, limit)
+            let events = state.poll(now, after, limit);
+            (events, state.last_seq())
         };
         let now = Instant::now();
-        if !events.is_empty() || now >= deadline {
-            break events;
+        // A cursor from another feed waits for nothing: the client must start over.
+        if !events.is_empty() || now >= deadline || after > last {
+            break (events, last);
         }
         tokio::select! {
             _ = woken => {}
@@ -179,5 +185,14 @@ async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
         }
     };
     let next = events.last().map_or(after, |e| e.seq).to_string();
-    Json(EventsPage { events, next }).into_response()
+    for e in &mut events {
+        e.event_id = format!("e-{}-{}", shared.feed, e.seq);
+    }
+    Json(EventsPage {
+        events,
+        next,
+        feed: shared.feed.clone(),
+        last,
+    })
+    .into_response()
 }

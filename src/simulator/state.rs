@@ -344,6 +344,11 @@ impl State {
         self.stats.clone()
     }
 
+    /// The newest `seq` in the feed (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.log.len() as u64
+    }
+
     pub fn received(&self, roll_call: RollCallId, to: &ChatHandle) -> u32 {
         self.inboxes.get(to).map_or(0, |msgs| {
             msgs.iter().filter(|m| m.roll_call_id == roll_call).count() as u32

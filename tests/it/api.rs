@@ -268,3 +268,29 @@ async fn call_list_csv_has_a_bom_and_healthz_and_metrics_answer() {
     assert!(m.contains("anpi_roll_calls{state=\"open\",drill=\""), "{m}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn contacts_with_a_control_character_are_refused_and_nothing_is_replaced() {
+    let app = spawn_app().await;
+    let before = app.store.contacts().await.unwrap();
+    let mut contacts = serde_json::to_value(&before).unwrap();
+    contacts[1]["name"] = json!("佐藤\u{0}花子");
+    let res = app
+        .http
+        .put(format!("{}/api/contacts", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .json(&contacts)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = res.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default();
+    let id = before[1].id.as_str();
+    assert!(
+        error.contains(&format!("{id}.name: ")) && error.contains("NUL"),
+        "{body}"
+    );
+    assert_eq!(app.store.contacts().await.unwrap(), before);
+    app.shutdown().await;
+}

@@ -1,11 +1,12 @@
-//! The HQ web page in a real headless Chromium, driven over WebDriver (Debian's chromium and
-//! chromedriver; `.ci/run` installs them): log in, start a drill, watch progress change live,
-//! see silent people land on the call list at the deadline, claim one, record the outcome,
-//! and see them leave the list.
+//! The HQ web page and the shelter page in a real headless Chromium, driven over WebDriver
+//! (Debian's chromium and chromedriver; `.ci/run` installs them): log in with a desk name,
+//! start a drill, see an urgent answer at the top of 要対応 before any deadline, watch
+//! progress change live, see silent people land on the list at the deadline, claim one,
+//! record the outcome, and see them leave the list; a shelter phone answers in one tap.
 
 use std::process::Stdio;
 
-use anpi::simulator::Script;
+use anpi::simulator::{Behaviour, Script, SimAnswer};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
@@ -105,29 +106,19 @@ async fn count(c: &Client, css: &str) -> u64 {
     .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn hq_runs_a_drill_from_the_web_page() {
-    let Some(b) = browser().await else { return };
-    let c = &b.client;
-    let contacts = anpi::contacts::synthetic::generate(50, 1).contacts;
-    let mut script = Script::new();
-    // Ten staff read after a minute; everyone else stays silent.
-    for h in handles(&contacts).into_iter().take(10) {
-        script.insert(h, read_after(mins(1)));
-    }
-    let app = spawn_app_with(Options {
-        contacts,
-        script,
-        ..Options::default()
-    })
-    .await;
-
+async fn log_in(c: &Client, app: &TestApp, token: &str, desk: &str) {
     c.goto(&format!("{}/", app.base_url)).await.unwrap();
     assert_eq!(text_of(c, "h1").await.trim(), "安否確認 本部画面");
     c.find(Locator::Id("token"))
         .await
         .unwrap()
-        .send_keys(HQ_TOKEN)
+        .send_keys(token)
+        .await
+        .unwrap();
+    c.find(Locator::Id("desk"))
+        .await
+        .unwrap()
+        .send_keys(desk)
         .await
         .unwrap();
     c.find(Locator::Id("login-btn"))
@@ -136,10 +127,46 @@ async fn hq_runs_a_drill_from_the_web_page() {
         .click()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn hq_runs_a_drill_from_the_web_page() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let contacts = anpi::contacts::synthetic::generate(50, 1).contacts;
+    let hs = handles(&contacts);
+    let mut script = Script::new();
+    // Ten staff read after a minute; one asks for help; everyone else stays silent.
+    for h in hs.iter().take(10) {
+        script.insert(h.clone(), read_after(mins(1)));
+    }
+    let helper = &contacts[20];
+    assert_eq!(helper.kind, anpi::contacts::ContactKind::Staff);
+    script.insert(
+        hs[20].clone(),
+        Behaviour::reads_after(std::time::Duration::from_secs(20))
+            .answering(
+                std::time::Duration::from_secs(30),
+                SimAnswer::Button("need_help".into()),
+            )
+            .then_answering(
+                std::time::Duration::from_secs(40),
+                SimAnswer::Reply("足を怪我、家から出られない".into()),
+            ),
+    );
+    let app = spawn_app_with(Options {
+        contacts: contacts.clone(),
+        script,
+        ..Options::default()
+    })
+    .await;
+
+    log_in(c, &app, HQ_TOKEN, "受付1").await;
     eventually("the scenario list", || async {
         (count(c, "#scenario option[value=drill]").await == 1).then_some(())
     })
     .await;
+    assert!(text_of(c, "#who").await.contains("受付1"));
 
     // Start a drill: scenario, drill switch, estimate, then the confirmation step.
     c.find(Locator::Id("scenario"))
@@ -176,22 +203,41 @@ async fn hq_runs_a_drill_from_the_web_page() {
     assert!(rc.drill);
     wait_text(c, "#p-confirmed", "0").await;
 
-    // Readers read: the page updates without a reload.
+    // Readers read and one asks for help: the page updates without a reload, and the request
+    // for help is at the top of 要対応, by name, with what they wrote, before any deadline.
     app.advance(mins(2));
-    wait_text(c, "#p-confirmed", "10").await;
+    wait_text(c, "#p-confirmed", "11").await;
+    wait_text(c, "#n-urgent", "1").await;
+    eventually("the urgent row", || async {
+        (count(c, "#tocall tr.a-urgent").await == 1).then_some(())
+    })
+    .await;
+    let urgent = text_of(c, "#tocall tr.a-urgent").await;
+    assert!(urgent.contains(&helper.name), "{urgent}");
+    assert!(urgent.contains("救助要請"), "{urgent}");
+    assert!(urgent.contains("足を怪我、家から出られない"), "{urgent}");
+    assert_eq!(
+        eval(
+            c,
+            "return document.querySelector('#tocall tr[data-staff]').dataset.staff;"
+        )
+        .await,
+        json!(helper.id.as_str())
+    );
     wait_text(c, "#p-to_call", "0").await;
 
-    // The deadline passes: the silent forty land on the call list, shelter phones first.
+    // The deadline passes: the silent 39 land on the list, below the urgent answer, silent
+    // shelter phones first.
     app.advance(mins(4));
-    wait_text(c, "#p-to_call", "40").await;
-    eventually("forty rows to call", || async {
-        (count(c, "#tocall tr").await == 40).then_some(())
+    wait_text(c, "#p-to_call", "39").await;
+    eventually("forty rows on the list", || async {
+        (count(c, "#tocall tr[data-staff]").await == 40).then_some(())
     })
     .await;
     assert_eq!(
         eval(
             c,
-            "return document.querySelector('#tocall tr').dataset.staff;"
+            "return document.querySelectorAll('#tocall tr[data-staff]')[1].dataset.staff;"
         )
         .await,
         json!("P0001")
@@ -201,7 +247,7 @@ async fn hq_runs_a_drill_from_the_web_page() {
         "tel: links"
     );
 
-    // Claim the next person, record "safe", and see them leave the list.
+    // Claim the next person (the urgent one), try to close without a note, then with one.
     c.find(Locator::Id("claim-btn"))
         .await
         .unwrap()
@@ -209,18 +255,58 @@ async fn hq_runs_a_drill_from_the_web_page() {
         .await
         .unwrap();
     eventually("a claimed person", || async {
-        let name = text_of(c, "#claimed-name").await;
+        let name = text_of(c, "#person-name").await;
         (!name.is_empty()).then_some(name)
     })
     .await;
-    assert!(text_of(c, "#claimed-name").await.ends_with("避難所"));
+    assert!(text_of(c, "#person-name").await.contains(&helper.name));
+    assert_eq!(
+        eval(c, "return document.getElementById('note-required').hidden;").await,
+        json!(false),
+        "the page says a note is needed to close an urgent answer"
+    );
     let held = app.call_list(rc.id).await;
-    let p1 = held
-        .iter()
-        .find(|e| e.staff_id.as_str() == "P0001")
+    let h = held.iter().find(|e| e.staff_id == helper.id).unwrap();
+    assert_eq!(h.claimed_by.as_deref(), Some("hq#1/受付1"));
+    c.find(Locator::Id("note"))
+        .await
+        .unwrap()
+        .send_keys("消防に救助依頼済み")
+        .await
         .unwrap();
-    assert!(p1.claimed_by.as_deref().unwrap().starts_with("hq#1/tab-"));
-    c.find(Locator::Css("#claimed button[data-outcome=safe]"))
+    c.find(Locator::Css("#person button[data-outcome=needs-help]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the urgent answer closed", || async {
+        (count(c, "#tocall tr.a-urgent").await == 0).then_some(())
+    })
+    .await;
+    let e = app
+        .call_list(rc.id)
+        .await
+        .into_iter()
+        .find(|e| e.staff_id == helper.id)
+        .unwrap();
+    assert_eq!(e.notes[0].text, "消防に救助依頼済み");
+
+    // The next is the silent shelter P0001: record "safe" and see it leave the list.
+    c.find(Locator::Id("claim-btn"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the shelter claimed", || async {
+        text_of(c, "#person-name")
+            .await
+            .ends_with("避難所")
+            .then_some(())
+    })
+    .await;
+    c.find(Locator::Css("#person button[data-outcome=safe]"))
         .await
         .unwrap()
         .click()
@@ -235,8 +321,8 @@ async fn hq_runs_a_drill_from_the_web_page() {
     assert!(text_of(c, "#done tr[data-staff=P0001]")
         .await
         .contains("代理回答"));
-    wait_text(c, "#p-to_call", "39").await;
-    wait_text(c, "#p-reached", "1").await;
+    wait_text(c, "#p-to_call", "38").await;
+    wait_text(c, "#p-reached", "2").await;
     let entry = app
         .call_list(rc.id)
         .await
@@ -290,6 +376,73 @@ async fn hq_runs_a_drill_from_the_web_page() {
         .await
         .unwrap();
     wait_text(c, "#claim-btn", "Call the next person").await;
+
+    b.client.close().await.unwrap();
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_caller_sees_no_hq_buttons_and_a_shelter_phone_answers_in_one_tap() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let shelter_token = "shelter-token-P0001-0123456789";
+    let app = spawn_app_with(Options {
+        extra_config: format!(
+            "[[api.shelter_tokens]]\ntoken = \"{shelter_token}\"\nstaff_id = \"P0001\"\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let rc = app.start(&scenario()).await;
+    app.all_sent(rc.id).await;
+
+    // A caller: the list and the queue, no start, announcement or close.
+    log_in(c, &app, CALLER_TOKEN, "受付2").await;
+    eventually("the roll call", || async {
+        (!text_of(c, "#rc-title").await.is_empty()).then_some(())
+    })
+    .await;
+    for hq_only in ["start", "announce", "close-btn"] {
+        let visible = eval(
+            c,
+            &format!(
+                "const e = document.getElementById('{hq_only}'); \
+                 return !!e && e.offsetParent !== null;"
+            ),
+        )
+        .await;
+        assert_eq!(visible, json!(false), "{hq_only} is hidden from a caller");
+    }
+
+    // The shelter phone opens its link and taps 支援が必要.
+    c.goto(&format!("{}/shelter#token={shelter_token}", app.base_url))
+        .await
+        .unwrap();
+    eventually("the shelter's buttons", || async {
+        (count(c, "button[data-value=need_support]").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        eval(c, "return location.hash;").await,
+        json!(""),
+        "the token leaves the address bar"
+    );
+    c.find(Locator::Css("button[data-value=need_support]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("HQ has the answer", || async {
+        text_of(c, ".sent-answer")
+            .await
+            .contains("支援が必要")
+            .then_some(())
+    })
+    .await;
+    let list = app.call_list(rc.id).await;
+    assert_eq!(list[0].staff_id.as_str(), "P0001");
+    assert_eq!(list[0].action(), Some(anpi::rollcall::Action::Urgent));
 
     b.client.close().await.unwrap();
     app.shutdown().await;

@@ -53,6 +53,43 @@ fn contacts_check_names_line_and_field_of_every_problem() {
 }
 
 #[test]
+fn contacts_check_refuses_a_nul_in_a_name_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("staff.csv");
+    std::fs::write(
+        &f,
+        "職員番号,氏名,電話番号\r\nS1,田中 一郎,090-1234-5678\r\nS2,佐藤\0花子,090-1234-5679\r\n",
+    )
+    .unwrap();
+    let out = anpi(&["contacts", "check", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("staff.csv:3: 氏名: ") && err.contains("NUL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn contacts_check_reads_an_excel_hr_export_and_names_the_columns_it_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("社員.csv");
+    let text = "社員番号,氏名,カナ,部署,内線,携帯電話,LINE WORKS ID\r\n\
+                0012,田中 一郎,タナカ イチロウ,防災対策室,1234,090-1234-5678,tanaka@sanjo-city\r\n";
+    let (bytes, _, _) = encoding_rs::SHIFT_JIS.encode(text);
+    std::fs::write(&f, &bytes).unwrap();
+    let out = anpi(&["contacts", "check", f.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK — 1 contacts"), "{stdout}");
+    assert!(stdout.contains("columns not used: 内線"), "{stdout}");
+}
+
+#[test]
 fn help_explains_the_commands() {
     let out = anpi(&["--help"]);
     let s = String::from_utf8_lossy(&out.stdout);
@@ -139,7 +176,10 @@ async fn rollcall_status_escalations_and_call_go_through_the_api() {
     .await
     .unwrap();
     let s = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success() && s.contains("off the list"), "{s}");
+    assert!(
+        out.status.success() && s.contains("off the action list"),
+        "{s}"
+    );
     let out = run(vec![
         "escalations".into(),
         "1".into(),
@@ -185,7 +225,7 @@ async fn rollcall_status_escalations_and_call_go_through_the_api() {
     let out = call(&[&held, "--outcome", "no-answer", "--desk", "tablet-2"])
         .await
         .unwrap();
-    assert!(text(&out).contains("stays on the list"), "{}", text(&out));
+    assert!(text(&out).contains("still needs HQ"), "{}", text(&out));
     // Neither --next nor a staff id: a clear usage error.
     let bad = call(&[]).await.unwrap();
     assert!(!bad.status.success());

@@ -103,6 +103,37 @@ fn endpoints(rc: i64) -> Vec<(Method, String, Value, &'static str)> {
         ),
         (Method::PUT, "/api/contacts".into(), json!([]), "hq"),
         (Method::GET, "/api/contacts".into(), Value::Null, "hq"),
+        (
+            Method::GET,
+            format!("/api/rollcalls/{rc}/people?q=S0"),
+            Value::Null,
+            "caller",
+        ),
+        (
+            Method::GET,
+            format!("/api/rollcalls/{rc}/people/S00001"),
+            Value::Null,
+            "caller",
+        ),
+        (
+            Method::GET,
+            format!("/api/rollcalls/{rc}/answers"),
+            Value::Null,
+            "caller",
+        ),
+        (
+            Method::GET,
+            "/api/late-answers".into(),
+            Value::Null,
+            "caller",
+        ),
+        (
+            Method::POST,
+            "/api/late-answers/1/close".into(),
+            json!({"note": "対応済み"}),
+            "caller",
+        ),
+        (Method::GET, "/api/shelter".into(), Value::Null, "shelter"),
     ]
 }
 

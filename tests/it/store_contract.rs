@@ -876,3 +876,91 @@ async fn contacts_are_replaced_whole_and_the_next_due_attempt_follows_retries_an
         assert_eq!(store.next_due_attempt("matrix").await.unwrap(), None);
     }
 }
+
+/// Text people really type, and text that breaks naive code: every one must come back from
+/// every backend exactly as it went in.
+const ODD_TEXT: [&str; 14] = [
+    "e\u{301}か\u{3099}",                   // combining marks (decomposed é and が)
+    "👩\u{200d}👩\u{200d}👧\u{200d}👦🇯🇵👍🏽", // ZWJ sequence, flag, skin tone
+    "שלום مرحبا \u{202e}abc\u{202c}",       // right to left, and an override
+    "ｶﾀｶﾅ ﾊﾟﾋﾟﾌﾟ",                             // half-width katakana with semi-voiced marks
+    "line\u{2028}para\u{2029}end",          // Unicode line and paragraph separators
+    "in\u{feff}side",                       // a BOM inside a field
+    "𠮷野家 髙橋 﨑",                       // outside the BMP, and 異体字 used in names
+    "葛\u{e0100}城",                        // an ideographic variation selector
+    "zero\u{200b}width",                    // zero-width space
+    "ＡＢＣ１２３　全角",                   // full width, ideographic space
+    "\u{10ffff}\u{fffd}",                   // the last code point, the replacement char
+    "'; DROP TABLE contacts; --",           // quotes and SQL
+    "\\N \\0 %s {} $1",                     // backslashes and placeholders
+    "長い名前長い名前長い名前長い名前長い名前長い名前長い名前長い名前長い名前長い名前長い名前", // long
+];
+
+#[tokio::test]
+async fn odd_unicode_goes_through_every_store_unchanged() {
+    for (name, store, _db) in backends().await {
+        let mut dir = synthetic::generate(ODD_TEXT.len(), 3);
+        for (c, text) in dir.contacts.iter_mut().zip(ODD_TEXT) {
+            c.name = text.to_string();
+            c.kana = Some(text.to_string());
+            c.department = Some(format!("課 {text}"));
+            c.role = Some(text.to_string());
+            c.shelter = Some(text.to_string());
+        }
+        dir.validate("odd").unwrap_or_else(|e| panic!("{e}"));
+        store.replace_contacts(&dir.contacts, 1_000).await.unwrap();
+        assert_eq!(store.contacts().await.unwrap(), dir.contacts, "{name}");
+
+        let (mut new, rec) = rollcall::plan(&scenario(), &dir.contacts, "simulator", None, None);
+        new.title = ODD_TEXT.concat();
+        new.message = ODD_TEXT.join("\n");
+        let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
+        let back = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(
+            (back.title, back.message),
+            (new.title, new.message),
+            "{name}"
+        );
+        let departments: Vec<String> = store
+            .progress(rc.id)
+            .await
+            .unwrap()
+            .by_department
+            .into_keys()
+            .collect();
+        let mut want: Vec<String> = ODD_TEXT.iter().map(|t| format!("課 {t}")).collect();
+        want.sort();
+        assert_eq!(departments, want, "{name}");
+
+        let events: Vec<InboundEvent> = dir
+            .contacts
+            .iter()
+            .zip(ODD_TEXT)
+            .enumerate()
+            .map(|(i, (c, text))| InboundEvent {
+                event_id: format!("odd-{i}"),
+                roll_call_id: Some(rc.id),
+                from: c.chat_handle("simulator").unwrap().clone(),
+                kind: InboundKind::Reply {
+                    text: text.to_string(),
+                },
+                occurred_at: chrono::DateTime::from_timestamp_millis(2_000).unwrap(),
+            })
+            .collect();
+        store
+            .apply_events("simulator", &events, None, 2_000)
+            .await
+            .unwrap();
+        let mut got: Vec<String> = store
+            .events(rc.id, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.value)
+            .collect();
+        let mut want: Vec<String> = ODD_TEXT.iter().map(|t| t.to_string()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{name}");
+    }
+}

@@ -1,0 +1,35 @@
+//! `anpi demo`'s summary counts the same people to call as the list it prints above it.
+
+use anpi::demo::{self, DemoArgs};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_summary_and_its_call_list_agree() {
+    init_logs();
+    for seed in [1, 2] {
+        let r = demo::run_measured(DemoArgs {
+            size: 500,
+            speed: 300.0,
+            seed,
+            scenario: None,
+            rate_limit_per_minute: 0,
+            database: None,
+            plain: true,
+            provider: "simulator".into(),
+            no_board: false,
+            rooms: false,
+            answers: None,
+            texts: Vec::new(),
+        })
+        .await
+        .unwrap();
+        assert!(r.to_call > 0, "{r:?}");
+        // The list holds those to call and the urgent answers, nobody else.
+        assert_eq!(
+            r.to_call + r.urgent,
+            r.listed as i64,
+            "summary vs list, seed {seed}: {r:?}"
+        );
+    }
+}
