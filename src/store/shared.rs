@@ -646,7 +646,7 @@ pub(super) async fn apply_batch(
         .map(|p| {
             let (kind, value) = kind_parts(&p.event.kind);
             json!({
-                "eid": p.event.event_id, "rc": p.logged.map(|l| l.0), "did": p.logged.and_then(|l| l.1),
+                "eid": storable(&p.event.event_id), "rc": p.logged.map(|l| l.0), "did": p.logged.and_then(|l| l.1),
                 "h": p.event.from.as_str(), "k": kind, "v": value,
                 "at": p.event.occurred_at.timestamp_millis(),
                 "lvl": p.meaning.as_ref().map(|m| m.level.rank()),
@@ -658,15 +658,17 @@ pub(super) async fn apply_batch(
         .run(&st.insert_events, provider, now, json!(rows).to_string())
         .await?;
     summary.logged = fresh.len() as u64;
+    // Ids as stored (see `storable`), so an id the database had to change still matches.
     let fresh: HashSet<String> = fresh.into_iter().collect();
+    let is_fresh = |e: &InboundEvent| fresh.contains(&storable(&e.event_id));
 
     let mut folded: BTreeMap<i64, Fold> = BTreeMap::new();
     let mut late = Vec::new();
-    for p in placed.iter().filter(|p| fresh.contains(&p.event.event_id)) {
+    for p in placed.iter().filter(|p| is_fresh(p.event)) {
         if let (Some((rc, did)), Some(m)) = (p.late, &p.meaning) {
             late.push(json!({
-                "eid": p.event.event_id, "rc": rc, "did": did, "lvl": m.level.rank(),
-                "v": m.value, "lb": m.label, "t": m.text,
+                "eid": storable(&p.event.event_id), "rc": rc, "did": did, "lvl": m.level.rank(),
+                "v": storable(&m.value), "lb": storable(&m.label), "t": m.text.as_deref().map(storable),
             }));
         }
         let Some((delivery, _, _)) = p.target else {
@@ -707,8 +709,10 @@ pub(super) async fn apply_batch(
                 let (sa, s) = f.gravest.as_ref()?;
                 Some(json!({
                     "id": id, "a": f.first_answer,
-                    "la": la, "lv": l.value, "lb": l.label, "lt": l.text, "ll": l.level.rank(),
-                    "sa": sa, "sv": s.value, "sb": s.label, "st": s.text, "sl": s.level.rank(),
+                    "la": la, "lv": storable(&l.value), "lb": storable(&l.label),
+                    "lt": l.text.as_deref().map(storable), "ll": l.level.rank(),
+                    "sa": sa, "sv": storable(&s.value), "sb": storable(&s.label),
+                    "st": s.text.as_deref().map(storable), "sl": s.level.rank(),
                     "ua": f.urgent,
                 }))
             })
@@ -728,7 +732,7 @@ pub(super) async fn apply_batch(
     }
     summary.urgent = placed
         .iter()
-        .filter(|p| fresh.contains(&p.event.event_id))
+        .filter(|p| is_fresh(p.event))
         .filter(|p| {
             p.meaning
                 .as_ref()
@@ -837,9 +841,20 @@ fn place<'e>(
 pub(super) fn kind_parts(kind: &InboundKind) -> (&'static str, Option<String>) {
     match kind {
         InboundKind::Read => ("read", None),
-        InboundKind::Answer { value } => ("answer", Some(value.clone())),
-        InboundKind::Reply { text } => ("reply", Some(text.clone())),
-        InboundKind::Sticker { id } => ("sticker", Some(id.clone())),
+        InboundKind::Answer { value } => ("answer", Some(storable(value))),
+        InboundKind::Reply { text } => ("reply", Some(storable(text))),
+        InboundKind::Sticker { id } => ("sticker", Some(storable(id))),
+    }
+}
+
+/// Text from outside as a database can keep it: a NUL, which PostgreSQL refuses in text and
+/// which would stop the whole batch (and every batch after it) from being stored, becomes
+/// U+FFFD. Everything else is kept as the person wrote it.
+pub(super) fn storable(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_string()
     }
 }
 

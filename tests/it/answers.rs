@@ -686,3 +686,44 @@ async fn the_resend_goes_once_to_the_unread_when_it_falls_due() {
         assert_eq!(p.next_deadline_at, Some(302_000), "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_reply_with_a_nul_is_kept_and_does_not_stop_the_batch() {
+    for (name, store, _db) in backends().await {
+        let f = sent_roll_call(&store, 10, None).await;
+        let (a, b) = (f.staff_index(0), f.staff_index(1));
+        let s = apply(
+            &store,
+            &[
+                ev("n\0ul", None, &f.handle(a), text("閉じ込め\0られた"), 5_000),
+                ev("n2", None, &f.handle(b), InboundKind::Read, 5_000),
+            ],
+            6_000,
+        )
+        .await;
+        assert_eq!((s.logged, s.urgent), (2, 1), "{name}");
+        let e = store.entry(f.rc.id, &f.staff(a)).await.unwrap().unwrap();
+        let st = e.standing.unwrap();
+        assert_eq!(st.level, AnswerLevel::Urgent, "{name}");
+        assert_eq!(st.text.as_deref(), Some("閉じ込め\u{FFFD}られた"), "{name}");
+        let eb = store.entry(f.rc.id, &f.staff(b)).await.unwrap().unwrap();
+        assert!(
+            eb.state.is_confirmed(),
+            "{name}: the rest of the batch is stored"
+        );
+        // The same event again is a replay, not a new one.
+        let again = apply(
+            &store,
+            &[ev(
+                "n\0ul",
+                None,
+                &f.handle(a),
+                text("閉じ込め\0られた"),
+                5_000,
+            )],
+            7_000,
+        )
+        .await;
+        assert_eq!(again.logged, 0, "{name}");
+    }
+}
