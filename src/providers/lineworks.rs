@@ -42,10 +42,13 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 /// The platform shows at most 13 quick-reply items.
 pub const MAX_QUICK_REPLIES: usize = 13;
+/// A text message holds at most this many characters (bot-send-text).
+pub const MAX_TEXT_CHARS: usize = 2000;
 /// Quick-reply labels longer than this are cut.
 const MAX_LABEL_CHARS: usize = 20;
-/// Readers per page asked for (the platform's maximum).
-pub const READERS_PAGE: usize = 5000;
+/// A must-read post stays must-read at most this many days (board-post-create:
+/// `mustReadEndDate` 最大30日).
+pub const MAX_MUST_READ_DAYS: i64 = 30;
 /// How much of an unexpected error body goes into a reason.
 const EXCERPT_CHARS: usize = 200;
 /// Share of the platform's limit anpi plans with. A request leaves the token bucket and
@@ -189,7 +192,22 @@ pub fn parse_postback(data: &str) -> Option<(RollCallId, String)> {
     (!value.is_empty()).then(|| (rc, value.to_string()))
 }
 
-/// The message body with quick-reply postback buttons (at most 13).
+/// The body of "Send messages (to a user)" and "(to a channel)": a text message
+/// (<https://developers.worksmobile.com/en/docs/bot-send-text>: `content.type` "text",
+/// `content.text` at most 2,000 characters) with a quick reply
+/// (<https://developers.worksmobile.com/jp/docs/bot-quickreply>: at most 13 items, each
+/// `{"action": ...}` with no `type` of its own) of postback actions
+/// (<https://developers.worksmobile.com/jp/docs/bot-actionobject>: `label` at most 20
+/// characters, `data` at most 300, `displayText` required in a quick reply, at most 300).
+///
+/// A quick reply rather than a button template: the Action Objects table allows postback
+/// actions in quick replies but not in button templates (message, URI and copy only).
+///
+/// The reference is ambiguous about what a tap sends back: the Postback Event page
+/// (bot-callback-postback) lists only carousels and rich menus as its sources, while the
+/// Action Objects page says a postback action answers with a Postback Event wherever it is.
+/// [`parse_callback`] takes both a `postback` event and a message event whose
+/// `content.postback` holds the data.
 fn message_body(rc: RollCallId, text: &str, buttons: &[super::AnswerButton]) -> Value {
     let items: Vec<Value> = buttons
         .iter()
@@ -200,11 +218,37 @@ fn message_body(rc: RollCallId, text: &str, buttons: &[super::AnswerButton]) -> 
                               "data": postback_data(rc, &b.value), "displayText": b.label}})
         })
         .collect();
+    let text: String = text.chars().take(MAX_TEXT_CHARS).collect();
     let mut content = json!({"type": "text", "text": text});
     if !items.is_empty() {
         content["quickReply"] = json!({ "items": items });
     }
     json!({ "content": content })
+}
+
+/// The body of "Create a post" (<https://developers.worksmobile.com/jp/reference/board-post-create>):
+/// `title` (1..200), `body` (HTML, 1..716,800), `enableComment`, `mustReadEndDate` (a date at
+/// most 30 days ahead; it is what makes the post must-read) and `sendNotifications`.
+/// `isMustRead` and `mustReadPeriod` are fields of the answer, not of this request.
+///
+/// The end date is the day `req.until` falls on in Asia/Tokyo (the reference does not say
+/// in which zone the date is read; a Japanese domain's is assumed), kept between today and
+/// 30 days ahead.
+pub fn board_post_body(req: &BroadcastRequest, now: DateTime<Utc>) -> Value {
+    let tz = chrono_tz::Asia::Tokyo;
+    let today = now.with_timezone(&tz).date_naive();
+    let end = req
+        .until
+        .with_timezone(&tz)
+        .date_naive()
+        .clamp(today, today + chrono::Duration::days(MAX_MUST_READ_DAYS));
+    json!({
+        "title": req.title.chars().take(200).collect::<String>(),
+        "body": html_escape(&req.text),
+        "enableComment": false,
+        "mustReadEndDate": end.format("%Y-%m-%d").to_string(),
+        "sendNotifications": true,
+    })
 }
 
 fn html_escape(s: &str) -> String {
@@ -358,7 +402,13 @@ impl LineWorksProvider {
         .map_err(|e| ProviderError::Permanent(format!("cannot sign the JWT assertion: {e}")))
     }
 
-    /// Exchanges a fresh assertion for an access token.
+    /// Exchanges a fresh assertion for an access token: "Service Account 認証 (JWT)"
+    /// (<https://developers.worksmobile.com/jp/docs/auth-jwt>): `POST` the form
+    /// (`application/x-www-form-urlencoded`) `assertion`, `grant_type`
+    /// (`urn:ietf:params:oauth:grant-type:jwt-bearer`), `client_id`, `client_secret`, `scope`;
+    /// the JWT is RS256 with `iss` (client id), `sub` (service account), `iat` and `exp` (at
+    /// most 60 minutes on). The answer's `expires_in` may be a string; an access token lives
+    /// 1 or 24 hours.
     async fn mint(&self) -> Result<CachedToken, ProviderError> {
         let assertion = self.assertion()?;
         let form = [
@@ -466,24 +516,13 @@ impl LineWorksProvider {
         }
     }
 
+    /// Creates the must-read post ([`board_post_body`]) and follows its readers.
     async fn board_post(&self, req: &BroadcastRequest) -> Result<Broadcasted, ProviderError> {
         let board = self.settings.board_id.as_deref().ok_or_else(|| {
             ProviderError::Permanent("no board is configured for LINE WORKS".into())
         })?;
         self.board_posts.acquire().await;
-        let end_date = req
-            .until
-            .with_timezone(&chrono_tz::Asia::Tokyo)
-            .format("%Y-%m-%d")
-            .to_string();
-        let body = json!({
-            "title": req.title,
-            "body": html_escape(&req.text),
-            "enableComment": false,
-            "isMustRead": true,
-            "mustReadPeriod": {"endDate": end_date},
-            "sendNotifications": true,
-        });
+        let body = board_post_body(req, self.clock.now());
         let url = self.api(&format!("/boards/{board}/posts"));
         let resp = self.call(|| self.client.post(&url).json(&body)).await?;
         if !resp.status().is_success() {
@@ -512,7 +551,12 @@ impl LineWorksProvider {
         Ok(Broadcasted { post_id })
     }
 
-    /// Every member marked read on `post`, page by page, each page within the readers budget.
+    /// Every member marked read on `post`, page by page, each page within the readers budget:
+    /// "Get readers of a post" (<https://developers.worksmobile.com/en/docs/board-post-reader-list>),
+    /// `GET /boards/{boardId}/posts/{postId}/readers`. The page documents no query parameter;
+    /// its answer holds up to 5,000 members, read and unread (`isRead`), and
+    /// `responseMetaData.nextCursor`, which is sent back as `cursor` as every other Board list
+    /// operation takes it. No `count`: this operation does not document one.
     async fn readers(&self, post: &str) -> Result<Vec<String>, ProviderError> {
         let board = self.settings.board_id.as_deref().unwrap_or_default();
         let url = self.api(&format!("/boards/{board}/posts/{post}/readers"));
@@ -522,11 +566,11 @@ impl LineWorksProvider {
             self.board_readers.acquire().await;
             let resp = self
                 .call(|| {
-                    let mut q = vec![("count", READERS_PAGE.to_string())];
-                    if let Some(c) = &cursor {
-                        q.push(("cursor", c.clone()));
+                    let req = self.client.get(&url);
+                    match &cursor {
+                        Some(c) => req.query(&[("cursor", c)]),
+                        None => req,
                     }
-                    self.client.get(&url).query(&q)
                 })
                 .await?;
             if !resp.status().is_success() {
@@ -1126,6 +1170,69 @@ mod tests {
         let rebuilt = fresh.poll_events(None, Duration::ZERO).await.unwrap();
         assert_eq!(rebuilt.events.len(), 6_000);
         assert_eq!(lw.stats().limit_exceeded, 0);
+    }
+
+    #[tokio::test]
+    async fn every_request_the_adapter_makes_passes_the_documented_schema() {
+        let c = clock();
+        let mut cfg = LwSimConfig::new(vec![handle("u1"), handle("u2")]);
+        cfg.rooms.insert("ch-1".into(), vec![handle("u2")]);
+        let lw = stand(cfg, &c).await;
+        let mut settings = provider(&lw, &c).settings.clone();
+        settings.rooms.insert("総務課".into(), "ch-1".into());
+        let p = LineWorksProvider::new(settings, Arc::new(c.clone())).unwrap();
+        let mut m = message("u1");
+        m.buttons = (0..13)
+            .map(|i| AnswerButton {
+                label: format!("選択肢{i}"),
+                value: format!("v{i}"),
+            })
+            .collect();
+        m.text = "安".repeat(2500);
+        p.send(&m).await.unwrap();
+        let req = BroadcastRequest {
+            roll_call_id: RollCallId(4),
+            kind: RouteKind::Rooms,
+            group: Some("総務課".into()),
+            title: "安否確認".into(),
+            text: "<地震> & 津波".into(),
+            buttons: m.buttons.clone(),
+            // Further than the platform allows: kept to 30 days.
+            until: c.now() + chrono::Duration::days(45),
+        };
+        p.broadcast(&req).await.unwrap();
+        let posted = p
+            .broadcast(&BroadcastRequest {
+                kind: RouteKind::Broadcast,
+                group: None,
+                ..req
+            })
+            .await
+            .unwrap();
+        assert!(posted.post_id.is_some());
+        p.poll_events(None, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            lw.refusals(),
+            vec![],
+            "a request broke the documented shape"
+        );
+        let post = &lw.posts()[0];
+        let today = c.now().with_timezone(&chrono_tz::Asia::Tokyo).date_naive();
+        assert_eq!(post.must_read_end, Some(today + chrono::Duration::days(30)));
+        assert_eq!(post.body, "&lt;地震&gt; &amp; 津波");
+        assert!(post.send_notifications && !post.enable_comment);
+        assert_eq!(lw.received(&handle("u1"))[0].text.chars().count(), 2000);
+        assert_eq!(lw.inbox(&handle("u2"))[0].len(), 13);
+        let st = lw.stats();
+        assert_eq!(
+            (
+                st.user_messages,
+                st.channel_messages,
+                st.board_posts,
+                st.readers_requests
+            ),
+            (1, 1, 1, 1)
+        );
     }
 
     #[test]

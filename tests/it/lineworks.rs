@@ -225,6 +225,11 @@ async fn a_thousand_one_to_one_on_240_per_minute_never_break_the_limit_and_429_w
     app.lw.force_429(3, Duration::from_secs(20));
     app.all_sent(rc.id).await;
     let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
     assert_eq!(st.limit_exceeded, 0, "{st:?}");
     assert_eq!(st.forced_429, 3);
     assert_eq!(st.user_messages, 1_000);
@@ -357,6 +362,11 @@ async fn readers_of_the_board_post_leave_the_call_list_and_the_rest_are_on_it_at
         );
     }
     let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
     assert_eq!(st.board_posts, 1);
     assert_eq!(st.user_messages, 0, "the board post covered everyone");
     assert_eq!(st.callbacks_refused, 0);
@@ -422,6 +432,11 @@ async fn a_board_post_refused_with_429_is_posted_once_after_the_reset() {
     assert_eq!(est.plan.route, RouteKind::Broadcast);
     app.all_sent(rc.id).await;
     let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
     assert_eq!(st.forced_429, 1);
     assert_eq!(st.board_posts, 1, "one post accepted");
     assert_eq!(st.user_messages, 0);
