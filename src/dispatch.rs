@@ -603,6 +603,7 @@ impl Dispatcher {
             title: rc.title.clone(),
             text: rc.message.clone(),
             buttons: rc.buttons.clone(),
+            asks: rc.asks.clone(),
             until: self.clock.now() + chrono::Duration::days(1),
         };
         let started = std::time::Instant::now();
@@ -703,6 +704,7 @@ impl Dispatcher {
             to: d.chat_handle.clone(),
             text: rc.message.clone(),
             buttons: rc.buttons.clone(),
+            asks: rc.asks.clone(),
         };
         let started = std::time::Instant::now();
         let span = debug_span!("send", roll_call = %d.roll_call_id, delivery = d.id, provider = self.provider.name());

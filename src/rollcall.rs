@@ -17,7 +17,7 @@ use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::AnswerButton;
-use crate::scenario::Scenario;
+use crate::scenario::{Asks, Scenario};
 
 /// How far a message has come. Ordered: a later state never returns to an earlier one,
 /// except `sending -> pending` when a retryable send failed (the message did not go out).
@@ -226,7 +226,8 @@ pub struct RollCall {
     pub id: RollCallId,
     pub scenario: String,
     pub title: String,
-    /// Exactly the text that went to staff.
+    /// The scenario's message as it went to staff; what it asks people to do is added per
+    /// route from `asks`.
     pub message: String,
     pub buttons: Vec<AnswerButton>,
     pub drill: bool,
@@ -236,6 +237,10 @@ pub struct RollCall {
     pub created_at: Millis,
     pub closed_at: Option<Millis>,
     pub recipients: i64,
+    /// What the message asks people to do, per route; the text sent on a route is
+    /// `asks.compose(message, route, buttons)`.
+    #[serde(default)]
+    pub asks: Asks,
 }
 
 impl RollCall {
@@ -256,6 +261,7 @@ pub struct NewRollCall {
     pub provider: String,
     /// A repeated start with the same key returns the first roll call.
     pub idempotency_key: Option<String>,
+    pub asks: Asks,
 }
 
 /// One recipient, snapshotted at start so the record stands even if contacts change later.
@@ -318,6 +324,7 @@ pub fn plan(
         deadline_ms: scenario.deadline.as_millis() as i64,
         provider: provider.to_string(),
         idempotency_key,
+        asks: scenario.asks.clone(),
     };
     (new, recipients)
 }

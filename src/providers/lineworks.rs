@@ -33,6 +33,19 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::Secret;
 use crate::ids::{ChatHandle, RollCallId};
 use crate::ratelimit::TokenBucket;
+use crate::scenario::{ButtonsShown, RouteTraits};
+
+/// Talk and room messages: no read receipt, quick-reply buttons.
+const TALK: RouteTraits = RouteTraits {
+    reads_visible: false,
+    buttons: ButtonsShown::WithMessage,
+};
+/// A must-read board post: readers are listed; it has no buttons, which follow in talk or
+/// rooms ([`crate::dispatch`]).
+const BOARD: RouteTraits = RouteTraits {
+    reads_visible: true,
+    buttons: ButtonsShown::Elsewhere,
+};
 
 /// Per-request budget.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,7 +257,7 @@ pub fn board_post_body(req: &BroadcastRequest, now: DateTime<Utc>) -> Value {
         .clamp(today, today + chrono::Duration::days(MAX_MUST_READ_DAYS));
     json!({
         "title": req.title.chars().take(200).collect::<String>(),
-        "body": html_escape(&req.text),
+        "body": html_escape(&req.asks.compose(&req.text, BOARD, &req.buttons)),
         "enableComment": false,
         "mustReadEndDate": end.format("%Y-%m-%d").to_string(),
         "sendNotifications": true,
@@ -654,7 +667,8 @@ impl ChatProvider for LineWorksProvider {
             self.settings.bot_id,
             msg.to.as_str()
         ));
-        self.post_message(url, message_body(msg.roll_call_id, &msg.text, &msg.buttons))
+        let text = msg.asks.compose(&msg.text, TALK, &msg.buttons);
+        self.post_message(url, message_body(msg.roll_call_id, &text, &msg.buttons))
             .await?;
         // 201 with no body: the platform gives no message id.
         Ok(Sent { message_id: None })
@@ -674,7 +688,8 @@ impl ChatProvider for LineWorksProvider {
                     "/bots/{}/channels/{channel}/messages",
                     self.settings.bot_id
                 ));
-                self.post_message(url, message_body(req.roll_call_id, &req.text, &req.buttons))
+                let text = req.asks.compose(&req.text, TALK, &req.buttons);
+                self.post_message(url, message_body(req.roll_call_id, &text, &req.buttons))
                     .await?;
                 Ok(Broadcasted::default())
             }
@@ -977,6 +992,7 @@ mod tests {
 
     fn message(to: &str) -> OutboundMessage {
         OutboundMessage {
+            asks: Default::default(),
             delivery_id: 1,
             roll_call_id: RollCallId(7),
             to: handle(to),
@@ -1119,6 +1135,7 @@ mod tests {
                 title: "安否確認".into(),
                 text: "無事なら既読に".into(),
                 buttons: vec![],
+                asks: Default::default(),
                 until: c.now() + chrono::Duration::days(1),
             })
             .await
@@ -1197,6 +1214,7 @@ mod tests {
             title: "安否確認".into(),
             text: "<地震> & 津波".into(),
             buttons: m.buttons.clone(),
+            asks: Default::default(),
             // Further than the platform allows: kept to 30 days.
             until: c.now() + chrono::Duration::days(45),
         };
@@ -1219,7 +1237,19 @@ mod tests {
         let post = &lw.posts()[0];
         let today = c.now().with_timezone(&chrono_tz::Asia::Tokyo).date_naive();
         assert_eq!(post.must_read_end, Some(today + chrono::Duration::days(30)));
-        assert_eq!(post.body, "&lt;地震&gt; &amp; 津波");
+        // The post counts reads but has no buttons: it says so, and HTML-escaped.
+        assert!(
+            post.body.starts_with("&lt;地震&gt; &amp; 津波<br><br>"),
+            "{}",
+            post.body
+        );
+        assert!(post.body.contains("読むだけで構いません") && !post.body.contains("下のボタン"));
+        // Talk shows no reads: the 1:1 text never says reading is enough.
+        let talk = &lw.received(&handle("u2"))[0].text;
+        assert!(
+            talk.contains("返信") && !talk.contains("読むだけ"),
+            "{talk}"
+        );
         assert!(post.send_notifications && !post.enable_comment);
         assert_eq!(lw.received(&handle("u1"))[0].text.chars().count(), 2000);
         assert_eq!(lw.inbox(&handle("u2"))[0].len(), 13);

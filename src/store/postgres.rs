@@ -309,6 +309,11 @@ fn row_to_roll_call(r: &PgRow) -> StoreResult<RollCall> {
         created_at: r.try_get("created_at")?,
         closed_at: r.try_get("closed_at")?,
         recipients: r.try_get("recipients")?,
+        asks: match r.try_get::<Option<String>, _>("asks")? {
+            Some(a) => serde_json::from_str(&a)
+                .map_err(|e| StoreError::Corrupt(format!("roll call asks: {e}")))?,
+            None => Default::default(),
+        },
     })
 }
 
@@ -405,8 +410,8 @@ impl Store for PostgresStore {
         // commits, then inserts nothing: the first roll call is the answer.
         let inserted = sqlx::query(
             "INSERT INTO roll_calls (scenario, title, message, buttons, drill, deadline_ms, \
-             provider, state, created_at, recipients, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10) \
+             provider, state, created_at, recipients, idempotency_key, asks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(&new.scenario)
@@ -419,6 +424,7 @@ impl Store for PostgresStore {
         .bind(now)
         .bind(recipients.len() as i64)
         .bind(&new.idempotency_key)
+        .bind(serde_json::to_string(&new.asks).map_err(|e| corrupt("asks", e))?)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {

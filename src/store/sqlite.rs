@@ -136,6 +136,11 @@ fn row_to_roll_call(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RollCall> {
         created_at: r.try_get("created_at")?,
         closed_at: r.try_get("closed_at")?,
         recipients: r.try_get("recipients")?,
+        asks: match r.try_get::<Option<String>, _>("asks")? {
+            Some(a) => serde_json::from_str(&a)
+                .map_err(|e| StoreError::Corrupt(format!("roll call asks: {e}")))?,
+            None => Default::default(),
+        },
     })
 }
 
@@ -299,8 +304,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO roll_calls (scenario, title, message, buttons, drill, deadline_ms, \
-             provider, state, created_at, recipients, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10) RETURNING id",
+             provider, state, created_at, recipients, idempotency_key, asks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11) RETURNING id",
         )
         .bind(&new.scenario)
         .bind(&new.title)
@@ -312,6 +317,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(recipients.len() as i64)
         .bind(&new.idempotency_key)
+        .bind(serde_json::to_string(&new.asks).map_err(|e| corrupt("asks", e))?)
         .fetch_one(&mut *tx)
         .await;
         let id: i64 = match inserted {

@@ -239,6 +239,31 @@ async fn the_same_idempotency_key_creates_one_roll_call() {
 }
 
 #[tokio::test]
+async fn a_roll_call_keeps_what_its_message_asks_per_route() {
+    for (name, store, db) in backends().await {
+        let contacts = synthetic::generate(3, 1).contacts;
+        let (mut new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        new.asks.reply = anpi::scenario::Sentence {
+            ja: "一言返信してください。".into(),
+            en: "Reply, please.".into(),
+        };
+        let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
+        assert_eq!(rc.asks, new.asks, "{name}");
+        let again = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(again.asks.reply.en, "Reply, please.", "{name}");
+        assert_eq!(
+            store.roll_calls().await.unwrap()[0].asks,
+            new.asks,
+            "{name}"
+        );
+        // A roll call from before the column existed reads as the defaults.
+        db.execute("UPDATE roll_calls SET asks = NULL").await;
+        let old = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(old.asks, anpi::scenario::Asks::default(), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn closing_stops_sending_and_escalating() {
     for (name, store, _tmp) in backends().await {
         let rc = seeded(&store, 4, None).await;
