@@ -673,14 +673,23 @@ fn print_estimate(e: &Value) {
         human_secs(secs),
         e["basis"].as_str().unwrap_or("")
     );
+    // A board post notifies at once; its answer buttons follow by rooms and 1:1.
+    if let Some(able) = e["plan"]["seconds_to_all_able_to_answer"].as_f64() {
+        println!(
+            "全員が回答ボタンを受け取るまで 約 {} / everyone able to answer in about {}",
+            human_secs(able.max(secs)),
+            human_secs(able.max(secs))
+        );
+    }
     // The routes the planner weighed, fastest first (the first is the one it will use).
     if let Some(alts) = e["plan"]["alternatives"].as_array().filter(|a| a.len() > 1) {
         for a in alts {
             println!(
-                "  {:<10} {:>7} requests  {}",
+                "  {:<10} {:>7} requests  notified {}  able to answer {}",
                 a["route"].as_str().unwrap_or("?"),
                 a["requests"],
-                human_secs(a["seconds_to_all_notified"].as_f64().unwrap_or(0.0))
+                human_secs(a["seconds_to_all_notified"].as_f64().unwrap_or(0.0)),
+                human_secs(a["seconds_to_all_able_to_answer"].as_f64().unwrap_or(0.0))
             );
         }
     }

@@ -27,6 +27,8 @@
 //! as sent at the moment it went out, with one set-based store call. A done broadcast is
 //! remembered in provider state (`broadcast/<id>`, `room/<id>/<group>`) before its
 //! deliveries are recorded, so a crash in between re-records them without posting twice.
+//! A board post carries no buttons: [`follow_up`] then sends the roll call's buttons to
+//! everyone through rooms and 1:1 talk, within the same limits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +51,9 @@ use crate::ratelimit::TokenBucket;
 use crate::rollcall::{ClaimedDelivery, RollCall, SendResult};
 use crate::store::{SharedStore, StoreError};
 use crate::worker::Outcome;
+
+pub mod follow_up;
+pub use follow_up::{buttons_key, WaveState};
 
 /// How the dispatcher paces itself; from the `[dispatch]` config table.
 #[derive(Debug, Clone)]
@@ -168,6 +173,10 @@ pub struct Dispatcher {
     window: Arc<Semaphore>,
     /// Places for deliveries this dispatcher has claimed and not yet recorded.
     outstanding: Arc<Semaphore>,
+    /// The button waves this worker follows ([`follow_up`]).
+    waves: Mutex<follow_up::Waves>,
+    /// Woken when a board post went out, so its buttons follow at once.
+    wave_wakeup: Arc<Notify>,
 }
 
 /// A claimed delivery on its way to the feeder.
@@ -248,6 +257,8 @@ impl Dispatcher {
             metrics,
             window,
             outstanding,
+            waves: Mutex::new(follow_up::Waves::default()),
+            wave_wakeup: Arc::new(Notify::new()),
         }
     }
 
@@ -626,6 +637,9 @@ impl Dispatcher {
                 if let Ok(json) = serde_json::to_string(&done) {
                     self.store.set_provider_state(name, &key, &json, at).await?;
                 }
+                if kind == RouteKind::Broadcast {
+                    self.wave_started();
+                }
                 Ok(sent_all(at, b.post_id))
             }
             Err(ProviderError::RateLimited { reset }) => {
@@ -763,6 +777,8 @@ impl Dispatcher {
     /// Runs the claimer, the feeder and the recorder until `cancel` fires; then hands back
     /// what was claimed and not sent, and records what was in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        // The answer buttons that follow a board post run beside the send pipeline.
+        let follow_up = tokio::spawn(self.clone().follow_up_loop(cancel.clone()));
         // Only a bug stops the pipeline before `cancel` (every error is retried inside it);
         // sending must go on regardless, so it is started again.
         while !self.clone().pipeline(cancel.clone()).await && !cancel.is_cancelled() {
@@ -772,6 +788,7 @@ impl Dispatcher {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        let _ = follow_up.await;
     }
 
     /// One run of the pipeline; false when a stage panicked.

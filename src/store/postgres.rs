@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -748,6 +749,27 @@ impl Store for PostgresStore {
         .await?
         .rows_affected();
         Ok(n)
+    }
+
+    async fn chat_recipients(&self, id: RollCallId) -> StoreResult<Vec<super::ChatRecipient>> {
+        let mut rows = sqlx::query(super::RECIPIENT_SQL)
+            .bind(id.0)
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            out.push(super::chat_recipient(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+            )?);
+        }
+        out.sort_unstable_by(super::ChatRecipient::follow_up_order);
+        Ok(out)
     }
 
     async fn call_list(&self, id: RollCallId) -> StoreResult<Vec<CallListEntry>> {

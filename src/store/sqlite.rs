@@ -857,6 +857,27 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
+    async fn chat_recipients(&self, id: RollCallId) -> StoreResult<Vec<super::ChatRecipient>> {
+        let mut rows = sqlx::query(super::RECIPIENT_SQL)
+            .bind(id.0)
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            out.push(super::chat_recipient(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+            )?);
+        }
+        out.sort_unstable_by(super::ChatRecipient::follow_up_order);
+        Ok(out)
+    }
+
     async fn call_list(&self, id: RollCallId) -> StoreResult<Vec<CallListEntry>> {
         if self.roll_call(id).await?.is_none() {
             return Err(StoreError::NoSuchRollCall(id));

@@ -368,7 +368,8 @@ async fn readers_of_the_board_post_leave_the_call_list_and_the_rest_are_on_it_at
         "a request broke the documented shape"
     );
     assert_eq!(st.board_posts, 1);
-    assert_eq!(st.user_messages, 0, "the board post covered everyone");
+    // The board post notified everyone; the buttons followed 1:1.
+    assert!(st.user_messages >= 28, "{st:?}");
     assert_eq!(st.callbacks_refused, 0);
     assert_eq!(st.limit_exceeded, 0);
     let p = app.hq.status(rc.id).await.unwrap().progress.overall;
@@ -386,6 +387,110 @@ async fn readers_of_the_board_post_leave_the_call_list_and_the_rest_are_on_it_at
         .unwrap();
     assert_eq!(plan["plan"]["route"], "broadcast");
     assert_eq!(plan["unsent"], 0);
+}
+
+#[tokio::test]
+async fn on_the_board_route_reads_confirm_the_buttons_follow_one_to_one_and_a_tap_is_an_answer() {
+    let n = 300;
+    let cs = contacts(n);
+    let mut script = Script::new();
+    // The first 100 only read the post; the next 50 tap 無事 on the buttons that follow.
+    for c in &cs[..100] {
+        script.insert(handle(c), Behaviour::reads_after(Duration::from_secs(30)));
+    }
+    for c in &cs[100..150] {
+        script.insert(
+            handle(c),
+            Behaviour::never_reads()
+                .answering(Duration::from_secs(20), SimAnswer::Button("safe".into())),
+        );
+    }
+    let app = spawn(n, script, true, 60.0).await;
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Broadcast);
+    let b = est.plan.buttons.as_ref().expect("buttons follow the post");
+    assert_eq!(b.requests, n);
+    // Notified at once; able to answer once 300 messages have gone at 228/min.
+    assert!(est.plan.seconds_to_all_notified < 1.0, "{est:?}");
+    assert!(
+        est.plan.seconds_to_all_able_to_answer > 60.0,
+        "{:?}",
+        est.plan
+    );
+    let lw = app.lw.clone();
+    until("the buttons reached everyone", || {
+        let lw = lw.clone();
+        async move { lw.stats().user_messages >= n as u64 - 50 }
+    })
+    .await;
+    let hq = app.hq.clone();
+    until("reads and taps are in", || {
+        let hq = hq.clone();
+        async move {
+            let o = hq.status(rc.id).await.unwrap().progress.overall;
+            o.read >= 100 && o.answered >= 50
+        }
+    })
+    .await;
+    let p = app.hq.status(rc.id).await.unwrap().progress;
+    assert_eq!(
+        p.overall.read, 100,
+        "readers confirmed without a tap: {p:?}"
+    );
+    assert_eq!(p.overall.answered, 50, "{p:?}");
+    assert_eq!(p.answers.get("safe"), Some(&50), "{:?}", p.answers);
+
+    let posts = app.lw.posts();
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].must_read_end.is_some(), "the post is must-read");
+    assert!(!posts[0].body.contains("下のボタン"), "{}", posts[0].body);
+    // Everyone got the buttons 1:1, once; the text asks for a tap or a reply.
+    let mut firsts = Vec::new();
+    for c in &cs {
+        let got = app.lw.received(&handle(c));
+        if got.is_empty() {
+            // Only someone who answered before their turn is skipped.
+            continue;
+        }
+        assert_eq!(got.len(), 1, "{}", c.id);
+        assert_eq!(got[0].postbacks.len(), rc.buttons.len());
+        assert!(got[0].channel.is_none());
+        assert!(!got[0].text.contains("読むだけ"), "{}", got[0].text);
+        firsts.push((got[0].at, c.kind));
+    }
+    assert!(firsts.len() >= n - 50);
+    // Shelter phones first.
+    let last_shelter = firsts
+        .iter()
+        .filter(|(_, k)| *k == anpi::contacts::ContactKind::ShelterPhone)
+        .map(|(t, _)| *t)
+        .max()
+        .expect("the population has shelter phones");
+    let first_staff = firsts
+        .iter()
+        .filter(|(_, k)| *k == anpi::contacts::ContactKind::Staff)
+        .map(|(t, _)| *t)
+        .min()
+        .unwrap();
+    assert!(last_shelter <= first_staff);
+    // Within both limits, and every request in the documented shape.
+    let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
+    assert_eq!(st.limit_exceeded, 0, "{st:?}");
+    assert!(st.max_in_window_by_op["user_messages"] <= 240, "{st:?}");
+    assert!(st.max_in_window_by_op["board_posts"] <= 60, "{st:?}");
+    assert!(
+        st.max_in_window_by_op
+            .get("board_readers")
+            .copied()
+            .unwrap_or(0)
+            <= 60
+    );
+    assert_eq!(st.callbacks_refused, 0);
 }
 
 #[tokio::test]
@@ -439,7 +544,9 @@ async fn a_board_post_refused_with_429_is_posted_once_after_the_reset() {
     );
     assert_eq!(st.forced_429, 1);
     assert_eq!(st.board_posts, 1, "one post accepted");
-    assert_eq!(st.user_messages, 0);
+    // The post stayed the route (only the buttons that follow it go 1:1).
+    let plan = app.hq.plan_status(rc.id).await.unwrap().plan.unwrap();
+    assert_eq!(plan.route, RouteKind::Broadcast);
     let p = app.hq.status(rc.id).await.unwrap().progress;
     let waited = p.last_sent_at.unwrap() - rc.created_at;
     assert!(
