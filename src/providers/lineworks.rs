@@ -851,13 +851,44 @@ struct CallbackSource {
     user_id: Option<String>,
 }
 
-/// Turns a verified callback body into an event; `Ok(None)` for event types anpi does not
-/// use (join, leave, begin, end, images ...). The event id is a hash of the body, so the
-/// same callback delivered twice is one event.
-pub fn parse_callback(
-    body: &[u8],
-    received_at: DateTime<Utc>,
-) -> Result<Option<InboundEvent>, CallbackError> {
+/// The largest callback body accepted. The biggest event the bot callback documents is a
+/// text message of at most 2,000 characters (bot-callback-message, bot-send-text); JSON-escaped
+/// as `\uXXXX` pairs that is under 24 KB with its envelope, so 64 KiB is generous and a
+/// megabyte-sized body is refused (413) before it is read whole.
+pub const CALLBACK_BODY_LIMIT: usize = 64 * 1024;
+
+/// What a verified callback body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Something from a person anpi records.
+    Event(InboundEvent),
+    /// An event anpi does not use (join, leave, a postback of another bot): logged, not stored.
+    Ignored {
+        /// The callback's `type`.
+        kind: String,
+        /// Who sent it, when the body says.
+        from: Option<String>,
+        /// Why it is not used.
+        why: String,
+    },
+}
+
+impl Parsed {
+    /// The event, if it is one.
+    pub fn into_event(self) -> Option<InboundEvent> {
+        match self {
+            Self::Event(e) => Some(e),
+            Self::Ignored { .. } => None,
+        }
+    }
+}
+
+/// Turns a verified callback body into an event, or says why it is not one (event types anpi
+/// does not use, a postback without anpi's prefix). The event id is a hash of the body, so
+/// the same callback delivered twice is one event. `occurred_at` is the platform's
+/// `issuedTime` (when the platform says the person acted); the store records its own receipt
+/// time beside it.
+pub fn parse_callback(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, CallbackError> {
     let cb: CallbackBody =
         serde_json::from_slice(body).map_err(|e| CallbackError::Malformed(e.to_string()))?;
     let event_id = format!("lw-cb:{:x}", Sha256::digest(body));
@@ -865,13 +896,26 @@ pub fn parse_callback(
     let answer = |data: &str| {
         parse_postback(data).map(|(rc, value)| (Some(rc), InboundKind::Answer { value }))
     };
+    let ignored = |why: String| Parsed::Ignored {
+        kind: cb.kind.clone(),
+        from: cb.source.user_id.clone(),
+        why,
+    };
     let parsed = match cb.kind.as_str() {
         "postback" => {
             let data = cb
                 .data
                 .as_deref()
                 .ok_or_else(|| CallbackError::Malformed("postback without data".into()))?;
-            answer(data)
+            match answer(data) {
+                Some(a) => Some(a),
+                None => {
+                    return Ok(ignored(format!(
+                        "postback data without anpi's prefix: {:?}",
+                        excerpt(data)
+                    )))
+                }
+            }
         }
         "message" => {
             let content = cb
@@ -880,10 +924,15 @@ pub fn parse_callback(
                 .ok_or_else(|| CallbackError::Malformed("message without content".into()))?;
             // A tap on one of anpi's buttons is that answer; anything else the person sends
             // (text, a sticker, a photo, another bot's button) is a reply all the same.
-            let tap = content
-                .get("postback")
-                .and_then(Value::as_str)
-                .and_then(answer);
+            let postback = content.get("postback").and_then(Value::as_str);
+            let tap = postback.and_then(answer);
+            if let (Some(data), None) = (postback, &tap) {
+                tracing::info!(
+                    user = cb.source.user_id.as_deref().unwrap_or("?"),
+                    data = %excerpt(data),
+                    "LINE WORKS message with a postback without anpi's prefix: kept as a reply"
+                );
+            }
             if tap.is_some() {
                 tap
             } else {
@@ -923,14 +972,15 @@ pub fn parse_callback(
         _ => None,
     };
     let Some((roll_call_id, kind)) = parsed else {
-        return Ok(None);
+        return Ok(ignored("an event type anpi does not record".into()));
     };
     let user = cb
         .source
         .user_id
+        .clone()
         .ok_or_else(|| CallbackError::Malformed("no source.userId".into()))?;
     let from = ChatHandle::parse(&user).map_err(|e| CallbackError::Malformed(e.to_string()))?;
-    Ok(Some(InboundEvent {
+    Ok(Parsed::Event(InboundEvent {
         event_id,
         roll_call_id,
         from,
@@ -1282,7 +1332,10 @@ mod tests {
             verify("b1", "s3cret", Some("b1"), None, body),
             Err(CallbackError::BadSignature)
         );
-        let e = parse_callback(body, Utc::now()).unwrap().unwrap();
+        let e = parse_callback(body, Utc::now())
+            .unwrap()
+            .into_event()
+            .unwrap();
         assert_eq!(
             e.kind,
             InboundKind::Reply {
@@ -1292,12 +1345,19 @@ mod tests {
         assert_eq!(e.roll_call_id, None);
         assert!(e.event_id.starts_with("lw-cb:"));
         assert_eq!(
-            parse_callback(body, Utc::now()).unwrap().unwrap().event_id,
+            parse_callback(body, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .event_id,
             e.event_id
         );
 
         let tap = r#"{"type":"message","source":{"userId":"u1"},"content":{"type":"text","text":"無事","postback":"anpi:9:safe"}}"#.as_bytes();
-        let e = parse_callback(tap, Utc::now()).unwrap().unwrap();
+        let e = parse_callback(tap, Utc::now())
+            .unwrap()
+            .into_event()
+            .unwrap();
         assert_eq!(
             e.kind,
             InboundKind::Answer {
@@ -1308,26 +1368,57 @@ mod tests {
 
         let sticker = br#"{"type":"message","source":{"userId":"u1"},"content":{"type":"sticker","packageId":"1","stickerId":"2"}}"#;
         assert!(matches!(
-            parse_callback(sticker, Utc::now()).unwrap().unwrap().kind,
+            parse_callback(sticker, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .kind,
             InboundKind::Sticker { .. }
         ));
         // Another bot's button, or a photo: a reply all the same.
         let foreign = r#"{"type":"message","source":{"userId":"u1"},"content":{"type":"text","text":"はい","postback":"other-bot:1"}}"#.as_bytes();
         assert_eq!(
-            parse_callback(foreign, Utc::now()).unwrap().unwrap().kind,
+            parse_callback(foreign, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .kind,
             InboundKind::Reply {
                 text: "はい".into()
             }
         );
         let photo = br#"{"type":"message","source":{"userId":"u1"},"content":{"type":"image","resourceId":"r1"}}"#;
         assert_eq!(
-            parse_callback(photo, Utc::now()).unwrap().unwrap().kind,
+            parse_callback(photo, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .kind,
             InboundKind::Reply {
                 text: "[image]".into()
             }
         );
         let leave = br#"{"type":"leave","source":{"userId":"u1"}}"#;
-        assert_eq!(parse_callback(leave, Utc::now()), Ok(None));
+        assert!(matches!(
+            parse_callback(leave, Utc::now()),
+            Ok(Parsed::Ignored { kind, .. }) if kind == "leave"
+        ));
+        // Another bot's postback: not anpi's, said why.
+        let other = br#"{"type":"postback","source":{"userId":"u1"},"data":"action=buy"}"#;
+        match parse_callback(other, Utc::now()).unwrap() {
+            Parsed::Ignored { why, from, .. } => {
+                assert!(why.contains("prefix"), "{why}");
+                assert_eq!(from.as_deref(), Some("u1"));
+            }
+            e => panic!("{e:?}"),
+        }
+        // The platform's time travels as the event's time.
+        let at = parse_callback(body, Utc::now())
+            .unwrap()
+            .into_event()
+            .unwrap()
+            .occurred_at;
+        assert_eq!(at.to_rfc3339(), "2026-03-11T05:47:00+00:00");
         assert!(matches!(
             parse_callback(b"[]", Utc::now()),
             Err(CallbackError::Malformed(_))

@@ -689,3 +689,143 @@ async fn demo_with_department_rooms_uses_one_message_per_room() {
     );
     assert_eq!(r.limit_exceeded, 0);
 }
+
+#[tokio::test]
+async fn a_callback_over_the_body_limit_gets_413_and_nothing_is_stored() {
+    let app = spawn(5, Script::default(), true, 1.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let c = app.lw.config().clone();
+    let who = handle(&app.contacts[0]);
+    let logged = || async { app.hq.store().events(rc.id, 1000).await.unwrap().len() };
+    let before = logged().await;
+    // A signed, well-formed reply padded past the limit.
+    let huge = json!({"type": "message", "source": {"userId": who.as_str(), "domainId": 1},
+                      "issuedTime": "2026-03-11T05:47:00.000Z",
+                      "content": {"type": "text", "text": "無事".repeat(40_000)}});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &huge);
+    assert!(raw.len() > anpi::providers::lineworks::CALLBACK_BODY_LIMIT);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 413, "{text}");
+    assert_eq!(logged().await, before, "an over-limit body was stored");
+    let p = app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(p.answered, 0);
+    // The longest text the platform sends (2,000 characters) is well within it.
+    let longest = json!({"type": "message", "source": {"userId": who.as_str(), "domainId": 1},
+                         "issuedTime": "2026-03-11T05:47:00.000Z",
+                         "content": {"type": "text", "text": "😀".repeat(2_000)}});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &longest);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 200, "{text}");
+    // Another bot's postback: 200, not recorded, and said why.
+    let other = json!({"type": "postback", "source": {"userId": who.as_str(), "domainId": 1},
+                       "issuedTime": "2026-03-11T05:47:00.000Z", "data": "action=buy"});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &other);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("prefix"), "{text}");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("lineworks_too_large"), "{metrics}");
+}
+
+/// A signed postback of `value` for roll call `rc` from `who`, issued at `issued`.
+fn tap_body(who: &ChatHandle, rc: RollCallId, value: &str, issued: &str) -> serde_json::Value {
+    json!({"type": "postback", "source": {"userId": who.as_str(), "domainId": 1},
+           "issuedTime": issued, "data": format!("anpi:{}:{value}", rc.0)})
+}
+
+#[tokio::test]
+#[ignore = "needs the store rules from issue 10"]
+async fn a_tap_for_a_closed_roll_call_is_logged_and_changes_nothing() {
+    let app = spawn(5, Script::default(), true, 1.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    assert!(app.hq.close(rc.id).await.unwrap());
+    let c = app.lw.config().clone();
+    let who = handle(&app.contacts[0]);
+    let before = app.hq.status(rc.id).await.unwrap().progress.overall;
+    let body = tap_body(&who, rc.id, "safe", "2026-03-11T05:47:00.000Z");
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &body);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 200, "{text}");
+    let events = app.hq.store().events(rc.id, 100).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.from == who.as_str()),
+        "the late tap is in the event log"
+    );
+    let after = app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(after, before, "a closed roll call changed");
+}
+
+#[tokio::test]
+#[ignore = "needs the store rules from issue 10"]
+async fn a_tap_is_stored_at_its_receipt_time_with_the_platforms_time_beside_it() {
+    // Five minutes of clock time in five seconds: everyone is on the call list first.
+    let app = spawn(5, Script::default(), true, 60.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let hq = app.hq.clone();
+    until("everyone escalated", || {
+        let hq = hq.clone();
+        async move { hq.status(rc.id).await.unwrap().progress.overall.escalated == 5 }
+    })
+    .await;
+    let c = app.lw.config().clone();
+    let who = &app.contacts[0];
+    // issuedTime three days before the roll call even started.
+    let issued = rc.created_at - 3 * 86_400_000;
+    let issued_text =
+        anpi::clock::from_millis(issued).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = tap_body(&handle(who), rc.id, "safe", &issued_text);
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &body);
+    assert_eq!(app.callback(&c.bot_id, &sig, raw).await.0, 200);
+    let events = app.hq.store().events(rc.id, 100).await.unwrap();
+    let e = events
+        .iter()
+        .find(|e| e.from == handle(who).as_str())
+        .unwrap();
+    assert!(e.received_at >= rc.created_at, "{e:?}");
+    assert_eq!(
+        e.occurred_at, issued,
+        "the platform's time is kept beside it"
+    );
+    // What counts is when anpi received it, not days before the message went out.
+    let entry = app
+        .hq
+        .call_list(rc.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.staff_id == who.id)
+        .unwrap();
+    let read_at = entry.read_at.expect("the tap confirms");
+    assert!(read_at >= entry.sent_at.unwrap(), "{entry:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the store rules from issue 10"]
+async fn a_postback_value_that_is_not_a_button_is_kept_as_a_free_text_reply() {
+    let app = spawn(5, Script::default(), true, 1.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let c = app.lw.config().clone();
+    let who = handle(&app.contacts[0]);
+    let body = tap_body(&who, rc.id, "bogus", "2026-03-11T05:47:00.000Z");
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &body);
+    assert_eq!(app.callback(&c.bot_id, &sig, raw).await.0, 200);
+    let p = app.hq.status(rc.id).await.unwrap().progress;
+    assert_eq!(p.overall.answered, 1, "a reply is an answer");
+    assert!(
+        !p.answers.contains_key("bogus"),
+        "not one of the buttons: {:?}",
+        p.answers
+    );
+}
