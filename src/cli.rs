@@ -635,6 +635,10 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
+                // Provider trouble first: it changes how the numbers below are to be read.
+                if let Ok(h) = client.get_json("/api/health").await {
+                    print_health(&h);
+                }
                 print_status(&v);
                 let plan = client
                     .get_json(&format!("/api/rollcalls/{id}/plan"))
@@ -700,6 +704,18 @@ fn human_secs(s: f64) -> String {
         format!("{s:.0}s")
     } else {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+/// The banner of `GET /api/health`: what is failing, since when, what it means.
+fn print_health(h: &Value) {
+    for d in h["degraded"].as_array().into_iter().flatten() {
+        println!(
+            "!! 障害 / TROUBLE since {}: {}",
+            d["since_local"].as_str().unwrap_or("?"),
+            d["label"].as_str().unwrap_or("?")
+        );
+        println!("   {}", d["reason"].as_str().unwrap_or(""));
     }
 }
 

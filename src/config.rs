@@ -75,6 +75,25 @@ pub struct Config {
     #[serde(default)]
     pub email: EmailConfig,
     pub replicas: ReplicasConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// `[health]`: when provider trouble becomes something HQ is told about.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A component failing this long is degraded ([`crate::health`]).
+    #[serde(with = "humantime_serde")]
+    pub degraded_after: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            degraded_after: Duration::from_secs(120),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -642,6 +661,14 @@ impl Config {
             ));
         }
         self.migrate_policy()?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.health.degraded_after)
+        {
+            return Err(invalid(
+                "health.degraded_after",
+                "must be between 1s and 1h",
+            ));
+        }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.replicas.lease_ttl) {
             return Err(invalid("replicas.lease_ttl", "must be between 1s and 10m"));
         }

@@ -19,6 +19,7 @@
 //!   department rooms, 1:1), and how long it takes.
 //! - [`ratelimit`]: the per-provider token bucket.
 //! - [`receipts`]: read receipts and answers from providers into delivery state.
+//! - [`health`]: provider trouble HQ can see (degraded since when, why), mailed once.
 //! - [`escalation`]: the deadline worker and the phone-call list's renderings.
 //! - [`providers`]: the chat-provider trait and its adapters.
 //! - [`simulator`]: the built-in stand-in chat server (demo, tests, benchmark).
@@ -42,6 +43,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod email;
 pub mod escalation;
+pub mod health;
 pub mod hq;
 pub mod http;
 pub mod ids;

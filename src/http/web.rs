@@ -1,4 +1,4 @@
-//! The HQ web page: one HTML file, one stylesheet and one script, compiled into the binary
+//! The HQ web page: one HTML file, one stylesheet and its scripts, compiled into the binary
 //! (no build step, nothing fetched from the internet). The page holds only the token the
 //! operator pasted (in `sessionStorage`) and does everything through the JSON API, so the
 //! page can do exactly what its token's role allows and nothing more.
@@ -15,12 +15,14 @@ use super::ApiState;
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
 const APP_CSS: &str = include_str!("web/app.css");
+const HEALTH_BANNER_JS: &str = include_str!("web/health-banner.js");
 
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/app.css", get(app_css))
+        .route("/health-banner.js", get(health_banner_js))
 }
 
 /// The page may only load its own script and style, and nothing may frame it.
@@ -55,5 +57,15 @@ async fn app_css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         APP_CSS,
+    )
+}
+
+async fn health_banner_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        HEALTH_BANNER_JS,
     )
 }

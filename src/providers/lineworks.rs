@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +31,7 @@ use super::{
 };
 use crate::clock::{Millis, SharedClock};
 use crate::config::Secret;
+use crate::health::{Component, Health};
 use crate::ids::{ChatHandle, RollCallId};
 use crate::ratelimit::TokenBucket;
 use crate::scenario::{ButtonsShown, RouteTraits};
@@ -69,6 +70,8 @@ const EXCERPT_CHARS: usize = 200;
 /// access token), so a bucket that spends exactly the limit can land one request too many in
 /// the platform's window; 5% below absorbs that.
 const LIMIT_SHARE: f64 = 0.95;
+/// How a 404 (unknown user, room, board or post) begins its reason.
+const UNKNOWN_USER: &str = "unknown user or room on LINE WORKS";
 /// When a 429 carries no usable reset header.
 const DEFAULT_RESET: Duration = Duration::from_secs(5);
 
@@ -181,6 +184,8 @@ pub struct LineWorksProvider {
     /// (post, user) reads already reported since start; a restart reports them again and the
     /// event log drops the replays.
     seen: Mutex<Reported>,
+    /// Where token, readers, board and send trouble is reported ([`crate::health`]).
+    health: Option<Arc<Health>>,
 }
 
 impl fmt::Debug for LineWorksProvider {
@@ -326,9 +331,7 @@ async fn refusal(resp: Response) -> ProviderError {
         .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_default();
     if status == StatusCode::NOT_FOUND || code.contains("NOT_FOUND") || code == "INVALID_USER" {
-        return ProviderError::Permanent(format!(
-            "unknown user or room on LINE WORKS ({status} {code})"
-        ));
+        return ProviderError::Permanent(format!("{UNKNOWN_USER} ({status} {code})"));
     }
     ProviderError::Permanent(format!("LINE WORKS answered {status}: {}", excerpt(&body)))
 }
@@ -391,7 +394,26 @@ impl LineWorksProvider {
             token: tokio::sync::Mutex::new(None),
             posts: Mutex::new(Vec::new()),
             seen: Mutex::new(Reported::default()),
+            health: None,
         })
+    }
+
+    /// Reports token, readers, board and send trouble to `health`.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Tells health how an operation went. A rate limit is the platform pacing anpi, and an
+    /// unknown user is one person's problem: neither is a failure of the component.
+    fn report<T>(&self, c: Component, res: &Result<T, ProviderError>) {
+        let Some(h) = &self.health else { return };
+        match res {
+            Ok(_) => h.ok(c),
+            Err(ProviderError::RateLimited { .. }) => {}
+            Err(ProviderError::Permanent(r)) if r.starts_with(UNKNOWN_USER) => {}
+            Err(e) => h.failing(c, e.to_string()),
+        }
     }
 
     fn api(&self, path: &str) -> String {
@@ -482,7 +504,9 @@ impl LineWorksProvider {
                 return Ok(t.value.clone());
             }
         }
-        let t = self.mint().await?;
+        let minted = self.mint().await;
+        self.report(Component::Token, &minted);
+        let t = minted?;
         let v = t.value.clone();
         *cached = Some(t);
         Ok(v)
@@ -515,11 +539,16 @@ impl LineWorksProvider {
 
     /// Posts a message and classifies the answer: 201 (no body) is success.
     async fn post_message(&self, url: String, body: Value) -> Result<(), ProviderError> {
-        let resp = self.call(|| self.client.post(&url).json(&body)).await?;
-        if resp.status().is_success() {
-            return Ok(());
+        let res = async {
+            let resp = self.call(|| self.client.post(&url).json(&body)).await?;
+            if resp.status().is_success() {
+                return Ok(());
+            }
+            Err(refusal(resp).await)
         }
-        Err(refusal(resp).await)
+        .await;
+        self.report(Component::Sends, &res);
+        res
     }
 
     fn watch(&self, post: WatchedPost) {
@@ -678,7 +707,11 @@ impl ChatProvider for LineWorksProvider {
         fields(roll_call = %req.roll_call_id, kind = ?req.kind))]
     async fn broadcast(&self, req: &BroadcastRequest) -> Result<Broadcasted, ProviderError> {
         match req.kind {
-            RouteKind::Broadcast => self.board_post(req).await,
+            RouteKind::Broadcast => {
+                let res = self.board_post(req).await;
+                self.report(Component::BoardPost, &res);
+                res
+            }
             RouteKind::Rooms => {
                 let group = req.group.as_deref().unwrap_or_default();
                 let channel = self.settings.rooms.get(group).ok_or_else(|| {
@@ -734,7 +767,9 @@ impl ChatProvider for LineWorksProvider {
         let mut events = Vec::new();
         let mut new_reads = Vec::new();
         for p in &posts {
-            let readers = self.readers(&p.post).await?;
+            let readers = self.readers(&p.post).await;
+            self.report(Component::Readers, &readers);
+            let readers = readers?;
             let seen_at = self.clock.now();
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             for user in readers {

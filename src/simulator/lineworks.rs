@@ -206,6 +206,8 @@ struct LwState {
     forced_reset: Duration,
     /// Until this clock time every API request gets 503 (the platform is down).
     down_until: Millis,
+    /// Operations that answer 503 until mended.
+    broken: HashSet<&'static str>,
     posts: BTreeMap<u64, Post>,
     next_post: u64,
     /// Clock times of forced 429s and of accepted 1:1 messages, for pacing checks.
@@ -288,6 +290,7 @@ pub async fn start_on(
             forced: 0,
             forced_reset: Duration::from_secs(1),
             down_until: 0,
+            broken: HashSet::new(),
             posts: BTreeMap::new(),
             next_post: 1,
             received: HashMap::new(),
@@ -393,7 +396,15 @@ impl LwSimHandle {
 
     /// The platform answers again.
     pub fn come_back(&self) {
-        self.shared.lock().down_until = 0;
+        let mut st = self.shared.lock();
+        st.down_until = 0;
+        st.broken.clear();
+    }
+
+    /// One operation (`board_readers`, `board_posts`, `user_messages`, `channel_messages`)
+    /// answers 503 until [`LwSimHandle::come_back`].
+    pub fn break_op(&self, op: &'static str) {
+        self.shared.lock().broken.insert(op);
     }
 
     /// Where anpi's callback endpoint is, once anpi is listening.
@@ -514,7 +525,7 @@ impl Shared {
                 )));
             }
         }
-        if now < st.down_until {
+        if now < st.down_until || st.broken.contains(op) {
             st.stats.outage_refused += 1;
             return Err(Box::new(error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -294,3 +294,52 @@ async fn hq_runs_a_drill_from_the_web_page() {
     b.client.close().await.unwrap();
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_hq_page_shows_a_banner_while_reading_the_board_keeps_failing() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let app =
+        crate::lineworks::spawn_with(10, Script::new(), true, 60.0, crate::lineworks::HEALTH_30S)
+            .await;
+    app.lw.break_op("board_readers");
+    let (rc, _) = app
+        .hq
+        .start(&crate::lineworks::drill(), None, None)
+        .await
+        .unwrap();
+    app.all_sent(rc.id).await;
+
+    c.goto(&format!("{}/", app.base_url)).await.unwrap();
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(HQ_TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Id("login-btn"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let visible = || async {
+        eval(
+            c,
+            "const e = document.getElementById('health-banner'); return !!e && !e.hidden;",
+        )
+        .await
+            == json!(true)
+    };
+    eventually("the banner", || async { visible().await.then_some(()) }).await;
+    let text = text_of(c, "#health-banner").await;
+    assert!(text.contains("既読を取得できていません"), "{text}");
+    assert!(text.contains("から"), "it says since when: {text}");
+    assert_eq!(count(c, "#health-banner .health-readers").await, 1);
+    // The platform answers again: the banner goes.
+    app.lw.come_back();
+    eventually("the banner to go", || async {
+        (!visible().await).then_some(())
+    })
+    .await;
+}

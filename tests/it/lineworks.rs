@@ -22,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{init_logs, HQ_TOKEN};
 
-struct LwApp {
-    base_url: String,
-    hq: Arc<Hq>,
-    lw: LwSimHandle,
-    http: reqwest::Client,
+pub(crate) struct LwApp {
+    pub(crate) base_url: String,
+    pub(crate) hq: Arc<Hq>,
+    pub(crate) lw: LwSimHandle,
+    pub(crate) http: reqwest::Client,
     cancel: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    contacts: Vec<Contact>,
+    pub(crate) contacts: Vec<Contact>,
     config: Config,
     clock: SharedClock,
     _tmp: tempfile::TempDir,
@@ -56,13 +56,24 @@ fn contacts(n: usize) -> Vec<Contact> {
     cs
 }
 
-fn handle(c: &Contact) -> ChatHandle {
+pub(crate) fn handle(c: &Contact) -> ChatHandle {
     c.chat["lineworks"].clone()
 }
 
 /// A running anpi on LINE WORKS (board on unless `board` is false) on a clock `speed` times
 /// faster than the wall.
 async fn spawn(n: usize, script: Script, board: bool, speed: f64) -> LwApp {
+    spawn_with(n, script, board, speed, "").await
+}
+
+/// [`spawn`] with more configuration (`[health]`, `[email]` ...) appended.
+pub(crate) async fn spawn_with(
+    n: usize,
+    script: Script,
+    board: bool,
+    speed: f64,
+    extra: &str,
+) -> LwApp {
     init_logs();
     let tmp = tempfile::tempdir().unwrap();
     let cs = contacts(n);
@@ -78,8 +89,9 @@ async fn spawn(n: usize, script: Script, board: bool, speed: f64) -> LwApp {
     let key = tmp.path().join("key.pem");
     std::fs::write(&key, TEST_PRIVATE_KEY_PEM).unwrap();
     let c = lw.config().clone();
-    let config = Config::from_toml(&format!(
-        r#"
+    let config = Config::from_toml(
+        &(format!(
+            r#"
 provider = "lineworks"
 [time]
 speed = {speed}
@@ -103,23 +115,24 @@ bot_id = "{}"
 bot_secret = "{}"
 {}
 "#,
-        epoch.to_rfc3339(),
-        tmp.path().join("anpi.db").display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
-        lw.api_base(),
-        lw.token_url(),
-        c.client_id,
-        c.client_secret,
-        c.service_account,
-        key.display(),
-        c.bot_id,
-        c.bot_secret,
-        if board {
-            format!("board_id = \"{}\"", c.board_id)
-        } else {
-            String::new()
-        },
-    ))
+            epoch.to_rfc3339(),
+            tmp.path().join("anpi.db").display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
+            lw.api_base(),
+            lw.token_url(),
+            c.client_id,
+            c.client_secret,
+            c.service_account,
+            key.display(),
+            c.bot_id,
+            c.bot_secret,
+            if board {
+                format!("board_id = \"{}\"", c.board_id)
+            } else {
+                String::new()
+            },
+        ) + extra),
+    )
     .unwrap();
     let app = Application::build_with_clock(config.clone(), clock.clone())
         .await
@@ -163,7 +176,7 @@ impl LwApp {
     }
 }
 
-fn drill() -> Scenario {
+pub(crate) fn drill() -> Scenario {
     Scenario::find(
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")),
         "drill",
@@ -172,7 +185,7 @@ fn drill() -> Scenario {
 }
 
 /// Polls (wall time, bounded) until `f` holds.
-async fn until<F, Fut>(what: &str, mut f: F)
+pub(crate) async fn until<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -201,7 +214,7 @@ impl LwApp {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    async fn all_sent(&self, id: RollCallId) {
+    pub(crate) async fn all_sent(&self, id: RollCallId) {
         let hq = self.hq.clone();
         until("all sent", || {
             let hq = hq.clone();
@@ -828,4 +841,155 @@ async fn a_postback_value_that_is_not_a_button_is_kept_as_a_free_text_reply() {
         "not one of the buttons: {:?}",
         p.answers
     );
+}
+
+/// `GET path` on the app as HQ, as JSON.
+async fn get_json(app: &LwApp, path: &str) -> serde_json::Value {
+    app.http
+        .get(format!("{}{path}", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Trouble becomes HQ's business after 30 s of clock time: half a second at 60x.
+pub(crate) const HEALTH_30S: &str = "\n[health]\ndegraded_after = \"30s\"\n";
+
+#[tokio::test]
+async fn readers_failing_for_the_configured_time_degrade_healthz_status_and_metrics_until_they_recover(
+) {
+    let cs = contacts(20);
+    let mut script = Script::new();
+    for c in &cs[..5] {
+        script.insert(handle(c), Behaviour::reads_after(Duration::from_secs(5)));
+    }
+    let app = spawn_with(20, script, true, 60.0, HEALTH_30S).await;
+    app.lw.break_op("board_readers");
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let healthz = || async { get_json(&app, "/healthz").await };
+    until("/healthz degraded", || async {
+        healthz().await["status"] == "degraded"
+    })
+    .await;
+    let h = healthz().await;
+    assert_eq!(h["degraded"][0]["component"], "readers", "{h}");
+    assert!(
+        h["degraded"][0]["reason"].as_str().unwrap().contains("503"),
+        "{h}"
+    );
+    let api = get_json(&app, "/api/health").await;
+    assert_eq!(api["status"], "degraded");
+    assert!(api["degraded"][0]["label"]
+        .as_str()
+        .unwrap()
+        .contains("既読"));
+    // Reads are not coming in: that is what HQ is told, not a silent 0.
+    assert_eq!(app.hq.status(rc.id).await.unwrap().progress.overall.read, 0);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("anpi_degraded{component=\"readers\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("anpi_degraded_incidents_total{component=\"readers\"} 1"),
+        "{metrics}"
+    );
+    // `anpi rollcall status` shows the banner above the numbers.
+    let url = app.base_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+            .args(["rollcall", "status", &rc.id.0.to_string()])
+            .env("ANPI_URL", url)
+            .env("ANPI_TOKEN", HQ_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("!! 障害 / TROUBLE"), "{text}");
+    assert!(text.contains("既読を取得できていません"), "{text}");
+    // The platform answers again: the reads come in and the banner goes.
+    app.lw.come_back();
+    until("recovered", || async {
+        healthz().await["status"] == "ok"
+            && app.hq.status(rc.id).await.unwrap().progress.overall.read == 5
+    })
+    .await;
+    assert_eq!(get_json(&app, "/api/health").await["degraded"], json!([]));
+}
+
+#[tokio::test]
+async fn a_platform_down_at_the_start_is_told_at_once_and_everyone_is_on_the_call_list_as_send_failed(
+) {
+    // 1:1 only, and the platform answers 503 to every API request from the start.
+    let app = spawn_with(10, Script::default(), false, 60.0, HEALTH_30S).await;
+    app.lw.go_down_for(Duration::from_secs(24 * 3600));
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    // Told at once: long before the 30 s a component must fail to count.
+    until("HQ told the roll call could not start", || async {
+        get_json(&app, "/api/health").await["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x["component"] == "roll_call_start"))
+    })
+    .await;
+    let h = get_json(&app, "/api/health").await;
+    let start = h["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["component"] == "roll_call_start")
+        .unwrap()
+        .clone();
+    assert!(
+        start["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("#{}", rc.id)),
+        "{start}"
+    );
+    let elapsed = app.hq.clock().now_millis() - rc.created_at;
+    // At their deadline everyone is on the call list as send failed, with the reason.
+    let hq = app.hq.clone();
+    until("everyone on the call list", || {
+        let hq = hq.clone();
+        async move { hq.call_list(rc.id).await.unwrap().len() == 10 }
+    })
+    .await;
+    let list = app.hq.call_list(rc.id).await.unwrap();
+    for e in &list {
+        assert_eq!(
+            e.reason,
+            Some(anpi::rollcall::EscalationReason::SendFailed),
+            "{e:?}"
+        );
+        let why = e.last_error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("not sent by the deadline") && why.contains("503"),
+            "{why}"
+        );
+        let at = e.escalated_at.unwrap();
+        assert!(
+            at >= rc.created_at + rc.deadline_ms,
+            "escalated before the deadline"
+        );
+        // Within a couple of retries of it, not the retry schedule's 8.8 minutes.
+        assert!(at <= rc.created_at + rc.deadline_ms + 60_000, "{e:?}");
+    }
+    assert!(elapsed < rc.deadline_ms, "told only at the deadline");
+    assert_eq!(app.lw.stats().user_messages, 0);
 }
