@@ -54,9 +54,11 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure throughput: 10,000 and 100,000 simulated recipients with no rate limit.
     Bench(crate::bench::BenchArgs),
-    /// Run the built-in stand-in chat server on its own (to try `anpi serve` without a real
-    /// chat platform). Everyone reads after --read-after; nobody answers.
-    Simulator(SimulatorArgs),
+    /// Run a stand-in chat server on its own (to try `anpi serve` without a real chat
+    /// platform): the built-in simulator (everyone reads after --read-after; nobody answers),
+    /// or with --platform lineworks a LINE WORKS API 2.0 stand-in whose members, read times
+    /// and answers come from a contacts file and a scenario's [simulation] table.
+    Simulator(Box<SimulatorArgs>),
     /// Start, list, follow and close roll calls on a running daemon.
     Rollcall {
         #[command(subcommand)]
@@ -146,6 +148,20 @@ pub struct SimulatorArgs {
     /// Print the URL on the first line of standard output once listening.
     #[arg(long)]
     pub print_url: bool,
+    /// Which platform to stand in for.
+    #[arg(long, value_enum, default_value = "simulator")]
+    pub platform: SimPlatform,
+    #[command(flatten)]
+    pub lineworks: crate::simulator::lineworks_cli::LineWorksArgs,
+}
+
+/// The platforms `anpi simulator` can stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimPlatform {
+    /// anpi's own simulator API (providers.simulator).
+    Simulator,
+    /// LINE WORKS API 2.0 (providers.lineworks).
+    Lineworks,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,7 +257,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { config, database } => migrate(config, database).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
-        Command::Simulator(args) => simulator(args).await,
+        Command::Simulator(args) => simulator(*args).await,
         Command::Rollcall { command, remote } => rollcall(command, &remote).await,
         Command::Escalations {
             id,
@@ -483,7 +499,42 @@ fn database_may_come_back(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `anpi simulator --platform lineworks`: the LINE WORKS stand-in until interrupted.
+async fn lineworks_simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
+    let started = crate::simulator::lineworks_cli::start(
+        &args.lineworks,
+        args.listen,
+        args.rate_limit_per_minute,
+    )
+    .await?;
+    let h = &started.handle;
+    let base = format!("http://{}", h.addr());
+    if args.print_url {
+        println!("{base}");
+    }
+    eprintln!(
+        "LINE WORKS stand-in listening on {base}: {} members, {} rooms, board {}\n  \
+         providers.lineworks.api_url = \"{}\"\n  providers.lineworks.token_url = \"{}\"\n  \
+         callbacks to {}",
+        started.members,
+        started.rooms,
+        h.config().board_id,
+        h.api_base(),
+        h.token_url(),
+        h.config()
+            .callback_url
+            .as_deref()
+            .unwrap_or("(none: pass --callback-url)")
+    );
+    shutdown_signal().await;
+    h.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
+    if args.platform == SimPlatform::Lineworks {
+        return lineworks_simulator(args).await;
+    }
     use crate::simulator::{Behaviour, Script, SimConfig, Simulator};
     let read_after = match args.read_after.trim() {
         "never" | "none" => None,

@@ -993,3 +993,202 @@ async fn a_platform_down_at_the_start_is_told_at_once_and_everyone_is_on_the_cal
     assert!(elapsed < rc.deadline_ms, "told only at the deadline");
     assert_eq!(app.lw.stats().user_messages, 0);
 }
+
+#[tokio::test]
+async fn anpi_serve_and_the_lineworks_stand_in_as_two_processes_run_a_whole_roll_call() {
+    use tokio::io::AsyncBufReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let cs = contacts(40);
+    let contacts_file = tmp.path().join("contacts.toml");
+    std::fs::write(
+        &contacts_file,
+        anpi::contacts::Directory {
+            contacts: cs.clone(),
+        }
+        .to_toml()
+        .unwrap(),
+    )
+    .unwrap();
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let key = tmp.path().join("key.pem");
+    let port = crate::tools::free_port();
+    let epoch = Utc::now().to_rfc3339();
+    // 1. The stand-in, scripted by the drill's [simulation] population.
+    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+        .args([
+            "simulator",
+            "--platform",
+            "lineworks",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--print-url")
+        .arg("--contacts")
+        .arg(&contacts_file)
+        .arg("--callback-url")
+        .arg(format!("http://127.0.0.1:{port}/callbacks/lineworks"))
+        .args([
+            "--scenarios-dir",
+            scenarios,
+            "--scenario",
+            "drill",
+            "--seed",
+            "7",
+        ])
+        .args(["--speed", "60", "--epoch", &epoch])
+        .arg("--write-test-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sim.stdout.take().unwrap()).lines();
+    let sim_url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the stand-in prints its URL")
+        .unwrap()
+        .expect("a URL line");
+    assert!(sim_url.starts_with("http://127.0.0.1:"), "{sim_url}");
+    // 2. anpi serve, configured as an operator would.
+    let config = tmp.path().join("anpi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+provider = "lineworks"
+[time]
+speed = 60.0
+epoch = "{epoch}"
+[server]
+listen = "127.0.0.1:{port}"
+[database]
+url = "sqlite://{db}"
+[api]
+hq_tokens = ["{HQ_TOKEN}"]
+[scenarios]
+dir = "{scenarios}"
+[contacts]
+file = "{contacts}"
+[providers.lineworks]
+api_url = "{sim_url}/v1.0"
+token_url = "{sim_url}/oauth2/v2.0/token"
+client_id = "test-client-id"
+client_secret = "test-client-secret"
+service_account = "test.serviceaccount@anpi-test"
+private_key_file = "{key}"
+bot_id = "2000001"
+bot_secret = "test-bot-secret"
+board_id = "100"
+"#,
+            db = tmp.path().join("anpi.db").display(),
+            contacts = contacts_file.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let _serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    crate::tools::eventually("anpi serve to answer", || async {
+        let r = http.get(format!("{base}/healthz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    // 3. HQ starts the drill from the command line.
+    let cli = |args: Vec<String>| {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+                .args(&args)
+                .env("ANPI_URL", base)
+                .env("ANPI_TOKEN", HQ_TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli(vec![
+        "rollcall".into(),
+        "start".into(),
+        "--scenario".into(),
+        "drill".into(),
+    ])
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("roll call #1 started"), "{text}");
+    assert!(text.contains("everyone able to answer"), "{text}");
+    // 4. Five minutes of clock time later every deadline has passed.
+    let status = || async {
+        http.get(format!("{base}/api/rollcalls/1"))
+            .bearer_auth(HQ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let done = crate::tools::eventually("the roll call to run its course", || async {
+        let v = status().await;
+        let o = &v["progress"]["overall"];
+        let n = |k: &str| o[k].as_i64().unwrap_or(0);
+        (n("pending") + n("sending") == 0
+            && v["progress"]["next_deadline_at"].is_null()
+            && n("answered") > 0)
+            .then_some(v)
+    })
+    .await;
+    let o = &done["progress"]["overall"];
+    let n = |k: &str| o[k].as_i64().unwrap_or(0);
+    assert_eq!(n("total"), 40);
+    // The same population the stand-in drew: who never reads is on the call list, and
+    // readers of the board post are confirmed without a tap.
+    let drill = Scenario::find(std::path::Path::new(scenarios), "drill").unwrap();
+    let values: Vec<String> = drill.buttons.iter().map(|b| b.value.clone()).collect();
+    let handles: Vec<ChatHandle> = cs.iter().map(handle).collect();
+    let script = Script::generate(&handles, &drill.simulation.unwrap(), &values, 7);
+    let silent = handles
+        .iter()
+        .filter(|h| {
+            let b = script.get(h).unwrap();
+            b.unknown || (b.read_after.is_none() && b.answer.is_none())
+        })
+        .count() as i64;
+    assert!(n("escalated") >= silent, "{o}");
+    let early_readers = handles
+        .iter()
+        .filter(|h| {
+            script
+                .get(h)
+                .unwrap()
+                .read_after
+                .is_some_and(|d| d < Duration::from_secs(240))
+        })
+        .count() as i64;
+    assert!(n("read") + n("answered") >= early_readers, "{o}");
+    let taps = script
+        .iter()
+        .filter(|(_, b)| matches!(b.answer, Some((_, SimAnswer::Button(_)))))
+        .count();
+    assert!(taps > 0 && n("answered") > 0, "{o}");
+    // `anpi rollcall status` reads it back with the route used.
+    let out = cli(vec!["rollcall".into(), "status".into(), "1".into()])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("broadcast"), "{text}");
+}
