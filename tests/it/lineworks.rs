@@ -74,18 +74,42 @@ pub(crate) async fn spawn_with(
     speed: f64,
     extra: &str,
 ) -> LwApp {
+    spawn_full(n, script, board, false, speed, extra).await
+}
+
+/// [`spawn_with`], and with `rooms` a bot room per department (`room-<department>`).
+async fn spawn_full(
+    n: usize,
+    script: Script,
+    board: bool,
+    rooms: bool,
+    speed: f64,
+    extra: &str,
+) -> LwApp {
     init_logs();
     let tmp = tempfile::tempdir().unwrap();
     let cs = contacts(n);
     let epoch = Utc::now();
     let clock: SharedClock = Arc::new(ScaledClock::new(epoch, speed));
-    let lw = lws::start(
-        LwSimConfig::new(cs.iter().map(handle).collect()),
-        script,
-        clock.clone(),
-    )
-    .await
-    .unwrap();
+    let mut sim = LwSimConfig::new(cs.iter().map(handle).collect());
+    let mut room_table = String::new();
+    if rooms {
+        room_table.push_str("[providers.lineworks.rooms]\n");
+        let mut depts: Vec<&str> = cs.iter().filter_map(|c| c.department.as_deref()).collect();
+        depts.sort();
+        depts.dedup();
+        for d in depts {
+            sim.rooms.insert(
+                format!("room-{d}"),
+                cs.iter()
+                    .filter(|c| c.department.as_deref() == Some(d))
+                    .map(handle)
+                    .collect(),
+            );
+            room_table.push_str(&format!("\"{d}\" = \"room-{d}\"\n"));
+        }
+    }
+    let lw = lws::start(sim, script, clock.clone()).await.unwrap();
     let key = tmp.path().join("key.pem");
     std::fs::write(&key, TEST_PRIVATE_KEY_PEM).unwrap();
     let c = lw.config().clone();
@@ -131,7 +155,8 @@ bot_secret = "{}"
             } else {
                 String::new()
             },
-        ) + extra),
+        ) + &room_table
+            + extra),
     )
     .unwrap();
     let app = Application::build_with_clock(config.clone(), clock.clone())
@@ -1191,4 +1216,62 @@ board_id = "100"
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("broadcast"), "{text}");
+}
+
+#[tokio::test]
+async fn after_the_board_post_the_buttons_go_by_department_rooms_and_shelter_phones_one_to_one() {
+    let n = 300;
+    let cs = contacts(n);
+    let mut script = Script::new();
+    // Everyone in the first department taps 無事 on the buttons in their room.
+    let first = cs.iter().find_map(|c| c.department.clone()).unwrap();
+    let tappers: Vec<&Contact> = cs
+        .iter()
+        .filter(|c| c.department.as_deref() == Some(first.as_str()))
+        .collect();
+    for c in &tappers {
+        script.insert(
+            handle(c),
+            Behaviour::never_reads()
+                .answering(Duration::from_secs(10), SimAnswer::Button("safe".into())),
+        );
+    }
+    let app = spawn_full(n, script, true, true, 60.0, "").await;
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Broadcast);
+    let rooms = app.lw.config().rooms.len();
+    let shelters = cs
+        .iter()
+        .filter(|c| c.kind == anpi::contacts::ContactKind::ShelterPhone)
+        .count();
+    let b = est.plan.buttons.as_ref().unwrap();
+    assert_eq!((b.groups.len(), b.requests), (rooms, rooms + shelters));
+    let lw = app.lw.clone();
+    until("the buttons reached every room and shelter phone", || {
+        let lw = lw.clone();
+        async move {
+            let st = lw.stats();
+            st.channel_messages == rooms as u64 && st.user_messages == shelters as u64
+        }
+    })
+    .await;
+    let hq = app.hq.clone();
+    let want = tappers.len() as i64;
+    until("the room taps are answers", || {
+        let hq = hq.clone();
+        async move { hq.status(rc.id).await.unwrap().progress.overall.answered == want }
+    })
+    .await;
+    for c in &cs {
+        let got = app.lw.received(&handle(c));
+        assert_eq!(got.len(), 1, "{}: {got:?}", c.id);
+        assert_eq!(
+            got[0].channel.is_some(),
+            c.kind == anpi::contacts::ContactKind::Staff,
+            "{}",
+            c.id
+        );
+    }
+    assert_eq!(app.lw.refusals(), vec![]);
+    assert_eq!(app.lw.stats().limit_exceeded, 0);
 }
