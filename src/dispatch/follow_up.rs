@@ -8,8 +8,9 @@
 //!
 //! Invariants: a wave is worked by one worker at a time (store lease `buttons-lease/<id>`);
 //! its progress is stored (`buttons/<id>`) after every batch, so a restart resends at most one
-//! batch; a person who has answered is not sent the buttons; a room that cannot be reached
-//! for good hands its members to 1:1; a closed roll call's wave stops.
+//! batch; a person who has answered, or whose message failed for good, is not sent the
+//! buttons; a room that cannot be reached for good hands its members to 1:1; a closed roll
+//! call's wave stops.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -358,7 +359,7 @@ impl Dispatcher {
         while batch.len() < STEP && state.next < list.len() {
             let r = &list[state.next];
             state.next += 1;
-            if covered(r) || r.state == DeliveryState::Answered {
+            if covered(r) || matches!(r.state, DeliveryState::Answered | DeliveryState::Failed) {
                 continue;
             }
             batch.push(r.clone());
