@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// the median of each figure.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Measure instead how long an urgent answer (救助要請) takes from the platform to HQ's
+    /// action list, at each of --sizes recipients.
+    #[arg(long)]
+    pub urgent: bool,
 }
 
 /// One size's figures.
@@ -90,8 +94,18 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+pub mod urgent;
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("anpi bench — release build expected (cargo run --release -- bench)");
+    if args.urgent {
+        anyhow::ensure!(
+            (1..=20).contains(&args.runs),
+            "--runs must be between 1 and 20"
+        );
+        urgent::run(&args.sizes, args.runs).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     anyhow::ensure!(
         (1..=8).contains(&args.replicas),
         "--replicas must be between 1 and 8"

@@ -55,9 +55,12 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure throughput: 10,000 and 100,000 simulated recipients with no rate limit.
     Bench(crate::bench::BenchArgs),
-    /// Run the built-in stand-in chat server on its own (to rehearse `anpi serve` without a
-    /// real chat platform). People read after about --read-after and answer as --answers says.
-    Simulator(SimulatorArgs),
+    /// Run a stand-in chat server on its own (to rehearse `anpi serve` without a real chat
+    /// platform): the built-in simulator (people read after about --read-after and answer as
+    /// --answers says), or with --platform lineworks a LINE WORKS API 2.0 stand-in whose
+    /// members, read times and answers come from a contacts file and a scenario's
+    /// [simulation] table.
+    Simulator(Box<SimulatorArgs>),
     /// Start, list, follow and close roll calls on a running daemon.
     Rollcall {
         #[command(subcommand)]
@@ -208,15 +211,26 @@ pub struct SimulatorArgs {
     /// Share of people who never read, with --answers (0 to 1).
     #[arg(long, default_value_t = 0.08)]
     pub never_read: f64,
-    /// Seed for who does what, with --answers: the same seed gives the same people.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
     /// Requests per minute the simulated platform accepts (0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub rate_limit_per_minute: u32,
     /// Print the URL on the first line of standard output once listening.
     #[arg(long)]
     pub print_url: bool,
+    /// Which platform to stand in for.
+    #[arg(long, value_enum, default_value = "simulator")]
+    pub platform: SimPlatform,
+    #[command(flatten)]
+    pub lineworks: crate::simulator::lineworks_cli::LineWorksArgs,
+}
+
+/// The platforms `anpi simulator` can stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimPlatform {
+    /// anpi's own simulator API (providers.simulator).
+    Simulator,
+    /// LINE WORKS API 2.0 (providers.lineworks).
+    Lineworks,
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,7 +341,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { config, database } => migrate(config, database).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
-        Command::Simulator(args) => simulator(args).await,
+        Command::Simulator(args) => simulator(*args).await,
         Command::Rollcall { command, remote } => rollcall(command, &remote).await,
         Command::Escalations {
             id,
@@ -715,7 +729,42 @@ fn database_may_come_back(e: &anyhow::Error) -> bool {
     })
 }
 
+/// `anpi simulator --platform lineworks`: the LINE WORKS stand-in until interrupted.
+async fn lineworks_simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
+    let started = crate::simulator::lineworks_cli::start(
+        &args.lineworks,
+        args.listen,
+        args.rate_limit_per_minute,
+    )
+    .await?;
+    let h = &started.handle;
+    let base = format!("http://{}", h.addr());
+    if args.print_url {
+        println!("{base}");
+    }
+    eprintln!(
+        "LINE WORKS stand-in listening on {base}: {} members, {} rooms, board {}\n  \
+         providers.lineworks.api_url = \"{}\"\n  providers.lineworks.token_url = \"{}\"\n  \
+         callbacks to {}",
+        started.members,
+        started.rooms,
+        h.config().board_id,
+        h.api_base(),
+        h.token_url(),
+        h.config()
+            .callback_url
+            .as_deref()
+            .unwrap_or("(none: pass --callback-url)")
+    );
+    shutdown_signal().await;
+    h.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
+    if args.platform == SimPlatform::Lineworks {
+        return lineworks_simulator(args).await;
+    }
     use crate::simulator::{Behaviour, Script, SimConfig, Simulator};
     let read_after = match args.read_after.trim() {
         "never" | "none" => None,
@@ -744,7 +793,7 @@ async fn simulator(args: SimulatorArgs) -> anyhow::Result<ExitCode> {
             };
             spec.validate()
                 .map_err(|e| anyhow::anyhow!("{}", e.replace("simulation.", "--")))?;
-            Some((spec, args.seed))
+            Some((spec, args.lineworks.seed))
         }
     };
     let config = SimConfig {
@@ -884,6 +933,10 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
+                // Provider trouble first: it changes how the numbers below are to be read.
+                if let Ok(h) = client.get_json("/api/health").await {
+                    print_health(&h);
+                }
                 print_status(&v);
                 let list = client
                     .get_json(&format!("/api/rollcalls/{id}/escalations"))
@@ -1066,14 +1119,23 @@ fn print_estimate(e: &Value) {
         human_secs(secs),
         e["basis"].as_str().unwrap_or("")
     );
+    // A board post notifies at once; its answer buttons follow by rooms and 1:1.
+    if let Some(able) = e["plan"]["seconds_to_all_able_to_answer"].as_f64() {
+        println!(
+            "全員が回答ボタンを受け取るまで 約 {} / everyone able to answer in about {}",
+            human_secs(able.max(secs)),
+            human_secs(able.max(secs))
+        );
+    }
     // The routes the planner weighed, fastest first (the first is the one it will use).
     if let Some(alts) = e["plan"]["alternatives"].as_array().filter(|a| a.len() > 1) {
         for a in alts {
             println!(
-                "  {:<10} {:>7} requests  {}",
+                "  {:<10} {:>7} requests  notified {}  able to answer {}",
                 a["route"].as_str().unwrap_or("?"),
                 a["requests"],
-                human_secs(a["seconds_to_all_notified"].as_f64().unwrap_or(0.0))
+                human_secs(a["seconds_to_all_notified"].as_f64().unwrap_or(0.0)),
+                human_secs(a["seconds_to_all_able_to_answer"].as_f64().unwrap_or(0.0))
             );
         }
     }
@@ -1084,6 +1146,18 @@ fn human_secs(s: f64) -> String {
         format!("{s:.0}s")
     } else {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+/// The banner of `GET /api/health`: what is failing, since when, what it means.
+fn print_health(h: &Value) {
+    for d in h["degraded"].as_array().into_iter().flatten() {
+        println!(
+            "!! 障害 / TROUBLE since {}: {}",
+            d["since_local"].as_str().unwrap_or("?"),
+            d["label"].as_str().unwrap_or("?")
+        );
+        println!("   {}", d["reason"].as_str().unwrap_or(""));
     }
 }
 

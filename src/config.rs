@@ -77,6 +77,8 @@ pub struct Config {
     pub replicas: ReplicasConfig,
     #[serde(default)]
     pub answers: AnswersConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
 }
 
 /// `[answers]`: how anpi reads answers that are not a button.
@@ -103,6 +105,23 @@ impl AnswersConfig {
     pub fn urgent_words(&self) -> Result<crate::answers::UrgentWords, ConfigError> {
         crate::answers::UrgentWords::new(self.urgent_words.iter().map(String::as_str))
             .map_err(|e| invalid("answers.urgent_words", e))
+    }
+}
+
+/// `[health]`: when provider trouble becomes something HQ is told about.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A component failing this long is degraded ([`crate::health`]).
+    #[serde(with = "humantime_serde")]
+    pub degraded_after: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            degraded_after: Duration::from_secs(120),
+        }
     }
 }
 
@@ -671,6 +690,14 @@ impl Config {
             ));
         }
         self.migrate_policy()?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.health.degraded_after)
+        {
+            return Err(invalid(
+                "health.degraded_after",
+                "must be between 1s and 1h",
+            ));
+        }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.replicas.lease_ttl) {
             return Err(invalid("replicas.lease_ttl", "must be between 1s and 10m"));
         }

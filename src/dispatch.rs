@@ -27,6 +27,8 @@
 //! as sent at the moment it went out, with one set-based store call. A done broadcast is
 //! remembered in provider state (`broadcast/<id>`, `room/<id>/<group>`) before its
 //! deliveries are recorded, so a crash in between re-records them without posting twice.
+//! A board post carries no buttons: [`follow_up`] then sends the roll call's buttons to
+//! everyone through rooms and 1:1 talk, within the same limits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, debug_span, error, info_span, warn, Instrument};
 
 use crate::clock::{Millis, SharedClock};
+use crate::health::{Component, Health};
 use crate::ids::RollCallId;
 use crate::metrics::Metrics;
 use crate::planner::{self, Audience, Plan};
@@ -49,6 +52,9 @@ use crate::ratelimit::TokenBucket;
 use crate::rollcall::{ClaimedDelivery, RollCall, SendResult};
 use crate::store::{SharedStore, StoreError};
 use crate::worker::Outcome;
+
+pub mod follow_up;
+pub use follow_up::{buttons_key, WaveState};
 
 /// How the dispatcher paces itself; from the `[dispatch]` config table.
 #[derive(Debug, Clone)]
@@ -168,6 +174,26 @@ pub struct Dispatcher {
     window: Arc<Semaphore>,
     /// Places for deliveries this dispatcher has claimed and not yet recorded.
     outstanding: Arc<Semaphore>,
+    /// The button waves this worker follows ([`follow_up`]).
+    waves: Mutex<follow_up::Waves>,
+    /// Woken when a board post went out, so its buttons follow at once.
+    wave_wakeup: Arc<Notify>,
+    /// Where a roll call that cannot start is reported ([`crate::health`]).
+    health: Option<Arc<Health>>,
+    /// Roll calls with a message out, and those with none out after a failure.
+    starts: Mutex<Starts>,
+}
+
+/// Which roll calls have got a first message out ([`Dispatcher::went_out`]).
+#[derive(Debug, Default)]
+struct Starts {
+    out: std::collections::HashSet<RollCallId>,
+    stuck: std::collections::HashSet<RollCallId>,
+}
+
+/// The reason recorded for someone whose message could not go out by their deadline.
+fn not_sent_by_deadline(reason: &str) -> String {
+    format!("締切までに送信できませんでした / not sent by the deadline: {reason}")
 }
 
 /// A claimed delivery on its way to the feeder.
@@ -248,6 +274,41 @@ impl Dispatcher {
             metrics,
             window,
             outstanding,
+            waves: Mutex::new(follow_up::Waves::default()),
+            wave_wakeup: Arc::new(Notify::new()),
+            health: None,
+            starts: Mutex::new(Starts::default()),
+        }
+    }
+
+    /// Reports a roll call whose first messages cannot go out to `health`, at once.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// A message of roll call `id` went out.
+    fn went_out(&self, id: RollCallId) {
+        let mut s = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        if s.out.insert(id) && s.stuck.remove(&id) && s.stuck.is_empty() {
+            if let Some(h) = &self.health {
+                h.ok(Component::RollCallStart);
+            }
+        }
+    }
+
+    /// A message of roll call `id` could not go out for now: if none has, HQ is told at once.
+    fn not_out(&self, id: RollCallId, reason: &str) {
+        let mut s = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        if s.out.contains(&id) {
+            return;
+        }
+        s.stuck.insert(id);
+        if let Some(h) = &self.health {
+            h.failing_now(
+                Component::RollCallStart,
+                format!("roll call #{id}: {reason}"),
+            );
         }
     }
 
@@ -603,6 +664,7 @@ impl Dispatcher {
             title: rc.title.clone(),
             text: rc.message.clone(),
             buttons: crate::answers::buttons(&rc.buttons),
+            asks: rc.asks.clone(),
             until: self.clock.now() + chrono::Duration::days(1),
         };
         let started = std::time::Instant::now();
@@ -625,6 +687,10 @@ impl Dispatcher {
                 if let Ok(json) = serde_json::to_string(&done) {
                     self.store.set_provider_state(name, &key, &json, at).await?;
                 }
+                if kind == RouteKind::Broadcast {
+                    self.wave_started();
+                }
+                self.went_out(rc.id);
                 Ok(sent_all(at, b.post_id))
             }
             Err(ProviderError::RateLimited { reset }) => {
@@ -640,6 +706,20 @@ impl Dispatcher {
                 ))
             }
             Err(ProviderError::Retryable { after, reason }) => {
+                self.not_out(rc.id, &reason);
+                // The platform is down past everyone's deadline: they go on the call list
+                // as send failed, with the reason, rather than wait unseen.
+                let deadline = rc.created_at + rc.deadline_ms;
+                if at >= deadline {
+                    let error = not_sent_by_deadline(&reason);
+                    return Ok(ds
+                        .iter()
+                        .map(|d| SendResult::Failed {
+                            id: d.id,
+                            error: error.clone(),
+                        })
+                        .collect());
+                }
                 let attempts = ds.iter().map(|d| d.attempts).max().unwrap_or(1);
                 if attempts >= self.settings.max_attempts as i64 {
                     self.fall_back_to_direct(rc.id, &reason).await?;
@@ -648,7 +728,11 @@ impl Dispatcher {
                 let wait = self
                     .settings
                     .backoff(attempts, after, &mut rand::thread_rng());
-                Ok(back(at + wait.as_millis() as i64, reason, false))
+                Ok(back(
+                    (at + wait.as_millis() as i64).min(deadline),
+                    reason,
+                    false,
+                ))
             }
             Err(ProviderError::Permanent(reason)) => {
                 self.fall_back_to_direct(rc.id, &reason).await?;
@@ -704,6 +788,7 @@ impl Dispatcher {
             text: rc.message.clone(),
             buttons: rc.buttons_for(d.kind),
             resend: false,
+            asks: rc.asks.clone(),
         };
         let started = std::time::Instant::now();
         let span = debug_span!("send", roll_call = %d.roll_call_id, delivery = d.id, provider = self.provider.name());
@@ -712,12 +797,15 @@ impl Dispatcher {
         self.metrics
             .observe_send(self.provider.name(), &res, started.elapsed());
         match res {
-            Ok(sent) => SendResult::Sent {
-                id: d.id,
-                at,
-                deadline_at: at + rc.deadline_ms,
-                message_id: sent.message_id,
-            },
+            Ok(sent) => {
+                self.went_out(rc.id);
+                SendResult::Sent {
+                    id: d.id,
+                    at,
+                    deadline_at: at + rc.deadline_ms,
+                    message_id: sent.message_id,
+                }
+            }
             Err(ProviderError::Permanent(reason)) => {
                 debug!(delivery = d.id, %reason, "permanent send failure");
                 SendResult::Failed {
@@ -738,7 +826,17 @@ impl Dispatcher {
                 }
             }
             Err(ProviderError::Retryable { after, reason }) => {
-                if d.attempts >= self.settings.max_attempts as i64 {
+                self.not_out(rc.id, &reason);
+                // Tried again no later than the person's deadline (counted from the start,
+                // since nothing went out); still failing then, they go on the call list as
+                // send failed with the reason.
+                let deadline = rc.created_at + rc.deadline_ms;
+                if at >= deadline {
+                    SendResult::Failed {
+                        id: d.id,
+                        error: not_sent_by_deadline(&reason),
+                    }
+                } else if d.attempts >= self.settings.max_attempts as i64 {
                     SendResult::Failed {
                         id: d.id,
                         error: format!("gave up after {} attempts: {reason}", d.attempts),
@@ -750,7 +848,7 @@ impl Dispatcher {
                     SendResult::Retry {
                         id: d.id,
                         lease_until: d.lease_until,
-                        next_attempt_at: at + wait.as_millis() as i64,
+                        next_attempt_at: (at + wait.as_millis() as i64).min(deadline),
                         error: reason,
                         refund_attempt: false,
                     }
@@ -762,6 +860,8 @@ impl Dispatcher {
     /// Runs the claimer, the feeder and the recorder until `cancel` fires; then hands back
     /// what was claimed and not sent, and records what was in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        // The answer buttons that follow a board post run beside the send pipeline.
+        let follow_up = tokio::spawn(self.clone().follow_up_loop(cancel.clone()));
         // Only a bug stops the pipeline before `cancel` (every error is retried inside it);
         // sending must go on regardless, so it is started again.
         while !self.clone().pipeline(cancel.clone()).await && !cancel.is_cancelled() {
@@ -771,6 +871,7 @@ impl Dispatcher {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        let _ = follow_up.await;
     }
 
     /// One run of the pipeline; false when a stage panicked.

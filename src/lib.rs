@@ -22,6 +22,7 @@
 //!   department rooms, 1:1), and how long it takes.
 //! - [`ratelimit`]: the per-provider token bucket.
 //! - [`receipts`]: read receipts and answers from providers into delivery state.
+//! - [`health`]: provider trouble HQ can see (degraded since when, why), mailed once.
 //! - [`escalation`]: the deadline worker that puts the unread on the call list.
 //! - [`calllist`]: HQ's action list (要対応) rendered for people: table, print, CSV.
 //! - [`resend`]: the chat message once more to the unread (`resend_after`).
@@ -51,6 +52,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod email;
 pub mod escalation;
+pub mod health;
 pub mod hq;
 pub mod http;
 pub mod ids;

@@ -2,6 +2,11 @@
 //! audience, how long reaching everyone takes by each route, and which plan notifies everyone
 //! first. Provider-neutral: it reads [`Capabilities`] and [`Route`]s, never a provider's name.
 //!
+//! A route that notifies without buttons (a must-read board post) is followed by the answer
+//! buttons through the fastest route that carries them (department rooms where the whole
+//! room is in the audience and under the push limit, else 1:1 talk, shelter phones first, then
+//! by call priority), so a plan has two times: everyone notified, and everyone able to answer.
+//!
 //! Invariant: an estimate uses the same pacing model as the dispatcher's token bucket
 //! ([`crate::ratelimit`]: a burst of a tenth of the limit, then 90% of it), so what HQ is told
 //! before a roll call is what the dispatcher then does; a plan never needs more requests per
@@ -84,12 +89,16 @@ const SHELTER_GROUP: &str = "避難所:";
 
 /// The group `c` counts in: a member of staff by department, a shelter phone by shelter.
 pub fn group_key(c: &Contact) -> String {
-    match c.kind {
-        ContactKind::Staff => c.department.clone().unwrap_or_else(|| NO_DEPARTMENT.into()),
-        ContactKind::ShelterPhone => format!(
-            "{SHELTER_GROUP}{}",
-            c.shelter.as_deref().unwrap_or(NO_SHELTER)
-        ),
+    group_key_of(c.kind, c.department.as_deref(), c.shelter.as_deref())
+}
+
+/// [`group_key`] from a recipient's snapshot (kind, department, shelter).
+pub fn group_key_of(kind: ContactKind, department: Option<&str>, shelter: Option<&str>) -> String {
+    match kind {
+        ContactKind::Staff => department.unwrap_or(NO_DEPARTMENT).to_string(),
+        ContactKind::ShelterPhone => {
+            format!("{SHELTER_GROUP}{}", shelter.unwrap_or(NO_SHELTER))
+        }
     }
 }
 
@@ -112,6 +121,18 @@ pub struct RouteEstimate {
     pub requests: usize,
     /// Seconds from start until the last person has been sent the message.
     pub seconds_to_all_notified: f64,
+    /// Seconds from start until the last person has the answer buttons.
+    #[serde(default)]
+    pub seconds_to_all_able_to_answer: f64,
+}
+
+/// How the answer buttons follow a broadcast that carries none (a board post).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ButtonsPlan {
+    /// Groups whose room message carries the buttons; everyone else gets them 1:1.
+    pub groups: Vec<String>,
+    /// Room messages plus 1:1 messages.
+    pub requests: usize,
 }
 
 /// The chosen way to reach an audience, stored per roll call (provider state `plan/<id>`).
@@ -125,6 +146,13 @@ pub struct Plan {
     pub seconds_to_all_notified: f64,
     /// The route tells anpi who has read the message.
     pub read_signal: bool,
+    /// Seconds from start until the last person has the answer buttons: the same as
+    /// notified where the notifying message carries them.
+    #[serde(default)]
+    pub seconds_to_all_able_to_answer: f64,
+    /// Broadcast plan: how the buttons follow the post (None: they travel with the message).
+    #[serde(default)]
+    pub buttons: Option<ButtonsPlan>,
     /// Every route considered, fastest first.
     pub alternatives: Vec<RouteEstimate>,
 }
@@ -139,10 +167,13 @@ impl Plan {
             requests: reachable,
             seconds_to_all_notified: secs,
             read_signal: caps.read_receipts,
+            seconds_to_all_able_to_answer: secs,
+            buttons: None,
             alternatives: vec![RouteEstimate {
                 route: RouteKind::Direct,
                 requests: reachable,
                 seconds_to_all_notified: secs,
+                seconds_to_all_able_to_answer: secs,
             }],
         }
     }
@@ -158,7 +189,18 @@ impl Plan {
             ),
             RouteKind::Direct => "個別トーク / 1:1 talk".to_string(),
         };
-        format!("{route}: {} requests", self.requests)
+        match &self.buttons {
+            Some(b) => format!(
+                "{route}: {} requests; 回答ボタンは部署ルーム {} 件 + 個別 {} 件 / answer \
+                 buttons by {} rooms and {} 1:1 messages",
+                self.requests,
+                b.groups.len(),
+                b.requests - b.groups.len(),
+                b.groups.len(),
+                b.requests - b.groups.len()
+            ),
+            None => format!("{route}: {} requests", self.requests),
+        }
     }
 }
 
@@ -185,51 +227,83 @@ fn start_seconds(deliveries: usize) -> f64 {
     ((deliveries as f64 / START_PACE) * 10.0).round() / 10.0
 }
 
+/// The groups a rooms route can reach whole: a room is configured for the group, the whole
+/// group is in the audience (so no one outside it is messaged), and it is smaller than the
+/// push limit (a room of 500 or more gets no push notification).
+pub fn room_groups(audience: &Audience, r: &Route) -> Vec<String> {
+    let max = r.max_members.unwrap_or(usize::MAX);
+    audience
+        .by_group
+        .iter()
+        .filter(|(g, size)| {
+            **size > 0 && audience.holds_group(g) && **size < max && r.groups.contains(g)
+        })
+        .map(|(g, _)| g.clone())
+        .collect()
+}
+
+/// Requests to reach the audience by `groups`' rooms and 1:1 for everyone else.
+fn rooms_and_rest(audience: &Audience, groups: &[String]) -> usize {
+    let covered: usize = groups.iter().map(|g| audience.by_group[g]).sum();
+    groups.len() + audience.reachable.saturating_sub(covered)
+}
+
 /// Weighs every route and picks the one that notifies everyone first; on a tie, the one that
-/// shows reads, then the one with fewer requests.
+/// shows reads, then the one that has everyone able to answer first, then the one with fewer
+/// requests. A board post, which carries no buttons, is followed by them through the rooms
+/// the provider offers and 1:1 for the rest.
 pub fn plan(audience: &Audience, caps: &Capabilities, routes: &[Route]) -> Plan {
     let n = audience.reachable;
     let mut candidates: Vec<Plan> = vec![Plan::direct(caps, n)];
+    let rooms_route = routes.iter().find(|r| r.kind == RouteKind::Rooms);
     for r in routes {
         match r.kind {
             RouteKind::Broadcast if n > 0 && audience.is_everyone() => {
                 let limit = r.rate_limit.or(caps.rate_limit);
+                // The roll call is written, then one request reaches everyone.
+                let notified = seconds_for(1, limit) + start_seconds(n);
+                // Then the buttons: room and 1:1 messages share the dispatcher's bucket.
+                let buttons = caps.buttons.then(|| {
+                    let groups = rooms_route
+                        .map(|rr| room_groups(audience, rr))
+                        .unwrap_or_default();
+                    let requests = rooms_and_rest(audience, &groups);
+                    ButtonsPlan { groups, requests }
+                });
+                let able = match &buttons {
+                    Some(b) => {
+                        (seconds_for(b.requests, caps.rate_limit) + start_seconds(n)).max(notified)
+                    }
+                    None => notified,
+                };
                 candidates.push(Plan {
                     route: RouteKind::Broadcast,
                     groups: Vec::new(),
                     requests: 1,
-                    // The roll call is written, then one request reaches everyone.
-                    seconds_to_all_notified: seconds_for(1, limit) + start_seconds(n),
+                    seconds_to_all_notified: notified,
                     read_signal: r.read_signal,
+                    seconds_to_all_able_to_answer: able,
+                    buttons,
                     alternatives: Vec::new(),
                 });
             }
             RouteKind::Rooms => {
-                let max = r.max_members.unwrap_or(usize::MAX);
-                let groups: Vec<String> = audience
-                    .by_group
-                    .iter()
-                    .filter(|(g, size)| {
-                        **size > 0
-                            && audience.holds_group(g)
-                            && **size < max
-                            && r.groups.contains(g)
-                    })
-                    .map(|(g, _)| g.clone())
-                    .collect();
+                let groups = room_groups(audience, r);
                 if groups.is_empty() {
                     continue;
                 }
-                let covered: usize = groups.iter().map(|g| audience.by_group[g]).sum();
-                let requests = groups.len() + n.saturating_sub(covered);
+                let requests = rooms_and_rest(audience, &groups);
                 // Room and 1:1 messages share the dispatcher's bucket.
                 let limit = caps.rate_limit;
+                let secs = seconds_for(requests, limit) + start_seconds(n);
                 candidates.push(Plan {
                     route: RouteKind::Rooms,
                     groups,
                     requests,
-                    seconds_to_all_notified: seconds_for(requests, limit) + start_seconds(n),
+                    seconds_to_all_notified: secs,
                     read_signal: r.read_signal && caps.read_receipts,
+                    seconds_to_all_able_to_answer: secs,
+                    buttons: None,
                     alternatives: Vec::new(),
                 });
             }
@@ -240,6 +314,10 @@ pub fn plan(audience: &Audience, caps: &Capabilities, routes: &[Route]) -> Plan 
         a.seconds_to_all_notified
             .total_cmp(&b.seconds_to_all_notified)
             .then(b.read_signal.cmp(&a.read_signal))
+            .then(
+                a.seconds_to_all_able_to_answer
+                    .total_cmp(&b.seconds_to_all_able_to_answer),
+            )
             .then(a.requests.cmp(&b.requests))
     });
     let alternatives: Vec<RouteEstimate> = candidates
@@ -248,6 +326,7 @@ pub fn plan(audience: &Audience, caps: &Capabilities, routes: &[Route]) -> Plan 
             route: p.route,
             requests: p.requests,
             seconds_to_all_notified: p.seconds_to_all_notified,
+            seconds_to_all_able_to_answer: p.seconds_to_all_able_to_answer,
         })
         .collect();
     let mut best = candidates.swap_remove(0);
@@ -412,6 +491,55 @@ mod tests {
         let mut all = whole.clone();
         all.population = whole.by_group.clone();
         assert_eq!(plan(&all, &caps(), &[board()]).route, RouteKind::Broadcast);
+    }
+
+    #[test]
+    fn a_board_post_notifies_in_seconds_and_the_buttons_follow_by_rooms_within_a_minute() {
+        // 40,000 staff in 100 departments of 400, each with a room, and a board.
+        let names: Vec<String> = (0..100).map(|i| format!("d{i:03}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let p = plan(&audience(40_000, 100), &caps(), &[board(), rooms(&refs)]);
+        assert_eq!(p.route, RouteKind::Broadcast);
+        assert!(p.seconds_to_all_notified < 1.0, "{p:?}");
+        let b = p.buttons.as_ref().expect("buttons follow the post");
+        assert_eq!(b.groups.len(), 100);
+        assert_eq!(b.requests, 100);
+        // 0.5 s to write, 24 at once, 76 at 3.6/s: about 22 s.
+        assert!(
+            (p.seconds_to_all_able_to_answer - 21.6).abs() < 0.05,
+            "{p:?}"
+        );
+        assert!(p.seconds_to_all_able_to_answer < 60.0);
+        assert!(
+            p.describe().contains("100 rooms and 0 1:1"),
+            "{}",
+            p.describe()
+        );
+        // The same without rooms: buttons 1:1 to all 40,000, about three hours at 240/min.
+        let p = plan(&audience(40_000, 100), &caps(), &[board()]);
+        let b = p.buttons.as_ref().unwrap();
+        assert!(b.groups.is_empty());
+        assert_eq!(b.requests, 40_000);
+        let expect = 0.5 + (40_000.0 - 24.0) / 3.6;
+        assert!(
+            (p.seconds_to_all_able_to_answer - expect).abs() < 0.2,
+            "{p:?}"
+        );
+        assert!(p.seconds_to_all_notified < 1.0);
+        // A provider without buttons has nothing to follow with.
+        let mut c = caps();
+        c.buttons = false;
+        let p = plan(&audience(1_000, 10), &c, &[board()]);
+        assert!(p.buttons.is_none());
+        assert_eq!(p.seconds_to_all_able_to_answer, p.seconds_to_all_notified);
+    }
+
+    #[test]
+    fn rooms_of_500_or_more_do_not_carry_the_buttons_either() {
+        let p = plan(&audience(10_000, 10), &caps(), &[board(), rooms(&["d000"])]);
+        let b = p.buttons.as_ref().unwrap();
+        assert!(b.groups.is_empty(), "{b:?}");
+        assert_eq!(b.requests, 10_000);
     }
 
     #[test]

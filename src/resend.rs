@@ -99,6 +99,7 @@ impl ResendWorker {
                 to: d.chat_handle.clone(),
                 text: format!("{PREFIX_JA}{}", rc.message),
                 buttons: rc.buttons_for(d.kind),
+                asks: rc.asks.clone(),
                 resend: true,
             };
             let started = std::time::Instant::now();

@@ -18,7 +18,7 @@ use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::AnswerButton;
-use crate::scenario::Scenario;
+use crate::scenario::{Asks, Scenario};
 
 /// How far a message has come. Ordered: a later state never returns to an earlier one,
 /// except `sending -> pending` when a retryable send failed (the message did not go out).
@@ -227,7 +227,8 @@ pub struct RollCall {
     pub id: RollCallId,
     pub scenario: String,
     pub title: String,
-    /// Exactly the text that went to staff.
+    /// The scenario's message as it went to staff; what it asks people to do is added per
+    /// route from `asks`.
     pub message: String,
     /// The staff's answer choices, each with its level.
     pub buttons: Vec<Choice>,
@@ -244,6 +245,10 @@ pub struct RollCall {
     /// first send (the scenario's `escalation.resend_after`).
     #[serde(default)]
     pub resend_after_ms: Option<i64>,
+    /// What the message asks people to do, per route; the text sent on a route is
+    /// `asks.compose(message, route, buttons)`.
+    #[serde(default)]
+    pub asks: Asks,
 }
 
 impl RollCall {
@@ -279,6 +284,7 @@ pub struct NewRollCall {
     /// A repeated start with the same key returns the first roll call.
     pub idempotency_key: Option<String>,
     pub resend_after_ms: Option<i64>,
+    pub asks: Asks,
 }
 
 /// One recipient, snapshotted at start so the record stands even if contacts change later.
@@ -354,6 +360,7 @@ pub fn plan(
             .escalation
             .resend_after
             .map(|d| d.as_millis() as i64),
+        asks: scenario.asks.clone(),
     };
     (new, recipients)
 }

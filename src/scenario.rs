@@ -2,8 +2,15 @@
 //! strikes (what the message says, which answer buttons it carries, who receives it, how long
 //! before the unread are called, what happens after).
 //!
+//! What the message asks people to do (tap a button, reply, reading is enough) is not part of
+//! the scenario's message: it depends on the route the message travels by, so [`Asks`] holds
+//! one sentence per route capability (with defaults, overridable in `[message.ask]`) and
+//! [`Asks::compose`] is the one rule, shared by every provider, that turns the message into the
+//! text sent on a route ([`RouteTraits`]).
+//!
 //! Invariant: a [`Scenario`] value has passed every check below, so whatever starts a roll call
-//! from one never has to re-check it. A file that breaks a rule is refused whole, with an error
+//! from one never has to re-check it; a message never says reading is enough on a route where
+//! anpi cannot see reads. A file that breaks a rule is refused whole, with an error
 //! naming the file and the key, because the moment a bad template is discovered must be a
 //! quiet afternoon, not the night of an earthquake.
 
@@ -12,10 +19,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::IntoDeserializer;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::answers::{AnswerLevel, Choice};
 use crate::contacts::{Contact, ContactKind};
+use crate::providers::{AnswerButton, Capabilities};
 use crate::simulator::PopulationSpec;
 
 /// Sanjo's rule: whoever has not read the talk within 5 minutes gets a phone call.
@@ -41,6 +49,19 @@ pub const MAX_TITLE_CHARS: usize = 40;
 pub const DRILL_PREFIX_JA: &str = "【訓練】";
 /// Put before the English text of a drill.
 pub const DRILL_PREFIX_EN: &str = "[DRILL]";
+
+/// An instruction sentence is one short line.
+pub const MAX_ASK_CHARS: usize = 120;
+/// Phrases that tell people reading is enough or what to tap. They belong in `[message.ask]`,
+/// which anpi words per route: on a route where reads are invisible, "reading is enough" would
+/// put people who only read on the call list.
+pub const ROUTE_PROMISES: &[&str] = &[
+    "既読",
+    "読むだけ",
+    "reading this is enough",
+    "reading is enough",
+    "read receipt",
+];
 
 /// Business-mail boilerplate the city's chat guideline forbids: it pushes the one thing that
 /// matters below the fold and teaches readers to skim.
@@ -101,6 +122,8 @@ pub struct Scenario {
     pub title: String,
     pub message_ja: String,
     pub message_en: String,
+    /// What the message asks people to do, per route capability (`[message.ask]`).
+    pub asks: Asks,
     /// Japanese first in each label, e.g. "無事 / Safe"; values are unique; each has the
     /// level that tells HQ whether the answer needs action.
     pub buttons: Vec<Choice>,
@@ -116,6 +139,165 @@ pub struct Scenario {
     pub escalation: Escalation,
     /// Only for the demo and benchmarks: the simulated population.
     pub simulation: Option<PopulationSpec>,
+}
+
+/// One instruction, Japanese and English.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sentence {
+    pub ja: String,
+    pub en: String,
+}
+
+impl Sentence {
+    fn new(ja: &str, en: &str) -> Self {
+        Self {
+            ja: ja.into(),
+            en: en.into(),
+        }
+    }
+}
+
+/// What a message asks people to do: one sentence per thing a route can or cannot do. The
+/// scenario's `[message.ask]` overrides any of them; the defaults are below. Stored with each
+/// roll call, so the text sent stays what was decided at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Asks {
+    /// The answer buttons are shown with the message.
+    pub tap: Sentence,
+    /// The message has no buttons; they reach the person in another message (a must-read
+    /// board post, with the buttons following in talk).
+    pub tap_elsewhere: Sentence,
+    /// No buttons at all (Matrix): the numbered options are the instruction.
+    pub number: Sentence,
+    /// anpi sees who has read the message: reading alone confirms.
+    pub read_enough: Sentence,
+    /// anpi cannot see reads (LINE WORKS talk and rooms): a reply is needed.
+    pub reply: Sentence,
+}
+
+impl Default for Asks {
+    fn default() -> Self {
+        Self {
+            tap: Sentence::new("下のボタンを1つ押してください。", "Tap one button below."),
+            tap_elsewhere: Sentence::new(
+                "回答は、続けて届くメッセージのボタンで送ってください。",
+                "Answer with the buttons in the message that follows.",
+            ),
+            number: Sentence::new("番号で返信してください。", "Reply with a number."),
+            read_enough: Sentence::new(
+                "できない場合は、読むだけで構いません。",
+                "If you cannot, reading this is enough.",
+            ),
+            reply: Sentence::new(
+                "できない場合は、何か一言返信してください。",
+                "If you cannot, send any reply.",
+            ),
+        }
+    }
+}
+
+/// Where a route shows the answer buttons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ButtonsShown {
+    /// With the message (quick replies).
+    WithMessage,
+    /// In another message that follows (a board post's buttons come by talk or rooms).
+    Elsewhere,
+    /// Nowhere: people answer by replying with a number.
+    Nowhere,
+}
+
+/// What the route a message travels by lets anpi see and the person do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTraits {
+    /// anpi learns who has read it (a board post's readers, Matrix read receipts).
+    pub reads_visible: bool,
+    pub buttons: ButtonsShown,
+}
+
+impl RouteTraits {
+    /// A 1:1 message on a provider with these capabilities.
+    pub fn direct(caps: &Capabilities) -> Self {
+        Self {
+            reads_visible: caps.read_receipts,
+            buttons: if caps.buttons {
+                ButtonsShown::WithMessage
+            } else {
+                ButtonsShown::Nowhere
+            },
+        }
+    }
+}
+
+impl Asks {
+    /// The text sent on a route: the scenario's message, a blank line, then what to do, in
+    /// Japanese and then English. Where no buttons are shown the numbered options come first
+    /// (`1 無事 / 2 負傷`); where reads are invisible the fallback asks for a reply, never for
+    /// reading alone.
+    pub fn compose(&self, message: &str, route: RouteTraits, buttons: &[AnswerButton]) -> String {
+        let primary = match route.buttons {
+            ButtonsShown::WithMessage if !buttons.is_empty() => Some(&self.tap),
+            ButtonsShown::Elsewhere if !buttons.is_empty() => Some(&self.tap_elsewhere),
+            ButtonsShown::Nowhere if !buttons.is_empty() => Some(&self.number),
+            _ => None,
+        };
+        let fallback = if route.reads_visible {
+            &self.read_enough
+        } else {
+            &self.reply
+        };
+        let (options_ja, options_en) = if route.buttons == ButtonsShown::Nowhere {
+            numbered_options(buttons)
+        } else {
+            (String::new(), String::new())
+        };
+        let line = |options: &str, first: Option<&str>, then: &str, sep: &str| {
+            let mut out = String::new();
+            if !options.is_empty() {
+                out.push_str(options);
+                out.push('\n');
+            }
+            if let Some(f) = first {
+                out.push_str(f);
+                out.push_str(sep);
+            }
+            out.push_str(then);
+            out
+        };
+        format!(
+            "{message}\n\n{}\n{}",
+            line(
+                &options_ja,
+                primary.map(|p| p.ja.as_str()),
+                &fallback.ja,
+                ""
+            ),
+            line(
+                &options_en,
+                primary.map(|p| p.en.as_str()),
+                &fallback.en,
+                " "
+            ),
+        )
+    }
+}
+
+/// `1 無事 / 2 負傷` and `1 Safe / 2 Injured` from labels written "無事 / Safe".
+pub fn numbered_options(buttons: &[AnswerButton]) -> (String, String) {
+    let (ja, en): (Vec<String>, Vec<String>) = buttons
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (ja, en) = match b.label.split_once(" / ") {
+                Some((ja, en)) => (ja.trim(), en.trim()),
+                None => (b.label.trim(), b.label.trim()),
+            };
+            (format!("{} {ja}", i + 1), format!("{} {en}", i + 1))
+        })
+        .unzip();
+    (ja.join(" / "), en.join(" / "))
 }
 
 /// Who receives the roll call. Each list, when empty, means "no restriction"; the three
@@ -197,6 +379,25 @@ struct RawMessage {
     #[serde(default)]
     ja: String,
     #[serde(default)]
+    en: String,
+    #[serde(default)]
+    ask: RawAsks,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAsks {
+    tap: Option<RawSentence>,
+    tap_elsewhere: Option<RawSentence>,
+    number: Option<RawSentence>,
+    read_enough: Option<RawSentence>,
+    reply: Option<RawSentence>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSentence {
+    ja: String,
     en: String,
 }
 
@@ -312,6 +513,53 @@ impl Checker<'_> {
             ));
         }
         Ok(text.to_string())
+    }
+
+    /// The scenario's message says what happened and what to do about it; what to tap or
+    /// whether reading is enough depends on the route, and is said by `[message.ask]`.
+    fn no_route_promise(&self, key: &str, text: &str) -> Result<(), ScenarioError> {
+        let lower = text.to_lowercase();
+        match ROUTE_PROMISES.iter().find(|p| lower.contains(*p)) {
+            Some(p) => Err(self.err(
+                key,
+                format!(
+                    "says {p:?}; whether reading is enough depends on the route (LINE WORKS \
+                     talk shows no reads): leave it out, anpi adds what to do per route from \
+                     [message.ask]"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn asks(&self, raw: RawAsks) -> Result<Asks, ScenarioError> {
+        let mut asks = Asks::default();
+        for (name, raw, slot) in [
+            ("tap", raw.tap, &mut asks.tap),
+            ("tap_elsewhere", raw.tap_elsewhere, &mut asks.tap_elsewhere),
+            ("number", raw.number, &mut asks.number),
+            ("read_enough", raw.read_enough, &mut asks.read_enough),
+            ("reply", raw.reply, &mut asks.reply),
+        ] {
+            if let Some(r) = raw {
+                let key = format!("message.ask.{name}");
+                *slot = Sentence {
+                    ja: self.text(&format!("{key}.ja"), &r.ja, MAX_ASK_CHARS)?,
+                    en: self.text(&format!("{key}.en"), &r.en, MAX_ASK_CHARS)?,
+                };
+            }
+        }
+        // Only the sentence for routes that show reads may say reading is enough.
+        for (name, s) in [
+            ("tap", &asks.tap),
+            ("tap_elsewhere", &asks.tap_elsewhere),
+            ("number", &asks.number),
+            ("reply", &asks.reply),
+        ] {
+            self.no_route_promise(&format!("message.ask.{name}.ja"), &s.ja)?;
+            self.no_route_promise(&format!("message.ask.{name}.en"), &s.en)?;
+        }
+        Ok(asks)
     }
 
     fn duration(&self, key: &str, v: &toml::Value) -> Result<Duration, ScenarioError> {
@@ -515,6 +763,9 @@ impl Scenario {
         };
         let message_ja = c.text("message.ja", &raw.message.ja, MAX_MESSAGE_JA_CHARS)?;
         let message_en = c.text("message.en", &raw.message.en, MAX_MESSAGE_EN_CHARS)?;
+        c.no_route_promise("message.ja", &message_ja)?;
+        c.no_route_promise("message.en", &message_en)?;
+        let asks = c.asks(raw.message.ask)?;
         // A real alarm that looks like a drill gets ignored: refuse the mix-up here.
         if !raw.drill {
             if message_ja.starts_with(DRILL_PREFIX_JA) {
@@ -556,6 +807,7 @@ impl Scenario {
             title,
             message_ja,
             message_en,
+            asks,
             buttons,
             shelter_buttons,
             audience,
@@ -566,9 +818,10 @@ impl Scenario {
         })
     }
 
-    /// The text that goes to staff: Japanese, a blank line, English. The answer choices are
-    /// not repeated: they travel as buttons. Pass `self.drill || <the trigger's drill flag>`,
-    /// so a real template can be rehearsed; a drill is marked 【訓練】 / [DRILL] up front.
+    /// The scenario's message: Japanese, a blank line, English. What to do is added per route
+    /// by [`Asks::compose`] (see [`Scenario::text_for`]). Pass `self.drill || <the trigger's
+    /// drill flag>`, so a real template can be rehearsed; a drill is marked 【訓練】 / [DRILL]
+    /// up front.
     pub fn message_text(&self, drill: bool) -> String {
         if drill {
             format!(
@@ -579,6 +832,15 @@ impl Scenario {
         } else {
             format!("{}\n\n{}", self.message_ja, self.message_en)
         }
+    }
+
+    /// The whole text a person gets on `route`: the message and what to do there.
+    pub fn text_for(&self, drill: bool, route: RouteTraits) -> String {
+        self.asks.compose(
+            &self.message_text(drill),
+            route,
+            &crate::answers::buttons(&self.buttons),
+        )
     }
 
     /// Every `*.toml` in `dir`, checked and sorted by name. Files are read in path order and
@@ -1115,6 +1377,107 @@ value = "injured"
         let d = Scenario::parse(DRILL, "scenarios/drill.toml").unwrap();
         assert_eq!(d.message_text(true).matches(DRILL_PREFIX_JA).count(), 1);
         assert_eq!(d.message_text(true).matches(DRILL_PREFIX_EN).count(), 1);
+    }
+
+    const TALK: RouteTraits = RouteTraits {
+        reads_visible: false,
+        buttons: ButtonsShown::WithMessage,
+    };
+    const BOARD: RouteTraits = RouteTraits {
+        reads_visible: true,
+        buttons: ButtonsShown::Elsewhere,
+    };
+    const NUMBERS: RouteTraits = RouteTraits {
+        reads_visible: true,
+        buttons: ButtonsShown::Nowhere,
+    };
+
+    fn promises_reading(text: &str) -> bool {
+        ["既読", "読むだけ", "reading this is enough"]
+            .iter()
+            .any(|p| text.contains(p))
+    }
+
+    #[test]
+    fn where_reads_are_invisible_the_text_asks_for_a_tap_or_a_reply_never_reading_alone() {
+        for (name, text) in [
+            ("earthquake", EARTHQUAKE),
+            ("flood", FLOOD),
+            ("drill", DRILL),
+        ] {
+            let s = Scenario::parse(text, &format!("scenarios/{name}.toml")).unwrap();
+            let talk = s.text_for(false, TALK);
+            assert!(!promises_reading(&talk), "{name}: {talk}");
+            assert!(talk.contains("下のボタンを1つ押してください。"), "{talk}");
+            assert!(talk.contains("何か一言返信してください"), "{talk}");
+            assert!(talk.contains("Tap one button below. If you cannot, send any reply."));
+            assert!(talk.starts_with(&s.message_text(false)));
+            // A must-read board post has no buttons but counts reads.
+            let board = s.text_for(false, BOARD);
+            assert!(!board.contains("下のボタン"), "{board}");
+            assert!(board.contains("続けて届くメッセージのボタン"), "{board}");
+            assert!(promises_reading(&board), "{board}");
+        }
+    }
+
+    #[test]
+    fn without_buttons_the_numbered_options_are_the_instruction() {
+        let s = Scenario::parse(EARTHQUAKE, "scenarios/earthquake.toml").unwrap();
+        let text = s.text_for(false, NUMBERS);
+        let tail = text.strip_prefix(&s.message_text(false)).unwrap();
+        assert_eq!(
+            tail,
+            "\n\n1 無事 / 2 出動可 / 3 出動不可 / 4 負傷 / 5 救助要請\n\
+             番号で返信してください。できない場合は、読むだけで構いません。\n\
+             1 Safe / 2 Can work / 3 Cannot work / 4 Injured / 5 Need help\n\
+             Reply with a number. If you cannot, reading this is enough."
+        );
+        // No read receipts and no buttons: a reply, never reading alone.
+        let blind = RouteTraits {
+            reads_visible: false,
+            buttons: ButtonsShown::Nowhere,
+        };
+        assert!(!promises_reading(&s.text_for(false, blind)));
+    }
+
+    #[test]
+    fn a_message_that_promises_reading_is_enough_is_refused_and_asks_can_be_reworded() {
+        let text = MINIMAL.replace(
+            "押してください。\"",
+            "押してください。既読だけでも構いません。\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(invalid_key(&e), "message.ja");
+        assert!(e.to_string().contains("[message.ask]"), "{e}");
+        let text = MINIMAL.replace("Tap a button below.", "Reading is enough.");
+        assert_eq!(invalid_key(&parse(&text).unwrap_err()), "message.en");
+
+        let with_ask = MINIMAL.replace(
+            "[[buttons]]\nlabel = \"無事 / Safe\"",
+            "[message.ask]\nreply = { ja = \"返信してください。\", en = \"Please reply.\" }\n\
+             [[buttons]]\nlabel = \"無事 / Safe\"",
+        );
+        let s = parse(&with_ask).unwrap();
+        assert_eq!(s.asks.reply.en, "Please reply.");
+        assert_eq!(s.asks.tap, Asks::default().tap);
+        assert!(s
+            .text_for(false, TALK)
+            .ends_with("Tap one button below. Please reply."));
+        // Only read_enough may say reading is enough.
+        let bad = MINIMAL.replace(
+            "[[buttons]]\nlabel = \"無事 / Safe\"",
+            "[message.ask]\nreply = { ja = \"既読で結構です。\", en = \"Reply.\" }\n\
+             [[buttons]]\nlabel = \"無事 / Safe\"",
+        );
+        assert_eq!(
+            invalid_key(&parse(&bad).unwrap_err()),
+            "message.ask.reply.ja"
+        );
+        let unknown = MINIMAL.replace(
+            "[[buttons]]\nlabel = \"無事 / Safe\"",
+            "[message.ask]\nwave = { ja = \"x\", en = \"y\" }\n[[buttons]]\nlabel = \"無事 / Safe\"",
+        );
+        assert!(matches!(parse(&unknown), Err(ScenarioError::Syntax { .. })));
     }
 
     fn dir_with_shipped_files() -> tempfile::TempDir {

@@ -18,6 +18,7 @@ use crate::clock::{ScaledClock, SharedClock, SystemClock};
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Pacing, Signals};
 use crate::escalation::DeadlineWorker;
+use crate::health::Health;
 use crate::hq::Hq;
 use crate::http::{self, ApiState};
 use crate::metrics::Metrics;
@@ -47,6 +48,7 @@ pub fn provider_from(
     config: &Config,
     store: &SharedStore,
     clock: &SharedClock,
+    health: &Arc<Health>,
 ) -> anyhow::Result<Arc<dyn ChatProvider>> {
     match config.provider.as_str() {
         "simulator" => {
@@ -63,7 +65,9 @@ pub fn provider_from(
             )))
         }
         "matrix" => Ok(Arc::new(matrix_provider(config, store, clock)?)),
-        "lineworks" => Ok(Arc::new(lineworks_provider(config, clock)?)),
+        "lineworks" => Ok(Arc::new(
+            lineworks_provider(config, clock)?.with_health(health.clone()),
+        )),
         other => anyhow::bail!("unknown chat provider {other:?}"),
     }
 }
@@ -140,6 +144,8 @@ pub struct Application {
     drills: Vec<(String, Scenario)>,
     /// This process among the replicas sharing the database: names it in singleton leases.
     instance: String,
+    /// Provider trouble HQ is told about.
+    health: Arc<Health>,
 }
 
 impl Application {
@@ -154,21 +160,25 @@ impl Application {
         let store = store::open_with(&config.database.url, &config.store_options()?)
             .await
             .with_context(|| format!("opening the database {}", config.redacted_database_url()))?;
-        let provider = provider_from(&config, &store, &clock)?;
+        let health = Arc::new(Health::new(clock.clone(), config.health.degraded_after));
+        let provider = provider_from(&config, &store, &clock, &health)?;
         let metrics = Arc::new(Metrics::default());
         let signals = Signals::default();
         let pacing = Pacing::for_provider(provider.as_ref(), &clock);
         let dispatchers = (0..config.dispatch.workers)
             .map(|_| {
-                Arc::new(Dispatcher::new(
-                    store.clone(),
-                    provider.clone(),
-                    clock.clone(),
-                    pacing.clone(),
-                    config.dispatch_settings(),
-                    signals.clone(),
-                    metrics.clone(),
-                ))
+                Arc::new(
+                    Dispatcher::new(
+                        store.clone(),
+                        provider.clone(),
+                        clock.clone(),
+                        pacing.clone(),
+                        config.dispatch_settings(),
+                        signals.clone(),
+                        metrics.clone(),
+                    )
+                    .with_health(health.clone()),
+                )
             })
             .collect();
         let poll_wait = config.poll_wait();
@@ -236,7 +246,13 @@ impl Application {
             resend,
             drills,
             instance: singleton::instance_id(),
+            health,
         })
+    }
+
+    /// What this process knows of provider trouble.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// Wakes this application's dispatchers (new deliveries written by someone else).
@@ -321,9 +337,28 @@ impl Application {
                 lease("email".into()).run(cancel.clone(), move |stop| mail.clone().run(stop)),
             );
         }
+        // HQ hears of each provider incident once, by mail, from the process that saw it.
+        if self.config.email.enabled {
+            let mailer = crate::health::HealthMailer {
+                health: self.health.clone(),
+                store: self.store.clone(),
+                mailer: crate::email::Mailer::new(&self.config.email)
+                    .context("setting up e-mail")?,
+                hq: self
+                    .config
+                    .email
+                    .hq
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect(),
+                zone: self.config.zone()?,
+            };
+            tracker.spawn(Arc::new(mailer).run(cancel.clone()));
+        }
         let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone())
             .with_shutdown(cancel.clone())
-            .with_escalated(self.deadlines.escalated.clone());
+            .with_escalated(self.deadlines.escalated.clone())
+            .with_health(self.health.clone());
         let app = http::router(state, &self.config);
         let addr = self.local_addr();
         info!(%addr, provider = self.hq.provider(), instance = %self.instance, "anpi is listening");

@@ -30,6 +30,7 @@ mod announcements;
 mod callbacks;
 mod calls;
 mod contacts;
+mod health;
 mod ops;
 mod rollcalls;
 mod stream;
@@ -74,17 +75,30 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// Told after each escalation (the deadline worker's), so streams update at once.
     pub escalated: Arc<Notify>,
+    /// Provider trouble HQ is shown ([`crate::health`]).
+    pub health: Arc<crate::health::Health>,
 }
 
 impl ApiState {
     pub fn new(hq: Arc<Hq>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        let health = Arc::new(crate::health::Health::new(
+            hq.clock().clone(),
+            config.health.degraded_after,
+        ));
         Self {
             hq,
             config,
             metrics,
             shutdown: CancellationToken::new(),
             escalated: Arc::new(Notify::new()),
+            health,
         }
+    }
+
+    /// Shows the provider trouble `health` knows of.
+    pub fn with_health(mut self, health: Arc<crate::health::Health>) -> Self {
+        self.health = health;
+        self
     }
 
     /// Ends event streams when `cancel` fires.
@@ -254,6 +268,7 @@ pub fn router(state: ApiState, config: &Config) -> Router {
                 .merge(contacts::router())
                 .merge(calls::router())
                 .merge(announcements::router())
+                .merge(health::router())
                 .merge(stream::router()),
         )
         .layer(DefaultBodyLimit::max(config.server.max_body_bytes))

@@ -19,10 +19,21 @@ pub fn router() -> Router<ApiState> {
 
 async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
     match s.hq.store().ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ok", "database": "ok", "provider": s.hq.provider()})),
-        ),
+        // Provider trouble is reported but answered 200: this process still serves HQ, and a
+        // load balancer that took it out would take out every replica at once.
+        Ok(()) => {
+            let degraded = s.health.degraded();
+            let mut body = json!({"status": "ok", "database": "ok", "provider": s.hq.provider()});
+            if !degraded.is_empty() {
+                body["status"] = json!("degraded");
+                body["degraded"] = json!(degraded
+                    .iter()
+                    .map(|d| json!({"component": d.component, "since": d.since,
+                                    "reason": d.reason}))
+                    .collect::<Vec<_>>());
+            }
+            (StatusCode::OK, Json(body))
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "degraded", "database": e.to_string()})),
@@ -70,8 +81,7 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         }
     }
     g.urgent_open = s.hq.store().urgent_open().await.unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&g),
-    )
+    let mut text = s.metrics.render(&g);
+    text.push_str(&s.health.render_metrics());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -1,5 +1,5 @@
-//! The HQ web page and the shelter phone's page (`/shelter`): HTML, one stylesheet and a
-//! script each, compiled into the binary
+//! The HQ web page and the shelter phone's page (`/shelter`): HTML, one stylesheet and their
+//! scripts, compiled into the binary
 //! (no build step, nothing fetched from the internet). The page holds only the token the
 //! operator pasted (in `sessionStorage`) and does everything through the JSON API, so the
 //! page can do exactly what its token's role allows and nothing more.
@@ -18,6 +18,7 @@ const APP_JS: &str = include_str!("web/app.js");
 const APP_CSS: &str = include_str!("web/app.css");
 const SHELTER_HTML: &str = include_str!("web/shelter.html");
 const SHELTER_JS: &str = include_str!("web/shelter.js");
+const HEALTH_BANNER_JS: &str = include_str!("web/health-banner.js");
 
 pub fn router() -> Router<ApiState> {
     Router::new()
@@ -26,6 +27,7 @@ pub fn router() -> Router<ApiState> {
         .route("/app.css", get(app_css))
         .route("/shelter", get(shelter))
         .route("/shelter.js", get(shelter_js))
+        .route("/health-banner.js", get(health_banner_js))
 }
 
 /// The page may only load its own script and style, and nothing may frame it.
@@ -83,5 +85,15 @@ async fn app_css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         APP_CSS,
+    )
+}
+
+async fn health_banner_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        HEALTH_BANNER_JS,
     )
 }

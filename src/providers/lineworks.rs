@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,8 +31,22 @@ use super::{
 };
 use crate::clock::{Millis, SharedClock};
 use crate::config::Secret;
+use crate::health::{Component, Health};
 use crate::ids::{ChatHandle, RollCallId};
 use crate::ratelimit::TokenBucket;
+use crate::scenario::{ButtonsShown, RouteTraits};
+
+/// Talk and room messages: no read receipt, quick-reply buttons.
+const TALK: RouteTraits = RouteTraits {
+    reads_visible: false,
+    buttons: ButtonsShown::WithMessage,
+};
+/// A must-read board post: readers are listed; it has no buttons, which follow in talk or
+/// rooms ([`crate::dispatch`]).
+const BOARD: RouteTraits = RouteTraits {
+    reads_visible: true,
+    buttons: ButtonsShown::Elsewhere,
+};
 
 /// Per-request budget.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,10 +56,13 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 /// The platform shows at most 13 quick-reply items.
 pub const MAX_QUICK_REPLIES: usize = 13;
+/// A text message holds at most this many characters (bot-send-text).
+pub const MAX_TEXT_CHARS: usize = 2000;
 /// Quick-reply labels longer than this are cut.
 const MAX_LABEL_CHARS: usize = 20;
-/// Readers per page asked for (the platform's maximum).
-pub const READERS_PAGE: usize = 5000;
+/// A must-read post stays must-read at most this many days (board-post-create:
+/// `mustReadEndDate` 最大30日).
+pub const MAX_MUST_READ_DAYS: i64 = 30;
 /// How much of an unexpected error body goes into a reason.
 const EXCERPT_CHARS: usize = 200;
 /// Share of the platform's limit anpi plans with. A request leaves the token bucket and
@@ -53,6 +70,8 @@ const EXCERPT_CHARS: usize = 200;
 /// access token), so a bucket that spends exactly the limit can land one request too many in
 /// the platform's window; 5% below absorbs that.
 const LIMIT_SHARE: f64 = 0.95;
+/// How a 404 (unknown user, room, board or post) begins its reason.
+const UNKNOWN_USER: &str = "unknown user or room on LINE WORKS";
 /// When a 429 carries no usable reset header.
 const DEFAULT_RESET: Duration = Duration::from_secs(5);
 
@@ -165,6 +184,8 @@ pub struct LineWorksProvider {
     /// (post, user) reads already reported since start; a restart reports them again and the
     /// event log drops the replays.
     seen: Mutex<Reported>,
+    /// Where token, readers, board and send trouble is reported ([`crate::health`]).
+    health: Option<Arc<Health>>,
 }
 
 impl fmt::Debug for LineWorksProvider {
@@ -189,7 +210,22 @@ pub fn parse_postback(data: &str) -> Option<(RollCallId, String)> {
     (!value.is_empty()).then(|| (rc, value.to_string()))
 }
 
-/// The message body with quick-reply postback buttons (at most 13).
+/// The body of "Send messages (to a user)" and "(to a channel)": a text message
+/// (<https://developers.worksmobile.com/en/docs/bot-send-text>: `content.type` "text",
+/// `content.text` at most 2,000 characters) with a quick reply
+/// (<https://developers.worksmobile.com/jp/docs/bot-quickreply>: at most 13 items, each
+/// `{"action": ...}` with no `type` of its own) of postback actions
+/// (<https://developers.worksmobile.com/jp/docs/bot-actionobject>: `label` at most 20
+/// characters, `data` at most 300, `displayText` required in a quick reply, at most 300).
+///
+/// A quick reply rather than a button template: the Action Objects table allows postback
+/// actions in quick replies but not in button templates (message, URI and copy only).
+///
+/// The reference is ambiguous about what a tap sends back: the Postback Event page
+/// (bot-callback-postback) lists only carousels and rich menus as its sources, while the
+/// Action Objects page says a postback action answers with a Postback Event wherever it is.
+/// [`parse_callback`] takes both a `postback` event and a message event whose
+/// `content.postback` holds the data.
 fn message_body(rc: RollCallId, text: &str, buttons: &[super::AnswerButton]) -> Value {
     let items: Vec<Value> = buttons
         .iter()
@@ -200,11 +236,37 @@ fn message_body(rc: RollCallId, text: &str, buttons: &[super::AnswerButton]) -> 
                               "data": postback_data(rc, &b.value), "displayText": b.label}})
         })
         .collect();
+    let text: String = text.chars().take(MAX_TEXT_CHARS).collect();
     let mut content = json!({"type": "text", "text": text});
     if !items.is_empty() {
         content["quickReply"] = json!({ "items": items });
     }
     json!({ "content": content })
+}
+
+/// The body of "Create a post" (<https://developers.worksmobile.com/jp/reference/board-post-create>):
+/// `title` (1..200), `body` (HTML, 1..716,800), `enableComment`, `mustReadEndDate` (a date at
+/// most 30 days ahead; it is what makes the post must-read) and `sendNotifications`.
+/// `isMustRead` and `mustReadPeriod` are fields of the answer, not of this request.
+///
+/// The end date is the day `req.until` falls on in Asia/Tokyo (the reference does not say
+/// in which zone the date is read; a Japanese domain's is assumed), kept between today and
+/// 30 days ahead.
+pub fn board_post_body(req: &BroadcastRequest, now: DateTime<Utc>) -> Value {
+    let tz = chrono_tz::Asia::Tokyo;
+    let today = now.with_timezone(&tz).date_naive();
+    let end = req
+        .until
+        .with_timezone(&tz)
+        .date_naive()
+        .clamp(today, today + chrono::Duration::days(MAX_MUST_READ_DAYS));
+    json!({
+        "title": req.title.chars().take(200).collect::<String>(),
+        "body": html_escape(&req.asks.compose(&req.text, BOARD, &req.buttons)),
+        "enableComment": false,
+        "mustReadEndDate": end.format("%Y-%m-%d").to_string(),
+        "sendNotifications": true,
+    })
 }
 
 fn html_escape(s: &str) -> String {
@@ -269,9 +331,7 @@ async fn refusal(resp: Response) -> ProviderError {
         .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_default();
     if status == StatusCode::NOT_FOUND || code.contains("NOT_FOUND") || code == "INVALID_USER" {
-        return ProviderError::Permanent(format!(
-            "unknown user or room on LINE WORKS ({status} {code})"
-        ));
+        return ProviderError::Permanent(format!("{UNKNOWN_USER} ({status} {code})"));
     }
     ProviderError::Permanent(format!("LINE WORKS answered {status}: {}", excerpt(&body)))
 }
@@ -334,7 +394,26 @@ impl LineWorksProvider {
             token: tokio::sync::Mutex::new(None),
             posts: Mutex::new(Vec::new()),
             seen: Mutex::new(Reported::default()),
+            health: None,
         })
+    }
+
+    /// Reports token, readers, board and send trouble to `health`.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Tells health how an operation went. A rate limit is the platform pacing anpi, and an
+    /// unknown user is one person's problem: neither is a failure of the component.
+    fn report<T>(&self, c: Component, res: &Result<T, ProviderError>) {
+        let Some(h) = &self.health else { return };
+        match res {
+            Ok(_) => h.ok(c),
+            Err(ProviderError::RateLimited { .. }) => {}
+            Err(ProviderError::Permanent(r)) if r.starts_with(UNKNOWN_USER) => {}
+            Err(e) => h.failing(c, e.to_string()),
+        }
     }
 
     fn api(&self, path: &str) -> String {
@@ -358,7 +437,13 @@ impl LineWorksProvider {
         .map_err(|e| ProviderError::Permanent(format!("cannot sign the JWT assertion: {e}")))
     }
 
-    /// Exchanges a fresh assertion for an access token.
+    /// Exchanges a fresh assertion for an access token: "Service Account 認証 (JWT)"
+    /// (<https://developers.worksmobile.com/jp/docs/auth-jwt>): `POST` the form
+    /// (`application/x-www-form-urlencoded`) `assertion`, `grant_type`
+    /// (`urn:ietf:params:oauth:grant-type:jwt-bearer`), `client_id`, `client_secret`, `scope`;
+    /// the JWT is RS256 with `iss` (client id), `sub` (service account), `iat` and `exp` (at
+    /// most 60 minutes on). The answer's `expires_in` may be a string; an access token lives
+    /// 1 or 24 hours.
     async fn mint(&self) -> Result<CachedToken, ProviderError> {
         let assertion = self.assertion()?;
         let form = [
@@ -419,7 +504,9 @@ impl LineWorksProvider {
                 return Ok(t.value.clone());
             }
         }
-        let t = self.mint().await?;
+        let minted = self.mint().await;
+        self.report(Component::Token, &minted);
+        let t = minted?;
         let v = t.value.clone();
         *cached = Some(t);
         Ok(v)
@@ -452,11 +539,16 @@ impl LineWorksProvider {
 
     /// Posts a message and classifies the answer: 201 (no body) is success.
     async fn post_message(&self, url: String, body: Value) -> Result<(), ProviderError> {
-        let resp = self.call(|| self.client.post(&url).json(&body)).await?;
-        if resp.status().is_success() {
-            return Ok(());
+        let res = async {
+            let resp = self.call(|| self.client.post(&url).json(&body)).await?;
+            if resp.status().is_success() {
+                return Ok(());
+            }
+            Err(refusal(resp).await)
         }
-        Err(refusal(resp).await)
+        .await;
+        self.report(Component::Sends, &res);
+        res
     }
 
     fn watch(&self, post: WatchedPost) {
@@ -466,24 +558,13 @@ impl LineWorksProvider {
         }
     }
 
+    /// Creates the must-read post ([`board_post_body`]) and follows its readers.
     async fn board_post(&self, req: &BroadcastRequest) -> Result<Broadcasted, ProviderError> {
         let board = self.settings.board_id.as_deref().ok_or_else(|| {
             ProviderError::Permanent("no board is configured for LINE WORKS".into())
         })?;
         self.board_posts.acquire().await;
-        let end_date = req
-            .until
-            .with_timezone(&chrono_tz::Asia::Tokyo)
-            .format("%Y-%m-%d")
-            .to_string();
-        let body = json!({
-            "title": req.title,
-            "body": html_escape(&req.text),
-            "enableComment": false,
-            "isMustRead": true,
-            "mustReadPeriod": {"endDate": end_date},
-            "sendNotifications": true,
-        });
+        let body = board_post_body(req, self.clock.now());
         let url = self.api(&format!("/boards/{board}/posts"));
         let resp = self.call(|| self.client.post(&url).json(&body)).await?;
         if !resp.status().is_success() {
@@ -512,7 +593,12 @@ impl LineWorksProvider {
         Ok(Broadcasted { post_id })
     }
 
-    /// Every member marked read on `post`, page by page, each page within the readers budget.
+    /// Every member marked read on `post`, page by page, each page within the readers budget:
+    /// "Get readers of a post" (<https://developers.worksmobile.com/en/docs/board-post-reader-list>),
+    /// `GET /boards/{boardId}/posts/{postId}/readers`. The page documents no query parameter;
+    /// its answer holds up to 5,000 members, read and unread (`isRead`), and
+    /// `responseMetaData.nextCursor`, which is sent back as `cursor` as every other Board list
+    /// operation takes it. No `count`: this operation does not document one.
     async fn readers(&self, post: &str) -> Result<Vec<String>, ProviderError> {
         let board = self.settings.board_id.as_deref().unwrap_or_default();
         let url = self.api(&format!("/boards/{board}/posts/{post}/readers"));
@@ -522,11 +608,11 @@ impl LineWorksProvider {
             self.board_readers.acquire().await;
             let resp = self
                 .call(|| {
-                    let mut q = vec![("count", READERS_PAGE.to_string())];
-                    if let Some(c) = &cursor {
-                        q.push(("cursor", c.clone()));
+                    let req = self.client.get(&url);
+                    match &cursor {
+                        Some(c) => req.query(&[("cursor", c)]),
+                        None => req,
                     }
-                    self.client.get(&url).query(&q)
                 })
                 .await?;
             if !resp.status().is_success() {
@@ -610,7 +696,8 @@ impl ChatProvider for LineWorksProvider {
             self.settings.bot_id,
             msg.to.as_str()
         ));
-        self.post_message(url, message_body(msg.roll_call_id, &msg.text, &msg.buttons))
+        let text = msg.asks.compose(&msg.text, TALK, &msg.buttons);
+        self.post_message(url, message_body(msg.roll_call_id, &text, &msg.buttons))
             .await?;
         // 201 with no body: the platform gives no message id.
         Ok(Sent { message_id: None })
@@ -620,7 +707,11 @@ impl ChatProvider for LineWorksProvider {
         fields(roll_call = %req.roll_call_id, kind = ?req.kind))]
     async fn broadcast(&self, req: &BroadcastRequest) -> Result<Broadcasted, ProviderError> {
         match req.kind {
-            RouteKind::Broadcast => self.board_post(req).await,
+            RouteKind::Broadcast => {
+                let res = self.board_post(req).await;
+                self.report(Component::BoardPost, &res);
+                res
+            }
             RouteKind::Rooms => {
                 let group = req.group.as_deref().unwrap_or_default();
                 let channel = self.settings.rooms.get(group).ok_or_else(|| {
@@ -630,7 +721,8 @@ impl ChatProvider for LineWorksProvider {
                     "/bots/{}/channels/{channel}/messages",
                     self.settings.bot_id
                 ));
-                self.post_message(url, message_body(req.roll_call_id, &req.text, &req.buttons))
+                let text = req.asks.compose(&req.text, TALK, &req.buttons);
+                self.post_message(url, message_body(req.roll_call_id, &text, &req.buttons))
                     .await?;
                 Ok(Broadcasted::default())
             }
@@ -675,7 +767,9 @@ impl ChatProvider for LineWorksProvider {
         let mut events = Vec::new();
         let mut new_reads = Vec::new();
         for p in &posts {
-            let readers = self.readers(&p.post).await?;
+            let readers = self.readers(&p.post).await;
+            self.report(Component::Readers, &readers);
+            let readers = readers?;
             let seen_at = self.clock.now();
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             for user in readers {
@@ -792,13 +886,44 @@ struct CallbackSource {
     user_id: Option<String>,
 }
 
-/// Turns a verified callback body into an event; `Ok(None)` for event types anpi does not
-/// use (join, leave, begin, end, images ...). The event id is a hash of the body, so the
-/// same callback delivered twice is one event.
-pub fn parse_callback(
-    body: &[u8],
-    received_at: DateTime<Utc>,
-) -> Result<Option<InboundEvent>, CallbackError> {
+/// The largest callback body accepted. The biggest event the bot callback documents is a
+/// text message of at most 2,000 characters (bot-callback-message, bot-send-text); JSON-escaped
+/// as `\uXXXX` pairs that is under 24 KB with its envelope, so 64 KiB is generous and a
+/// megabyte-sized body is refused (413) before it is read whole.
+pub const CALLBACK_BODY_LIMIT: usize = 64 * 1024;
+
+/// What a verified callback body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Something from a person anpi records.
+    Event(InboundEvent),
+    /// An event anpi does not use (join, leave, a postback of another bot): logged, not stored.
+    Ignored {
+        /// The callback's `type`.
+        kind: String,
+        /// Who sent it, when the body says.
+        from: Option<String>,
+        /// Why it is not used.
+        why: String,
+    },
+}
+
+impl Parsed {
+    /// The event, if it is one.
+    pub fn into_event(self) -> Option<InboundEvent> {
+        match self {
+            Self::Event(e) => Some(e),
+            Self::Ignored { .. } => None,
+        }
+    }
+}
+
+/// Turns a verified callback body into an event, or says why it is not one (event types anpi
+/// does not use, a postback without anpi's prefix). The event id is a hash of the body, so
+/// the same callback delivered twice is one event. `occurred_at` is the platform's
+/// `issuedTime` (when the platform says the person acted); the store records its own receipt
+/// time beside it.
+pub fn parse_callback(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, CallbackError> {
     let cb: CallbackBody =
         serde_json::from_slice(body).map_err(|e| CallbackError::Malformed(e.to_string()))?;
     let event_id = format!("lw-cb:{:x}", Sha256::digest(body));
@@ -806,13 +931,26 @@ pub fn parse_callback(
     let answer = |data: &str| {
         parse_postback(data).map(|(rc, value)| (Some(rc), InboundKind::Answer { value }))
     };
+    let ignored = |why: String| Parsed::Ignored {
+        kind: cb.kind.clone(),
+        from: cb.source.user_id.clone(),
+        why,
+    };
     let parsed = match cb.kind.as_str() {
         "postback" => {
             let data = cb
                 .data
                 .as_deref()
                 .ok_or_else(|| CallbackError::Malformed("postback without data".into()))?;
-            answer(data)
+            match answer(data) {
+                Some(a) => Some(a),
+                None => {
+                    return Ok(ignored(format!(
+                        "postback data without anpi's prefix: {:?}",
+                        excerpt(data)
+                    )))
+                }
+            }
         }
         "message" => {
             let content = cb
@@ -821,10 +959,15 @@ pub fn parse_callback(
                 .ok_or_else(|| CallbackError::Malformed("message without content".into()))?;
             // A tap on one of anpi's buttons is that answer; anything else the person sends
             // (text, a sticker, a photo, another bot's button) is a reply all the same.
-            let tap = content
-                .get("postback")
-                .and_then(Value::as_str)
-                .and_then(answer);
+            let postback = content.get("postback").and_then(Value::as_str);
+            let tap = postback.and_then(answer);
+            if let (Some(data), None) = (postback, &tap) {
+                tracing::info!(
+                    user = cb.source.user_id.as_deref().unwrap_or("?"),
+                    data = %excerpt(data),
+                    "LINE WORKS message with a postback without anpi's prefix: kept as a reply"
+                );
+            }
             if tap.is_some() {
                 tap
             } else {
@@ -864,14 +1007,15 @@ pub fn parse_callback(
         _ => None,
     };
     let Some((roll_call_id, kind)) = parsed else {
-        return Ok(None);
+        return Ok(ignored("an event type anpi does not record".into()));
     };
     let user = cb
         .source
         .user_id
+        .clone()
         .ok_or_else(|| CallbackError::Malformed("no source.userId".into()))?;
     let from = ChatHandle::parse(&user).map_err(|e| CallbackError::Malformed(e.to_string()))?;
-    Ok(Some(InboundEvent {
+    Ok(Parsed::Event(InboundEvent {
         event_id,
         roll_call_id,
         from,
@@ -933,6 +1077,7 @@ mod tests {
 
     fn message(to: &str) -> OutboundMessage {
         OutboundMessage {
+            asks: Default::default(),
             delivery_id: 1,
             roll_call_id: RollCallId(7),
             to: handle(to),
@@ -1076,6 +1221,7 @@ mod tests {
                 title: "安否確認".into(),
                 text: "無事なら既読に".into(),
                 buttons: vec![],
+                asks: Default::default(),
                 until: c.now() + chrono::Duration::days(1),
             })
             .await
@@ -1129,6 +1275,82 @@ mod tests {
         assert_eq!(lw.stats().limit_exceeded, 0);
     }
 
+    #[tokio::test]
+    async fn every_request_the_adapter_makes_passes_the_documented_schema() {
+        let c = clock();
+        let mut cfg = LwSimConfig::new(vec![handle("u1"), handle("u2")]);
+        cfg.rooms.insert("ch-1".into(), vec![handle("u2")]);
+        let lw = stand(cfg, &c).await;
+        let mut settings = provider(&lw, &c).settings.clone();
+        settings.rooms.insert("総務課".into(), "ch-1".into());
+        let p = LineWorksProvider::new(settings, Arc::new(c.clone())).unwrap();
+        let mut m = message("u1");
+        m.buttons = (0..13)
+            .map(|i| AnswerButton {
+                label: format!("選択肢{i}"),
+                value: format!("v{i}"),
+            })
+            .collect();
+        m.text = "安".repeat(2500);
+        p.send(&m).await.unwrap();
+        let req = BroadcastRequest {
+            roll_call_id: RollCallId(4),
+            kind: RouteKind::Rooms,
+            group: Some("総務課".into()),
+            title: "安否確認".into(),
+            text: "<地震> & 津波".into(),
+            buttons: m.buttons.clone(),
+            asks: Default::default(),
+            // Further than the platform allows: kept to 30 days.
+            until: c.now() + chrono::Duration::days(45),
+        };
+        p.broadcast(&req).await.unwrap();
+        let posted = p
+            .broadcast(&BroadcastRequest {
+                kind: RouteKind::Broadcast,
+                group: None,
+                ..req
+            })
+            .await
+            .unwrap();
+        assert!(posted.post_id.is_some());
+        p.poll_events(None, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            lw.refusals(),
+            vec![],
+            "a request broke the documented shape"
+        );
+        let post = &lw.posts()[0];
+        let today = c.now().with_timezone(&chrono_tz::Asia::Tokyo).date_naive();
+        assert_eq!(post.must_read_end, Some(today + chrono::Duration::days(30)));
+        // The post counts reads but has no buttons: it says so, and HTML-escaped.
+        assert!(
+            post.body.starts_with("&lt;地震&gt; &amp; 津波<br><br>"),
+            "{}",
+            post.body
+        );
+        assert!(post.body.contains("読むだけで構いません") && !post.body.contains("下のボタン"));
+        // Talk shows no reads: the 1:1 text never says reading is enough.
+        let talk = &lw.received(&handle("u2"))[0].text;
+        assert!(
+            talk.contains("返信") && !talk.contains("読むだけ"),
+            "{talk}"
+        );
+        assert!(post.send_notifications && !post.enable_comment);
+        assert_eq!(lw.received(&handle("u1"))[0].text.chars().count(), 2000);
+        assert_eq!(lw.inbox(&handle("u2"))[0].len(), 13);
+        let st = lw.stats();
+        assert_eq!(
+            (
+                st.user_messages,
+                st.channel_messages,
+                st.board_posts,
+                st.readers_requests
+            ),
+            (1, 1, 1, 1)
+        );
+    }
+
     #[test]
     fn callbacks_verify_and_parse() {
         let body = r#"{"type":"message","source":{"userId":"u1"},"issuedTime":"2026-03-11T05:47:00.000Z","content":{"type":"text","text":"無事です"}}"#.as_bytes();
@@ -1146,7 +1368,10 @@ mod tests {
             verify("b1", "s3cret", Some("b1"), None, body),
             Err(CallbackError::BadSignature)
         );
-        let e = parse_callback(body, Utc::now()).unwrap().unwrap();
+        let e = parse_callback(body, Utc::now())
+            .unwrap()
+            .into_event()
+            .unwrap();
         assert_eq!(
             e.kind,
             InboundKind::Reply {
@@ -1156,12 +1381,19 @@ mod tests {
         assert_eq!(e.roll_call_id, None);
         assert!(e.event_id.starts_with("lw-cb:"));
         assert_eq!(
-            parse_callback(body, Utc::now()).unwrap().unwrap().event_id,
+            parse_callback(body, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .event_id,
             e.event_id
         );
 
         let tap = r#"{"type":"message","source":{"userId":"u1"},"content":{"type":"text","text":"無事","postback":"anpi:9:safe"}}"#.as_bytes();
-        let e = parse_callback(tap, Utc::now()).unwrap().unwrap();
+        let e = parse_callback(tap, Utc::now())
+            .unwrap()
+            .into_event()
+            .unwrap();
         assert_eq!(
             e.kind,
             InboundKind::Answer {
@@ -1172,26 +1404,57 @@ mod tests {
 
         let sticker = br#"{"type":"message","source":{"userId":"u1"},"content":{"type":"sticker","packageId":"1","stickerId":"2"}}"#;
         assert!(matches!(
-            parse_callback(sticker, Utc::now()).unwrap().unwrap().kind,
+            parse_callback(sticker, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .kind,
             InboundKind::Sticker { .. }
         ));
         // Another bot's button, or a photo: a reply all the same.
         let foreign = r#"{"type":"message","source":{"userId":"u1"},"content":{"type":"text","text":"はい","postback":"other-bot:1"}}"#.as_bytes();
         assert_eq!(
-            parse_callback(foreign, Utc::now()).unwrap().unwrap().kind,
+            parse_callback(foreign, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .kind,
             InboundKind::Reply {
                 text: "はい".into()
             }
         );
         let photo = br#"{"type":"message","source":{"userId":"u1"},"content":{"type":"image","resourceId":"r1"}}"#;
         assert_eq!(
-            parse_callback(photo, Utc::now()).unwrap().unwrap().kind,
+            parse_callback(photo, Utc::now())
+                .unwrap()
+                .into_event()
+                .unwrap()
+                .kind,
             InboundKind::Reply {
                 text: "[image]".into()
             }
         );
         let leave = br#"{"type":"leave","source":{"userId":"u1"}}"#;
-        assert_eq!(parse_callback(leave, Utc::now()), Ok(None));
+        assert!(matches!(
+            parse_callback(leave, Utc::now()),
+            Ok(Parsed::Ignored { kind, .. }) if kind == "leave"
+        ));
+        // Another bot's postback: not anpi's, said why.
+        let other = br#"{"type":"postback","source":{"userId":"u1"},"data":"action=buy"}"#;
+        match parse_callback(other, Utc::now()).unwrap() {
+            Parsed::Ignored { why, from, .. } => {
+                assert!(why.contains("prefix"), "{why}");
+                assert_eq!(from.as_deref(), Some("u1"));
+            }
+            e => panic!("{e:?}"),
+        }
+        // The platform's time travels as the event's time.
+        let at = parse_callback(body, Utc::now())
+            .unwrap()
+            .into_event()
+            .unwrap()
+            .occurred_at;
+        assert_eq!(at.to_rfc3339(), "2026-03-11T05:47:00+00:00");
         assert!(matches!(
             parse_callback(b"[]", Utc::now()),
             Err(CallbackError::Malformed(_))

@@ -826,7 +826,11 @@ impl ChatProvider for MatrixProvider {
         let txn = format!("anpi-{}-{}{again}", msg.roll_call_id, msg.delivery_id);
         let content = json!({
             "msgtype": "m.text",
-            "body": compose(&msg.text, &msg.buttons),
+            "body": msg.asks.compose(
+                &msg.text,
+                crate::scenario::RouteTraits::direct(&self.capabilities()),
+                &msg.buttons
+            ),
             ROLL_CALL_KEY: msg.roll_call_id.0,
         });
         let resp = self
@@ -963,6 +967,7 @@ mod tests {
             text: "【安否確認】地震がありました。".into(),
             buttons: buttons(),
             resend: false,
+            asks: Default::default(),
         }
     }
 

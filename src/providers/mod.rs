@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 use crate::ids::{ChatHandle, RollCallId};
+use crate::scenario::Asks;
 
 pub mod lineworks;
 pub mod matrix;
@@ -34,13 +35,17 @@ pub struct OutboundMessage {
     pub delivery_id: i64,
     pub roll_call_id: RollCallId,
     pub to: ChatHandle,
-    /// Japanese first, then English.
+    /// The roll call's message, Japanese first, then English: what it asks people to do is
+    /// added by the provider for its route with `asks.compose` (the one rule every provider
+    /// shares; [`crate::scenario::Asks`]).
     pub text: String,
     pub buttons: Vec<AnswerButton>,
     /// A second send of the same delivery (`resend_after`): a provider that makes sends
     /// idempotent by delivery must not fold it into the first.
     #[serde(default)]
     pub resend: bool,
+    #[serde(default)]
+    pub asks: Asks,
 }
 
 /// A successful send.
@@ -164,9 +169,11 @@ pub struct BroadcastRequest {
     /// Rooms: which group's room.
     pub group: Option<String>,
     pub title: String,
-    /// Japanese first, then English.
+    /// The roll call's message, Japanese first, then English; the provider adds what it asks
+    /// for the route with `asks.compose`.
     pub text: String,
     pub buttons: Vec<AnswerButton>,
+    pub asks: Asks,
     /// Must-read until (board posts).
     pub until: DateTime<Utc>,
 }

@@ -212,11 +212,20 @@ impl ChatProvider for SimulatorProvider {
         fields(roll_call = %msg.roll_call_id, delivery = msg.delivery_id)
     )]
     async fn send(&self, msg: &OutboundMessage) -> Result<Sent, ProviderError> {
+        let route = crate::scenario::RouteTraits::direct(&self.capabilities());
+        let wire = serde_json::json!({
+            "delivery_id": msg.delivery_id,
+            "roll_call_id": msg.roll_call_id,
+            "to": msg.to,
+            "text": msg.asks.compose(&msg.text, route, &msg.buttons),
+            "buttons": msg.buttons,
+            "resend": msg.resend,
+        });
         let resp = self
             .client
             .post(&self.messages_url)
             .header(AUTHORIZATION, self.auth.clone())
-            .json(msg)
+            .json(&wire)
             .send()
             .await
             .map_err(transport_error)?;
@@ -317,6 +326,7 @@ mod tests {
 
     fn message() -> OutboundMessage {
         OutboundMessage {
+            asks: Default::default(),
             delivery_id: 1,
             roll_call_id: RollCallId(7),
             to: ChatHandle::parse("sim-S00001").unwrap(),

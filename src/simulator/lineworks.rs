@@ -1,32 +1,40 @@
 //! A LINE WORKS-compatible stand-in server, its own axum app on loopback, that enforces the
-//! documented API 2.0 rules the adapter must live with: a token endpoint that checks the
-//! service-account JWT (RS256) against a test public key, 401 for unknown or expired tokens,
-//! 201-with-no-body sends, a sliding-window rate limit per API operation answered with 429
+//! documented API 2.0 rules the adapter must live with: a token endpoint that checks the form
+//! and the service-account JWT (RS256) against a test public key, 401 for unknown or expired
+//! tokens, every request body and query checked field by field against the reference
+//! ([`super::lineworks_schema`]) and answered 400 `{"code":"INVALID_PARAMETER",...}` when it
+//! breaks a rule, 404 for an unknown bot, user, channel, board or post, 201-with-no-body sends,
+//! a sliding-window rate limit per API operation answered with 429
 //! `{"code":"TOO_MANY_REQUESTS"}` and `rateLimit-*` headers, must-read board posts whose
-//! readers list pages by cursor, no read receipt for talk, and signed callbacks POSTed to anpi
-//! when a scripted person taps a button, replies or sends a sticker.
+//! readers list pages by cursor, no read receipt for talk, and signed callbacks POSTed to
+//! anpi when a scripted person taps a button, replies or sends a sticker.
 //!
 //! Invariants: limits are counted on the shared clock, exactly (a request that arrives when
 //! its operation's window is full is counted in [`LwStats::limit_exceeded`]: the client broke
-//! the limit); a forced 429 is never counted as the client's fault; a person's board read
-//! appears only once the clock reaches it.
+//! the limit); a forced 429 or outage is never counted as the client's fault; every refused
+//! request is kept in [`LwSimHandle::refusals`] with the reason, so a test can show none was
+//! refused; a person's board read appears only once the clock reaches it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
-use serde::Deserialize;
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::NaiveDate;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Behaviour, Script, SimAnswer};
+use super::lineworks_schema as schema;
+use super::{Script, SimAnswer};
 use crate::clock::{Millis, SharedClock};
 use crate::ids::ChatHandle;
 use crate::providers::lineworks::{sign, AssertionClaims};
@@ -37,6 +45,9 @@ pub const TEST_PRIVATE_KEY_PEM: &str =
     include_str!("../../tests/fixtures/lineworks-test-private-key.TEST-ONLY.pem");
 pub const TEST_PUBLIC_KEY_PEM: &str =
     include_str!("../../tests/fixtures/lineworks-test-public-key.TEST-ONLY.pem");
+
+/// Readers per page (board-post-reader-list: `readers` maxItems 5000).
+pub const READERS_PER_PAGE: usize = 5000;
 
 /// The stand-in's view of one domain, one app, one bot and one board.
 #[derive(Clone)]
@@ -61,6 +72,8 @@ pub struct LwSimConfig {
     pub callback_url: Option<String>,
     /// Everyone in the domain: the board's members, in readers order.
     pub members: Vec<ChatHandle>,
+    /// The domain's time zone, for `mustReadEndDate`.
+    pub zone: chrono_tz::Tz,
 }
 
 impl fmt::Debug for LwSimConfig {
@@ -97,6 +110,7 @@ impl LwSimConfig {
             token_lifetime: Duration::from_secs(86_400),
             callback_url: None,
             members,
+            zone: chrono_tz::Asia::Tokyo,
         }
     }
 }
@@ -105,10 +119,14 @@ impl LwSimConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LwStats {
     pub tokens_issued: u64,
-    /// Token requests refused (bad JWT, wrong client, wrong grant).
+    /// Token requests refused (bad form, bad JWT, wrong client).
     pub token_refused: u64,
     /// API requests refused with 401.
     pub unauthorized: u64,
+    /// Requests refused with 400: a shape the reference does not allow.
+    pub bad_requests: u64,
+    /// Requests refused with 404 (unknown bot, user, channel, board or post).
+    pub not_found: u64,
     pub user_messages: u64,
     pub channel_messages: u64,
     pub board_posts: u64,
@@ -116,8 +134,12 @@ pub struct LwStats {
     /// Requests that arrived with their operation's window full: the client's fault.
     pub limit_exceeded: u64,
     pub forced_429: u64,
+    /// Requests answered 503 while the platform was made to be down.
+    pub outage_refused: u64,
     /// The most requests of one operation seen in any window.
     pub max_in_window: u32,
+    /// The most requests seen in any window, per operation.
+    pub max_in_window_by_op: BTreeMap<&'static str, u32>,
     pub callbacks_sent: u64,
     /// Callbacks anpi did not answer 200.
     pub callbacks_refused: u64,
@@ -130,9 +152,42 @@ pub struct AcceptedAssertion {
     pub claims: AssertionClaims,
 }
 
+/// A request the stand-in refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// The operation, e.g. `board_posts`.
+    pub op: &'static str,
+    pub description: String,
+}
+
+/// A board post as the stand-in keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostInfo {
+    pub post_id: u64,
+    pub title: String,
+    /// HTML, as sent.
+    pub body: String,
+    /// `mustReadEndDate`: a post is must-read only with one.
+    pub must_read_end: Option<NaiveDate>,
+    pub enable_comment: bool,
+    pub send_notifications: bool,
+    pub created_at: Millis,
+}
+
+/// One message a person received, in talk or in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub at: Millis,
+    /// The room it came through, if not 1:1.
+    pub channel: Option<String>,
+    pub text: String,
+    /// Postback data of its quick replies.
+    pub postbacks: Vec<String>,
+}
+
 struct Post {
-    rc_title: String,
-    created_at: Millis,
+    info: PostInfo,
     /// Member -> when they read it.
     reads: HashMap<ChatHandle, Millis>,
 }
@@ -149,13 +204,22 @@ struct LwState {
     windows: HashMap<&'static str, VecDeque<Millis>>,
     forced: u32,
     forced_reset: Duration,
+    /// Until this clock time every API request gets 503 (the platform is down).
+    down_until: Millis,
+    /// Operations that answer 503 until mended.
+    broken: HashSet<&'static str>,
     posts: BTreeMap<u64, Post>,
     next_post: u64,
     /// Clock times of forced 429s and of accepted 1:1 messages, for pacing checks.
     forced_log: Vec<Millis>,
     accepted_log: Vec<Millis>,
-    /// Handle -> quick-reply data of messages received.
-    inbox: HashMap<ChatHandle, Vec<Vec<String>>>,
+    /// Accepted requests per operation, in clock time.
+    request_times: BTreeMap<&'static str, Vec<Millis>>,
+    received: HashMap<ChatHandle, Vec<Received>>,
+    /// People who answer in talk after a board post: a 1:1 message that follows does not
+    /// make them answer a second time.
+    talked_after_post: HashSet<ChatHandle>,
+    refusals: Vec<Refusal>,
     callbacks: Vec<Callback>,
     stats: LwStats,
     next_token: u64,
@@ -180,7 +244,7 @@ impl Shared {
 /// The running stand-in. Clones share one server.
 #[derive(Clone)]
 pub struct LwSimHandle {
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
 }
@@ -199,9 +263,19 @@ pub async fn start(
     script: Script,
     clock: SharedClock,
 ) -> std::io::Result<LwSimHandle> {
+    start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config, script, clock).await
+}
+
+/// Starts the stand-in on `addr` (`anpi simulator --platform lineworks --listen`).
+pub async fn start_on(
+    addr: SocketAddr,
+    config: LwSimConfig,
+    script: Script,
+    clock: SharedClock,
+) -> std::io::Result<LwSimHandle> {
     let decoding = jsonwebtoken::DecodingKey::from_rsa_pem(config.public_key_pem.as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let callback_url = config.callback_url.clone();
     let shared = Arc::new(Shared {
@@ -215,11 +289,16 @@ pub async fn start(
             windows: HashMap::new(),
             forced: 0,
             forced_reset: Duration::from_secs(1),
+            down_until: 0,
+            broken: HashSet::new(),
             posts: BTreeMap::new(),
             next_post: 1,
-            inbox: HashMap::new(),
+            received: HashMap::new(),
+            talked_after_post: HashSet::new(),
             forced_log: Vec::new(),
             accepted_log: Vec::new(),
+            request_times: BTreeMap::new(),
+            refusals: Vec::new(),
             callbacks: Vec::new(),
             stats: LwStats::default(),
             next_token: 1,
@@ -258,12 +337,21 @@ impl LwSimHandle {
         format!("http://{}/oauth2/v2.0/token", self.addr)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn config(&self) -> &LwSimConfig {
         &self.shared.config
     }
 
     pub fn stats(&self) -> LwStats {
         self.shared.lock().stats.clone()
+    }
+
+    /// Every request refused with 400 or 404, with the reason.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.shared.lock().refusals.clone()
     }
 
     /// Every assertion the token endpoint accepted.
@@ -275,6 +363,17 @@ impl LwSimHandle {
     pub fn request_log(&self) -> (Vec<Millis>, Vec<Millis>) {
         let st = self.shared.lock();
         (st.forced_log.clone(), st.accepted_log.clone())
+    }
+
+    /// Clock times of the accepted requests of one operation (`user_messages`,
+    /// `channel_messages`, `board_posts`, `board_readers`).
+    pub fn request_times(&self, op: &str) -> Vec<Millis> {
+        self.shared
+            .lock()
+            .request_times
+            .get(op)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Makes every issued token invalid (the next API call gets 401).
@@ -289,6 +388,25 @@ impl LwSimHandle {
         st.forced_reset = reset;
     }
 
+    /// Every API request (not the token endpoint) gets 503 for the next `d` of clock time.
+    pub fn go_down_for(&self, d: Duration) {
+        let now = self.shared.clock.now_millis();
+        self.shared.lock().down_until = now + d.as_millis() as i64;
+    }
+
+    /// The platform answers again.
+    pub fn come_back(&self) {
+        let mut st = self.shared.lock();
+        st.down_until = 0;
+        st.broken.clear();
+    }
+
+    /// One operation (`board_readers`, `board_posts`, `user_messages`, `channel_messages`)
+    /// answers 503 until [`LwSimHandle::come_back`].
+    pub fn break_op(&self, op: &'static str) {
+        self.shared.lock().broken.insert(op);
+    }
+
     /// Where anpi's callback endpoint is, once anpi is listening.
     pub fn set_callback_url(&self, url: String) {
         self.shared.lock().script_url = Some(url);
@@ -296,9 +414,17 @@ impl LwSimHandle {
 
     /// Quick-reply sets this person received (talk and rooms).
     pub fn inbox(&self, who: &ChatHandle) -> Vec<Vec<String>> {
+        self.received(who)
+            .into_iter()
+            .map(|r| r.postbacks)
+            .collect()
+    }
+
+    /// Every message this person received (talk and rooms), in order.
+    pub fn received(&self, who: &ChatHandle) -> Vec<Received> {
         self.shared
             .lock()
-            .inbox
+            .received
             .get(who)
             .cloned()
             .unwrap_or_default()
@@ -306,11 +432,16 @@ impl LwSimHandle {
 
     /// Titles of the board posts made, in order.
     pub fn post_titles(&self) -> Vec<String> {
+        self.posts().into_iter().map(|p| p.title).collect()
+    }
+
+    /// The board posts made, in order.
+    pub fn posts(&self) -> Vec<PostInfo> {
         self.shared
             .lock()
             .posts
             .values()
-            .map(|p| p.rc_title.clone())
+            .map(|p| p.info.clone())
             .collect()
     }
 
@@ -322,7 +453,7 @@ impl LwSimHandle {
 fn too_many(reset: Duration, limit: u32) -> Response {
     let mut resp = (
         StatusCode::TOO_MANY_REQUESTS,
-        Json(json!({"code": "TOO_MANY_REQUESTS", "description": "Too many requests"})),
+        Json(json!({"code": "TOO_MANY_REQUESTS", "description": "API rate limit exceeded"})),
     )
         .into_response();
     let h = resp.headers_mut();
@@ -333,6 +464,10 @@ fn too_many(reset: Duration, limit: u32) -> Response {
     resp
 }
 
+/// The platform's error shape (<https://developers.worksmobile.com/en/docs/rate-limits> shows
+/// it for 429: `{"code", "description"}`). The reference names no code for 400 or 404 that
+/// anpi could rely on; `INVALID_PARAMETER` and `NOT_FOUND` are used, and the adapter keys
+/// only on the status.
 fn error(status: StatusCode, code: &str, description: &str) -> Response {
     (
         status,
@@ -342,6 +477,29 @@ fn error(status: StatusCode, code: &str, description: &str) -> Response {
 }
 
 impl Shared {
+    /// Records a 400 or 404 and builds it.
+    fn refuse(&self, op: &'static str, status: StatusCode, description: String) -> Response {
+        let mut st = self.lock();
+        if status == StatusCode::NOT_FOUND {
+            st.stats.not_found += 1;
+        } else {
+            st.stats.bad_requests += 1;
+        }
+        tracing::debug!(op, %status, %description, "LINE WORKS stand-in refused a request");
+        st.refusals.push(Refusal {
+            status: status.as_u16(),
+            op,
+            description: description.clone(),
+        });
+        drop(st);
+        let code = if status == StatusCode::NOT_FOUND {
+            "NOT_FOUND"
+        } else {
+            "INVALID_PARAMETER"
+        };
+        error(status, code, &description)
+    }
+
     /// Checks the bearer token, then the operation's window. `Err` is the answer to give.
     fn admit(
         &self,
@@ -367,6 +525,14 @@ impl Shared {
                 )));
             }
         }
+        if now < st.down_until || st.broken.contains(op) {
+            st.stats.outage_refused += 1;
+            return Err(Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable",
+            )));
+        }
         if st.forced > 0 {
             st.forced -= 1;
             st.stats.forced_429 += 1;
@@ -386,39 +552,75 @@ impl Shared {
         window.push_back(now);
         let n = window.len() as u32;
         st.stats.max_in_window = st.stats.max_in_window.max(n);
+        let by_op = st.stats.max_in_window_by_op.entry(op).or_default();
+        *by_op = (*by_op).max(n);
+        st.request_times.entry(op).or_default().push(now);
         Ok(())
+    }
+
+    /// A JSON body with `Content-Type: application/json`, as every POST here requires.
+    fn json_body(
+        &self,
+        op: &'static str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Value, Box<Response>> {
+        let ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !ct.starts_with("application/json") {
+            return Err(Box::new(self.refuse(
+                op,
+                StatusCode::BAD_REQUEST,
+                format!("Content-Type: application/json required, got {ct:?}"),
+            )));
+        }
+        serde_json::from_slice(body).map_err(|e| {
+            Box::new(self.refuse(op, StatusCode::BAD_REQUEST, format!("body: not JSON: {e}")))
+        })
     }
 }
 
-#[derive(Deserialize)]
-struct TokenForm {
-    assertion: Option<String>,
-    grant_type: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    scope: Option<String>,
+fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
-async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Response {
+async fn token(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let now_s = s.clock.now().timestamp();
     let refuse = |why: &str| {
         s.lock().stats.token_refused += 1;
+        tracing::debug!(reason = why, "LINE WORKS stand-in refused a token request");
         error(StatusCode::BAD_REQUEST, "invalid_request", why)
     };
-    if f.grant_type.as_deref() != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
-        return refuse("grant_type must be urn:ietf:params:oauth:grant-type:jwt-bearer");
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return refuse("Content-Type must be application/x-www-form-urlencoded");
     }
-    if f.client_id.as_deref() != Some(s.config.client_id.as_str())
-        || f.client_secret.as_deref() != Some(s.config.client_secret.as_str())
+    let form = match std::str::from_utf8(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|b| schema::token_form(&pairs(Some(b))))
+    {
+        Ok(f) => f,
+        Err(why) => return refuse(&why),
+    };
+    if form.client_id.as_deref() != Some(s.config.client_id.as_str())
+        || form.client_secret.as_deref() != Some(s.config.client_secret.as_str())
     {
         return refuse("client_id or client_secret is wrong");
     }
-    if f.scope.as_deref().is_none_or(str::is_empty) {
-        return refuse("scope is required");
-    }
-    let Some(assertion) = f.assertion else {
-        return refuse("assertion is required");
+    let assertion = form.assertion.unwrap_or_default();
+    let header = match jsonwebtoken::decode_header(&assertion) {
+        Ok(h) => h,
+        Err(e) => return refuse(&format!("assertion is not a JWT: {e}")),
     };
+    if header.typ.as_deref() != Some("JWT") {
+        return refuse("the assertion's header must say typ JWT");
+    }
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     // Expiry is checked below on the shared clock, not the wall.
     v.validate_exp = false;
@@ -446,57 +648,49 @@ async fn token(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Respon
         "access_token": tok,
         "refresh_token": "unused",
         "token_type": "Bearer",
-        "scope": f.scope,
+        "scope": form.scope,
         "expires_in": s.config.token_lifetime.as_secs().to_string(),
     }))
     .into_response()
 }
 
-/// Quick-reply data in a message body; `Err` when the body breaks the platform's rules.
-fn quick_replies(body: &Value) -> Result<Vec<String>, &'static str> {
-    let content = body.get("content").ok_or("content is required")?;
-    if content.get("type").and_then(Value::as_str) != Some("text")
-        || content.get("text").and_then(Value::as_str).is_none()
-    {
-        return Err("content.type text with content.text is required");
-    }
-    let items = content
-        .pointer("/quickReply/items")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if items.len() > 13 {
-        return Err("quickReply.items holds at most 13");
-    }
-    Ok(items
-        .iter()
-        .filter_map(|i| i.pointer("/action/data").and_then(Value::as_str))
-        .map(str::to_string)
-        .collect())
-}
-
 impl LwState {
-    /// What a scripted person does with a message carrying `data` (quick replies) at `now`.
-    fn receive(&mut self, who: &ChatHandle, data: Vec<String>, now: Millis) {
+    /// What a scripted person does with a message at `now`: taps one of its buttons, or
+    /// answers in talk (unless they already did after a board post).
+    fn receive(&mut self, who: &ChatHandle, msg: Received) {
         let b = self.script.get(who).cloned().unwrap_or_default();
         if let Some((after, answer)) = &b.answer {
-            let at = now + after.as_millis() as i64;
+            let at = msg.at + after.as_millis() as i64;
             let body = match answer {
-                SimAnswer::Button(v) => data
+                SimAnswer::Button(v) => msg
+                    .postbacks
                     .iter()
                     .find(|d| d.ends_with(&format!(":{v}")))
                     .map(|d| json!({"type": "postback", "data": d})),
-                _ => None,
+                _ if self.talked_after_post.remove(who) => None,
+                other => Some(talk(other)),
             };
             if let Some(mut body) = body {
-                self.push_callback(who, &mut body, at);
+                self.push_callback(who, msg.channel.as_deref(), &mut body, at);
             }
         }
-        self.inbox.entry(who.clone()).or_default().push(data);
+        self.received.entry(who.clone()).or_default().push(msg);
     }
 
-    fn push_callback(&mut self, who: &ChatHandle, body: &mut Value, at: Millis) {
-        body["source"] = json!({"userId": who.as_str(), "domainId": 1});
+    fn push_callback(
+        &mut self,
+        who: &ChatHandle,
+        channel: Option<&str>,
+        body: &mut Value,
+        at: Millis,
+    ) {
+        // Bot callback (bot-callback-message / bot-callback-postback): 1:1 talk carries no
+        // channelId.
+        let mut source = json!({"userId": who.as_str(), "domainId": 40029600});
+        if let Some(c) = channel {
+            source["channelId"] = json!(c);
+        }
+        body["source"] = source;
         body["issuedTime"] = json!(
             crate::clock::from_millis(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
@@ -507,34 +701,61 @@ impl LwState {
     }
 }
 
+/// A message event a person sends in talk: a sticker, a reply, or the value typed out.
+fn talk(answer: &SimAnswer) -> Value {
+    match answer {
+        SimAnswer::Sticker(id) => json!({"type": "message",
+            "content": {"type": "sticker", "packageId": "1", "stickerId": id}}),
+        SimAnswer::Reply(t) => json!({"type": "message", "content": {"type": "text", "text": t}}),
+        SimAnswer::Button(v) => json!({"type": "message", "content": {"type": "text", "text": v}}),
+    }
+}
+
 async fn user_message(
     State(s): State<Arc<Shared>>,
     Path((bot, user)): Path<(String, String)>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: Bytes,
 ) -> Response {
-    if let Err(r) = s.admit(&headers, "user_messages", s.config.rate_limit) {
+    const OP: &str = "user_messages";
+    if let Err(r) = s.admit(&headers, OP, s.config.rate_limit) {
         return *r;
     }
     if bot != s.config.bot_id {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "bot not found");
+        return s.refuse(OP, StatusCode::NOT_FOUND, format!("bot {bot} not found"));
     }
-    let data = match quick_replies(&body) {
-        Ok(d) => d,
-        Err(why) => return error(StatusCode::BAD_REQUEST, "INVALID_PARAMETER", why),
+    let body = match s.json_body(OP, &headers, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
-    let Ok(who) = ChatHandle::parse(&user) else {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "user not found");
+    let msg = match schema::message(&body) {
+        Ok(m) => m,
+        Err(why) => return s.refuse(OP, StatusCode::BAD_REQUEST, why),
+    };
+    let known = ChatHandle::parse(&user)
+        .ok()
+        .filter(|h| s.config.members.contains(h));
+    let Some(who) = known else {
+        return s.refuse(OP, StatusCode::NOT_FOUND, format!("user {user} not found"));
     };
     let now = s.clock.now_millis();
     let mut st = s.lock();
-    if st.script.get(&who).is_some_and(|b: &Behaviour| b.unknown) {
+    if st.script.get(&who).is_some_and(|b| b.unknown) {
         st.stats.unknown_user += 1;
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "user not found");
+        drop(st);
+        return s.refuse(OP, StatusCode::NOT_FOUND, format!("user {user} not found"));
     }
     st.stats.user_messages += 1;
     st.accepted_log.push(now);
-    st.receive(&who, data, now);
+    st.receive(
+        &who,
+        Received {
+            at: now,
+            channel: None,
+            text: msg.text,
+            postbacks: msg.postbacks,
+        },
+    );
     drop(st);
     s.wake.notify_one();
     StatusCode::CREATED.into_response()
@@ -544,26 +765,43 @@ async fn channel_message(
     State(s): State<Arc<Shared>>,
     Path((bot, channel)): Path<(String, String)>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: Bytes,
 ) -> Response {
-    if let Err(r) = s.admit(&headers, "channel_messages", s.config.rate_limit) {
+    const OP: &str = "channel_messages";
+    if let Err(r) = s.admit(&headers, OP, s.config.rate_limit) {
         return *r;
     }
     if bot != s.config.bot_id {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "bot not found");
+        return s.refuse(OP, StatusCode::NOT_FOUND, format!("bot {bot} not found"));
     }
     let Some(members) = s.config.rooms.get(&channel) else {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "channel not found");
+        return s.refuse(
+            OP,
+            StatusCode::NOT_FOUND,
+            format!("channel {channel} not found"),
+        );
     };
-    let data = match quick_replies(&body) {
-        Ok(d) => d,
-        Err(why) => return error(StatusCode::BAD_REQUEST, "INVALID_PARAMETER", why),
+    let body = match s.json_body(OP, &headers, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let msg = match schema::message(&body) {
+        Ok(m) => m,
+        Err(why) => return s.refuse(OP, StatusCode::BAD_REQUEST, why),
     };
     let now = s.clock.now_millis();
     let mut st = s.lock();
     st.stats.channel_messages += 1;
     for m in members {
-        st.receive(m, data.clone(), now);
+        st.receive(
+            m,
+            Received {
+                at: now,
+                channel: Some(channel.clone()),
+                text: msg.text.clone(),
+                postbacks: msg.postbacks.clone(),
+            },
+        );
     }
     drop(st);
     s.wake.notify_one();
@@ -574,23 +812,27 @@ async fn board_post(
     State(s): State<Arc<Shared>>,
     Path(board): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    body: Bytes,
 ) -> Response {
-    if let Err(r) = s.admit(&headers, "board_posts", s.config.board_rate_limit) {
+    const OP: &str = "board_posts";
+    if let Err(r) = s.admit(&headers, OP, s.config.board_rate_limit) {
         return *r;
     }
     if board != s.config.board_id {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "board not found");
-    }
-    let (Some(title), Some(_)) = (
-        body.get("title").and_then(Value::as_str),
-        body.get("body").and_then(Value::as_str),
-    ) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PARAMETER",
-            "title and body are required",
+        return s.refuse(
+            OP,
+            StatusCode::NOT_FOUND,
+            format!("board {board} not found"),
         );
+    }
+    let body = match s.json_body(OP, &headers, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let today = s.clock.now().with_timezone(&s.config.zone).date_naive();
+    let checked = match schema::board_post(&body, today) {
+        Ok(p) => p,
+        Err(why) => return s.refuse(OP, StatusCode::BAD_REQUEST, why),
     };
     let now = s.clock.now_millis();
     let mut st = s.lock();
@@ -610,91 +852,114 @@ async fn board_post(
         if let Some(d) = read {
             reads.insert(m.clone(), now + d.as_millis() as i64);
         }
-        // Board readers cannot tap a button; a sticker or a reply comes through talk.
+        // A board post has no buttons: a sticker or a reply comes through talk; a tap waits
+        // for a message that carries the buttons.
         if let Some((after, answer)) = &b.answer {
-            let mut body = match answer {
-                SimAnswer::Sticker(id) => json!({"type": "message",
-                    "content": {"type": "sticker", "packageId": "1", "stickerId": id}}),
-                SimAnswer::Reply(t) => {
-                    json!({"type": "message", "content": {"type": "text", "text": t}})
-                }
-                SimAnswer::Button(v) => {
-                    json!({"type": "message", "content": {"type": "text", "text": v}})
-                }
-            };
-            st.push_callback(m, &mut body, now + after.as_millis() as i64);
+            if !matches!(answer, SimAnswer::Button(_)) {
+                st.talked_after_post.insert(m.clone());
+                let mut body = talk(answer);
+                st.push_callback(m, None, &mut body, now + after.as_millis() as i64);
+            }
         }
     }
-    st.posts.insert(
-        id,
-        Post {
-            rc_title: title.to_string(),
-            created_at: now,
-            reads,
-        },
-    );
+    let info = PostInfo {
+        post_id: id,
+        title: checked.title.clone(),
+        body: checked.body,
+        must_read_end: checked.must_read_end,
+        enable_comment: checked.enable_comment,
+        send_notifications: checked.send_notifications,
+        created_at: now,
+    };
+    st.posts.insert(id, Post { info, reads });
     drop(st);
     s.wake.notify_one();
-    (
-        StatusCode::CREATED,
-        Json(
-            json!({"boardId": board.parse::<u64>().unwrap_or(0), "postId": id, "title": title,
-                    "isMustRead": true}),
-        ),
-    )
-        .into_response()
+    // board-post-create: 201 with the post; isMustRead and mustReadPeriod are response fields.
+    let mut answer = json!({
+        "boardId": board.parse::<u64>().unwrap_or(0),
+        "postId": id,
+        "title": checked.title,
+        "readCount": 0,
+        "commentCount": 0,
+        "fileCount": 0,
+        "createdTime": s.clock.now().with_timezone(&s.config.zone).to_rfc3339(),
+        "isMustRead": checked.must_read_end.is_some(),
+        "enableComment": checked.enable_comment,
+    });
+    if let Some(end) = checked.must_read_end {
+        answer["mustReadPeriod"] =
+            json!({"startDate": today.to_string(), "endDate": end.to_string()});
+    }
+    (StatusCode::CREATED, Json(answer)).into_response()
 }
 
-#[derive(Deserialize)]
-struct ReadersQuery {
-    count: Option<usize>,
-    cursor: Option<String>,
+fn encode_cursor(offset: usize) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("readers:{offset}"))
+}
+
+fn decode_cursor(c: &str) -> Option<usize> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(c).ok()?;
+    String::from_utf8(raw)
+        .ok()?
+        .strip_prefix("readers:")?
+        .parse()
+        .ok()
 }
 
 async fn readers(
     State(s): State<Arc<Shared>>,
-    Path((board, post)): Path<(String, u64)>,
+    Path((board, post)): Path<(String, String)>,
     headers: HeaderMap,
-    Query(q): Query<ReadersQuery>,
+    RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(r) = s.admit(&headers, "board_readers", s.config.board_rate_limit) {
+    const OP: &str = "board_readers";
+    if let Err(r) = s.admit(&headers, OP, s.config.board_rate_limit) {
         return *r;
     }
-    let now = s.clock.now_millis();
-    let mut st = s.lock();
-    st.stats.readers_requests += 1;
-    let Some(p) = st.posts.get(&post).filter(|_| board == s.config.board_id) else {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "post not found");
+    s.lock().stats.readers_requests += 1;
+    let cursor = match schema::readers_query(&pairs(query.as_deref())) {
+        Ok(c) => c,
+        Err(why) => return s.refuse(OP, StatusCode::BAD_REQUEST, why),
     };
-    let count = q.count.unwrap_or(100).clamp(1, 5000);
-    let start: usize = match q.cursor.as_deref().map(str::parse) {
+    if board != s.config.board_id {
+        return s.refuse(
+            OP,
+            StatusCode::NOT_FOUND,
+            format!("board {board} not found"),
+        );
+    }
+    let start = match cursor.as_deref().map(decode_cursor) {
         None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => {
-            return error(
+        Some(Some(n)) => n,
+        Some(None) => {
+            return s.refuse(
+                OP,
                 StatusCode::BAD_REQUEST,
-                "INVALID_PARAMETER",
-                "cursor is invalid",
+                "cursor: not one this operation gave".into(),
             )
         }
     };
-    let _ = p.created_at;
+    let now = s.clock.now_millis();
+    let st = s.lock();
+    let Some(p) = post.parse::<u64>().ok().and_then(|id| st.posts.get(&id)) else {
+        drop(st);
+        return s.refuse(OP, StatusCode::NOT_FOUND, format!("post {post} not found"));
+    };
     let page: Vec<Value> = s
         .config
         .members
         .iter()
         .skip(start)
-        .take(count)
+        .take(READERS_PER_PAGE)
         .map(|m| {
             let read = p.reads.get(m).is_some_and(|t| *t <= now);
             json!({"userId": m.as_str(), "userName": m.as_str(), "isRead": read})
         })
         .collect();
     let end = start + page.len();
-    let next = (end < s.config.members.len()).then(|| end.to_string());
     let mut meta = json!({});
-    if let Some(n) = next {
-        meta["nextCursor"] = json!(n);
+    if end < s.config.members.len() {
+        meta["nextCursor"] = json!(encode_cursor(end));
     }
     Json(json!({"readers": page, "responseMetaData": meta})).into_response()
 }
@@ -723,7 +988,7 @@ async fn deliver_callbacks(shared: Arc<Shared>, stop: CancellationToken) {
                 let sig = sign(&shared.config.bot_secret, &c.body);
                 let res = client
                     .post(&url)
-                    .header("content-type", "application/json")
+                    .header("content-type", "application/json; charset=UTF-8")
                     .header("X-WORKS-BotId", &shared.config.bot_id)
                     .header("X-WORKS-Signature", sig)
                     .body(c.body)
@@ -749,4 +1014,157 @@ pub fn signed_callback(bot_secret: &str, body: &Value) -> (Vec<u8>, String) {
     let raw = serde_json::to_vec(body).unwrap_or_default();
     let sig = sign(bot_secret, &raw);
     (raw, sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use chrono::{TimeZone, Utc};
+
+    fn handle(s: &str) -> ChatHandle {
+        ChatHandle::parse(s).unwrap()
+    }
+
+    async fn stand() -> (LwSimHandle, String, reqwest::Client) {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 11, 5, 46, 0).unwrap());
+        let mut cfg = LwSimConfig::new(vec![handle("u1"), handle("u2")]);
+        cfg.rooms.insert("ch-1".into(), vec![handle("u1")]);
+        let lw = start(cfg, Script::new(), Arc::new(clock)).await.unwrap();
+        let http = reqwest::Client::new();
+        let assertion = {
+            let now = Utc
+                .with_ymd_and_hms(2026, 3, 11, 5, 46, 0)
+                .unwrap()
+                .timestamp();
+            let claims = AssertionClaims {
+                iss: "test-client-id".into(),
+                sub: "test.serviceaccount@anpi-test".into(),
+                iat: now,
+                exp: now + 3600,
+            };
+            let key =
+                jsonwebtoken::EncodingKey::from_rsa_pem(TEST_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+                &claims,
+                &key,
+            )
+            .unwrap()
+        };
+        let tok: Value = http
+            .post(lw.token_url())
+            .form(&[
+                ("assertion", assertion.as_str()),
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("client_id", "test-client-id"),
+                ("client_secret", "test-client-secret"),
+                ("scope", "bot board"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = tok["access_token"].as_str().unwrap().to_string();
+        (lw, token, http)
+    }
+
+    #[tokio::test]
+    async fn unknown_boards_posts_channels_and_users_are_404_and_bad_shapes_400() {
+        let (lw, token, http) = stand().await;
+        let base = lw.api_base();
+        let post = |url: String, body: Value| http.post(url).bearer_auth(&token).json(&body).send();
+        let text = json!({"content": {"type": "text", "text": "x"}});
+        let status = |r: reqwest::Response| r.status().as_u16();
+        assert_eq!(
+            status(
+                post(
+                    format!("{base}/boards/999/posts"),
+                    json!({"title": "t", "body": "b"})
+                )
+                .await
+                .unwrap()
+            ),
+            404
+        );
+        assert_eq!(
+            status(
+                post(
+                    format!("{base}/bots/2000001/channels/nope/messages"),
+                    text.clone()
+                )
+                .await
+                .unwrap()
+            ),
+            404
+        );
+        assert_eq!(
+            status(
+                post(
+                    format!("{base}/bots/2000001/users/stranger/messages"),
+                    text.clone()
+                )
+                .await
+                .unwrap()
+            ),
+            404
+        );
+        let r = http
+            .get(format!("{base}/boards/100/posts/77/readers"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        // The old board body: refused, naming the field.
+        let r = post(
+            format!("{base}/boards/100/posts"),
+            json!({"title": "t", "body": "b", "isMustRead": true,
+                   "mustReadPeriod": {"endDate": "2026-03-12"}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "INVALID_PARAMETER");
+        assert!(
+            e["description"].as_str().unwrap().contains("isMustRead"),
+            "{e}"
+        );
+        // `count` on readers: refused.
+        let r = post(
+            format!("{base}/boards/100/posts"),
+            json!({"title": "t", "body": "b", "mustReadEndDate": "2026-03-12"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let created: Value = r.json().await.unwrap();
+        assert_eq!(created["isMustRead"], true);
+        let r = http
+            .get(format!("{base}/boards/100/posts/1/readers?count=5000"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        // A 1:1 message with a JSON body but no content type: refused.
+        let r = http
+            .post(format!("{base}/bots/2000001/users/u1/messages"))
+            .bearer_auth(&token)
+            .body(text.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let st = lw.stats();
+        assert_eq!((st.not_found, st.bad_requests), (4, 3), "{st:?}");
+        assert_eq!(lw.refusals().len(), 7);
+        assert_eq!(
+            lw.posts()[0].must_read_end,
+            NaiveDate::from_ymd_opt(2026, 3, 12)
+        );
+    }
 }

@@ -12,8 +12,12 @@
 //! - `state`: every decision the server makes, with no HTTP (one mutex, held briefly).
 //! - `routes`: the axum router: `POST /v1/messages`, `GET /v1/events`.
 //! - [`lineworks`]: a LINE WORKS API 2.0-compatible stand-in, its own server.
+//! - [`lineworks_schema`]: the documented request shapes that stand-in checks, field by field.
+//! - [`lineworks_cli`]: that stand-in as its own process (`anpi simulator --platform lineworks`).
 
 pub mod lineworks;
+pub mod lineworks_cli;
+pub mod lineworks_schema;
 mod routes;
 mod script;
 mod state;

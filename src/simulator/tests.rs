@@ -24,10 +24,11 @@ fn handle(n: usize) -> ChatHandle {
 
 fn message(roll_call: i64, to: &ChatHandle) -> OutboundMessage {
     OutboundMessage {
+        asks: Default::default(),
         delivery_id: roll_call * 1_000_000 + 1,
         roll_call_id: RollCallId(roll_call),
         to: to.clone(),
-        text: "【安否確認】無事なら既読で結構です。".into(),
+        text: "【安否確認】地震がありました。".into(),
         buttons: vec![
             AnswerButton {
                 label: "無事".into(),
@@ -77,7 +78,17 @@ async fn accepted_send_is_counted_and_kept_for_the_recipient() {
     assert_eq!(f.sim.received(RollCallId(8), &to), 0);
     let got = f.sim.messages_for(&to);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].text, message(7, &to).text);
+    // The message, then what the route asks for (the simulator shows reads and buttons).
+    let m = message(7, &to);
+    assert_eq!(
+        got[0].text,
+        m.asks.compose(
+            &m.text,
+            crate::scenario::RouteTraits::direct(&f.provider.capabilities()),
+            &m.buttons
+        )
+    );
+    assert!(got[0].text.starts_with(&m.text));
     assert_eq!(got[0].buttons[1].value, "injured");
     assert_eq!(got[0].at, start_time());
     f.sim.shutdown().await;

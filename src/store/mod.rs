@@ -13,12 +13,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::Millis;
-use crate::contacts::Contact;
-use crate::ids::{RollCallId, StaffId};
+use crate::contacts::{Contact, ContactKind};
+use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::InboundEvent;
 use crate::rollcall::{
-    CallListEntry, CallOutcome, ClaimedDelivery, LateAnswer, NewDelivery, NewRollCall, Progress,
-    Recipient, RollCall, SendResult,
+    CallListEntry, CallOutcome, ClaimedDelivery, DeliveryState, LateAnswer, NewDelivery,
+    NewRollCall, Progress, Recipient, RollCall, SendResult,
 };
 
 pub mod postgres;
@@ -148,6 +148,30 @@ pub struct LoggedEvent {
     pub received_at: Millis,
 }
 
+/// A recipient of a roll call who has a chat id, as follow-up messages (the answer buttons
+/// after a board post) need them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRecipient {
+    pub delivery_id: i64,
+    pub staff_id: StaffId,
+    pub kind: ContactKind,
+    pub call_priority: u8,
+    pub department: Option<String>,
+    pub shelter: Option<String>,
+    pub chat_handle: ChatHandle,
+    pub state: DeliveryState,
+}
+
+impl ChatRecipient {
+    /// Who gets a follow-up first: shelter phones, then by call priority, then staff id.
+    pub fn follow_up_order(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |r: &Self| (r.kind != ContactKind::ShelterPhone, r.call_priority);
+        key(self)
+            .cmp(&key(other))
+            .then_with(|| self.staff_id.as_str().cmp(other.staff_id.as_str()))
+    }
+}
+
 /// The operations anpi needs from a database.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -201,6 +225,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The earliest deadline of a sent, unread, not yet escalated delivery of an open roll call.
     async fn next_deadline(&self) -> StoreResult<Option<Millis>>;
+    /// Every recipient of roll call `id` with a chat id, in
+    /// [`ChatRecipient::follow_up_order`].
+    async fn chat_recipients(&self, id: RollCallId) -> StoreResult<Vec<ChatRecipient>>;
+
     /// Escalates every sent, unread delivery whose deadline has passed. Returns how many.
     async fn escalate_due(&self, now: Millis) -> StoreResult<u64>;
     /// HQ's action list: everyone with an urgent answer, ever escalated, called or written
@@ -370,6 +398,40 @@ pub async fn migrate_url(url: &str) -> StoreResult<(schema::SchemaStatus, Vec<i6
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
 }
+
+/// Builds a [`ChatRecipient`] from its columns (both backends select the same ones:
+/// `id, staff_id, kind, call_priority, department, shelter, chat_handle, state`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chat_recipient(
+    id: i64,
+    staff: &str,
+    kind: &str,
+    priority: i64,
+    department: Option<String>,
+    shelter: Option<String>,
+    handle: &str,
+    state: &str,
+) -> StoreResult<ChatRecipient> {
+    use std::str::FromStr;
+    Ok(ChatRecipient {
+        delivery_id: id,
+        staff_id: StaffId::parse(staff)
+            .map_err(|e| StoreError::Corrupt(format!("staff id: {e}")))?,
+        kind: shared::parse_kind(kind)?,
+        call_priority: priority.clamp(0, 255) as u8,
+        department,
+        shelter,
+        chat_handle: ChatHandle::parse(handle)
+            .map_err(|e| StoreError::Corrupt(format!("chat handle: {e}")))?,
+        state: DeliveryState::from_str(state)
+            .map_err(|e| StoreError::Corrupt(format!("state: {e}")))?,
+    })
+}
+
+/// The columns [`chat_recipient`] takes, for both backends.
+pub(crate) const RECIPIENT_SQL: &str =
+    "SELECT id, staff_id, kind, call_priority, department, shelter, chat_handle, state \
+     FROM deliveries WHERE roll_call_id = $1 AND chat_handle IS NOT NULL";
 
 /// Why a call outcome recorded by `by` was not written (the store's guard refused it, or
 /// there is no such roll call or person): a hold by another caller, or a person already

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -286,6 +287,11 @@ fn row_to_roll_call(r: &PgRow) -> StoreResult<RollCall> {
         created_at: r.try_get("created_at")?,
         closed_at: r.try_get("closed_at")?,
         recipients: r.try_get("recipients")?,
+        asks: match r.try_get::<Option<String>, _>("asks")? {
+            Some(a) => serde_json::from_str(&a)
+                .map_err(|e| StoreError::Corrupt(format!("roll call asks: {e}")))?,
+            None => Default::default(),
+        },
     })
 }
 
@@ -340,8 +346,8 @@ impl Store for PostgresStore {
         let inserted = sqlx::query(
             "INSERT INTO roll_calls (scenario, title, message, buttons, drill, deadline_ms, \
              provider, state, created_at, recipients, idempotency_key, shelter_buttons, \
-             resend_after_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12) \
+             resend_after_ms, asks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(&new.scenario)
@@ -356,6 +362,7 @@ impl Store for PostgresStore {
         .bind(&new.idempotency_key)
         .bind(serde_json::to_string(&new.shelter_buttons).map_err(|e| corrupt("buttons", e))?)
         .bind(new.resend_after_ms)
+        .bind(serde_json::to_string(&new.asks).map_err(|e| corrupt("asks", e))?)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -659,6 +666,27 @@ impl Store for PostgresStore {
         .await?
         .rows_affected();
         Ok(n)
+    }
+
+    async fn chat_recipients(&self, id: RollCallId) -> StoreResult<Vec<super::ChatRecipient>> {
+        let mut rows = sqlx::query(super::RECIPIENT_SQL)
+            .bind(id.0)
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            out.push(super::chat_recipient(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+            )?);
+        }
+        out.sort_unstable_by(super::ChatRecipient::follow_up_order);
+        Ok(out)
     }
 
     async fn call_list(&self, id: RollCallId) -> StoreResult<Vec<CallListEntry>> {

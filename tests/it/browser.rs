@@ -106,8 +106,8 @@ async fn count(c: &Client, css: &str) -> u64 {
     .unwrap_or(0)
 }
 
-async fn log_in(c: &Client, app: &TestApp, token: &str, desk: &str) {
-    c.goto(&format!("{}/", app.base_url)).await.unwrap();
+async fn log_in(c: &Client, base_url: &str, token: &str, desk: &str) {
+    c.goto(&format!("{base_url}/")).await.unwrap();
     assert_eq!(text_of(c, "h1").await.trim(), "安否確認 本部画面");
     c.find(Locator::Id("token"))
         .await
@@ -161,7 +161,7 @@ async fn hq_runs_a_drill_from_the_web_page() {
     })
     .await;
 
-    log_in(c, &app, HQ_TOKEN, "受付1").await;
+    log_in(c, &app.base_url, HQ_TOKEN, "受付1").await;
     eventually("the scenario list", || async {
         (count(c, "#scenario option[value=drill]").await == 1).then_some(())
     })
@@ -397,7 +397,7 @@ async fn a_caller_sees_no_hq_buttons_and_a_shelter_phone_answers_in_one_tap() {
     app.all_sent(rc.id).await;
 
     // A caller: the list and the queue, no start, announcement or close.
-    log_in(c, &app, CALLER_TOKEN, "受付2").await;
+    log_in(c, &app.base_url, CALLER_TOKEN, "受付2").await;
     eventually("the roll call", || async {
         (!text_of(c, "#rc-title").await.is_empty()).then_some(())
     })
@@ -446,4 +446,41 @@ async fn a_caller_sees_no_hq_buttons_and_a_shelter_phone_answers_in_one_tap() {
 
     b.client.close().await.unwrap();
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hq_page_shows_a_banner_while_reading_the_board_keeps_failing() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let app =
+        crate::lineworks::spawn_with(10, Script::new(), true, 60.0, crate::lineworks::HEALTH_30S)
+            .await;
+    app.lw.break_op("board_readers");
+    let (rc, _) = app
+        .hq
+        .start(&crate::lineworks::drill(), None, None)
+        .await
+        .unwrap();
+    app.all_sent(rc.id).await;
+
+    log_in(c, &app.base_url, HQ_TOKEN, "受付1").await;
+    let visible = || async {
+        eval(
+            c,
+            "const e = document.getElementById('health-banner'); return !!e && !e.hidden;",
+        )
+        .await
+            == json!(true)
+    };
+    eventually("the banner", || async { visible().await.then_some(()) }).await;
+    let text = text_of(c, "#health-banner").await;
+    assert!(text.contains("既読を取得できていません"), "{text}");
+    assert!(text.contains("から"), "it says since when: {text}");
+    assert_eq!(count(c, "#health-banner .health-readers").await, 1);
+    // The platform answers again: the banner goes.
+    app.lw.come_back();
+    eventually("the banner to go", || async {
+        (!visible().await).then_some(())
+    })
+    .await;
 }

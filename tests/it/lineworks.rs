@@ -22,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{init_logs, HQ_TOKEN};
 
-struct LwApp {
-    base_url: String,
-    hq: Arc<Hq>,
-    lw: LwSimHandle,
-    http: reqwest::Client,
+pub(crate) struct LwApp {
+    pub(crate) base_url: String,
+    pub(crate) hq: Arc<Hq>,
+    pub(crate) lw: LwSimHandle,
+    pub(crate) http: reqwest::Client,
     cancel: CancellationToken,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    contacts: Vec<Contact>,
+    pub(crate) contacts: Vec<Contact>,
     config: Config,
     clock: SharedClock,
     _tmp: tempfile::TempDir,
@@ -56,30 +56,66 @@ fn contacts(n: usize) -> Vec<Contact> {
     cs
 }
 
-fn handle(c: &Contact) -> ChatHandle {
+pub(crate) fn handle(c: &Contact) -> ChatHandle {
     c.chat["lineworks"].clone()
 }
 
 /// A running anpi on LINE WORKS (board on unless `board` is false) on a clock `speed` times
 /// faster than the wall.
 async fn spawn(n: usize, script: Script, board: bool, speed: f64) -> LwApp {
+    spawn_with(n, script, board, speed, "").await
+}
+
+/// [`spawn`] with more configuration (`[health]`, `[email]` ...) appended.
+pub(crate) async fn spawn_with(
+    n: usize,
+    script: Script,
+    board: bool,
+    speed: f64,
+    extra: &str,
+) -> LwApp {
+    spawn_full(n, script, board, false, speed, extra).await
+}
+
+/// [`spawn_with`], and with `rooms` a bot room per department (`room-<department>`).
+async fn spawn_full(
+    n: usize,
+    script: Script,
+    board: bool,
+    rooms: bool,
+    speed: f64,
+    extra: &str,
+) -> LwApp {
     init_logs();
     let tmp = tempfile::tempdir().unwrap();
     let cs = contacts(n);
     let epoch = Utc::now();
     let clock: SharedClock = Arc::new(ScaledClock::new(epoch, speed));
-    let lw = lws::start(
-        LwSimConfig::new(cs.iter().map(handle).collect()),
-        script,
-        clock.clone(),
-    )
-    .await
-    .unwrap();
+    let mut sim = LwSimConfig::new(cs.iter().map(handle).collect());
+    let mut room_table = String::new();
+    if rooms {
+        room_table.push_str("[providers.lineworks.rooms]\n");
+        let mut depts: Vec<&str> = cs.iter().filter_map(|c| c.department.as_deref()).collect();
+        depts.sort();
+        depts.dedup();
+        for d in depts {
+            sim.rooms.insert(
+                format!("room-{d}"),
+                cs.iter()
+                    .filter(|c| c.department.as_deref() == Some(d))
+                    .map(handle)
+                    .collect(),
+            );
+            room_table.push_str(&format!("\"{d}\" = \"room-{d}\"\n"));
+        }
+    }
+    let lw = lws::start(sim, script, clock.clone()).await.unwrap();
     let key = tmp.path().join("key.pem");
     std::fs::write(&key, TEST_PRIVATE_KEY_PEM).unwrap();
     let c = lw.config().clone();
-    let config = Config::from_toml(&format!(
-        r#"
+    let config = Config::from_toml(
+        &(format!(
+            r#"
 provider = "lineworks"
 [time]
 speed = {speed}
@@ -103,23 +139,25 @@ bot_id = "{}"
 bot_secret = "{}"
 {}
 "#,
-        epoch.to_rfc3339(),
-        tmp.path().join("anpi.db").display(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
-        lw.api_base(),
-        lw.token_url(),
-        c.client_id,
-        c.client_secret,
-        c.service_account,
-        key.display(),
-        c.bot_id,
-        c.bot_secret,
-        if board {
-            format!("board_id = \"{}\"", c.board_id)
-        } else {
-            String::new()
-        },
-    ))
+            epoch.to_rfc3339(),
+            tmp.path().join("anpi.db").display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
+            lw.api_base(),
+            lw.token_url(),
+            c.client_id,
+            c.client_secret,
+            c.service_account,
+            key.display(),
+            c.bot_id,
+            c.bot_secret,
+            if board {
+                format!("board_id = \"{}\"", c.board_id)
+            } else {
+                String::new()
+            },
+        ) + &room_table
+            + extra),
+    )
     .unwrap();
     let app = Application::build_with_clock(config.clone(), clock.clone())
         .await
@@ -163,7 +201,7 @@ impl LwApp {
     }
 }
 
-fn drill() -> Scenario {
+pub(crate) fn drill() -> Scenario {
     Scenario::find(
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")),
         "drill",
@@ -172,7 +210,7 @@ fn drill() -> Scenario {
 }
 
 /// Polls (wall time, bounded) until `f` holds.
-async fn until<F, Fut>(what: &str, mut f: F)
+pub(crate) async fn until<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -201,7 +239,7 @@ impl LwApp {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    async fn all_sent(&self, id: RollCallId) {
+    pub(crate) async fn all_sent(&self, id: RollCallId) {
         let hq = self.hq.clone();
         until("all sent", || {
             let hq = hq.clone();
@@ -225,6 +263,11 @@ async fn a_thousand_one_to_one_on_240_per_minute_never_break_the_limit_and_429_w
     app.lw.force_429(3, Duration::from_secs(20));
     app.all_sent(rc.id).await;
     let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
     assert_eq!(st.limit_exceeded, 0, "{st:?}");
     assert_eq!(st.forced_429, 3);
     assert_eq!(st.user_messages, 1_000);
@@ -357,8 +400,14 @@ async fn readers_of_the_board_post_leave_the_call_list_and_the_rest_are_on_it_at
         );
     }
     let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
     assert_eq!(st.board_posts, 1);
-    assert_eq!(st.user_messages, 0, "the board post covered everyone");
+    // The board post notified everyone; the buttons followed 1:1.
+    assert!(st.user_messages >= 28, "{st:?}");
     assert_eq!(st.callbacks_refused, 0);
     assert_eq!(st.limit_exceeded, 0);
     let p = app.hq.status(rc.id).await.unwrap().progress.overall;
@@ -376,6 +425,111 @@ async fn readers_of_the_board_post_leave_the_call_list_and_the_rest_are_on_it_at
         .unwrap();
     assert_eq!(plan["plan"]["route"], "broadcast");
     assert_eq!(plan["unsent"], 0);
+}
+
+#[tokio::test]
+async fn on_the_board_route_reads_confirm_the_buttons_follow_one_to_one_and_a_tap_is_an_answer() {
+    let n = 300;
+    let cs = contacts(n);
+    let mut script = Script::new();
+    // The first 100 only read the post; the next 50 tap 無事 on the buttons that follow.
+    for c in &cs[..100] {
+        script.insert(handle(c), Behaviour::reads_after(Duration::from_secs(30)));
+    }
+    for c in &cs[100..150] {
+        script.insert(
+            handle(c),
+            Behaviour::never_reads()
+                .answering(Duration::from_secs(20), SimAnswer::Button("safe".into())),
+        );
+    }
+    let app = spawn(n, script, true, 60.0).await;
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Broadcast);
+    let b = est.plan.buttons.as_ref().expect("buttons follow the post");
+    assert_eq!(b.requests, n);
+    // Notified at once; able to answer once 300 messages have gone at 228/min.
+    assert!(est.plan.seconds_to_all_notified < 1.0, "{est:?}");
+    assert!(
+        est.plan.seconds_to_all_able_to_answer > 60.0,
+        "{:?}",
+        est.plan
+    );
+    let lw = app.lw.clone();
+    until("the buttons reached everyone", || {
+        let lw = lw.clone();
+        async move { lw.stats().user_messages >= n as u64 - 50 }
+    })
+    .await;
+    let hq = app.hq.clone();
+    until("reads and taps are in", || {
+        let hq = hq.clone();
+        async move {
+            let o = hq.status(rc.id).await.unwrap().progress.overall;
+            o.read >= 100 && o.answered >= 50
+        }
+    })
+    .await;
+    let p = app.hq.status(rc.id).await.unwrap().progress;
+    assert_eq!(
+        p.overall.read, 100,
+        "readers confirmed without a tap: {p:?}"
+    );
+    assert_eq!(p.overall.answered, 50, "{p:?}");
+    assert_eq!(p.answers.get("safe"), Some(&50), "{:?}", p.answers);
+
+    let posts = app.lw.posts();
+    assert_eq!(posts.len(), 1);
+    assert!(posts[0].must_read_end.is_some(), "the post is must-read");
+    assert!(!posts[0].body.contains("下のボタン"), "{}", posts[0].body);
+    // Everyone got the buttons 1:1, once; the text asks for a tap or a reply.
+    let mut firsts = Vec::new();
+    for c in &cs {
+        let got = app.lw.received(&handle(c));
+        if got.is_empty() {
+            // Only someone who answered before their turn is skipped.
+            continue;
+        }
+        assert_eq!(got.len(), 1, "{}", c.id);
+        // Shelter phones get the shelter's buttons, staff the staff's.
+        assert_eq!(got[0].postbacks.len(), rc.choices_for(c.kind).len());
+        assert!(got[0].channel.is_none());
+        assert!(!got[0].text.contains("読むだけ"), "{}", got[0].text);
+        firsts.push((got[0].at, c.kind));
+    }
+    assert!(firsts.len() >= n - 50);
+    // Shelter phones first.
+    let last_shelter = firsts
+        .iter()
+        .filter(|(_, k)| *k == anpi::contacts::ContactKind::ShelterPhone)
+        .map(|(t, _)| *t)
+        .max()
+        .expect("the population has shelter phones");
+    let first_staff = firsts
+        .iter()
+        .filter(|(_, k)| *k == anpi::contacts::ContactKind::Staff)
+        .map(|(t, _)| *t)
+        .min()
+        .unwrap();
+    assert!(last_shelter <= first_staff);
+    // Within both limits, and every request in the documented shape.
+    let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
+    assert_eq!(st.limit_exceeded, 0, "{st:?}");
+    assert!(st.max_in_window_by_op["user_messages"] <= 240, "{st:?}");
+    assert!(st.max_in_window_by_op["board_posts"] <= 60, "{st:?}");
+    assert!(
+        st.max_in_window_by_op
+            .get("board_readers")
+            .copied()
+            .unwrap_or(0)
+            <= 60
+    );
+    assert_eq!(st.callbacks_refused, 0);
 }
 
 #[tokio::test]
@@ -422,9 +576,16 @@ async fn a_board_post_refused_with_429_is_posted_once_after_the_reset() {
     assert_eq!(est.plan.route, RouteKind::Broadcast);
     app.all_sent(rc.id).await;
     let st = app.lw.stats();
+    assert_eq!(
+        app.lw.refusals(),
+        vec![],
+        "a request broke the documented shape"
+    );
     assert_eq!(st.forced_429, 1);
     assert_eq!(st.board_posts, 1, "one post accepted");
-    assert_eq!(st.user_messages, 0);
+    // The post stayed the route (only the buttons that follow it go 1:1).
+    let plan = app.hq.plan_status(rc.id).await.unwrap().plan.unwrap();
+    assert_eq!(plan.route, RouteKind::Broadcast);
     let p = app.hq.status(rc.id).await.unwrap().progress;
     let waited = p.last_sent_at.unwrap() - rc.created_at;
     assert!(
@@ -562,4 +723,549 @@ async fn demo_with_department_rooms_uses_one_message_per_room() {
         r.estimate_seconds
     );
     assert_eq!(r.limit_exceeded, 0);
+}
+
+#[tokio::test]
+async fn a_callback_over_the_body_limit_gets_413_and_nothing_is_stored() {
+    let app = spawn(5, Script::default(), true, 1.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let c = app.lw.config().clone();
+    let who = handle(&app.contacts[0]);
+    let logged = || async { app.hq.store().events(rc.id, 1000).await.unwrap().len() };
+    let before = logged().await;
+    // A signed, well-formed reply padded past the limit.
+    let huge = json!({"type": "message", "source": {"userId": who.as_str(), "domainId": 1},
+                      "issuedTime": "2026-03-11T05:47:00.000Z",
+                      "content": {"type": "text", "text": "無事".repeat(40_000)}});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &huge);
+    assert!(raw.len() > anpi::providers::lineworks::CALLBACK_BODY_LIMIT);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 413, "{text}");
+    assert_eq!(logged().await, before, "an over-limit body was stored");
+    let p = app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(p.answered, 0);
+    // The longest text the platform sends (2,000 characters) is well within it.
+    let longest = json!({"type": "message", "source": {"userId": who.as_str(), "domainId": 1},
+                         "issuedTime": "2026-03-11T05:47:00.000Z",
+                         "content": {"type": "text", "text": "😀".repeat(2_000)}});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &longest);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 200, "{text}");
+    // Another bot's postback: 200, not recorded, and said why.
+    let other = json!({"type": "postback", "source": {"userId": who.as_str(), "domainId": 1},
+                       "issuedTime": "2026-03-11T05:47:00.000Z", "data": "action=buy"});
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &other);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("prefix"), "{text}");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("lineworks_too_large"), "{metrics}");
+}
+
+/// A signed postback of `value` for roll call `rc` from `who`, issued at `issued`.
+fn tap_body(who: &ChatHandle, rc: RollCallId, value: &str, issued: &str) -> serde_json::Value {
+    json!({"type": "postback", "source": {"userId": who.as_str(), "domainId": 1},
+           "issuedTime": issued, "data": format!("anpi:{}:{value}", rc.0)})
+}
+
+#[tokio::test]
+async fn a_tap_for_a_closed_roll_call_is_logged_and_changes_nothing() {
+    let app = spawn(5, Script::default(), true, 1.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    assert!(app.hq.close(rc.id).await.unwrap());
+    let c = app.lw.config().clone();
+    let who = handle(&app.contacts[0]);
+    let before = app.hq.status(rc.id).await.unwrap().progress.overall;
+    let body = tap_body(&who, rc.id, "safe", "2026-03-11T05:47:00.000Z");
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &body);
+    let (status, text) = app.callback(&c.bot_id, &sig, raw).await;
+    assert_eq!(status, 200, "{text}");
+    let events = app.hq.store().events(rc.id, 100).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.from == who.as_str()),
+        "the late tap is in the event log"
+    );
+    let after = app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(after, before, "a closed roll call changed");
+}
+
+#[tokio::test]
+async fn a_tap_is_stored_at_its_receipt_time_with_the_platforms_time_beside_it() {
+    // Five minutes of clock time in five seconds: everyone is on the call list first.
+    let app = spawn(5, Script::default(), true, 60.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let hq = app.hq.clone();
+    until("everyone escalated", || {
+        let hq = hq.clone();
+        async move { hq.status(rc.id).await.unwrap().progress.overall.escalated == 5 }
+    })
+    .await;
+    let c = app.lw.config().clone();
+    let who = &app.contacts[0];
+    // issuedTime three days before the roll call even started.
+    let issued = rc.created_at - 3 * 86_400_000;
+    let issued_text =
+        anpi::clock::from_millis(issued).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = tap_body(&handle(who), rc.id, "safe", &issued_text);
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &body);
+    assert_eq!(app.callback(&c.bot_id, &sig, raw).await.0, 200);
+    let events = app.hq.store().events(rc.id, 100).await.unwrap();
+    let e = events
+        .iter()
+        .find(|e| e.from == handle(who).as_str())
+        .unwrap();
+    assert!(e.received_at >= rc.created_at, "{e:?}");
+    assert_eq!(
+        e.occurred_at, issued,
+        "the platform's time is kept beside it"
+    );
+    // What counts is when anpi received it, not days before the message went out.
+    let entry = app
+        .hq
+        .call_list(rc.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.staff_id == who.id)
+        .unwrap();
+    let read_at = entry.read_at.expect("the tap confirms");
+    assert!(read_at >= entry.sent_at.unwrap(), "{entry:?}");
+}
+
+#[tokio::test]
+async fn a_postback_value_that_is_not_a_button_is_kept_as_a_free_text_reply() {
+    let app = spawn(5, Script::default(), true, 1.0).await;
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let c = app.lw.config().clone();
+    let who = handle(&app.contacts[0]);
+    let body = tap_body(&who, rc.id, "bogus", "2026-03-11T05:47:00.000Z");
+    let (raw, sig) = lws::signed_callback(&c.bot_secret, &body);
+    assert_eq!(app.callback(&c.bot_id, &sig, raw).await.0, 200);
+    let p = app.hq.status(rc.id).await.unwrap().progress;
+    assert_eq!(p.overall.answered, 1, "a reply is an answer");
+    assert!(
+        !p.answers.contains_key("bogus"),
+        "not one of the buttons: {:?}",
+        p.answers
+    );
+}
+
+/// `GET path` on the app as HQ, as JSON.
+async fn get_json(app: &LwApp, path: &str) -> serde_json::Value {
+    app.http
+        .get(format!("{}{path}", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Trouble becomes HQ's business after 30 s of clock time: half a second at 60x.
+pub(crate) const HEALTH_30S: &str = "\n[health]\ndegraded_after = \"30s\"\n";
+
+#[tokio::test]
+async fn readers_failing_for_the_configured_time_degrade_healthz_status_and_metrics_until_they_recover(
+) {
+    let cs = contacts(20);
+    let mut script = Script::new();
+    for c in &cs[..5] {
+        script.insert(handle(c), Behaviour::reads_after(Duration::from_secs(5)));
+    }
+    let app = spawn_with(20, script, true, 60.0, HEALTH_30S).await;
+    app.lw.break_op("board_readers");
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    app.all_sent(rc.id).await;
+    let healthz = || async { get_json(&app, "/healthz").await };
+    until("/healthz degraded", || async {
+        healthz().await["status"] == "degraded"
+    })
+    .await;
+    let h = healthz().await;
+    assert_eq!(h["degraded"][0]["component"], "readers", "{h}");
+    assert!(
+        h["degraded"][0]["reason"].as_str().unwrap().contains("503"),
+        "{h}"
+    );
+    let api = get_json(&app, "/api/health").await;
+    assert_eq!(api["status"], "degraded");
+    assert!(api["degraded"][0]["label"]
+        .as_str()
+        .unwrap()
+        .contains("既読"));
+    // Reads are not coming in: that is what HQ is told, not a silent 0.
+    assert_eq!(app.hq.status(rc.id).await.unwrap().progress.overall.read, 0);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("anpi_degraded{component=\"readers\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("anpi_degraded_incidents_total{component=\"readers\"} 1"),
+        "{metrics}"
+    );
+    // `anpi rollcall status` shows the banner above the numbers.
+    let url = app.base_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+            .args(["rollcall", "status", &rc.id.0.to_string()])
+            .env("ANPI_URL", url)
+            .env("ANPI_TOKEN", HQ_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("!! 障害 / TROUBLE"), "{text}");
+    assert!(text.contains("既読を取得できていません"), "{text}");
+    // The platform answers again: the reads come in and the banner goes.
+    app.lw.come_back();
+    until("recovered", || async {
+        healthz().await["status"] == "ok"
+            && app.hq.status(rc.id).await.unwrap().progress.overall.read == 5
+    })
+    .await;
+    assert_eq!(get_json(&app, "/api/health").await["degraded"], json!([]));
+}
+
+#[tokio::test]
+async fn a_platform_down_at_the_start_is_told_at_once_and_everyone_is_on_the_call_list_as_send_failed(
+) {
+    // 1:1 only, and the platform answers 503 to every API request from the start.
+    let app = spawn_with(10, Script::default(), false, 60.0, HEALTH_30S).await;
+    app.lw.go_down_for(Duration::from_secs(24 * 3600));
+    let (rc, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    // Told at once: long before the 30 s a component must fail to count.
+    until("HQ told the roll call could not start", || async {
+        get_json(&app, "/api/health").await["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x["component"] == "roll_call_start"))
+    })
+    .await;
+    let h = get_json(&app, "/api/health").await;
+    let start = h["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["component"] == "roll_call_start")
+        .unwrap()
+        .clone();
+    assert!(
+        start["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("#{}", rc.id)),
+        "{start}"
+    );
+    let elapsed = app.hq.clock().now_millis() - rc.created_at;
+    // At their deadline everyone is on the call list as send failed, with the reason.
+    let hq = app.hq.clone();
+    until("everyone on the call list", || {
+        let hq = hq.clone();
+        async move { hq.call_list(rc.id).await.unwrap().len() == 10 }
+    })
+    .await;
+    let list = app.hq.call_list(rc.id).await.unwrap();
+    for e in &list {
+        assert_eq!(
+            e.reason,
+            Some(anpi::rollcall::EscalationReason::SendFailed),
+            "{e:?}"
+        );
+        let why = e.last_error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("not sent by the deadline") && why.contains("503"),
+            "{why}"
+        );
+        let at = e.escalated_at.unwrap();
+        assert!(
+            at >= rc.created_at + rc.deadline_ms,
+            "escalated before the deadline"
+        );
+        // Within a couple of retries of it, not the retry schedule's 8.8 minutes.
+        assert!(at <= rc.created_at + rc.deadline_ms + 60_000, "{e:?}");
+    }
+    assert!(elapsed < rc.deadline_ms, "told only at the deadline");
+    assert_eq!(app.lw.stats().user_messages, 0);
+}
+
+#[tokio::test]
+async fn anpi_serve_and_the_lineworks_stand_in_as_two_processes_run_a_whole_roll_call() {
+    use tokio::io::AsyncBufReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let cs = contacts(40);
+    let contacts_file = tmp.path().join("contacts.toml");
+    std::fs::write(
+        &contacts_file,
+        anpi::contacts::Directory {
+            contacts: cs.clone(),
+        }
+        .to_toml()
+        .unwrap(),
+    )
+    .unwrap();
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    let key = tmp.path().join("key.pem");
+    let port = crate::tools::free_port();
+    let epoch = Utc::now().to_rfc3339();
+    // 1. The stand-in, scripted by the drill's [simulation] population.
+    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+        .args([
+            "simulator",
+            "--platform",
+            "lineworks",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--print-url")
+        .arg("--contacts")
+        .arg(&contacts_file)
+        .arg("--callback-url")
+        .arg(format!("http://127.0.0.1:{port}/callbacks/lineworks"))
+        .args([
+            "--scenarios-dir",
+            scenarios,
+            "--scenario",
+            "drill",
+            "--seed",
+            "7",
+        ])
+        .args(["--speed", "60", "--epoch", &epoch])
+        .arg("--write-test-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sim.stdout.take().unwrap()).lines();
+    let sim_url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the stand-in prints its URL")
+        .unwrap()
+        .expect("a URL line");
+    assert!(sim_url.starts_with("http://127.0.0.1:"), "{sim_url}");
+    // 2. anpi serve, configured as an operator would.
+    let config = tmp.path().join("anpi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+provider = "lineworks"
+[time]
+speed = 60.0
+epoch = "{epoch}"
+[server]
+listen = "127.0.0.1:{port}"
+[database]
+url = "sqlite://{db}"
+[api]
+hq_tokens = ["{HQ_TOKEN}"]
+[scenarios]
+dir = "{scenarios}"
+[contacts]
+file = "{contacts}"
+[providers.lineworks]
+api_url = "{sim_url}/v1.0"
+token_url = "{sim_url}/oauth2/v2.0/token"
+client_id = "test-client-id"
+client_secret = "test-client-secret"
+service_account = "test.serviceaccount@anpi-test"
+private_key_file = "{key}"
+bot_id = "2000001"
+bot_secret = "test-bot-secret"
+board_id = "100"
+"#,
+            db = tmp.path().join("anpi.db").display(),
+            contacts = contacts_file.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let _serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    crate::tools::eventually("anpi serve to answer", || async {
+        let r = http.get(format!("{base}/healthz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    // 3. HQ starts the drill from the command line.
+    let cli = |args: Vec<String>| {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+                .args(&args)
+                .env("ANPI_URL", base)
+                .env("ANPI_TOKEN", HQ_TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli(vec![
+        "rollcall".into(),
+        "start".into(),
+        "--scenario".into(),
+        "drill".into(),
+    ])
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("roll call #1 started"), "{text}");
+    assert!(text.contains("everyone able to answer"), "{text}");
+    // 4. Five minutes of clock time later every deadline has passed.
+    let status = || async {
+        http.get(format!("{base}/api/rollcalls/1"))
+            .bearer_auth(HQ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let done = crate::tools::eventually("the roll call to run its course", || async {
+        let v = status().await;
+        let o = &v["progress"]["overall"];
+        let n = |k: &str| o[k].as_i64().unwrap_or(0);
+        (n("pending") + n("sending") == 0
+            && v["progress"]["next_deadline_at"].is_null()
+            && n("answered") > 0)
+            .then_some(v)
+    })
+    .await;
+    let o = &done["progress"]["overall"];
+    let n = |k: &str| o[k].as_i64().unwrap_or(0);
+    assert_eq!(n("total"), 40);
+    // The same population the stand-in drew: who never reads is on the call list, and
+    // readers of the board post are confirmed without a tap.
+    let drill = Scenario::find(std::path::Path::new(scenarios), "drill").unwrap();
+    let values: Vec<String> = drill.buttons.iter().map(|b| b.value.clone()).collect();
+    let handles: Vec<ChatHandle> = cs.iter().map(handle).collect();
+    let script = Script::generate(&handles, &drill.simulation.unwrap(), &values, 7);
+    let silent = handles
+        .iter()
+        .filter(|h| {
+            let b = script.get(h).unwrap();
+            b.unknown || (b.read_after.is_none() && b.answer.is_none())
+        })
+        .count() as i64;
+    assert!(n("escalated") >= silent, "{o}");
+    let early_readers = handles
+        .iter()
+        .filter(|h| {
+            script
+                .get(h)
+                .unwrap()
+                .read_after
+                .is_some_and(|d| d < Duration::from_secs(240))
+        })
+        .count() as i64;
+    assert!(n("read") + n("answered") >= early_readers, "{o}");
+    let taps = script
+        .iter()
+        .filter(|(_, b)| matches!(b.answer, Some((_, SimAnswer::Button(_)))))
+        .count();
+    assert!(taps > 0 && n("answered") > 0, "{o}");
+    // `anpi rollcall status` reads it back with the route used.
+    let out = cli(vec!["rollcall".into(), "status".into(), "1".into()])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("broadcast"), "{text}");
+}
+
+#[tokio::test]
+async fn after_the_board_post_the_buttons_go_by_department_rooms_and_shelter_phones_one_to_one() {
+    let n = 300;
+    let cs = contacts(n);
+    let mut script = Script::new();
+    // Everyone in the first department taps 無事 on the buttons in their room.
+    let first = cs.iter().find_map(|c| c.department.clone()).unwrap();
+    let tappers: Vec<&Contact> = cs
+        .iter()
+        .filter(|c| c.department.as_deref() == Some(first.as_str()))
+        .collect();
+    for c in &tappers {
+        script.insert(
+            handle(c),
+            Behaviour::never_reads()
+                .answering(Duration::from_secs(10), SimAnswer::Button("safe".into())),
+        );
+    }
+    let app = spawn_full(n, script, true, true, 60.0, "").await;
+    let (rc, est) = app.hq.start(&drill(), None, None).await.unwrap();
+    assert_eq!(est.plan.route, RouteKind::Broadcast);
+    let rooms = app.lw.config().rooms.len();
+    let shelters = cs
+        .iter()
+        .filter(|c| c.kind == anpi::contacts::ContactKind::ShelterPhone)
+        .count();
+    let b = est.plan.buttons.as_ref().unwrap();
+    assert_eq!((b.groups.len(), b.requests), (rooms, rooms + shelters));
+    let lw = app.lw.clone();
+    until("the buttons reached every room and shelter phone", || {
+        let lw = lw.clone();
+        async move {
+            let st = lw.stats();
+            st.channel_messages == rooms as u64 && st.user_messages == shelters as u64
+        }
+    })
+    .await;
+    let hq = app.hq.clone();
+    let want = tappers.len() as i64;
+    until("the room taps are answers", || {
+        let hq = hq.clone();
+        async move { hq.status(rc.id).await.unwrap().progress.overall.answered == want }
+    })
+    .await;
+    for c in &cs {
+        let got = app.lw.received(&handle(c));
+        assert_eq!(got.len(), 1, "{}: {got:?}", c.id);
+        assert_eq!(
+            got[0].channel.is_some(),
+            c.kind == anpi::contacts::ContactKind::Staff,
+            "{}",
+            c.id
+        );
+    }
+    assert_eq!(app.lw.refusals(), vec![]);
+    assert_eq!(app.lw.stats().limit_exceeded, 0);
 }

@@ -24,8 +24,8 @@ name = "matrix-test"
 title = "テスト 安否確認"
 deadline = "{deadline}"
 [message]
-ja = "【安否確認】地震がありました。読んだら返信してください。既読だけでも構いません。"
-en = "Safety check: an earthquake. Reply if you can; reading is enough."
+ja = "【安否確認】地震がありました。"
+en = "Safety check: an earthquake."
 [[buttons]]
 label = "無事 / Safe"
 value = "safe"
@@ -349,6 +349,7 @@ async fn default_rate_limits_delay_but_never_duplicate() {
         text: "【安否確認】再送テスト".into(),
         buttons: Vec::new(),
         resend: false,
+        asks: Default::default(),
     };
     let first = send_waiting_out_429(&provider, &msg).await;
     let again = send_waiting_out_429(&provider, &msg).await;

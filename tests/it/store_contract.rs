@@ -964,3 +964,76 @@ async fn odd_unicode_goes_through_every_store_unchanged() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_roll_call_keeps_what_its_message_asks_per_route() {
+    for (name, store, db) in backends().await {
+        let contacts = synthetic::generate(3, 1).contacts;
+        let (mut new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        new.asks.reply = anpi::scenario::Sentence {
+            ja: "一言返信してください。".into(),
+            en: "Reply, please.".into(),
+        };
+        let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
+        assert_eq!(rc.asks, new.asks, "{name}");
+        let again = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(again.asks.reply.en, "Reply, please.", "{name}");
+        assert_eq!(
+            store.roll_calls().await.unwrap()[0].asks,
+            new.asks,
+            "{name}"
+        );
+        // A roll call from before the column existed reads as the defaults.
+        db.execute("UPDATE roll_calls SET asks = NULL").await;
+        let old = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(old.asks, anpi::scenario::Asks::default(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn chat_recipients_come_shelter_phones_first_then_by_call_priority_with_their_state() {
+    for (name, store, _tmp) in backends().await {
+        let mut contacts = synthetic::generate(60, 4).contacts;
+        // One person without a chat id: not a chat recipient.
+        contacts[5].chat.clear();
+        let (new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
+        let sent = send_all(&store, 100).await;
+        let who = sent[0].chat_handle.clone();
+        store
+            .apply_events(
+                "simulator",
+                &[event("e1", Some(rc.id), &who, answer("safe"), 3_000)],
+                None,
+                3_000,
+            )
+            .await
+            .unwrap();
+        let list = store.chat_recipients(rc.id).await.unwrap();
+        assert_eq!(list.len(), 59, "{name}");
+        assert!(list.iter().all(|r| r.staff_id != contacts[5].id), "{name}");
+        let shelters = list
+            .iter()
+            .take_while(|r| r.kind == ContactKind::ShelterPhone)
+            .count();
+        assert!(shelters > 0, "{name}: the population has shelter phones");
+        assert!(
+            list[shelters..]
+                .iter()
+                .all(|r| r.kind == ContactKind::Staff),
+            "{name}: shelter phones first"
+        );
+        assert!(
+            list[shelters..]
+                .windows(2)
+                .all(|w| w[0].call_priority <= w[1].call_priority),
+            "{name}: then by call priority"
+        );
+        let answered = list.iter().find(|r| r.chat_handle == who).unwrap();
+        assert_eq!(answered.state, rollcall::DeliveryState::Answered, "{name}");
+        assert!(list
+            .iter()
+            .filter(|r| r.chat_handle != who)
+            .all(|r| r.state == rollcall::DeliveryState::Sent));
+    }
+}

@@ -92,6 +92,7 @@ const T = {
   close_confirm: ["この安否確認を終了します。よろしいですか？", "Close this roll call?"],
   estimate: ["対象 {n} 名（チャット未登録 {nc} 名は最初から要電話）。全員への送信に約 {s} 秒。",
     "{n} recipients ({nc} without a chat id go straight to the call list). About {s} s to reach everyone."],
+  estimate_answer: ["全員が回答ボタンを受け取るまで約 {a} 秒。", "Everyone able to answer in about {a} s."],
   drill_note: ["【訓練】として送ります。", "It goes out marked [DRILL]."],
   real_note: ["訓練ではありません。実際の安否確認として送ります。", "This is NOT a drill."],
   held_by: ["対応中: {who}", "Being called by {who}"],
@@ -536,6 +537,7 @@ async function estimate() {
   const e = d.estimate;
   S.pendingStart = { body, key: "web-" + Date.now() + "-" + Math.random().toString(36).slice(2) };
   $("estimate-text").textContent = t("estimate", { n: e.recipients, nc: e.no_chat_id, s: Math.ceil(e.seconds_to_all_sent) })
+    + " " + t("estimate_answer", { a: Math.ceil(Math.max(e.plan.seconds_to_all_able_to_answer || 0, e.seconds_to_all_sent)) })
     + " " + (body.drill ? t("drill_note") : t("real_note"));
   $("confirm").hidden = false;
 }
