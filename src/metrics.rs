@@ -25,6 +25,11 @@ pub struct Gauges {
     pub deliveries: BTreeMap<&'static str, i64>,
     /// Call-list figures of open roll calls.
     pub call_list: BTreeMap<&'static str, i64>,
+    /// The same two for open drills, kept apart from real roll calls.
+    pub drill_deliveries: BTreeMap<&'static str, i64>,
+    pub drill_call_list: BTreeMap<&'static str, i64>,
+    /// JMA feeds: name, whether it is read fine, seconds since the last good read.
+    pub jma_feeds: Vec<(String, bool, Option<f64>)>,
 }
 
 /// Upper bounds (seconds) of the send latency histogram.
@@ -46,6 +51,8 @@ pub struct Metrics {
     events_applied: AtomicU64,
     emails_sent: AtomicU64,
     emails_failed: AtomicU64,
+    /// JMA telegram decisions by action.
+    jma_decisions: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -94,6 +101,12 @@ impl Metrics {
             &self.emails_failed
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One rule's decision on a JMA telegram (start, upgrade, notify, retract, ignore).
+    pub fn jma_decision(&self, action: &'static str) {
+        let mut m = self.jma_decisions.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(action).or_default() += 1;
     }
 
     pub fn events_applied(&self, n: u64) {
@@ -145,6 +158,60 @@ impl Metrics {
         );
         for (status, n) in &g.call_list {
             let _ = writeln!(out, "anpi_call_list{{status=\"{status}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "anpi_drill_deliveries",
+            "gauge",
+            "Deliveries of open drills by state (not in anpi_deliveries).",
+        );
+        for (state, n) in &g.drill_deliveries {
+            let _ = writeln!(out, "anpi_drill_deliveries{{state=\"{state}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "anpi_drill_call_list",
+            "gauge",
+            "People escalated in open drills (not in anpi_call_list).",
+        );
+        for (status, n) in &g.drill_call_list {
+            let _ = writeln!(out, "anpi_drill_call_list{{status=\"{status}\"}} {n}");
+        }
+        if !g.jma_feeds.is_empty() {
+            header(
+                &mut out,
+                "anpi_jma_feed_up",
+                "gauge",
+                "1 while the JMA feed is read fine, 0 when stale or failing.",
+            );
+            for (feed, up, _) in &g.jma_feeds {
+                let _ = writeln!(out, "anpi_jma_feed_up{{feed=\"{feed}\"}} {}", u8::from(*up));
+            }
+            header(
+                &mut out,
+                "anpi_jma_feed_age_seconds",
+                "gauge",
+                "Seconds since the JMA feed was last read successfully.",
+            );
+            for (feed, _, age) in &g.jma_feeds {
+                if let Some(a) = age {
+                    let _ = writeln!(out, "anpi_jma_feed_age_seconds{{feed=\"{feed}\"}} {a:.0}");
+                }
+            }
+        }
+        header(
+            &mut out,
+            "anpi_jma_decisions_total",
+            "counter",
+            "Decisions on JMA telegrams by action (per rule), in this process.",
+        );
+        for (a, n) in self
+            .jma_decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "anpi_jma_decisions_total{{action=\"{a}\"}} {n}");
         }
         let providers = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         header(

@@ -30,6 +30,7 @@ mod announcements;
 mod callbacks;
 mod calls;
 mod contacts;
+mod jma;
 mod ops;
 mod rollcalls;
 mod stream;
@@ -74,6 +75,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// Told after each escalation (the deadline worker's), so streams update at once.
     pub escalated: Arc<Notify>,
+    /// The JMA decision engine, for `anpi jma replay` and the trigger views.
+    pub jma: Option<Arc<crate::jma::Engine>>,
 }
 
 impl ApiState {
@@ -84,7 +87,14 @@ impl ApiState {
             metrics,
             shutdown: CancellationToken::new(),
             escalated: Arc::new(Notify::new()),
+            jma: None,
         }
+    }
+
+    /// Lets the API replay telegrams and show what triggered a roll call.
+    pub fn with_jma(mut self, engine: Arc<crate::jma::Engine>) -> Self {
+        self.jma = Some(engine);
+        self
     }
 
     /// Ends event streams when `cancel` fires.
@@ -243,6 +253,7 @@ pub fn router(state: ApiState, config: &Config) -> Router {
                 .merge(contacts::router())
                 .merge(calls::router())
                 .merge(announcements::router())
+                .merge(jma::router())
                 .merge(stream::router()),
         )
         .layer(DefaultBodyLimit::max(config.server.max_body_bytes))

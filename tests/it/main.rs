@@ -9,6 +9,7 @@ mod email;
 mod engine;
 mod faults;
 mod hq_api;
+mod jma;
 mod lineworks;
 mod matrix;
 mod replicas;
