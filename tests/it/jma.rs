@@ -1099,3 +1099,107 @@ async fn the_feed_watcher_fetches_each_telegram_once_honours_304_catches_up_and_
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn anpi_jma_replay_prints_each_files_decision_and_status_shows_the_telegram() {
+    let app = spawn_app_with(Options {
+        extra_config: SANJO_RULES.into(),
+        ..Options::default()
+    })
+    .await;
+    let dir = jma_data();
+    let run = |args: Vec<String>| {
+        let base = app.base_url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_anpi"))
+                    .args(&args)
+                    .env("ANPI_URL", base)
+                    .env("ANPI_TOKEN", HQ_TOKEN)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let quake = dir
+        .join("32-39_11_05_120615_VXSE53.xml")
+        .display()
+        .to_string();
+    let tsunami = dir.join("tsunami").display().to_string();
+    let out = run(vec![
+        "jma".into(),
+        "replay".into(),
+        "--dry-run".into(),
+        quake.clone(),
+        tsunami,
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("dry run"), "{text}");
+    assert!(
+        text.contains("start    [sanjo-quake]") && text.contains("震度5弱"),
+        "{text}"
+    );
+    assert!(
+        text.contains("32-39_12_02_250206_VTSE41.xml  [VTSE41 津波警報・注意報・予報a 訓練・発表]"),
+        "{text}"
+    );
+    assert!(
+        app.hq.list().await.unwrap().is_empty(),
+        "a dry run starts nothing"
+    );
+
+    let out = run(vec!["jma".into(), "replay".into(), quake]).await;
+    assert!(out.status.success());
+    let rc = app.hq.list().await.unwrap()[0].clone();
+    let out = run(vec!["rollcall".into(), "status".into(), rc.id.to_string()]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("気象庁情報 / JMA:") && text.contains("VXSE53 震源・震度に関する情報"),
+        "{text}"
+    );
+    let out = run(vec![
+        "jma".into(),
+        "replay".into(),
+        "/nonexistent/telegram.xml".into(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file or folder"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trigger_naming_an_unknown_scenario_or_code_stops_the_daemon_with_the_key_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}\"\n[scenarios]\ndir = \"{}\"\n",
+        tmp.path().join("a.db").display(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
+    );
+    let config = anpi::config::Config::from_toml(&format!(
+        "{base}[[triggers]]\nfamily = \"earthquake\"\nareas = [\"1520400\"]\nintensity = \"5-\"\nscenario = \"volcano\"\n"
+    ))
+    .unwrap();
+    let err = match anpi::startup::Application::build(config).await {
+        Ok(_) => panic!("a trigger with a missing scenario must not build"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("triggers[0].scenario") && err.contains("volcano"),
+        "{err}"
+    );
+    let err = anpi::config::Config::from_toml(&format!(
+        "{base}[[triggers]]\nfamily = \"warning\"\nareas = [\"1520400\"]\ncodes = [\"44\"]\nscenario = \"flood\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("triggers[0].codes[0]"), "{err}");
+}
