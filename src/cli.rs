@@ -151,7 +151,7 @@ pub enum JmaCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// The latest telegrams from the live feed and what was decided.
+    /// The latest telegrams (from the feed, and replays marked as such) and what was decided.
     Log {
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -489,7 +489,12 @@ async fn jma(command: JmaCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
                 );
             }
             for r in v["recent"].as_array().into_iter().flatten().take(limit) {
-                println!("{}", trigger_line(r));
+                let replay = if r["scope"] == "replay" {
+                    "[replay] "
+                } else {
+                    ""
+                };
+                println!("{replay}{}", trigger_line(r));
             }
             Ok(ExitCode::SUCCESS)
         }

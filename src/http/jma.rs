@@ -38,7 +38,8 @@ fn internal(e: impl Into<anyhow::Error>) -> ApiError {
     ApiError::Internal(e.into())
 }
 
-/// Feed health, the rules, and the latest live telegrams with their decisions.
+/// Feed health, the rules, and the latest telegrams with their decisions (from the feed and
+/// from replays, each marked with its scope).
 async fn overview(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Role::Caller)?;
     let e = engine(&s)?;
@@ -54,7 +55,7 @@ async fn overview(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<
         .collect();
     let recent =
         s.hq.store()
-            .jma_log(Some(Scope::Live.as_str()), None, 50)
+            .jma_log(None, None, 50)
             .await
             .map_err(internal)?;
     Ok(Json(json!({

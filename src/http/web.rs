@@ -15,12 +15,14 @@ use super::ApiState;
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
 const APP_CSS: &str = include_str!("web/app.css");
+const JMA_JS: &str = include_str!("web/jma.js");
 
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/app.css", get(app_css))
+        .route("/jma.js", get(jma_js))
 }
 
 /// The page may only load its own script and style, and nothing may frame it.
@@ -55,5 +57,16 @@ async fn app_css() -> impl IntoResponse {
             (header::CACHE_CONTROL, "no-cache"),
         ],
         APP_CSS,
+    )
+}
+
+/// The JMA section and the drill report (kept apart from `app.js`).
+async fn jma_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        JMA_JS,
     )
 }
