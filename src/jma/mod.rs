@@ -28,6 +28,7 @@ use crate::rollcall::RollCallState;
 use crate::scenario::{Scenario, ScenarioError};
 use crate::store::{SharedStore, StoreError};
 
+pub mod bench;
 pub mod decide;
 pub mod feed;
 pub mod parse;
