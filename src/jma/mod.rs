@@ -202,6 +202,9 @@ pub struct Outcome {
     pub decisions: Vec<Decision>,
     /// Whether the decisions were carried out (false in a dry run).
     pub executed: bool,
+    /// When the decision was made (before it was carried out), for the benchmark.
+    #[serde(skip)]
+    pub decided_at: Option<std::time::Instant>,
 }
 
 impl Outcome {
@@ -321,6 +324,7 @@ impl Engine {
                     telegram: None,
                     decisions: decide::unreadable(&e.to_string()),
                     executed: dry.is_none(),
+                    decided_at: Some(std::time::Instant::now()),
                 })
             }
         };
@@ -355,6 +359,7 @@ impl Engine {
                     telegram: Some(TelegramSummary::of(&t)),
                     decisions,
                     executed: false,
+                    decided_at: Some(std::time::Instant::now()),
                 })
             }
             None => self.process_stored(t, source, scope, ctx).await,
@@ -441,6 +446,7 @@ impl Engine {
     ) -> Result<Outcome, JmaError> {
         let seen = self.seen_stored(&t, scope).await?;
         let mut decisions = decide::decide(&t, &self.rules, &seen, ctx);
+        let decided_at = std::time::Instant::now();
         let mut related = None;
         for d in &mut decisions {
             match d.action {
@@ -507,6 +513,7 @@ impl Engine {
             telegram: Some(TelegramSummary::of(&t)),
             decisions,
             executed: true,
+            decided_at: Some(decided_at),
         })
     }
 

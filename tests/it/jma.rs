@@ -785,36 +785,6 @@ scenario = "earthquake"
     );
     app.shutdown().await;
 }
-#[tokio::test]
-async fn print_decisions_for_review() {
-    if std::env::var_os("JMA_PRINT").is_none() {
-        return;
-    }
-    let app = spawn_app_with(Options {
-        extra_config: SANJO_RULES.into(),
-        ..Options::default()
-    })
-    .await;
-    let dir = jma_data();
-    let names = all_files(&dir);
-    let results = replay(&app, &dir, &names, false).await;
-    for (n, r) in names.iter().zip(&results) {
-        let (a, w, d) = primary(r);
-        let reason = r["decisions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["reason"].as_str().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join(" | ");
-        println!(
-            "(\"{n}\", \"{a}{}\", \"{w}\"), // {reason}",
-            if d { "-drill" } else { "" }
-        );
-    }
-    app.shutdown().await;
-}
-
 /// A telegram file made current: its send, report and target times set to `at` (and, when
 /// given, its EventID replaced), so the live path judges it fresh. Test data only.
 pub fn fresh(xml: &str, at: chrono::DateTime<chrono::Utc>, event_id: Option<&str>) -> String {
@@ -1202,4 +1172,93 @@ async fn a_trigger_naming_an_unknown_scenario_or_code_stops_the_daemon_with_the_
     .unwrap_err()
     .to_string();
     assert!(err.contains("triggers[0].codes[0]"), "{err}");
+}
+
+#[tokio::test]
+async fn two_replicas_watching_one_feed_fetch_each_telegram_once_and_start_once_across_a_takeover()
+{
+    use anpi::clock::{ManualClock, SharedClock};
+    use std::sync::Arc;
+    let dir = jma_data();
+    let now = start_time();
+    let server = feed_server::FeedServer::default();
+    let quake = "20260311054500_0_VXSE53_010000.xml";
+    {
+        let mut g = server.0.lock().unwrap();
+        let empty = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\n<entry></entry></feed>";
+        g.feeds.insert(
+            "eqvol.xml".into(),
+            with_entries(empty, &[entry("震源・震度に関する情報", quake, now)]),
+        );
+        let xml = std::fs::read_to_string(dir.join("32-39_11_05_120615_VXSE53.xml")).unwrap();
+        g.data.insert(quake.into(), fresh(&xml, now, None));
+    }
+    let base = server.start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let clock: SharedClock = Arc::new(ManualClock::new(now));
+    let sim = anpi::simulator::Simulator::start(
+        anpi::simulator::SimConfig {
+            token: SIM_TOKEN.into(),
+            rate_limit: None,
+            faults: Default::default(),
+            default_behaviour: Default::default(),
+        },
+        Default::default(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let mut replicas = Vec::new();
+    for i in 0..2 {
+        let config = anpi::config::Config::from_toml(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}\"\n[scenarios]\ndir = \"{}\"\n[providers.simulator]\nurl = \"{}\"\ntoken = \"{SIM_TOKEN}\"\npoll_wait = \"50ms\"\n[replicas]\nlease_ttl = \"1s\"\n{SANJO_RULES}\n[jma]\nenabled = true\nbase_url = \"{base}\"\nfeeds = [\"eqvol\"]\npoll_interval = \"1s\"\nstale_after = \"2m\"\n",
+            tmp.path().join("shared.db").display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
+            sim.base_url(),
+        ))
+        .unwrap();
+        let app = anpi::startup::Application::build_with_clock(config, clock.clone())
+            .await
+            .unwrap();
+        if i == 0 {
+            app.hq()
+                .import_contacts(&anpi::contacts::synthetic::generate(20, 1).contacts)
+                .await
+                .unwrap();
+        }
+        let hq = app.hq();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(app.run_until_stopped(cancel.clone()));
+        replicas.push((hq, cancel, run));
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while replicas[0].0.list().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < end, "no roll call started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both replicas run for several polls; then the first stops and the other takes over.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (hq0, cancel0, run0) = replicas.remove(0);
+    cancel0.cancel();
+    let _ = run0.await;
+    let polls = server.hits("feed/eqvol.xml");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while server.hits("feed/eqvol.xml") < polls + 3 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the other replica never took over the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.hits(&format!("data/{quake}")),
+        1,
+        "fetched once in all"
+    );
+    let (hq1, cancel1, run1) = replicas.remove(0);
+    assert_eq!(hq1.list().await.unwrap().len(), 1, "started once in all");
+    drop(hq0);
+    cancel1.cancel();
+    let _ = run1.await;
+    sim.shutdown().await;
 }
