@@ -65,11 +65,19 @@
     }
     const list = $("jma-recent");
     list.replaceChildren();
-    const shown = v.recent.filter((r) => r.action !== "ignore").slice(0, 10);
-    for (const r of shown) list.append(telegramLine(r));
-    const ignored = v.recent.length - v.recent.filter((r) => r.action !== "ignore").length;
-    $("jma-ignored").textContent = ignored
-      ? "ほかに記録のみの電文 " + ignored + " 件 / " + ignored + " more telegrams logged only (anpi jma log)"
+    // Decisions first (starts, notices, retractions), then what was only logged (another
+    // area, too old, already seen), muted: HQ sees every telegram anpi read.
+    const acted = v.recent.filter((r) => r.action !== "ignore");
+    const logged = v.recent.filter((r) => r.action === "ignore");
+    for (const r of acted.slice(0, 10)) list.append(telegramLine(r));
+    for (const r of logged.slice(0, 5)) {
+      const li = telegramLine(r);
+      li.classList.add("muted");
+      list.append(li);
+    }
+    const more = Math.max(0, acted.length - 10) + Math.max(0, logged.length - 5);
+    $("jma-ignored").textContent = more
+      ? "ほか " + more + " 件 / " + more + " more (anpi jma log)"
       : "";
   }
 
