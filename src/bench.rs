@@ -58,6 +58,14 @@ pub struct BenchArgs {
     /// action list, at each of --sizes recipients.
     #[arg(long)]
     pub urgent: bool,
+    /// Instead: time a JMA telegram from the feed poll that lists it to its decision and to
+    /// the first message sent (see `crate::jma::bench`).
+    #[arg(long)]
+    pub jma: bool,
+    /// With --jma: the telegram to list (default: shared/data/jma/32-39_11_05_120615_VXSE53.xml
+    /// beside the current folder or a parent).
+    #[arg(long)]
+    pub telegram: Option<std::path::PathBuf>,
 }
 
 /// One size's figures.
@@ -97,6 +105,9 @@ pub fn peak_rss_mib() -> Option<f64> {
 pub mod urgent;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.jma {
+        return crate::jma::bench::run(args.runs.max(1), args.telegram.as_deref()).await;
+    }
     println!("anpi bench — release build expected (cargo run --release -- bench)");
     if args.urgent {
         anyhow::ensure!(

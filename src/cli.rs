@@ -120,6 +120,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ContactsCommand,
     },
+    /// JMA triggers: run telegram files through the rules, or see recent decisions.
+    Jma {
+        #[command(subcommand)]
+        command: JmaCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Drills: a drill's report (time to read and answer per department and shelter, people
+    /// never reached).
+    Drill {
+        #[command(subcommand)]
+        command: DrillCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// One-time Matrix set-up, run ahead of time (never during a roll call).
     Matrix {
         #[command(subcommand)]
@@ -180,6 +195,43 @@ pub enum MatrixCommand {
         #[arg(long, short, env = "ANPI_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JmaCommand {
+    /// Feed telegram files (or every file in folders) through the daemon's decision path, in
+    /// path order, and print each file's decision and reason. Replayed telegrams only ever
+    /// start drills and are kept apart from the live feed's state.
+    Replay {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Decide from a fresh state of this run's own; start nothing, record nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The latest telegrams (from the feed, and replays marked as such) and what was decided.
+    Log {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// A roll call's drill report.
+    Report {
+        /// Roll call number.
+        id: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Csv,
+    Json,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -429,10 +481,155 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Late { command, remote } => late(command, &remote).await,
         Command::Contacts { command } => contacts(command).await,
+        Command::Jma { command, remote } => jma(command, &remote).await,
+        Command::Drill {
+            command: DrillCommand::Report { id, format },
+            remote,
+        } => {
+            let fmt = match format {
+                ReportFormat::Text => "text",
+                ReportFormat::Csv => "csv",
+                ReportFormat::Json => "json",
+            };
+            let client = Client::new(&remote)?;
+            let body = client
+                .get_text(&format!(
+                    "/api/rollcalls/{}/drill-report?format={fmt}",
+                    id.trim_start_matches('#')
+                ))
+                .await?;
+            print!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Matrix {
             command: MatrixCommand::Prepare { config },
         } => matrix_prepare(config).await,
     }
+}
+
+/// Every file under `path` (or `path` itself), in path order.
+fn telegram_files(path: &std::path::Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading folder {}", path.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading folder {}", path.display()))?;
+        entries.sort();
+        for e in entries {
+            telegram_files(&e, out)?;
+        }
+    } else if path.is_file() {
+        out.push(path.to_path_buf());
+    } else {
+        bail!("{}: no such file or folder", path.display());
+    }
+    Ok(())
+}
+
+async fn jma(command: JmaCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    match command {
+        JmaCommand::Replay { paths, dry_run } => {
+            let mut files = Vec::new();
+            for p in &paths {
+                telegram_files(p, &mut files)?;
+            }
+            let mut body = Vec::new();
+            for f in &files {
+                let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                body.push(json!({
+                    "name": f.display().to_string(),
+                    "xml": String::from_utf8_lossy(&bytes),
+                }));
+            }
+            let v = client
+                .post(
+                    "/api/jma/replay",
+                    &json!({ "files": body, "dry_run": dry_run }),
+                    None,
+                )
+                .await?;
+            if dry_run {
+                println!("試行（何も開始しません）/ dry run: nothing is started or recorded");
+            }
+            for r in v["results"].as_array().into_iter().flatten() {
+                let t = &r["telegram"];
+                println!(
+                    "{}{}",
+                    r["source"].as_str().unwrap_or("?"),
+                    if t.is_null() {
+                        String::new()
+                    } else {
+                        format!(
+                            "  [{} {} {}・{}]",
+                            t["code"].as_str().unwrap_or(""),
+                            t["kind"].as_str().unwrap_or(""),
+                            t["status"].as_str().unwrap_or(""),
+                            t["info_type"].as_str().unwrap_or("")
+                        )
+                    }
+                );
+                for d in r["decisions"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<8}{} {}",
+                        d["action"].as_str().unwrap_or("?"),
+                        d["rule"]
+                            .as_str()
+                            .map(|r| format!(" [{r}]"))
+                            .unwrap_or_default(),
+                        d["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JmaCommand::Log { limit } => {
+            let v = client.get_json("/api/jma").await?;
+            if let Some(h) = v["health"].as_object() {
+                println!(
+                    "気象庁フィード / JMA feed: {}",
+                    h.get("status").and_then(Value::as_str).unwrap_or("?")
+                );
+            } else {
+                println!(
+                    "気象庁フィードの監視は無効です / the JMA feed watcher is off ([jma] enabled)"
+                );
+            }
+            for r in v["recent"].as_array().into_iter().flatten().take(limit) {
+                let replay = if r["scope"] == "replay" {
+                    "[replay] "
+                } else {
+                    ""
+                };
+                println!("{replay}{}", trigger_line(r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// One recorded telegram: type, headline, time, decision and reason.
+fn trigger_line(r: &Value) -> String {
+    let at = r["reported_at"]
+        .as_i64()
+        .map(|ms| {
+            crate::clock::from_millis(ms)
+                .with_timezone(&chrono_tz::Asia::Tokyo)
+                .format("%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!(
+        "{at} {} {}（{}・{}）{} — {}: {}",
+        r["code"].as_str().unwrap_or(""),
+        r["kind"].as_str().unwrap_or(""),
+        r["status"].as_str().unwrap_or(""),
+        r["info_type"].as_str().unwrap_or(""),
+        r["headline"].as_str().unwrap_or("").replace('\n', " "),
+        r["action"].as_str().unwrap_or(""),
+        r["reason"].as_str().unwrap_or("")
+    )
 }
 
 /// The dispatch plan and what is left of it (`GET /api/rollcalls/{id}/plan`).
@@ -938,6 +1135,14 @@ async fn rollcall(command: RollcallCommand, remote: &Remote) -> anyhow::Result<E
                     print_health(&h);
                 }
                 print_status(&v);
+                if let Ok(t) = client
+                    .get_json(&format!("/api/rollcalls/{id}/trigger"))
+                    .await
+                {
+                    for r in t["telegrams"].as_array().into_iter().flatten() {
+                        println!("気象庁情報 / JMA: {}", trigger_line(r));
+                    }
+                }
                 let list = client
                     .get_json(&format!("/api/rollcalls/{id}/escalations"))
                     .await?;

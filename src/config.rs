@@ -71,6 +71,12 @@ pub struct Config {
     pub contacts: ContactsConfig,
     #[serde(default)]
     pub drills: Vec<DrillConfig>,
+    /// Roll calls started by JMA telegrams (see [`crate::jma::rules`]).
+    #[serde(default)]
+    pub triggers: Vec<crate::jma::rules::TriggerConfig>,
+    /// The JMA feed watcher.
+    #[serde(default)]
+    pub jma: crate::jma::JmaConfig,
     pub providers: ProvidersConfig,
     #[serde(default)]
     pub email: EmailConfig,
@@ -780,7 +786,12 @@ impl Config {
                     ),
                 ));
             }
+            crate::drills::parse_cron(&d.cron)
+                .map_err(|e| invalid(&format!("drills[{i}].cron"), format!("{:?}: {e}", d.cron)))?;
         }
+        crate::jma::rules::Rule::all_from_config(&self.triggers)
+            .map_err(|e| invalid(&e.key, e.message))?;
+        self.jma.validate().map_err(|(k, m)| invalid(&k, m))?;
         Ok(())
     }
 

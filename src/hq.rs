@@ -247,6 +247,12 @@ impl Hq {
         &self.provider
     }
 
+    /// Wakes the dispatcher after deliveries were written other than through [`Hq::start`]
+    /// (a JMA retraction message).
+    pub fn wake_dispatch(&self) {
+        self.new_work.notify_waiters();
+    }
+
     /// Replaces the stored contacts (the file is the truth), all or nothing.
     pub async fn import_contacts(&self, contacts: &[Contact]) -> Result<usize, HqError> {
         Ok(self

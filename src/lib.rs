@@ -30,6 +30,9 @@
 //! - [`simulator`]: the built-in stand-in chat server (demo, tests, benchmark).
 //! - [`store`]: the storage trait and its backends (SQLite, PostgreSQL), schema versions.
 //! - [`singleton`]: runs the deadline timer and receipt watcher on one replica at a time.
+//! - [`jma`]: roll calls started by JMA telegrams: parsing, rules, the decision, the feed
+//!   watcher.
+//! - [`drills`]: scheduled drills (once across replicas) and the drill report.
 //! - [`http`]: the JSON API, the HQ web page, live progress (SSE), `/healthz`, `/metrics`.
 //! - [`clock`]: the one source of time (real, scaled, manual).
 //! - [`config`]: layered configuration and its validation.
@@ -50,12 +53,14 @@ pub mod config;
 pub mod contacts;
 pub mod demo;
 pub mod dispatch;
+pub mod drills;
 pub mod email;
 pub mod escalation;
 pub mod health;
 pub mod hq;
 pub mod http;
 pub mod ids;
+pub mod jma;
 pub mod metrics;
 pub mod planner;
 pub mod providers;

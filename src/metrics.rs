@@ -27,6 +27,11 @@ pub struct Gauges {
     pub call_list: BTreeMap<&'static str, i64>,
     /// Urgent answers HQ has not closed: open roll calls' and late ones.
     pub urgent_open: i64,
+    /// The same two for open drills, kept apart from real roll calls.
+    pub drill_deliveries: BTreeMap<&'static str, i64>,
+    pub drill_call_list: BTreeMap<&'static str, i64>,
+    /// JMA feeds: name, whether it is read fine, seconds since the last good read.
+    pub jma_feeds: Vec<(String, bool, Option<f64>)>,
 }
 
 /// Upper bounds (seconds) of the send latency histogram.
@@ -50,6 +55,8 @@ pub struct Metrics {
     emails_failed: AtomicU64,
     /// Re-sends (`resend_after`) by result: sent, retry, failed.
     resends: Mutex<BTreeMap<&'static str, u64>>,
+    /// JMA telegram decisions by action.
+    jma_decisions: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -104,6 +111,12 @@ impl Metrics {
     pub fn resend(&self, result: &'static str) {
         let mut map = self.resends.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry(result).or_default() += 1;
+    }
+
+    /// One rule's decision on a JMA telegram (start, upgrade, notify, retract, ignore).
+    pub fn jma_decision(&self, action: &'static str) {
+        let mut m = self.jma_decisions.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(action).or_default() += 1;
     }
 
     pub fn events_applied(&self, n: u64) {
@@ -164,6 +177,60 @@ impl Metrics {
              including those that came after their roll call closed.",
         );
         let _ = writeln!(out, "anpi_urgent_open {}", g.urgent_open);
+        header(
+            &mut out,
+            "anpi_drill_deliveries",
+            "gauge",
+            "Deliveries of open drills by state (not in anpi_deliveries).",
+        );
+        for (state, n) in &g.drill_deliveries {
+            let _ = writeln!(out, "anpi_drill_deliveries{{state=\"{state}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "anpi_drill_call_list",
+            "gauge",
+            "People escalated in open drills (not in anpi_call_list).",
+        );
+        for (status, n) in &g.drill_call_list {
+            let _ = writeln!(out, "anpi_drill_call_list{{status=\"{status}\"}} {n}");
+        }
+        if !g.jma_feeds.is_empty() {
+            header(
+                &mut out,
+                "anpi_jma_feed_up",
+                "gauge",
+                "1 while the JMA feed is read fine, 0 when stale or failing.",
+            );
+            for (feed, up, _) in &g.jma_feeds {
+                let _ = writeln!(out, "anpi_jma_feed_up{{feed=\"{feed}\"}} {}", u8::from(*up));
+            }
+            header(
+                &mut out,
+                "anpi_jma_feed_age_seconds",
+                "gauge",
+                "Seconds since the JMA feed was last read successfully.",
+            );
+            for (feed, _, age) in &g.jma_feeds {
+                if let Some(a) = age {
+                    let _ = writeln!(out, "anpi_jma_feed_age_seconds{{feed=\"{feed}\"}} {a:.0}");
+                }
+            }
+        }
+        header(
+            &mut out,
+            "anpi_jma_decisions_total",
+            "counter",
+            "Decisions on JMA telegrams by action (per rule), in this process.",
+        );
+        for (a, n) in self
+            .jma_decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "anpi_jma_decisions_total{{action=\"{a}\"}} {n}");
+        }
         let providers = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         header(
             &mut out,

@@ -141,7 +141,11 @@ pub struct Application {
     deadlines: Arc<DeadlineWorker>,
     resend: Arc<ResendWorker>,
     /// Recurring drills: cron line and scenario, checked at build.
-    drills: Vec<(String, Scenario)>,
+    drills: Vec<crate::drills::ScheduledDrill>,
+    /// Decides on JMA telegrams (`[[triggers]]`), for the feed watcher and `anpi jma replay`.
+    jma: Arc<crate::jma::Engine>,
+    /// The JMA feed watcher, when `[jma] enabled`.
+    feed: Option<Arc<crate::jma::feed::FeedWatcher>>,
     /// This process among the replicas sharing the database: names it in singleton leases.
     instance: String,
     /// Provider trouble HQ is told about.
@@ -225,17 +229,36 @@ impl Application {
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                Scenario::find(&config.scenarios.dir, &d.scenario)
-                    .map(|s| (d.cron.clone(), s))
-                    .with_context(|| format!("drills[{i}]: scenario {:?}", d.scenario))
+                let scenario = Scenario::find(&config.scenarios.dir, &d.scenario)
+                    .with_context(|| format!("drills[{i}]: scenario {:?}", d.scenario))?;
+                let cron = crate::drills::parse_cron(&d.cron)
+                    .map_err(|e| anyhow::anyhow!("drills[{i}].cron {:?}: {e}", d.cron))?;
+                Ok(crate::drills::ScheduledDrill {
+                    cron_line: d.cron.clone(),
+                    cron,
+                    scenario,
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let config = Arc::new(config);
+        let jma = Arc::new(
+            crate::jma::Engine::new(hq.clone(), config.clone(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let feed = if config.jma.enabled {
+            Some(Arc::new(
+                crate::jma::feed::FeedWatcher::new(jma.clone(), clock.clone())
+                    .context("setting up the JMA feed watcher")?,
+            ))
+        } else {
+            None
+        };
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         Ok(Self {
             listener,
-            config: Arc::new(config),
+            config,
             store,
             clock,
             hq,
@@ -245,6 +268,8 @@ impl Application {
             deadlines,
             resend,
             drills,
+            jma,
+            feed,
             instance: singleton::instance_id(),
             health,
         })
@@ -287,14 +312,20 @@ impl Application {
         self.resend.clone()
     }
 
+    /// The JMA decision engine (`[[triggers]]`).
+    pub fn jma(&self) -> Arc<crate::jma::Engine> {
+        self.jma.clone()
+    }
+
+    /// The JMA feed watcher, when `[jma] enabled`.
+    pub fn feed_watcher(&self) -> Option<Arc<crate::jma::feed::FeedWatcher>> {
+        self.feed.clone()
+    }
+
     /// Runs the workers, the drill schedule and the HTTP server until `cancel` fires.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         // Anything that can refuse to start does so before a worker runs.
-        let scheduler = if self.drills.is_empty() {
-            None
-        } else {
-            Some(start_drills(&self.drills, self.config.zone()?, self.hq.clone()).await?)
-        };
+        let zone = self.config.zone()?;
         let mail = crate::email::EmailWorker::new(
             self.store.clone(),
             self.clock.clone(),
@@ -330,6 +361,43 @@ impl Application {
             lease(format!("resend:{}", self.hq.provider()))
                 .run(cancel.clone(), move |stop| resend.clone().run(stop)),
         );
+        if !self.drills.is_empty() {
+            // One replica runs the schedule; each scheduled time's key makes it one drill
+            // even when a takeover overlaps.
+            let grace =
+                (self.config.replicas.lease_ttl * 3).max(std::time::Duration::from_secs(60));
+            let drills = Arc::new(crate::drills::DrillScheduler::new(
+                self.drills.clone(),
+                self.hq.clone(),
+                self.clock.clone(),
+                zone,
+                grace,
+            ));
+            tracker.spawn(
+                lease("drills".into()).run(cancel.clone(), move |stop| drills.clone().run(stop)),
+            );
+        }
+        if let Some(feed) = self.feed.clone() {
+            tracker
+                .spawn(lease("jma".into()).run(cancel.clone(), move |stop| feed.clone().run(stop)));
+        } else if !self.jma.rules().is_empty() {
+            // Without the feed, retraction messages from replays still get closed once sent.
+            let jma = self.jma.clone();
+            tracker.spawn(lease("jma".into()).run(cancel.clone(), move |stop| {
+                let jma = jma.clone();
+                async move {
+                    while !stop.is_cancelled() {
+                        if let Err(e) = jma.tidy().await {
+                            warn!(error = %e, "could not close sent retraction messages");
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                        }
+                    }
+                }
+            }));
+        }
         if let Some(mail) = mail {
             // One replica mails a roll call's list.
             let mail = Arc::new(mail);
@@ -356,6 +424,7 @@ impl Application {
             tracker.spawn(Arc::new(mailer).run(cancel.clone()));
         }
         let state = ApiState::new(self.hq.clone(), self.config.clone(), self.metrics.clone())
+            .with_jma(self.jma.clone())
             .with_shutdown(cancel.clone())
             .with_escalated(self.deadlines.escalated.clone())
             .with_health(self.health.clone());
@@ -368,42 +437,9 @@ impl Application {
             .await
             .context("HTTP server failed")?;
         cancel.cancel();
-        if let Some(mut s) = scheduler {
-            let _ = s.shutdown().await;
-        }
         tracker.close();
         tracker.wait().await;
         info!("anpi stopped");
         Ok(())
     }
-}
-
-/// Recurring drills: wall-clock schedules, the one place tokio-cron-scheduler is used.
-async fn start_drills(
-    drills: &[(String, Scenario)],
-    tz: chrono_tz::Tz,
-    hq: Arc<Hq>,
-) -> anyhow::Result<tokio_cron_scheduler::JobScheduler> {
-    use tokio_cron_scheduler::{Job, JobScheduler};
-    let sched = JobScheduler::new()
-        .await
-        .context("starting the drill scheduler")?;
-    for (i, (cron, scenario)) in drills.iter().enumerate() {
-        let scenario = scenario.clone();
-        let hq = hq.clone();
-        let job = Job::new_async_tz(cron.as_str(), tz, move |_id, _l| {
-            let hq = hq.clone();
-            let scenario = scenario.clone();
-            Box::pin(async move {
-                match hq.start(&scenario, Some(true), None).await {
-                    Ok((rc, _)) => info!(roll_call = %rc.id, scenario = %scenario.name, "scheduled drill started"),
-                    Err(e) => warn!(error = %e, scenario = %scenario.name, "scheduled drill could not start"),
-                }
-            })
-        })
-        .with_context(|| format!("drills[{i}].cron {cron:?}"))?;
-        sched.add(job).await?;
-    }
-    sched.start().await?;
-    Ok(sched)
 }

@@ -31,6 +31,7 @@ mod callbacks;
 mod calls;
 mod contacts;
 mod health;
+mod jma;
 mod ops;
 mod rollcalls;
 mod stream;
@@ -77,6 +78,8 @@ pub struct ApiState {
     pub escalated: Arc<Notify>,
     /// Provider trouble HQ is shown ([`crate::health`]).
     pub health: Arc<crate::health::Health>,
+    /// The JMA decision engine, for `anpi jma replay` and the trigger views.
+    pub jma: Option<Arc<crate::jma::Engine>>,
 }
 
 impl ApiState {
@@ -92,12 +95,19 @@ impl ApiState {
             shutdown: CancellationToken::new(),
             escalated: Arc::new(Notify::new()),
             health,
+            jma: None,
         }
     }
 
     /// Shows the provider trouble `health` knows of.
     pub fn with_health(mut self, health: Arc<crate::health::Health>) -> Self {
         self.health = health;
+        self
+    }
+
+    /// Lets the API replay telegrams and show what triggered a roll call.
+    pub fn with_jma(mut self, engine: Arc<crate::jma::Engine>) -> Self {
+        self.jma = Some(engine);
         self
     }
 
@@ -269,6 +279,7 @@ pub fn router(state: ApiState, config: &Config) -> Router {
                 .merge(calls::router())
                 .merge(announcements::router())
                 .merge(health::router())
+                .merge(jma::router())
                 .merge(stream::router()),
         )
         .layer(DefaultBodyLimit::max(config.server.max_body_bytes))

@@ -19,8 +19,8 @@ pub fn router() -> Router<ApiState> {
 
 async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
     match s.hq.store().ping().await {
-        // Provider trouble is reported but answered 200: this process still serves HQ, and a
-        // load balancer that took it out would take out every replica at once.
+        // Provider trouble and a stale JMA feed are reported but answered 200: this process
+        // still serves HQ, and a load balancer that took it out would take out every replica.
         Ok(()) => {
             let degraded = s.health.degraded();
             let mut body = json!({"status": "ok", "database": "ok", "provider": s.hq.provider()});
@@ -32,6 +32,12 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
                                     "reason": d.reason}))
                     .collect::<Vec<_>>());
             }
+            if let Some(jma) = jma_health(&s).await {
+                if jma["status"] != "ok" {
+                    body["status"] = json!("degraded");
+                }
+                body["jma"] = jma;
+            }
             (StatusCode::OK, Json(body))
         }
         Err(e) => (
@@ -39,6 +45,26 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
             Json(json!({"status": "degraded", "database": e.to_string()})),
         ),
     }
+}
+
+/// The JMA feeds' health, when the watcher is on: "ok", or "stale" naming the feeds.
+pub(super) async fn jma_health(s: &ApiState) -> Option<serde_json::Value> {
+    let cfg = &s.config.jma;
+    if !cfg.enabled {
+        return None;
+    }
+    let now = s.hq.clock().now_millis();
+    let feeds = crate::jma::feed::health(s.hq.store(), cfg).await;
+    let stale: Vec<&str> = feeds
+        .iter()
+        .filter(|f| f.stale(now, cfg.stale_after))
+        .map(|f| f.feed.as_str())
+        .collect();
+    Some(json!({
+        "status": if stale.is_empty() { "ok" } else { "stale" },
+        "stale": stale,
+        "feeds": feeds,
+    }))
 }
 
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
@@ -55,6 +81,12 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         for rc in list.iter().filter(|r| r.state == RollCallState::Open) {
             if let Ok(p) = s.hq.store().progress(rc.id).await {
                 let c = &p.overall;
+                // Drills are counted apart, so a drill never looks like a real emergency.
+                let (deliveries, call_list) = if rc.drill {
+                    (&mut g.drill_deliveries, &mut g.drill_call_list)
+                } else {
+                    (&mut g.deliveries, &mut g.call_list)
+                };
                 for (k, v) in [
                     ("pending", c.pending),
                     ("sending", c.sending),
@@ -63,7 +95,7 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
                     ("answered", c.answered),
                     ("failed", c.failed),
                 ] {
-                    *g.deliveries.entry(k).or_default() += v;
+                    *deliveries.entry(k).or_default() += v;
                 }
                 for (k, v) in [
                     ("escalated", c.escalated),
@@ -75,9 +107,17 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
                     ("urgent_open", c.urgent_open),
                     ("resent", c.resent),
                 ] {
-                    *g.call_list.entry(k).or_default() += v;
+                    *call_list.entry(k).or_default() += v;
                 }
             }
+        }
+    }
+    if s.config.jma.enabled {
+        let now = s.hq.clock().now_millis();
+        for f in crate::jma::feed::health(s.hq.store(), &s.config.jma).await {
+            let up = f.ok_at.is_some() && !f.stale(now, s.config.jma.stale_after);
+            let age = f.ok_at.map(|ok| (now - ok).max(0) as f64 / 1000.0);
+            g.jma_feeds.push((f.feed, up, age));
         }
     }
     g.urgent_open = s.hq.store().urgent_open().await.unwrap_or_default();

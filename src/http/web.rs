@@ -18,82 +18,55 @@ const APP_JS: &str = include_str!("web/app.js");
 const APP_CSS: &str = include_str!("web/app.css");
 const SHELTER_HTML: &str = include_str!("web/shelter.html");
 const SHELTER_JS: &str = include_str!("web/shelter.js");
+/// The provider-trouble banner (kept apart from `app.js`).
 const HEALTH_BANNER_JS: &str = include_str!("web/health-banner.js");
+/// The JMA section and the drill report (kept apart from `app.js`).
+const JMA_JS: &str = include_str!("web/jma.js");
 
 pub fn router() -> Router<ApiState> {
     Router::new()
-        .route("/", get(index))
-        .route("/app.js", get(app_js))
-        .route("/app.css", get(app_css))
-        .route("/shelter", get(shelter))
-        .route("/shelter.js", get(shelter_js))
-        .route("/health-banner.js", get(health_banner_js))
+        .route("/", get(|| async { page(INDEX_HTML) }))
+        .route("/shelter", get(|| async { page(SHELTER_HTML) }))
+        .route("/app.js", get(|| async { script(APP_JS) }))
+        .route("/shelter.js", get(|| async { script(SHELTER_JS) }))
+        .route(
+            "/health-banner.js",
+            get(|| async { script(HEALTH_BANNER_JS) }),
+        )
+        .route("/jma.js", get(|| async { script(JMA_JS) }))
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
 }
 
 /// The page may only load its own script and style, and nothing may frame it.
 const CSP: &str =
     "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'";
 
-async fn index() -> impl IntoResponse {
+/// An HTML page under the content security policy. The shelter page is opened from
+/// `/shelter#token=...`: the part after `#` never reaches the server.
+fn page(html: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        INDEX_HTML,
+        html,
     )
 }
 
-/// The shelter phone's page (opened from `/shelter#token=...`: the part after `#` never
-/// reaches the server).
-async fn shelter() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        SHELTER_HTML,
-    )
+fn script(js: &'static str) -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", js)
 }
 
-async fn shelter_js() -> impl IntoResponse {
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        SHELTER_JS,
-    )
-}
-
-async fn app_js() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        APP_JS,
-    )
-}
-
-async fn app_css() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        APP_CSS,
-    )
-}
-
-async fn health_banner_js() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        HEALTH_BANNER_JS,
+        body,
     )
 }

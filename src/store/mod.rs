@@ -21,6 +21,7 @@ use crate::rollcall::{
     NewRollCall, Progress, Recipient, RollCall, SendResult,
 };
 
+mod jma_sql;
 pub mod postgres;
 pub mod schema;
 mod shared;
@@ -335,6 +336,47 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Cheap liveness check of the database.
     async fn ping(&self) -> StoreResult<()>;
+
+    // JMA triggers (`crate::jma`): what was seen before, per scope ("live", "replay").
+
+    /// How the telegram with this dedupe key was decided before ("start, <when>"), if it was.
+    async fn jma_telegram_seen(&self, scope: &str, key: &str) -> StoreResult<Option<String>>;
+    /// The stored states of `rule` under any of `keys` (EventIDs, office episodes, snapshots).
+    async fn jma_events(
+        &self,
+        scope: &str,
+        rule: &str,
+        keys: &[String],
+    ) -> StoreResult<Vec<crate::jma::decide::EventState>>;
+    /// The state of `rule`'s latest event that started a roll call.
+    async fn jma_last_start(
+        &self,
+        scope: &str,
+        rule: &str,
+    ) -> StoreResult<Option<crate::jma::decide::EventState>>;
+    /// Records a telegram and its decision, and writes the state it changed, in one
+    /// transaction. `None` (nothing written) when the telegram was recorded before.
+    async fn jma_record(
+        &self,
+        record: &crate::jma::JmaRecord,
+        updates: &[crate::jma::decide::EventState],
+        now: Millis,
+    ) -> StoreResult<Option<i64>>;
+    /// Recorded telegrams, newest first: of one scope, or about one roll call.
+    async fn jma_log(
+        &self,
+        scope: Option<&str>,
+        roll_call: Option<RollCallId>,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::jma::JmaRecord>>;
+    /// Whether a telegram URL was fetched already.
+    async fn jma_fetched(&self, url: &str) -> StoreResult<bool>;
+    async fn jma_mark_fetched(&self, url: &str, now: Millis) -> StoreResult<()>;
+
+    /// Everyone in the roll call whose message went out (a retraction goes to them).
+    async fn notified_staff(&self, id: RollCallId) -> StoreResult<Vec<StaffId>>;
+    /// Every delivery's times and outcome, for the drill report.
+    async fn drill_rows(&self, id: RollCallId) -> StoreResult<Vec<crate::drills::DeliveryTimes>>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

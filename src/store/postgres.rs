@@ -917,6 +917,61 @@ impl Store for PostgresStore {
         Ok(n > 0)
     }
 
+    async fn jma_telegram_seen(&self, scope: &str, key: &str) -> StoreResult<Option<String>> {
+        self.q_jma_telegram_seen(scope, key).await
+    }
+
+    async fn jma_events(
+        &self,
+        scope: &str,
+        rule: &str,
+        keys: &[String],
+    ) -> StoreResult<Vec<crate::jma::decide::EventState>> {
+        self.q_jma_events(scope, rule, keys).await
+    }
+
+    async fn jma_last_start(
+        &self,
+        scope: &str,
+        rule: &str,
+    ) -> StoreResult<Option<crate::jma::decide::EventState>> {
+        self.q_jma_last_start(scope, rule).await
+    }
+
+    async fn jma_record(
+        &self,
+        record: &crate::jma::JmaRecord,
+        updates: &[crate::jma::decide::EventState],
+        now: Millis,
+    ) -> StoreResult<Option<i64>> {
+        self.q_jma_record(record, updates, now).await
+    }
+
+    async fn jma_log(
+        &self,
+        scope: Option<&str>,
+        roll_call: Option<RollCallId>,
+        limit: usize,
+    ) -> StoreResult<Vec<crate::jma::JmaRecord>> {
+        self.q_jma_log(scope, roll_call, limit).await
+    }
+
+    async fn jma_fetched(&self, url: &str) -> StoreResult<bool> {
+        self.q_jma_fetched(url).await
+    }
+
+    async fn jma_mark_fetched(&self, url: &str, now: Millis) -> StoreResult<()> {
+        self.q_jma_mark_fetched(url, now).await
+    }
+
+    async fn notified_staff(&self, id: RollCallId) -> StoreResult<Vec<StaffId>> {
+        self.q_notified_staff(id).await
+    }
+
+    async fn drill_rows(&self, id: RollCallId) -> StoreResult<Vec<crate::drills::DeliveryTimes>> {
+        self.q_drill_rows(id).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await
         {
@@ -1099,5 +1154,14 @@ impl BatchReader for Batch<'_, '_> {
                 .rows_affected();
             Ok((n, Vec::new()))
         }
+    }
+}
+
+super::jma_sql::jma_queries!(PostgresStore);
+
+impl PostgresStore {
+    /// Serialises the JMA writes (PostgreSQL needs no lock of anpi's own).
+    async fn jma_write_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
     }
 }

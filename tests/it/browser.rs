@@ -484,3 +484,52 @@ async fn the_hq_page_shows_a_banner_while_reading_the_board_keeps_failing() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_page_shows_which_telegram_started_a_roll_call_hq_notices_and_the_drill_report() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let app = spawn_app_with(Options {
+        extra_config: crate::jma::SANJO_RULES.into(),
+        ..Options::default()
+    })
+    .await;
+    let dir = crate::jma::jma_data();
+    let files: Vec<String> = [
+        "32-35_07_03_100915_VXSE51.xml",
+        "32-39_11_05_120615_VXSE53.xml",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    crate::jma::replay(&app, &dir, &files, false).await;
+    let rc = app.hq.list().await.unwrap()[0].clone();
+    app.all_sent(rc.id).await;
+
+    log_in(c, &app.base_url, HQ_TOKEN, "受付1").await;
+    eventually("the telegram behind the roll call", || async {
+        text_of(c, "#jma-why")
+            .await
+            .contains("VXSE53")
+            .then_some(())
+    })
+    .await;
+    assert!(text_of(c, "#jma-why").await.contains("震度5弱"));
+    eventually("the HQ notice of the 震度3", || async {
+        text_of(c, "#jma-recent")
+            .await
+            .contains("本部へのお知らせ")
+            .then_some(())
+    })
+    .await;
+    eventually("the drill report", || async {
+        (count(c, "#drill-groups tr").await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        eval(c, "return document.querySelector('#drill-report').hidden;").await,
+        json!(false)
+    );
+    assert!(text_of(c, "#drill-groups").await.contains("全体 / overall"));
+    app.shutdown().await;
+}

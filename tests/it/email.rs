@@ -340,3 +340,65 @@ async fn hq_is_mailed_once_when_reading_the_board_keeps_failing() {
         "HQ mailed more than once for one incident"
     );
 }
+
+#[tokio::test]
+async fn hq_is_mailed_the_telegram_behind_a_started_roll_call_and_every_hq_notice() {
+    let Some(python) = smtp_python() else { return };
+    let port = free_port();
+    let smtp = start_smtp(&python, port).await;
+    let app = spawn_app_with(Options {
+        extra_config: format!(
+            "{}\n{}",
+            mail_config(port, "[\"1s\"]"),
+            crate::jma::SANJO_RULES
+        ),
+        ..Options::default()
+    })
+    .await;
+    let dir = crate::jma::jma_data();
+    let files: Vec<String> = [
+        "32-35_07_03_100915_VXSE51.xml",
+        "32-39_11_05_120615_VXSE53.xml",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    crate::jma::replay(&app, &dir, &files, false).await;
+    let mails = eventually("two JMA mails", || async {
+        let m = messages(smtp.out.path());
+        (m.len() >= 2).then_some(m)
+    })
+    .await;
+    let start = mails
+        .iter()
+        .find(|m| {
+            m["subject"]
+                .as_str()
+                .unwrap()
+                .contains("安否確認を自動開始")
+        })
+        .expect("the start is mailed");
+    let subject = start["subject"].as_str().unwrap();
+    assert!(
+        subject.starts_with("【訓練】【気象庁情報】"),
+        "a replay is a drill: {subject}"
+    );
+    let text = start["text"].as_str().unwrap();
+    assert!(text.contains("VXSE53 震源・震度に関する情報"), "{text}");
+    assert!(text.contains("新潟県中越 震度5弱"), "{text}");
+    assert!(text.contains("発表: 2011-03-11 14:"), "{text}");
+    let notice = mails
+        .iter()
+        .find(|m| m["subject"].as_str().unwrap().contains("本部へのお知らせ"))
+        .expect("the HQ-only notice is mailed");
+    assert!(
+        notice["text"].as_str().unwrap().contains("震度3"),
+        "{notice}"
+    );
+    assert_eq!(
+        notice["rcpt_tos"].as_array().unwrap().len(),
+        2,
+        "HQ's addresses only"
+    );
+    app.shutdown().await;
+}

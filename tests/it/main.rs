@@ -16,6 +16,7 @@ mod email;
 mod engine;
 mod faults;
 mod hq_api;
+mod jma;
 mod lineworks;
 mod matrix;
 mod replicas;

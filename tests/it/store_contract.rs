@@ -1037,3 +1037,164 @@ async fn chat_recipients_come_shelter_phones_first_then_by_call_priority_with_th
             .all(|r| r.state == rollcall::DeliveryState::Sent));
     }
 }
+
+fn jma_record(scope: &str, key: &str, roll_call: Option<i64>) -> anpi::jma::JmaRecord {
+    anpi::jma::JmaRecord {
+        id: 0,
+        scope: scope.into(),
+        dedupe_key: key.into(),
+        source: "x_VXSE53_010000.xml".into(),
+        code: "VXSE53".into(),
+        kind: "震源・震度に関する情報".into(),
+        status: "通常".into(),
+        info_type: "発表".into(),
+        event_ids: "E1".into(),
+        serial: "1".into(),
+        head_title: "震源・震度情報".into(),
+        headline: "地震がありました。".into(),
+        sent_at: 1_000,
+        reported_at: 1_000,
+        received_at: 2_000,
+        action: "start".into(),
+        rule: Some("q".into()),
+        reason: "reaches".into(),
+        roll_call_id: roll_call,
+        related_roll_call_id: None,
+        decisions: "[]".into(),
+    }
+}
+
+#[tokio::test]
+async fn jma_telegrams_are_recorded_once_per_scope_with_the_state_they_changed() {
+    use anpi::jma::decide::EventState;
+    for (name, store, _tmp) in backends().await {
+        let rc = seeded(&store, 3, None).await;
+        let started = EventState {
+            rule: "q".into(),
+            key: "E1".into(),
+            level: 5,
+            roll_call_id: Some(rc.id.0),
+            started_at: Some(1_000),
+            acting: vec!["震源・震度に関する情報".into()],
+            reported_at: 1_000,
+            ..EventState::default()
+        };
+        let below = EventState {
+            rule: "q".into(),
+            key: "E0".into(),
+            notified_level: 3,
+            reported_at: 500,
+            ..EventState::default()
+        };
+        let rec = jma_record("live", "k1", Some(rc.id.0));
+        let id = store
+            .jma_record(&rec, &[started.clone(), below.clone()], 2_000)
+            .await
+            .unwrap();
+        assert!(id.is_some(), "{name}");
+        // The same telegram again writes nothing, not even its state.
+        let changed = EventState {
+            level: 9,
+            ..started.clone()
+        };
+        assert_eq!(
+            store.jma_record(&rec, &[changed], 3_000).await.unwrap(),
+            None,
+            "{name}"
+        );
+        assert!(store
+            .jma_telegram_seen("live", "k1")
+            .await
+            .unwrap()
+            .unwrap()
+            .starts_with("start"));
+        assert_eq!(
+            store.jma_telegram_seen("replay", "k1").await.unwrap(),
+            None,
+            "{name}: scopes apart"
+        );
+        let got = store
+            .jma_events("live", "q", &["E9".into(), "E1".into()])
+            .await
+            .unwrap();
+        assert_eq!(got, vec![started.clone()], "{name}");
+        assert!(store
+            .jma_events("replay", "q", &["E1".into()])
+            .await
+            .unwrap()
+            .is_empty());
+        // The latest start is the one with a roll call, not the later notice.
+        assert_eq!(
+            store.jma_last_start("live", "q").await.unwrap(),
+            Some(started),
+            "{name}"
+        );
+        assert_eq!(store.jma_last_start("live", "other").await.unwrap(), None);
+        let log = store.jma_log(Some("live"), None, 10).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].headline, "地震がありました。");
+        assert_eq!(
+            store.jma_log(None, Some(rc.id), 10).await.unwrap().len(),
+            1,
+            "{name}"
+        );
+        assert!(store
+            .jma_log(Some("replay"), None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        assert!(!store.jma_fetched("https://x/data/a.xml").await.unwrap());
+        store
+            .jma_mark_fetched("https://x/data/a.xml", 5_000)
+            .await
+            .unwrap();
+        store
+            .jma_mark_fetched("https://x/data/a.xml", 6_000)
+            .await
+            .unwrap();
+        assert!(
+            store.jma_fetched("https://x/data/a.xml").await.unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn notified_staff_and_drill_rows_come_from_the_deliveries() {
+    for (name, store, _tmp) in backends().await {
+        let rc = seeded(&store, 4, None).await;
+        let c = store
+            .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.notified_staff(rc.id).await.unwrap().len(),
+            0,
+            "{name}"
+        );
+        store
+            .record_send_results(
+                &[SendResult::Sent {
+                    id: c[0].id,
+                    at: 2_100,
+                    deadline_at: 302_100,
+                    message_id: None,
+                }],
+                2_200,
+            )
+            .await
+            .unwrap();
+        let sent = store.notified_staff(rc.id).await.unwrap();
+        assert_eq!(sent.len(), 1, "{name}");
+        let rows = store.drill_rows(rc.id).await.unwrap();
+        assert_eq!(rows.len(), 4, "{name}");
+        let r = rows
+            .iter()
+            .find(|r| r.staff_id == sent[0].to_string())
+            .unwrap();
+        assert_eq!(r.sent_at, Some(2_100));
+        assert_eq!(r.read_at, None);
+        assert!(r.has_chat_id);
+    }
+}
