@@ -7,6 +7,11 @@
 //! The simulator runs in a child process (`anpi simulator`), so the memory and CPU figures
 //! are anpi's own, and the ceiling is measured across processes as anpi's sends are.
 //!
+//! With `--dashboards N --callers M`, every size is also run with N HQ pages following the
+//! roll call live (each an event stream that refetches the call list whenever its version
+//! changes, as the page does) and M callers working the queue (claim the next person, record
+//! an outcome), and the figures of both are printed side by side with their ratio.
+//!
 //! Figures are printed, never asserted: the machines are shared and noisy.
 
 use std::sync::Arc;
@@ -66,12 +71,43 @@ pub struct BenchArgs {
     /// beside the current folder or a parent).
     #[arg(long)]
     pub telegram: Option<std::path::PathBuf>,
+    /// HQ pages following each roll call live while it runs (event streams that refetch the
+    /// call list when it changes). With this or `--callers`, each size runs with and without.
+    #[arg(long, default_value_t = 0)]
+    pub dashboards: usize,
+    /// Callers working the call queue while it runs (claim the next person, record an outcome).
+    #[arg(long, default_value_t = 0)]
+    pub callers: usize,
+}
+
+/// The HQ token the bench's pages and callers use.
+const BENCH_HQ_TOKEN: &str = "bench-hq-token-0123456789abcdef";
+const BENCH_CALLER_TOKEN: &str = "bench-caller-token-0123456789abcdef";
+
+/// What a run puts on anpi besides the roll call itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Load {
+    pub dashboards: usize,
+    pub callers: usize,
+}
+
+impl Load {
+    fn is_none(&self) -> bool {
+        self.dashboards == 0 && self.callers == 0
+    }
 }
 
 /// One size's figures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchResult {
     pub recipients: usize,
+    /// Pages and callers that ran alongside.
+    pub load: Load,
+    /// Progress events the pages received, and call-list fetches they made.
+    pub stream_events: u64,
+    pub list_fetches: u64,
+    /// Claims and outcomes the callers made.
+    pub calls: u64,
     pub all_sent_secs: f64,
     /// Of which: the roll call and every delivery written (one transaction).
     pub start_ms: f64,
@@ -142,16 +178,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut results: Vec<BenchResult> = Vec::new();
     let mut ceilings = Vec::new();
     let mut first_rss = None;
+    let loaded = Load {
+        dashboards: args.dashboards,
+        callers: args.callers,
+    };
+    anyhow::ensure!(
+        loaded.dashboards <= 200 && loaded.callers <= 50,
+        "--dashboards at most 200, --callers at most 50"
+    );
+    let loads = if loaded.is_none() {
+        vec![Load::default()]
+    } else {
+        vec![Load::default(), loaded]
+    };
     for run in 1..=args.runs {
         let mut best: Option<f64> = None;
         for &n in &args.sizes {
-            let r = run_size(n, &args).await?;
-            println!(
-                "run {run}/{}: {:>7} recipients: all sent in {:.2}s ({:.0} sends/s; roll call written in {:.0} ms); deadline -> all escalated {:.0} ms; call list query {:.0} ms; duplicates {}",
-                args.runs, r.recipients, r.all_sent_secs, r.sends_per_sec, r.start_ms, r.deadline_to_escalated_ms, r.call_list_query_ms, r.duplicates
-            );
-            best = Some(best.map_or(r.sends_per_sec, |b: f64| b.max(r.sends_per_sec)));
-            results.push(r);
+            for &load in &loads {
+                let r = run_size(n, &args, load).await?;
+                println!(
+                    "run {run}/{}: {:>7} recipients{}: all sent in {:.2}s ({:.0} sends/s; roll call written in {:.0} ms); deadline -> all escalated {:.0} ms; call list query {:.0} ms; duplicates {}{}",
+                    args.runs, r.recipients, describe(load), r.all_sent_secs, r.sends_per_sec, r.start_ms, r.deadline_to_escalated_ms, r.call_list_query_ms, r.duplicates,
+                    if load.is_none() { String::new() } else { format!("; {} stream events, {} list fetches, {} calls", r.stream_events, r.list_fetches, r.calls) }
+                );
+                if load.is_none() {
+                    best = Some(best.map_or(r.sends_per_sec, |b: f64| b.max(r.sends_per_sec)));
+                }
+                results.push(r);
+            }
         }
         // Measured right after anpi's runs, so both see the same phase of a shared machine.
         let ceiling = bare_ceiling(args.ceiling_requests, args.concurrency).await?;
@@ -170,20 +224,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     println!("median of {} runs:", args.runs);
     let mut best_median: Option<f64> = None;
     for &n in &args.sizes {
-        let of_size: Vec<&BenchResult> = results.iter().filter(|r| r.recipients == n).collect();
-        let med = |f: fn(&BenchResult) -> f64| median(of_size.iter().map(|r| f(r)).collect());
-        let rate = med(|r| r.sends_per_sec);
-        println!(
-            "{:>7} recipients: all sent in {:.2}s ({:.0} sends/s; roll call written in {:.0} ms); deadline -> all escalated {:.0} ms; call list query {:.0} ms; duplicates {}",
-            n,
-            med(|r| r.all_sent_secs),
-            rate,
-            med(|r| r.start_ms),
-            med(|r| r.deadline_to_escalated_ms),
-            med(|r| r.call_list_query_ms),
-            of_size.iter().map(|r| r.duplicates).sum::<u64>()
-        );
-        best_median = Some(best_median.map_or(rate, |b: f64| b.max(rate)));
+        let mut quiet_sent = None;
+        for &load in &loads {
+            let of_size: Vec<&BenchResult> = results
+                .iter()
+                .filter(|r| r.recipients == n && r.load == load)
+                .collect();
+            let med = |f: fn(&BenchResult) -> f64| median(of_size.iter().map(|r| f(r)).collect());
+            let rate = med(|r| r.sends_per_sec);
+            let sent = med(|r| r.all_sent_secs);
+            println!(
+                "{:>7} recipients{}: all sent in {:.2}s ({:.0} sends/s; roll call written in {:.0} ms); deadline -> all escalated {:.0} ms; call list query {:.0} ms; duplicates {}{}",
+                n,
+                describe(load),
+                sent,
+                rate,
+                med(|r| r.start_ms),
+                med(|r| r.deadline_to_escalated_ms),
+                med(|r| r.call_list_query_ms),
+                of_size.iter().map(|r| r.duplicates).sum::<u64>(),
+                match quiet_sent {
+                    Some(q) if !load.is_none() => format!("; {:.2}x the time without them", sent / q),
+                    _ => String::new(),
+                }
+            );
+            if load.is_none() {
+                quiet_sent = Some(sent);
+                best_median = Some(best_median.map_or(rate, |b: f64| b.max(rate)));
+            }
+        }
     }
     let ceiling = median(ceilings.clone());
     println!(
@@ -209,6 +278,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+fn describe(load: Load) -> String {
+    if load.is_none() {
+        String::new()
+    } else {
+        format!(
+            " with {} dashboards and {} callers",
+            load.dashboards, load.callers
+        )
+    }
+}
+
 /// The middle value (the mean of the two middle ones for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -219,7 +299,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
+async fn run_size(n: usize, args: &BenchArgs, load: Load) -> anyhow::Result<BenchResult> {
     let tmp = tempfile::tempdir()?;
     let manual = ManualClock::new(Utc::now());
     let clock: SharedClock = Arc::new(manual.clone());
@@ -238,6 +318,9 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
         listen = "127.0.0.1:0"
         [database]
         url = "{}"
+        [api]
+        hq_tokens = ["{BENCH_HQ_TOKEN}"]
+        caller_tokens = ["{BENCH_CALLER_TOKEN}"]
         [dispatch]
         workers = {}
         batch_size = {}
@@ -255,6 +338,7 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     }
     let hq = apps[0].hq();
     let store = apps[0].store();
+    let base = format!("http://{}", apps[0].local_addr());
     let wakeups: Vec<_> = apps.iter().filter_map(|a| a.dispatch_wakeup()).collect();
     let deadline_workers: Vec<_> = apps.iter().map(|a| a.deadlines()).collect();
     hq.import_contacts(&synthetic::generate(n, 42).contacts)
@@ -269,6 +353,8 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let t0 = Instant::now();
     let (rc, _) = hq.start(&scenario, None, None).await?;
     let started = t0.elapsed();
+    // Pages and callers join the moment the roll call exists, as HQ's screens would.
+    let pressure = Pressure::start(&base, rc.id.0, load);
     for w in &wakeups {
         w.notify_waiters();
     }
@@ -304,6 +390,7 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
         list.len()
     );
     let stats = sim.stats().await?;
+    let (stream_events, list_fetches, calls) = pressure.stop().await;
     cancel.cancel();
     for r in running {
         let _ = r.await;
@@ -313,6 +400,10 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
     }
     Ok(BenchResult {
         recipients: n,
+        load,
+        stream_events,
+        list_fetches,
+        calls,
         all_sent_secs: all_sent.as_secs_f64(),
         start_ms: started.as_secs_f64() * 1000.0,
         sends_per_sec: n as f64 / all_sent.as_secs_f64(),
@@ -320,6 +411,161 @@ async fn run_size(n: usize, args: &BenchArgs) -> anyhow::Result<BenchResult> {
         call_list_query_ms: list_ms,
         duplicates: stats.duplicates,
     })
+}
+
+/// HQ pages and callers working against a running anpi over HTTP.
+struct Pressure {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stream_events: Arc<std::sync::atomic::AtomicU64>,
+    list_fetches: Arc<std::sync::atomic::AtomicU64>,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Pressure {
+    fn start(base: &str, rc: i64, load: Load) -> Self {
+        use std::sync::atomic::AtomicU64;
+        let p = Self {
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+            stream_events: Arc::new(AtomicU64::new(0)),
+            list_fetches: Arc::new(AtomicU64::new(0)),
+            calls: Arc::new(AtomicU64::new(0)),
+        };
+        let client = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for _ in 0..load.dashboards {
+            tasks.push(tokio::spawn(dashboard(
+                client.clone(),
+                base.to_string(),
+                rc,
+                p.stop.clone(),
+                p.stream_events.clone(),
+                p.list_fetches.clone(),
+            )));
+        }
+        for i in 0..load.callers {
+            tasks.push(tokio::spawn(caller(
+                client.clone(),
+                base.to_string(),
+                rc,
+                format!("desk-{i}"),
+                p.stop.clone(),
+                p.calls.clone(),
+            )));
+        }
+        Self { tasks, ..p }
+    }
+
+    /// Stops every page and caller; returns (stream events, list fetches, calls).
+    async fn stop(self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.stream_events.load(Ordering::Relaxed),
+            self.list_fetches.load(Ordering::Relaxed),
+            self.calls.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One HQ page: follows the roll call's event stream and, as the page does, fetches the
+/// whole call list whenever the stream says it changed.
+async fn dashboard(
+    client: reqwest::Client,
+    base: String,
+    rc: i64,
+    stop: CancellationToken,
+    events: Arc<std::sync::atomic::AtomicU64>,
+    fetches: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    let url = format!("{base}/api/rollcalls/{rc}/stream?token={BENCH_HQ_TOKEN}");
+    let Ok(mut resp) = client.get(&url).send().await else {
+        return;
+    };
+    let mut pending = String::new();
+    let mut version = String::new();
+    loop {
+        let chunk = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = resp.chunk() => c,
+        };
+        let Ok(Some(chunk)) = chunk else { return };
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            events.fetch_add(1, Ordering::Relaxed);
+            let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap_or_default();
+            let now = v["calls_version"].as_str().unwrap_or_default().to_string();
+            if now != version {
+                version = now;
+                let list = client
+                    .get(format!("{base}/api/rollcalls/{rc}/escalations?scope=all"))
+                    .bearer_auth(BENCH_HQ_TOKEN)
+                    .send()
+                    .await;
+                if let Ok(r) = list {
+                    let _ = r.bytes().await;
+                    fetches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// One caller working the queue: takes the next person, records an outcome, and asks again
+/// (a few times a second while the queue is empty).
+async fn caller(
+    client: reqwest::Client,
+    base: String,
+    rc: i64,
+    desk: String,
+    stop: CancellationToken,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    while !stop.is_cancelled() {
+        let next = client
+            .post(format!("{base}/api/rollcalls/{rc}/calls/next"))
+            .bearer_auth(BENCH_CALLER_TOKEN)
+            .json(&json!({ "desk": desk }))
+            .send()
+            .await;
+        calls.fetch_add(1, Ordering::Relaxed);
+        let entry: Option<serde_json::Value> = match next {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("entry").cloned())
+                .filter(|e| !e.is_null()),
+            Err(_) => None,
+        };
+        match entry.and_then(|e| e["staff_id"].as_str().map(String::from)) {
+            Some(staff) => {
+                let _ = client
+                    .post(format!("{base}/api/rollcalls/{rc}/calls/{staff}"))
+                    .bearer_auth(BENCH_CALLER_TOKEN)
+                    .json(&json!({ "outcome": "no-answer", "desk": desk }))
+                    .send()
+                    .await;
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        }
+    }
 }
 
 /// A fresh PostgreSQL database for one bench size.

@@ -140,8 +140,9 @@ pub enum Command {
         #[command(subcommand)]
         command: MatrixCommand,
     },
-    /// Urgent answers that came after their roll call was closed, while no roll call of the
-    /// person was open: list them, or close one with a note of what was done.
+    /// Urgent answers outside any open roll call: those that came after their roll call
+    /// closed while none of the person's was open, and those HQ had not closed when their roll
+    /// call was closed. List them, or close one with a note of what was done.
     Late {
         #[command(subcommand)]
         command: LateCommand,

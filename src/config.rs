@@ -31,6 +31,94 @@ pub enum ConfigError {
     Missing(PathBuf),
 }
 
+impl ConfigError {
+    /// A parse error with every secret value taken out: a token written where a list was
+    /// expected, or a syntax error on a secret's line, would otherwise be printed back.
+    fn parse(e: figment::Error) -> Self {
+        let mut out: Option<figment::Error> = None;
+        // The chain comes out newest first; re-chained in the same order.
+        let mut all: Vec<figment::Error> = e.into_iter().collect();
+        all.reverse();
+        for mut one in all {
+            one.kind = redact_kind(&one.path, one.kind);
+            out = Some(match out {
+                None => one,
+                Some(prev) => prev.chain(one),
+            });
+        }
+        Self::Parse(Box::new(
+            out.unwrap_or_else(|| figment::Error::from(String::new())),
+        ))
+    }
+}
+
+/// True for a configuration key whose value must never be shown.
+fn is_secret_key(path: &[String]) -> bool {
+    path.iter().any(|p| {
+        let p = p.to_ascii_lowercase();
+        p.contains("token") || p.contains("password") || p.contains("secret")
+    })
+}
+
+fn redact_actual(secret: bool, a: figment::error::Actual) -> figment::error::Actual {
+    use figment::error::Actual;
+    match a {
+        Actual::Str(_) | Actual::Char(_) | Actual::Bytes(_) | Actual::Other(_) if secret => {
+            Actual::Other("a value (hidden: it may be a secret)".into())
+        }
+        Actual::Str(s) if s.contains("://") => Actual::Str(redact_url(&s)),
+        other => other,
+    }
+}
+
+fn redact_kind(path: &[String], kind: figment::error::Kind) -> figment::error::Kind {
+    use figment::error::Kind;
+    let secret = is_secret_key(path);
+    match kind {
+        Kind::InvalidType(a, exp) => Kind::InvalidType(redact_actual(secret, a), exp),
+        Kind::InvalidValue(a, exp) => Kind::InvalidValue(redact_actual(secret, a), exp),
+        Kind::Unsupported(a) => Kind::Unsupported(redact_actual(secret, a)),
+        Kind::UnknownVariant(_, exp) if secret => Kind::Message(format!(
+            "unknown variant (value hidden), expected one of {exp:?}"
+        )),
+        Kind::UnknownVariant(v, exp) => Kind::UnknownVariant(v, exp),
+        Kind::Message(m) => Kind::Message(redact_message(&m)),
+        other => other,
+    }
+}
+
+/// A TOML syntax error quotes the offending line: hide the value on a secret's line.
+fn redact_message(m: &str) -> String {
+    m.lines()
+        .map(|line| {
+            let lower = line.to_ascii_lowercase();
+            let secret = ["token", "password", "secret"]
+                .iter()
+                .any(|k| lower.contains(k));
+            match line.split_once('=') {
+                Some((key, _)) if secret => format!("{key}= [redacted]"),
+                _ if line.contains("://") => redact_url_in(line),
+                _ => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Redacts the password of every URL in `text`.
+fn redact_url_in(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            if w.contains("://") {
+                redact_url(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
@@ -85,6 +173,8 @@ pub struct Config {
     pub answers: AnswersConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub receipts: ReceiptsConfig,
 }
 
 /// `[answers]`: how anpi reads answers that are not a button.
@@ -127,6 +217,25 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             degraded_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `[receipts]`: how the lists HQ gets wait for receipts still at the platform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// How long past a deadline escalation and the deadline mail wait for the receipt watcher
+    /// to catch up with the platform (after a restart or an outage) before they go ahead with
+    /// what is stored.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_grace: Duration,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        Self {
+            catch_up_grace: Duration::from_secs(30),
         }
     }
 }
@@ -179,7 +288,7 @@ pub struct ReplicasConfig {
 impl Default for ReplicasConfig {
     fn default() -> Self {
         Self {
-            lease_ttl: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -219,6 +328,14 @@ pub struct ApiConfig {
     /// How long an announcement stays open before its unread recipients go on the call list.
     #[serde(default = "default_announcement_deadline", with = "humantime_serde")]
     pub announcement_deadline: Duration,
+    /// A call outcome on a closed roll call: "refuse" (409 with the reason) or "late"
+    /// (recorded, marked as made after the close).
+    #[serde(default = "default_outcomes_after_close")]
+    pub outcomes_after_close: String,
+}
+
+fn default_outcomes_after_close() -> String {
+    "refuse".into()
 }
 
 fn default_call_hold() -> Duration {
@@ -258,6 +375,14 @@ pub struct EmailConfig {
     /// How often open roll calls are checked besides the wake-up at each escalation.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// HQ gets one correction when the list a deadline mail carried changes by more than this
+    /// many people afterwards (people who read late).
+    #[serde(default = "default_correction_threshold")]
+    pub correction_threshold: u32,
+}
+
+fn default_correction_threshold() -> u32 {
+    10
 }
 
 impl Default for EmailConfig {
@@ -274,6 +399,7 @@ impl Default for EmailConfig {
             retry_schedule: vec![Duration::from_secs(5)],
             timeout: Duration::from_secs(30),
             check_interval: Duration::from_secs(10),
+            correction_threshold: default_correction_threshold(),
         }
     }
 }
@@ -606,7 +732,7 @@ impl Config {
         if env {
             fig = fig.merge(config_env());
         }
-        let config: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let config: Config = fig.extract().map_err(ConfigError::parse)?;
         config.validate()?;
         Ok(config)
     }
@@ -616,7 +742,7 @@ impl Config {
         let config: Config = Figment::from(Toml::string(DEFAULT_CONFIG))
             .merge(Toml::string(text))
             .extract()
-            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+            .map_err(ConfigError::parse)?;
         config.validate()?;
         Ok(config)
     }
@@ -763,6 +889,16 @@ impl Config {
             crate::ids::StaffId::parse(&s.staff_id)
                 .map_err(|e| invalid(&format!("{key}.staff_id"), e.to_string()))?;
         }
+        self.check_tokens_are_distinct()?;
+        if !matches!(self.api.outcomes_after_close.as_str(), "refuse" | "late") {
+            return Err(invalid(
+                "api.outcomes_after_close",
+                format!(
+                    "{:?}: use \"refuse\" or \"late\"",
+                    crate::http::clip(&self.api.outcomes_after_close, 40)
+                ),
+            ));
+        }
         if self.api.call_hold < Duration::from_secs(10) {
             return Err(invalid("api.call_hold", "must be at least 10s"));
         }
@@ -792,6 +928,33 @@ impl Config {
         crate::jma::rules::Rule::all_from_config(&self.triggers)
             .map_err(|e| invalid(&e.key, e.message))?;
         self.jma.validate().map_err(|(k, m)| invalid(&k, m))?;
+        Ok(())
+    }
+
+    /// A token listed twice, in two roles or for two shelter phones, would make who did what
+    /// depend on the order the lists are checked in: refused, naming both places (never the
+    /// token).
+    fn check_tokens_are_distinct(&self) -> Result<(), ConfigError> {
+        let mut places: Vec<(String, &str)> = Vec::new();
+        for (key, list) in [
+            ("api.hq_tokens", &self.api.hq_tokens),
+            ("api.caller_tokens", &self.api.caller_tokens),
+        ] {
+            for (i, t) in list.iter().enumerate() {
+                places.push((format!("{key}[{i}]"), t.expose()));
+            }
+        }
+        for (i, s) in self.api.shelter_tokens.iter().enumerate() {
+            places.push((format!("api.shelter_tokens[{i}].token"), s.token.expose()));
+        }
+        for (i, (at, token)) in places.iter().enumerate() {
+            if let Some((first, _)) = places[..i].iter().find(|(_, t)| t == token) {
+                return Err(invalid(
+                    at,
+                    format!("is the same token as {first}: give each role and desk its own"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1061,6 +1224,47 @@ mod tests {
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn a_token_where_a_list_belongs_is_named_but_never_printed() {
+        let err = Config::from_toml("[api]\nhq_tokens = \"0123456789abcdef-very-secret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hq_tokens"), "{err}");
+        assert!(!err.contains("very-secret"), "{err}");
+        let err = Config::from_toml("[api]\ncaller_tokens = [\"0123456789abcdef-very-secret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("very-secret"), "{err}");
+        let err = Config::from_toml("[email]\npassword = 42\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("password"), "{err}");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ANPI_API__HQ_TOKENS", "0123456789abcdef-env-secret");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("hq_tokens"), "{err}");
+            assert!(!err.contains("env-secret"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_token_in_two_roles_is_refused_without_showing_it() {
+        let t = "0123456789abcdef-shared-token";
+        for text in [
+            format!("[api]\nhq_tokens = [\"{t}\"]\ncaller_tokens = [\"{t}\"]\n"),
+            format!("[api]\nhq_tokens = [\"{t}\", \"{t}\"]\n"),
+            format!(
+                "[api]\ncaller_tokens = [\"{t}\"]\n[[api.shelter_tokens]]\ntoken = \"{t}\"\nstaff_id = \"P0001\"\n"
+            ),
+        ] {
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("same token as"), "{text} -> {err}");
+            assert!(!err.contains("shared-token"), "{err}");
         }
     }
 

@@ -10,9 +10,13 @@
 //! - the recorder writes finished sends with a few set-based statements, taking whatever has
 //!   finished since its last write (group commit) and freeing their places.
 //!
-//! Invariants: a delivery is only sent while this worker holds its lease (one that waited
-//! half its lease without a place is handed back instead), and its result is put back for a
-//! retry only while that lease still holds; a rate-limit token is spent within moments of
+//! While a delivery is claimed and not yet recorded, a heartbeat renews its lease every third
+//! of it, so the lease can be seconds: a worker that dies leaves its batch to another within
+//! one lease, and a live one keeps its batch however slow the platform is.
+//!
+//! Invariants: a delivery is only sent while this worker holds its lease (one with less than
+//! half a lease left when a place frees up is handed back instead), and its result is put back
+//! for a retry only while that lease (as last renewed) still holds; a rate-limit token is spent within moments of
 //! being taken (a delivery that waited longer takes a fresh one); a retryable failure is
 //! retried on a
 //! jittered schedule (never before the platform's Retry-After); a permanent failure, or
@@ -174,6 +178,10 @@ pub struct Dispatcher {
     window: Arc<Semaphore>,
     /// Places for deliveries this dispatcher has claimed and not yet recorded.
     outstanding: Arc<Semaphore>,
+    /// Deliveries claimed for 1:1 sends and not yet recorded, with their lease's end as last
+    /// renewed (the claim's identity in the store). Held across a renewal or a recording, so
+    /// the two never see different ends.
+    held: Arc<tokio::sync::Mutex<HashMap<i64, Millis>>>,
     /// The button waves this worker follows ([`follow_up`]).
     waves: Mutex<follow_up::Waves>,
     /// Woken when a board post went out, so its buttons follow at once.
@@ -207,7 +215,6 @@ struct Job {
 /// A finished send on its way to the recorder; its place is freed once it is recorded.
 struct Done {
     result: SendResult,
-    claimed_at: Millis,
     slot: OwnedSemaphorePermit,
 }
 
@@ -274,6 +281,7 @@ impl Dispatcher {
             metrics,
             window,
             outstanding,
+            held: Arc::default(),
             waves: Mutex::new(follow_up::Waves::default()),
             wave_wakeup: Arc::new(Notify::new()),
             health: None,
@@ -390,6 +398,12 @@ impl Dispatcher {
                 claimed_at: now,
                 slot,
             });
+        }
+        {
+            let mut held = self.held.lock().await;
+            for j in &jobs {
+                held.insert(j.delivery.id, j.delivery.lease_until);
+            }
         }
         debug!(n = jobs.len(), took = ?started.elapsed(), "claimed");
         Ok(Claim::Jobs(jobs))
@@ -744,8 +758,9 @@ impl Dispatcher {
     /// Records a sent batch. The messages are out: when the database is briefly unreachable,
     /// keep trying while the lease still holds (nobody else sends these rows meanwhile) rather
     /// than drop the results and have the whole batch sent again.
-    async fn record(&self, results: &[SendResult], claimed_at: Millis) -> Result<(), StoreError> {
-        let give_up_at = claimed_at + self.settings.lease.mul_f64(0.9).as_millis() as i64;
+    async fn record(&self, results: &[SendResult], lease_ends: Millis) -> Result<(), StoreError> {
+        let give_up_at =
+            lease_ends.saturating_sub(self.settings.lease.mul_f64(0.1).as_millis() as i64);
         let mut failures = 0u32;
         loop {
             match self
@@ -879,19 +894,25 @@ impl Dispatcher {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
         let (job_tx, mut job_rx) = mpsc::channel::<Job>(self.settings.batch_size.max(1));
         let recorder = tokio::spawn(self.clone().record_loop(done_rx));
+        let beating = CancellationToken::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat(beating.clone()));
         let claimer = tokio::spawn(self.clone().claim_loop(job_tx, cancel.clone()));
         // A send may take a while (a slow platform, a token refresh, a retry inside the
         // client): one that has not started by half its lease is handed back instead.
-        let hand_back_after = self.settings.lease.mul_f64(0.5).as_millis() as i64;
+        let keep_at_least = self.settings.lease.mul_f64(0.5).as_millis() as i64;
         while let Some(job) = job_rx.recv().await {
             if done_tx.is_closed() {
                 // The recorder is gone: sending more would only send it again later.
                 break;
             }
-            let place = self
-                .place_to_send(job.claimed_at, &cancel)
+            let place = self.place_to_send(job.claimed_at, &cancel).await;
+            let lease_left = self
+                .held
+                .lock()
                 .await
-                .filter(|_| self.clock.now_millis() - job.claimed_at <= hand_back_after);
+                .get(&job.delivery.id)
+                .map_or(0, |until| until.saturating_sub(self.clock.now_millis()));
+            let place = place.filter(|_| lease_left >= keep_at_least);
             let now = self.clock.now_millis();
             let Some(place) = place else {
                 // Stopping, or the lease is running out while this waited: give it back
@@ -904,7 +925,6 @@ impl Dispatcher {
                         error: "handed back unsent".into(),
                         refund_attempt: true,
                     },
-                    claimed_at: job.claimed_at,
                     slot: job.slot,
                 });
                 continue;
@@ -916,7 +936,6 @@ impl Dispatcher {
                 drop(place);
                 let _ = done.send(Done {
                     result,
-                    claimed_at: job.claimed_at,
                     slot: job.slot,
                 });
             });
@@ -928,6 +947,8 @@ impl Dispatcher {
         drop(done_tx);
         let claimed = claimer.await;
         let recorded = recorder.await;
+        beating.cancel();
+        let _ = heartbeat.await;
         claimed.is_ok() && recorded.is_ok()
     }
 
@@ -1024,6 +1045,46 @@ impl Dispatcher {
         }
     }
 
+    /// Renews the lease of every delivery claimed and not yet recorded, every third of the
+    /// lease, until `stop`. A row another worker took over meanwhile (this one's renewal came
+    /// too late) is no longer this claim's: it is dropped from `held`, so it is not sent here.
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let every = (self.settings.lease / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.clock.sleep(every) => {}
+                // Keeps renewing on a clock that stands still (a test's manual clock).
+                _ = tokio::time::sleep(every) => {}
+            }
+            let mut held = self.held.lock().await;
+            if held.is_empty() {
+                continue;
+            }
+            let claims: Vec<(i64, Millis)> = held.iter().map(|(id, l)| (*id, *l)).collect();
+            let until = self.clock.now_millis() + self.settings.lease.as_millis() as i64;
+            match self.store.renew_claims(&claims, until).await {
+                Ok(renewed) => {
+                    let renewed: std::collections::HashSet<i64> = renewed.into_iter().collect();
+                    for (id, lease) in held.iter_mut() {
+                        if renewed.contains(id) {
+                            *lease = until;
+                        } else {
+                            // Lost: its lease ran out and another worker has it, or it was
+                            // recorded a moment ago. Either way it is not to be sent here.
+                            *lease = Millis::MIN;
+                        }
+                    }
+                    debug!(n = renewed.len(), "claims renewed");
+                }
+                Err(e) => {
+                    self.metrics.store_error();
+                    warn!(error = %e, n = claims.len(), "could not renew claims; retrying");
+                }
+            }
+        }
+    }
+
     /// Records finished sends in groups: whatever has finished since the last write, waiting
     /// up to [`RECORD_LINGER`] for a small group to grow. Ends when every sender is gone.
     async fn record_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Done>) {
@@ -1049,10 +1110,31 @@ impl Dispatcher {
                 }
             }
             let started = std::time::Instant::now();
-            let claimed_at = group.iter().map(|d| d.claimed_at).min().unwrap_or_default();
-            let (results, places): (Vec<SendResult>, Vec<OwnedSemaphorePermit>) =
+            let (mut results, places): (Vec<SendResult>, Vec<OwnedSemaphorePermit>) =
                 group.drain(..).map(|d| (d.result, d.slot)).unzip();
-            if let Err(e) = self.record(&results, claimed_at).await {
+            // The claims as last renewed: a retry is written only under the lease it holds.
+            let mut held = self.held.lock().await;
+            let mut lease_ends = Millis::MAX;
+            for r in &mut results {
+                let id = match r {
+                    SendResult::Sent { id, .. } | SendResult::Failed { id, .. } => *id,
+                    SendResult::Retry { id, .. } => *id,
+                };
+                let current = held.get(&id).copied();
+                if let (SendResult::Retry { lease_until, .. }, Some(c)) = (&mut *r, current) {
+                    *lease_until = c;
+                }
+                lease_ends = lease_ends.min(current.unwrap_or(self.clock.now_millis()));
+            }
+            let recorded = self.record(&results, lease_ends).await;
+            for r in &results {
+                let (SendResult::Sent { id, .. }
+                | SendResult::Failed { id, .. }
+                | SendResult::Retry { id, .. }) = r;
+                held.remove(id);
+            }
+            drop(held);
+            if let Err(e) = recorded {
                 // The rows stay claimed until their lease runs out and are sent again then.
                 self.metrics.store_error();
                 warn!(error = %e, n = results.len(), "could not record sent messages");

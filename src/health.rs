@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::{Millis, SharedClock};
-use crate::email::{Mail, Mailer};
+use crate::email::{kind, NewMail};
 use crate::store::SharedStore;
 
 /// What can fail, each with what it means for HQ (Japanese first).
@@ -242,18 +242,16 @@ impl Health {
     }
 }
 
-/// The `provider_state` namespace where mailed incidents are recorded.
-const STATE_NS: &str = "health";
 /// How often degraded components are checked for a mail to send.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// E-mails HQ once per incident of this process.
+/// E-mails HQ once per incident of this process, through the mail outbox.
 #[derive(Debug)]
 pub struct HealthMailer {
     pub health: Arc<Health>,
     pub store: SharedStore,
-    pub mailer: Mailer,
-    pub hq: Vec<lettre::message::Mailbox>,
+    /// HQ's addresses.
+    pub hq: Vec<String>,
     pub zone: chrono_tz::Tz,
 }
 
@@ -262,54 +260,52 @@ fn incident_key(d: &Degraded) -> String {
 }
 
 impl HealthMailer {
-    /// Mails every degraded incident not mailed yet. Returns how many were mailed.
-    pub async fn run_once(&self, cancel: &CancellationToken) -> usize {
+    /// Writes a mail for every degraded incident not mailed yet. Returns how many.
+    pub async fn run_once(&self, _cancel: &CancellationToken) -> usize {
         let mut mailed = 0;
         for d in self.health.degraded() {
-            let key = incident_key(&d);
-            match self.store.provider_state(STATE_NS, &key).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(e) => {
-                    warn!(error = %e, "cannot check whether HQ was mailed; trying later");
-                    continue;
-                }
-            }
             let since = crate::clock::from_millis(d.since)
                 .with_timezone(&self.zone)
                 .format("%m/%d %H:%M:%S");
-            let mail = Mail {
+            let mail = NewMail {
+                kind: kind::PROVIDER_INCIDENT.into(),
+                // One mail per incident, whichever replica or restart decides it again.
+                dedupe_key: format!("incident:{}", incident_key(&d)),
+                roll_call_id: None,
                 to: self.hq.clone(),
                 subject: format!(
                     "【anpi 障害】{} ({since}〜) / anpi: {} failing",
                     d.label.split(" / ").next().unwrap_or(d.label),
                     d.component.as_str()
                 ),
-                text: format!(
+                body: format!(
                     "{}\n\n{since} から / since {since}\n理由 / reason: {}\n\n\
                      HQ 画面と `anpi rollcall status` にも表示されています。復旧すると表示は消えます。\n\
                      It also shows on the HQ page and in `anpi rollcall status`, until it recovers.\n",
                     d.label, d.reason
                 ),
                 csv: None,
+                meta: None,
             };
-            match self.mailer.send(&mail, cancel).await {
-                Ok(()) => {
-                    let now = self.health.clock.now_millis();
-                    if let Err(e) = self
-                        .store
-                        .set_provider_state(STATE_NS, &key, "mailed", now)
-                        .await
-                    {
-                        warn!(error = %e, "HQ was mailed about an incident but it could not be recorded");
-                    }
+            let now = self.health.clock.now_millis();
+            match self
+                .store
+                .enqueue_mails(
+                    &[mail],
+                    now,
+                    crate::clock::Clock::now_millis(&crate::clock::SystemClock),
+                )
+                .await
+            {
+                Ok(n) if n > 0 => {
                     info!(
                         component = d.component.as_str(),
-                        "HQ mailed about a degraded component"
+                        "HQ is mailed about a degraded component"
                     );
                     mailed += 1;
                 }
-                Err(e) => warn!(error = %e, "HQ could not be mailed about a degraded component"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "the incident mail could not be written to the outbox"),
             }
         }
         mailed

@@ -209,6 +209,12 @@ pub struct Hq {
     new_work: Arc<Notify>,
     /// The provider's routes beyond 1:1, for the planner.
     routes: Vec<Route>,
+    /// Progress shared by every reader (pages, CLI, metrics), computed once per tick.
+    progress: crate::progress::ProgressCache,
+    /// Bumped by every claim, release and outcome made here: the call list changed.
+    calls_changed: std::sync::atomic::AtomicU64,
+    /// Whether a call outcome on a closed roll call is recorded (marked late) or refused.
+    late_outcomes: bool,
 }
 
 impl Hq {
@@ -220,12 +226,47 @@ impl Hq {
         new_work: Arc<Notify>,
     ) -> Self {
         Self {
+            progress: crate::progress::ProgressCache::new(store.clone()),
             store,
             clock,
             provider,
             capabilities,
             new_work,
             routes: Vec::new(),
+            calls_changed: Default::default(),
+            late_outcomes: false,
+        }
+    }
+
+    /// Records call outcomes on a closed roll call, marked late (`api.outcomes_after_close =
+    /// "late"`), instead of refusing them.
+    pub fn with_late_outcomes(mut self, allow: bool) -> Self {
+        self.late_outcomes = allow;
+        self
+    }
+
+    /// The roll call's progress, shared with every other reader (at most a short tick old,
+    /// never older than a change made through here).
+    pub async fn progress(&self, id: RollCallId) -> Result<Arc<Progress>, HqError> {
+        Ok(self.progress.get(id).await?)
+    }
+
+    /// Something changed that this process did not do through here (an escalation): the
+    /// shared progress is read afresh.
+    pub fn progress_changed(&self) {
+        self.progress.invalidate();
+    }
+
+    /// A number that changes whenever a claim, release or outcome is made through here.
+    pub fn calls_generation(&self) -> u64 {
+        self.calls_changed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed(&self, calls: bool) {
+        self.progress.invalidate();
+        if calls {
+            self.calls_changed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -376,6 +417,7 @@ impl Hq {
             }
         }
         crate::email::record_plan(&self.store, rc.id, &scenario.escalation, rc.created_at).await?;
+        self.changed(false);
         self.new_work.notify_waiters();
         Ok((rc, est))
     }
@@ -393,15 +435,33 @@ impl Hq {
         })
     }
 
+    /// [`Hq::status`] with the shared progress ([`Hq::progress`]): for readers that look
+    /// again and again (live pages, metrics), which need not see a worker's change of the
+    /// last moments.
+    pub async fn live_status(&self, id: RollCallId) -> Result<Status, HqError> {
+        let roll_call = self
+            .store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        let progress = Progress::clone(&*self.progress.get(id).await?);
+        Ok(Status {
+            roll_call,
+            progress,
+        })
+    }
+
     pub async fn list(&self) -> Result<Vec<RollCall>, HqError> {
         Ok(self.store.roll_calls().await?)
     }
 
     pub async fn close(&self, id: RollCallId) -> Result<bool, HqError> {
-        Ok(self
+        let closed = self
             .store
             .close_roll_call(id, self.clock.now_millis())
-            .await?)
+            .await?;
+        self.changed(true);
+        Ok(closed)
     }
 
     pub async fn call_list(&self, id: RollCallId) -> Result<Vec<CallListEntry>, HqError> {
@@ -489,6 +549,25 @@ impl Hq {
                 "say what happened: an outcome, a note, or both".into(),
             ));
         }
+        // A closed roll call is HQ's finished record: a call made after it is refused with
+        // the reason, or (as configured) recorded and marked late.
+        let rc = self
+            .store
+            .roll_call(id)
+            .await?
+            .ok_or(HqError::NotFound(id))?;
+        let closed = rc.state == crate::rollcall::RollCallState::Closed;
+        let by = match (closed, self.late_outcomes) {
+            (false, _) => by.to_string(),
+            (true, true) => format!("{by} (閉鎖後 / after close)"),
+            (true, false) => {
+                return Err(HqError::Store(StoreError::Conflict(format!(
+                    "roll call #{id} is closed, so its record no longer changes: this \
+                     was not recorded (HQ can set api.outcomes_after_close = \"late\" to \
+                     record such calls, marked late)"
+                ))))
+            }
+        };
         if note.is_none() && outcome.is_some_and(CallOutcome::closes_entry) {
             let e = self.entry(id, staff).await?;
             if e.urgent_open() {
@@ -499,17 +578,20 @@ impl Hq {
                 )));
             }
         }
-        Ok(self
+        let entry = self
             .store
             .record_call(
                 id,
                 staff,
                 outcome,
                 note.as_deref(),
-                by,
+                &by,
                 self.clock.now_millis(),
+                closed,
             )
-            .await?)
+            .await?;
+        self.changed(true);
+        Ok(entry)
     }
 
     /// Urgent answers that came after their roll call closed, with no open roll call to take
@@ -559,10 +641,14 @@ impl Hq {
             .roll_call(id)
             .await?
             .ok_or(HqError::NotFound(id))?;
-        Ok(self
+        let entry = self
             .store
             .claim_next_call(id, caller, self.clock.now_millis(), hold)
-            .await?)
+            .await?;
+        if entry.is_some() {
+            self.changed(true);
+        }
+        Ok(entry)
     }
 
     /// Lets go of `caller`'s hold on `staff`. False if they held nothing.
@@ -576,7 +662,11 @@ impl Hq {
             .roll_call(id)
             .await?
             .ok_or(HqError::NotFound(id))?;
-        Ok(self.store.release_call(id, staff, caller).await?)
+        let released = self.store.release_call(id, staff, caller).await?;
+        if released {
+            self.changed(true);
+        }
+        Ok(released)
     }
 
     /// A shelter phone answers through HQ's API (its own page) instead of the chat app:
@@ -647,6 +737,7 @@ impl Hq {
         };
         let summary =
             crate::receipts::apply(&self.store, &self.clock, &rc.provider, &[event]).await?;
+        self.changed(true);
         if summary.answered == 0 {
             return Err(HqError::Store(StoreError::NoSuchRecipient {
                 roll_call: id,

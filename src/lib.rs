@@ -15,8 +15,10 @@
 //! - [`rollcall`]: roll calls, deliveries and their state machine, the action list's entries
 //!   and their one order.
 //! - [`announcement`]: HQ's instruction to all staff, sent as a roll call of one 確認 button.
-//! - [`email`]: the call list to HQ by e-mail at each roll call's deadline, with retries.
+//! - [`email`]: the mail outbox: HQ's call list at each deadline (and one correction),
+//!   reminders to the unconfirmed; each mail written once, sent and marked once.
 //! - [`hq`]: what HQ does (start, status, close, call list, outcomes), for every interface.
+//! - [`progress`]: roll-call progress computed once per change or short tick, shared by readers.
 //! - [`dispatch`]: the outbox worker that claims and sends deliveries.
 //! - [`planner`]: how to reach an audience fastest within a provider's limits (board post,
 //!   department rooms, 1:1), and how long it takes.
@@ -63,6 +65,7 @@ pub mod ids;
 pub mod jma;
 pub mod metrics;
 pub mod planner;
+pub mod progress;
 pub mod providers;
 pub mod ratelimit;
 pub mod receipts;

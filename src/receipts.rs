@@ -3,15 +3,19 @@
 //!
 //! Invariant: applying the same events twice, or in another order, leaves the same state; the
 //! feed cursor is stored in the same transaction as the events it covers, so a restart resumes
-//! exactly where the last applied batch ended.
+//! exactly where the last applied batch ended. How far the feed is complete ("caught up to",
+//! [`FeedPosition`] here and `Store::caught_up` for other replicas) is written only after the
+//! events it covers are stored, and only moves forward: escalation and the deadline mail wait
+//! for it, so nothing HQ sees is older than what the platform has already told anpi.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn, Instrument};
 
-use crate::clock::SharedClock;
+use crate::clock::{Millis, SharedClock};
 use crate::dispatch::{broadcast_key, DoneBroadcast};
 use crate::metrics::Metrics;
 use crate::providers::{ChatProvider, InboundEvent, ProviderError, RouteKind};
@@ -39,6 +43,60 @@ pub async fn apply(
         .await
 }
 
+/// How far this process knows a provider's feed to be complete, and a way to ask the watcher
+/// to catch up now (a deadline has passed and the list waits for receipts).
+#[derive(Debug)]
+pub struct FeedPosition {
+    at: tokio::sync::watch::Sender<Option<Millis>>,
+    /// Told when someone needs the feed complete up to now: the watcher stops waiting on its
+    /// long poll and asks again at once.
+    pub catch_up: Notify,
+}
+
+impl Default for FeedPosition {
+    fn default() -> Self {
+        Self {
+            at: tokio::sync::watch::channel(None).0,
+            catch_up: Notify::new(),
+        }
+    }
+}
+
+impl FeedPosition {
+    /// Known complete up to this time (clock millis), as far as this process has seen.
+    pub fn get(&self) -> Option<Millis> {
+        *self.at.borrow()
+    }
+
+    /// Moves the position forward (never back).
+    pub fn advance(&self, to: Millis) {
+        self.at.send_if_modified(|at| {
+            if at.is_none_or(|a| to > a) {
+                *at = Some(to);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Resolves at the next advance.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Millis>> {
+        self.at.subscribe()
+    }
+
+    /// How far the feed of `provider` is complete: what this process saw, or what the
+    /// replica watching the feed stored, whichever is further.
+    pub async fn known(
+        &self,
+        store: &SharedStore,
+        provider: &str,
+    ) -> Result<Option<Millis>, StoreError> {
+        let stored = store.caught_up(provider).await?;
+        Ok(self.get().max(stored))
+    }
+}
+
 /// Follows a pull-based provider's event feed.
 #[derive(Debug)]
 pub struct ReceiptWatcher {
@@ -51,6 +109,8 @@ pub struct ReceiptWatcher {
     metrics: Arc<Metrics>,
     /// When (clock millis) open roll calls' broadcasts were last handed to the provider.
     followed_at: std::sync::Mutex<Option<crate::clock::Millis>>,
+    /// How far the feed is complete; shared with the deadline worker and the mail.
+    position: Arc<FeedPosition>,
 }
 
 /// How often a feed that keeps failing is logged at warning level.
@@ -75,7 +135,14 @@ impl ReceiptWatcher {
             cursor: tokio::sync::Mutex::new(None),
             metrics,
             followed_at: std::sync::Mutex::new(None),
+            position: Arc::default(),
         }
+    }
+
+    /// Shares the feed position with the workers that wait for it.
+    pub fn with_position(mut self, position: Arc<FeedPosition>) -> Self {
+        self.position = position;
+        self
     }
 
     /// Hands every open roll call's stored broadcast to the provider, so its reads are
@@ -117,6 +184,12 @@ impl ReceiptWatcher {
 
     /// Fetches one batch from the feed and applies it.
     pub async fn run_once(&self) -> Result<Outcome, ReceiptError> {
+        self.poll_once(self.poll_wait).await
+    }
+
+    /// Fetches one batch, waiting at most `wait` for one, applies it, and records how far the
+    /// feed is complete.
+    async fn poll_once(&self, wait: Duration) -> Result<Outcome, ReceiptError> {
         let mut cursor = self.cursor.lock().await;
         if cursor.is_none() {
             *cursor = Some(self.store.cursor(self.provider.name()).await?);
@@ -127,11 +200,14 @@ impl ReceiptWatcher {
             warn!(error = %e, "could not read open roll calls' broadcasts; following what is known");
             self.metrics.store_error();
         }
-        let batch = self
+        let asked_at = self.clock.now_millis();
+        let batch = self.provider.poll_events(current.as_deref(), wait).await?;
+        let answered_at = self.clock.now_millis();
+        let complete_to = self
             .provider
-            .poll_events(current.as_deref(), self.poll_wait)
-            .await?;
+            .feed_complete_to(batch.events.len(), asked_at, answered_at);
         if batch.events.is_empty() && (batch.cursor.is_none() || batch.cursor == current) {
+            self.caught_up(complete_to).await?;
             return Ok(Outcome::Idle);
         }
         let summary = self
@@ -148,7 +224,22 @@ impl ReceiptWatcher {
         if batch.cursor.is_some() {
             *cursor = Some(batch.cursor);
         }
+        self.caught_up(complete_to).await?;
         Ok(Outcome::Worked(batch.events.len() as u64))
+    }
+
+    /// Everything the platform held until `to` is stored: say so (stored for other replicas
+    /// first, then to this process's waiters).
+    async fn caught_up(&self, to: Option<Millis>) -> Result<(), StoreError> {
+        let Some(to) = to else { return Ok(()) };
+        if self.position.get().is_some_and(|at| at >= to) {
+            return Ok(());
+        }
+        self.store
+            .set_caught_up(self.provider.name(), to, self.clock.now_millis())
+            .await?;
+        self.position.advance(to);
+        Ok(())
     }
 
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
@@ -160,11 +251,25 @@ impl ReceiptWatcher {
         // A feed that stays down (the platform unreachable) is said once, then once a
         // minute, not at every retry.
         let mut last_warned: Option<std::time::Instant> = None;
+        // Asked to catch up now: poll without waiting until the feed has nothing more.
+        let mut hurry = false;
         while !cancel.is_cancelled() {
+            let wait = if hurry {
+                Duration::ZERO
+            } else {
+                self.poll_wait
+            };
             let res = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = self.run_once().instrument(info_span!("receipts", %provider)) => r,
+                // A poll waiting for events is abandoned (nothing of it was stored; the next
+                // one asks from the same cursor) and asked again without waiting.
+                _ = self.position.catch_up.notified(), if !hurry => {
+                    hurry = true;
+                    continue;
+                }
+                r = self.poll_once(wait).instrument(info_span!("receipts", %provider)) => r,
             };
+            hurry &= matches!(res, Ok(Outcome::Worked(_)));
             match res {
                 Ok(_) => {
                     if failures > 0 && last_warned.is_some() {

@@ -608,7 +608,8 @@ pub struct CallListEntry {
     /// When the message went a second time (`resend_after`).
     #[serde(default)]
     pub resent_at: Option<Millis>,
-    /// When the latest urgent answer came (the standing one is the first).
+    /// When the latest urgent answer was received (anpi's clock, like `outcome_at`; the
+    /// standing answer is the first of the gravest).
     #[serde(default)]
     pub urgent_at: Option<Millis>,
 }
@@ -624,8 +625,9 @@ impl CallListEntry {
         else {
             return false;
         };
+        let since = self.urgent_at.unwrap_or(a.at);
         !(self.outcome.is_some_and(CallOutcome::closes_entry)
-            && self.outcome_at.is_some_and(|t| t >= a.at))
+            && self.outcome_at.is_some_and(|t| t >= since))
     }
 
     /// Escalated, not confirmed in chat, and no call closed it.

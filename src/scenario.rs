@@ -112,6 +112,9 @@ fn list_or_none(names: &[String]) -> String {
     }
 }
 
+/// One file of a scenarios folder: its file name, and the scenario or what is wrong with it.
+pub type ScenarioFile = (String, Result<Scenario, ScenarioError>);
+
 /// A checked roll-call template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
@@ -862,6 +865,34 @@ impl Scenario {
         Ok(out.into_iter().map(|(s, _)| s).collect())
     }
 
+    /// Every `*.toml` in `dir`, each loaded on its own: a broken file (or a second file with
+    /// a name already taken) comes back as its file name and error, and the others stay
+    /// usable. Only a folder that cannot be read at all is an error.
+    pub fn load_dir_each(dir: &Path) -> Result<Vec<ScenarioFile>, ScenarioError> {
+        let mut out: Vec<ScenarioFile> = Vec::new();
+        for path in toml_files(dir)? {
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let loaded = Self::load(&path).and_then(|s| {
+                let taken = out
+                    .iter()
+                    .find(|(_, o)| o.as_ref().is_ok_and(|o| o.name == s.name));
+                match taken {
+                    Some((first, _)) => Err(ScenarioError::Invalid {
+                        origin: file.clone(),
+                        key: "name".to_string(),
+                        message: format!("{:?} is also the name of {first}", s.name),
+                    }),
+                    None => Ok(s),
+                }
+            });
+            out.push((file, loaded));
+        }
+        Ok(out)
+    }
+
     /// What the operator typed: a path (anything with a folder in it, e.g. `./custom.toml`),
     /// a file name in `dir` (`flood.toml`), or a name looked up as `dir/<name>.toml`, then by
     /// the `name` key of the files in `dir`.
@@ -904,6 +935,39 @@ impl Scenario {
     }
 }
 
+impl ScenarioError {
+    /// The error for someone outside the server (an HTTP client): file names but no folder
+    /// paths, and no more than a short prefix of what the file or request said.
+    pub fn public(&self) -> String {
+        let file = |origin: &str| {
+            Path::new(origin)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| origin.to_string())
+        };
+        let short = |m: &str| {
+            let m: String = m.chars().take(300).collect();
+            m
+        };
+        match self {
+            Self::Io { path, .. } => format!("{}: the file could not be read", file(path)),
+            Self::Syntax { origin, message } => format!("{}: {}", file(origin), short(message)),
+            Self::Invalid {
+                origin,
+                key,
+                message,
+            } => format!("{}: {key}: {}", file(origin), short(message)),
+            Self::NotFound {
+                wanted, available, ..
+            } => format!(
+                "scenario {:?} not found (available: {})",
+                wanted.chars().take(64).collect::<String>(),
+                list_or_none(available)
+            ),
+        }
+    }
+}
+
 fn io_error(path: &Path, e: &std::io::Error) -> ScenarioError {
     let message = if e.kind() == std::io::ErrorKind::InvalidData {
         "is not UTF-8 text; save it as UTF-8".to_string()
@@ -934,6 +998,27 @@ fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
 mod tests {
     use super::*;
     use crate::ids::StaffId;
+
+    #[test]
+    fn a_broken_file_is_listed_with_its_error_and_the_others_stay_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), EARTHQUAKE).unwrap();
+        std::fs::write(dir.path().join("b.toml"), "title = [").unwrap();
+        std::fs::write(dir.path().join("c.toml"), EARTHQUAKE).unwrap();
+        let each = Scenario::load_dir_each(dir.path()).unwrap();
+        let files: Vec<&str> = each.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(files, ["a.toml", "b.toml", "c.toml"]);
+        assert!(each[0].1.is_ok());
+        let broken = each[1].1.as_ref().unwrap_err().public();
+        assert!(broken.starts_with("b.toml: "), "{broken}");
+        let dir_text = dir.path().display().to_string();
+        assert!(!broken.contains(&dir_text), "{broken}");
+        let twice = each[2].1.as_ref().unwrap_err().public();
+        assert!(twice.contains("also the name of a.toml"), "{twice}");
+        let missing = Scenario::find(dir.path(), "nothing").unwrap_err().public();
+        assert!(!missing.contains(&dir_text), "{missing}");
+        assert!(missing.contains("earthquake"), "{missing}");
+    }
 
     const EARTHQUAKE: &str = include_str!("../scenarios/earthquake.toml");
     const FLOOD: &str = include_str!("../scenarios/flood.toml");

@@ -1,13 +1,19 @@
-//! Singleton workers across replicas: the deadline timer and the receipt watcher run on one
-//! process at a time, the one holding their lease in the database (`Store::try_lease`).
+//! Singleton workers across replicas: the deadline timer, the receipt watcher and the mail
+//! run on one process at a time, the one holding their lease in the database
+//! (`Store::try_lease`).
 //!
-//! Invariants: a process runs a singleton only while its lease, renewed every third of its
-//! time to live, is unexpired by the process's own reckoning; when renewal is refused or the
-//! lease runs out unrenewed (the database unreachable), the worker is stopped and the process
-//! competes again. When the holder dies, another replica takes over within about one time to
-//! live. The workers themselves are idempotent (escalation and receipt application are
-//! set-based and move rows forward only), so the moment of overlap a takeover can bring is
-//! harmless: the lease keeps the work on one replica, correctness does not hang on it.
+//! A lease is tied to its process: it names the process (pid, a random part, and the
+//! machine), is handed back when the process shuts down, and is renewed every third of its
+//! time to live. A replica without it looks again when the lease runs out (it knows when), so
+//! a killed holder is replaced within one time to live; a process restarted on the same
+//! machine finds the lease's holder dead there (no such process) and takes it over at once.
+//!
+//! Invariants: a process runs a singleton only while its lease is unexpired by the process's
+//! own reckoning; when renewal is refused or the lease runs out unrenewed (the database
+//! unreachable), the worker is stopped and the process competes again. The workers
+//! themselves are idempotent (escalation and receipt application are set-based and move rows
+//! forward only; mail is claimed one row at a time), so the moment of overlap a takeover can
+//! bring is harmless: the lease keeps the work on one replica, correctness does not hang on it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,9 +27,55 @@ use crate::clock::{Millis, SharedClock};
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
 
-/// A random id for this process, so leases name who holds them.
+/// A random id for this process, so leases name who holds them:
+/// `pid<pid>-<random>@<machine>`.
 pub fn instance_id() -> String {
-    format!("pid{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "pid{}-{:08x}@{}",
+        std::process::id(),
+        rand::random::<u32>(),
+        machine()
+    )
+}
+
+/// This machine (and boot): the host name and the start of the kernel's boot id. Empty where
+/// neither can be read, which disables the same-machine check.
+fn machine() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let host = read("/proc/sys/kernel/hostname");
+    let boot: String = read("/proc/sys/kernel/random/boot_id")
+        .chars()
+        .take(8)
+        .collect();
+    if host.is_empty() || boot.is_empty() {
+        return String::new();
+    }
+    format!("{host}.{boot}")
+}
+
+/// True when `holder` names a process of this machine that no longer runs: its pid is gone,
+/// or is this very process (a restart that drew the same pid). Unknown machines, and any
+/// doubt, count as alive: then the lease is simply waited out.
+fn is_dead_here(holder: &str, me: &str) -> bool {
+    let Some((id, at)) = holder.rsplit_once('@') else {
+        return false;
+    };
+    let here = machine();
+    if here.is_empty() || at != here || holder == me {
+        return false;
+    }
+    let Some(pid) = id
+        .strip_prefix("pid")
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid == std::process::id() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Runs one singleton worker while this process holds its lease.
@@ -64,11 +116,30 @@ impl Singleton {
         let mut running: Option<Running> = None;
         while !cancel.is_cancelled() {
             let now = self.clock.now_millis();
-            match self
+            // Not holding it: when the other holder's lease ends (wait until then), or
+            // whether that holder is a dead process of this machine (take it at once).
+            let mut wait = renew;
+            let mut got = self
                 .store
                 .try_lease(&self.name, &self.holder, now, self.ttl)
-                .await
-            {
+                .await;
+            if matches!(got, Ok(false)) {
+                match self.store.lease(&self.name).await {
+                    Ok(Some((other, _))) if is_dead_here(&other, &self.holder) => {
+                        info!(lease = %self.name, dead = %other, "the holder died on this machine; taking over");
+                        got = self
+                            .store
+                            .take_lease(&self.name, &other, &self.holder, now, self.ttl)
+                            .await;
+                    }
+                    Ok(Some((_, until))) => {
+                        let left = Duration::from_millis((until - now).max(0) as u64);
+                        wait = left.min(renew) + Duration::from_millis(5);
+                    }
+                    _ => {}
+                }
+            }
+            match got {
                 Ok(true) => {
                     held_until = Some(now + self.ttl.as_millis() as i64);
                     if running.is_none() {
@@ -100,9 +171,12 @@ impl Singleton {
             }
             // Renewal runs on the application's clock; the wall-clock sleep keeps it going
             // when that clock stands still (a test's manual clock).
+            if running.is_some() {
+                wait = renew;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = self.clock.sleep(renew) => {}
+                _ = self.clock.sleep(wait) => {}
                 _ = tokio::time::sleep(renew) => {}
             }
         }
@@ -128,6 +202,28 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::store;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_holder_is_dead_here_only_when_its_process_is_gone_from_this_machine() {
+        let me = instance_id();
+        if machine().is_empty() {
+            return; // not Linux: the check is off and every holder counts as alive
+        }
+        let here = machine();
+        // A pid that cannot exist (above the kernel's pid_max).
+        assert!(is_dead_here(&format!("pid4294967295-00000000@{here}"), &me));
+        // This process, under another instance id: a restart that drew the same pid.
+        let again = format!("pid{}-ffffffff@{here}", std::process::id());
+        assert!(is_dead_here(&again, &me));
+        assert!(!is_dead_here(&me, &me), "never oneself");
+        // Process 1 runs; another machine, or an old-style id, is waited out.
+        assert!(!is_dead_here(&format!("pid1-00000000@{here}"), &me));
+        assert!(!is_dead_here(
+            "pid4294967295-00000000@elsewhere.12345678",
+            &me
+        ));
+        assert!(!is_dead_here("pid4294967295-00000000", &me));
+    }
 
     #[tokio::test]
     async fn only_the_lease_holder_runs_the_worker_and_the_other_takes_over_when_it_stops() {

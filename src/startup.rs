@@ -150,6 +150,10 @@ pub struct Application {
     instance: String,
     /// Provider trouble HQ is told about.
     health: Arc<Health>,
+    /// What `/healthz` checks besides the database; other parts add theirs.
+    checks: Arc<crate::http::ops::HealthChecks>,
+    /// How far the provider's receipt feed is complete (the watcher moves it).
+    position: Arc<crate::receipts::FeedPosition>,
 }
 
 impl Application {
@@ -186,19 +190,30 @@ impl Application {
             })
             .collect();
         let poll_wait = config.poll_wait();
-        let watcher = Arc::new(ReceiptWatcher::new(
-            store.clone(),
-            provider.clone(),
-            clock.clone(),
-            poll_wait,
-            metrics.clone(),
-        ));
-        let deadlines = Arc::new(DeadlineWorker::new(
-            store.clone(),
-            clock.clone(),
-            signals.deadlines_changed.clone(),
-            metrics.clone(),
-        ));
+        let position = Arc::new(crate::receipts::FeedPosition::default());
+        let watcher = Arc::new(
+            ReceiptWatcher::new(
+                store.clone(),
+                provider.clone(),
+                clock.clone(),
+                poll_wait,
+                metrics.clone(),
+            )
+            .with_position(position.clone()),
+        );
+        let deadlines = Arc::new(
+            DeadlineWorker::new(
+                store.clone(),
+                clock.clone(),
+                signals.deadlines_changed.clone(),
+                metrics.clone(),
+            )
+            .with_feed(
+                provider.name(),
+                position.clone(),
+                config.receipts.catch_up_grace,
+            ),
+        );
         // Shares the dispatchers' token bucket: the platform's limit holds for both.
         let resend = Arc::new(ResendWorker::new(
             store.clone(),
@@ -216,7 +231,8 @@ impl Application {
                 provider.capabilities(),
                 signals.new_work.clone(),
             )
-            .with_routes(provider.routes()),
+            .with_routes(provider.routes())
+            .with_late_outcomes(config.api.outcomes_after_close == "late"),
         );
         if let Some(path) = config.contacts_file() {
             let dir = crate::contacts::load_file(path)
@@ -272,6 +288,8 @@ impl Application {
             feed,
             instance: singleton::instance_id(),
             health,
+            checks: Arc::default(),
+            position,
         })
     }
 
@@ -283,6 +301,16 @@ impl Application {
     /// Wakes this application's dispatchers (new deliveries written by someone else).
     pub fn dispatch_wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.dispatchers.first().map(|d| d.new_work.clone())
+    }
+
+    /// `/healthz`'s checks: register one to report a problem by name.
+    pub fn checks(&self) -> Arc<crate::http::ops::HealthChecks> {
+        self.checks.clone()
+    }
+
+    /// How far the provider's receipt feed is known complete, in this process.
+    pub fn feed(&self) -> Arc<crate::receipts::FeedPosition> {
+        self.position.clone()
     }
 
     /// This process's id in the singleton leases.
@@ -333,7 +361,8 @@ impl Application {
             self.deadlines.escalated.clone(),
             self.metrics.clone(),
         )
-        .context("setting up e-mail")?;
+        .context("setting up e-mail")?
+        .map(|m| m.with_feed(self.hq.provider(), self.position.clone()));
         let tracker = TaskTracker::new();
         for d in &self.dispatchers {
             tracker.spawn(d.clone().run(cancel.clone()));
@@ -410,15 +439,7 @@ impl Application {
             let mailer = crate::health::HealthMailer {
                 health: self.health.clone(),
                 store: self.store.clone(),
-                mailer: crate::email::Mailer::new(&self.config.email)
-                    .context("setting up e-mail")?,
-                hq: self
-                    .config
-                    .email
-                    .hq
-                    .iter()
-                    .filter_map(|a| a.parse().ok())
-                    .collect(),
+                hq: self.config.email.hq.clone(),
                 zone: self.config.zone()?,
             };
             tracker.spawn(Arc::new(mailer).run(cancel.clone()));
@@ -427,7 +448,8 @@ impl Application {
             .with_jma(self.jma.clone())
             .with_shutdown(cancel.clone())
             .with_escalated(self.deadlines.escalated.clone())
-            .with_health(self.health.clone());
+            .with_health(self.health.clone())
+            .with_checks(self.checks.clone());
         let app = http::router(state, &self.config);
         let addr = self.local_addr();
         info!(%addr, provider = self.hq.provider(), instance = %self.instance, "anpi is listening");

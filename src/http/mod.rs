@@ -32,9 +32,9 @@ mod calls;
 mod contacts;
 mod health;
 mod jma;
-mod ops;
+pub mod ops;
 mod rollcalls;
-mod stream;
+pub mod stream;
 mod web;
 
 /// Who may do what. `Hq` may do everything a `Caller` may; a `Shelter` token may only
@@ -80,6 +80,10 @@ pub struct ApiState {
     pub health: Arc<crate::health::Health>,
     /// The JMA decision engine, for `anpi jma replay` and the trigger views.
     pub jma: Option<Arc<crate::jma::Engine>>,
+    /// Checks `/healthz` runs besides its own (see [`ops::HealthChecks`]).
+    pub checks: Arc<ops::HealthChecks>,
+    /// Each roll call's live progress, computed once and shared by its streams.
+    pub live: Arc<stream::Live>,
 }
 
 impl ApiState {
@@ -96,7 +100,15 @@ impl ApiState {
             escalated: Arc::new(Notify::new()),
             health,
             jma: None,
+            checks: Arc::default(),
+            live: Arc::default(),
         }
+    }
+
+    /// Adds the checks other parts of anpi registered to `/healthz`.
+    pub fn with_checks(mut self, checks: Arc<ops::HealthChecks>) -> Self {
+        self.checks = checks;
+        self
     }
 
     /// Shows the provider trouble `health` knows of.
@@ -247,6 +259,28 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// At most `max` characters of `s`, with "…" when cut: an error that quotes bad input quotes
+/// only this much of it.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// The longest client error message sent back, in characters. Messages are written to quote
+/// input sparingly; this bounds any that quote it whole (a parser's message, say).
+const MAX_ERROR_CHARS: usize = 600;
+
+/// The longest line of a client error message: a quoted line of bad input is cut here.
+const MAX_ERROR_LINE: usize = 200;
+
+/// A client error message with every line, and the whole, cut to a sensible length.
+fn bounded(message: &str) -> String {
+    let lines: Vec<String> = message.lines().map(|l| clip(l, MAX_ERROR_LINE)).collect();
+    clip(&lines.join("\n"), MAX_ERROR_CHARS)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -262,7 +296,7 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        (status, Json(json!({ "error": bounded(&self.to_string()) }))).into_response()
     }
 }
 

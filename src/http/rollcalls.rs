@@ -53,16 +53,21 @@ impl ScenarioRef {
         match (&self.scenario_toml, &self.scenario) {
             (Some(text), _) => {
                 let origin = self.origin.as_deref().unwrap_or("scenario");
-                Scenario::parse(text, origin).map_err(|e| ApiError::Unprocessable(e.to_string()))
+                Scenario::parse(text, origin).map_err(|e| ApiError::Unprocessable(e.public()))
             }
             (None, Some(name)) => {
                 if name.contains('/') || name.contains('\\') || name.contains("..") {
                     return Err(ApiError::BadRequest(format!(
-                        "scenario {name:?}: give a scenario name, not a path"
+                        "scenario {:?}: give a scenario name, not a path",
+                        super::clip(name, 64)
                     )));
                 }
-                Scenario::find(&s.config.scenarios.dir, name)
-                    .map_err(|e| ApiError::NotFound(e.to_string()))
+                Scenario::find(&s.config.scenarios.dir, name).map_err(|e| match e {
+                    crate::scenario::ScenarioError::NotFound { .. } => {
+                        ApiError::NotFound(e.public())
+                    }
+                    other => ApiError::Unprocessable(other.public()),
+                })
             }
             (None, None) => Err(ApiError::Unprocessable(
                 "say which scenario: {\"scenario\": \"earthquake\"}".into(),
@@ -73,15 +78,33 @@ impl ScenarioRef {
 
 async fn scenarios(State(s): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Role::Hq)?;
-    let list = Scenario::load_dir(&s.config.scenarios.dir)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    Ok(Json(json!(list
-        .iter()
-        .map(
-            |sc| json!({"name": sc.name, "title": sc.title, "drill": sc.drill,
-                         "deadline_seconds": sc.deadline.as_secs()})
+    // A broken file is listed as broken, with its error; the others stay usable.
+    let each = Scenario::load_dir_each(&s.config.scenarios.dir).map_err(|e| {
+        tracing::warn!(error = %e, "the scenarios folder could not be read");
+        ApiError::Unprocessable("the scenarios folder could not be read (see anpi's log)".into())
+    })?;
+    let mut list: Vec<Value> = Vec::new();
+    for (file, loaded) in &each {
+        match loaded {
+            Ok(sc) => list.push(
+                json!({"name": sc.name, "title": sc.title, "drill": sc.drill,
+                       "deadline_seconds": sc.deadline.as_secs()}),
+            ),
+            Err(e) => list.push(json!({"file": file, "broken": true, "error": e.public()})),
+        }
+    }
+    // Usable ones first, by name; broken ones after, by file.
+    list.sort_by_key(|v| {
+        (
+            v["broken"].as_bool().unwrap_or(false),
+            v["name"]
+                .as_str()
+                .or(v["file"].as_str())
+                .unwrap_or("")
+                .to_string(),
         )
-        .collect::<Vec<_>>())))
+    });
+    Ok(Json(json!(list)))
 }
 
 async fn estimate(

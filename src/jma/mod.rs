@@ -283,7 +283,7 @@ impl Engine {
             )?;
             scenarios.insert(r.name.clone(), s);
         }
-        let notices = notice::Notices::new(&config, metrics.clone());
+        let notices = notice::Notices::new(&config, hq.store().clone());
         Ok(Self {
             rules,
             scenarios,
@@ -505,7 +505,7 @@ impl Engine {
         }
         if recorded.is_some() {
             if let Some(n) = &self.notices {
-                n.send(&record, &decisions, scope);
+                n.send(&record, &decisions, scope, now).await;
             }
         }
         Ok(Outcome {
@@ -692,51 +692,45 @@ pub fn retraction_scenario(
     Scenario::parse(&text, RETRACTION_SCENARIO)
 }
 
-/// HQ's e-mail about what a telegram did.
+/// HQ's e-mail about what a telegram did, written to the mail outbox ([`crate::email`]).
 mod notice {
-    use std::sync::Arc;
-
-    use lettre::message::Mailbox;
-    use tokio_util::sync::CancellationToken;
     use tracing::warn;
 
     use super::decide::{Action, Decision};
     use super::{JmaRecord, Scope};
+    use crate::clock::{Clock, Millis, SystemClock};
     use crate::config::Config;
-    use crate::email::{Mail, Mailer};
-    use crate::metrics::Metrics;
+    use crate::email::{kind, NewMail};
+    use crate::store::SharedStore;
 
     #[derive(Debug, Clone)]
     pub struct Notices {
-        mailer: Mailer,
-        hq: Vec<Mailbox>,
-        metrics: Arc<Metrics>,
+        store: SharedStore,
+        hq: Vec<String>,
         zone: chrono_tz::Tz,
     }
 
     impl Notices {
-        /// `None` when e-mail is off.
-        pub fn new(config: &Config, metrics: Arc<Metrics>) -> Option<Self> {
-            if !config.email.enabled {
+        /// `None` when e-mail is off or goes to nobody.
+        pub fn new(config: &Config, store: SharedStore) -> Option<Self> {
+            if !config.email.enabled || config.email.hq.is_empty() {
                 return None;
             }
-            let mailer = Mailer::new(&config.email).ok()?;
-            let hq = config
-                .email
-                .hq
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect();
             Some(Self {
-                mailer,
-                hq,
-                metrics,
+                store,
+                hq: config.email.hq.clone(),
                 zone: config.zone().unwrap_or(chrono_tz::Asia::Tokyo),
             })
         }
 
-        /// Mails HQ about every decision that is not an ignore, in the background.
-        pub fn send(&self, rec: &JmaRecord, decisions: &[Decision], scope: Scope) {
+        /// Writes HQ's mail about every decision that is not an ignore, once per telegram.
+        pub async fn send(
+            &self,
+            rec: &JmaRecord,
+            decisions: &[Decision],
+            scope: Scope,
+            now: Millis,
+        ) {
             let worth: Vec<&Decision> = decisions
                 .iter()
                 .filter(|d| d.action != Action::Ignore)
@@ -772,7 +766,10 @@ mod notice {
                 ));
             }
             text.push_str("\nHQ 画面の「気象庁情報」にも表示されています。\nThe same is shown on the HQ page under JMA.\n");
-            let mail = Mail {
+            let mail = NewMail {
+                kind: kind::JMA_NOTICE.into(),
+                dedupe_key: format!("jma:{}:{}", rec.scope, rec.dedupe_key),
+                roll_call_id: rec.roll_call_id.map(crate::ids::RollCallId),
                 to: self.hq.clone(),
                 subject: format!(
                     "{}【気象庁情報】{verb}: {} {}",
@@ -780,17 +777,17 @@ mod notice {
                     rec.kind,
                     first.areas.first().map(String::as_str).unwrap_or("")
                 ),
-                text,
+                body: text,
                 csv: None,
+                meta: None,
             };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let res = this.mailer.send(&mail, &CancellationToken::new()).await;
-                this.metrics.email(res.is_ok());
-                if let Err(e) = res {
-                    warn!(error = %e, subject = %mail.subject, "JMA notice e-mail given up");
-                }
-            });
+            if let Err(e) = self
+                .store
+                .enqueue_mails(&[mail], now, SystemClock.now_millis())
+                .await
+            {
+                warn!(error = %e, "the JMA notice e-mail could not be written to the outbox");
+            }
         }
     }
 }

@@ -207,6 +207,22 @@ pub trait ChatProvider: Send + Sync + std::fmt::Debug {
         Ok(EventBatch::default())
     }
 
+    /// How far the feed is known complete after a poll asked at `asked_at` and answered at
+    /// `answered_at` (clock millis) returned `events` events: every event the platform held
+    /// until then is in that batch or an earlier one. The default suits a feed that hands over
+    /// everything it holds in one answer and long-polls: complete to the answer when it had
+    /// nothing, to the question when it had something. A paged feed says `None` for a full
+    /// page (more may be waiting). Escalation and the deadline mail wait for this to pass the
+    /// deadline.
+    fn feed_complete_to(
+        &self,
+        events: usize,
+        asked_at: Millis,
+        answered_at: Millis,
+    ) -> Option<Millis> {
+        Some(if events == 0 { answered_at } else { asked_at })
+    }
+
     /// The routes besides 1:1 sends this provider offers; none by default.
     fn routes(&self) -> Vec<Route> {
         Vec::new()

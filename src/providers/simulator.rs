@@ -23,6 +23,9 @@ use super::{
 };
 use crate::ids::{ChatHandle, RollCallId};
 
+/// Events asked for per poll.
+const EVENTS_PAGE: usize = 1000;
+
 /// Per-request budget for a send; a poll gets this on top of its wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an unexpected error body goes into a `Permanent` reason.
@@ -242,6 +245,20 @@ impl ChatProvider for SimulatorProvider {
         Ok(Sent { message_id })
     }
 
+    /// A full page may have more behind it; anything less is all the simulator held.
+    fn feed_complete_to(
+        &self,
+        events: usize,
+        asked_at: crate::clock::Millis,
+        answered_at: crate::clock::Millis,
+    ) -> Option<crate::clock::Millis> {
+        match events {
+            0 => Some(answered_at),
+            n if n < EVENTS_PAGE => Some(asked_at),
+            _ => None,
+        }
+    }
+
     #[tracing::instrument(level = "debug", name = "simulator.poll", skip(self))]
     async fn poll_events(
         &self,
@@ -297,7 +314,11 @@ impl SimulatorProvider {
         let resp = self
             .client
             .get(&self.events_url)
-            .query(&[("after", after), ("wait_ms", wait_ms)])
+            .query(&[
+                ("after", after),
+                ("wait_ms", wait_ms),
+                ("limit", EVENTS_PAGE as u64),
+            ])
             .header(AUTHORIZATION, self.auth.clone())
             .timeout(REQUEST_TIMEOUT + wait)
             .send()

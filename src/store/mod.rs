@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::clock::Millis;
 use crate::contacts::{Contact, ContactKind};
+use crate::email::{MailOutcome, NewMail, StoredMail};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::InboundEvent;
 use crate::rollcall::{
@@ -240,7 +241,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records what HQ learned about a person by phone and/or a note, in one transaction,
     /// audited in the event log. With an outcome, the store's guard applies (not over another
     /// caller's hold; a reached person is not put back by a late "no answer"). The roll call
-    /// must be open.
+    /// must be open, unless `after_close` (HQ's choice to record calls made after it closed,
+    /// marked late by the caller's name).
+    #[allow(clippy::too_many_arguments)]
     async fn record_call(
         &self,
         id: RollCallId,
@@ -249,6 +252,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         note: Option<&str>,
         by: &str,
         now: Millis,
+        after_close: bool,
     ) -> StoreResult<CallListEntry>;
     async fn record_call_outcome(
         &self,
@@ -258,7 +262,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         by: &str,
         now: Millis,
     ) -> StoreResult<CallListEntry> {
-        self.record_call(id, staff, Some(outcome), None, by, now)
+        self.record_call(id, staff, Some(outcome), None, by, now, false)
             .await
     }
     /// Everyone whose standing answer has `level`, the newest answer first.
@@ -330,6 +334,57 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         name: &str,
         holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Renews dispatch claims still held: every `(delivery, lease end)` whose row is still
+    /// sending under exactly that lease gets the lease end `until`. Returns the renewed ids (a
+    /// row another worker has taken over since is left alone).
+    async fn renew_claims(&self, held: &[(i64, Millis)], until: Millis) -> StoreResult<Vec<i64>>;
+
+    /// Records that `provider`'s event feed is complete up to `at`: every event the platform
+    /// held until then is stored. Only moves forward.
+    async fn set_caught_up(&self, provider: &str, at: Millis, now: Millis) -> StoreResult<()>;
+    /// How far `provider`'s event feed is known complete, if it ever was.
+    async fn caught_up(&self, provider: &str) -> StoreResult<Option<Millis>>;
+
+    /// Writes mails decided together, in one transaction; a mail whose dedupe key is already
+    /// stored is skipped. Each is due at `wall` (wall clock). Returns how many were new.
+    async fn enqueue_mails(&self, mails: &[NewMail], now: Millis, wall: Millis)
+        -> StoreResult<u64>;
+    /// Claims the next due mail (pending and due, or sending under an expired lease, oldest
+    /// first) until `lease_until`, counting the attempt. Times are wall clock.
+    async fn claim_mail(
+        &self,
+        wall: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Option<StoredMail>>;
+    /// Records how a claimed mail's attempt ended, only while that claim (`lease_until`) still
+    /// holds. False when it no longer did.
+    async fn finish_mail(
+        &self,
+        id: i64,
+        lease_until: Millis,
+        outcome: &MailOutcome,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Stored mails, oldest first: one roll call's, or all with `None`.
+    async fn mails(&self, roll_call: Option<RollCallId>) -> StoreResult<Vec<StoredMail>>;
+    /// The mail with this dedupe key.
+    async fn mail_by_key(&self, key: &str) -> StoreResult<Option<StoredMail>>;
+    /// When the next pending mail is due (wall clock), if any.
+    async fn next_mail_due(&self) -> StoreResult<Option<Millis>>;
+
+    /// Who holds the lease `name`, and until when.
+    async fn lease(&self, name: &str) -> StoreResult<Option<(String, Millis)>>;
+    /// Takes the lease `name` over from `from` (a holder known to be dead) for `to`, until
+    /// `now + ttl`. False if `from` no longer holds it.
+    async fn take_lease(
+        &self,
+        name: &str,
+        from: &str,
+        to: &str,
         now: Millis,
         ttl: Duration,
     ) -> StoreResult<bool>;

@@ -20,6 +20,7 @@ use super::{ApplySummary, StoreError, StoreResult};
 use crate::answers::{AnswerLevel, Choice, Meaning, UrgentWords};
 use crate::clock::Millis;
 use crate::contacts::ContactKind;
+use crate::email::MailOutcome;
 use crate::ids::StaffId;
 use crate::providers::{InboundEvent, InboundKind};
 use crate::rollcall::{
@@ -95,6 +96,30 @@ impl Dialect {
 pub(super) const URGENT_OPEN: &str = "(level = 3 AND NOT (outcome IS NOT NULL \
     AND outcome <> 'no_answer' AND outcome_at IS NOT NULL \
     AND outcome_at >= COALESCE(urgent_at, level_at)))";
+
+/// Closes roll call `$1` at `$2` (0 rows when it is not open).
+pub(super) const CLOSE_ROLL_CALL: &str =
+    "UPDATE roll_calls SET state = 'closed', closed_at = $2 WHERE id = $1 AND state = 'open'";
+
+/// At roll call `$1`'s close, what has not gone out by now never will: it must not sit in the
+/// queue.
+pub(super) const FAIL_UNSENT_AT_CLOSE: &str = "UPDATE deliveries SET state = 'failed', \
+    lease_until = NULL, last_error = 'roll call closed before this was sent' \
+    WHERE roll_call_id = $1 AND state IN ('pending', 'sending')";
+
+/// At roll call `$1`'s close, urgent answers HQ has not closed are carried to the late
+/// answers, so closing the roll call never takes someone who asked for help off HQ's list.
+pub(super) const CARRY_URGENT_AT_CLOSE: &str = "INSERT INTO late_answers (provider, event_id, \
+    roll_call_id, delivery_id, level, value, label, text, received_at) \
+    SELECT provider, 'carried:' || roll_call_id || ':' || id, roll_call_id, id, level, \
+    COALESCE(level_value, ''), COALESCE(level_label, ''), level_text, \
+    COALESCE(urgent_at, level_at, 0) \
+    FROM deliveries WHERE roll_call_id = $1 AND ";
+
+/// [`CARRY_URGENT_AT_CLOSE`] in full.
+pub(super) fn carry_urgent_sql() -> String {
+    format!("{CARRY_URGENT_AT_CLOSE}{URGENT_OPEN} ON CONFLICT (provider, event_id) DO NOTHING")
+}
 
 /// Escalated, not confirmed in chat, and no call closed it.
 pub(super) const ESCALATED_OPEN: &str = "(escalated_at IS NOT NULL \
@@ -497,7 +522,7 @@ impl EventStatements {
         // `$1` and `$2` appear in every statement so both backends bind the same parameters.
         let newer = "(d.answer_at IS NULL OR j.la >= d.answer_at)";
         let graver =
-            "(j.sl > d.level OR (j.sl = d.level AND (d.level_at IS NULL OR j.sa >= d.level_at)))";
+            "(j.sl > d.level OR (j.sl = d.level AND (d.level_at IS NULL OR j.sa < d.level_at)))";
         Self {
             insert_events: format!(
                 "{events} INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
@@ -713,7 +738,9 @@ pub(super) async fn apply_batch(
                     "lt": l.text.as_deref().map(storable), "ll": l.level.rank(),
                     "sa": sa, "sv": storable(&s.value), "sb": storable(&s.label),
                     "st": s.text.as_deref().map(storable), "sl": s.level.rank(),
-                    "ua": f.urgent,
+                    // Received now: compared with HQ's outcome times (same clock), so an urgent
+                    // answer that reaches anpi after HQ closed the entry opens it again.
+                    "ua": f.urgent.map(|_| now),
                 }))
             })
             .collect();
@@ -789,15 +816,39 @@ fn place<'e>(
     let meaning = meaning(m, rc);
     let open = infos.get(&rc).is_some_and(|i| i.open);
     let logged = Some((rc, m.map(|m| m.delivery)));
+    let urgent = meaning
+        .as_ref()
+        .is_some_and(|x| x.level == AnswerLevel::Urgent);
     let Some(m) = m else {
-        // Not a recipient of the roll call it names: kept in the record only.
-        return Placed {
-            event: e,
-            logged,
-            target: None,
-            meaning,
-            late: None,
-            at: occurred,
+        // Not a recipient of the roll call it names: kept in the record only, unless it asks
+        // for help, which reaches HQ as from a closed roll call (below).
+        let Some(any) = memberships.first().filter(|_| urgent) else {
+            return Placed {
+                event: e,
+                logged,
+                target: None,
+                meaning,
+                late: None,
+                at: occurred,
+            };
+        };
+        return match newest_open {
+            Some(o) => Placed {
+                event: e,
+                logged,
+                target: Some((o.delivery, e.from.as_str(), o.sent_at)),
+                meaning,
+                late: None,
+                at: clamp(o),
+            },
+            None => Placed {
+                event: e,
+                logged,
+                target: None,
+                meaning,
+                late: Some((any.roll_call, any.delivery)),
+                at: occurred,
+            },
         };
     };
     if open {
@@ -812,9 +863,6 @@ fn place<'e>(
     }
     // A closed roll call never changes. An urgent answer still reaches HQ: on the person's
     // newest open roll call, or kept as a late answer when they are in none.
-    let urgent = meaning
-        .as_ref()
-        .is_some_and(|x| x.level == AnswerLevel::Urgent);
     if urgent {
         if let Some(o) = newest_open {
             return Placed {
@@ -1066,4 +1114,23 @@ pub(super) fn answered_sql() -> String {
         "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND level = $2 \
          ORDER BY level_at DESC, id"
     )
+}
+
+// ---- The mail outbox -------------------------------------------------------------------
+
+/// The outbox columns every mail query returns, in the order each backend decodes them.
+pub(super) const MAIL_COLUMNS: &str =
+    "id, kind, dedupe_key, roll_call_id, recipients, subject, body, csv_name, csv, meta, \
+     state, attempts, next_attempt_at, lease_until, last_error, created_at, sent_at";
+
+/// An attempt's outcome as (state, next attempt, error, sent at).
+pub(super) fn mail_outcome_columns(
+    outcome: &MailOutcome,
+    now: Millis,
+) -> (&'static str, Option<Millis>, Option<String>, Option<Millis>) {
+    match outcome {
+        MailOutcome::Sent => ("sent", None, None, Some(now)),
+        MailOutcome::Retry { at, error } => ("pending", Some(*at), Some(error.clone()), None),
+        MailOutcome::Failed { error } => ("failed", None, Some(error.clone()), None),
+    }
 }

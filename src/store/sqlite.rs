@@ -17,8 +17,8 @@ use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use super::shared::{
-    self, corrupt, entry_from_row, kind_str, parse_kind, BatchReader, Dialect, Membership,
-    RollInfo, ENTRY_COLUMNS, ON_ACTION_LIST, OUTCOME_GUARD,
+    self, corrupt, entry_from_row, kind_str, mail_outcome_columns, parse_kind, BatchReader,
+    Dialect, Membership, RollInfo, ENTRY_COLUMNS, MAIL_COLUMNS, ON_ACTION_LIST, OUTCOME_GUARD,
 };
 use super::{
     refused_outcome, ApplySummary, LoggedEvent, ResendResult, Store, StoreError, StoreResult,
@@ -26,6 +26,7 @@ use super::{
 use crate::answers::UrgentWords;
 use crate::clock::Millis;
 use crate::contacts::Contact;
+use crate::email::{MailOutcome, MailState, NewMail, StoredMail};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::InboundEvent;
 use crate::rollcall::{
@@ -319,14 +320,12 @@ impl Store for SqliteStore {
     async fn close_roll_call(&self, id: RollCallId, now: Millis) -> StoreResult<bool> {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE roll_calls SET state = 'closed', closed_at = $2 WHERE id = $1 AND state = 'open'",
-        )
-        .bind(id.0)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let changed = sqlx::query(shared::CLOSE_ROLL_CALL)
+            .bind(id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if changed == 0 {
             let exists = sqlx::query("SELECT 1 FROM roll_calls WHERE id = $1")
                 .bind(id.0)
@@ -337,15 +336,14 @@ impl Store for SqliteStore {
             }
             return Ok(false);
         }
-        // Whatever has not gone out by now never will: it must not sit in the queue.
-        sqlx::query(
-            "UPDATE deliveries SET state = 'failed', lease_until = NULL, \
-             last_error = 'roll call closed before this was sent' \
-             WHERE roll_call_id = $1 AND state IN ('pending', 'sending')",
-        )
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(shared::FAIL_UNSENT_AT_CLOSE)
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&shared::carry_urgent_sql())
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -675,6 +673,7 @@ impl Store for SqliteStore {
         note: Option<&str>,
         by: &str,
         now: Millis,
+        after_close: bool,
     ) -> StoreResult<CallListEntry> {
         let note_json = note
             .map(|n| {
@@ -696,12 +695,17 @@ impl Store for SqliteStore {
             ),
             None => ("", ""),
         };
+        let open = if after_close {
+            ""
+        } else {
+            "AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+        };
         let row = sqlx::query(&format!(
             "UPDATE deliveries SET {set} \
                notes = CASE WHEN $6 IS NULL THEN notes \
                             ELSE json_insert(COALESCE(notes, '[]'), '$[#]', json($6)) END \
              WHERE roll_call_id = $1 AND staff_id = $2 {guard} \
-               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+               {open} \
                AND COALESCE($3, '') = COALESCE($3, '') AND $4 = $4 AND $5 = $5 \
              RETURNING {ENTRY_COLUMNS}, chat_handle"
         ))
@@ -981,6 +985,202 @@ impl Store for SqliteStore {
         self.q_drill_rows(id).await
     }
 
+    async fn renew_claims(&self, held: &[(i64, Millis)], until: Millis) -> StoreResult<Vec<i64>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<serde_json::Value> = held
+            .iter()
+            .map(|(id, lease)| json!({"id": id, "l": lease}))
+            .collect();
+        let rows = serde_json::Value::Array(rows).to_string();
+        let _w = self.writer.lock().await;
+        let renewed = sqlx::query_scalar(
+            "UPDATE deliveries SET lease_until = $1, next_attempt_at = $1 \
+             FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.l') AS l \
+                   FROM json_each($2)) AS j \
+             WHERE deliveries.id = j.id AND deliveries.state = 'sending' \
+               AND deliveries.lease_until = j.l \
+             RETURNING deliveries.id",
+        )
+        .bind(until)
+        .bind(rows)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(renewed)
+    }
+
+    async fn set_caught_up(&self, provider: &str, at: Millis, now: Millis) -> StoreResult<()> {
+        let _w = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO feed_positions (provider, caught_up_to, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider) DO UPDATE SET \
+               caught_up_to = MAX(feed_positions.caught_up_to, excluded.caught_up_to), \
+               updated_at = excluded.updated_at",
+        )
+        .bind(provider)
+        .bind(at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn caught_up(&self, provider: &str) -> StoreResult<Option<Millis>> {
+        Ok(
+            sqlx::query_scalar("SELECT caught_up_to FROM feed_positions WHERE provider = $1")
+                .bind(provider)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn enqueue_mails(
+        &self,
+        mails: &[NewMail],
+        now: Millis,
+        wall: Millis,
+    ) -> StoreResult<u64> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut new = 0;
+        for m in mails {
+            new += sqlx::query(
+                "INSERT INTO mail_outbox (kind, dedupe_key, roll_call_id, recipients, subject, \
+                   body, csv_name, csv, meta, state, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11) \
+                 ON CONFLICT (dedupe_key) DO NOTHING",
+            )
+            .bind(&m.kind)
+            .bind(&m.dedupe_key)
+            .bind(m.roll_call_id.map(|r| r.0))
+            .bind(serde_json::to_string(&m.to).map_err(|e| corrupt("recipients", e))?)
+            .bind(&m.subject)
+            .bind(&m.body)
+            .bind(m.csv.as_ref().map(|(n, _)| n.as_str()))
+            .bind(m.csv.as_ref().map(|(_, b)| b.as_slice()))
+            .bind(m.meta.as_deref())
+            .bind(wall)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn claim_mail(
+        &self,
+        wall: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Option<StoredMail>> {
+        let _w = self.writer.lock().await;
+        let row = sqlx::query(&format!(
+            "UPDATE mail_outbox SET state = 'sending', lease_until = $1, attempts = attempts + 1 \
+             WHERE id = (SELECT id FROM mail_outbox \
+               WHERE (state = 'pending' AND next_attempt_at <= $2) \
+                  OR (state = 'sending' AND lease_until <= $2) \
+               ORDER BY next_attempt_at, id LIMIT 1) \
+             RETURNING {MAIL_COLUMNS}"
+        ))
+        .bind(lease_until)
+        .bind(wall)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_to_mail).transpose()
+    }
+
+    async fn finish_mail(
+        &self,
+        id: i64,
+        lease_until: Millis,
+        outcome: &MailOutcome,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let (state, next, error, sent_at) = mail_outcome_columns(outcome, now);
+        let _w = self.writer.lock().await;
+        let n = sqlx::query(
+            "UPDATE mail_outbox SET state = $3, lease_until = NULL, \
+               next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, \
+               sent_at = COALESCE($6, sent_at) \
+             WHERE id = $1 AND state = 'sending' AND lease_until = $2",
+        )
+        .bind(id)
+        .bind(lease_until)
+        .bind(state)
+        .bind(next)
+        .bind(error)
+        .bind(sent_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn mails(&self, roll_call: Option<RollCallId>) -> StoreResult<Vec<StoredMail>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAIL_COLUMNS} FROM mail_outbox \
+             WHERE $1 IS NULL OR roll_call_id = $1 ORDER BY id"
+        ))
+        .bind(roll_call.map(|r| r.0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_mail).collect()
+    }
+
+    async fn mail_by_key(&self, key: &str) -> StoreResult<Option<StoredMail>> {
+        let row = sqlx::query(&format!(
+            "SELECT {MAIL_COLUMNS} FROM mail_outbox WHERE dedupe_key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_to_mail).transpose()
+    }
+
+    async fn next_mail_due(&self) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(t) FROM ( \
+               SELECT MIN(next_attempt_at) AS t FROM mail_outbox WHERE state = 'pending' \
+               UNION ALL \
+               SELECT MIN(lease_until) AS t FROM mail_outbox WHERE state = 'sending')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn lease(&self, name: &str) -> StoreResult<Option<(String, Millis)>> {
+        Ok(
+            sqlx::query_as("SELECT holder, until FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        from: &str,
+        to: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let _w = self.writer.lock().await;
+        let n = sqlx::query(
+            "UPDATE leases SET holder = $3, until = $4 WHERE name = $1 AND holder = $2",
+        )
+        .bind(name)
+        .bind(from)
+        .bind(to)
+        .bind(now + ttl.as_millis() as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -995,6 +1195,33 @@ impl SqliteStore {
             .await?;
         row.as_ref().map(row_to_roll_call).transpose()
     }
+}
+
+fn row_to_mail(r: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredMail> {
+    let to: String = r.try_get("recipients")?;
+    let state: String = r.try_get("state")?;
+    let csv_name: Option<String> = r.try_get("csv_name")?;
+    let csv: Option<Vec<u8>> = r.try_get("csv")?;
+    Ok(StoredMail {
+        id: r.try_get("id")?,
+        mail: NewMail {
+            kind: r.try_get("kind")?,
+            dedupe_key: r.try_get("dedupe_key")?,
+            roll_call_id: r.try_get::<Option<i64>, _>("roll_call_id")?.map(RollCallId),
+            to: serde_json::from_str(&to).map_err(|e| corrupt("mail recipients", e))?,
+            subject: r.try_get("subject")?,
+            body: r.try_get("body")?,
+            csv: csv_name.zip(csv),
+            meta: r.try_get("meta")?,
+        },
+        state: MailState::parse(&state).ok_or_else(|| corrupt("mail state", &state))?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        lease_until: r.try_get("lease_until")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        sent_at: r.try_get("sent_at")?,
+    })
 }
 
 /// A claimed delivery from `RETURNING id, roll_call_id, chat_handle, attempts, kind`.

@@ -214,6 +214,7 @@ async fn need_help_then_a_sticker_and_text_stays_urgent_at_the_top_until_hq_clos
                 Some("自宅1階、消防に連絡済み"),
                 "caller#1/受付2",
                 420_000,
+                false,
             )
             .await
             .unwrap();
@@ -362,8 +363,23 @@ async fn a_closed_roll_call_never_changes_and_a_late_urgent_answer_still_reaches
             .unwrap();
         assert_eq!(e.standing.unwrap().text.as_deref(), Some("無事"), "{name}");
 
-        // With nothing open, an urgent answer is kept as a late answer until HQ closes it.
+        // Closing the roll call does not take someone who asked for help off HQ's list: the
+        // open urgent answer is carried to the late answers.
         assert!(store.close_roll_call(second.rc.id, 80_000).await.unwrap());
+        let carried = store.late_answers(true).await.unwrap();
+        assert_eq!(carried.len(), 1, "{name}: {carried:?}");
+        assert_eq!(carried[0].staff_id, first.staff(p));
+        assert_eq!(carried[0].answer.label, "救助要請 / Need help");
+        assert_eq!(store.urgent_open().await.unwrap(), 1, "{name}");
+        assert!(store
+            .close_late_answer(carried[0].id, "hq", "消防へ連絡済み", 85_000)
+            .await
+            .unwrap());
+        // Closing it again carries nothing twice.
+        assert!(!store.close_roll_call(second.rc.id, 86_000).await.unwrap());
+        assert!(store.late_answers(true).await.unwrap().is_empty(), "{name}");
+
+        // With nothing open, an urgent answer is kept as a late answer until HQ closes it.
         let s = apply(
             &store,
             &[ev("c4", None, &h, text("閉じ込められた"), 90_000)],
@@ -390,11 +406,24 @@ async fn a_closed_roll_call_never_changes_and_a_late_urgent_answer_still_reaches
             .unwrap());
         assert!(store.late_answers(true).await.unwrap().is_empty(), "{name}");
         let all = store.late_answers(false).await.unwrap();
-        assert_eq!(all[0].note.as_deref(), Some("救急搬送済み"), "{name}");
+        assert_eq!(all.len(), 2, "{name}");
+        assert!(
+            all.iter()
+                .any(|l| l.note.as_deref() == Some("救急搬送済み")),
+            "{name}"
+        );
         assert_eq!(store.urgent_open().await.unwrap(), 0, "{name}");
         // Outcomes on a closed roll call are refused with the reason.
         let e = store
-            .record_call(second.rc.id, &first.staff(p), None, Some("x"), "hq", 96_000)
+            .record_call(
+                second.rc.id,
+                &first.staff(p),
+                None,
+                Some("x"),
+                "hq",
+                96_000,
+                false,
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, StoreError::Closed(_)), "{name}: {e:?}");
@@ -559,6 +588,7 @@ async fn hq_records_a_note_or_an_outcome_for_any_named_person() {
                 Some("本人から電話: 避難所にいる"),
                 "caller#2/受付1",
                 10_000,
+                false,
             )
             .await
             .unwrap();
@@ -571,6 +601,7 @@ async fn hq_records_a_note_or_an_outcome_for_any_named_person() {
                 Some("無事を確認"),
                 "caller#2/受付1",
                 11_000,
+                false,
             )
             .await
             .unwrap();
@@ -593,6 +624,7 @@ async fn hq_records_a_note_or_an_outcome_for_any_named_person() {
                 Some("x"),
                 "hq",
                 12_000,
+                false,
             )
             .await
             .unwrap_err();

@@ -17,6 +17,7 @@ mod engine;
 mod faults;
 mod hq_api;
 mod jma;
+mod leaks;
 mod lineworks;
 mod matrix;
 mod replicas;

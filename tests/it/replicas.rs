@@ -62,6 +62,31 @@ struct Cluster {
     handles: Vec<ChatHandle>,
     /// Staff ids that read at 30 s; everyone else never reads.
     readers: BTreeSet<String>,
+    people: usize,
+}
+
+/// What a cluster is made of; the default is what most tests here use.
+struct Setup {
+    dispatch_lease: String,
+    /// The application clock's speed.
+    speed: f64,
+    people: usize,
+    /// How long the simulator takes to accept each message.
+    send_takes: Duration,
+    /// `[replicas] lease_ttl`, in the application's clock.
+    lease_ttl: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            dispatch_lease: "20s".into(),
+            speed: SPEED,
+            people: PEOPLE,
+            send_takes: Duration::from_millis(20),
+            lease_ttl: format!("{LEASE_TTL_MS}ms"),
+        }
+    }
 }
 
 struct Replica {
@@ -73,12 +98,27 @@ impl Cluster {
     /// A fresh database, a slow simulator (every send takes 20 ms, so dispatch lasts long
     /// enough to be interrupted) and the roll call's contacts, or None without PostgreSQL.
     async fn new(dispatch_lease: &str) -> Option<Self> {
+        Self::build(Setup {
+            dispatch_lease: dispatch_lease.into(),
+            ..Setup::default()
+        })
+        .await
+    }
+
+    async fn build(setup: Setup) -> Option<Self> {
+        let Setup {
+            dispatch_lease,
+            speed,
+            people,
+            send_takes,
+            lease_ttl,
+        } = setup;
         init_logs();
         let pg = pg_url_or_skip().await?;
         let tmp = tempfile::tempdir().unwrap();
         let epoch = Utc::now();
-        let clock: SharedClock = Arc::new(ScaledClock::new(epoch, SPEED));
-        let contacts = synthetic::generate(PEOPLE, 91).contacts;
+        let clock: SharedClock = Arc::new(ScaledClock::new(epoch, speed));
+        let contacts = synthetic::generate(people, 91).contacts;
         let handles = handles(&contacts);
         let mut script = Script::default();
         let mut readers = BTreeSet::new();
@@ -94,7 +134,7 @@ impl Cluster {
                 rate_limit: None,
                 faults: Faults {
                     slow_share: 1.0,
-                    slow_delay: Duration::from_millis(20),
+                    slow_delay: send_takes,
                     ..Faults::default()
                 },
                 default_behaviour: Default::default(),
@@ -117,9 +157,9 @@ url = "{url}"
 max_connections = 4
 acquire_timeout = "1s"
 [replicas]
-lease_ttl = "{LEASE_TTL_MS}ms"
+lease_ttl = "{lease_ttl}"
 [time]
-speed = {SPEED}
+speed = {speed}
 epoch = "{epoch}"
 [dispatch]
 batch_size = {BATCH}
@@ -163,6 +203,7 @@ poll_wait = "100ms"
             contacts,
             handles,
             readers,
+            people,
         })
     }
 
@@ -243,7 +284,7 @@ poll_wait = "100ms"
         })
         .await;
         let p = self.progress(rc).await.unwrap();
-        assert_eq!(p.overall.total, PEOPLE as i64);
+        assert_eq!(p.overall.total, self.people as i64);
         assert_eq!(p.overall.failed, 0, "{:?}", p.overall);
         let list: BTreeSet<String> = self
             .store
@@ -552,4 +593,186 @@ async fn store_errors(replica: &Replica) -> u64 {
         .find(|l| l.starts_with("anpi_store_errors_total "))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Who holds singleton lease `name` now (its instance id).
+async fn lease_holder(store: &SharedStore, name: &str) -> Option<String> {
+    store.lease(name).await.ok().flatten().map(|(h, _)| h)
+}
+
+fn pid_of(holder: &str) -> Option<u32> {
+    holder.strip_prefix("pid")?.split('-').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_batch_hands_its_batch_over_within_the_dispatch_lease() {
+    // Real time, a 5 s dispatch lease, and a platform slow enough that one replica's batch
+    // takes longer than the lease to send.
+    let Some(cluster) = Cluster::build(Setup {
+        dispatch_lease: "5s".into(),
+        speed: 1.0,
+        people: 150,
+        send_takes: Duration::from_millis(1_000),
+        lease_ttl: "2s".into(),
+    })
+    .await
+    else {
+        return;
+    };
+    let mut a = cluster.replica().await;
+    let rc = cluster.start().await;
+    // a claims everyone (two send loops of 100 places each); only then does b join.
+    cluster
+        .wait_for(rc, "a claims the whole roll call", |p| {
+            p.overall.pending == 0
+        })
+        .await;
+    let mut b = cluster.replica().await;
+    let claimed_at = std::time::Instant::now();
+    wait_until(
+        "a sends past its first lease",
+        Duration::from_secs(60),
+        || {
+            let n = cluster.sim.stats().accepted;
+            let long = claimed_at.elapsed() > Duration::from_secs(7);
+            async move { n >= 48 && long }
+        },
+    )
+    .await;
+    // a's heartbeat kept its claims: in 7 s, past the 5 s lease, b took none of them.
+    assert_eq!(sends_by(&b).await, 0, "b sent part of a's live batch");
+    let at_kill = cluster.sim.stats().accepted;
+    assert!(
+        at_kill < 150,
+        "a finished before the kill; slow the simulator"
+    );
+    kill(&mut a.child);
+    let killed = std::time::Instant::now();
+    wait_until("b takes a's batch over", Duration::from_secs(60), || {
+        let b = &b;
+        async move { sends_by(b).await > 0 }
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(9),
+        "a's batch waited {took:?} after the kill (lease 5 s)"
+    );
+    cluster
+        .wait_for(rc, "everyone sent", |p| {
+            p.overall.pending == 0 && p.overall.sending == 0
+        })
+        .await;
+    for h in &cluster.handles {
+        assert!(
+            cluster.sim.received(rc, h) >= 1,
+            "{h} never got the message"
+        );
+    }
+    let dup = cluster.sim.stats().duplicates;
+    assert!(
+        dup <= 16,
+        "{dup} duplicates: more than a had in flight (16) at the kill"
+    );
+    kill(&mut b.child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn singleton_leases_go_with_their_process_handed_back_at_shutdown_and_taken_over_within_the_ttl(
+) {
+    let Some(cluster) = Cluster::build(Setup {
+        speed: 1.0,
+        people: 20,
+        lease_ttl: "2s".into(),
+        ..Setup::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let mut a = cluster.replica().await;
+    let mut b = cluster.replica().await;
+    let holder = |cluster: &Cluster| {
+        let store = cluster.store.clone();
+        async move { lease_holder(&store, "deadlines").await }
+    };
+    wait_until(
+        "someone holds the deadline lease",
+        Duration::from_secs(30),
+        || {
+            let h = holder(&cluster);
+            async move { h.await.is_some() }
+        },
+    )
+    .await;
+    let pick = |h: &str, a: &Replica, b: &Replica| -> bool {
+        // true: a holds it
+        let pid = pid_of(h).expect("the holder names its pid");
+        assert!(pid == a.child.id() || pid == b.child.id(), "{h}");
+        pid == a.child.id()
+    };
+
+    // 1. SIGKILL, the process left unreaped (it still exists to the machine): the survivor
+    //    waits out the lease and takes it within the 2 s time to live.
+    let first = holder(&cluster).await.unwrap();
+    let (victim, survivor) = if pick(&first, &a, &b) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    victim.child.kill().unwrap();
+    let killed = std::time::Instant::now();
+    wait_until(
+        "the survivor takes the lease",
+        Duration::from_secs(30),
+        || {
+            let h = holder(&cluster);
+            let first = first.clone();
+            async move { h.await.is_some_and(|h| h != first) }
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    victim.child.wait().unwrap();
+    assert!(
+        took < Duration::from_millis(3_000),
+        "took {took:?} to take over a 2 s lease"
+    );
+    let survivor_holder = holder(&cluster).await.unwrap();
+    assert_eq!(pid_of(&survivor_holder), Some(survivor.child.id()));
+
+    // 2. A replica restarted on this machine: the holder is SIGKILLed and reaped, so it is
+    //    gone from the machine; the new process takes the lease at once.
+    let mut c = cluster.replica().await;
+    kill(&mut survivor.child);
+    let killed = std::time::Instant::now();
+    wait_until(
+        "the new replica takes over",
+        Duration::from_secs(30),
+        || {
+            let h = holder(&cluster);
+            let c = c.child.id();
+            async move { h.await.and_then(|h| pid_of(&h)) == Some(c) }
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        killed.elapsed()
+    );
+
+    // 3. A clean shutdown (SIGTERM) hands the lease back: it has ended when the process has.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &c.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    c.child.wait().unwrap();
+    let (_, until) = cluster.store.lease("deadlines").await.unwrap().unwrap();
+    assert!(
+        until <= cluster.clock.now_millis(),
+        "the lease outlived its process by {} ms",
+        until - cluster.clock.now_millis()
+    );
 }

@@ -1198,3 +1198,162 @@ async fn notified_staff_and_drill_rows_come_from_the_deliveries() {
         assert!(r.has_chat_id);
     }
 }
+
+#[tokio::test]
+async fn a_renewed_claim_keeps_its_rows_and_a_row_taken_over_is_not_renewed() {
+    for (name, store, _db) in backends().await {
+        seeded(&store, 4, None).await;
+        let lease = Duration::from_secs(5);
+        let mine = store
+            .claim_due_deliveries("simulator", 2_000, lease, 4)
+            .await
+            .unwrap();
+        assert_eq!(mine.len(), 4, "{name}");
+        let held: Vec<(i64, i64)> = mine.iter().map(|d| (d.id, d.lease_until)).collect();
+        // Renewed before it ran out: nobody else can claim them after the first lease's end.
+        let renewed = store.renew_claims(&held, 11_000).await.unwrap();
+        assert_eq!(renewed.len(), 4, "{name}");
+        let other = store
+            .claim_due_deliveries("simulator", 8_000, lease, 10)
+            .await
+            .unwrap();
+        assert!(other.is_empty(), "{name}: renewed claims hold");
+        // A renewal naming the old lease no longer matches: the row is not this claim's.
+        assert!(store.renew_claims(&held, 20_000).await.unwrap().is_empty());
+        // Let two lapse: another worker takes them; renewing the rest leaves those alone.
+        let now_held: Vec<(i64, i64)> = mine.iter().map(|d| (d.id, 11_000)).collect();
+        let taken = store
+            .claim_due_deliveries("simulator", 11_000, lease, 2)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 2, "{name}");
+        let renewed = store.renew_claims(&now_held, 30_000).await.unwrap();
+        assert_eq!(renewed.len(), 2, "{name}: only the rows still ours");
+        assert!(taken.iter().all(|t| !renewed.contains(&t.id)), "{name}");
+        assert!(store.renew_claims(&[], 1).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_feed_position_only_moves_forward() {
+    for (name, store, _db) in backends().await {
+        assert_eq!(store.caught_up("simulator").await.unwrap(), None, "{name}");
+        store
+            .set_caught_up("simulator", 5_000, 5_001)
+            .await
+            .unwrap();
+        store
+            .set_caught_up("simulator", 4_000, 5_002)
+            .await
+            .unwrap();
+        assert_eq!(store.caught_up("simulator").await.unwrap(), Some(5_000));
+        store
+            .set_caught_up("simulator", 9_000, 9_001)
+            .await
+            .unwrap();
+        assert_eq!(store.caught_up("simulator").await.unwrap(), Some(9_000));
+        assert_eq!(store.caught_up("matrix").await.unwrap(), None, "{name}");
+    }
+}
+
+fn mail(key: &str, rc: Option<i64>) -> anpi::email::NewMail {
+    anpi::email::NewMail {
+        kind: anpi::email::kind::REMINDER.into(),
+        dedupe_key: key.into(),
+        roll_call_id: rc.map(anpi::ids::RollCallId),
+        to: vec!["tanaka@city.example.jp".into()],
+        subject: "【安否確認】未確認です".into(),
+        body: "本文 ☃ \u{1F600}".into(),
+        csv: Some(("list.csv".into(), vec![0xEF, 0xBB, 0xBF, b'a', 0, 0xFF])),
+        meta: Some("{\"true_at\":1}".into()),
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_writes_a_mail_once_and_hands_it_to_one_sender_at_a_time() {
+    use anpi::email::{MailOutcome, MailState};
+    for (name, store, _db) in backends().await {
+        let rc = seeded(&store, 2, None).await;
+        let run = [mail("r:1", Some(rc.id.0)), mail("r:2", Some(rc.id.0))];
+        assert_eq!(
+            store.enqueue_mails(&run, 10, 100).await.unwrap(),
+            2,
+            "{name}"
+        );
+        // Deciding again writes nothing.
+        assert_eq!(
+            store.enqueue_mails(&run, 11, 101).await.unwrap(),
+            0,
+            "{name}"
+        );
+        let all = store.mails(Some(rc.id)).await.unwrap();
+        assert_eq!(all.len(), 2, "{name}");
+        assert_eq!(
+            all[0].mail, run[0],
+            "{name}: round trip, attachment bytes and all"
+        );
+        assert_eq!(all[0].state, MailState::Pending);
+        assert_eq!(store.next_mail_due().await.unwrap(), Some(100), "{name}");
+        assert!(
+            store.claim_mail(99, 1_000).await.unwrap().is_none(),
+            "not yet due"
+        );
+
+        let a = store.claim_mail(100, 1_000).await.unwrap().unwrap();
+        let b = store.claim_mail(100, 1_000).await.unwrap().unwrap();
+        assert_eq!(
+            (a.mail.dedupe_key.as_str(), b.mail.dedupe_key.as_str()),
+            ("r:1", "r:2")
+        );
+        assert!(
+            store.claim_mail(500, 1_000).await.unwrap().is_none(),
+            "{name}: both held"
+        );
+        assert_eq!(a.attempts, 1);
+
+        // a is sent and marked; b's sender dies: after its lease b is handed out again.
+        assert!(store
+            .finish_mail(a.id, 1_000, &MailOutcome::Sent, 20)
+            .await
+            .unwrap());
+        let b2 = store.claim_mail(1_000, 2_000).await.unwrap().unwrap();
+        assert_eq!(b2.id, b.id, "{name}");
+        assert_eq!(b2.attempts, 2);
+        // The dead sender's late report is ignored: its claim is gone.
+        assert!(!store
+            .finish_mail(b.id, 1_000, &MailOutcome::Sent, 21)
+            .await
+            .unwrap());
+        let retry = MailOutcome::Retry {
+            at: 5_000,
+            error: "421 busy".into(),
+        };
+        assert!(store.finish_mail(b.id, 2_000, &retry, 22).await.unwrap());
+        assert!(
+            store.claim_mail(4_999, 9_000).await.unwrap().is_none(),
+            "{name}"
+        );
+        let b3 = store.claim_mail(5_000, 9_000).await.unwrap().unwrap();
+        let failed = MailOutcome::Failed {
+            error: "550 no such user".into(),
+        };
+        assert!(store.finish_mail(b3.id, 9_000, &failed, 23).await.unwrap());
+
+        let by_key = store.mail_by_key("r:1").await.unwrap().unwrap();
+        assert_eq!(by_key.state, MailState::Sent, "{name}");
+        assert_eq!(by_key.sent_at, Some(20));
+        let b = store.mail_by_key("r:2").await.unwrap().unwrap();
+        assert_eq!(b.state, MailState::Failed);
+        assert_eq!(b.attempts, 3);
+        assert_eq!(b.last_error.as_deref(), Some("550 no such user"));
+        assert_eq!(store.next_mail_due().await.unwrap(), None, "{name}");
+        assert!(store.mail_by_key("nope").await.unwrap().is_none());
+        // A mail about no roll call (a platform failing) sits beside them.
+        store
+            .enqueue_mails(&[mail("x", None)], 30, 30)
+            .await
+            .unwrap();
+        assert_eq!(store.mails(None).await.unwrap().len(), 3, "{name}");
+        assert_eq!(store.mails(Some(rc.id)).await.unwrap().len(), 2, "{name}");
+    }
+}

@@ -188,6 +188,8 @@ pub struct Options {
     /// Extra TOML merged into the app's configuration.
     pub extra_config: String,
     pub database: TestDatabase,
+    /// The scenarios folder; the repository's `scenarios/` when None.
+    pub scenarios_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -201,6 +203,7 @@ impl Default for Options {
             clock: TestClock::Manual,
             extra_config: String::new(),
             database: TestDatabase::SqliteFile,
+            scenarios_dir: None,
         }
     }
 }
@@ -289,7 +292,10 @@ rate_limit_per_minute = {rl}
 poll_wait = "50ms"
 {extra}
 "#,
-        scen = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"),
+        scen = opts.scenarios_dir.as_ref().map_or_else(
+            || concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios").to_string(),
+            |d| d.display().to_string()
+        ),
         url = sim.base_url(),
         rl = opts.provider_rate_limit_per_minute,
         extra = opts.extra_config,

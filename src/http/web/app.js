@@ -288,7 +288,12 @@ async function login(token) {
     try {
       const list = await getJson("/api/scenarios");
       const sel = $("scenario");
-      sel.replaceChildren(...list.map((s) => el("option", { value: s.name }, s.title + " (" + s.name + ")")));
+      // A broken scenario file is shown, disabled, with its error; the others stay usable.
+      sel.replaceChildren(...list.map((s) => s.broken
+        ? el("option", { value: "", disabled: "" }, "⚠ " + s.file + ": " + s.error)
+        : el("option", { value: s.name }, s.title + " (" + s.name + ")")));
+      const usable = list.find((s) => !s.broken);
+      if (usable) sel.value = usable.name;
     } catch (e) { showError(e.message); }
   }
   // A caller sees no button they may not press.
@@ -322,13 +327,19 @@ function watch(id) {
   if (!id) return;
   if (S.source) S.source.close();
   S.rc = id;
+  S.status = null;
   S.callsVersion = null;
   const src = new EventSource("/api/rollcalls/" + id + "/stream?token=" + encodeURIComponent(S.token));
   S.source = src;
   src.addEventListener("progress", (ev) => {
     $("live").textContent = t("live_on");
     const d = JSON.parse(ev.data);
-    renderStatus(d.status);
+    // The first event holds the whole status, later ones only what changed.
+    S.status = d.full || !S.status ? d.status : {
+      roll_call: d.status.roll_call || S.status.roll_call,
+      progress: Object.assign({}, S.status.progress, d.status.progress || {}),
+    };
+    renderStatus(S.status);
     if (d.calls_version !== S.callsVersion) {
       S.callsVersion = d.calls_version;
       loadCalls().catch((e) => showError(e.message));
