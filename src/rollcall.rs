@@ -455,6 +455,9 @@ pub struct Counts {
     pub shelter_phones: i64,
     #[serde(default)]
     pub shelter_phones_silent: i64,
+    /// Shelter phones in this group that read or answered.
+    #[serde(default)]
+    pub shelter_phones_confirmed: i64,
 }
 
 impl Counts {

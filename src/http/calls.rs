@@ -191,19 +191,22 @@ impl DeskBody {
             None | Some("") => Ok(who.name.clone()),
             Some(d)
                 if d.chars().count() <= 32
-                    && d.chars().all(|c| {
-                        c.is_alphanumeric() || c == '-' || c == '_' || c == ' ' || c == '　'
-                    }) =>
+                    && d.chars().all(|c| c.is_alphanumeric() || DESK_MARKS.contains(c)) =>
             {
                 Ok(format!("{}/{d}", who.name))
             }
             Some(d) => Err(ApiError::Unprocessable(format!(
-                "desk {:?}: use up to 32 letters, digits, spaces, '-' or '_'",
+                "端末名 {:?} は使えません: 32文字までの文字・数字と「{DESK_MARKS}」で入力してください \
+                 / desk {:?}: use up to 32 letters, digits and \"{DESK_MARKS}\"",
+                super::short(d),
                 super::short(d)
             ))),
         }
     }
 }
+
+/// Marks a desk name may hold besides letters and digits ("受付・2（本庁）").
+const DESK_MARKS: &str = " 　-_・()（）#＃.";
 
 async fn next(
     State(s): State<ApiState>,

@@ -412,6 +412,9 @@ impl CountRow {
         }
         if self.kind == ContactKind::ShelterPhone {
             c.shelter_phones += n;
+            if matches!(self.state, DeliveryState::Read | DeliveryState::Answered) {
+                c.shelter_phones_confirmed += n;
+            }
             if self.escalated_open {
                 c.shelter_phones_silent += n;
             }

@@ -1035,15 +1035,28 @@ async fn the_feed_watcher_fetches_each_telegram_once_honours_304_catches_up_and_
     server.0.lock().unwrap().stopped = true;
     let end = std::time::Instant::now() + Duration::from_secs(30);
     let health = loop {
+        // Details (which feed) for a token holder; anyone sees the problem's name.
         let res = app
             .http
             .get(format!("{}/healthz", app.base_url))
+            .bearer_auth(HQ_TOKEN)
             .send()
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
         let h: Value = res.json().await.unwrap();
         if h["status"] == "degraded" {
+            let anonymous: Value = app
+                .http
+                .get(format!("{}/healthz", app.base_url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(anonymous["problems"][0]["name"], "jma_feed", "{anonymous}");
+            assert!(anonymous.get("jma").is_none(), "{anonymous}");
             break h;
         }
         assert!(

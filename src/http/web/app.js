@@ -121,6 +121,10 @@ const OUTCOME = {
   reached_needs_help: ["要救助", "reached: needs help"],
   no_answer: ["不在", "no answer"],
   unreachable: ["不通", "unreachable"],
+  title_urgent: ["要対応 {n}名", "{n} need help"],
+  elapsed: ["開始から {m} 分", "{m} min since start"],
+  new_rollcall: ["新しい安否確認 #{id} {title} が始まりました。上の一覧から選べます。",
+    "A new roll call #{id} {title} has started; pick it from the list above."],
 };
 
 const S = {
@@ -135,6 +139,8 @@ const S = {
   person: null,
   claimed: false,
   pendingStart: null,
+  knownIds: null,
+  baseTitle: document.title,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -305,6 +311,8 @@ async function login(token) {
   await loadRollCalls();
   loadLate().catch((e) => showError(e.message));
   setInterval(() => loadLate().catch(() => {}), 15000);
+  setInterval(() => refreshRollCalls().catch(() => {}), 15000);
+  setInterval(showElapsed, 10000);
 }
 
 async function loadRollCalls(select) {
@@ -319,7 +327,29 @@ async function loadRollCalls(select) {
     "#" + rc.id + " " + rc.title + (rc.state === "closed" ? " (" + t("closed") + ")" : ""))));
   const want = select || S.rc || (list.find((r) => r.state === "open") || list[0]).id;
   sel.value = String(want);
+  S.knownIds = list.map((r) => r.id);
   watch(Number(sel.value));
+}
+
+// Roll calls started elsewhere (the CLI, a JMA telegram, another desk) appear in the list
+// without a reload; a page with none shown follows the new one.
+async function refreshRollCalls() {
+  const list = await getJson("/api/rollcalls");
+  const ids = list.map((r) => r.id);
+  if (S.knownIds && ids.length === S.knownIds.length && ids.every((id) => S.knownIds.includes(id))) return;
+  const fresh = list.filter((r) => r.state === "open" && !(S.knownIds || []).includes(r.id));
+  await loadRollCalls(S.rc ? S.rc : (fresh[0] || {}).id);
+  if (fresh.length && S.rc && fresh[0].id !== S.rc) {
+    showError(t("new_rollcall", { id: fresh[0].id, title: fresh[0].title }));
+  }
+}
+
+// Minutes since the roll call started, kept current between updates.
+function showElapsed() {
+  const rc = S.rcInfo;
+  if (!rc || !$("rc-elapsed")) return;
+  const end = rc.state === "closed" && rc.closed_at ? rc.closed_at : Date.now();
+  $("rc-elapsed").textContent = t("elapsed", { m: Math.max(0, Math.floor((end - rc.created_at) / 60000)) });
 }
 
 // ---- live progress ----
@@ -354,7 +384,7 @@ function countRow(name, c, shelter) {
   const cells = [el("td", {}, name)];
   if (shelter) {
     const state = c.shelter_phones === 0 ? "-" : silent ? t("silent")
-      : (c.shelter_phones_silent === 0 && c.read + c.answered > 0 ? t("shelter_ok") : t("shelter_waiting"));
+      : (c.shelter_phones_confirmed > 0 ? t("shelter_ok") : t("shelter_waiting"));
     cells.push(el("td", {}, silent ? el("b", { class: "silent-label" }, state) : state));
   }
   cells.push(el("td", { class: "num" }, c.total), el("td", { class: "num" }, c.read + c.answered),
@@ -366,6 +396,9 @@ function renderStatus(st) {
   const rc = st.roll_call, c = st.progress.overall;
   S.rcInfo = rc;
   $("rc-title").textContent = "#" + rc.id + " " + rc.title + (rc.state === "closed" ? " (" + t("closed") + ")" : "");
+  showElapsed();
+  // The tab's title says when someone is waiting for help, so a desk in another tab sees it.
+  document.title = (c.urgent_open > 0 ? "【" + t("title_urgent", { n: c.urgent_open }) + "】 " : "") + S.baseTitle;
   for (const k of ["total", "to_call", "reached", "urgent_open", "answered_urgent", "answered_attention", "resent"]) {
     $("p-" + k).textContent = c[k] || 0;
   }
