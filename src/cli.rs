@@ -712,7 +712,9 @@ fn print_person(e: &Value) {
         );
     }
     for phone in e["phones"].as_array().into_iter().flatten() {
-        println!("  tel: {}", phone.as_str().unwrap_or("?"));
+        let phone = phone.as_str().unwrap_or("?");
+        // As dialled in Japan, with the tel: form a phone app opens.
+        println!("  電話 / tel: {}  (tel:{phone})", crate::calllist::national(phone));
     }
     for n in e["notes"].as_array().into_iter().flatten() {
         println!(
@@ -774,11 +776,12 @@ async fn late(command: LateCommand, remote: &Remote) -> anyhow::Result<ExitCode>
                     ),
                     None => String::new(),
                 };
-                let phones: Vec<&str> = a["phones"]
+                let phones: Vec<String> = a["phones"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
+                    .map(crate::calllist::national)
                     .collect();
                 println!(
                     "{:>4}  #{} {} {}  {}{text}  tel: {}{closed}",

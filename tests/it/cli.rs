@@ -208,7 +208,7 @@ async fn rollcall_status_escalations_and_call_go_through_the_api() {
     let b = call(&["--next", "--desk", "tablet-2"]).await.unwrap();
     assert!(a.status.success() && b.status.success(), "{}", text(&a));
     let (a, b) = (text(&a), text(&b));
-    assert!(a.contains("tel: +81"), "{a}");
+    assert!(a.contains("(tel:+81") && a.contains("電話 / tel: 0"), "{a}");
     let who = |s: &str| s.split_whitespace().next().unwrap().to_string();
     let held = who(&a);
     assert_ne!(held, who(&b), "{a}\n{b}");
