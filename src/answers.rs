@@ -215,17 +215,25 @@ impl UrgentWords {
         Ok(Self { words: out })
     }
 
-    /// The first configured word `text` contains, if any.
+    /// The first configured word `text` contains, if any, leaving out a word the text denies
+    /// right after it (けがはありません, 怪我なし, 救助不要) or right before it (not injured, no
+    /// help needed). Such a reply is still shown to HQ verbatim, as one to look at.
     pub fn find(&self, text: &str) -> Option<&str> {
         let t = normalise(text);
         self.words
             .iter()
             .find(|(w, whole)| {
-                if *whole {
-                    contains_word(&t, w)
-                } else {
-                    t.contains(w.as_str())
-                }
+                t.match_indices(w.as_str()).any(|(i, _)| {
+                    let (before, after) = (&t[..i], &t[i + w.len()..]);
+                    if *whole {
+                        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+                        !word(before.chars().next_back())
+                            && !word(after.chars().next())
+                            && !denied_before(before)
+                    } else {
+                        !denied_after(after)
+                    }
+                })
             })
             .map(|(w, _)| w.as_str())
     }
@@ -254,14 +262,52 @@ fn normalise(s: &str) -> String {
         .collect()
 }
 
-/// `word` occurs in `text` with no ASCII letter or digit right before or after it.
-fn contains_word(text: &str, word: &str) -> bool {
-    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    text.match_indices(word).any(|(i, _)| {
-        let before = text[..i].chars().next_back();
-        let after = text[i + word.len()..].chars().next();
-        !is_word(before) && !is_word(after)
-    })
+/// Japanese that denies the word before it (normalised: hiragana, NFKC), after an optional
+/// particle.
+const DENIED_AFTER: &[&str] = &[
+    "なし",
+    "無し",
+    "ない",
+    "無い",
+    "なかった",
+    "無かった",
+    "ありません",
+    "ございません",
+    "していない",
+    "してない",
+    "していません",
+    "してません",
+    "しておりません",
+    "不要",
+    "いらない",
+    "いりません",
+];
+
+/// `after` (what follows a Japanese word) denies it: 「けがはありません」「怪我なし」「救助不要」
+/// 「怪我をしていません」.
+fn denied_after(after: &str) -> bool {
+    let rest = after.trim_start_matches([' ', '　']);
+    let rest = rest
+        .strip_prefix('は')
+        .or_else(|| rest.strip_prefix('も'))
+        .or_else(|| rest.strip_prefix('が'))
+        .or_else(|| rest.strip_prefix('を'))
+        .unwrap_or(rest)
+        .trim_start_matches([' ', '　']);
+    DENIED_AFTER.iter().any(|d| rest.starts_with(d))
+}
+
+/// `before` (what precedes an English word) denies it: "not injured", "no help needed".
+fn denied_before(before: &str) -> bool {
+    let last = before
+        .trim_end()
+        .rsplit(|c: char| !c.is_ascii_alphanumeric() && c != '\'')
+        .next()
+        .unwrap_or("");
+    matches!(
+        last,
+        "not" | "no" | "never" | "isn't" | "aren't" | "don't" | "dont"
+    )
 }
 
 /// What one inbound answer means, once its roll call is known.
@@ -329,6 +375,34 @@ mod tests {
         }
         let e = "critical".parse::<AnswerLevel>().unwrap_err();
         assert!(e.contains("\"ok\", \"attention\" or \"urgent\""), "{e}");
+    }
+
+    #[test]
+    fn a_help_word_the_reply_denies_is_not_urgent_but_one_it_does_not_deny_still_is() {
+        let w = UrgentWords::default();
+        for calm in [
+            "無事です。けがはありません",
+            "家族全員怪我なし",
+            "ケガ無し、出勤できます",
+            "救助不要",
+            "怪我をしていません",
+            "火事はないです",
+            "I'm fine, not injured",
+            "no help needed",
+        ] {
+            assert_eq!(w.level_of(calm), AnswerLevel::Attention, "{calm}");
+        }
+        for help in [
+            "けがはないが閉じ込められた",
+            "足を怪我、家から出られない",
+            "怪我あり",
+            "救助が必要",
+            "not sure, I think I'm injured",
+            "help",
+            "助けてください",
+        ] {
+            assert_eq!(w.level_of(help), AnswerLevel::Urgent, "{help}");
+        }
     }
 
     #[test]

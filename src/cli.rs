@@ -714,7 +714,10 @@ fn print_person(e: &Value) {
     for phone in e["phones"].as_array().into_iter().flatten() {
         let phone = phone.as_str().unwrap_or("?");
         // As dialled in Japan, with the tel: form a phone app opens.
-        println!("  電話 / tel: {}  (tel:{phone})", crate::calllist::national(phone));
+        println!(
+            "  電話 / tel: {}  (tel:{phone})",
+            crate::calllist::national(phone)
+        );
     }
     for n in e["notes"].as_array().into_iter().flatten() {
         println!(
