@@ -69,13 +69,26 @@ impl ResendWorker {
 
     /// Re-sends what is due at `now` (up to one chunk).
     pub async fn run_once(&self, now: Millis) -> Result<Outcome, StoreError> {
+        // Claim only what the bucket lets out now, so the claim is sent well within its lease
+        // whatever the platform's limit.
+        let want = match &self.limiter {
+            Some(l) => l.take_up_to(CHUNK).await,
+            None => CHUNK,
+        };
         let claimed = self
             .store
-            .claim_due_resends(self.provider.name(), now, LEASE, CHUNK)
-            .await?;
+            .claim_due_resends(self.provider.name(), now, LEASE, want)
+            .await;
+        let unused = want - claimed.as_ref().map_or(0, Vec::len);
+        if let (Some(l), true) = (&self.limiter, unused > 0) {
+            l.give_back(unused);
+        }
+        let claimed = claimed?;
         if claimed.is_empty() {
             return Ok(Outcome::Idle);
         }
+        // Once the platform says 429, the rest of the claim waits for its reset.
+        let mut paused_until: Option<Millis> = None;
         let mut roll_calls: std::collections::HashMap<_, Arc<RollCall>> = Default::default();
         let mut results = Vec::with_capacity(claimed.len());
         for d in &claimed {
@@ -90,8 +103,16 @@ impl ResendWorker {
                     rc
                 }
             };
-            if let Some(l) = &self.limiter {
-                l.acquire().await;
+            if let Some(next) = paused_until {
+                if let Some(l) = &self.limiter {
+                    l.give_back(1);
+                }
+                results.push(ResendResult::Retry {
+                    id: d.id,
+                    next,
+                    error: "rate limited".into(),
+                });
+                continue;
             }
             let msg = OutboundMessage {
                 delivery_id: d.id,
@@ -113,9 +134,11 @@ impl ResendWorker {
                     if let Some(l) = &self.limiter {
                         l.pause_for(reset);
                     }
+                    let next = at + reset.as_millis() as i64;
+                    paused_until = Some(next);
                     ResendResult::Retry {
                         id: d.id,
-                        next: at + reset.as_millis() as i64,
+                        next,
                         error: "rate limited".into(),
                     }
                 }
