@@ -122,6 +122,24 @@ pub async fn run_measured(args: DemoArgs) -> anyhow::Result<DemoReport> {
     if let Some(mix) = &args.answers {
         spec.answers =
             PopulationSpec::parse_answers(mix).map_err(|e| anyhow::anyhow!("--answers: {e}"))?;
+        // A value that is no button of the scenario would silently make people only read.
+        let known: Vec<&str> = scenario
+            .buttons
+            .iter()
+            .chain(&scenario.shelter_buttons)
+            .map(|b| b.value.as_str())
+            .collect();
+        if let Some(bad) = spec
+            .answers
+            .keys()
+            .find(|k| !matches!(k.as_str(), "text" | "sticker") && !known.contains(&k.as_str()))
+        {
+            anyhow::bail!(
+                "--answers: {bad:?} is not a button of scenario {:?}; use one of {}, text or sticker",
+                scenario.name,
+                known.join(", ")
+            );
+        }
     }
     if !args.texts.is_empty() {
         spec.texts = args.texts.clone();

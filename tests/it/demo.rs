@@ -33,3 +33,29 @@ async fn the_demo_summary_and_its_call_list_agree() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_answer_mix_naming_no_button_of_the_scenario_is_refused_with_the_choices() {
+    let err = demo::run_measured(DemoArgs {
+        size: 20,
+        speed: 300.0,
+        seed: 1,
+        scenario: None,
+        rate_limit_per_minute: 0,
+        database: None,
+        plain: true,
+        provider: "simulator".into(),
+        no_board: false,
+        rooms: false,
+        answers: Some("safe=50,injurd=5".into()),
+        texts: Vec::new(),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("\"injurd\""), "{err}");
+    assert!(
+        err.contains("injured") && err.contains("need_help"),
+        "{err}"
+    );
+}
