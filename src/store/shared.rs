@@ -1026,7 +1026,9 @@ pub(super) fn urgent_open_sql() -> String {
     )
 }
 
-/// The call queue's claim: `$1` roll call, `$2` caller, `$3` hold until, `$4` now.
+/// The call queue's claim: `$1` roll call, `$2` caller, `$3` hold until, `$4` now. Both kinds
+/// of open entry are on the action list, said again so that the planner reads only the list's
+/// index (a claim with nobody to call touches no other row).
 pub(super) fn claim_next_call_sql(d: Dialect) -> String {
     let lock = match d {
         Dialect::Sqlite => "",
@@ -1037,7 +1039,7 @@ pub(super) fn claim_next_call_sql(d: Dialect) -> String {
         "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
          WHERE id = ( \
            SELECT id FROM deliveries \
-           WHERE roll_call_id = $1 AND ({URGENT_OPEN} OR {ESCALATED_OPEN}) \
+           WHERE roll_call_id = $1 AND {ON_ACTION_LIST} AND ({URGENT_OPEN} OR {ESCALATED_OPEN}) \
              AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $2) \
              AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
            ORDER BY {} LIMIT 1 {lock}) \
