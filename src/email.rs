@@ -402,7 +402,8 @@ impl EmailWorker {
             if rc.state != RollCallState::Open {
                 continue;
             }
-            decided += self.urgent_mails(&rc).await?;
+            let progress = self.store.progress(rc.id).await?;
+            decided += self.urgent_mails(&rc, &progress).await?;
             let known = self
                 .decided
                 .lock()
@@ -424,7 +425,7 @@ impl EmailWorker {
                     .insert(rc.id);
                 continue;
             }
-            if self.decide(&rc).await? {
+            if self.decide(&rc, progress).await? {
                 decided += 1;
             }
         }
@@ -438,11 +439,15 @@ impl EmailWorker {
     /// Writes HQ one mail for each person in roll call `rc` who asked for help (an urgent
     /// answer HQ has not closed), without waiting for the deadline; one per person and roll
     /// call, whatever they send after. Returns how many were written.
-    async fn urgent_mails(&self, rc: &RollCall) -> Result<u64, StoreError> {
+    async fn urgent_mails(
+        &self,
+        rc: &RollCall,
+        progress: &crate::rollcall::Progress,
+    ) -> Result<u64, StoreError> {
         if self.hq.is_empty() {
             return Ok(0);
         }
-        let urgent = self.store.progress(rc.id).await?.overall.answered_urgent;
+        let urgent = progress.overall.answered_urgent;
         let seen = self
             .urgent_seen
             .lock()
@@ -540,8 +545,11 @@ impl EmailWorker {
     }
 
     /// Decides roll call `rc`'s deadline mail if it is due. True when it was written.
-    async fn decide(&self, rc: &RollCall) -> Result<bool, StoreError> {
-        let p = self.store.progress(rc.id).await?;
+    async fn decide(
+        &self,
+        rc: &RollCall,
+        p: crate::rollcall::Progress,
+    ) -> Result<bool, StoreError> {
         let c = &p.overall;
         // Due once every deadline has passed, when anyone is on the action list.
         let all_passed = (c.escalated > 0 || c.answered_urgent > 0)
