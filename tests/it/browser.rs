@@ -225,6 +225,13 @@ async fn hq_runs_a_drill_from_the_web_page() {
         json!(helper.id.as_str())
     );
     wait_text(c, "#p-to_call", "0").await;
+    // A desk in another tab sees it in the tab's title; the minutes since the start show.
+    let title = eval(c, "return document.title;").await;
+    assert!(
+        title.as_str().unwrap_or("").contains("要対応 1名"),
+        "{title}"
+    );
+    assert!(text_of(c, "#rc-elapsed").await.contains("開始から"));
 
     // The deadline passes: the silent 39 land on the list, below the urgent answer, silent
     // shelter phones first.

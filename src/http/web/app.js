@@ -102,11 +102,15 @@ const T = {
   closed: ["終了", "closed"],
   not_for_shelter: ["このトークンは避難所用です。避難所の画面を開きます。", "This token is for a shelter phone: opening the shelter page."],
   announced: ["送信しました（#{id}）", "Sent (#{id})"],
-  late_title: ["終了した安否確認に届いた救助要請", "Urgent answers to closed roll calls"],
-  late_help: ["開いている安否確認がないときに届いた要対応の回答です。対応したらメモを書いて閉じてください。",
-    "Urgent answers that came when no roll call was open. Write what was done and close each."],
+  late_title: ["終了した安否確認の救助要請（未対応）", "Urgent answers of closed roll calls"],
+  late_help: ["終了後に届いた要対応の回答と、終了時にまだ対応されていなかったものです。対応したらメモを書いて閉じてください。",
+    "Urgent answers that came after their roll call closed, and those still open when it was closed. Write what was done and close each."],
   late_close: ["対応済みにする", "Mark as handled"],
   late_note_prompt: ["対応内容（必須）", "What was done (required)"],
+  title_urgent: ["要対応 {n}名", "{n} need help"],
+  elapsed: ["開始から {m} 分", "{m} min since start"],
+  new_rollcall: ["新しい安否確認 #{id} {title} が始まりました。上の一覧から選べます。",
+    "A new roll call #{id} {title} has started; pick it from the list above."],
 };
 
 const ACTION_LABEL = {
@@ -121,10 +125,6 @@ const OUTCOME = {
   reached_needs_help: ["要救助", "reached: needs help"],
   no_answer: ["不在", "no answer"],
   unreachable: ["不通", "unreachable"],
-  title_urgent: ["要対応 {n}名", "{n} need help"],
-  elapsed: ["開始から {m} 分", "{m} min since start"],
-  new_rollcall: ["新しい安否確認 #{id} {title} が始まりました。上の一覧から選べます。",
-    "A new roll call #{id} {title} has started; pick it from the list above."],
 };
 
 const S = {
