@@ -991,6 +991,15 @@ fn place_of(e: &crate::rollcall::CallListEntry) -> String {
     }
 }
 
+/// Mail about a drill says so first, so nobody mistakes it for a real request for help.
+fn drill_mark(rc: &RollCall) -> &'static str {
+    if rc.drill {
+        "【訓練 / drill】"
+    } else {
+        ""
+    }
+}
+
 fn urgent_subject(
     rc: &RollCall,
     name: &str,
@@ -1004,8 +1013,10 @@ fn urgent_subject(
         format!("（{place}）")
     };
     format!(
-        "【安否確認・要対応】{what}: {name}{place} {} #{} / urgent",
-        rc.title, rc.id
+        "{}【安否確認・要対応】{what}: {name}{place} {} #{} / urgent",
+        drill_mark(rc),
+        rc.title,
+        rc.id
     )
 }
 
@@ -1056,7 +1067,8 @@ fn person_lines(
 /// One person who asked for help: who, what they sent, how to reach them.
 fn urgent_text(rc: &RollCall, e: &crate::rollcall::CallListEntry, tz: chrono_tz::Tz) -> String {
     let mut out = format!(
-        "{title}（#{id}）で助けを求める回答がありました。すぐに対応してください。\n\n",
+        "{mark}{title}（#{id}）で助けを求める回答がありました。すぐに対応してください。\n\n",
+        mark = drill_mark(rc),
         title = rc.title,
         id = rc.id
     );
