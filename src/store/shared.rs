@@ -16,16 +16,16 @@ use async_trait::async_trait;
 use serde_json::json;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{ApplySummary, StoreError, StoreResult};
+use super::{ApplySummary, ChatRecipient, LoggedEvent, StoreError, StoreResult};
 use crate::answers::{AnswerLevel, Choice, Meaning, UrgentWords};
 use crate::clock::Millis;
 use crate::contacts::ContactKind;
-use crate::email::MailOutcome;
-use crate::ids::StaffId;
+use crate::email::{MailOutcome, MailState, NewMail, StoredMail};
+use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::{InboundEvent, InboundKind};
 use crate::rollcall::{
-    CallListEntry, CallOutcome, Counts, DeliveryState, EscalationReason, GivenAnswer, Note,
-    Progress,
+    CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
+    GivenAnswer, Note, Progress, RollCall, RollCallState,
 };
 
 /// Which SQL dialect a statement is written for.
@@ -60,6 +60,21 @@ impl Dialect {
                 )
             }
         }
+    }
+
+    /// What ends a claim's subquery: on PostgreSQL, rows another replica is claiming this
+    /// instant are passed over (SQLite has one writer, so there are none).
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Whether the action list is sorted by the database ([`call_list_sql`]); SQLite's list
+    /// is sorted in Rust by [`CallListEntry::call_order`], the same order.
+    pub(super) fn sorts_call_list(self) -> bool {
+        self == Dialect::Postgres
     }
 
     /// Staff ids compare byte-wise on both backends, as in Rust.
@@ -1028,11 +1043,8 @@ pub(super) fn urgent_open_sql() -> String {
 
 /// The call queue's claim: `$1` roll call, `$2` caller, `$3` hold until, `$4` now.
 pub(super) fn claim_next_call_sql(d: Dialect) -> String {
-    let lock = match d {
-        Dialect::Sqlite => "",
-        // Two callers on two replicas asking at once get two different people.
-        Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-    };
+    // Two callers on two replicas asking at once get two different people.
+    let lock = d.skip_locked();
     format!(
         "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
          WHERE id = ( \
@@ -1047,7 +1059,8 @@ pub(super) fn claim_next_call_sql(d: Dialect) -> String {
 }
 
 /// Claims due re-sends: `$1` lease until, `$2` provider, `$3` now, `$4` limit.
-pub(super) fn claim_resends_sql(lock: &str) -> String {
+pub(super) fn claim_resends_sql(d: Dialect) -> String {
+    let lock = d.skip_locked();
     format!(
         "UPDATE deliveries SET resend_lease = $1 \
          WHERE id IN (SELECT id FROM deliveries \
@@ -1137,3 +1150,452 @@ pub(super) fn mail_outcome_columns(
         MailOutcome::Failed { error } => ("failed", None, Some(error.clone()), None),
     }
 }
+
+/// Finishes a claimed mail's attempt: `$1` id, `$2` the claim's lease, `$3` state, `$4` next
+/// attempt, `$5` error, `$6` sent at.
+pub(super) const FINISH_MAIL_SQL: &str = "UPDATE mail_outbox SET state = $3, lease_until = NULL, \
+    next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, \
+    sent_at = COALESCE($6, sent_at) \
+    WHERE id = $1 AND state = 'sending' AND lease_until = $2";
+
+/// Queues a mail unless its dedupe key is stored: `$1`..`$9` the mail, `$10` due (wall
+/// clock), `$11` now.
+pub(super) const ENQUEUE_MAIL_SQL: &str = "INSERT INTO mail_outbox (kind, dedupe_key, \
+    roll_call_id, recipients, subject, body, csv_name, csv, meta, state, attempts, \
+    next_attempt_at, created_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11) \
+    ON CONFLICT (dedupe_key) DO NOTHING";
+
+/// Claims the next due mail until `$1` at wall time `$2`.
+pub(super) fn claim_mail_sql(d: Dialect) -> String {
+    format!(
+        "UPDATE mail_outbox SET state = 'sending', lease_until = $1, attempts = attempts + 1 \
+         WHERE id = (SELECT id FROM mail_outbox \
+           WHERE (state = 'pending' AND next_attempt_at <= $2) \
+              OR (state = 'sending' AND lease_until <= $2) \
+           ORDER BY next_attempt_at, id LIMIT 1 {}) \
+         RETURNING {MAIL_COLUMNS}",
+        d.skip_locked()
+    )
+}
+
+/// Roll call `$1`'s mails, or all with NULL, oldest first.
+pub(super) fn mails_sql() -> String {
+    format!(
+        "SELECT {MAIL_COLUMNS} FROM mail_outbox \
+         WHERE CAST($1 AS BIGINT) IS NULL OR roll_call_id = $1 ORDER BY id"
+    )
+}
+
+/// The mail with dedupe key `$1`.
+pub(super) fn mail_by_key_sql() -> String {
+    format!("SELECT {MAIL_COLUMNS} FROM mail_outbox WHERE dedupe_key = $1")
+}
+
+/// When the next pending mail is due or a claim lapses.
+pub(super) fn next_mail_due_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "SELECT MIN(t) FROM ( \
+               SELECT MIN(next_attempt_at) AS t FROM mail_outbox WHERE state = 'pending' \
+               UNION ALL \
+               SELECT MIN(lease_until) AS t FROM mail_outbox WHERE state = 'sending')"
+        }
+        Dialect::Postgres => {
+            "SELECT LEAST( \
+               (SELECT MIN(next_attempt_at) FROM mail_outbox WHERE state = 'pending'), \
+               (SELECT MIN(lease_until) FROM mail_outbox WHERE state = 'sending'))"
+        }
+    }
+}
+
+/// A stored mail from a row of [`MAIL_COLUMNS`], on either backend.
+pub(super) fn mail_from_row<R>(r: &R) -> StoreResult<StoredMail>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<Vec<u8>>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let to: String = r.try_get("recipients")?;
+    let state: String = r.try_get("state")?;
+    let csv_name: Option<String> = r.try_get("csv_name")?;
+    let csv: Option<Vec<u8>> = r.try_get("csv")?;
+    Ok(StoredMail {
+        id: r.try_get("id")?,
+        mail: NewMail {
+            kind: r.try_get("kind")?,
+            dedupe_key: r.try_get("dedupe_key")?,
+            roll_call_id: r.try_get::<Option<i64>, _>("roll_call_id")?.map(RollCallId),
+            to: serde_json::from_str(&to).map_err(|e| corrupt("mail recipients", e))?,
+            subject: r.try_get("subject")?,
+            body: r.try_get("body")?,
+            csv: csv_name.zip(csv),
+            meta: r.try_get("meta")?,
+        },
+        state: MailState::parse(&state).ok_or_else(|| corrupt("mail state", &state))?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        lease_until: r.try_get("lease_until")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        sent_at: r.try_get("sent_at")?,
+    })
+}
+
+// ---- Roll calls, the event log, leases and small state ----------------------------------
+
+pub(super) const ROLL_CALL_BY_ID: &str = "SELECT * FROM roll_calls WHERE id = $1";
+pub(super) const ROLL_CALL_BY_KEY: &str = "SELECT * FROM roll_calls WHERE idempotency_key = $1";
+pub(super) const ROLL_CALLS: &str = "SELECT * FROM roll_calls ORDER BY id DESC";
+pub(super) const ROLL_CALL_EXISTS: &str = "SELECT 1 FROM roll_calls WHERE id = $1";
+
+/// A new open roll call (`$1`..`$13`); no row when its idempotency key is taken.
+pub(super) const INSERT_ROLL_CALL: &str = "INSERT INTO roll_calls (scenario, title, message, \
+    buttons, drill, deadline_ms, provider, state, created_at, recipients, idempotency_key, \
+    shelter_buttons, resend_after_ms, asks) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12, $13) \
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
+
+/// A roll call from `SELECT * FROM roll_calls`, on either backend.
+pub(super) fn roll_call_from_row<R>(r: &R) -> StoreResult<RollCall>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> bool: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let buttons: String = r.try_get("buttons")?;
+    let shelter_buttons: Option<String> = r.try_get("shelter_buttons")?;
+    let state: String = r.try_get("state")?;
+    let info = RollInfo::parse(&state, &buttons, shelter_buttons.as_deref())?;
+    Ok(RollCall {
+        id: RollCallId(r.try_get("id")?),
+        scenario: r.try_get("scenario")?,
+        title: r.try_get("title")?,
+        message: r.try_get("message")?,
+        buttons: info.buttons,
+        shelter_buttons: info.shelter_buttons,
+        resend_after_ms: r.try_get("resend_after_ms")?,
+        // An integer on SQLite, a boolean on PostgreSQL: both decode as `bool`.
+        drill: r.try_get("drill")?,
+        deadline_ms: r.try_get("deadline_ms")?,
+        provider: r.try_get("provider")?,
+        state: if state == "closed" {
+            RollCallState::Closed
+        } else {
+            RollCallState::Open
+        },
+        created_at: r.try_get("created_at")?,
+        closed_at: r.try_get("closed_at")?,
+        recipients: r.try_get("recipients")?,
+        asks: match r.try_get::<Option<String>, _>("asks")? {
+            Some(a) => serde_json::from_str(&a).map_err(|e| corrupt("roll call asks", e))?,
+            None => Default::default(),
+        },
+    })
+}
+
+/// A claimed delivery from `RETURNING id, roll_call_id, chat_handle, attempts, kind`.
+pub(super) fn claimed_from_row<R>(r: &R, lease_until: Millis) -> StoreResult<ClaimedDelivery>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let handle: Option<String> = r.try_get("chat_handle")?;
+    let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
+    let kind: String = r.try_get("kind")?;
+    Ok(ClaimedDelivery {
+        id: r.try_get("id")?,
+        roll_call_id: RollCallId(r.try_get("roll_call_id")?),
+        chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat id", e))?,
+        attempts: r.try_get("attempts")?,
+        kind: parse_kind(&kind)?,
+        lease_until,
+    })
+}
+
+/// Every recipient of roll call `$1` with a chat id, for [`chat_recipient_from_row`].
+pub(super) const CHAT_RECIPIENTS_SQL: &str =
+    "SELECT id, staff_id, kind, call_priority, department, shelter, chat_handle, state \
+     FROM deliveries WHERE roll_call_id = $1 AND chat_handle IS NOT NULL";
+
+/// A [`ChatRecipient`] from a row of [`CHAT_RECIPIENTS_SQL`].
+pub(super) fn chat_recipient_from_row<R>(r: &R) -> StoreResult<ChatRecipient>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let staff: String = get(r, 1)?;
+    let kind: String = get(r, 2)?;
+    let handle: String = get(r, 6)?;
+    let state: String = get(r, 7)?;
+    Ok(ChatRecipient {
+        delivery_id: get(r, 0)?,
+        staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
+        kind: parse_kind(&kind)?,
+        call_priority: get::<R, i64>(r, 3)?.clamp(0, 255) as u8,
+        department: get(r, 4)?,
+        shelter: get(r, 5)?,
+        chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat handle", e))?,
+        state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
+    })
+}
+
+/// A membership from `SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at,
+/// r.state` (see [`BatchReader::memberships`]).
+pub(super) fn membership_from_row<R>(r: &R) -> StoreResult<(String, Membership)>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let kind: String = get(r, 3)?;
+    let state: String = get(r, 5)?;
+    Ok((
+        get(r, 0)?,
+        Membership {
+            roll_call: get(r, 1)?,
+            delivery: get(r, 2)?,
+            kind: parse_kind(&kind)?,
+            sent_at: get(r, 4)?,
+            open: state == "open",
+        },
+    ))
+}
+
+/// A roll call's state and buttons from `SELECT id, state, buttons, shelter_buttons`.
+pub(super) fn roll_info_from_row<R>(r: &R) -> StoreResult<(i64, RollInfo)>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let state: String = get(r, 1)?;
+    let buttons: String = get(r, 2)?;
+    let shelter: Option<String> = get(r, 3)?;
+    Ok((
+        get(r, 0)?,
+        RollInfo::parse(&state, &buttons, shelter.as_deref())?,
+    ))
+}
+
+/// Stores provider `$1`'s feed cursor `$2` at `$3`.
+pub(super) const SET_CURSOR: &str = "INSERT INTO provider_cursors (provider, cursor, updated_at) \
+    VALUES ($1, $2, $3) ON CONFLICT (provider) DO UPDATE SET \
+    cursor = excluded.cursor, updated_at = excluded.updated_at";
+pub(super) const CURSOR: &str = "SELECT cursor FROM provider_cursors WHERE provider = $1";
+
+/// Roll call `$1`'s event log, oldest first, at most `$2`.
+pub(super) const EVENTS_SQL: &str = "SELECT id, provider, event_id, roll_call_id, delivery_id, \
+    from_handle, kind, value, occurred_at, received_at \
+    FROM events WHERE roll_call_id = $1 ORDER BY id LIMIT $2";
+
+/// A logged event from a row of [`EVENTS_SQL`].
+pub(super) fn event_from_row<R>(r: &R) -> StoreResult<LoggedEvent>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    Ok(LoggedEvent {
+        id: r.try_get("id")?,
+        provider: r.try_get("provider")?,
+        event_id: r.try_get("event_id")?,
+        roll_call_id: r.try_get("roll_call_id")?,
+        delivery_id: r.try_get("delivery_id")?,
+        from: r.try_get("from_handle")?,
+        kind: r.try_get("kind")?,
+        value: r.try_get("value")?,
+        occurred_at: r.try_get("occurred_at")?,
+        received_at: r.try_get("received_at")?,
+    })
+}
+
+/// When provider `$1`'s next pending delivery is due or a claim lapses, as `t`.
+pub(super) fn next_due_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "SELECT MIN(t) AS t FROM ( \
+               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'pending' \
+               UNION ALL \
+               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')"
+        }
+        Dialect::Postgres => {
+            "SELECT LEAST( \
+               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'pending'), \
+               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'sending')) AS t"
+        }
+    }
+}
+
+/// The earliest deadline of a sent, unread, not yet escalated delivery of an open roll call
+/// (no row or NULL when there is none).
+pub(super) fn next_deadline_sql(d: Dialect) -> &'static str {
+    match d {
+        // `+roll_call_id` keeps SQLite on the partial deadline index (the earliest entry of
+        // an open roll call) instead of walking every delivery of every open roll call.
+        Dialect::Sqlite => {
+            "SELECT deadline_at FROM deliveries \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at IS NOT NULL \
+               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+             ORDER BY deadline_at LIMIT 1"
+        }
+        Dialect::Postgres => {
+            "SELECT MIN(deadline_at) AS t FROM deliveries \
+             WHERE state = 'sent' AND escalated_at IS NULL \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+        }
+    }
+}
+
+/// Escalates, at `$1`, every sent, unread delivery of an open roll call whose deadline passed.
+pub(super) fn escalate_due_sql(d: Dialect) -> &'static str {
+    match d {
+        // `+roll_call_id`: as in `next_deadline_sql`.
+        Dialect::Sqlite => {
+            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
+               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+        }
+        Dialect::Postgres => {
+            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+        }
+    }
+}
+
+/// Roll call `$1`'s action list; in the action order where [`Dialect::sorts_call_list`].
+/// SQLite's is sorted in Rust rather than by SQLite, which would copy every wide row into a
+/// temporary b-tree first: for 100,000 entries that took seconds.
+pub(super) fn call_list_sql(d: Dialect) -> String {
+    let order = if d.sorts_call_list() {
+        format!(" ORDER BY {}", d.action_order(false))
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND {ON_ACTION_LIST}{order}"
+    )
+}
+
+/// Roll call `$1`'s entry of staff `$2`.
+pub(super) fn entry_sql() -> String {
+    format!("SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2")
+}
+
+/// A note as stored in a delivery's `notes` array.
+pub(super) fn note_json(note: Option<&str>, by: &str, now: Millis) -> StoreResult<Option<String>> {
+    note.map(|n| {
+        serde_json::to_string(&Note {
+            at: now,
+            by: by.to_string(),
+            text: n.to_string(),
+        })
+    })
+    .transpose()
+    .map_err(|e| corrupt("note", e))
+}
+
+/// Records a call: `$1` roll call, `$2` staff, `$3` outcome, `$4` now, `$5` by, `$6` the
+/// note as JSON. With an outcome, [`OUTCOME_GUARD`] applies; unless `after_close`, only on an
+/// open roll call. Returns the entry and its chat id.
+pub(super) fn record_call_sql(d: Dialect, with_outcome: bool, after_close: bool) -> String {
+    let (set, guard) = if with_outcome {
+        (
+            "outcome = $3, outcome_at = $4, outcome_by = $5, \
+             call_claimed_by = NULL, call_claimed_until = NULL,",
+            OUTCOME_GUARD,
+        )
+    } else {
+        ("", "")
+    };
+    let open = if after_close {
+        ""
+    } else {
+        "AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+    };
+    // Every parameter appears in every form of the statement, so both backends bind the
+    // same six; PostgreSQL needs their types said where nothing else tells them.
+    let (notes, params) = match d {
+        Dialect::Sqlite => (
+            "CASE WHEN $6 IS NULL THEN notes \
+                  ELSE json_insert(COALESCE(notes, '[]'), '$[#]', json($6)) END",
+            "COALESCE($3, '') = COALESCE($3, '') AND $4 = $4 AND $5 = $5",
+        ),
+        Dialect::Postgres => (
+            "CASE WHEN $6::text IS NULL THEN notes \
+                  ELSE (COALESCE(notes::jsonb, '[]'::jsonb) || jsonb_build_array($6::jsonb))::text END",
+            "COALESCE($3::text, '') = COALESCE($3::text, '') AND $4::bigint = $4::bigint \
+             AND $5::text = $5::text",
+        ),
+    };
+    format!(
+        "UPDATE deliveries SET {set} notes = {notes} \
+         WHERE roll_call_id = $1 AND staff_id = $2 {guard} {open} AND {params} \
+         RETURNING {ENTRY_COLUMNS}, chat_handle"
+    )
+}
+
+/// Lets go of caller `$3`'s hold on staff `$2` of roll call `$1`.
+pub(super) const RELEASE_CALL_SQL: &str = "UPDATE deliveries SET call_claimed_by = NULL, \
+    call_claimed_until = NULL WHERE roll_call_id = $1 AND staff_id = $2 AND call_claimed_by = $3";
+
+pub(super) const PROVIDER_STATE_SQL: &str =
+    "SELECT value FROM provider_state WHERE provider = $1 AND key = $2";
+pub(super) const SET_PROVIDER_STATE_SQL: &str = "INSERT INTO provider_state (provider, key, \
+    value, updated_at) VALUES ($1, $2, $3, $4) \
+    ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value, \
+    updated_at = excluded.updated_at";
+
+/// Takes lease `$1` for `$2` until `$3` if it is free, expired at `$4`, or already `$2`'s.
+/// One statement: concurrent callers are serialised on the row; exactly one of them finds it
+/// free or expired.
+pub(super) const TRY_LEASE_SQL: &str = "INSERT INTO leases (name, holder, until) \
+    VALUES ($1, $2, $3) \
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+    WHERE leases.holder = excluded.holder OR leases.until <= $4";
+pub(super) const LEASE_SQL: &str = "SELECT holder, until FROM leases WHERE name = $1";
+/// Hands lease `$1` from `$2` to `$3` until `$4`.
+pub(super) const TAKE_LEASE_SQL: &str =
+    "UPDATE leases SET holder = $3, until = $4 WHERE name = $1 AND holder = $2";
+
+/// Moves provider `$1`'s caught-up time forward to `$2`, at `$3`.
+pub(super) fn set_caught_up_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "INSERT INTO feed_positions (provider, caught_up_to, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider) DO UPDATE SET \
+               caught_up_to = MAX(feed_positions.caught_up_to, excluded.caught_up_to), \
+               updated_at = excluded.updated_at"
+        }
+        Dialect::Postgres => {
+            "INSERT INTO feed_positions (provider, caught_up_to, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider) DO UPDATE SET \
+               caught_up_to = GREATEST(feed_positions.caught_up_to, EXCLUDED.caught_up_to), \
+               updated_at = EXCLUDED.updated_at"
+        }
+    }
+}
+pub(super) const CAUGHT_UP_SQL: &str =
+    "SELECT caught_up_to FROM feed_positions WHERE provider = $1";
