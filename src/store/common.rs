@@ -19,7 +19,7 @@
 /// - `retrying(&self, op)`: runs a transaction-opening `op`, again where a race was lost;
 /// - `Batch` (its [`BatchReader`](super::shared::BatchReader)) with `run_rows`, written here;
 /// - what differs: `run_migrations`, `write_contacts`, `read_contacts`, `insert_deliveries`,
-///   `claim_due`, `record_sends`, `renew`, `check`.
+///   `record_sends`, `renew`, `check`.
 macro_rules! store_impl {
     ($store:ty, $dialect:expr) => {
         impl Batch<'_, '_> {
@@ -59,6 +59,12 @@ macro_rules! store_impl {
         }
 
         impl $store {
+            /// Uses `words` to tell urgent free text from the rest.
+            pub fn with_urgent_words(mut self, words: $crate::answers::UrgentWords) -> Self {
+                self.words = std::sync::Arc::new(words);
+                self
+            }
+
             async fn roll_call_by_key(
                 &self,
                 key: &str,
@@ -294,7 +300,13 @@ macro_rules! store_impl {
             ) -> $crate::store::StoreResult<Vec<$crate::rollcall::ClaimedDelivery>> {
                 let lease_until = now + lease.as_millis() as i64;
                 let _w = self.write_lock().await;
-                let rows = self.claim_due(provider, now, lease_until, limit).await?;
+                let rows = sqlx::query(super::shared::claim_due_sql($dialect))
+                    .bind(lease_until)
+                    .bind(provider)
+                    .bind(now)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
                 rows.iter()
                     .map(|r| super::shared::claimed_from_row(r, lease_until))
                     .collect()

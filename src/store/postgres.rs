@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::MutexGuard;
 
 use super::shared::{
-    corrupt, kind_str, membership_from_row, roll_info_from_row, BatchReader, Dialect, Membership,
-    RollInfo,
+    corrupt, kind_str, membership_from_row, memberships_sql, record_failed_sql, record_retry_sql,
+    record_sent_sql, renew_claims_sql, roll_info_from_row, roll_infos_sql, split_results,
+    BatchReader, Dialect, Membership, RollInfo,
 };
 use super::{StoreError, StoreResult};
 use crate::answers::UrgentWords;
@@ -98,12 +99,6 @@ impl PostgresStore {
         })
     }
 
-    /// Uses `words` to tell urgent free text from the rest.
-    pub fn with_urgent_words(mut self, words: UrgentWords) -> Self {
-        self.words = Arc::new(words);
-        self
-    }
-
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -136,56 +131,31 @@ impl PostgresStore {
         let mut tx = self.pool.begin().await?;
         let (sent, retry, failed) = (&cols.sent, &cols.retry, &cols.failed);
         if !sent.0.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries AS d SET \
-                   state = CASE WHEN d.state = 'sending' THEN 'sent' ELSE d.state END, \
-                   sent_at = COALESCE(d.sent_at, j.at), \
-                   deadline_at = COALESCE(d.deadline_at, j.dl), \
-                   message_id = COALESCE(j.mid, d.message_id), \
-                   lease_until = NULL, \
-                   resend_at = COALESCE(d.resend_at, j.at + \
-                     (SELECT r.resend_after_ms FROM roll_calls r WHERE r.id = d.roll_call_id)) \
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) \
-                   AS j(id, at, dl, mid) \
-                 WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')",
-            )
-            .bind(&sent.0)
-            .bind(&sent.1)
-            .bind(&sent.2)
-            .bind(&sent.3)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&record_sent_sql(Dialect::Postgres))
+                .bind(&sent.0)
+                .bind(&sent.1)
+                .bind(&sent.2)
+                .bind(&sent.3)
+                .execute(&mut *tx)
+                .await?;
         }
         if !retry.id.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries AS d SET state = 'pending', next_attempt_at = j.next, \
-                   last_error = j.err, lease_until = NULL, attempts = d.attempts - j.refund \
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[]) \
-                   AS j(id, next, err, refund, lease) \
-                 WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.lease",
-            )
-            .bind(&retry.id)
-            .bind(&retry.next)
-            .bind(&retry.err)
-            .bind(&retry.refund)
-            .bind(&retry.lease)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&record_retry_sql(Dialect::Postgres))
+                .bind(&retry.id)
+                .bind(&retry.next)
+                .bind(&retry.err)
+                .bind(&retry.refund)
+                .bind(&retry.lease)
+                .execute(&mut *tx)
+                .await?;
         }
         if !failed.0.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries AS d SET state = 'failed', last_error = j.err, \
-                   lease_until = NULL, \
-                   escalated_at = COALESCE(d.escalated_at, $3), \
-                   escalation_reason = COALESCE(d.escalation_reason, 'send_failed') \
-                 FROM UNNEST($1::bigint[], $2::text[]) AS j(id, err) \
-                 WHERE d.id = j.id AND d.state = 'sending'",
-            )
-            .bind(&failed.0)
-            .bind(&failed.1)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&record_failed_sql(Dialect::Postgres))
+                .bind(&failed.0)
+                .bind(&failed.1)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -322,99 +292,42 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Claims due deliveries, returning `id, roll_call_id, chat_handle, attempts, kind`.
-    async fn claim_due(
-        &self,
-        provider: &str,
-        now: Millis,
-        lease_until: Millis,
-        limit: usize,
-    ) -> StoreResult<Vec<PgRow>> {
-        // Expired leases first (a crashed replica's batch), then due pending rows, oldest
-        // first; a claimed row's next_attempt_at is its lease's end, so both walk one index
-        // (lease_until is checked too, for rows claimed by a replica not yet upgraded). SKIP LOCKED: rows another replica is claiming this instant are passed over,
-        // and a row changed since this statement's snapshot is re-checked before it is taken.
-        Ok(sqlx::query(
-            "WITH expired AS ( \
-               SELECT id FROM deliveries \
-               WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
-                 AND lease_until <= $3 \
-               LIMIT $4 FOR UPDATE SKIP LOCKED), \
-             due AS ( \
-               SELECT id FROM deliveries \
-               WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 \
-               ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
-             picked AS ( \
-               SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS u LIMIT $4) \
-             UPDATE deliveries AS d \
-             SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
-               attempts = d.attempts + 1 \
-             FROM picked WHERE d.id = picked.id \
-             RETURNING d.id, d.roll_call_id, d.chat_handle, d.attempts, d.kind",
-        )
-        .bind(lease_until)
-        .bind(provider)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     async fn record_sends(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
-        let mut cols = ResultColumns::default();
-        for r in results {
-            match r {
-                SendResult::Sent {
-                    id,
-                    at,
-                    deadline_at,
-                    message_id,
-                } => {
-                    cols.sent.0.push(*id);
-                    cols.sent.1.push(*at);
-                    cols.sent.2.push(*deadline_at);
-                    cols.sent.3.push(message_id.clone());
-                }
-                SendResult::Retry {
-                    id,
-                    next_attempt_at,
-                    error,
-                    refund_attempt,
-                    lease_until,
-                } => {
-                    cols.retry.id.push(*id);
-                    cols.retry.next.push(*next_attempt_at);
-                    cols.retry.err.push(error.clone());
-                    cols.retry.refund.push(*refund_attempt as i64);
-                    cols.retry.lease.push(*lease_until);
-                }
-                SendResult::Failed { id, error } => {
-                    cols.failed.0.push(*id);
-                    cols.failed.1.push(error.clone());
-                }
-            }
-        }
+        let rows = split_results(results);
+        let cols = ResultColumns {
+            sent: (
+                rows.sent.iter().map(|r| r.id).collect(),
+                rows.sent.iter().map(|r| r.at).collect(),
+                rows.sent.iter().map(|r| r.dl).collect(),
+                rows.sent.iter().map(|r| r.mid.map(String::from)).collect(),
+            ),
+            retry: RetryColumns {
+                id: rows.retry.iter().map(|r| r.id).collect(),
+                next: rows.retry.iter().map(|r| r.next).collect(),
+                err: rows.retry.iter().map(|r| r.err.to_string()).collect(),
+                refund: rows.retry.iter().map(|r| r.refund).collect(),
+                lease: rows.retry.iter().map(|r| r.lease).collect(),
+            },
+            failed: (
+                rows.failed.iter().map(|r| r.id).collect(),
+                rows.failed.iter().map(|r| r.err.to_string()).collect(),
+            ),
+        };
         self.retrying(|| self.record_once(&cols, now)).await
     }
 
     async fn renew(&self, held: &[(i64, Millis)], until: Millis) -> StoreResult<Vec<i64>> {
         let (ids, leases): (Vec<i64>, Vec<i64>) = held.iter().copied().unzip();
-        let renewed = self
-            .retrying(|| async {
-                Ok(sqlx::query_scalar(
-                    "UPDATE deliveries AS d SET lease_until = $1, next_attempt_at = $1 \
-                 FROM UNNEST($2::bigint[], $3::bigint[]) AS j(id, l) \
-                 WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.l \
-                 RETURNING d.id",
-                )
+        let sql = renew_claims_sql(Dialect::Postgres);
+        self.retrying(|| async {
+            Ok(sqlx::query_scalar(&sql)
                 .bind(until)
                 .bind(&ids)
                 .bind(&leases)
                 .fetch_all(&self.pool)
                 .await?)
-            })
-            .await?;
-        Ok(renewed)
+        })
+        .await
     }
 
     async fn check(&self) -> StoreResult<()> {
@@ -448,30 +361,20 @@ impl BatchReader for Batch<'_, '_> {
         sqlx::query("SELECT id FROM roll_calls WHERE state = 'open' FOR SHARE")
             .fetch_all(&mut **self.0)
             .await?;
-        let rows = sqlx::query(
-            "SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at, r.state \
-             FROM deliveries AS d JOIN roll_calls AS r ON r.id = d.roll_call_id \
-             WHERE d.provider = $1 AND d.chat_handle = ANY($2::text[]) \
-               AND (r.state = 'open' OR d.roll_call_id = ANY($3::bigint[]) \
-                    OR d.roll_call_id = (SELECT MAX(x.roll_call_id) FROM deliveries AS x \
-                                         WHERE x.provider = d.provider \
-                                           AND x.chat_handle = d.chat_handle))",
-        )
-        .bind(provider)
-        .bind(handles)
-        .bind(named)
-        .fetch_all(&mut **self.0)
-        .await?;
+        let rows = sqlx::query(&memberships_sql(Dialect::Postgres))
+            .bind(provider)
+            .bind(handles)
+            .bind(named)
+            .fetch_all(&mut **self.0)
+            .await?;
         rows.iter().map(membership_from_row).collect()
     }
 
     async fn roll_infos(&mut self, ids: &[i64]) -> StoreResult<HashMap<i64, RollInfo>> {
-        let rows = sqlx::query(
-            "SELECT id, state, buttons, shelter_buttons FROM roll_calls WHERE id = ANY($1::bigint[])",
-        )
-        .bind(ids)
-        .fetch_all(&mut **self.0)
-        .await?;
+        let rows = sqlx::query(&roll_infos_sql(Dialect::Postgres))
+            .bind(ids)
+            .fetch_all(&mut **self.0)
+            .await?;
         rows.iter().map(roll_info_from_row).collect()
     }
 

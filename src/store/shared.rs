@@ -25,7 +25,7 @@ use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::{InboundEvent, InboundKind};
 use crate::rollcall::{
     CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
-    GivenAnswer, Note, Progress, RollCall, RollCallState,
+    GivenAnswer, Note, Progress, RollCall, RollCallState, SendResult,
 };
 
 /// Which SQL dialect a statement is written for.
@@ -59,6 +59,48 @@ impl Dialect {
                     fields.join(", ")
                 )
             }
+        }
+    }
+
+    /// A batch of rows bound from parameter `$first`, read as table `j` with the given
+    /// (column, SQL type) pairs, for `FROM {table}`: SQLite takes one JSON array of objects,
+    /// PostgreSQL one array per column (`UNNEST`). Returns the table and the next free
+    /// parameter number.
+    pub(super) fn table(self, first: usize, cols: &[(&str, &str)]) -> (String, usize) {
+        match self {
+            Dialect::Sqlite => {
+                let fields: Vec<String> = cols
+                    .iter()
+                    .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
+                    .collect();
+                (
+                    format!(
+                        "(SELECT {} FROM json_each(${first})) AS j",
+                        fields.join(", ")
+                    ),
+                    first + 1,
+                )
+            }
+            Dialect::Postgres => {
+                let arrays: Vec<String> = (first..)
+                    .zip(cols)
+                    .map(|(n, (_, t))| format!("${n}::{t}[]"))
+                    .collect();
+                let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
+                (
+                    format!("UNNEST({}) AS j({})", arrays.join(", "), names.join(", ")),
+                    first + cols.len(),
+                )
+            }
+        }
+    }
+
+    /// `col` is one of the values bound as `$n` (a JSON array on SQLite, an array on
+    /// PostgreSQL).
+    fn one_of(self, col: &str, n: usize, ty: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("{col} IN (SELECT value FROM json_each(${n}))"),
+            Dialect::Postgres => format!("{col} = ANY(${n}::{ty}[])"),
         }
     }
 
@@ -1599,3 +1641,223 @@ pub(super) fn set_caught_up_sql(d: Dialect) -> &'static str {
 }
 pub(super) const CAUGHT_UP_SQL: &str =
     "SELECT caught_up_to FROM feed_positions WHERE provider = $1";
+
+// ---- Sending: claims, results, renewals -------------------------------------------------
+
+/// Claims provider `$2`'s due deliveries at `$3`, at most `$4`, until `$1`: expired leases
+/// first (a crashed worker's batch), then due pending rows. Returns `id, roll_call_id,
+/// chat_handle, attempts, kind`.
+pub(super) fn claim_due_sql(d: Dialect) -> &'static str {
+    match d {
+        // Each part walks the (provider, state, next_attempt_at) index and stops at the
+        // limit. A claimed row's next_attempt_at is its lease's end, so both parts are index
+        // ranges; the lease_until check keeps a row claimed by an anpi from before that rule
+        // (a replica not yet upgraded) until its real lease ends.
+        Dialect::Sqlite => {
+            "UPDATE deliveries SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
+               attempts = attempts + 1 \
+             WHERE id IN ( \
+               SELECT id FROM ( \
+                 SELECT id FROM (SELECT id FROM deliveries \
+                    WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
+                      AND lease_until <= $3 LIMIT $4) \
+                 UNION ALL \
+                 SELECT id FROM (SELECT id FROM deliveries \
+                    WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 LIMIT $4) \
+               ) LIMIT $4) \
+             RETURNING id, roll_call_id, chat_handle, attempts, kind"
+        }
+        // Pending rows oldest first; both parts walk one index (lease_until is checked too,
+        // for rows claimed by a replica not yet upgraded). SKIP LOCKED: rows another replica
+        // is claiming this instant are passed over, and a row changed since this statement's
+        // snapshot is re-checked before it is taken.
+        Dialect::Postgres => {
+            "WITH expired AS ( \
+               SELECT id FROM deliveries \
+               WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
+                 AND lease_until <= $3 \
+               LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             due AS ( \
+               SELECT id FROM deliveries \
+               WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 \
+               ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             picked AS ( \
+               SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS u LIMIT $4) \
+             UPDATE deliveries AS d \
+             SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
+               attempts = d.attempts + 1 \
+             FROM picked WHERE d.id = picked.id \
+             RETURNING d.id, d.roll_call_id, d.chat_handle, d.attempts, d.kind"
+        }
+    }
+}
+
+/// One sent message of a batch of send results.
+#[derive(serde::Serialize)]
+pub(super) struct SentRow<'a> {
+    pub(super) id: i64,
+    pub(super) at: Millis,
+    pub(super) dl: Millis,
+    pub(super) mid: Option<&'a str>,
+}
+
+/// One send to try again, handed back under the claim's lease.
+#[derive(serde::Serialize)]
+pub(super) struct RetryRow<'a> {
+    pub(super) id: i64,
+    pub(super) next: Millis,
+    pub(super) err: &'a str,
+    pub(super) refund: i64,
+    pub(super) lease: Millis,
+}
+
+/// One send the platform refused for good.
+#[derive(serde::Serialize)]
+pub(super) struct FailedRow<'a> {
+    pub(super) id: i64,
+    pub(super) err: &'a str,
+}
+
+/// A batch of send results split by outcome, one statement each.
+#[derive(Default)]
+pub(super) struct SplitResults<'a> {
+    pub(super) sent: Vec<SentRow<'a>>,
+    pub(super) retry: Vec<RetryRow<'a>>,
+    pub(super) failed: Vec<FailedRow<'a>>,
+}
+
+pub(super) fn split_results(results: &[SendResult]) -> SplitResults<'_> {
+    let mut out = SplitResults::default();
+    for r in results {
+        match r {
+            SendResult::Sent {
+                id,
+                at,
+                deadline_at,
+                message_id,
+            } => out.sent.push(SentRow {
+                id: *id,
+                at: *at,
+                dl: *deadline_at,
+                mid: message_id.as_deref(),
+            }),
+            SendResult::Retry {
+                id,
+                next_attempt_at,
+                error,
+                refund_attempt,
+                lease_until,
+            } => out.retry.push(RetryRow {
+                id: *id,
+                next: *next_attempt_at,
+                err: error,
+                refund: i64::from(*refund_attempt),
+                lease: *lease_until,
+            }),
+            SendResult::Failed { id, error } => out.failed.push(FailedRow {
+                id: *id,
+                err: error,
+            }),
+        }
+    }
+    out
+}
+
+/// Records [`SentRow`]s: a delivery still sending becomes sent; a read or answer that came
+/// first is kept; the first send time, deadline and re-send time stand.
+pub(super) fn record_sent_sql(d: Dialect) -> String {
+    let (j, _) = d.table(
+        1,
+        &[
+            ("id", "bigint"),
+            ("at", "bigint"),
+            ("dl", "bigint"),
+            ("mid", "text"),
+        ],
+    );
+    format!(
+        "UPDATE deliveries AS d SET \
+           state = CASE WHEN d.state = 'sending' THEN 'sent' ELSE d.state END, \
+           sent_at = COALESCE(d.sent_at, j.at), \
+           deadline_at = COALESCE(d.deadline_at, j.dl), \
+           message_id = COALESCE(j.mid, d.message_id), \
+           lease_until = NULL, \
+           resend_at = COALESCE(d.resend_at, j.at + \
+             (SELECT r.resend_after_ms FROM roll_calls r WHERE r.id = d.roll_call_id)) \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')"
+    )
+}
+
+/// Records [`RetryRow`]s: pending again, only while the claim that sent it still holds.
+pub(super) fn record_retry_sql(d: Dialect) -> String {
+    let (j, _) = d.table(
+        1,
+        &[
+            ("id", "bigint"),
+            ("next", "bigint"),
+            ("err", "text"),
+            ("refund", "bigint"),
+            ("lease", "bigint"),
+        ],
+    );
+    format!(
+        "UPDATE deliveries AS d SET state = 'pending', next_attempt_at = j.next, \
+           last_error = j.err, lease_until = NULL, attempts = d.attempts - j.refund \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.lease"
+    )
+}
+
+/// Records [`FailedRow`]s, escalated at once (at the parameter after the rows).
+pub(super) fn record_failed_sql(d: Dialect) -> String {
+    let (j, now) = d.table(1, &[("id", "bigint"), ("err", "text")]);
+    format!(
+        "UPDATE deliveries AS d SET state = 'failed', last_error = j.err, lease_until = NULL, \
+           escalated_at = COALESCE(d.escalated_at, ${now}), \
+           escalation_reason = COALESCE(d.escalation_reason, 'send_failed') \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state = 'sending'"
+    )
+}
+
+/// Renews claims until `$1`: rows `(id, l)` still sending under exactly lease `l`. Returns
+/// the renewed ids.
+pub(super) fn renew_claims_sql(d: Dialect) -> String {
+    let (j, _) = d.table(2, &[("id", "bigint"), ("l", "bigint")]);
+    // SQLite's RETURNING names the updated table's columns only, and not by its alias.
+    let id = match d {
+        Dialect::Sqlite => "id",
+        Dialect::Postgres => "d.id",
+    };
+    format!(
+        "UPDATE deliveries AS d SET lease_until = $1, next_attempt_at = $1 \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.l \
+         RETURNING {id}"
+    )
+}
+
+/// The deliveries of provider `$1` to the chat ids `$2` in roll calls that are open or named
+/// in `$3`, and each chat id's newest delivery of all (see [`membership_from_row`]).
+pub(super) fn memberships_sql(d: Dialect) -> String {
+    format!(
+        "SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at, r.state \
+         FROM deliveries AS d JOIN roll_calls AS r ON r.id = d.roll_call_id \
+         WHERE d.provider = $1 AND {} \
+           AND (r.state = 'open' OR {} \
+                OR d.roll_call_id = (SELECT MAX(x.roll_call_id) FROM deliveries AS x \
+                                     WHERE x.provider = d.provider \
+                                       AND x.chat_handle = d.chat_handle))",
+        d.one_of("d.chat_handle", 2, "text"),
+        d.one_of("d.roll_call_id", 3, "bigint")
+    )
+}
+
+/// The roll calls `$1`, for [`roll_info_from_row`].
+pub(super) fn roll_infos_sql(d: Dialect) -> String {
+    format!(
+        "SELECT id, state, buttons, shelter_buttons FROM roll_calls WHERE {}",
+        d.one_of("id", 1, "bigint")
+    )
+}

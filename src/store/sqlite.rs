@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::shared::{
-    corrupt, kind_str, membership_from_row, roll_info_from_row, BatchReader, Dialect, Membership,
-    RollInfo,
+    corrupt, kind_str, membership_from_row, memberships_sql, record_failed_sql, record_retry_sql,
+    record_sent_sql, renew_claims_sql, roll_info_from_row, roll_infos_sql, split_results,
+    BatchReader, Dialect, Membership, RollInfo,
 };
 use super::StoreResult;
 use crate::answers::UrgentWords;
@@ -82,39 +81,9 @@ impl SqliteStore {
         })
     }
 
-    /// Uses `words` to tell urgent free text from the rest.
-    pub fn with_urgent_words(mut self, words: UrgentWords) -> Self {
-        self.words = Arc::new(words);
-        self
-    }
-
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
-}
-
-/// One sent message, as `record_send_results` hands it to SQLite in a JSON array.
-#[derive(serde::Serialize)]
-struct SentRow<'a> {
-    id: i64,
-    at: Millis,
-    dl: Millis,
-    mid: Option<&'a str>,
-}
-
-#[derive(serde::Serialize)]
-struct RetryRow<'a> {
-    id: i64,
-    next: Millis,
-    err: &'a str,
-    refund: i64,
-    lease: Millis,
-}
-
-#[derive(serde::Serialize)]
-struct FailedRow<'a> {
-    id: i64,
-    err: &'a str,
 }
 
 /// `rows` as one JSON array for `json_each`, or None when there are none.
@@ -234,129 +203,32 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Claims due deliveries (the caller holds the writer's turn), returning `id,
-    /// roll_call_id, chat_handle, attempts, kind`.
-    async fn claim_due(
-        &self,
-        provider: &str,
-        now: Millis,
-        lease_until: Millis,
-        limit: usize,
-    ) -> StoreResult<Vec<SqliteRow>> {
-        // Expired leases first (a crashed worker's batch), then due pending rows; each part
-        // walks the (provider, state, next_attempt_at) index and stops at the limit. A claimed
-        // row's next_attempt_at is its lease's end, so both parts are index ranges; the
-        // lease_until check keeps a row claimed by an anpi from before that rule (a replica
-        // not yet upgraded) until its real lease ends.
-        Ok(sqlx::query(
-            "UPDATE deliveries SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
-               attempts = attempts + 1 \
-             WHERE id IN ( \
-               SELECT id FROM ( \
-                 SELECT id FROM (SELECT id FROM deliveries \
-                    WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
-                      AND lease_until <= $3 LIMIT $4) \
-                 UNION ALL \
-                 SELECT id FROM (SELECT id FROM deliveries \
-                    WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 LIMIT $4) \
-               ) LIMIT $4) \
-             RETURNING id, roll_call_id, chat_handle, attempts, kind",
-        )
-        .bind(lease_until)
-        .bind(provider)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     async fn record_sends(&self, results: &[SendResult], now: Millis) -> StoreResult<()> {
-        let mut sent = Vec::new();
-        let mut retry = Vec::new();
-        let mut failed = Vec::new();
-        for r in results {
-            match r {
-                SendResult::Sent {
-                    id,
-                    at,
-                    deadline_at,
-                    message_id,
-                } => sent.push(SentRow {
-                    id: *id,
-                    at: *at,
-                    dl: *deadline_at,
-                    mid: message_id.as_deref(),
-                }),
-                SendResult::Retry {
-                    id,
-                    next_attempt_at,
-                    error,
-                    refund_attempt,
-                    lease_until,
-                } => retry.push(RetryRow {
-                    id: *id,
-                    next: *next_attempt_at,
-                    err: error,
-                    refund: i64::from(*refund_attempt),
-                    lease: *lease_until,
-                }),
-                SendResult::Failed { id, error } => failed.push(FailedRow {
-                    id: *id,
-                    err: error,
-                }),
-            }
-        }
+        let rows = split_results(results);
         // Built before taking the writer's turn, which other writers wait for.
-        let (sent, retry, failed) = (rows_json(&sent)?, rows_json(&retry)?, rows_json(&failed)?);
+        let sent = rows_json(&rows.sent)?;
+        let retry = rows_json(&rows.retry)?;
+        let failed = rows_json(&rows.failed)?;
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         if let Some(sent) = sent {
-            sqlx::query(
-                "UPDATE deliveries SET \
-                   state = CASE WHEN deliveries.state = 'sending' THEN 'sent' ELSE deliveries.state END, \
-                   sent_at = COALESCE(deliveries.sent_at, j.at), \
-                   deadline_at = COALESCE(deliveries.deadline_at, j.dl), \
-                   message_id = COALESCE(j.mid, deliveries.message_id), \
-                   lease_until = NULL, \
-                   resend_at = COALESCE(deliveries.resend_at, j.at + \
-                     (SELECT r.resend_after_ms FROM roll_calls r WHERE r.id = deliveries.roll_call_id)) \
-                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.at') AS at, \
-                              json_extract(value, '$.dl') AS dl, json_extract(value, '$.mid') AS mid \
-                       FROM json_each($1)) AS j \
-                 WHERE deliveries.id = j.id AND deliveries.state IN ('sending', 'read', 'answered')",
-            )
-            .bind(sent)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&record_sent_sql(Dialect::Sqlite))
+                .bind(sent)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(retry) = retry {
-            sqlx::query(
-                "UPDATE deliveries SET state = 'pending', next_attempt_at = j.next, \
-                   last_error = j.err, lease_until = NULL, attempts = deliveries.attempts - j.refund \
-                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.next') AS next, \
-                              json_extract(value, '$.err') AS err, json_extract(value, '$.refund') AS refund, \
-                              json_extract(value, '$.lease') AS lease \
-                       FROM json_each($1)) AS j \
-                 WHERE deliveries.id = j.id AND deliveries.state = 'sending' \
-                   AND deliveries.lease_until = j.lease",
-            )
-            .bind(retry)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&record_retry_sql(Dialect::Sqlite))
+                .bind(retry)
+                .execute(&mut *tx)
+                .await?;
         }
         if let Some(failed) = failed {
-            sqlx::query(
-                "UPDATE deliveries SET state = 'failed', last_error = j.err, lease_until = NULL, \
-                   escalated_at = COALESCE(deliveries.escalated_at, $2), \
-                   escalation_reason = COALESCE(deliveries.escalation_reason, 'send_failed') \
-                 FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.err') AS err \
-                       FROM json_each($1)) AS j \
-                 WHERE deliveries.id = j.id AND deliveries.state = 'sending'",
-            )
-            .bind(failed)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&record_failed_sql(Dialect::Sqlite))
+                .bind(failed)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -369,19 +241,11 @@ impl SqliteStore {
             .collect();
         let rows = serde_json::Value::Array(rows).to_string();
         let _w = self.writer.lock().await;
-        let renewed = sqlx::query_scalar(
-            "UPDATE deliveries SET lease_until = $1, next_attempt_at = $1 \
-             FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.l') AS l \
-                   FROM json_each($2)) AS j \
-             WHERE deliveries.id = j.id AND deliveries.state = 'sending' \
-               AND deliveries.lease_until = j.l \
-             RETURNING deliveries.id",
-        )
-        .bind(until)
-        .bind(rows)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(renewed)
+        Ok(sqlx::query_scalar(&renew_claims_sql(Dialect::Sqlite))
+            .bind(until)
+            .bind(rows)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn check(&self) -> StoreResult<()> {
@@ -403,31 +267,20 @@ impl BatchReader for Batch<'_, '_> {
         handles: &[String],
         named: &[i64],
     ) -> StoreResult<Vec<(String, Membership)>> {
-        let rows = sqlx::query(
-            "SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at, r.state \
-             FROM deliveries AS d JOIN roll_calls AS r ON r.id = d.roll_call_id \
-             WHERE d.provider = $1 AND d.chat_handle IN (SELECT value FROM json_each($2)) \
-               AND (r.state = 'open' OR d.roll_call_id IN (SELECT value FROM json_each($3)) \
-                    OR d.roll_call_id = (SELECT MAX(x.roll_call_id) FROM deliveries AS x \
-                                         WHERE x.provider = d.provider \
-                                           AND x.chat_handle = d.chat_handle))",
-        )
-        .bind(provider)
-        .bind(json!(handles).to_string())
-        .bind(json!(named).to_string())
-        .fetch_all(&mut **self.0)
-        .await?;
+        let rows = sqlx::query(&memberships_sql(Dialect::Sqlite))
+            .bind(provider)
+            .bind(json!(handles).to_string())
+            .bind(json!(named).to_string())
+            .fetch_all(&mut **self.0)
+            .await?;
         rows.iter().map(membership_from_row).collect()
     }
 
     async fn roll_infos(&mut self, ids: &[i64]) -> StoreResult<HashMap<i64, RollInfo>> {
-        let rows = sqlx::query(
-            "SELECT id, state, buttons, shelter_buttons FROM roll_calls \
-             WHERE id IN (SELECT value FROM json_each($1))",
-        )
-        .bind(json!(ids).to_string())
-        .fetch_all(&mut **self.0)
-        .await?;
+        let rows = sqlx::query(&roll_infos_sql(Dialect::Sqlite))
+            .bind(json!(ids).to_string())
+            .fetch_all(&mut **self.0)
+            .await?;
         rows.iter().map(roll_info_from_row).collect()
     }
 
