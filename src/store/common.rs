@@ -12,20 +12,54 @@
 //! to the late answers in the same transaction; a call outcome or note is logged in the same
 //! transaction as the change it records.
 
-/// Implements [`Store`](super::Store) for `$store`, a backend writing SQL in `$dialect`.
+/// Implements [`Store`](super::Store) for `$store`, a backend over the sqlx database `$db`
+/// writing SQL in `$dialect`.
 ///
 /// The backend's module provides, beside the `pool` and `words` fields:
 /// - `write_lock(&self) -> Option<MutexGuard<()>>`: held by every write;
 /// - `retrying(&self, op)`: runs a transaction-opening `op`, again where a race was lost;
-/// - `Batch` (its [`BatchReader`](super::shared::BatchReader)) with `run_rows`, written here;
+/// - `list_param(&[T])`: a list as one bound parameter (a JSON array, or an array);
 /// - what differs: `run_migrations`, `write_contacts`, `read_contacts`, `insert_deliveries`,
 ///   `record_sends`, `renew`, `check`.
 macro_rules! store_impl {
-    ($store:ty, $dialect:expr) => {
-        impl Batch<'_, '_> {
-            /// Runs one of the batch's statements (provider `$1`, time `$2`, rows `$3`);
-            /// returns the first column of any returned rows.
-            async fn run_rows(
+    ($store:ty, $db:ty, $dialect:expr) => {
+        /// An inbound batch's reads and writes, inside its transaction.
+        struct Batch<'a, 't>(&'a mut sqlx::Transaction<'t, $db>);
+
+        #[async_trait::async_trait]
+        impl super::shared::BatchReader for Batch<'_, '_> {
+            async fn memberships(
+                &mut self,
+                provider: &str,
+                handles: &[String],
+                named: &[i64],
+            ) -> $crate::store::StoreResult<Vec<(String, super::shared::Membership)>> {
+                use super::shared;
+                if let Some(hold) = $dialect.hold_open_sql() {
+                    sqlx::query(hold).fetch_all(&mut **self.0).await?;
+                }
+                let rows = sqlx::query(&shared::memberships_sql($dialect))
+                    .bind(provider)
+                    .bind(list_param(handles))
+                    .bind(list_param(named))
+                    .fetch_all(&mut **self.0)
+                    .await?;
+                rows.iter().map(shared::membership_from_row).collect()
+            }
+
+            async fn roll_infos(
+                &mut self,
+                ids: &[i64],
+            ) -> $crate::store::StoreResult<std::collections::HashMap<i64, super::shared::RollInfo>>
+            {
+                let rows = sqlx::query(&super::shared::roll_infos_sql($dialect))
+                    .bind(list_param(ids))
+                    .fetch_all(&mut **self.0)
+                    .await?;
+                rows.iter().map(super::shared::roll_info_from_row).collect()
+            }
+
+            async fn run(
                 &mut self,
                 sql: &str,
                 provider: &str,

@@ -1,6 +1,9 @@
 //! Storage: the database is the truth, and every worker reconciles from it. The [`Store`]
 //! trait speaks in domain operations; each backend is one file ([`sqlite`] is the embedded
-//! default, [`postgres`] the one for several replicas), chosen from the database URL;
+//! default, [`postgres`] the one for several replicas), chosen from the database URL, and
+//! holds only what its database does its own way. What both share is written once: `common`
+//! implements the trait for both, `shared` holds the statements (one per dialect where they
+//! must differ), row decoding, progress counting and how inbound events become answers;
 //! [`schema`] keeps each database's schema in step with the binary.
 //!
 //! Invariants every backend keeps: creating a roll call writes it and all its deliveries in

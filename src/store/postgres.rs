@@ -9,20 +9,17 @@
 //! transaction that loses a deadlock or serialisation race is retried here, so a worker never
 //! drops a batch's results because another replica touched the same rows.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::MutexGuard;
 
 use super::shared::{
-    corrupt, kind_str, membership_from_row, memberships_sql, record_failed_sql, record_retry_sql,
-    record_sent_sql, renew_claims_sql, roll_info_from_row, roll_infos_sql, split_results,
-    BatchReader, Dialect, Membership, RollInfo,
+    corrupt, kind_str, record_failed_sql, record_retry_sql, record_sent_sql, renew_claims_sql,
+    split_results, Dialect,
 };
 use super::{StoreError, StoreResult};
 use crate::answers::UrgentWords;
@@ -342,49 +339,9 @@ impl PostgresStore {
     }
 }
 
-super::common::store_impl!(PostgresStore, Dialect::Postgres);
+super::common::store_impl!(PostgresStore, Postgres, Dialect::Postgres);
 
-/// An inbound batch's reads and writes, inside its transaction.
-struct Batch<'a, 't>(&'a mut Transaction<'t, Postgres>);
-
-#[async_trait]
-impl BatchReader for Batch<'_, '_> {
-    async fn memberships(
-        &mut self,
-        provider: &str,
-        handles: &[String],
-        named: &[i64],
-    ) -> StoreResult<Vec<(String, Membership)>> {
-        // Hold the open roll calls open until this batch commits: a close waits for it, so no
-        // answer is written into a roll call that closed after it was read as open (and the
-        // close then carries any urgent answer to the late answers).
-        sqlx::query("SELECT id FROM roll_calls WHERE state = 'open' FOR SHARE")
-            .fetch_all(&mut **self.0)
-            .await?;
-        let rows = sqlx::query(&memberships_sql(Dialect::Postgres))
-            .bind(provider)
-            .bind(handles)
-            .bind(named)
-            .fetch_all(&mut **self.0)
-            .await?;
-        rows.iter().map(membership_from_row).collect()
-    }
-
-    async fn roll_infos(&mut self, ids: &[i64]) -> StoreResult<HashMap<i64, RollInfo>> {
-        let rows = sqlx::query(&roll_infos_sql(Dialect::Postgres))
-            .bind(ids)
-            .fetch_all(&mut **self.0)
-            .await?;
-        rows.iter().map(roll_info_from_row).collect()
-    }
-
-    async fn run(
-        &mut self,
-        sql: &str,
-        provider: &str,
-        now: Millis,
-        rows: String,
-    ) -> StoreResult<(u64, Vec<String>)> {
-        self.run_rows(sql, provider, now, rows).await
-    }
+/// A list bound as one parameter: PostgreSQL takes it as an array.
+fn list_param<T>(items: &[T]) -> &[T] {
+    items
 }

@@ -1,7 +1,8 @@
-//! What both backends share: the action list's columns and order, row decoding, progress
+//! What both backends share: the statements (one text for both, or one per [`Dialect`]
+//! where the databases differ), the action list's columns and order, row decoding, progress
 //! counting, and how a batch of inbound events becomes answers. Only the dialect differs
-//! between SQLite and PostgreSQL (how a JSON array of rows is read, how strings collate); the
-//! rules are written once, here.
+//! between SQLite and PostgreSQL (how a batch of rows is bound and read, how strings collate,
+//! row locks); the rules are written once, here.
 //!
 //! Invariants kept here for every backend: an event for a closed roll call is logged and
 //! changes no delivery (an urgent one still reaches HQ: the person's newest open roll call
@@ -101,6 +102,17 @@ impl Dialect {
         match self {
             Dialect::Sqlite => format!("{col} IN (SELECT value FROM json_each(${n}))"),
             Dialect::Postgres => format!("{col} = ANY(${n}::{ty}[])"),
+        }
+    }
+
+    /// What an inbound batch runs first in its transaction. PostgreSQL holds the open roll
+    /// calls open until the batch commits: a close waits for it, so no answer is written into
+    /// a roll call that closed after it was read as open (and the close then carries any
+    /// urgent answer to the late answers). SQLite's batch holds the one writer's turn.
+    pub(super) fn hold_open_sql(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("SELECT id FROM roll_calls WHERE state = 'open' FOR SHARE"),
         }
     }
 

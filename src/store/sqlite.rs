@@ -6,21 +6,18 @@
 //! written once ([`super::common`]); this file holds what SQLite does its own way: the JSON
 //! batches, one writer at a time, and opening the file.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::shared::{
-    corrupt, kind_str, membership_from_row, memberships_sql, record_failed_sql, record_retry_sql,
-    record_sent_sql, renew_claims_sql, roll_info_from_row, roll_infos_sql, split_results,
-    BatchReader, Dialect, Membership, RollInfo,
+    corrupt, kind_str, record_failed_sql, record_retry_sql, record_sent_sql, renew_claims_sql,
+    split_results, Dialect,
 };
 use super::StoreResult;
 use crate::answers::UrgentWords;
@@ -254,45 +251,11 @@ impl SqliteStore {
     }
 }
 
-super::common::store_impl!(SqliteStore, Dialect::Sqlite);
+super::common::store_impl!(SqliteStore, Sqlite, Dialect::Sqlite);
 
-/// An inbound batch's reads and writes, inside its transaction.
-struct Batch<'a, 't>(&'a mut Transaction<'t, Sqlite>);
-
-#[async_trait]
-impl BatchReader for Batch<'_, '_> {
-    async fn memberships(
-        &mut self,
-        provider: &str,
-        handles: &[String],
-        named: &[i64],
-    ) -> StoreResult<Vec<(String, Membership)>> {
-        let rows = sqlx::query(&memberships_sql(Dialect::Sqlite))
-            .bind(provider)
-            .bind(json!(handles).to_string())
-            .bind(json!(named).to_string())
-            .fetch_all(&mut **self.0)
-            .await?;
-        rows.iter().map(membership_from_row).collect()
-    }
-
-    async fn roll_infos(&mut self, ids: &[i64]) -> StoreResult<HashMap<i64, RollInfo>> {
-        let rows = sqlx::query(&roll_infos_sql(Dialect::Sqlite))
-            .bind(json!(ids).to_string())
-            .fetch_all(&mut **self.0)
-            .await?;
-        rows.iter().map(roll_info_from_row).collect()
-    }
-
-    async fn run(
-        &mut self,
-        sql: &str,
-        provider: &str,
-        now: Millis,
-        rows: String,
-    ) -> StoreResult<(u64, Vec<String>)> {
-        self.run_rows(sql, provider, now, rows).await
-    }
+/// A list bound as one parameter: SQLite reads it as a JSON array (`json_each`).
+fn list_param<T: serde::Serialize>(items: &[T]) -> String {
+    json!(items).to_string()
 }
 
 #[cfg(test)]
