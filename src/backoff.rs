@@ -42,6 +42,10 @@ pub const TIMER: Backoff =
 pub const POLLER: Backoff =
     Backoff::doubling(Duration::from_millis(200), Duration::from_millis(6_400));
 
+/// Opening the store at start while the database is down or restarting: 1 s doubling up to
+/// 30 s.
+pub const OPENING: Backoff = Backoff::doubling(Duration::from_secs(1), Duration::from_secs(30));
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +57,7 @@ mod tests {
         assert_eq!(HOLDING_WORK.wait(1), Duration::from_millis(100));
         assert_eq!(HOLDING_WORK.wait(30), Duration::from_millis(1_600));
         assert_eq!(POLLER.wait(u32::MAX), Duration::from_millis(6_400));
+        assert_eq!(OPENING.wait(5), Duration::from_secs(16));
+        assert_eq!(OPENING.wait(6), Duration::from_secs(30));
     }
 }
