@@ -1,8 +1,9 @@
 //! The [`Store`](super::Store) implementation both backends share. Most operations run the
-//! same statements on SQLite and PostgreSQL (or one statement per [`Dialect`](super::shared::Dialect)
-//! from `shared`), decode rows with the same functions and differ only in two ways the
-//! backend says for itself: whether writers queue on a lock of anpi's own (`write_lock`) and
-//! whether a transaction that lost a race to another replica is run again (`retrying`).
+//! same statements on SQLite and PostgreSQL (or one statement per
+//! [`Dialect`](super::shared::Dialect) from `shared`), decode rows with the same functions
+//! and differ only in two ways the backend says for itself: whether writers queue on a lock
+//! of anpi's own (`write_lock`) and whether a transaction that lost a race to another
+//! replica is run again (`retrying`).
 //!
 //! [`store_impl!`] writes `impl Store` once, for a backend type; what really differs between
 //! the databases stays in the backend's file as inherent methods.
