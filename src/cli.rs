@@ -883,11 +883,13 @@ async fn serve(
     });
     // A replica started while its database is down (or restarting) waits for it rather than
     // exit; a wrong URL, password or schema still stops it at once.
-    let mut wait = Duration::from_secs(1);
+    let mut failures = 0;
     let app = loop {
         match Application::build(config.clone()).await {
             Ok(app) => break app,
             Err(e) if database_may_come_back(&e) => {
+                failures += 1;
+                let wait = crate::backoff::OPENING.wait(failures);
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     retry_in = ?wait,
@@ -897,7 +899,6 @@ async fn serve(
                     _ = cancel.cancelled() => return Ok(ExitCode::FAILURE),
                     _ = tokio::time::sleep(wait) => {}
                 }
-                wait = (wait * 2).min(Duration::from_secs(30));
             }
             Err(e) => return Err(e),
         }

@@ -777,7 +777,7 @@ impl Dispatcher {
                     failures += 1;
                     self.metrics.store_error();
                     warn!(error = %e, n = results.len(), "recording sent batch failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(failures.min(5)))).await;
+                    tokio::time::sleep(crate::backoff::HOLDING_WORK.wait(failures)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -1021,7 +1021,7 @@ impl Dispatcher {
                 }
             }
             let wait = if failures > 0 {
-                Duration::from_millis(200 * 2u64.pow(failures.min(5)))
+                crate::backoff::POLLER.wait(failures)
             } else {
                 match self.store.next_due_attempt(&provider).await {
                     // Due already, yet nothing was claimed: a row another anpi holds on an

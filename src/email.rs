@@ -828,7 +828,7 @@ impl EmailWorker {
                     failures += 1;
                     self.metrics.store_error();
                     warn!(error = %e, "could not mark the e-mail; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(failures.min(5)))).await;
+                    tokio::time::sleep(crate::backoff::HOLDING_WORK.wait(failures)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -156,7 +156,7 @@ impl DeadlineWorker {
                     failures += 1;
                     self.metrics.store_error();
                     warn!(error = %e, "deadline check failed; retrying");
-                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
+                    let wait = crate::backoff::TIMER.wait(failures);
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}

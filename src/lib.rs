@@ -41,11 +41,13 @@
 //! - [`startup`]: builds and runs the application.
 //! - [`metrics`]: Prometheus counters.
 //! - [`worker`]: the shape shared by background workers.
+//! - [`backoff`]: how long a worker waits after the store failed, one rule for all.
 //! - [`cli`], [`demo`], [`bench`], [`telemetry`]: the command line and its one-process modes.
 //! - [`cli_state`]: the CLI's own state (keys of unconfirmed roll-call starts, for retries).
 
 pub mod announcement;
 pub mod answers;
+pub mod backoff;
 pub mod bench;
 pub mod calllist;
 pub mod cli;

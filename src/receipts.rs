@@ -294,7 +294,7 @@ impl ReceiptWatcher {
                     if matches!(e, ReceiptError::Store(_)) {
                         self.metrics.store_error();
                     }
-                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    let wait = crate::backoff::POLLER.wait(failures);
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}

@@ -199,7 +199,7 @@ impl ResendWorker {
                     failures += 1;
                     self.metrics.store_error();
                     warn!(error = %e, "re-send check failed; retrying");
-                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
+                    let wait = crate::backoff::TIMER.wait(failures);
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}

@@ -7,7 +7,7 @@
 //! transaction, and a telegram (scope, dedupe key) is recorded at most once.
 
 /// Expands the JMA and drill queries as inherent methods of a backend (`$store`), whose
-/// `jma_write_lock()` serialises writers where the database needs it.
+/// `write_lock()` serialises writers where the database needs it.
 macro_rules! jma_queries {
     ($store:ty) => {
         impl $store {
@@ -96,7 +96,7 @@ macro_rules! jma_queries {
                 now: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<Option<i64>> {
                 use sqlx::Row;
-                let _w = self.jma_write_lock().await;
+                let _w = self.write_lock().await;
                 let mut tx = self.pool.begin().await?;
                 let row = sqlx::query(
                     "INSERT INTO jma_telegrams (scope, dedupe_key, source, code, kind, status, \
@@ -221,7 +221,7 @@ macro_rules! jma_queries {
                 url: &str,
                 now: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<()> {
-                let _w = self.jma_write_lock().await;
+                let _w = self.write_lock().await;
                 sqlx::query(
                     "INSERT INTO jma_fetched (url, fetched_at) VALUES ($1, $2) \
                      ON CONFLICT (url) DO NOTHING",

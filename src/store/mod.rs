@@ -1,6 +1,9 @@
 //! Storage: the database is the truth, and every worker reconciles from it. The [`Store`]
 //! trait speaks in domain operations; each backend is one file ([`sqlite`] is the embedded
-//! default, [`postgres`] the one for several replicas), chosen from the database URL;
+//! default, [`postgres`] the one for several replicas), chosen from the database URL, and
+//! holds only what its database does its own way. What both share is written once: `common`
+//! implements the trait for both, `shared` holds the statements (one per dialect where they
+//! must differ), row decoding, progress counting and how inbound events become answers;
 //! [`schema`] keeps each database's schema in step with the binary.
 //!
 //! Invariants every backend keeps: creating a roll call writes it and all its deliveries in
@@ -22,6 +25,7 @@ use crate::rollcall::{
     NewRollCall, Progress, Recipient, RollCall, SendResult,
 };
 
+mod common;
 mod jma_sql;
 pub mod postgres;
 pub mod schema;
@@ -495,40 +499,6 @@ pub async fn migrate_url(url: &str) -> StoreResult<(schema::SchemaStatus, Vec<i6
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }
 }
-
-/// Builds a [`ChatRecipient`] from its columns (both backends select the same ones:
-/// `id, staff_id, kind, call_priority, department, shelter, chat_handle, state`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn chat_recipient(
-    id: i64,
-    staff: &str,
-    kind: &str,
-    priority: i64,
-    department: Option<String>,
-    shelter: Option<String>,
-    handle: &str,
-    state: &str,
-) -> StoreResult<ChatRecipient> {
-    use std::str::FromStr;
-    Ok(ChatRecipient {
-        delivery_id: id,
-        staff_id: StaffId::parse(staff)
-            .map_err(|e| StoreError::Corrupt(format!("staff id: {e}")))?,
-        kind: shared::parse_kind(kind)?,
-        call_priority: priority.clamp(0, 255) as u8,
-        department,
-        shelter,
-        chat_handle: ChatHandle::parse(handle)
-            .map_err(|e| StoreError::Corrupt(format!("chat handle: {e}")))?,
-        state: DeliveryState::from_str(state)
-            .map_err(|e| StoreError::Corrupt(format!("state: {e}")))?,
-    })
-}
-
-/// The columns [`chat_recipient`] takes, for both backends.
-pub(crate) const RECIPIENT_SQL: &str =
-    "SELECT id, staff_id, kind, call_priority, department, shelter, chat_handle, state \
-     FROM deliveries WHERE roll_call_id = $1 AND chat_handle IS NOT NULL";
 
 /// Why a call outcome recorded by `by` was not written (the store's guard refused it, or
 /// there is no such roll call or person): a hold by another caller, or a person already

@@ -1,7 +1,8 @@
-//! What both backends share: the action list's columns and order, row decoding, progress
+//! What both backends share: the statements (one text for both, or one per [`Dialect`]
+//! where the databases differ), the action list's columns and order, row decoding, progress
 //! counting, and how a batch of inbound events becomes answers. Only the dialect differs
-//! between SQLite and PostgreSQL (how a JSON array of rows is read, how strings collate); the
-//! rules are written once, here.
+//! between SQLite and PostgreSQL (how a batch of rows is bound and read, how strings collate,
+//! row locks); the rules are written once, here.
 //!
 //! Invariants kept here for every backend: an event for a closed roll call is logged and
 //! changes no delivery (an urgent one still reaches HQ: the person's newest open roll call
@@ -16,16 +17,16 @@ use async_trait::async_trait;
 use serde_json::json;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{ApplySummary, StoreError, StoreResult};
+use super::{ApplySummary, ChatRecipient, LoggedEvent, StoreError, StoreResult};
 use crate::answers::{AnswerLevel, Choice, Meaning, UrgentWords};
 use crate::clock::Millis;
 use crate::contacts::ContactKind;
-use crate::email::MailOutcome;
-use crate::ids::StaffId;
+use crate::email::{MailOutcome, MailState, NewMail, StoredMail};
+use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::{InboundEvent, InboundKind};
 use crate::rollcall::{
-    CallListEntry, CallOutcome, Counts, DeliveryState, EscalationReason, GivenAnswer, Note,
-    Progress,
+    CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
+    GivenAnswer, Note, Progress, RollCall, RollCallState, SendResult,
 };
 
 /// Which SQL dialect a statement is written for.
@@ -60,6 +61,74 @@ impl Dialect {
                 )
             }
         }
+    }
+
+    /// A batch of rows bound from parameter `$first`, read as table `j` with the given
+    /// (column, SQL type) pairs, for `FROM {table}`: SQLite takes one JSON array of objects,
+    /// PostgreSQL one array per column (`UNNEST`). Returns the table and the next free
+    /// parameter number.
+    pub(super) fn table(self, first: usize, cols: &[(&str, &str)]) -> (String, usize) {
+        match self {
+            Dialect::Sqlite => {
+                let fields: Vec<String> = cols
+                    .iter()
+                    .map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}"))
+                    .collect();
+                (
+                    format!(
+                        "(SELECT {} FROM json_each(${first})) AS j",
+                        fields.join(", ")
+                    ),
+                    first + 1,
+                )
+            }
+            Dialect::Postgres => {
+                let arrays: Vec<String> = (first..)
+                    .zip(cols)
+                    .map(|(n, (_, t))| format!("${n}::{t}[]"))
+                    .collect();
+                let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
+                (
+                    format!("UNNEST({}) AS j({})", arrays.join(", "), names.join(", ")),
+                    first + cols.len(),
+                )
+            }
+        }
+    }
+
+    /// `col` is one of the values bound as `$n` (a JSON array on SQLite, an array on
+    /// PostgreSQL).
+    fn one_of(self, col: &str, n: usize, ty: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("{col} IN (SELECT value FROM json_each(${n}))"),
+            Dialect::Postgres => format!("{col} = ANY(${n}::{ty}[])"),
+        }
+    }
+
+    /// What an inbound batch runs first in its transaction. PostgreSQL holds the open roll
+    /// calls open until the batch commits: a close waits for it, so no answer is written into
+    /// a roll call that closed after it was read as open (and the close then carries any
+    /// urgent answer to the late answers). SQLite's batch holds the one writer's turn.
+    pub(super) fn hold_open_sql(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("SELECT id FROM roll_calls WHERE state = 'open' FOR SHARE"),
+        }
+    }
+
+    /// What ends a claim's subquery: on PostgreSQL, rows another replica is claiming this
+    /// instant are passed over (SQLite has one writer, so there are none).
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Whether the action list is sorted by the database ([`call_list_sql`]); SQLite's list
+    /// is sorted in Rust by [`CallListEntry::call_order`], the same order.
+    pub(super) fn sorts_call_list(self) -> bool {
+        self == Dialect::Postgres
     }
 
     /// Staff ids compare byte-wise on both backends, as in Rust.
@@ -1030,11 +1099,8 @@ pub(super) fn urgent_open_sql() -> String {
 /// of open entry are on the action list, said again so that the planner reads only the list's
 /// index (a claim with nobody to call touches no other row).
 pub(super) fn claim_next_call_sql(d: Dialect) -> String {
-    let lock = match d {
-        Dialect::Sqlite => "",
-        // Two callers on two replicas asking at once get two different people.
-        Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-    };
+    // Two callers on two replicas asking at once get two different people.
+    let lock = d.skip_locked();
     format!(
         "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
          WHERE id = ( \
@@ -1049,7 +1115,8 @@ pub(super) fn claim_next_call_sql(d: Dialect) -> String {
 }
 
 /// Claims due re-sends: `$1` lease until, `$2` provider, `$3` now, `$4` limit.
-pub(super) fn claim_resends_sql(lock: &str) -> String {
+pub(super) fn claim_resends_sql(d: Dialect) -> String {
+    let lock = d.skip_locked();
     format!(
         "UPDATE deliveries SET resend_lease = $1 \
          WHERE id IN (SELECT id FROM deliveries \
@@ -1138,4 +1205,673 @@ pub(super) fn mail_outcome_columns(
         MailOutcome::Retry { at, error } => ("pending", Some(*at), Some(error.clone()), None),
         MailOutcome::Failed { error } => ("failed", None, Some(error.clone()), None),
     }
+}
+
+/// Finishes a claimed mail's attempt: `$1` id, `$2` the claim's lease, `$3` state, `$4` next
+/// attempt, `$5` error, `$6` sent at.
+pub(super) const FINISH_MAIL_SQL: &str = "UPDATE mail_outbox SET state = $3, lease_until = NULL, \
+    next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, \
+    sent_at = COALESCE($6, sent_at) \
+    WHERE id = $1 AND state = 'sending' AND lease_until = $2";
+
+/// Queues a mail unless its dedupe key is stored: `$1`..`$9` the mail, `$10` due (wall
+/// clock), `$11` now.
+pub(super) const ENQUEUE_MAIL_SQL: &str = "INSERT INTO mail_outbox (kind, dedupe_key, \
+    roll_call_id, recipients, subject, body, csv_name, csv, meta, state, attempts, \
+    next_attempt_at, created_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11) \
+    ON CONFLICT (dedupe_key) DO NOTHING";
+
+/// Claims the next due mail until `$1` at wall time `$2`.
+pub(super) fn claim_mail_sql(d: Dialect) -> String {
+    format!(
+        "UPDATE mail_outbox SET state = 'sending', lease_until = $1, attempts = attempts + 1 \
+         WHERE id = (SELECT id FROM mail_outbox \
+           WHERE (state = 'pending' AND next_attempt_at <= $2) \
+              OR (state = 'sending' AND lease_until <= $2) \
+           ORDER BY next_attempt_at, id LIMIT 1 {}) \
+         RETURNING {MAIL_COLUMNS}",
+        d.skip_locked()
+    )
+}
+
+/// Roll call `$1`'s mails, or all with NULL, oldest first.
+pub(super) fn mails_sql() -> String {
+    format!(
+        "SELECT {MAIL_COLUMNS} FROM mail_outbox \
+         WHERE CAST($1 AS BIGINT) IS NULL OR roll_call_id = $1 ORDER BY id"
+    )
+}
+
+/// The mail with dedupe key `$1`.
+pub(super) fn mail_by_key_sql() -> String {
+    format!("SELECT {MAIL_COLUMNS} FROM mail_outbox WHERE dedupe_key = $1")
+}
+
+/// When the next pending mail is due or a claim lapses.
+pub(super) fn next_mail_due_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "SELECT MIN(t) FROM ( \
+               SELECT MIN(next_attempt_at) AS t FROM mail_outbox WHERE state = 'pending' \
+               UNION ALL \
+               SELECT MIN(lease_until) AS t FROM mail_outbox WHERE state = 'sending')"
+        }
+        Dialect::Postgres => {
+            "SELECT LEAST( \
+               (SELECT MIN(next_attempt_at) FROM mail_outbox WHERE state = 'pending'), \
+               (SELECT MIN(lease_until) FROM mail_outbox WHERE state = 'sending'))"
+        }
+    }
+}
+
+/// A stored mail from a row of [`MAIL_COLUMNS`], on either backend.
+pub(super) fn mail_from_row<R>(r: &R) -> StoreResult<StoredMail>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<Vec<u8>>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let to: String = r.try_get("recipients")?;
+    let state: String = r.try_get("state")?;
+    let csv_name: Option<String> = r.try_get("csv_name")?;
+    let csv: Option<Vec<u8>> = r.try_get("csv")?;
+    Ok(StoredMail {
+        id: r.try_get("id")?,
+        mail: NewMail {
+            kind: r.try_get("kind")?,
+            dedupe_key: r.try_get("dedupe_key")?,
+            roll_call_id: r.try_get::<Option<i64>, _>("roll_call_id")?.map(RollCallId),
+            to: serde_json::from_str(&to).map_err(|e| corrupt("mail recipients", e))?,
+            subject: r.try_get("subject")?,
+            body: r.try_get("body")?,
+            csv: csv_name.zip(csv),
+            meta: r.try_get("meta")?,
+        },
+        state: MailState::parse(&state).ok_or_else(|| corrupt("mail state", &state))?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        lease_until: r.try_get("lease_until")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        sent_at: r.try_get("sent_at")?,
+    })
+}
+
+// ---- Roll calls, the event log, leases and small state ----------------------------------
+
+pub(super) const ROLL_CALL_BY_ID: &str = "SELECT * FROM roll_calls WHERE id = $1";
+pub(super) const ROLL_CALL_BY_KEY: &str = "SELECT * FROM roll_calls WHERE idempotency_key = $1";
+pub(super) const ROLL_CALLS: &str = "SELECT * FROM roll_calls ORDER BY id DESC";
+pub(super) const ROLL_CALL_EXISTS: &str = "SELECT 1 FROM roll_calls WHERE id = $1";
+
+/// A new open roll call (`$1`..`$13`); no row when its idempotency key is taken.
+pub(super) const INSERT_ROLL_CALL: &str = "INSERT INTO roll_calls (scenario, title, message, \
+    buttons, drill, deadline_ms, provider, state, created_at, recipients, idempotency_key, \
+    shelter_buttons, resend_after_ms, asks) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12, $13) \
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
+
+/// A roll call from `SELECT * FROM roll_calls`, on either backend.
+pub(super) fn roll_call_from_row<R>(r: &R) -> StoreResult<RollCall>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> bool: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let buttons: String = r.try_get("buttons")?;
+    let shelter_buttons: Option<String> = r.try_get("shelter_buttons")?;
+    let state: String = r.try_get("state")?;
+    let info = RollInfo::parse(&state, &buttons, shelter_buttons.as_deref())?;
+    Ok(RollCall {
+        id: RollCallId(r.try_get("id")?),
+        scenario: r.try_get("scenario")?,
+        title: r.try_get("title")?,
+        message: r.try_get("message")?,
+        buttons: info.buttons,
+        shelter_buttons: info.shelter_buttons,
+        resend_after_ms: r.try_get("resend_after_ms")?,
+        // An integer on SQLite, a boolean on PostgreSQL: both decode as `bool`.
+        drill: r.try_get("drill")?,
+        deadline_ms: r.try_get("deadline_ms")?,
+        provider: r.try_get("provider")?,
+        state: if state == "closed" {
+            RollCallState::Closed
+        } else {
+            RollCallState::Open
+        },
+        created_at: r.try_get("created_at")?,
+        closed_at: r.try_get("closed_at")?,
+        recipients: r.try_get("recipients")?,
+        asks: match r.try_get::<Option<String>, _>("asks")? {
+            Some(a) => serde_json::from_str(&a).map_err(|e| corrupt("roll call asks", e))?,
+            None => Default::default(),
+        },
+    })
+}
+
+/// A claimed delivery from `RETURNING id, roll_call_id, chat_handle, attempts, kind`.
+pub(super) fn claimed_from_row<R>(r: &R, lease_until: Millis) -> StoreResult<ClaimedDelivery>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let handle: Option<String> = r.try_get("chat_handle")?;
+    let handle = handle.ok_or_else(|| corrupt("claimed delivery", "no chat id"))?;
+    let kind: String = r.try_get("kind")?;
+    Ok(ClaimedDelivery {
+        id: r.try_get("id")?,
+        roll_call_id: RollCallId(r.try_get("roll_call_id")?),
+        chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat id", e))?,
+        attempts: r.try_get("attempts")?,
+        kind: parse_kind(&kind)?,
+        lease_until,
+    })
+}
+
+/// Every recipient of roll call `$1` with a chat id, for [`chat_recipient_from_row`].
+pub(super) const CHAT_RECIPIENTS_SQL: &str =
+    "SELECT id, staff_id, kind, call_priority, department, shelter, chat_handle, state \
+     FROM deliveries WHERE roll_call_id = $1 AND chat_handle IS NOT NULL";
+
+/// A [`ChatRecipient`] from a row of [`CHAT_RECIPIENTS_SQL`].
+pub(super) fn chat_recipient_from_row<R>(r: &R) -> StoreResult<ChatRecipient>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let staff: String = get(r, 1)?;
+    let kind: String = get(r, 2)?;
+    let handle: String = get(r, 6)?;
+    let state: String = get(r, 7)?;
+    Ok(ChatRecipient {
+        delivery_id: get(r, 0)?,
+        staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
+        kind: parse_kind(&kind)?,
+        call_priority: get::<R, i64>(r, 3)?.clamp(0, 255) as u8,
+        department: get(r, 4)?,
+        shelter: get(r, 5)?,
+        chat_handle: ChatHandle::parse(&handle).map_err(|e| corrupt("chat handle", e))?,
+        state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
+    })
+}
+
+/// A membership from `SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at,
+/// r.state` (see [`BatchReader::memberships`]).
+pub(super) fn membership_from_row<R>(r: &R) -> StoreResult<(String, Membership)>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let kind: String = get(r, 3)?;
+    let state: String = get(r, 5)?;
+    Ok((
+        get(r, 0)?,
+        Membership {
+            roll_call: get(r, 1)?,
+            delivery: get(r, 2)?,
+            kind: parse_kind(&kind)?,
+            sent_at: get(r, 4)?,
+            open: state == "open",
+        },
+    ))
+}
+
+/// A roll call's state and buttons from `SELECT id, state, buttons, shelter_buttons`.
+pub(super) fn roll_info_from_row<R>(r: &R) -> StoreResult<(i64, RollInfo)>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let state: String = get(r, 1)?;
+    let buttons: String = get(r, 2)?;
+    let shelter: Option<String> = get(r, 3)?;
+    Ok((
+        get(r, 0)?,
+        RollInfo::parse(&state, &buttons, shelter.as_deref())?,
+    ))
+}
+
+/// Stores provider `$1`'s feed cursor `$2` at `$3`.
+pub(super) const SET_CURSOR: &str = "INSERT INTO provider_cursors (provider, cursor, updated_at) \
+    VALUES ($1, $2, $3) ON CONFLICT (provider) DO UPDATE SET \
+    cursor = excluded.cursor, updated_at = excluded.updated_at";
+pub(super) const CURSOR: &str = "SELECT cursor FROM provider_cursors WHERE provider = $1";
+
+/// Roll call `$1`'s event log, oldest first, at most `$2`.
+pub(super) const EVENTS_SQL: &str = "SELECT id, provider, event_id, roll_call_id, delivery_id, \
+    from_handle, kind, value, occurred_at, received_at \
+    FROM events WHERE roll_call_id = $1 ORDER BY id LIMIT $2";
+
+/// A logged event from a row of [`EVENTS_SQL`].
+pub(super) fn event_from_row<R>(r: &R) -> StoreResult<LoggedEvent>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    Ok(LoggedEvent {
+        id: r.try_get("id")?,
+        provider: r.try_get("provider")?,
+        event_id: r.try_get("event_id")?,
+        roll_call_id: r.try_get("roll_call_id")?,
+        delivery_id: r.try_get("delivery_id")?,
+        from: r.try_get("from_handle")?,
+        kind: r.try_get("kind")?,
+        value: r.try_get("value")?,
+        occurred_at: r.try_get("occurred_at")?,
+        received_at: r.try_get("received_at")?,
+    })
+}
+
+/// When provider `$1`'s next pending delivery is due or a claim lapses, as `t`.
+pub(super) fn next_due_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "SELECT MIN(t) AS t FROM ( \
+               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'pending' \
+               UNION ALL \
+               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')"
+        }
+        Dialect::Postgres => {
+            "SELECT LEAST( \
+               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'pending'), \
+               (SELECT MIN(next_attempt_at) FROM deliveries WHERE provider = $1 AND state = 'sending')) AS t"
+        }
+    }
+}
+
+/// The earliest deadline of a sent, unread, not yet escalated delivery of an open roll call
+/// (no row or NULL when there is none).
+pub(super) fn next_deadline_sql(d: Dialect) -> &'static str {
+    match d {
+        // `+roll_call_id` keeps SQLite on the partial deadline index (the earliest entry of
+        // an open roll call) instead of walking every delivery of every open roll call.
+        Dialect::Sqlite => {
+            "SELECT deadline_at FROM deliveries \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at IS NOT NULL \
+               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+             ORDER BY deadline_at LIMIT 1"
+        }
+        Dialect::Postgres => {
+            "SELECT MIN(deadline_at) AS t FROM deliveries \
+             WHERE state = 'sent' AND escalated_at IS NULL \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+        }
+    }
+}
+
+/// Escalates, at `$1`, every sent, unread delivery of an open roll call whose deadline passed.
+pub(super) fn escalate_due_sql(d: Dialect) -> &'static str {
+    match d {
+        // `+roll_call_id`: as in `next_deadline_sql`.
+        Dialect::Sqlite => {
+            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
+               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+        }
+        Dialect::Postgres => {
+            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
+             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
+               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+        }
+    }
+}
+
+/// Roll call `$1`'s action list; in the action order where [`Dialect::sorts_call_list`].
+/// SQLite's is sorted in Rust rather than by SQLite, which would copy every wide row into a
+/// temporary b-tree first: for 100,000 entries that took seconds.
+pub(super) fn call_list_sql(d: Dialect) -> String {
+    let order = if d.sorts_call_list() {
+        format!(" ORDER BY {}", d.action_order(false))
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND {ON_ACTION_LIST}{order}"
+    )
+}
+
+/// Roll call `$1`'s entry of staff `$2`.
+pub(super) fn entry_sql() -> String {
+    format!("SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2")
+}
+
+/// A note as stored in a delivery's `notes` array.
+pub(super) fn note_json(note: Option<&str>, by: &str, now: Millis) -> StoreResult<Option<String>> {
+    note.map(|n| {
+        serde_json::to_string(&Note {
+            at: now,
+            by: by.to_string(),
+            text: n.to_string(),
+        })
+    })
+    .transpose()
+    .map_err(|e| corrupt("note", e))
+}
+
+/// Records a call: `$1` roll call, `$2` staff, `$3` outcome, `$4` now, `$5` by, `$6` the
+/// note as JSON. With an outcome, [`OUTCOME_GUARD`] applies; unless `after_close`, only on an
+/// open roll call. Returns the entry and its chat id.
+pub(super) fn record_call_sql(d: Dialect, with_outcome: bool, after_close: bool) -> String {
+    let (set, guard) = if with_outcome {
+        (
+            "outcome = $3, outcome_at = $4, outcome_by = $5, \
+             call_claimed_by = NULL, call_claimed_until = NULL,",
+            OUTCOME_GUARD,
+        )
+    } else {
+        ("", "")
+    };
+    let open = if after_close {
+        ""
+    } else {
+        "AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
+    };
+    // Every parameter appears in every form of the statement, so both backends bind the
+    // same six; PostgreSQL needs their types said where nothing else tells them.
+    let (notes, params) = match d {
+        Dialect::Sqlite => (
+            "CASE WHEN $6 IS NULL THEN notes \
+                  ELSE json_insert(COALESCE(notes, '[]'), '$[#]', json($6)) END",
+            "COALESCE($3, '') = COALESCE($3, '') AND $4 = $4 AND $5 = $5",
+        ),
+        Dialect::Postgres => (
+            "CASE WHEN $6::text IS NULL THEN notes \
+                  ELSE (COALESCE(notes::jsonb, '[]'::jsonb) || jsonb_build_array($6::jsonb))::text END",
+            "COALESCE($3::text, '') = COALESCE($3::text, '') AND $4::bigint = $4::bigint \
+             AND $5::text = $5::text",
+        ),
+    };
+    format!(
+        "UPDATE deliveries SET {set} notes = {notes} \
+         WHERE roll_call_id = $1 AND staff_id = $2 {guard} {open} AND {params} \
+         RETURNING {ENTRY_COLUMNS}, chat_handle"
+    )
+}
+
+/// Lets go of caller `$3`'s hold on staff `$2` of roll call `$1`.
+pub(super) const RELEASE_CALL_SQL: &str = "UPDATE deliveries SET call_claimed_by = NULL, \
+    call_claimed_until = NULL WHERE roll_call_id = $1 AND staff_id = $2 AND call_claimed_by = $3";
+
+pub(super) const PROVIDER_STATE_SQL: &str =
+    "SELECT value FROM provider_state WHERE provider = $1 AND key = $2";
+pub(super) const SET_PROVIDER_STATE_SQL: &str = "INSERT INTO provider_state (provider, key, \
+    value, updated_at) VALUES ($1, $2, $3, $4) \
+    ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value, \
+    updated_at = excluded.updated_at";
+
+/// Takes lease `$1` for `$2` until `$3` if it is free, expired at `$4`, or already `$2`'s.
+/// One statement: concurrent callers are serialised on the row; exactly one of them finds it
+/// free or expired.
+pub(super) const TRY_LEASE_SQL: &str = "INSERT INTO leases (name, holder, until) \
+    VALUES ($1, $2, $3) \
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+    WHERE leases.holder = excluded.holder OR leases.until <= $4";
+pub(super) const LEASE_SQL: &str = "SELECT holder, until FROM leases WHERE name = $1";
+/// Hands lease `$1` from `$2` to `$3` until `$4`.
+pub(super) const TAKE_LEASE_SQL: &str =
+    "UPDATE leases SET holder = $3, until = $4 WHERE name = $1 AND holder = $2";
+
+/// Moves provider `$1`'s caught-up time forward to `$2`, at `$3`.
+pub(super) fn set_caught_up_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => {
+            "INSERT INTO feed_positions (provider, caught_up_to, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider) DO UPDATE SET \
+               caught_up_to = MAX(feed_positions.caught_up_to, excluded.caught_up_to), \
+               updated_at = excluded.updated_at"
+        }
+        Dialect::Postgres => {
+            "INSERT INTO feed_positions (provider, caught_up_to, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider) DO UPDATE SET \
+               caught_up_to = GREATEST(feed_positions.caught_up_to, EXCLUDED.caught_up_to), \
+               updated_at = EXCLUDED.updated_at"
+        }
+    }
+}
+pub(super) const CAUGHT_UP_SQL: &str =
+    "SELECT caught_up_to FROM feed_positions WHERE provider = $1";
+
+// ---- Sending: claims, results, renewals -------------------------------------------------
+
+/// Claims provider `$2`'s due deliveries at `$3`, at most `$4`, until `$1`: expired leases
+/// first (a crashed worker's batch), then due pending rows. Returns `id, roll_call_id,
+/// chat_handle, attempts, kind`.
+pub(super) fn claim_due_sql(d: Dialect) -> &'static str {
+    match d {
+        // Each part walks the (provider, state, next_attempt_at) index and stops at the
+        // limit. A claimed row's next_attempt_at is its lease's end, so both parts are index
+        // ranges; the lease_until check keeps a row claimed by an anpi from before that rule
+        // (a replica not yet upgraded) until its real lease ends.
+        Dialect::Sqlite => {
+            "UPDATE deliveries SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
+               attempts = attempts + 1 \
+             WHERE id IN ( \
+               SELECT id FROM ( \
+                 SELECT id FROM (SELECT id FROM deliveries \
+                    WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
+                      AND lease_until <= $3 LIMIT $4) \
+                 UNION ALL \
+                 SELECT id FROM (SELECT id FROM deliveries \
+                    WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 LIMIT $4) \
+               ) LIMIT $4) \
+             RETURNING id, roll_call_id, chat_handle, attempts, kind"
+        }
+        // Pending rows oldest first; both parts walk one index (lease_until is checked too,
+        // for rows claimed by a replica not yet upgraded). SKIP LOCKED: rows another replica
+        // is claiming this instant are passed over, and a row changed since this statement's
+        // snapshot is re-checked before it is taken.
+        Dialect::Postgres => {
+            "WITH expired AS ( \
+               SELECT id FROM deliveries \
+               WHERE provider = $2 AND state = 'sending' AND next_attempt_at <= $3 \
+                 AND lease_until <= $3 \
+               LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             due AS ( \
+               SELECT id FROM deliveries \
+               WHERE provider = $2 AND state = 'pending' AND next_attempt_at <= $3 \
+               ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             picked AS ( \
+               SELECT id FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS u LIMIT $4) \
+             UPDATE deliveries AS d \
+             SET state = 'sending', lease_until = $1, next_attempt_at = $1, \
+               attempts = d.attempts + 1 \
+             FROM picked WHERE d.id = picked.id \
+             RETURNING d.id, d.roll_call_id, d.chat_handle, d.attempts, d.kind"
+        }
+    }
+}
+
+/// One sent message of a batch of send results.
+#[derive(serde::Serialize)]
+pub(super) struct SentRow<'a> {
+    pub(super) id: i64,
+    pub(super) at: Millis,
+    pub(super) dl: Millis,
+    pub(super) mid: Option<&'a str>,
+}
+
+/// One send to try again, handed back under the claim's lease.
+#[derive(serde::Serialize)]
+pub(super) struct RetryRow<'a> {
+    pub(super) id: i64,
+    pub(super) next: Millis,
+    pub(super) err: &'a str,
+    pub(super) refund: i64,
+    pub(super) lease: Millis,
+}
+
+/// One send the platform refused for good.
+#[derive(serde::Serialize)]
+pub(super) struct FailedRow<'a> {
+    pub(super) id: i64,
+    pub(super) err: &'a str,
+}
+
+/// A batch of send results split by outcome, one statement each.
+#[derive(Default)]
+pub(super) struct SplitResults<'a> {
+    pub(super) sent: Vec<SentRow<'a>>,
+    pub(super) retry: Vec<RetryRow<'a>>,
+    pub(super) failed: Vec<FailedRow<'a>>,
+}
+
+pub(super) fn split_results(results: &[SendResult]) -> SplitResults<'_> {
+    let mut out = SplitResults::default();
+    for r in results {
+        match r {
+            SendResult::Sent {
+                id,
+                at,
+                deadline_at,
+                message_id,
+            } => out.sent.push(SentRow {
+                id: *id,
+                at: *at,
+                dl: *deadline_at,
+                mid: message_id.as_deref(),
+            }),
+            SendResult::Retry {
+                id,
+                next_attempt_at,
+                error,
+                refund_attempt,
+                lease_until,
+            } => out.retry.push(RetryRow {
+                id: *id,
+                next: *next_attempt_at,
+                err: error,
+                refund: i64::from(*refund_attempt),
+                lease: *lease_until,
+            }),
+            SendResult::Failed { id, error } => out.failed.push(FailedRow {
+                id: *id,
+                err: error,
+            }),
+        }
+    }
+    out
+}
+
+/// Records [`SentRow`]s: a delivery still sending becomes sent; a read or answer that came
+/// first is kept; the first send time, deadline and re-send time stand.
+pub(super) fn record_sent_sql(d: Dialect) -> String {
+    let (j, _) = d.table(
+        1,
+        &[
+            ("id", "bigint"),
+            ("at", "bigint"),
+            ("dl", "bigint"),
+            ("mid", "text"),
+        ],
+    );
+    format!(
+        "UPDATE deliveries AS d SET \
+           state = CASE WHEN d.state = 'sending' THEN 'sent' ELSE d.state END, \
+           sent_at = COALESCE(d.sent_at, j.at), \
+           deadline_at = COALESCE(d.deadline_at, j.dl), \
+           message_id = COALESCE(j.mid, d.message_id), \
+           lease_until = NULL, \
+           resend_at = COALESCE(d.resend_at, j.at + \
+             (SELECT r.resend_after_ms FROM roll_calls r WHERE r.id = d.roll_call_id)) \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')"
+    )
+}
+
+/// Records [`RetryRow`]s: pending again, only while the claim that sent it still holds.
+pub(super) fn record_retry_sql(d: Dialect) -> String {
+    let (j, _) = d.table(
+        1,
+        &[
+            ("id", "bigint"),
+            ("next", "bigint"),
+            ("err", "text"),
+            ("refund", "bigint"),
+            ("lease", "bigint"),
+        ],
+    );
+    format!(
+        "UPDATE deliveries AS d SET state = 'pending', next_attempt_at = j.next, \
+           last_error = j.err, lease_until = NULL, attempts = d.attempts - j.refund \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.lease"
+    )
+}
+
+/// Records [`FailedRow`]s, escalated at once (at the parameter after the rows).
+pub(super) fn record_failed_sql(d: Dialect) -> String {
+    let (j, now) = d.table(1, &[("id", "bigint"), ("err", "text")]);
+    format!(
+        "UPDATE deliveries AS d SET state = 'failed', last_error = j.err, lease_until = NULL, \
+           escalated_at = COALESCE(d.escalated_at, ${now}), \
+           escalation_reason = COALESCE(d.escalation_reason, 'send_failed') \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state = 'sending'"
+    )
+}
+
+/// Renews claims until `$1`: rows `(id, l)` still sending under exactly lease `l`. Returns
+/// the renewed ids.
+pub(super) fn renew_claims_sql(d: Dialect) -> String {
+    let (j, _) = d.table(2, &[("id", "bigint"), ("l", "bigint")]);
+    // SQLite's RETURNING names the updated table's columns only, and not by its alias.
+    let id = match d {
+        Dialect::Sqlite => "id",
+        Dialect::Postgres => "d.id",
+    };
+    format!(
+        "UPDATE deliveries AS d SET lease_until = $1, next_attempt_at = $1 \
+         FROM {j} \
+         WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.l \
+         RETURNING {id}"
+    )
+}
+
+/// The deliveries of provider `$1` to the chat ids `$2` in roll calls that are open or named
+/// in `$3`, and each chat id's newest delivery of all (see [`membership_from_row`]).
+pub(super) fn memberships_sql(d: Dialect) -> String {
+    format!(
+        "SELECT d.chat_handle, d.roll_call_id, d.id, d.kind, d.sent_at, r.state \
+         FROM deliveries AS d JOIN roll_calls AS r ON r.id = d.roll_call_id \
+         WHERE d.provider = $1 AND {} \
+           AND (r.state = 'open' OR {} \
+                OR d.roll_call_id = (SELECT MAX(x.roll_call_id) FROM deliveries AS x \
+                                     WHERE x.provider = d.provider \
+                                       AND x.chat_handle = d.chat_handle))",
+        d.one_of("d.chat_handle", 2, "text"),
+        d.one_of("d.roll_call_id", 3, "bigint")
+    )
+}
+
+/// The roll calls `$1`, for [`roll_info_from_row`].
+pub(super) fn roll_infos_sql(d: Dialect) -> String {
+    format!(
+        "SELECT id, state, buttons, shelter_buttons FROM roll_calls WHERE {}",
+        d.one_of("id", 1, "bigint")
+    )
 }

@@ -1357,3 +1357,160 @@ async fn the_outbox_writes_a_mail_once_and_hands_it_to_one_sender_at_a_time() {
         assert_eq!(store.mails(Some(rc.id)).await.unwrap().len(), 2, "{name}");
     }
 }
+
+/// The action list's order is written twice: in Rust (`CallListEntry::call_order`, which
+/// every view sorts by) and in SQL (PostgreSQL's list, and the call queue on both backends).
+/// On a population with every kind of entry, ties in priority and in waiting time, staff ids
+/// whose byte order is not a dictionary's, closed entries and a "no answer" in each group,
+/// the two agree.
+#[tokio::test]
+async fn the_sql_action_order_is_the_rust_order_on_a_varied_population() {
+    use anpi::rollcall::Action;
+    for (name, store, _db) in backends().await {
+        let mut contacts = synthetic::generate(60, 3).contacts;
+        for (i, c) in contacts.iter_mut().enumerate() {
+            c.call_priority = (i % 3) as u8 + 1;
+            if i % 4 == 1 {
+                c.id = c.id.as_str().to_lowercase().parse().unwrap();
+            }
+        }
+        for i in [7, 19, 42] {
+            contacts[i].chat.clear();
+        }
+        let (new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
+        let claimed = store
+            .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), 100)
+            .await
+            .unwrap();
+        let results: Vec<SendResult> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match i % 11 {
+                5 => SendResult::Failed {
+                    id: d.id,
+                    error: "unknown user".into(),
+                },
+                // Four send times: many people wait exactly as long as others.
+                _ => SendResult::Sent {
+                    id: d.id,
+                    at: 2_000 + 1_000 * (i % 4) as i64,
+                    deadline_at: 302_000 + 1_000 * (i % 4) as i64,
+                    message_id: None,
+                },
+            })
+            .collect();
+        store.record_send_results(&results, 6_000).await.unwrap();
+        let sent: Vec<_> = claimed
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 11 != 5)
+            .map(|(_, d)| d.chat_handle.clone())
+            .collect();
+        // Urgent answers (two at the same moment), reads, and an ordinary answer.
+        let help = |s: &str| InboundKind::Reply { text: s.into() };
+        let events = vec![
+            event("u1", Some(rc.id), &sent[3], help("助けて"), 10_000),
+            event("u2", Some(rc.id), &sent[8], help("助けて"), 10_000),
+            event("u3", Some(rc.id), &sent[13], answer("injured"), 12_000),
+            event("u4", None, &sent[21], help("助けて"), 9_000),
+            event("r1", Some(rc.id), &sent[1], InboundKind::Read, 20_000),
+            event("r2", Some(rc.id), &sent[2], InboundKind::Read, 21_000),
+            event("a1", Some(rc.id), &sent[4], answer("safe"), 22_000),
+        ];
+        store
+            .apply_events("simulator", &events, None, 30_000)
+            .await
+            .unwrap();
+        store.escalate_due(400_000).await.unwrap();
+
+        // A "no answer" in each group, a person reached, a note on someone who read.
+        let list = store.call_list(rc.id).await.unwrap();
+        for action in [
+            Action::Urgent,
+            Action::SilentShelter,
+            Action::NeverRead,
+            Action::NotSent,
+        ] {
+            let e = list
+                .iter()
+                .find(|e| e.action() == Some(action))
+                .unwrap_or_else(|| panic!("{name}: no {action:?} entry"));
+            store
+                .record_call_outcome(rc.id, &e.staff_id, CallOutcome::NoAnswer, "c1", 405_000)
+                .await
+                .unwrap();
+        }
+        let reached = list
+            .iter()
+            .rev()
+            .find(|e| e.action() == Some(Action::NeverRead) && e.outcome.is_none())
+            .unwrap();
+        store
+            .record_call_outcome(
+                rc.id,
+                &reached.staff_id,
+                CallOutcome::ReachedSafe,
+                "c1",
+                405_001,
+            )
+            .await
+            .unwrap();
+        let reader = contacts
+            .iter()
+            .find(|c| c.chat.get("simulator") == Some(&sent[1]))
+            .map(|c| c.id.clone())
+            .unwrap();
+        store
+            .record_call(
+                rc.id,
+                &reader,
+                None,
+                Some("本人から電話"),
+                "c1",
+                405_002,
+                false,
+            )
+            .await
+            .unwrap();
+
+        let ids = |l: &[rollcall::CallListEntry]| {
+            l.iter().map(|e| e.staff_id.to_string()).collect::<Vec<_>>()
+        };
+        let list = store.call_list(rc.id).await.unwrap();
+        assert!(
+            list.iter().any(|e| e.action().is_none()),
+            "{name}: closed entries are on the list too"
+        );
+        let mut sorted = list.clone();
+        sorted.sort_by(rollcall::CallListEntry::call_order);
+        assert_eq!(ids(&list), ids(&sorted), "{name}: the list in Rust's order");
+
+        // The queue: the same order, but within each group "no answer" goes to the back.
+        let mut want: Vec<_> = list.iter().filter(|e| e.to_call()).cloned().collect();
+        want.sort_by_key(|e| {
+            (
+                e.action().map(Action::rank),
+                e.outcome == Some(CallOutcome::NoAnswer),
+            )
+        });
+        let mut queue = Vec::new();
+        while let Some(e) = store
+            .claim_next_call(
+                rc.id,
+                &format!("desk{}", queue.len()),
+                410_000,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+        {
+            queue.push(e);
+        }
+        assert_eq!(
+            ids(&queue),
+            ids(&want),
+            "{name}: the queue in the list's order"
+        );
+    }
+}
