@@ -121,11 +121,6 @@ const BROADCAST_CLAIM: usize = 5_000;
 /// At most this many deliveries in one planned batch (the rest follow in the next).
 const MAX_BROADCAST_BATCH: usize = 200_000;
 
-/// The provider-state key of a roll call's plan.
-pub fn plan_key(id: RollCallId) -> String {
-    format!("plan/{}", id.0)
-}
-
 /// A plan and what executing it needs.
 #[derive(Debug)]
 struct PlanCtx {
@@ -409,8 +404,8 @@ impl Dispatcher {
         Ok(Claim::Jobs(jobs))
     }
 
-    /// A roll call's plan: stored in provider state (`plan/<id>`) by HQ at start, or worked
-    /// out here from the roll call's progress and stored, if HQ has not written it yet.
+    /// A roll call's plan: stored with the roll call by HQ at start, or worked out here from
+    /// the roll call's progress and stored, for a roll call written without one.
     async fn plan_for(&self, id: RollCallId) -> Result<Arc<PlanCtx>, StoreError> {
         if let Some(p) = self
             .plans
@@ -421,12 +416,21 @@ impl Dispatcher {
             return Ok(p.clone());
         }
         let name = self.provider.name();
-        let key = plan_key(id);
-        let stored = self
+        let stored = match self
             .store
-            .provider_state(name, &key)
+            .roll_call(id)
             .await?
-            .and_then(|s| serde_json::from_str::<Plan>(&s).ok());
+            .and_then(|rc| rc.dispatch_plan)
+        {
+            Some(text) => match serde_json::from_str::<Plan>(&text) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warn!(roll_call = %id, error = %e, "the stored plan cannot be read; planning again");
+                    None
+                }
+            },
+            None => None,
+        };
         // Who is on the platform: needed to plan here, and to know who each room covers.
         let needs_contacts = stored
             .as_ref()
@@ -443,9 +447,7 @@ impl Dispatcher {
                 let audience = Audience::from_progress(&progress, &contacts, name);
                 let p = planner::plan(&audience, &self.provider.capabilities(), &self.routes);
                 if let Ok(json) = serde_json::to_string(&p) {
-                    self.store
-                        .set_provider_state(name, &key, &json, self.clock.now_millis())
-                        .await?;
+                    self.store.set_dispatch_plan(id, &json).await?;
                 }
                 p
             }
@@ -472,14 +474,7 @@ impl Dispatcher {
         let caps = self.provider.capabilities();
         let plan = Plan::direct(&caps, 0);
         if let Ok(json) = serde_json::to_string(&plan) {
-            self.store
-                .set_provider_state(
-                    self.provider.name(),
-                    &plan_key(id),
-                    &json,
-                    self.clock.now_millis(),
-                )
-                .await?;
+            self.store.set_dispatch_plan(id, &json).await?;
         }
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id,

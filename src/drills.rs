@@ -555,6 +555,8 @@ mod tests {
             closed_at: None,
             recipients: 4,
             resend_after_ms: None,
+            dispatch_plan: None,
+            mail_plan: None,
         };
         let r = report(&rc, &rows, true);
         assert_eq!(r.overall.read, 2);

@@ -246,59 +246,47 @@ fn message_id(m: &StoredMail) -> String {
     format!("<outbox-{}-{:016x}@anpi>", m.id, h.finish())
 }
 
-/// A roll call's e-mail settings, stored when it starts (the roll call row has no column for
-/// them, and the scenario file may change or not exist, e.g. an uploaded scenario).
+/// A roll call's e-mail settings, stored with it when it starts (the scenario file may change
+/// or not exist, e.g. an uploaded scenario).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Plan {
     email_hq: bool,
     email_unconfirmed: bool,
 }
 
-fn plan_key(id: RollCallId) -> String {
-    format!("plan:{id}")
-}
-
-/// Records what e-mail the roll call `id` asks for at its deadline. Called by
-/// [`Hq::start`](crate::hq::Hq::start).
-pub async fn record_plan(
-    store: &SharedStore,
-    id: RollCallId,
-    escalation: &Escalation,
-    now: crate::clock::Millis,
-) -> Result<(), StoreError> {
+/// Roll call e-mail settings as [`NewRollCall::mail_plan`](crate::rollcall::NewRollCall)
+/// stores them.
+pub fn plan_json(escalation: &Escalation) -> String {
     let plan = Plan {
         email_hq: escalation.email_hq,
         email_unconfirmed: escalation.email_unconfirmed,
     };
-    let text = serde_json::to_string(&plan).unwrap_or_default();
-    store
-        .set_provider_state(STATE_NS, &plan_key(id), &text, now)
-        .await
+    serde_json::to_string(&plan).unwrap_or_default()
 }
 
-/// What a roll call needs mailed once it is due: as recorded at start, else as its scenario
-/// file says today.
-async fn plan_for(store: &SharedStore, rc: &RollCall, config: &Config) -> Result<Plan, StoreError> {
+/// What a roll call needs mailed once it is due: as stored with it, else (a roll call from
+/// before plans were stored, or a plan that cannot be read) as its scenario file says today.
+fn plan_for(rc: &RollCall, config: &Config) -> Plan {
     if rc.scenario == crate::announcement::SCENARIO_NAME {
-        return Ok(Plan {
+        return Plan {
             email_hq: false,
             email_unconfirmed: false,
-        });
+        };
     }
-    if let Some(p) = store
-        .provider_state(STATE_NS, &plan_key(rc.id))
-        .await?
-        .and_then(|t| serde_json::from_str::<Plan>(&t).ok())
-    {
-        return Ok(p);
+    if let Some(text) = &rc.mail_plan {
+        match serde_json::from_str::<Plan>(text) {
+            Ok(p) => return p,
+            Err(e) => warn!(roll_call = %rc.id, error = %e,
+                "the stored e-mail plan cannot be read; using the scenario file"),
+        }
     }
     let e = Scenario::find(&config.scenarios.dir, &rc.scenario)
         .map(|s| s.escalation)
         .unwrap_or_default();
-    Ok(Plan {
+    Plan {
         email_hq: e.email_hq,
         email_unconfirmed: e.email_unconfirmed,
-    })
+    }
 }
 
 /// What a deadline mail to HQ carried, kept with it for the correction check.
@@ -579,7 +567,7 @@ impl EmailWorker {
         // Read after the feed caught up: every read and answer stored by then is in it.
         let p = self.store.progress(rc.id).await?;
         let entries = self.store.call_list(rc.id).await?;
-        let plan = plan_for(&self.store, rc, &self.config).await?;
+        let plan = plan_for(rc, &self.config);
         let tz = self.config.zone().unwrap_or(chrono_tz::Asia::Tokyo);
         let mut mails = Vec::new();
         if plan.email_hq && !self.hq.is_empty() {

@@ -338,11 +338,11 @@ impl Hq {
     /// A roll call's plan and what is left of it, for HQ during dispatch.
     pub async fn plan_status(&self, id: RollCallId) -> Result<PlanStatus, HqError> {
         let status = self.status(id).await?;
-        let plan = self
-            .store
-            .provider_state(&self.provider, &crate::dispatch::plan_key(id))
-            .await?
-            .and_then(|s| serde_json::from_str::<Plan>(&s).ok());
+        let plan = status
+            .roll_call
+            .dispatch_plan
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<Plan>(s).ok());
         let o = &status.progress.overall;
         let unsent = (o.pending + o.sending).max(0) as usize;
         let route = plan.as_ref().map(|p| p.route);
@@ -374,12 +374,18 @@ impl Hq {
         let t = std::time::Instant::now();
         let (audience, shape) = self.audience(scenario).await?;
         let read = t.elapsed();
-        let (new, recipients) =
+        let (mut new, recipients) =
             rollcall::plan(scenario, &audience, &self.provider, drill, idempotency_key);
         let no_chat = recipients
             .iter()
             .filter(|r| r.chat_handle.is_none())
             .count();
+        let est = estimate_plan(&shape, no_chat, &self.capabilities, &self.routes);
+        if !self.routes.is_empty() {
+            // Written with the roll call; the dispatcher works it out itself only for a roll
+            // call that has none, and both agree.
+            new.dispatch_plan = serde_json::to_string(&est.plan).ok();
+        }
         let planned = t.elapsed();
         let rc = self
             .store
@@ -402,21 +408,6 @@ impl Hq {
             written = ?(t.elapsed() - planned),
             "roll call started"
         );
-        let est = estimate_plan(&shape, no_chat, &self.capabilities, &self.routes);
-        if !self.routes.is_empty() {
-            // The dispatcher works the plan out itself if it gets there first; both agree.
-            if let Ok(json) = serde_json::to_string(&est.plan) {
-                self.store
-                    .set_provider_state(
-                        &self.provider,
-                        &crate::dispatch::plan_key(rc.id),
-                        &json,
-                        self.clock.now_millis(),
-                    )
-                    .await?;
-            }
-        }
-        crate::email::record_plan(&self.store, rc.id, &scenario.escalation, rc.created_at).await?;
         self.changed(false);
         self.new_work.notify_waiters();
         Ok((rc, est))

@@ -135,7 +135,7 @@ pub struct ButtonsPlan {
     pub requests: usize,
 }
 
-/// The chosen way to reach an audience, stored per roll call (provider state `plan/<id>`).
+/// The chosen way to reach an audience, stored with each roll call (`roll_calls.dispatch_plan`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub route: RouteKind,

@@ -249,6 +249,14 @@ pub struct RollCall {
     /// `asks.compose(message, route, buttons)`.
     #[serde(default)]
     pub asks: Asks,
+    /// The route chosen to reach the audience (JSON of [`crate::planner::Plan`]); `None`
+    /// until one is chosen.
+    #[serde(skip)]
+    pub dispatch_plan: Option<String>,
+    /// What the roll call mails at its deadline (JSON, see [`crate::email`]); `None` for roll
+    /// calls that predate it (their scenario file decides).
+    #[serde(skip)]
+    pub mail_plan: Option<String>,
 }
 
 impl RollCall {
@@ -285,6 +293,9 @@ pub struct NewRollCall {
     pub idempotency_key: Option<String>,
     pub resend_after_ms: Option<i64>,
     pub asks: Asks,
+    /// Written with the roll call, in its transaction (see [`RollCall::dispatch_plan`]).
+    pub dispatch_plan: Option<String>,
+    pub mail_plan: Option<String>,
 }
 
 /// One recipient, snapshotted at start so the record stands even if contacts change later.
@@ -361,6 +372,8 @@ pub fn plan(
             .resend_after
             .map(|d| d.as_millis() as i64),
         asks: scenario.asks.clone(),
+        dispatch_plan: None,
+        mail_plan: Some(crate::email::plan_json(&scenario.escalation)),
     };
     (new, recipients)
 }

@@ -614,7 +614,6 @@ impl Engine {
         let msg = store
             .create_roll_call(&new, &recipients, clock.now_millis())
             .await?;
-        crate::email::record_plan(store, msg.id, &scenario.escalation, msg.created_at).await?;
         self.hq.wake_dispatch();
         d.reason = format!(
             "{} → 安否確認 #{id} を終了し、送信済みの {} 人へ取消を送信（#{}）/ closed #{id}; retraction sent to the {} people it reached (#{})",

@@ -246,6 +246,8 @@ macro_rules! store_impl {
                     )
                     .bind(new.resend_after_ms)
                     .bind(serde_json::to_string(&new.asks).map_err(|e| corrupt("asks", e))?)
+                    .bind(&new.dispatch_plan)
+                    .bind(&new.mail_plan)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = inserted else {
@@ -265,6 +267,20 @@ macro_rules! store_impl {
                 let rc = shared::roll_call_from_row(&row)?;
                 tx.commit().await?;
                 Ok(rc)
+            }
+
+            async fn set_dispatch_plan(
+                &self,
+                id: $crate::ids::RollCallId,
+                plan: &str,
+            ) -> $crate::store::StoreResult<()> {
+                let _w = self.write_lock().await;
+                sqlx::query("UPDATE roll_calls SET dispatch_plan = $2 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(plan)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn roll_call(

@@ -188,9 +188,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn replace_contacts(&self, contacts: &[Contact], now: Millis) -> StoreResult<usize>;
     async fn contacts(&self) -> StoreResult<Vec<Contact>>;
 
-    /// Writes a roll call and one delivery per recipient in one transaction. People without a
-    /// chat id are escalated at once. With an idempotency key already used, returns the roll
-    /// call made the first time and writes nothing.
+    /// Writes a roll call, its plans and one delivery per recipient in one transaction. People
+    /// without a chat id are escalated at once. With an idempotency key already used, returns
+    /// the roll call made the first time and writes nothing.
     async fn create_roll_call(
         &self,
         new: &NewRollCall,
@@ -199,6 +199,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<RollCall>;
     async fn roll_call(&self, id: RollCallId) -> StoreResult<Option<RollCall>>;
     async fn roll_calls(&self) -> StoreResult<Vec<RollCall>>;
+    /// Replaces roll call `id`'s dispatch plan (JSON): the dispatcher's own choice when none
+    /// was written at start, or the fall-back to 1:1 sends.
+    async fn set_dispatch_plan(&self, id: RollCallId, plan: &str) -> StoreResult<()>;
     /// Closes a roll call: nothing more is sent or escalated for it. False if already closed.
     async fn close_roll_call(&self, id: RollCallId, now: Millis) -> StoreResult<bool>;
     async fn progress(&self, id: RollCallId) -> StoreResult<Progress>;
@@ -464,18 +467,31 @@ pub async fn open(url: &str) -> StoreResult<SharedStore> {
 
 /// Opens the store named by a database URL and checks its schema as `opts` say.
 pub async fn open_with(url: &str, opts: &OpenOptions) -> StoreResult<SharedStore> {
+    // A connection that read the schema before a migration changed it keeps describing
+    // statements by the old one (SQLite: `SELECT *` then reads past its columns): after
+    // applying migrations the pool is opened again, so every connection sees the new schema.
     if url.starts_with("sqlite:") {
-        let store = sqlite::SqliteStore::connect(url)
+        let store = sqlite::SqliteStore::connect(url).await?;
+        if !schema::ensure(&schema::SQLITE, store.pool(), opts.migrate)
             .await?
-            .with_urgent_words(opts.urgent_words.clone());
-        schema::ensure(&schema::SQLITE, store.pool(), opts.migrate).await?;
-        Ok(Arc::new(store))
+            .is_empty()
+        {
+            store.pool().close().await;
+            let store = sqlite::SqliteStore::connect(url).await?;
+            return Ok(Arc::new(store.with_urgent_words(opts.urgent_words.clone())));
+        }
+        Ok(Arc::new(store.with_urgent_words(opts.urgent_words.clone())))
     } else if is_postgres_url(url) {
-        let store = postgres::PostgresStore::connect(url, &opts.postgres)
+        let store = postgres::PostgresStore::connect(url, &opts.postgres).await?;
+        if !schema::ensure(&schema::POSTGRES, store.pool(), opts.migrate)
             .await?
-            .with_urgent_words(opts.urgent_words.clone());
-        schema::ensure(&schema::POSTGRES, store.pool(), opts.migrate).await?;
-        Ok(Arc::new(store))
+            .is_empty()
+        {
+            store.pool().close().await;
+            let store = postgres::PostgresStore::connect(url, &opts.postgres).await?;
+            return Ok(Arc::new(store.with_urgent_words(opts.urgent_words.clone())));
+        }
+        Ok(Arc::new(store.with_urgent_words(opts.urgent_words.clone())))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }

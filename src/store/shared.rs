@@ -1312,8 +1312,8 @@ pub(super) const ROLL_CALL_EXISTS: &str = "SELECT 1 FROM roll_calls WHERE id = $
 /// A new open roll call (`$1`..`$13`); no row when its idempotency key is taken.
 pub(super) const INSERT_ROLL_CALL: &str = "INSERT INTO roll_calls (scenario, title, message, \
     buttons, drill, deadline_ms, provider, state, created_at, recipients, idempotency_key, \
-    shelter_buttons, resend_after_ms, asks) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12, $13) \
+    shelter_buttons, resend_after_ms, asks, dispatch_plan, mail_plan) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9, $10, $11, $12, $13, $14, $15) \
     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
 
 /// A roll call from `SELECT * FROM roll_calls`, on either backend.
@@ -1355,6 +1355,8 @@ where
             Some(a) => serde_json::from_str(&a).map_err(|e| corrupt("roll call asks", e))?,
             None => Default::default(),
         },
+        dispatch_plan: r.try_get("dispatch_plan")?,
+        mail_plan: r.try_get("mail_plan")?,
     })
 }
 

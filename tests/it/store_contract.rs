@@ -1514,3 +1514,74 @@ async fn the_sql_action_order_is_the_rust_order_on_a_varied_population() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_roll_call_is_written_with_its_plans_and_older_databases_keep_theirs() {
+    for (name, store, db) in backends().await {
+        // Written with the roll call, in its transaction: there is no moment it has none.
+        let contacts = synthetic::generate(10, 1).contacts;
+        let (mut new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        new.dispatch_plan = Some(r#"{"route":"direct"}"#.into());
+        let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
+        assert_eq!(rc.dispatch_plan, new.dispatch_plan, "{name}");
+        assert!(rc.mail_plan.is_some(), "{name}");
+        let read = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(
+            (read.dispatch_plan.as_deref(), read.mail_plan.as_deref()),
+            (new.dispatch_plan.as_deref(), new.mail_plan.as_deref()),
+            "{name}"
+        );
+        store
+            .set_dispatch_plan(rc.id, r#"{"route":"broadcast"}"#)
+            .await
+            .unwrap();
+        let read = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(
+            read.dispatch_plan.as_deref(),
+            Some(r#"{"route":"broadcast"}"#)
+        );
+        drop(store);
+
+        // A database from before the plan columns: the plans were provider state. Opening it
+        // with this version carries them over to the roll call and drops the old rows.
+        db.execute(&format!(
+            "INSERT INTO provider_state (provider, key, value, updated_at) VALUES \
+             ('email', 'plan:{id}', '{{\"email_hq\":true,\"email_unconfirmed\":false}}', 1), \
+             ('simulator', 'plan/{id}', '{{\"route\":\"rooms\"}}', 1)",
+            id = rc.id
+        ))
+        .await;
+        db.execute("ALTER TABLE roll_calls DROP COLUMN dispatch_plan")
+            .await;
+        db.execute("ALTER TABLE roll_calls DROP COLUMN mail_plan")
+            .await;
+        db.execute("DELETE FROM _sqlx_migrations WHERE version = 10")
+            .await;
+        let url = match &db {
+            crate::support::DbGuard::Sqlite(tmp) => {
+                format!("sqlite://{}", tmp.path().join("c.db").display())
+            }
+            crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
+        };
+        let store = anpi::store::open(&url).await.unwrap();
+        let read = store.roll_call(rc.id).await.unwrap().unwrap();
+        assert_eq!(
+            read.dispatch_plan.as_deref(),
+            Some(r#"{"route":"rooms"}"#),
+            "{name}"
+        );
+        assert_eq!(
+            read.mail_plan.as_deref(),
+            Some(r#"{"email_hq":true,"email_unconfirmed":false}"#),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .provider_state("email", &format!("plan:{}", rc.id))
+                .await
+                .unwrap(),
+            None,
+            "{name}"
+        );
+    }
+}
