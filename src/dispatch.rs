@@ -52,7 +52,7 @@ use crate::planner::{self, Audience, Plan};
 use crate::providers::{
     BroadcastRequest, ChatProvider, OutboundMessage, ProviderError, Route, RouteKind,
 };
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{slower, TokenBucket, OBSERVED_PACE_KEY};
 use crate::rollcall::{ClaimedDelivery, RollCall, SendResult};
 use crate::store::{SharedStore, StoreError};
 use crate::worker::Outcome;
@@ -242,12 +242,16 @@ pub struct Pacing {
 }
 
 impl Pacing {
+    /// Every provider gets a bucket: without a configured limit it only pauses on a 429 and
+    /// paces to what the platform showed (see [`crate::ratelimit`]).
     pub fn for_provider(provider: &dyn ChatProvider, clock: &SharedClock) -> Self {
         let caps = provider.capabilities();
+        let bucket = match caps.rate_limit {
+            Some(l) => TokenBucket::new(l, clock.clone()),
+            None => TokenBucket::unlimited(clock.clone()),
+        };
         Self {
-            limiter: caps
-                .rate_limit
-                .map(|l| Arc::new(TokenBucket::new(l, clock.clone()))),
+            limiter: Some(Arc::new(bucket)),
             window: Arc::new(Semaphore::new(caps.max_in_flight.max(1))),
         }
     }
@@ -784,6 +788,57 @@ impl Dispatcher {
         }
     }
 
+    /// The platform answered 429: every send to it waits (the shared bucket), one warning line
+    /// a pause; the pace it showed is kept for estimates, and HQ is warned when that pace makes
+    /// this roll call's estimate more than twice too short.
+    async fn rate_limited(&self, rc: &RollCall, reset: Duration) {
+        let Some(l) = &self.limiter else {
+            return;
+        };
+        if !l.pause_for(reset) {
+            return;
+        }
+        let name = self.provider.name();
+        let Some(observed) = l.observed() else {
+            return;
+        };
+        warn!(
+            provider = name,
+            roll_call = %rc.id,
+            retry_after_ms = reset.as_millis() as u64,
+            observed_interval_ms = observed.per.as_millis() as u64,
+            "the platform refused a send (429): every send to it waits until it allows again"
+        );
+        let now = self.clock.now_millis();
+        let pace = serde_json::json!({"interval_ms": observed.per.as_millis() as u64, "at": now});
+        if let Err(e) = self
+            .store
+            .set_provider_state(name, OBSERVED_PACE_KEY, &pace.to_string(), now)
+            .await
+        {
+            warn!(error = %e, "could not keep the observed pace for estimates");
+        }
+        let caps = self.provider.capabilities();
+        let n = rc.recipients.max(0) as usize;
+        let estimated = planner::seconds_for(n, caps.rate_limit);
+        let now_estimated = planner::seconds_for(n, Some(slower(caps.rate_limit, observed)));
+        if now_estimated > 2.0 * estimated && now_estimated >= 1.0 {
+            if let Some(h) = &self.health {
+                h.failing_now(
+                    Component::Pace,
+                    format!(
+                        "roll call #{}: {n} 件の送信に約 {now_estimated:.0} 秒（見積もり {estimated:.0} 秒）\
+                         / sending {n} messages takes about {now_estimated:.0} s, not the \
+                         {estimated:.0} s estimated: the platform allows about one request per \
+                         {:.1} s",
+                        rc.id,
+                        observed.per.as_secs_f64()
+                    ),
+                );
+            }
+        }
+    }
+
     async fn send_one(&self, d: ClaimedDelivery, rc: Arc<RollCall>) -> SendResult {
         // The platform said stop while this batch was under way: hand the delivery back for
         // after the pause instead of holding it (and its lease) until then.
@@ -829,9 +884,7 @@ impl Dispatcher {
                 }
             }
             Err(ProviderError::RateLimited { reset }) => {
-                if let Some(l) = &self.limiter {
-                    l.pause_for(reset);
-                }
+                self.rate_limited(&rc, reset).await;
                 SendResult::Retry {
                     id: d.id,
                     lease_until: d.lease_until,
@@ -1013,7 +1066,13 @@ impl Dispatcher {
                     failures = 0;
                     continue;
                 }
-                Ok(Claim::Idle) => failures = 0,
+                Ok(Claim::Idle) => {
+                    failures = 0;
+                    // Nothing left to send: a slow pace no longer delays anyone.
+                    if let Some(h) = &self.health {
+                        h.ok(Component::Pace);
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     warn!(%provider, error = %e, "dispatch failed; retrying");
