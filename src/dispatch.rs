@@ -1066,13 +1066,7 @@ impl Dispatcher {
                     failures = 0;
                     continue;
                 }
-                Ok(Claim::Idle) => {
-                    failures = 0;
-                    // Nothing left to send: a slow pace no longer delays anyone.
-                    if let Some(h) = &self.health {
-                        h.ok(Component::Pace);
-                    }
-                }
+                Ok(Claim::Idle) => failures = 0,
                 Err(e) => {
                     failures += 1;
                     warn!(%provider, error = %e, "dispatch failed; retrying");
@@ -1090,7 +1084,13 @@ impl Dispatcher {
                         let d = t - self.clock.now_millis();
                         Duration::from_millis(d.clamp(1, 30_000) as u64)
                     }
-                    Ok(None) => Duration::from_secs(30),
+                    Ok(None) => {
+                        // Nothing left to send: a slow pace delays no one any more.
+                        if let Some(h) = &self.health {
+                            h.ok(Component::Pace);
+                        }
+                        Duration::from_secs(30)
+                    }
                     Err(_) => Duration::from_secs(1),
                 }
             };

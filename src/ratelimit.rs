@@ -315,6 +315,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn without_a_limit_a_429_pauses_everyone_then_paces_to_the_observed_wait() {
+        let c = clock();
+        let bucket = Arc::new(TokenBucket::unlimited(Arc::new(c.clone())));
+        assert_eq!(bucket.take_up_to(50).await, 50, "no limit: all at once");
+        assert_eq!(bucket.observed(), None);
+        assert!(bucket.pause_for(Duration::from_secs(5)), "a pause starts");
+        assert!(
+            !bucket.pause_for(Duration::from_secs(4)),
+            "joins the running pause"
+        );
+        assert_eq!(
+            bucket.observed(),
+            Some(RateLimit {
+                requests: 1,
+                per: Duration::from_secs(5)
+            })
+        );
+        let b2 = bucket.clone();
+        let waiter = tokio::spawn(async move { b2.take_up_to(50).await });
+        c.advance(Duration::from_secs(4));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "paused");
+        c.advance(Duration::from_millis(1100));
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woke after the pause")
+            .unwrap();
+        assert_eq!(got, 1, "one request at a time at the observed pace");
+        let b3 = bucket.clone();
+        let next = tokio::spawn(async move { b3.take_up_to(50).await });
+        c.advance(Duration::from_secs(5));
+        tokio::task::yield_now().await;
+        assert!(
+            !next.is_finished(),
+            "the next waits one observed interval (at 90%)"
+        );
+        c.advance(Duration::from_secs(1));
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("paced")
+            .unwrap();
+        // A minute with no 429: the pace is forgotten.
+        c.advance(FORGET_AFTER + Duration::from_secs(1));
+        assert_eq!(bucket.take_up_to(50).await, 50);
+        assert_eq!(bucket.observed(), None);
+    }
+
+    #[tokio::test]
     async fn pause_blocks_until_reset() {
         let c = clock();
         let bucket = Arc::new(TokenBucket::new(

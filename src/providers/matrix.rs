@@ -94,6 +94,11 @@ fn event_key(event: &str) -> String {
 fn latest_key(room: &str) -> String {
     format!("latest:{room}")
 }
+/// Set when `prepare` invited someone again after they left: until they accept, a send says
+/// they left.
+fn left_key(user: &str) -> String {
+    format!("left:{user}")
+}
 /// The rooms known to be encrypted, as a JSON map person -> room.
 const ENCRYPTED_KEY: &str = "encrypted_rooms";
 
@@ -303,6 +308,7 @@ impl MatrixProvider {
                         Some("join") => {}
                         Some("leave") => match self.invite(&room, user).await {
                             Ok(()) => {
+                                self.set_state(&left_key(user), "1").await?;
                                 report.reinvited.push(person.clone());
                                 report.unreachable.push((person.clone(), Unreachable::Left));
                             }
@@ -476,6 +482,9 @@ impl MatrixProvider {
         Ok(match self.membership(room, user).await?.as_deref() {
             Some("join") => None,
             Some("leave") | Some("ban") => Some(Unreachable::Left),
+            Some("invite") if self.get_state(&left_key(user)).await?.is_some() => {
+                Some(Unreachable::Left)
+            }
             Some(_) if self.user_exists(user).await? => Some(Unreachable::NeverAccepted),
             None if self.user_exists(user).await? => Some(Unreachable::NotInvited),
             _ => Some(Unreachable::UnknownUser),
@@ -1151,12 +1160,19 @@ impl ChatProvider for MatrixProvider {
         fields(roll_call = %msg.roll_call_id, delivery = msg.delivery_id)
     )]
     async fn send(&self, msg: &OutboundMessage) -> Result<Sent, ProviderError> {
-        let room = self.dm_room(&msg.to).await?.ok_or_else(|| {
-            ProviderError::Permanent(format!(
+        let Some(room) = self.dm_room(&msg.to).await? else {
+            if !self.user_exists(msg.to.as_str()).await? {
+                return Err(ProviderError::Permanent(format!(
+                    "{}: {}",
+                    Unreachable::UnknownUser,
+                    msg.to
+                )));
+            }
+            return Err(ProviderError::Permanent(format!(
                 "no Matrix DM room with {} (run `anpi matrix prepare`)",
                 msg.to
-            ))
-        })?;
+            )));
+        };
         // A room the person is not in reaches no one: they go on the call list now, with the
         // reason, instead of waiting out the deadline as "never read". (The homeserver accepts
         // a post to a room nobody else is in.) A re-send skips the check: it follows a send
@@ -1327,6 +1343,16 @@ mod tests {
     }
 
     async fn fixture(app: Router) -> Fixture {
+        // Everyone is in their room unless a test says otherwise.
+        let app = app
+            .route(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}",
+                get(|| async { Json(json!({"membership": "join"})) }),
+            )
+            .route(
+                "/_matrix/client/v3/profile/{user}",
+                get(|| async { Json(json!({"displayname": "someone"})) }),
+            );
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .unwrap();
@@ -1635,7 +1661,10 @@ mod tests {
             .events
             .iter()
             .map(|e| {
-                assert_eq!(e.roll_call_id, Some(RollCallId(7)));
+                // A receipt names the check it is on; what the person wrote or reacted counts
+                // for the newest open roll call they are in (roll call 7 is not open here).
+                let named = e.kind == InboundKind::Read;
+                assert_eq!(e.roll_call_id, named.then_some(RollCallId(7)), "{e:?}");
                 assert_eq!(e.from.as_str(), "@s001:hs.test");
                 (e.event_id.clone(), e.kind.clone())
             })
@@ -1682,6 +1711,106 @@ mod tests {
                 text: "家族も無事です".into()
             }
         );
+    }
+
+    #[test]
+    fn leading_circled_and_full_width_digits_are_options_but_times_are_not() {
+        let values: Vec<String> = ["safe", "can_work", "cannot_work", "injured"]
+            .map(String::from)
+            .to_vec();
+        let answer = |v: &str| InboundKind::Answer { value: v.into() };
+        for (text, want) in [
+            ("1 無事です", "safe"),
+            ("１　無事です", "safe"),
+            ("①", "safe"),
+            ("①無事", "safe"),
+            ("❹", "injured"),
+            ("4.", "injured"),
+            ("２、出動できます", "can_work"),
+            ("1️⃣", "safe"),
+        ] {
+            assert_eq!(reply_kind(text, &values), answer(want), "{text}");
+        }
+        for text in ["1時間後に行きます", "10", "5", "12345", "無事 1"] {
+            assert_eq!(
+                reply_kind(text, &values),
+                InboundKind::Reply { text: text.into() },
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_person_not_in_their_room_is_a_permanent_failure_naming_why() {
+        let app = Router::new()
+            .route(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}",
+                get(|Path((room, _)): Path<(String, String)>| async move {
+                    match room.as_str() {
+                        "!left:hs.test" => Json(json!({"membership": "leave"})).into_response(),
+                        "!invited:hs.test" | "!nosuch:hs.test" => {
+                            Json(json!({"membership": "invite"})).into_response()
+                        }
+                        _ => (S::NOT_FOUND, r#"{"errcode":"M_NOT_FOUND"}"#).into_response(),
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/client/v3/profile/{user}",
+                get(|Path(user): Path<String>| async move {
+                    if user.starts_with("@nosuch") {
+                        (S::NOT_FOUND, r#"{"errcode":"M_NOT_FOUND"}"#).into_response()
+                    } else {
+                        Json(json!({"displayname": "x"})).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
+                put(|| async { Json(json!({"event_id": "$never"})) }),
+            );
+        // Built without `fixture`'s "everyone joined" route.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let f = fixture(Router::new()).await;
+        let config = MatrixConfig {
+            homeserver: url,
+            user_id: "@anpi:hs.test".into(),
+            access_token_file: None,
+            access_token: Some(Secret::new("syt_s3cret")),
+            sync_timeout: Duration::from_secs(1),
+            rate_limit_per_minute: 0,
+            max_in_flight: 4,
+        };
+        let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+        let provider = MatrixProvider::new(
+            &config,
+            &config.access_token().unwrap(),
+            f.store.clone(),
+            clock,
+        )
+        .unwrap();
+        let mut msg = message();
+        for (who, want) in [
+            ("left", "left the room"),
+            ("invited", "never accepted the invite"),
+            ("nosuch", "unknown user"),
+            ("stranger", "not invited"),
+        ] {
+            let user = format!("@{who}:hs.test");
+            f.store
+                .set_provider_state(NAME, &room_key(&user), &format!("!{who}:hs.test"), 0)
+                .await
+                .unwrap();
+            msg.to = ChatHandle::parse(&user).unwrap();
+            match provider.send(&msg).await {
+                Err(ProviderError::Permanent(r)) => assert!(r.contains(want), "{who}: {r}"),
+                other => panic!("{who}: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
