@@ -104,13 +104,8 @@ fn limits_yaml(limits: Limits) -> String {
 }
 
 impl Synapse {
-    /// Starts a homeserver, or returns `None` (with the reason printed) when Synapse is not
-    /// installed outside CI. In CI a missing Synapse panics.
-    pub async fn start(limits: Limits) -> Option<Synapse> {
-        Self::start_with(limits, "").await
-    }
-
-    /// Like [`Synapse::start`], with `extra` lines of homeserver configuration.
+    /// Starts a homeserver with `extra` lines of configuration, or returns `None` (with the
+    /// reason printed) when Synapse is not installed outside CI. In CI a missing Synapse panics.
     pub async fn start_with(limits: Limits, extra: &str) -> Option<Synapse> {
         init_logs();
         let python = match synapse_python() {
