@@ -711,3 +711,45 @@ async fn on_a_server_that_encrypts_rooms_replies_are_reported_unreadable() {
     assert_eq!(text, anpi::providers::matrix::UNREADABLE);
     w.app.shutdown().await;
 }
+
+/// The figure behind `max_in_flight`'s default (docs/BENCHMARKS.md): 500 people on one
+/// Synapse, the bot's rate limit lifted, from the start of a roll call until every message is
+/// out, for each in-flight window. A measurement, not a check: run it by hand with
+/// `cargo test --release --test it -- --ignored --nocapture matrix::bench_`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: minutes of set-up, prints a figure"]
+async fn bench_500_people_by_max_in_flight() {
+    let Some(mut w) = World::new_with(
+        500,
+        18,
+        WorldOptions {
+            limits: Limits::DefaultMessages,
+            synapse_extra: "",
+            bot_unlimited: true,
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    w.app.shutdown().await;
+    for in_flight in [8usize, 16, 32] {
+        let path = write_config(&w.hs, &w.bot, w.dir.path());
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&format!("max_in_flight = {in_flight}\n"));
+        std::fs::write(&path, text).unwrap();
+        let mut app = MatrixApp::spawn(path).await;
+        let started = Instant::now();
+        let rc = app.hq.start(&scenario("30m"), None, None).await.unwrap().0;
+        wait_for(&app, rc.id, "all sent", Duration::from_secs(600), |p| {
+            p.overall.sent + p.overall.read + p.overall.answered == 500
+        })
+        .await;
+        println!(
+            "max_in_flight = {in_flight}: 500 sent in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        app.hq.close(rc.id).await.unwrap();
+        app.shutdown().await;
+    }
+}
