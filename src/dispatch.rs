@@ -799,16 +799,18 @@ impl Dispatcher {
             return;
         }
         let name = self.provider.name();
-        let Some(observed) = l.observed() else {
-            return;
-        };
+        let observed = l.observed();
         warn!(
             provider = name,
             roll_call = %rc.id,
             retry_after_ms = reset.as_millis() as u64,
-            observed_interval_ms = observed.per.as_millis() as u64,
+            observed_interval_ms = observed.map(|o| o.per.as_millis() as u64),
             "the platform refused a send (429): every send to it waits until it allows again"
         );
+        // With a configured limit the estimate already uses it.
+        let Some(observed) = observed else {
+            return;
+        };
         let now = self.clock.now_millis();
         let pace = serde_json::json!({"interval_ms": observed.per.as_millis() as u64, "at": now});
         if let Err(e) = self

@@ -4,9 +4,10 @@
 //!
 //! Invariants: in any window of the platform's length, at most the platform's limit is spent.
 //! The bucket refills at 90% of the limit and holds at most 10% of it, so even a full bucket
-//! spent at once plus a window's refill stays within the limit. After a 429 the platform's
-//! observed pace (one request per the wait it asked for) caps the rate, one request at a time,
-//! until no 429 has come for [`FORGET_AFTER`]; a pace learned never raises the configured one.
+//! spent at once plus a window's refill stays within the limit. A 429 pauses every sender
+//! until the platform's reset, with or without a configured limit. Without one, the platform's
+//! observed pace (one request per the longest wait it asked for) then holds, one request at a
+//! time, until no 429 has come for [`FORGET_AFTER`].
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -205,18 +206,22 @@ impl TokenBucket {
     }
 
     /// The platform said "no more until `reset`": nobody sends until then, one request may go
-    /// then, and after it the platform's observed pace holds (see the module). Returns whether
+    /// then, and after it (without a configured limit) the observed pace holds (see the module). Returns whether
     /// this started a pause (rather than joined one already running), for one log line a pause.
     pub fn pause_for(&self, reset: Duration) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now_millis();
         let wait = reset.as_millis() as i64;
         let until = now + wait;
-        let interval = s.learned.map_or(wait, |l| l.interval_ms.max(wait)).max(1);
-        s.learned = Some(Learned {
-            interval_ms: interval,
-            last_429: now,
-        });
+        // A configured limit is the operator's word on the platform's pace (a fixed window's
+        // reset says little about it); only a bucket without one learns.
+        if self.rate.is_none() {
+            let interval = s.learned.map_or(wait, |l| l.interval_ms.max(wait)).max(1);
+            s.learned = Some(Learned {
+                interval_ms: interval,
+                last_429: now,
+            });
+        }
         let started = s.paused_until <= now;
         if until > s.paused_until {
             s.paused_until = until;
@@ -373,6 +378,7 @@ mod tests {
             Arc::new(c.clone()),
         ));
         bucket.pause_for(Duration::from_secs(5));
+        assert_eq!(bucket.observed(), None, "a configured limit is not replaced");
         let b2 = bucket.clone();
         let waiter = tokio::spawn(async move { b2.acquire().await });
         c.advance(Duration::from_secs(4));
