@@ -378,7 +378,11 @@ mod tests {
             Arc::new(c.clone()),
         ));
         bucket.pause_for(Duration::from_secs(5));
-        assert_eq!(bucket.observed(), None, "a configured limit is not replaced");
+        assert_eq!(
+            bucket.observed(),
+            None,
+            "a configured limit is not replaced"
+        );
         let b2 = bucket.clone();
         let waiter = tokio::spawn(async move { b2.acquire().await });
         c.advance(Duration::from_secs(4));
