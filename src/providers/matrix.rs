@@ -9,7 +9,18 @@
 //! - `latest:<room id>` -> the newest check sent in that room, so that a receipt on any later
 //!   event (receipts only move forward) still confirms it. Each check also names the check
 //!   sent before it in the room (`prev`), so a receipt on a later check (an announcement after
-//!   a safety check, or two roll calls at once) confirms the earlier ones too.
+//!   a safety check, or two roll calls at once) confirms the earlier ones too;
+//! - `left:<user id>` -> set when `prepare` invited someone again after they left, so that a
+//!   send before they accept says they left;
+//! - `encrypted_rooms` -> the rooms found end-to-end encrypted (person -> room), for the
+//!   warning `anpi serve` gives at start.
+//!
+//! Before each first send the person's membership of their room is read: someone not joined
+//! (never accepted, left, unknown user) is a permanent failure naming which, so they are on
+//! the call list at once. What a person writes or reacts in their room counts for the newest
+//! open roll call they are in (the event names none and the store decides), unless it replies
+//! to or reacts on an open roll call's check; edits (`m.replace`) are read again as answers;
+//! an encrypted reply is reported as unreadable, never dropped.
 //!
 //! Invariants: every HTTP outcome is classified here, once; a send the homeserver accepted is
 //! never reported as failed; a send is idempotent (the transaction id comes from the delivery,
