@@ -811,24 +811,76 @@ async fn late(command: LateCommand, remote: &Remote) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// `anpi matrix prepare`: makes the missing DM rooms and reports who could not be reached.
+/// `anpi matrix prepare`: makes the missing DM rooms, invites again whoever left, and prints
+/// who a message would not reach and why; exits non-zero when anyone is not reachable.
 async fn matrix_prepare(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config.as_deref())?;
     let report = prepare_matrix_rooms(&config).await?;
-    println!(
-        "Matrix DM rooms: {} already there, {} created (each person accepts the invite once), {} failed",
+    print!("{}", prepare_summary(&report));
+    Ok(
+        if report.failed.is_empty() && report.unreachable.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
+}
+
+/// What `anpi matrix prepare` prints: counts, then a table of who cannot be reached and why,
+/// then the encrypted rooms and what that means.
+pub fn prepare_summary(report: &crate::providers::matrix::PrepareReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "Matrix DM ルーム / rooms: {} 既存 / already there, {} 作成 / created, {} 再招待 / \
+         invited again, {} 届かない / not reachable, {} 失敗 / failed\n",
         report.existing,
         report.created,
+        report.reinvited.len(),
+        report.unreachable.len(),
         report.failed.len()
     );
-    for (who, why) in &report.failed {
-        println!("  {who}: {why}");
+    if !report.unreachable.is_empty() || !report.failed.is_empty() {
+        let width = report
+            .unreachable
+            .iter()
+            .map(|(w, _)| w.as_str().len())
+            .chain(report.failed.iter().map(|(w, _)| w.as_str().len()))
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        let _ = writeln!(
+            out,
+            "\n届かない人 / not reachable (安否確認では電話リストに載ります / on the call list \
+             during a roll call):"
+        );
+        let _ = writeln!(out, "  {:width$}  理由 / reason", "Matrix ID");
+        for (who, why) in &report.unreachable {
+            let again = if report.reinvited.contains(who) {
+                "（再招待済み / invited again）"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  {:width$}  {why}{again}", who.as_str());
+        }
+        for (who, why) in &report.failed {
+            let _ = writeln!(out, "  {:width$}  失敗 / failed: {why}", who.as_str());
+        }
     }
-    Ok(if report.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if !report.encrypted.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n暗号化されたルーム {} 件: 返信の内容は anpi には読めません（既読とリアクションは数えます）。\n\
+             {} rooms are end-to-end encrypted (the homeserver forces it): anpi cannot read \
+             replies there; read receipts and reactions still count, and an encrypted reply is \
+             shown as unreadable.",
+            report.encrypted.len(),
+            report.encrypted.len()
+        );
+        for (who, room) in &report.encrypted {
+            let _ = writeln!(out, "  {}  {room}", who.as_str());
+        }
+    }
+    out
 }
 
 /// Creates a DM room for every contact with a Matrix id and no room yet (contacts from the

@@ -531,8 +531,10 @@ fn default_sync_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// Measured on Synapse (docs/BENCHMARKS.md, "Matrix"): the homeserver's time per send, not
+/// anpi, bounds a roll call; 32 in flight was the fastest window measured.
 fn default_matrix_in_flight() -> usize {
-    8
+    32
 }
 
 impl MatrixConfig {

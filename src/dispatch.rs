@@ -52,7 +52,7 @@ use crate::planner::{self, Audience, Plan};
 use crate::providers::{
     BroadcastRequest, ChatProvider, OutboundMessage, ProviderError, Route, RouteKind,
 };
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{slower, TokenBucket, OBSERVED_PACE_KEY};
 use crate::rollcall::{ClaimedDelivery, RollCall, SendResult};
 use crate::store::{SharedStore, StoreError};
 use crate::worker::Outcome;
@@ -237,12 +237,16 @@ pub struct Pacing {
 }
 
 impl Pacing {
+    /// Every provider gets a bucket: without a configured limit it only pauses on a 429 and
+    /// paces to what the platform showed (see [`crate::ratelimit`]).
     pub fn for_provider(provider: &dyn ChatProvider, clock: &SharedClock) -> Self {
         let caps = provider.capabilities();
+        let bucket = match caps.rate_limit {
+            Some(l) => TokenBucket::new(l, clock.clone()),
+            None => TokenBucket::unlimited(clock.clone()),
+        };
         Self {
-            limiter: caps
-                .rate_limit
-                .map(|l| Arc::new(TokenBucket::new(l, clock.clone()))),
+            limiter: Some(Arc::new(bucket)),
             window: Arc::new(Semaphore::new(caps.max_in_flight.max(1))),
         }
     }
@@ -779,6 +783,59 @@ impl Dispatcher {
         }
     }
 
+    /// The platform answered 429: every send to it waits (the shared bucket), one warning line
+    /// a pause; the pace it showed is kept for estimates, and HQ is warned when that pace makes
+    /// this roll call's estimate more than twice too short.
+    async fn rate_limited(&self, rc: &RollCall, reset: Duration) {
+        let Some(l) = &self.limiter else {
+            return;
+        };
+        if !l.pause_for(reset) {
+            return;
+        }
+        let name = self.provider.name();
+        let observed = l.observed();
+        warn!(
+            provider = name,
+            roll_call = %rc.id,
+            retry_after_ms = reset.as_millis() as u64,
+            observed_interval_ms = observed.map(|o| o.per.as_millis() as u64),
+            "the platform refused a send (429): every send to it waits until it allows again"
+        );
+        // With a configured limit the estimate already uses it.
+        let Some(observed) = observed else {
+            return;
+        };
+        let now = self.clock.now_millis();
+        let pace = serde_json::json!({"interval_ms": observed.per.as_millis() as u64, "at": now});
+        if let Err(e) = self
+            .store
+            .set_provider_state(name, OBSERVED_PACE_KEY, &pace.to_string(), now)
+            .await
+        {
+            warn!(error = %e, "could not keep the observed pace for estimates");
+        }
+        let caps = self.provider.capabilities();
+        let n = rc.recipients.max(0) as usize;
+        let estimated = planner::seconds_for(n, caps.rate_limit);
+        let now_estimated = planner::seconds_for(n, Some(slower(caps.rate_limit, observed)));
+        if now_estimated > 2.0 * estimated && now_estimated >= 1.0 {
+            if let Some(h) = &self.health {
+                h.failing_now(
+                    Component::Pace,
+                    format!(
+                        "roll call #{}: {n} 件の送信に約 {now_estimated:.0} 秒（見積もり {estimated:.0} 秒）\
+                         / sending {n} messages takes about {now_estimated:.0} s, not the \
+                         {estimated:.0} s estimated: the platform allows about one request per \
+                         {:.1} s",
+                        rc.id,
+                        observed.per.as_secs_f64()
+                    ),
+                );
+            }
+        }
+    }
+
     async fn send_one(&self, d: ClaimedDelivery, rc: Arc<RollCall>) -> SendResult {
         // The platform said stop while this batch was under way: hand the delivery back for
         // after the pause instead of holding it (and its lease) until then.
@@ -824,9 +881,7 @@ impl Dispatcher {
                 }
             }
             Err(ProviderError::RateLimited { reset }) => {
-                if let Some(l) = &self.limiter {
-                    l.pause_for(reset);
-                }
+                self.rate_limited(&rc, reset).await;
                 SendResult::Retry {
                     id: d.id,
                     lease_until: d.lease_until,
@@ -1026,7 +1081,13 @@ impl Dispatcher {
                         let d = t - self.clock.now_millis();
                         Duration::from_millis(d.clamp(1, 30_000) as u64)
                     }
-                    Ok(None) => Duration::from_secs(30),
+                    Ok(None) => {
+                        // Nothing left to send: a slow pace delays no one any more.
+                        if let Some(h) = &self.health {
+                            h.ok(Component::Pace);
+                        }
+                        Duration::from_secs(30)
+                    }
                     Err(_) => Duration::from_secs(1),
                 }
             };

@@ -36,15 +36,19 @@ pub enum Component {
     Sends,
     /// A roll call whose first messages could not go out at all.
     RollCallStart,
+    /// The platform's 429s show a pace that makes reaching everyone take more than twice as
+    /// long as estimated.
+    Pace,
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 6] = [
         Self::Token,
         Self::Readers,
         Self::BoardPost,
         Self::Sends,
         Self::RollCallStart,
+        Self::Pace,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl Component {
             Self::BoardPost => "board_post",
             Self::Sends => "sends",
             Self::RollCallStart => "roll_call_start",
+            Self::Pace => "pace",
         }
     }
 
@@ -78,6 +83,11 @@ impl Component {
                 "安否確認のメッセージが一通も送れていません。締切に送信失敗として電話リストに載ります。 / \
                  No message of a roll call could go out: everyone goes on the call list as send \
                  failed at their deadline."
+            }
+            Self::Pace => {
+                "チャットサーバーの送信制限(429)で、全員への送信に見積もりの2倍以上かかっています。 / \
+                 The chat server's rate limit (429) makes reaching everyone take more than \
+                 twice the estimate."
             }
         }
     }

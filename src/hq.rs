@@ -320,6 +320,19 @@ impl Hq {
         Ok((audience, shape))
     }
 
+    /// The provider's capabilities as an estimate should use them: its rate limit capped by
+    /// the pace its 429s showed lately, once one has been observed.
+    async fn capabilities_now(&self) -> Capabilities {
+        let mut caps = self.capabilities.clone();
+        if let Some(observed) =
+            crate::ratelimit::observed_pace(&self.store, &self.provider, self.clock.now_millis())
+                .await
+        {
+            caps.rate_limit = Some(crate::ratelimit::slower(caps.rate_limit, observed));
+        }
+        caps
+    }
+
     /// How long a roll call of `scenario` would take to reach everyone, without starting it.
     pub async fn estimate(&self, scenario: &Scenario) -> Result<Estimate, HqError> {
         let (audience, shape) = self.audience(scenario).await?;
@@ -330,7 +343,7 @@ impl Hq {
         Ok(estimate_plan(
             &shape,
             no_chat,
-            &self.capabilities,
+            &self.capabilities_now().await,
             &self.routes,
         ))
     }
@@ -346,12 +359,11 @@ impl Hq {
         let o = &status.progress.overall;
         let unsent = (o.pending + o.sending).max(0) as usize;
         let route = plan.as_ref().map(|p| p.route);
+        let limit = self.capabilities_now().await.rate_limit;
         let seconds_remaining = match route {
-            Some(crate::providers::RouteKind::Direct) | None => {
-                planner::seconds_for(unsent, self.capabilities.rate_limit)
-            }
+            Some(crate::providers::RouteKind::Direct) | None => planner::seconds_for(unsent, limit),
             // A post or room message covers many: what is left is a handful of requests.
-            Some(_) => planner::seconds_for(unsent.min(1), self.capabilities.rate_limit),
+            Some(_) => planner::seconds_for(unsent.min(1), limit),
         };
         Ok(PlanStatus {
             roll_call: id,
@@ -380,7 +392,12 @@ impl Hq {
             .iter()
             .filter(|r| r.chat_handle.is_none())
             .count();
-        let est = estimate_plan(&shape, no_chat, &self.capabilities, &self.routes);
+        let est = estimate_plan(
+            &shape,
+            no_chat,
+            &self.capabilities_now().await,
+            &self.routes,
+        );
         if !self.routes.is_empty() {
             // Written with the roll call; the dispatcher works it out itself only for a roll
             // call that has none, and both agree.

@@ -170,6 +170,9 @@ impl Application {
             .with_context(|| format!("opening the database {}", config.redacted_database_url()))?;
         let health = Arc::new(Health::new(clock.clone(), config.health.degraded_after));
         let provider = provider_from(&config, &store, &clock, &health)?;
+        for note in provider.startup_notes().await {
+            tracing::warn!("{note}");
+        }
         let metrics = Arc::new(Metrics::default());
         let signals = Signals::default();
         let pacing = Pacing::for_provider(provider.as_ref(), &clock);

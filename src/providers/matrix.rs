@@ -9,7 +9,18 @@
 //! - `latest:<room id>` -> the newest check sent in that room, so that a receipt on any later
 //!   event (receipts only move forward) still confirms it. Each check also names the check
 //!   sent before it in the room (`prev`), so a receipt on a later check (an announcement after
-//!   a safety check, or two roll calls at once) confirms the earlier ones too.
+//!   a safety check, or two roll calls at once) confirms the earlier ones too;
+//! - `left:<user id>` -> set when `prepare` invited someone again after they left, so that a
+//!   send before they accept says they left;
+//! - `encrypted_rooms` -> the rooms found end-to-end encrypted (person -> room), for the
+//!   warning `anpi serve` gives at start.
+//!
+//! Before each first send the person's membership of their room is read: someone not joined
+//! (never accepted, left, unknown user) is a permanent failure naming which, so they are on
+//! the call list at once. What a person writes or reacts in their room counts for the newest
+//! open roll call they are in (the event names none and the store decides), unless it replies
+//! to or reacts on an open roll call's check; edits (`m.replace`) are read again as answers;
+//! an encrypted reply is reported as unreadable, never dropped.
 //!
 //! Invariants: every HTTP outcome is classified here, once; a send the homeserver accepted is
 //! never reported as failed; a send is idempotent (the transaction id comes from the delivery,
@@ -33,6 +44,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use unicode_normalization::UnicodeNormalization;
 
 use super::{
     Capabilities, ChatProvider, EventBatch, InboundEvent, InboundKind, OutboundMessage,
@@ -93,6 +105,44 @@ fn event_key(event: &str) -> String {
 fn latest_key(room: &str) -> String {
     format!("latest:{room}")
 }
+/// Set when `prepare` invited someone again after they left: until they accept, a send says
+/// they left.
+fn left_key(user: &str) -> String {
+    format!("left:{user}")
+}
+/// The rooms known to be encrypted, as a JSON map person -> room.
+const ENCRYPTED_KEY: &str = "encrypted_rooms";
+
+/// Why a person's DM room does not reach them. The reason HQ reads names which case it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unreachable {
+    /// Invited to the room and has not accepted (nothing the bot posts reaches them).
+    NeverAccepted,
+    /// Was in the room and left it (or was removed).
+    Left,
+    /// The homeserver knows no such user (a mistyped id).
+    UnknownUser,
+    /// The user exists but is not invited to the room.
+    NotInvited,
+}
+
+impl Unreachable {
+    /// One line for HQ, Japanese first.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NeverAccepted => "招待未承諾 / never accepted the invite",
+            Self::Left => "ルームから退出 / left the room",
+            Self::UnknownUser => "存在しないユーザー / unknown user",
+            Self::NotInvited => "ルームに未招待 / not invited to the room",
+        }
+    }
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
 
 /// What `prepare` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -101,6 +151,14 @@ pub struct PrepareReport {
     pub existing: usize,
     /// Rooms created now (the person is invited and must accept once).
     pub created: usize,
+    /// People who had left their room and were invited to it again.
+    pub reinvited: Vec<ChatHandle>,
+    /// People a message would not reach now, and why (a room just created is among them
+    /// until the person accepts the invite).
+    pub unreachable: Vec<(ChatHandle, Unreachable)>,
+    /// Rooms the homeserver encrypts: anpi cannot read replies there (receipts and reactions
+    /// still count).
+    pub encrypted: Vec<(ChatHandle, String)>,
     /// People no room could be made for, with the homeserver's reason.
     pub failed: Vec<(ChatHandle, String)>,
 }
@@ -119,6 +177,8 @@ pub struct MatrixProvider {
     filter: String,
     /// Whether this process has read every room's current receipts once (see `poll_events`).
     reconciled: std::sync::atomic::AtomicBool,
+    /// While `prepare` runs: lookups wait out 429s and outages (a send never does).
+    patient: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for MatrixProvider {
@@ -171,7 +231,7 @@ impl MatrixProvider {
                 "state": {"types": []},
                 "account_data": {"types": []},
                 "timeline": {
-                    "types": ["m.room.message", "m.reaction", "m.sticker"],
+                    "types": ["m.room.message", "m.reaction", "m.sticker", "m.room.encrypted"],
                     "not_senders": [config.user_id],
                     "limit": TIMELINE_LIMIT,
                 },
@@ -190,6 +250,7 @@ impl MatrixProvider {
             max_in_flight,
             filter,
             reconciled: std::sync::atomic::AtomicBool::new(false),
+            patient: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -224,26 +285,101 @@ impl MatrixProvider {
         self.get_state(&room_key(user.as_str())).await
     }
 
-    /// Creates a DM room (invite, `is_direct`) for everyone in `people` who has none yet and
-    /// stores the map. Waits out the homeserver's 429s. Meant for before a roll call: a
-    /// room costs about 100 ms and the person must accept the invite once.
+    /// Makes sure every one of `people` has a DM room that reaches them: creates a room (invite,
+    /// `is_direct`, no encryption asked for) for whoever has none and exists on the homeserver,
+    /// invites again whoever left their room, and reports who is not reachable and why, and
+    /// which rooms the homeserver encrypts. Waits out the homeserver's 429s. Meant for before a
+    /// roll call: a room costs about 100 ms and the person must accept the invite once.
     pub async fn prepare(&self, people: &[ChatHandle]) -> Result<PrepareReport, MatrixError> {
+        self.patient
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let report = self.prepare_all(people).await;
+        self.patient
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        report
+    }
+
+    async fn prepare_all(&self, people: &[ChatHandle]) -> Result<PrepareReport, MatrixError> {
         let mut report = PrepareReport::default();
         let mut created = Vec::new();
+        let mut encrypted: HashMap<String, String> = HashMap::new();
         for person in people {
-            if self.dm_room(person).await?.is_some() {
-                report.existing += 1;
-                continue;
-            }
-            match self.create_dm(person).await {
-                Ok(room) => {
-                    self.set_state(&room_key(person.as_str()), &room).await?;
-                    created.push((person.as_str().to_string(), room));
-                    report.created += 1;
+            let user = person.as_str();
+            let room = match self.dm_room(person).await? {
+                Some(room) => {
+                    report.existing += 1;
+                    let state = match self.membership(&room, user).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            report.failed.push((person.clone(), e.to_string()));
+                            continue;
+                        }
+                    };
+                    match state.as_deref() {
+                        Some("join") => {}
+                        Some("leave") => match self.invite(&room, user).await {
+                            Ok(()) => {
+                                self.set_state(&left_key(user), "1").await?;
+                                report.reinvited.push(person.clone());
+                                report.unreachable.push((person.clone(), Unreachable::Left));
+                            }
+                            Err(e) => report.failed.push((person.clone(), e.to_string())),
+                        },
+                        Some("ban") => {
+                            report.unreachable.push((person.clone(), Unreachable::Left));
+                        }
+                        Some(_) | None => {
+                            let why = match self.user_exists(user).await? {
+                                false => Unreachable::UnknownUser,
+                                true if state.is_some() => Unreachable::NeverAccepted,
+                                true => match self.invite(&room, user).await {
+                                    Ok(()) => Unreachable::NeverAccepted,
+                                    Err(e) => {
+                                        report.failed.push((person.clone(), e.to_string()));
+                                        continue;
+                                    }
+                                },
+                            };
+                            report.unreachable.push((person.clone(), why));
+                        }
+                    }
+                    room
                 }
-                Err(e) => report.failed.push((person.clone(), e.to_string())),
+                None => {
+                    if !self.user_exists(user).await? {
+                        report
+                            .unreachable
+                            .push((person.clone(), Unreachable::UnknownUser));
+                        continue;
+                    }
+                    match self.create_dm(person).await {
+                        Ok(room) => {
+                            self.set_state(&room_key(user), &room).await?;
+                            created.push((user.to_string(), room.clone()));
+                            report.created += 1;
+                            report
+                                .unreachable
+                                .push((person.clone(), Unreachable::NeverAccepted));
+                            room
+                        }
+                        Err(e) => {
+                            report.failed.push((person.clone(), e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if self.is_encrypted(&room).await? {
+                encrypted.insert(user.to_string(), room.clone());
+                report.encrypted.push((person.clone(), room));
             }
         }
+        // What `anpi serve` warns about at start (see `startup_notes`).
+        self.set_state(
+            ENCRYPTED_KEY,
+            &serde_json::to_string(&encrypted).unwrap_or_default(),
+        )
+        .await?;
         if !created.is_empty() {
             // Clients show a room as a direct chat when the bot's m.direct says so; a failure
             // here only changes how the room is listed.
@@ -252,6 +388,141 @@ impl MatrixProvider {
             }
         }
         Ok(report)
+    }
+
+    /// Sends one request, waiting out the homeserver's 429s and brief outages as `prepare`
+    /// does (it runs ahead of a roll call, so waiting is right).
+    async fn patiently(
+        &self,
+        what: &str,
+        req: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Response, ProviderError> {
+        let attempts = if self.patient.load(std::sync::atomic::Ordering::Relaxed) {
+            PREPARE_ATTEMPTS
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = req()
+                .header(AUTHORIZATION, self.auth.clone())
+                .send()
+                .await
+                .map_err(transport_error)?;
+            if resp.status() != StatusCode::TOO_MANY_REQUESTS && !resp.status().is_server_error() {
+                return Ok(resp);
+            }
+            match refusal(resp, what).await {
+                ProviderError::RateLimited { reset } if attempt < attempts => {
+                    tokio::time::sleep(reset).await
+                }
+                ProviderError::Retryable { after, .. } if attempt < attempts => {
+                    tokio::time::sleep(after.unwrap_or(Duration::from_secs(1))).await
+                }
+                e => return Err(e),
+            }
+        }
+    }
+
+    /// `user`'s membership of `room` ("join", "invite", "leave", "ban"), `None` when they
+    /// have none.
+    async fn membership(&self, room: &str, user: &str) -> Result<Option<String>, ProviderError> {
+        let url = self.url(&["rooms", room, "state", "m.room.member", user]);
+        let resp = self
+            .patiently("membership", || self.client.get(url.clone()))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => {
+                let v: Value = resp.json().await.map_err(transport_error)?;
+                Ok(v["membership"].as_str().map(str::to_string))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(refusal(resp, "membership").await),
+        }
+    }
+
+    /// Whether the homeserver knows `user` (the profile lookup; a server that keeps profiles
+    /// private answers 403, which says nothing, so the user is taken to exist).
+    async fn user_exists(&self, user: &str) -> Result<bool, ProviderError> {
+        let url = self.url(&["profile", user]);
+        let resp = self
+            .patiently("profile", || self.client.get(url.clone()))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::FORBIDDEN => Ok(true),
+            _ => Err(refusal(resp, "profile").await),
+        }
+    }
+
+    async fn invite(&self, room: &str, user: &str) -> Result<(), ProviderError> {
+        let url = self.url(&["rooms", room, "invite"]);
+        let body = json!({ "user_id": user });
+        let resp = self
+            .patiently("invite", || self.client.post(url.clone()).json(&body))
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(refusal(resp, "invite").await)
+        }
+    }
+
+    /// Whether `room` has an `m.room.encryption` state event: then the bot cannot read what
+    /// people write there (anpi does not do end-to-end encryption).
+    async fn is_encrypted(&self, room: &str) -> Result<bool, ProviderError> {
+        let url = self.url(&["rooms", room, "state", "m.room.encryption", ""]);
+        let resp = self
+            .patiently("encryption state", || self.client.get(url.clone()))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(refusal(resp, "encryption state").await),
+        }
+    }
+
+    /// Why the person's room does not reach them now, if it does not.
+    async fn unreachable(
+        &self,
+        room: &str,
+        user: &str,
+    ) -> Result<Option<Unreachable>, ProviderError> {
+        Ok(match self.membership(room, user).await?.as_deref() {
+            Some("join") => None,
+            Some("leave") | Some("ban") => Some(Unreachable::Left),
+            Some("invite") if self.get_state(&left_key(user)).await?.is_some() => {
+                Some(Unreachable::Left)
+            }
+            Some(_) if self.user_exists(user).await? => Some(Unreachable::NeverAccepted),
+            None if self.user_exists(user).await? => Some(Unreachable::NotInvited),
+            _ => Some(Unreachable::UnknownUser),
+        })
+    }
+
+    /// The rooms `prepare` (or the event feed) found encrypted, person -> room.
+    pub async fn encrypted_rooms(&self) -> Result<HashMap<String, String>, ProviderError> {
+        Ok(self
+            .get_state(ENCRYPTED_KEY)
+            .await?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default())
+    }
+
+    /// Notes that `room` (of `user`) is encrypted, for the warning at start.
+    async fn remember_encrypted(&self, user: &str, room: &str) -> Result<(), ProviderError> {
+        let mut rooms = self.encrypted_rooms().await?;
+        if rooms.get(user).map(String::as_str) != Some(room) {
+            rooms.insert(user.to_string(), room.to_string());
+            self.set_state(
+                ENCRYPTED_KEY,
+                &serde_json::to_string(&rooms).unwrap_or_default(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn create_dm(&self, person: &ChatHandle) -> Result<String, ProviderError> {
@@ -404,18 +675,50 @@ impl MatrixProvider {
         Ok(Some(rec))
     }
 
-    /// The check that something `from` did to `target` (at server time `at`, when known)
-    /// answers: `target` itself, or else the newest check in the room if `target` is later.
+    /// The check a receipt by `from` on `target` confirms: `target` itself, or else the newest
+    /// check in the room if `target` is later.
+    async fn read_check(
+        &self,
+        room: &str,
+        target: &str,
+        from: &str,
+    ) -> Result<Option<CheckRecord>, ProviderError> {
+        if let Some(rec) = self.check_of(room, target).await? {
+            return Ok(Some(rec));
+        }
+        let Some(latest) = self.latest_check(room).await? else {
+            return Ok(None);
+        };
+        if latest.to.as_deref().is_some_and(|to| to != from) {
+            return Ok(None);
+        }
+        let at = self
+            .fetch_event(room, target)
+            .await?
+            .and_then(|ev| ev["origin_server_ts"].as_i64());
+        Ok(match (at, latest.ts) {
+            (Some(at), Some(check)) if at >= check => Some(latest),
+            _ => None,
+        })
+    }
+
+    /// The check something `from` wrote or reacted in `room` (at server time `at`) answers,
+    /// and whether it names it: `target` when that is a check of an open roll call (named);
+    /// otherwise the newest open check in the room, or the newest check when none is open (not
+    /// named: the store gives it to the newest open roll call the person is in, so a closed
+    /// roll call never changes). `None` for what came before the room's newest check.
     async fn answered_check(
         &self,
         room: &str,
         target: Option<&str>,
         from: &str,
         at: Option<i64>,
-    ) -> Result<Option<CheckRecord>, ProviderError> {
+    ) -> Result<Option<(CheckRecord, bool)>, ProviderError> {
         if let Some(t) = target {
             if let Some(rec) = self.check_of(room, t).await? {
-                return Ok(Some(rec));
+                if self.is_open(rec.rc).await? {
+                    return Ok(Some((rec, true)));
+                }
             }
         }
         let Some(latest) = self.latest_check(room).await? else {
@@ -424,18 +727,24 @@ impl MatrixProvider {
         if latest.to.as_deref().is_some_and(|to| to != from) {
             return Ok(None);
         }
-        let at = match (at, target) {
-            (Some(at), _) => Some(at),
-            (None, Some(t)) => self
-                .fetch_event(room, t)
-                .await?
-                .and_then(|ev| ev["origin_server_ts"].as_i64()),
-            (None, None) => None,
-        };
-        Ok(match (at, latest.ts) {
-            (Some(at), Some(check)) if at >= check => Some(latest),
-            _ => None,
-        })
+        match (at, latest.ts) {
+            (Some(at), Some(check)) if at >= check => {}
+            _ => return Ok(None),
+        }
+        if self.is_open(latest.rc).await? {
+            return Ok(Some((latest, false)));
+        }
+        let open = self.earlier_checks(room, &latest).await?.into_iter().next();
+        Ok(Some((open.unwrap_or(latest), false)))
+    }
+
+    async fn is_open(&self, rc: i64) -> Result<bool, ProviderError> {
+        Ok(self
+            .store
+            .roll_call(RollCallId(rc))
+            .await
+            .map_err(store_error)?
+            .is_some_and(|r| r.state == crate::rollcall::RollCallState::Open))
     }
 
     /// The checks sent in `room` before `rec`, newest first (at most [`EARLIER_CHECKS`]): what
@@ -457,13 +766,7 @@ impl MatrixProvider {
             };
             // A closed roll call's record is evidence and stays as it was; older checks are
             // older still. A roll call seen twice means the chain loops: stop.
-            let open = self
-                .store
-                .roll_call(RollCallId(earlier.rc))
-                .await
-                .map_err(store_error)?
-                .is_some_and(|r| r.state == crate::rollcall::RollCallState::Open);
-            if !open || !seen.insert(earlier.rc) {
+            if !self.is_open(earlier.rc).await? || !seen.insert(earlier.rc) {
                 break;
             }
             next = earlier.prev.clone();
@@ -521,8 +824,7 @@ impl MatrixProvider {
                     let Ok(from) = ChatHandle::parse(user) else {
                         continue;
                     };
-                    let Some(rec) = self.answered_check(room, Some(target), user, None).await?
-                    else {
+                    let Some(rec) = self.read_check(room, target, user).await? else {
                         continue;
                     };
                     let read = InboundEvent {
@@ -551,35 +853,57 @@ impl MatrixProvider {
             let at = ev["origin_server_ts"].as_i64();
             let content = &ev["content"];
             let relates = &content["m.relates_to"];
-            let (target, kind) = match ev["type"].as_str() {
-                Some("m.reaction") if relates["rel_type"] == "m.annotation" => (
-                    relates["event_id"].as_str(),
-                    Some(InboundKind::Sticker {
-                        id: relates["key"].as_str().unwrap_or("").to_string(),
-                    }),
-                ),
-                Some("m.sticker") => (
-                    None,
-                    Some(InboundKind::Sticker {
-                        id: content["body"].as_str().unwrap_or("sticker").to_string(),
-                    }),
-                ),
-                Some("m.room.message") => (relates["m.in_reply_to"]["event_id"].as_str(), None),
-                _ => continue,
-            };
-            let Some(rec) = self.answered_check(room, target, sender, at).await? else {
+            // What the person did, and the event they did it to, when they named one. An edit
+            // (`m.replace`) is read again as an answer from its new content.
+            let (target, body, reaction): (Option<&str>, Option<&str>, Option<&str>) =
+                match ev["type"].as_str() {
+                    Some("m.reaction") if relates["rel_type"] == "m.annotation" => (
+                        relates["event_id"].as_str(),
+                        None,
+                        Some(relates["key"].as_str().unwrap_or("")),
+                    ),
+                    Some("m.sticker") => (
+                        None,
+                        None,
+                        Some(content["body"].as_str().unwrap_or("sticker")),
+                    ),
+                    Some("m.room.message") if relates["rel_type"] == "m.replace" => {
+                        (None, content["m.new_content"]["body"].as_str(), None)
+                    }
+                    Some("m.room.message") => (
+                        relates["m.in_reply_to"]["event_id"].as_str(),
+                        content["body"].as_str(),
+                        None,
+                    ),
+                    // End-to-end encrypted: anpi cannot read it, and says so.
+                    Some("m.room.encrypted") => {
+                        self.remember_encrypted(sender, room).await?;
+                        (None, Some(UNREADABLE), None)
+                    }
+                    _ => continue,
+                };
+            let Some((rec, named)) = self.answered_check(room, target, sender, at).await? else {
                 continue;
             };
-            let kind = match kind {
-                Some(k) => k,
-                None => match content["body"].as_str() {
-                    Some(body) => reply_kind(body, &rec.values),
-                    None => continue,
+            let kind = match (reaction, body) {
+                (Some(key), _) => match option_number(key).and_then(|n| option(&rec.values, n)) {
+                    Some(value) => InboundKind::Answer { value },
+                    None => InboundKind::Sticker {
+                        id: key.to_string(),
+                    },
                 },
+                (None, Some(UNREADABLE)) => InboundKind::Reply {
+                    text: UNREADABLE.to_string(),
+                },
+                (None, Some(body)) => reply_kind(body, &rec.values),
+                (None, None) => continue,
             };
             let answer = InboundEvent {
                 event_id: event_id.to_string(),
-                roll_call_id: Some(RollCallId(rec.rc)),
+                // Something the person did in the room counts for the newest open roll call
+                // they are in (the store's rule for events that name none), unless it answers
+                // an open check by name.
+                roll_call_id: named.then_some(RollCallId(rec.rc)),
                 from,
                 kind,
                 occurred_at: server_time(at, &self.clock),
@@ -738,34 +1062,12 @@ fn classify(
     })
 }
 
-/// The answer options, written into the text: Matrix has no buttons every client shows.
-/// "無事 / Safe" labels give a Japanese line and an English line.
-pub fn compose(text: &str, buttons: &[super::AnswerButton]) -> String {
-    if buttons.is_empty() {
-        return text.to_string();
-    }
-    let split = |label: &str| -> (String, String) {
-        match label.split_once(" / ") {
-            Some((ja, en)) => (ja.trim().to_string(), en.trim().to_string()),
-            None => (label.trim().to_string(), label.trim().to_string()),
-        }
-    };
-    let (ja, en): (Vec<String>, Vec<String>) = buttons
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let (ja, en) = split(&b.label);
-            (format!("{} {ja}", i + 1), format!("{} {en}", i + 1))
-        })
-        .unzip();
-    format!(
-        "{text}\n\n返信: {}（番号で返信、または絵文字でリアクション）\nReply: {} (a number, or react with any emoji)",
-        ja.join(" / "),
-        en.join(" / ")
-    )
-}
+/// What HQ reads for a reply anpi cannot decrypt.
+pub const UNREADABLE: &str =
+    "暗号化された返信（anpi には読めません）/ encrypted reply: anpi cannot read it";
 
-/// A reply's text: a number from the options is that answer, anything else a free reply.
+/// A reply's text: one that starts with an option's number ("1", "１", "①", "1 無事です",
+/// "1. ok") is that answer; anything else is a free reply.
 fn reply_kind(body: &str, values: &[String]) -> InboundKind {
     // A rich reply quotes the original in lines starting with "> ", then a blank line.
     let own: Vec<&str> = body
@@ -774,27 +1076,82 @@ fn reply_kind(body: &str, values: &[String]) -> InboundKind {
         .skip_while(|l| l.trim().is_empty())
         .collect();
     let text = own.join("\n").trim().to_string();
-    let digits: String = text
-        .chars()
-        .map(|c| match c {
-            '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
-            c => c,
-        })
-        .collect();
-    if let Ok(n) = digits.trim().parse::<usize>() {
-        if let Some(value) = n.checked_sub(1).and_then(|i| values.get(i)) {
-            return InboundKind::Answer {
-                value: value.clone(),
-            };
-        }
+    if let Some(value) = option_number(&text).and_then(|n| option(values, n)) {
+        return InboundKind::Answer { value };
     }
     InboundKind::Reply { text }
+}
+
+/// The value of option `n` (numbered from 1).
+fn option(values: &[String], n: usize) -> Option<String> {
+    n.checked_sub(1).and_then(|i| values.get(i)).cloned()
+}
+
+/// The option number `text` starts with: a circled digit (①, ❶) whatever follows, or digits
+/// in any width (1, １, a keycap 1️⃣) followed by nothing, a space or punctuation, so that
+/// "1時間後に行きます" is not option 1.
+fn option_number(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let first = text.chars().next()?;
+    let circled = match first {
+        '\u{2460}'..='\u{2473}' => Some(first as u32 - 0x2460 + 1),
+        '\u{2776}'..='\u{277F}' => Some(first as u32 - 0x2776 + 1),
+        '\u{2780}'..='\u{2789}' => Some(first as u32 - 0x2780 + 1),
+        '\u{278A}'..='\u{2793}' => Some(first as u32 - 0x278A + 1),
+        _ => None,
+    };
+    if let Some(n) = circled {
+        return Some(n as usize);
+    }
+    let norm: String = text.nfkc().collect();
+    let digits: String = norm.chars().take_while(char::is_ascii_digit).collect();
+    if digits.is_empty() || digits.len() > 2 {
+        return None;
+    }
+    let rest = norm[digits.len()..].trim_start_matches(['\u{FE0F}', '\u{20E3}']);
+    match rest.chars().next() {
+        None => {}
+        Some(c) if c.is_whitespace() || c.is_ascii_punctuation() => {}
+        Some('、' | '。' | '：' | '・' | '）' | '番') => {}
+        Some(_) => return None,
+    }
+    digits.parse().ok()
 }
 
 #[async_trait]
 impl ChatProvider for MatrixProvider {
     fn name(&self) -> &str {
         NAME
+    }
+
+    async fn startup_notes(&self) -> Vec<String> {
+        let rooms = match self.encrypted_rooms().await {
+            Ok(r) => r,
+            Err(e) => {
+                return vec![format!(
+                    "Matrix: cannot read which rooms are encrypted: {e}"
+                )]
+            }
+        };
+        if rooms.is_empty() {
+            return Vec::new();
+        }
+        let mut people: Vec<&String> = rooms.keys().collect();
+        people.sort();
+        let list: Vec<String> = people
+            .iter()
+            .take(20)
+            .map(|p| format!("{p} ({})", rooms[*p]))
+            .collect();
+        let more = people.len().saturating_sub(20);
+        vec![format!(
+            "暗号化された Matrix ルームが {n} 件あります。返信の内容は読めません（既読とリアクションは数えます）。\
+             / {n} Matrix DM rooms are end-to-end encrypted: anpi cannot read replies there \
+             (read receipts and reactions still count; an encrypted reply shows as unreadable): {}{}",
+            list.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+            n = rooms.len(),
+        )]
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -814,12 +1171,31 @@ impl ChatProvider for MatrixProvider {
         fields(roll_call = %msg.roll_call_id, delivery = msg.delivery_id)
     )]
     async fn send(&self, msg: &OutboundMessage) -> Result<Sent, ProviderError> {
-        let room = self.dm_room(&msg.to).await?.ok_or_else(|| {
-            ProviderError::Permanent(format!(
+        let Some(room) = self.dm_room(&msg.to).await? else {
+            if !self.user_exists(msg.to.as_str()).await? {
+                return Err(ProviderError::Permanent(format!(
+                    "{}: {}",
+                    Unreachable::UnknownUser,
+                    msg.to
+                )));
+            }
+            return Err(ProviderError::Permanent(format!(
                 "no Matrix DM room with {} (run `anpi matrix prepare`)",
                 msg.to
-            ))
-        })?;
+            )));
+        };
+        // A room the person is not in reaches no one: they go on the call list now, with the
+        // reason, instead of waiting out the deadline as "never read". (The homeserver accepts
+        // a post to a room nobody else is in.) A re-send skips the check: it follows a send
+        // that found them in the room.
+        if !msg.resend {
+            if let Some(why) = self.unreachable(&room, msg.to.as_str()).await? {
+                return Err(ProviderError::Permanent(format!(
+                    "{why}: {} (DM room {room}; `anpi matrix prepare` lists and re-invites)",
+                    msg.to
+                )));
+            }
+        }
         // One transaction id per delivery: a retry of the same delivery is the same send.
         // A re-send is a second message, not a retry of the first.
         let again = if msg.resend { "-again" } else { "" };
@@ -978,6 +1354,16 @@ mod tests {
     }
 
     async fn fixture(app: Router) -> Fixture {
+        // Everyone is in their room unless a test says otherwise.
+        let app = app
+            .route(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}",
+                get(|| async { Json(json!({"membership": "join"})) }),
+            )
+            .route(
+                "/_matrix/client/v3/profile/{user}",
+                get(|| async { Json(json!({"displayname": "someone"})) }),
+            );
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .unwrap();
@@ -1286,7 +1672,10 @@ mod tests {
             .events
             .iter()
             .map(|e| {
-                assert_eq!(e.roll_call_id, Some(RollCallId(7)));
+                // A receipt names the check it is on; what the person wrote or reacted counts
+                // for the newest open roll call they are in (roll call 7 is not open here).
+                let named = e.kind == InboundKind::Read;
+                assert_eq!(e.roll_call_id, named.then_some(RollCallId(7)), "{e:?}");
                 assert_eq!(e.from.as_str(), "@s001:hs.test");
                 (e.event_id.clone(), e.kind.clone())
             })
@@ -1336,11 +1725,103 @@ mod tests {
     }
 
     #[test]
-    fn compose_without_buttons_is_the_text() {
-        assert_eq!(
-            compose("読んだら既読で十分です。", &[]),
-            "読んだら既読で十分です。"
-        );
+    fn leading_circled_and_full_width_digits_are_options_but_times_are_not() {
+        let values: Vec<String> = ["safe", "can_work", "cannot_work", "injured"]
+            .map(String::from)
+            .to_vec();
+        let answer = |v: &str| InboundKind::Answer { value: v.into() };
+        for (text, want) in [
+            ("1 無事です", "safe"),
+            ("１　無事です", "safe"),
+            ("①", "safe"),
+            ("①無事", "safe"),
+            ("❹", "injured"),
+            ("4.", "injured"),
+            ("２、出動できます", "can_work"),
+            ("1️⃣", "safe"),
+        ] {
+            assert_eq!(reply_kind(text, &values), answer(want), "{text}");
+        }
+        for text in ["1時間後に行きます", "10", "5", "12345", "無事 1"] {
+            assert_eq!(
+                reply_kind(text, &values),
+                InboundKind::Reply { text: text.into() },
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_person_not_in_their_room_is_a_permanent_failure_naming_why() {
+        let app = Router::new()
+            .route(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/{user}",
+                get(|Path((room, _)): Path<(String, String)>| async move {
+                    match room.as_str() {
+                        "!left:hs.test" => Json(json!({"membership": "leave"})).into_response(),
+                        "!invited:hs.test" | "!nosuch:hs.test" => {
+                            Json(json!({"membership": "invite"})).into_response()
+                        }
+                        _ => (S::NOT_FOUND, r#"{"errcode":"M_NOT_FOUND"}"#).into_response(),
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/client/v3/profile/{user}",
+                get(|Path(user): Path<String>| async move {
+                    if user.starts_with("@nosuch") {
+                        (S::NOT_FOUND, r#"{"errcode":"M_NOT_FOUND"}"#).into_response()
+                    } else {
+                        Json(json!({"displayname": "x"})).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
+                put(|| async { Json(json!({"event_id": "$never"})) }),
+            );
+        // Built without `fixture`'s "everyone joined" route.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let f = fixture(Router::new()).await;
+        let config = MatrixConfig {
+            homeserver: url,
+            user_id: "@anpi:hs.test".into(),
+            access_token_file: None,
+            access_token: Some(Secret::new("syt_s3cret")),
+            sync_timeout: Duration::from_secs(1),
+            rate_limit_per_minute: 0,
+            max_in_flight: 4,
+        };
+        let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+        let provider = MatrixProvider::new(
+            &config,
+            &config.access_token().unwrap(),
+            f.store.clone(),
+            clock,
+        )
+        .unwrap();
+        let mut msg = message();
+        for (who, want) in [
+            ("left", "left the room"),
+            ("invited", "never accepted the invite"),
+            ("nosuch", "unknown user"),
+            ("stranger", "not invited"),
+        ] {
+            let user = format!("@{who}:hs.test");
+            f.store
+                .set_provider_state(NAME, &room_key(&user), &format!("!{who}:hs.test"), 0)
+                .await
+                .unwrap();
+            msg.to = ChatHandle::parse(&user).unwrap();
+            match provider.send(&msg).await {
+                Err(ProviderError::Permanent(r)) => assert!(r.contains(want), "{who}: {r}"),
+                other => panic!("{who}: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -223,6 +223,12 @@ pub trait ChatProvider: Send + Sync + std::fmt::Debug {
         Some(if events == 0 { answered_at } else { asked_at })
     }
 
+    /// What the operator must know when anpi starts with this provider (a limit of the set-up
+    /// that changes what anpi can see), one plain sentence each; none by default.
+    async fn startup_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The routes besides 1:1 sends this provider offers; none by default.
     fn routes(&self) -> Vec<Route> {
         Vec::new()

@@ -104,9 +104,9 @@ fn limits_yaml(limits: Limits) -> String {
 }
 
 impl Synapse {
-    /// Starts a homeserver, or returns `None` (with the reason printed) when Synapse is not
-    /// installed outside CI. In CI a missing Synapse panics.
-    pub async fn start(limits: Limits) -> Option<Synapse> {
+    /// Starts a homeserver with `extra` lines of configuration, or returns `None` (with the
+    /// reason printed) when Synapse is not installed outside CI. In CI a missing Synapse panics.
+    pub async fn start_with(limits: Limits, extra: &str) -> Option<Synapse> {
         init_logs();
         let python = match synapse_python() {
             Ok(p) => p,
@@ -123,7 +123,7 @@ impl Synapse {
         // Synapse exits and another port is tried.
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(&python, limits).await {
+            match Self::try_start(&python, limits, extra).await {
                 Ok(mut s) => {
                     s._turn = Some(turn);
                     return Some(s);
@@ -134,7 +134,7 @@ impl Synapse {
         panic!("Synapse did not start: {last_error}");
     }
 
-    async fn try_start(python: &PathBuf, limits: Limits) -> Result<Synapse, String> {
+    async fn try_start(python: &PathBuf, limits: Limits, extra: &str) -> Result<Synapse, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -184,7 +184,7 @@ impl Synapse {
              use_presence: false\n\
              enable_metrics: false\n\
              caches: {{sync_response_cache_duration: 0}}\n\
-             {limits}",
+             {limits}{extra}\n",
             d = d.display(),
             limits = limits_yaml(limits),
         );
@@ -369,6 +369,57 @@ impl MatrixUser {
             )
             .await;
         v["event_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn leave(&self, room: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/rooms/{room}/leave"),
+            json!({}),
+        )
+        .await;
+    }
+
+    /// Sends any event (`m.room.encrypted` from a client that encrypts, say).
+    pub async fn send_event(&self, room: &str, event_type: &str, content: Value) -> String {
+        let txn = format!("t{}", rand::random::<u64>());
+        let v = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/rooms/{room}/send/{event_type}/{txn}"),
+                content,
+            )
+            .await;
+        v["event_id"].as_str().unwrap().to_string()
+    }
+
+    /// Edits one of the user's own messages, as clients do (`m.replace`, a "* " fallback).
+    pub async fn edit(&self, room: &str, event: &str, text: &str) -> String {
+        self.send_event(
+            room,
+            "m.room.message",
+            json!({
+                "msgtype": "m.text",
+                "body": format!("* {text}"),
+                "m.new_content": {"msgtype": "m.text", "body": text},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": event},
+            }),
+        )
+        .await
+    }
+
+    /// A reply quoting `event` (`m.in_reply_to`).
+    pub async fn reply_to(&self, room: &str, event: &str, text: &str) -> String {
+        self.send_event(
+            room,
+            "m.room.message",
+            json!({
+                "msgtype": "m.text",
+                "body": format!("> <@anpi:{SERVER_NAME}> ...\n\n{text}"),
+                "m.relates_to": {"m.in_reply_to": {"event_id": event}},
+            }),
+        )
+        .await
     }
 
     pub async fn react(&self, room: &str, event: &str, key: &str) {
@@ -575,12 +626,36 @@ pub async fn prepare(app: &MatrixApp) -> anpi::providers::matrix::PrepareReport 
     report
 }
 
+/// Settings for [`World::new_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct WorldOptions<'a> {
+    pub limits: Limits,
+    /// Extra homeserver configuration lines.
+    pub synapse_extra: &'a str,
+    /// Lift the bot's rate limit for the whole test (an admin is made either way).
+    pub bot_unlimited: bool,
+}
+
 impl World {
     /// Sets everything up as an admin would: with the bot's rate limit lifted while the rooms
     /// are made (then restored), `anpi matrix prepare`, and each person accepting the invite.
     /// `None` when Synapse is not installed (outside CI).
     pub async fn new(n: usize, seed: u64, limits: Limits) -> Option<World> {
-        let hs = Synapse::start(limits).await?;
+        Self::new_with(
+            n,
+            seed,
+            WorldOptions {
+                limits,
+                synapse_extra: "",
+                bot_unlimited: false,
+            },
+        )
+        .await
+    }
+
+    pub async fn new_with(n: usize, seed: u64, o: WorldOptions<'_>) -> Option<World> {
+        let limits = o.limits;
+        let hs = Synapse::start_with(limits, o.synapse_extra).await?;
         let admin = match limits {
             Limits::DefaultMessages => Some(hs.register("admin", true).await),
             Limits::Relaxed => None,
@@ -602,7 +677,7 @@ impl World {
             p.join(&room).await;
             rooms.push(room);
         }
-        if let Some(a) = &admin {
+        if let Some(a) = admin.as_ref().filter(|_| !o.bot_unlimited) {
             a.override_ratelimit(&bot.user_id, false).await;
         }
         Some(World {
