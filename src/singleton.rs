@@ -30,12 +30,29 @@ use crate::store::SharedStore;
 /// A random id for this process, so leases name who holds them:
 /// `pid<pid>-<random>@<machine>`.
 pub fn instance_id() -> String {
-    format!(
+    let id = format!(
         "pid{}-{:08x}@{}",
         std::process::id(),
         rand::random::<u32>(),
         machine()
-    )
+    );
+    live_here().insert(id.clone());
+    id
+}
+
+/// The instance ids running in this process (several applications in one process: tests,
+/// benchmarks). A holder with this process's pid is alive exactly when it is one of them.
+fn live_here() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The instance `id` of this process has stopped: a lease it still holds may be taken over.
+pub fn retire(id: &str) {
+    live_here().remove(id);
 }
 
 /// This machine (and boot): the host name and the start of the kernel's boot id. Empty where
@@ -58,7 +75,8 @@ fn machine() -> String {
 }
 
 /// True when `holder` names a process of this machine that no longer runs: its pid is gone,
-/// or is this very process (a restart that drew the same pid). Unknown machines, and any
+/// or is this very process under an instance id that is not running here (a restart that drew
+/// the same pid, or an application of this process that stopped). Unknown machines, and any
 /// doubt, count as alive: then the lease is simply waited out.
 fn is_dead_here(holder: &str, me: &str) -> bool {
     let Some((id, at)) = holder.rsplit_once('@') else {
@@ -75,7 +93,10 @@ fn is_dead_here(holder: &str, me: &str) -> bool {
     else {
         return false;
     };
-    pid == std::process::id() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    if pid == std::process::id() {
+        return !live_here().contains(holder);
+    }
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Runs one singleton worker while this process holds its lease.
@@ -216,6 +237,11 @@ mod tests {
         let again = format!("pid{}-ffffffff@{here}", std::process::id());
         assert!(is_dead_here(&again, &me));
         assert!(!is_dead_here(&me, &me), "never oneself");
+        // Another application running in this same process is alive, until it stops.
+        let other = instance_id();
+        assert!(!is_dead_here(&other, &me));
+        retire(&other);
+        assert!(is_dead_here(&other, &me));
         // Process 1 runs; another machine, or an old-style id, is waited out.
         assert!(!is_dead_here(&format!("pid1-00000000@{here}"), &me));
         assert!(!is_dead_here(

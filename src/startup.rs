@@ -464,6 +464,7 @@ impl Application {
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
+        crate::singleton::retire(&self.instance);
         info!("anpi stopped");
         Ok(())
     }

@@ -1190,6 +1190,7 @@ async fn a_trigger_naming_an_unknown_scenario_or_code_stops_the_daemon_with_the_
 #[tokio::test]
 async fn two_replicas_watching_one_feed_fetch_each_telegram_once_and_start_once_across_a_takeover()
 {
+    init_logs();
     use anpi::clock::{ManualClock, SharedClock};
     use std::sync::Arc;
     let dir = jma_data();
