@@ -759,3 +759,61 @@ async fn a_reply_with_a_nul_is_kept_and_does_not_stop_the_batch() {
         assert_eq!(again.logged, 0, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_plea_naming_a_roll_call_the_person_is_not_in_still_reaches_hq_and_the_first_stands() {
+    for (name, store, _db) in backends().await {
+        let f = sent_roll_call(&store, 20, None).await;
+        let a = f.staff_index(0);
+        let b = f.staff_index(a + 1);
+        // Both name roll call 999, which neither person is in: the plea goes to their open
+        // roll call, the calm reply stays in the record only.
+        apply(
+            &store,
+            &[
+                ev(
+                    "n1",
+                    Some(RollCallId(999)),
+                    &f.handle(a),
+                    text("閉じ込められた"),
+                    5_000,
+                ),
+                ev(
+                    "n2",
+                    Some(RollCallId(999)),
+                    &f.handle(b),
+                    text("無事です"),
+                    5_000,
+                ),
+            ],
+            6_000,
+        )
+        .await;
+        let ea = store.entry(f.rc.id, &f.staff(a)).await.unwrap().unwrap();
+        assert_eq!(ea.action(), Some(rollcall::Action::Urgent), "{name}");
+        assert_eq!(
+            ea.standing.as_ref().unwrap().text.as_deref(),
+            Some("閉じ込められた")
+        );
+        let eb = store.entry(f.rc.id, &f.staff(b)).await.unwrap().unwrap();
+        assert!(eb.standing.is_none(), "{name}: {eb:?}");
+
+        // A second urgent answer in a later batch is the latest; the first one stands.
+        apply(
+            &store,
+            &[ev(
+                "n3",
+                Some(f.rc.id),
+                &f.handle(a),
+                button("injured"),
+                8_000,
+            )],
+            9_000,
+        )
+        .await;
+        let ea = store.entry(f.rc.id, &f.staff(a)).await.unwrap().unwrap();
+        let (s, l) = (ea.standing.unwrap(), ea.latest.unwrap());
+        assert_eq!(s.text.as_deref(), Some("閉じ込められた"), "{name}");
+        assert_eq!(l.value, "injured", "{name}");
+    }
+}
