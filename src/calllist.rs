@@ -165,6 +165,50 @@ pub fn render_table(entries: &[CallListEntry], scope: ListScope, now: Millis, tz
         out.push_str("対応が必要な人はいません / nobody needs HQ now\n");
         return out;
     }
+    const HEADERS: [&str; 7] = [
+        "#",
+        "ID",
+        "氏名 (ふりがな) / name",
+        "役職",
+        "所属・避難所 / group",
+        "電話 / phones",
+        "経過",
+    ];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            [
+                (i + 1).to_string(),
+                e.staff_id.as_str().to_string(),
+                name_with_kana(e),
+                e.role.clone().unwrap_or_else(|| "-".into()),
+                group(e),
+                phones(e),
+                format!("{}分", minutes_waiting(e, now)),
+            ]
+        })
+        .collect();
+    // Each column as wide as its widest value (wide characters count two), plus a gap, so
+    // long names and shelter assignments never push the columns out of line.
+    let widths: Vec<usize> = (0..HEADERS.len())
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| UnicodeWidthStr::width(r[c].as_str()))
+                .chain([UnicodeWidthStr::width(HEADERS[c])])
+                .max()
+                .unwrap_or(0)
+                + 2
+        })
+        .collect();
+    let columns = |values: &[&str]| -> String {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| pad(v, *w))
+            .collect()
+    };
     let mut current = "";
     for (i, e) in rows.iter().enumerate() {
         let sec = section(e);
@@ -174,34 +218,15 @@ pub fn render_table(entries: &[CallListEntry], scope: ListScope, now: Millis, tz
                 out.push('\n');
             }
             out.push_str(&format!("{sec} — {n}名\n"));
-            out.push_str(&format!(
-                "{}{}{}{}{}{}{}{}\n",
-                pad("#", 5),
-                pad("ID", 9),
-                pad("氏名 (ふりがな) / name", 28),
-                pad("役職", 10),
-                pad("所属・避難所 / group", 24),
-                pad("電話 / phones", 28),
-                pad("経過", 7),
-                "回答・理由 / answer, why"
-            ));
+            out.push_str(&format!("{}回答・理由 / answer, why\n", columns(&HEADERS)));
             current = sec;
         }
         let said = match (&e.standing, e.action()) {
             (Some(a), _) => answer_line(a, tz),
             (None, _) => why(e),
         };
-        let mut line = format!(
-            "{}{}{}{}{}{}{}{}",
-            pad(&(i + 1).to_string(), 5),
-            pad(e.staff_id.as_str(), 9),
-            pad(&name_with_kana(e), 28),
-            pad(e.role.as_deref().unwrap_or("-"), 10),
-            pad(&group(e), 24),
-            pad(&phones(e), 28),
-            pad(&format!("{}分", minutes_waiting(e, now)), 7),
-            said
-        );
+        let row: Vec<&str> = cells[i].iter().map(String::as_str).collect();
+        let mut line = format!("{}{said}", columns(&row));
         if let (Some(by), Some(until)) = (&e.claimed_by, e.claimed_until) {
             if until > now {
                 line.push_str(&format!("  [対応中: {}]", desk_of(by)));
