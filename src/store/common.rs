@@ -24,6 +24,32 @@
 ///   `record_sends`, `renew`, `check`.
 macro_rules! store_impl {
     ($store:ty, $db:ty, $dialect:expr) => {
+        impl $store {
+            /// Claims up to `limit` rows with `sql` (`$1` lease until, `$2` provider, `$3` now,
+            /// `$4` limit): due deliveries, or due re-sends.
+            async fn claim_rows(
+                &self,
+                sql: &str,
+                provider: &str,
+                now: $crate::clock::Millis,
+                lease: std::time::Duration,
+                limit: usize,
+            ) -> $crate::store::StoreResult<Vec<$crate::rollcall::ClaimedDelivery>> {
+                let lease_until = now + lease.as_millis() as i64;
+                let _w = self.write_lock().await;
+                let rows = sqlx::query(sql)
+                    .bind(lease_until)
+                    .bind(provider)
+                    .bind(now)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| super::shared::claimed_from_row(r, lease_until))
+                    .collect()
+            }
+        }
+
         /// An inbound batch's reads and writes, inside its transaction.
         struct Batch<'a, 't>(&'a mut sqlx::Transaction<'t, $db>);
 
@@ -349,18 +375,14 @@ macro_rules! store_impl {
                 lease: std::time::Duration,
                 limit: usize,
             ) -> $crate::store::StoreResult<Vec<$crate::rollcall::ClaimedDelivery>> {
-                let lease_until = now + lease.as_millis() as i64;
-                let _w = self.write_lock().await;
-                let rows = sqlx::query(super::shared::claim_due_sql($dialect))
-                    .bind(lease_until)
-                    .bind(provider)
-                    .bind(now)
-                    .bind(limit as i64)
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter()
-                    .map(|r| super::shared::claimed_from_row(r, lease_until))
-                    .collect()
+                self.claim_rows(
+                    super::shared::claim_due_sql($dialect),
+                    provider,
+                    now,
+                    lease,
+                    limit,
+                )
+                .await
             }
 
             async fn record_send_results(
@@ -620,18 +642,14 @@ macro_rules! store_impl {
                 lease: std::time::Duration,
                 limit: usize,
             ) -> $crate::store::StoreResult<Vec<$crate::rollcall::ClaimedDelivery>> {
-                let _w = self.write_lock().await;
-                let lease_until = now + lease.as_millis() as i64;
-                let rows = sqlx::query(&super::shared::claim_resends_sql($dialect))
-                    .bind(lease_until)
-                    .bind(provider)
-                    .bind(now)
-                    .bind(limit as i64)
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter()
-                    .map(|r| super::shared::claimed_from_row(r, lease_until))
-                    .collect()
+                self.claim_rows(
+                    &super::shared::claim_resends_sql($dialect),
+                    provider,
+                    now,
+                    lease,
+                    limit,
+                )
+                .await
             }
 
             async fn record_resends(
