@@ -8,9 +8,10 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{excerpt, refusal, transport_error, LineWorksProvider};
+use super::{refusal, LineWorksProvider, LINE_WORKS};
 use crate::clock::Millis;
 use crate::health::Component;
+use crate::providers::http::excerpt;
 use crate::providers::ProviderError;
 
 /// A token is re-minted this long before it expires.
@@ -77,12 +78,15 @@ impl LineWorksProvider {
             .form(&form)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| LINE_WORKS.transport_error(e))?;
         let status = resp.status();
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(refusal(resp).await);
         }
-        let body = resp.text().await.map_err(transport_error)?;
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| LINE_WORKS.transport_error(e))?;
         if !status.is_success() {
             // Credentials are wrong: nothing will work until an admin fixes them.
             return Err(ProviderError::Permanent(format!(
@@ -140,7 +144,7 @@ impl LineWorksProvider {
             .bearer_auth(&token)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| LINE_WORKS.transport_error(e))?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -149,7 +153,7 @@ impl LineWorksProvider {
             .bearer_auth(&token)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| LINE_WORKS.transport_error(e))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(ProviderError::Permanent(
                 "LINE WORKS refused a freshly minted access token (check the app's scopes)".into(),

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{refusal, LineWorksProvider};
+use super::{refusal, LineWorksProvider, LINE_WORKS};
 use crate::clock::Millis;
 use crate::health::Component;
 use crate::ids::{ChatHandle, RollCallId};
@@ -180,10 +180,7 @@ impl LineWorksProvider {
                 }
                 return Err(e);
             }
-            let page: ReadersPage = resp.json().await.map_err(|e| ProviderError::Retryable {
-                after: None,
-                reason: format!("unreadable readers page: {e}"),
-            })?;
+            let page: ReadersPage = LINE_WORKS.read_json(resp, "readers page").await?;
             read.extend(
                 page.readers
                     .into_iter()

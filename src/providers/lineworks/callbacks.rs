@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::excerpt;
 use super::send::parse_postback;
 use crate::ids::ChatHandle;
+use crate::providers::http::excerpt;
 use crate::providers::{InboundEvent, InboundKind};
 
 /// Why a callback was refused.

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
+use super::http::{self, Platform};
 use super::{
     BroadcastRequest, Broadcasted, Capabilities, ChatProvider, EventBatch, OutboundMessage,
     ProviderError, RateLimit, Route, RouteKind, Sent,
@@ -54,9 +55,6 @@ pub use send::{parse_postback, postback_data, MAX_QUICK_REPLIES, MAX_TEXT_CHARS}
 /// Per-request budget.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How much of an unexpected error body goes into a reason.
-const EXCERPT_CHARS: usize = 200;
-
 /// Share of the platform's limit anpi plans with. A request leaves the token bucket and
 /// reaches the platform a moment later, and that moment varies (the first ones wait for the
 /// access token), so a bucket that spends exactly the limit can land one request too many in
@@ -66,8 +64,14 @@ const LIMIT_SHARE: f64 = 0.95;
 /// How a 404 (unknown user, room, board or post) begins its reason.
 const UNKNOWN_USER: &str = "unknown user or room on LINE WORKS";
 
-/// When a 429 carries no usable reset header.
-const DEFAULT_RESET: Duration = Duration::from_secs(5);
+/// The platform as reasons name it; a 429's reset is its `rateLimit-reset` header (seconds),
+/// else `Retry-After`, else 5 seconds.
+const LINE_WORKS: Platform = Platform {
+    name: "LINE WORKS",
+    the: "LINE WORKS",
+    reset_header: Some("ratelimit-reset"),
+    default_reset: Duration::from_secs(5),
+};
 
 /// Everything the adapter needs, from `[providers.lineworks]`.
 #[derive(Clone)]
@@ -157,13 +161,7 @@ impl LineWorksProvider {
             jsonwebtoken::EncodingKey::from_rsa_pem(settings.private_key_pem.expose().as_bytes())
                 .map_err(|e| LineWorksError::PrivateKey(e.to_string()))?;
         let max = settings.max_in_flight.max(1);
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(max)
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            // Fails only when the TLS backend cannot start: nothing anpi could run without.
-            .expect("building the HTTP client");
+        let client = http::client(max, REQUEST_TIMEOUT);
         let half = RateLimit {
             requests: (settings.board_rate_limit.requests / 2).max(1),
             per: settings.board_rate_limit.per,
@@ -293,54 +291,17 @@ impl ChatProvider for LineWorksProvider {
     }
 }
 
-fn excerpt(body: &str) -> String {
-    let mut s: String = body.chars().take(EXCERPT_CHARS).collect();
-    if body.chars().nth(EXCERPT_CHARS).is_some() {
-        s.push('…');
-    }
-    s
-}
-
-fn transport_error(e: reqwest::Error) -> ProviderError {
-    if e.is_builder() {
-        return ProviderError::Permanent(format!("LINE WORKS request cannot be built: {e}"));
-    }
-    let reason = if e.is_timeout() {
-        "LINE WORKS did not answer in time".to_string()
-    } else if e.is_connect() {
-        format!("cannot connect to LINE WORKS: {e}")
-    } else {
-        format!("LINE WORKS request failed: {e}")
-    };
-    ProviderError::Retryable {
-        after: None,
-        reason,
-    }
-}
-
-/// Seconds from a header (`rateLimit-reset`, `Retry-After`).
-fn header_secs(resp: &Response, name: &str) -> Option<Duration> {
-    let raw = resp.headers().get(name)?.to_str().ok()?.trim();
-    let secs: f64 = raw.parse().ok()?;
-    Duration::try_from_secs_f64(secs).ok()
-}
-
 /// Classifies an answer that is not a success (a 401 is handled before this).
 async fn refusal(resp: Response) -> ProviderError {
     let status = resp.status();
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let reset = header_secs(&resp, "ratelimit-reset")
-            .or_else(|| header_secs(&resp, "retry-after"))
-            .unwrap_or(DEFAULT_RESET);
-        return ProviderError::RateLimited {
-            reset: reset.max(Duration::from_millis(100)),
-        };
-    }
-    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        return ProviderError::Retryable {
-            after: header_secs(&resp, "retry-after"),
-            reason: format!("LINE WORKS answered {status}"),
-        };
+    match LINE_WORKS.temporary(status, resp.headers()) {
+        Some(ProviderError::RateLimited { reset }) => {
+            return ProviderError::RateLimited {
+                reset: reset.max(Duration::from_millis(100)),
+            }
+        }
+        Some(e) => return e,
+        None => {}
     }
     let body = resp.text().await.unwrap_or_default();
     let code = serde_json::from_str::<Value>(&body)
@@ -350,5 +311,5 @@ async fn refusal(resp: Response) -> ProviderError {
     if status == StatusCode::NOT_FOUND || code.contains("NOT_FOUND") || code == "INVALID_USER" {
         return ProviderError::Permanent(format!("{UNKNOWN_USER} ({status} {code})"));
     }
-    ProviderError::Permanent(format!("LINE WORKS answered {status}: {}", excerpt(&body)))
+    LINE_WORKS.refused(status, &body)
 }

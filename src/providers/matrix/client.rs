@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Response, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::MatrixProvider;
 use crate::clock::SharedClock;
 use crate::config::{MatrixConfig, Secret};
+use crate::providers::http::{self, Platform};
 use crate::providers::ProviderError;
 use crate::store::SharedStore;
 
@@ -20,6 +21,14 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Timeline events per room in one `/sync`: more than a person writes between two polls.
 const TIMELINE_LIMIT: u32 = 100;
+
+/// The other end, as reasons name it; a 429 without a wait lasts a second.
+pub(super) const HOMESERVER: Platform = Platform {
+    name: "homeserver",
+    the: "the homeserver",
+    reset_header: None,
+    default_reset: Duration::from_secs(1),
+};
 
 /// How many times `prepare` waits out a 429 for one room before giving up on it.
 pub(super) const PREPARE_ATTEMPTS: u32 = 20;
@@ -45,13 +54,7 @@ impl MatrixProvider {
             )));
         }
         let max_in_flight = config.max_in_flight.max(1);
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(max_in_flight + 1)
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            // Fails only when the TLS backend cannot start: nothing anpi could run without.
-            .expect("building the HTTP client");
+        let client = http::client(max_in_flight + 1, REQUEST_TIMEOUT);
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| ProviderError::Permanent("the Matrix access token is not valid".into()))?;
         auth.set_sensitive(true);
@@ -116,7 +119,7 @@ impl MatrixProvider {
                 .header(AUTHORIZATION, self.auth.clone())
                 .send()
                 .await
-                .map_err(transport_error)?;
+                .map_err(|e| HOMESERVER.transport_error(e))?;
             if resp.status() != StatusCode::TOO_MANY_REQUESTS && !resp.status().is_server_error() {
                 return Ok(resp);
             }
@@ -145,7 +148,7 @@ impl MatrixProvider {
             .await?;
         match resp.status() {
             s if s.is_success() => {
-                let v: Value = resp.json().await.map_err(transport_error)?;
+                let v: Value = HOMESERVER.read_json(resp, "membership").await?;
                 Ok(v["membership"].as_str().map(str::to_string))
             }
             StatusCode::NOT_FOUND => Ok(None),
@@ -180,9 +183,9 @@ impl MatrixProvider {
             .header(AUTHORIZATION, self.auth.clone())
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| HOMESERVER.transport_error(e))?;
         match resp.status() {
-            s if s.is_success() => Ok(Some(resp.json().await.map_err(transport_error)?)),
+            s if s.is_success() => Ok(Some(HOMESERVER.read_json(resp, "event").await?)),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
             _ => Err(refusal(resp, "event lookup").await),
         }
@@ -199,70 +202,39 @@ struct ErrorBody {
     retry_after_ms: Option<u64>,
 }
 
-/// A request that got no HTTP answer.
-pub(super) fn transport_error(e: reqwest::Error) -> ProviderError {
-    if e.is_builder() {
-        return ProviderError::Permanent(format!("Matrix request cannot be built: {e}"));
-    }
-    let reason = if e.is_timeout() {
-        "homeserver did not answer in time".to_string()
-    } else if e.is_connect() {
-        format!("cannot connect to the homeserver: {e}")
-    } else {
-        format!("homeserver request failed: {e}")
-    };
-    ProviderError::Retryable {
-        after: None,
-        reason,
-    }
-}
-
-fn retry_after_header(resp: &Response) -> Option<Duration> {
-    let secs: f64 = resp
-        .headers()
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Duration::try_from_secs_f64(secs).ok()
-}
-
 /// Classifies an answer that is not a success. `what` names the request for the reason.
 pub(super) async fn refusal(resp: Response, what: &str) -> ProviderError {
     let status = resp.status();
-    let header_wait = retry_after_header(&resp);
+    let headers = resp.headers().clone();
     let text = resp.text().await.unwrap_or_default();
     let body: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
-    classify(status, header_wait, &body, what)
+    classify(status, &headers, &body, what)
 }
 
 fn classify(
     status: StatusCode,
-    header_wait: Option<Duration>,
+    headers: &HeaderMap,
     body: &ErrorBody,
     what: &str,
 ) -> ProviderError {
+    // Matrix also says "rate limited" in the body, with its own wait, which comes first.
     if status == StatusCode::TOO_MANY_REQUESTS || body.errcode == "M_LIMIT_EXCEEDED" {
         let reset = body
             .retry_after_ms
             .map(Duration::from_millis)
-            .or(header_wait)
-            .unwrap_or(Duration::from_secs(1));
+            .unwrap_or_else(|| HOMESERVER.rate_limit_reset(headers));
         return ProviderError::RateLimited { reset };
     }
-    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        return ProviderError::Retryable {
-            after: header_wait,
-            reason: format!("{what}: homeserver answered {status}"),
+    if let Some(e) = HOMESERVER.temporary(status, headers) {
+        return match e {
+            ProviderError::Retryable { after, reason } => ProviderError::Retryable {
+                after,
+                reason: format!("{what}: {reason}"),
+            },
+            e => e,
         };
     }
-    let detail: String = format!("{} {}", body.errcode, body.error)
-        .trim()
-        .chars()
-        .take(200)
-        .collect();
+    let detail = http::excerpt(format!("{} {}", body.errcode, body.error).trim());
     ProviderError::Permanent(match status {
         StatusCode::UNAUTHORIZED => {
             format!("{what}: the homeserver refused the bot's access token ({detail})")

@@ -10,7 +10,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::client::{refusal, transport_error, PREPARE_ATTEMPTS};
+use super::client::{refusal, HOMESERVER, PREPARE_ATTEMPTS};
 use super::{MatrixError, MatrixProvider};
 use crate::ids::ChatHandle;
 use crate::providers::ProviderError;
@@ -226,9 +226,9 @@ impl MatrixProvider {
                 .json(&body)
                 .send()
                 .await
-                .map_err(transport_error)?;
+                .map_err(|e| HOMESERVER.transport_error(e))?;
             if resp.status().is_success() {
-                let v: Value = resp.json().await.map_err(transport_error)?;
+                let v: Value = HOMESERVER.read_json(resp, "createRoom answer").await?;
                 return v["room_id"].as_str().map(str::to_string).ok_or_else(|| {
                     ProviderError::Permanent("createRoom answered without a room_id".into())
                 });
@@ -253,7 +253,7 @@ impl MatrixProvider {
             .header(AUTHORIZATION, self.auth.clone())
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| HOMESERVER.transport_error(e))?;
         // Only a missing list starts empty: anything else unreadable would be overwritten.
         let mut direct: HashMap<String, Vec<String>> = if resp.status().is_success() {
             resp.json().await.map_err(|e| ProviderError::Retryable {
@@ -278,7 +278,7 @@ impl MatrixProvider {
             .json(&direct)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| HOMESERVER.transport_error(e))?;
         if resp.status().is_success() {
             Ok(())
         } else {

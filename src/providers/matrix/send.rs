@@ -4,7 +4,7 @@
 use reqwest::header::AUTHORIZATION;
 use serde_json::{json, Value};
 
-use super::client::{refusal, transport_error};
+use super::client::{refusal, HOMESERVER};
 use super::prepare::Unreachable;
 use super::state::CheckRecord;
 use super::{MatrixProvider, ROLL_CALL_KEY};
@@ -59,7 +59,7 @@ impl MatrixProvider {
             .json(&content)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| HOMESERVER.transport_error(e))?;
         if !resp.status().is_success() {
             return Err(refusal(resp, "send").await);
         }

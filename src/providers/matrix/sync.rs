@@ -11,7 +11,7 @@ use reqwest::Response;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::client::{refusal, transport_error, REQUEST_TIMEOUT};
+use super::client::{refusal, HOMESERVER, REQUEST_TIMEOUT};
 use super::replies::{option, option_number, reply_kind, UNREADABLE};
 use super::state::{store_error, CheckRecord};
 use super::{MatrixProvider, ROLL_CALL_KEY};
@@ -39,7 +39,8 @@ impl MatrixProvider {
             if !full.status().is_success() {
                 return Err(refusal(full, "sync").await);
             }
-            for (room, data) in &read_sync(full).await?.rooms.join {
+            let full: SyncResponse = HOMESERVER.read_json(full, "/sync answer").await?;
+            for (room, data) in &full.rooms.join {
                 self.room_events(room, data, &mut events).await?;
             }
             wait = Duration::ZERO;
@@ -53,7 +54,7 @@ impl MatrixProvider {
         if !resp.status().is_success() {
             return Err(refusal(resp, "sync").await);
         }
-        let sync = read_sync(resp).await?;
+        let sync: SyncResponse = HOMESERVER.read_json(resp, "/sync answer").await?;
         for (room, data) in &sync.rooms.join {
             self.room_events(room, data, &mut events).await?;
         }
@@ -83,7 +84,7 @@ impl MatrixProvider {
         if let Some(s) = since {
             req = req.query(&[("since", s)]);
         }
-        req.send().await.map_err(transport_error)
+        req.send().await.map_err(|e| HOMESERVER.transport_error(e))
     }
 
     /// The check `event` is, if it is one of anpi's.
@@ -372,14 +373,6 @@ impl MatrixProvider {
         }
         Ok(())
     }
-}
-
-async fn read_sync(resp: Response) -> Result<SyncResponse, ProviderError> {
-    let bytes = resp.bytes().await.map_err(transport_error)?;
-    serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
-        after: None,
-        reason: format!("homeserver sent an unreadable /sync answer: {e}"),
-    })
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -50,6 +50,31 @@ struct Fixture {
     _tmp: tempfile::TempDir,
 }
 
+/// Serves `app` on loopback; its base URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// The bot `@anpi:hs.test` on the homeserver at `url`, its state in `store`.
+fn provider_on(url: String, store: SharedStore) -> MatrixProvider {
+    let config = MatrixConfig {
+        homeserver: url,
+        user_id: "@anpi:hs.test".into(),
+        access_token_file: None,
+        access_token: Some(Secret::new("syt_s3cret")),
+        sync_timeout: Duration::from_secs(1),
+        rate_limit_per_minute: 0,
+        max_in_flight: 4,
+    };
+    let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+    MatrixProvider::new(&config, &config.access_token().unwrap(), store, clock).unwrap()
+}
+
 async fn fixture(app: Router) -> Fixture {
     // Everyone is in their room unless a test says otherwise.
     let app = app
@@ -61,32 +86,12 @@ async fn fixture(app: Router) -> Fixture {
             "/_matrix/client/v3/profile/{user}",
             get(|| async { Json(json!({"displayname": "someone"})) }),
         );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = serve(app).await;
     let tmp = tempfile::tempdir().unwrap();
     let store = crate::store::open(&format!("sqlite://{}", tmp.path().join("t.db").display()))
         .await
         .unwrap();
-    let config = MatrixConfig {
-        homeserver: url,
-        user_id: "@anpi:hs.test".into(),
-        access_token_file: None,
-        access_token: Some(Secret::new("syt_s3cret")),
-        sync_timeout: Duration::from_secs(1),
-        rate_limit_per_minute: 0,
-        max_in_flight: 4,
-    };
-    let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
-    let provider = MatrixProvider::new(
-        &config,
-        &config.access_token().unwrap(),
-        store.clone(),
-        clock,
-    )
-    .unwrap();
+    let provider = provider_on(url, store.clone());
     Fixture {
         provider,
         store,
@@ -406,29 +411,9 @@ async fn a_person_not_in_their_room_is_a_permanent_failure_naming_why() {
             put(|| async { Json(json!({"event_id": "$never"})) }),
         );
     // Built without `fixture`'s "everyone joined" route.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = serve(app).await;
     let f = fixture(Router::new()).await;
-    let config = MatrixConfig {
-        homeserver: url,
-        user_id: "@anpi:hs.test".into(),
-        access_token_file: None,
-        access_token: Some(Secret::new("syt_s3cret")),
-        sync_timeout: Duration::from_secs(1),
-        rate_limit_per_minute: 0,
-        max_in_flight: 4,
-    };
-    let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
-    let provider = MatrixProvider::new(
-        &config,
-        &config.access_token().unwrap(),
-        f.store.clone(),
-        clock,
-    )
-    .unwrap();
+    let provider = provider_on(url, f.store.clone());
     let mut msg = message();
     for (who, want) in [
         ("left", "left the room"),
