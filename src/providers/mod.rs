@@ -2,6 +2,9 @@
 //! provider's name; it reads what a provider can do from [`Capabilities`] and reacts to the
 //! error class the adapter chose ([`ProviderError`]).
 //!
+//! The adapters share their HTTP rules (client shape, transport errors, `Retry-After`, which
+//! refusals are temporary) in [`http`].
+//!
 //! Invariant: an [`OutboundMessage`] carries a chat id and the message text, never personal
 //! data (phone numbers, e-mail addresses, home addresses).
 
@@ -15,6 +18,7 @@ use crate::clock::Millis;
 use crate::ids::{ChatHandle, RollCallId};
 use crate::scenario::Asks;
 
+pub mod http;
 pub mod lineworks;
 pub mod matrix;
 pub mod simulator;

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
+use super::http::{self, Platform};
 use super::{
     Capabilities, ChatProvider, EventBatch, InboundEvent, InboundKind, OutboundMessage,
     ProviderError, RateLimit, Sent,
@@ -28,8 +29,14 @@ const EVENTS_PAGE: usize = 1000;
 
 /// Per-request budget for a send; a poll gets this on top of its wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How much of an unexpected error body goes into a `Permanent` reason.
-const EXCERPT_CHARS: usize = 200;
+
+/// The simulator as reasons name it; a 429 without a `Retry-After` lasts a second.
+const SIMULATOR: Platform = Platform {
+    name: "simulator",
+    the: "the simulator",
+    reset_header: None,
+    default_reset: Duration::from_secs(1),
+};
 
 /// A client for the simulator's HTTP API.
 pub struct SimulatorProvider {
@@ -63,13 +70,7 @@ impl SimulatorProvider {
         max_in_flight: usize,
     ) -> Self {
         let max_in_flight = max_in_flight.max(1);
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(max_in_flight)
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            // Fails only when the TLS backend cannot start: nothing anpi could run without.
-            .expect("building the HTTP client");
+        let client = http::client(max_in_flight, REQUEST_TIMEOUT);
         let base = base_url.trim_end_matches('/').to_string();
         // A token that is not a valid header value is sent as nothing, which the simulator
         // refuses with 401: the same answer a wrong token gets.
@@ -132,53 +133,11 @@ struct ErrorBody {
     error: String,
 }
 
-/// A request that got no HTTP answer.
-fn transport_error(e: reqwest::Error) -> ProviderError {
-    if e.is_builder() {
-        return ProviderError::Permanent(format!("simulator request cannot be built: {e}"));
-    }
-    let reason = if e.is_timeout() {
-        "simulator did not answer in time".to_string()
-    } else if e.is_connect() {
-        format!("cannot connect to the simulator: {e}")
-    } else {
-        format!("simulator request failed: {e}")
-    };
-    ProviderError::Retryable {
-        after: None,
-        reason,
-    }
-}
-
-/// `Retry-After` in whole (or fractional) seconds; an HTTP date is not used by the simulator.
-fn retry_after(resp: &Response) -> Option<Duration> {
-    let raw = resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = raw.parse().ok()?;
-    Duration::try_from_secs_f64(secs).ok()
-}
-
-fn excerpt(body: &str) -> String {
-    let mut s: String = body.chars().take(EXCERPT_CHARS).collect();
-    if body.chars().nth(EXCERPT_CHARS).is_some() {
-        s.push('…');
-    }
-    s
-}
-
 /// Classifies an answer that is not a success.
 async fn refusal(resp: Response) -> ProviderError {
     let status = resp.status();
-    let after = retry_after(&resp);
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return ProviderError::RateLimited {
-            reset: after.unwrap_or(Duration::from_secs(1)),
-        };
-    }
-    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        return ProviderError::Retryable {
-            after,
-            reason: format!("simulator answered {status}"),
-        };
+    if let Some(e) = SIMULATOR.temporary(status, resp.headers()) {
+        return e;
     }
     if status == StatusCode::UNAUTHORIZED {
         return ProviderError::Permanent("simulator refused the token".into());
@@ -189,7 +148,7 @@ async fn refusal(resp: Response) -> ProviderError {
     {
         return ProviderError::Permanent("unknown user on the chat platform".into());
     }
-    ProviderError::Permanent(format!("simulator answered {status}: {}", excerpt(&body)))
+    SIMULATOR.refused(status, &body)
 }
 
 #[async_trait]
@@ -231,7 +190,7 @@ impl ChatProvider for SimulatorProvider {
             .json(&wire)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| SIMULATOR.transport_error(e))?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
         }
@@ -323,15 +282,11 @@ impl SimulatorProvider {
             .timeout(REQUEST_TIMEOUT + wait)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| SIMULATOR.transport_error(e))?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
         }
-        let bytes = resp.bytes().await.map_err(transport_error)?;
-        serde_json::from_slice(&bytes).map_err(|e| ProviderError::Retryable {
-            after: None,
-            reason: format!("simulator sent an unreadable events page: {e}"),
-        })
+        SIMULATOR.read_json(resp, "events page").await
     }
 }
 

@@ -1,0 +1,248 @@
+//! The homeserver client: building it, the client-server API's URLs, the lookups the other
+//! parts share (membership, profile, one event), and the one place every answer that is not
+//! a success is classified into a [`ProviderError`].
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::{Response, StatusCode, Url};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::MatrixProvider;
+use crate::clock::SharedClock;
+use crate::config::{MatrixConfig, Secret};
+use crate::providers::http::{self, Platform};
+use crate::providers::ProviderError;
+use crate::store::SharedStore;
+
+/// Per-request budget; a `/sync` gets this on top of its long-poll wait.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeline events per room in one `/sync`: more than a person writes between two polls.
+const TIMELINE_LIMIT: u32 = 100;
+
+/// The other end, as reasons name it; a 429 without a wait lasts a second.
+pub(super) const HOMESERVER: Platform = Platform {
+    name: "homeserver",
+    the: "the homeserver",
+    reset_header: None,
+    default_reset: Duration::from_secs(1),
+};
+
+/// How many times `prepare` waits out a 429 for one room before giving up on it.
+pub(super) const PREPARE_ATTEMPTS: u32 = 20;
+
+impl MatrixProvider {
+    /// `store` holds the person -> DM room map and the sent-check records.
+    pub fn new(
+        config: &MatrixConfig,
+        token: &Secret,
+        store: SharedStore,
+        clock: SharedClock,
+    ) -> Result<Self, ProviderError> {
+        let homeserver = Url::parse(&config.homeserver).map_err(|e| {
+            ProviderError::Permanent(format!(
+                "homeserver {:?} is not a URL: {e}",
+                config.homeserver
+            ))
+        })?;
+        if homeserver.cannot_be_a_base() {
+            return Err(ProviderError::Permanent(format!(
+                "homeserver {:?} is not an http(s) URL",
+                config.homeserver
+            )));
+        }
+        let max_in_flight = config.max_in_flight.max(1);
+        let client = http::client(max_in_flight + 1, REQUEST_TIMEOUT);
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| ProviderError::Permanent("the Matrix access token is not valid".into()))?;
+        auth.set_sensitive(true);
+        let filter = json!({
+            "presence": {"types": []},
+            "account_data": {"types": []},
+            "room": {
+                "state": {"types": []},
+                "account_data": {"types": []},
+                "timeline": {
+                    "types": ["m.room.message", "m.reaction", "m.sticker", "m.room.encrypted"],
+                    "not_senders": [config.user_id],
+                    "limit": TIMELINE_LIMIT,
+                },
+                "ephemeral": {"types": ["m.receipt"]},
+            },
+        })
+        .to_string();
+        Ok(Self {
+            client,
+            homeserver,
+            auth,
+            bot: config.user_id.clone(),
+            store,
+            clock,
+            rate_limit: config.rate_limit(),
+            max_in_flight,
+            filter,
+            reconciled: std::sync::atomic::AtomicBool::new(false),
+            patient: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// `<homeserver>/_matrix/client/v3/<segments...>`, each segment percent-encoded.
+    pub(super) fn url(&self, segments: &[&str]) -> Url {
+        let mut u = self.homeserver.clone();
+        {
+            // `new` refused URLs that cannot be a base, so this always has path segments.
+            let mut path = u.path_segments_mut().expect("a base URL");
+            path.pop_if_empty().extend(["_matrix", "client", "v3"]);
+            path.extend(segments);
+        }
+        u
+    }
+
+    /// Sends one request, waiting out the homeserver's 429s and brief outages as `prepare`
+    /// does (it runs ahead of a roll call, so waiting is right).
+    pub(super) async fn patiently(
+        &self,
+        what: &str,
+        req: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Response, ProviderError> {
+        let attempts = if self.patient.load(std::sync::atomic::Ordering::Relaxed) {
+            PREPARE_ATTEMPTS
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = req()
+                .header(AUTHORIZATION, self.auth.clone())
+                .send()
+                .await
+                .map_err(|e| HOMESERVER.transport_error(e))?;
+            if resp.status() != StatusCode::TOO_MANY_REQUESTS && !resp.status().is_server_error() {
+                return Ok(resp);
+            }
+            match refusal(resp, what).await {
+                ProviderError::RateLimited { reset } if attempt < attempts => {
+                    tokio::time::sleep(reset).await
+                }
+                ProviderError::Retryable { after, .. } if attempt < attempts => {
+                    tokio::time::sleep(after.unwrap_or(Duration::from_secs(1))).await
+                }
+                e => return Err(e),
+            }
+        }
+    }
+
+    /// `user`'s membership of `room` ("join", "invite", "leave", "ban"), `None` when they
+    /// have none.
+    pub(super) async fn membership(
+        &self,
+        room: &str,
+        user: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let url = self.url(&["rooms", room, "state", "m.room.member", user]);
+        let resp = self
+            .patiently("membership", || self.client.get(url.clone()))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => {
+                let v: Value = HOMESERVER.read_json(resp, "membership").await?;
+                Ok(v["membership"].as_str().map(str::to_string))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(refusal(resp, "membership").await),
+        }
+    }
+
+    /// Whether the homeserver knows `user` (the profile lookup; a server that keeps profiles
+    /// private answers 403, which says nothing, so the user is taken to exist).
+    pub(super) async fn user_exists(&self, user: &str) -> Result<bool, ProviderError> {
+        let url = self.url(&["profile", user]);
+        let resp = self
+            .patiently("profile", || self.client.get(url.clone()))
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::FORBIDDEN => Ok(true),
+            _ => Err(refusal(resp, "profile").await),
+        }
+    }
+
+    /// Fetches one event; `None` when the homeserver will not show it (gone, or not visible).
+    pub(super) async fn fetch_event(
+        &self,
+        room: &str,
+        event: &str,
+    ) -> Result<Option<Value>, ProviderError> {
+        let resp = self
+            .client
+            .get(self.url(&["rooms", room, "event", event]))
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await
+            .map_err(|e| HOMESERVER.transport_error(e))?;
+        match resp.status() {
+            s if s.is_success() => Ok(Some(HOMESERVER.read_json(resp, "event").await?)),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
+            _ => Err(refusal(resp, "event lookup").await),
+        }
+    }
+}
+
+/// A Matrix error body.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errcode: String,
+    #[serde(default)]
+    error: String,
+    retry_after_ms: Option<u64>,
+}
+
+/// Classifies an answer that is not a success. `what` names the request for the reason.
+pub(super) async fn refusal(resp: Response, what: &str) -> ProviderError {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    let body: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
+    classify(status, &headers, &body, what)
+}
+
+fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &ErrorBody,
+    what: &str,
+) -> ProviderError {
+    // Matrix also says "rate limited" in the body, with its own wait, which comes first.
+    if status == StatusCode::TOO_MANY_REQUESTS || body.errcode == "M_LIMIT_EXCEEDED" {
+        let reset = body
+            .retry_after_ms
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| HOMESERVER.rate_limit_reset(headers));
+        return ProviderError::RateLimited { reset };
+    }
+    if let Some(e) = HOMESERVER.temporary(status, headers) {
+        return match e {
+            ProviderError::Retryable { after, reason } => ProviderError::Retryable {
+                after,
+                reason: format!("{what}: {reason}"),
+            },
+            e => e,
+        };
+    }
+    let detail = http::excerpt(format!("{} {}", body.errcode, body.error).trim());
+    ProviderError::Permanent(match status {
+        StatusCode::UNAUTHORIZED => {
+            format!("{what}: the homeserver refused the bot's access token ({detail})")
+        }
+        StatusCode::FORBIDDEN => {
+            format!("{what}: the bot may not do this in the room ({detail})")
+        }
+        StatusCode::NOT_FOUND => format!("{what}: unknown room or user ({detail})"),
+        _ => format!("{what}: homeserver answered {status} ({detail})"),
+    })
+}
