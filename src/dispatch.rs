@@ -48,7 +48,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::health::{Component, Health};
 use crate::ids::RollCallId;
 use crate::metrics::Metrics;
-use crate::planner::{self, Audience, Plan};
+use crate::planner::{self, Plan, Reach};
 use crate::providers::{
     BroadcastRequest, ChatProvider, OutboundMessage, ProviderError, Route, RouteKind,
 };
@@ -448,7 +448,7 @@ impl Dispatcher {
             Some(p) => p,
             None => {
                 let progress = self.store.progress(id).await?;
-                let audience = Audience::from_progress(&progress, &contacts, name);
+                let audience = Reach::from_progress(&progress, &contacts, name);
                 let p = planner::plan(&audience, &self.provider.capabilities(), &self.routes);
                 if let Ok(json) = serde_json::to_string(&p) {
                     self.store.set_dispatch_plan(id, &json).await?;

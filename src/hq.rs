@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::clock::SharedClock;
 use crate::contacts::Contact;
 use crate::ids::{RollCallId, StaffId};
-use crate::planner::{self, Audience, Plan};
+use crate::planner::{self, Plan, Reach};
 use crate::providers::{Capabilities, Route};
 use crate::rollcall::{self, CallListEntry, CallOutcome, Progress, RollCall};
 use crate::scenario::Scenario;
@@ -154,7 +154,7 @@ pub fn estimate(n: usize, no_chat_id: usize, caps: &Capabilities) -> Estimate {
 
 /// The estimate of the plan the planner picks for `audience` over the provider's routes.
 pub fn estimate_plan(
-    audience: &Audience,
+    audience: &Reach,
     no_chat_id: usize,
     caps: &Capabilities,
     routes: &[Route],
@@ -303,7 +303,7 @@ impl Hq {
     }
 
     /// The scenario's audience, and the planner's view of it (which needs everyone).
-    async fn audience(&self, scenario: &Scenario) -> Result<(Vec<Contact>, Audience), HqError> {
+    async fn audience(&self, scenario: &Scenario) -> Result<(Vec<Contact>, Reach), HqError> {
         let contacts = self.store.contacts().await?;
         if contacts.is_empty() {
             return Err(HqError::NoContacts);
@@ -316,7 +316,7 @@ impl Hq {
         if audience.is_empty() {
             return Err(HqError::EmptyAudience(scenario.name.clone()));
         }
-        let shape = Audience::of(audience.iter(), &contacts, &self.provider);
+        let shape = Reach::of(audience.iter(), &contacts, &self.provider);
         Ok((audience, shape))
     }
 
@@ -387,7 +387,7 @@ impl Hq {
         let (audience, shape) = self.audience(scenario).await?;
         let read = t.elapsed();
         let (mut new, recipients) =
-            rollcall::plan(scenario, &audience, &self.provider, drill, idempotency_key);
+            rollcall::compose(scenario, &audience, &self.provider, drill, idempotency_key);
         let no_chat = recipients
             .iter()
             .filter(|r| r.chat_handle.is_none())

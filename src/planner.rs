@@ -20,9 +20,10 @@ use crate::contacts::{Contact, ContactKind};
 use crate::providers::{Capabilities, RateLimit, Route, RouteKind};
 use crate::rollcall::{Progress, NO_DEPARTMENT, NO_SHELTER};
 
-/// Who is to be reached, as the planner needs it.
+/// How many can be reached, per group, as the planner needs it (who is in a roll call at
+/// all is [`crate::scenario::Audience`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Audience {
+pub struct Reach {
     /// People with a chat id on the provider.
     pub reachable: usize,
     /// Reachable people per group ([`group_key`]: a department, or a shelter).
@@ -34,7 +35,7 @@ pub struct Audience {
     pub population: BTreeMap<String, usize>,
 }
 
-impl Audience {
+impl Reach {
     /// The planner's view of `audience` (contacts) on `provider`, with `everyone` (every
     /// contact) as the population. Groups are keyed as roll-call progress keys them (see
     /// [`group_key`]), so a plan worked out later from a roll call's progress agrees.
@@ -230,7 +231,7 @@ fn start_seconds(deliveries: usize) -> f64 {
 /// The groups a rooms route can reach whole: a room is configured for the group, the whole
 /// group is in the audience (so no one outside it is messaged), and it is smaller than the
 /// push limit (a room of 500 or more gets no push notification).
-pub fn room_groups(audience: &Audience, r: &Route) -> Vec<String> {
+pub fn room_groups(audience: &Reach, r: &Route) -> Vec<String> {
     let max = r.max_members.unwrap_or(usize::MAX);
     audience
         .by_group
@@ -243,7 +244,7 @@ pub fn room_groups(audience: &Audience, r: &Route) -> Vec<String> {
 }
 
 /// Requests to reach the audience by `groups`' rooms and 1:1 for everyone else.
-fn rooms_and_rest(audience: &Audience, groups: &[String]) -> usize {
+fn rooms_and_rest(audience: &Reach, groups: &[String]) -> usize {
     let covered: usize = groups.iter().map(|g| audience.by_group[g]).sum();
     groups.len() + audience.reachable.saturating_sub(covered)
 }
@@ -252,7 +253,7 @@ fn rooms_and_rest(audience: &Audience, groups: &[String]) -> usize {
 /// shows reads, then the one that has everyone able to answer first, then the one with fewer
 /// requests. A board post, which carries no buttons, is followed by them through the rooms
 /// the provider offers and 1:1 for the rest.
-pub fn plan(audience: &Audience, caps: &Capabilities, routes: &[Route]) -> Plan {
+pub fn plan(audience: &Reach, caps: &Capabilities, routes: &[Route]) -> Plan {
     let n = audience.reachable;
     let mut candidates: Vec<Plan> = vec![Plan::direct(caps, n)];
     let rooms_route = routes.iter().find(|r| r.kind == RouteKind::Rooms);
@@ -377,12 +378,12 @@ mod tests {
     }
 
     /// `n` people spread evenly over `groups` departments.
-    fn audience(n: usize, groups: usize) -> Audience {
+    fn audience(n: usize, groups: usize) -> Reach {
         let mut by_group = BTreeMap::new();
         for i in 0..n {
             *by_group.entry(format!("d{:03}", i % groups)).or_insert(0) += 1;
         }
-        Audience {
+        Reach {
             reachable: n,
             by_group,
             population: BTreeMap::new(),
@@ -470,7 +471,7 @@ mod tests {
     fn a_board_post_or_room_is_used_only_when_it_reaches_no_one_outside_the_audience() {
         let whole = audience(1_000, 10);
         // A drill for d000 alone: 100 of the 1,000.
-        let mut part = Audience {
+        let mut part = Reach {
             reachable: 100,
             by_group: BTreeMap::from([("d000".to_string(), 100)]),
             population: whole.by_group.clone(),

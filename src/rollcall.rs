@@ -415,8 +415,9 @@ impl NewDelivery {
     }
 }
 
-/// Builds the roll call and its recipients from a scenario and the contacts.
-pub fn plan(
+/// Composes the roll call and its recipients from a scenario and the contacts (how it is
+/// sent is [`crate::planner::plan`]'s).
+pub fn compose(
     scenario: &Scenario,
     contacts: &[Contact],
     provider: &str,
@@ -850,14 +851,21 @@ mod tests {
             // was reported failed still proves the person saw it.
             let back = to < from && !(*from == DeliveryState::Failed && to.is_confirmed());
             assert!(
-                !back || (*from, *event, *to)
-                    == (DeliveryState::Sending, DeliveryEvent::Retried, DeliveryState::Pending),
+                !back
+                    || (*from, *event, *to)
+                        == (
+                            DeliveryState::Sending,
+                            DeliveryEvent::Retried,
+                            DeliveryState::Pending
+                        ),
                 "{from} -{event:?}-> {to} goes back"
             );
         }
         // Each (from, event) pair is listed at most once.
         for (i, (f, e, _)) in TRANSITIONS.iter().enumerate() {
-            assert!(!TRANSITIONS[i + 1..].iter().any(|(f2, e2, _)| f2 == f && e2 == e));
+            assert!(!TRANSITIONS[i + 1..]
+                .iter()
+                .any(|(f2, e2, _)| f2 == f && e2 == e));
         }
         // Confirmed stays confirmed; failed is final but for a read or an answer.
         for s in DeliveryState::ALL {
@@ -865,7 +873,9 @@ mod tests {
                 if s.is_confirmed() {
                     assert!(s.after(e).is_confirmed(), "{s} -{e:?}");
                 }
-                if s == DeliveryState::Failed && !matches!(e, DeliveryEvent::Read | DeliveryEvent::Answered) {
+                if s == DeliveryState::Failed
+                    && !matches!(e, DeliveryEvent::Read | DeliveryEvent::Answered)
+                {
                     assert_eq!(s.after(e), s);
                 }
             }

@@ -372,7 +372,10 @@ mod tests {
 
     #[test]
     fn a_stream_one_view_behind_gets_the_shared_change_and_one_further_behind_its_own() {
-        let mut views = vec![View::new(json!({"progress": {"overall": {"read": 0}}}), "a".into())];
+        let mut views = vec![View::new(
+            json!({"progress": {"overall": {"read": 0}}}),
+            "a".into(),
+        )];
         for n in 1..3 {
             let mut v = View::new(json!({"progress": {"overall": {"read": n}}}), "a".into());
             v.seq = views[n - 1].seq + 1;

@@ -604,7 +604,7 @@ impl Engine {
             .filter(|c| notified.contains(&c.id))
             .collect();
         let key = format!("jma-retract:{}:{}", scope.as_str(), id);
-        let (new, recipients) = crate::rollcall::plan(
+        let (new, recipients) = crate::rollcall::compose(
             &scenario,
             &contacts,
             self.hq.provider(),

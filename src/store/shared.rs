@@ -25,8 +25,9 @@ use crate::email::{MailOutcome, MailState, NewMail, StoredMail};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::{InboundEvent, InboundKind};
 use crate::rollcall::{
-    CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
-    GivenAnswer, Note, Progress, RollCall, RollCallState, SendResult, DeliveryEvent, state_after_sql, states_moved_sql,
+    state_after_sql, states_moved_sql, CallListEntry, CallOutcome, ClaimedDelivery, Counts,
+    DeliveryEvent, DeliveryState, EscalationReason, GivenAnswer, Note, Progress, RollCall,
+    RollCallState, SendResult,
 };
 
 /// Which SQL dialect a statement is written for.

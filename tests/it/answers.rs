@@ -88,7 +88,7 @@ async fn start_and_send(
     resend: Option<&str>,
     at: i64,
 ) -> Fixture {
-    let (new, rec) = rollcall::plan(&quake(resend), &contacts, "simulator", None, None);
+    let (new, rec) = rollcall::compose(&quake(resend), &contacts, "simulator", None, None);
     let rc = store.create_roll_call(&new, &rec, at).await.unwrap();
     let claimed = store
         .claim_due_deliveries("simulator", at + 1_000, Duration::from_secs(60), 100_000)

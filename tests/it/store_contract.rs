@@ -13,7 +13,7 @@ use crate::support::{all_backends as backends, scenario};
 
 async fn seeded(store: &SharedStore, n: usize, key: Option<&str>) -> rollcall::RollCall {
     let contacts = synthetic::generate(n, 1).contacts;
-    let (new, rec) = rollcall::plan(
+    let (new, rec) = rollcall::compose(
         &scenario(),
         &contacts,
         "simulator",
@@ -911,7 +911,7 @@ async fn odd_unicode_goes_through_every_store_unchanged() {
         store.replace_contacts(&dir.contacts, 1_000).await.unwrap();
         assert_eq!(store.contacts().await.unwrap(), dir.contacts, "{name}");
 
-        let (mut new, rec) = rollcall::plan(&scenario(), &dir.contacts, "simulator", None, None);
+        let (mut new, rec) = rollcall::compose(&scenario(), &dir.contacts, "simulator", None, None);
         new.title = ODD_TEXT.concat();
         new.message = ODD_TEXT.join("\n");
         let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
@@ -969,7 +969,7 @@ async fn odd_unicode_goes_through_every_store_unchanged() {
 async fn a_roll_call_keeps_what_its_message_asks_per_route() {
     for (name, store, db) in backends().await {
         let contacts = synthetic::generate(3, 1).contacts;
-        let (mut new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        let (mut new, rec) = rollcall::compose(&scenario(), &contacts, "simulator", None, None);
         new.asks.reply = anpi::scenario::Sentence {
             ja: "一言返信してください。".into(),
             en: "Reply, please.".into(),
@@ -996,7 +996,7 @@ async fn chat_recipients_come_shelter_phones_first_then_by_call_priority_with_th
         let mut contacts = synthetic::generate(60, 4).contacts;
         // One person without a chat id: not a chat recipient.
         contacts[5].chat.clear();
-        let (new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        let (new, rec) = rollcall::compose(&scenario(), &contacts, "simulator", None, None);
         let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
         let sent = send_all(&store, 100).await;
         let who = sent[0].chat_handle.clone();
@@ -1377,7 +1377,7 @@ async fn the_sql_action_order_is_the_rust_order_on_a_varied_population() {
         for i in [7, 19, 42] {
             contacts[i].chat.clear();
         }
-        let (new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        let (new, rec) = rollcall::compose(&scenario(), &contacts, "simulator", None, None);
         let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
         let claimed = store
             .claim_due_deliveries("simulator", 2_000, Duration::from_secs(60), 100)
@@ -1520,7 +1520,7 @@ async fn a_roll_call_is_written_with_its_plans_and_older_databases_keep_theirs()
     for (name, store, db) in backends().await {
         // Written with the roll call, in its transaction: there is no moment it has none.
         let contacts = synthetic::generate(10, 1).contacts;
-        let (mut new, rec) = rollcall::plan(&scenario(), &contacts, "simulator", None, None);
+        let (mut new, rec) = rollcall::compose(&scenario(), &contacts, "simulator", None, None);
         new.dispatch_plan = Some(r#"{"route":"direct"}"#.into());
         let rc = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
         assert_eq!(rc.dispatch_plan, new.dispatch_plan, "{name}");
@@ -1600,7 +1600,11 @@ async fn every_state_meets_every_event_as_the_transition_table_says() {
                 .claim_due_deliveries("simulator", t0, Duration::from_secs(60), 6)
                 .await
                 .unwrap();
-            assert_eq!(c.len(), 6, "{name} {ev:?}: the earlier roll calls left nothing due");
+            assert_eq!(
+                c.len(),
+                6,
+                "{name} {ev:?}: the earlier roll calls left nothing due"
+            );
             let sent = |i: usize| SendResult::Sent {
                 id: c[i].id,
                 at: t0 + 100,
@@ -1636,8 +1640,20 @@ async fn every_state_meets_every_event_as_the_transition_table_says() {
                 .apply_events(
                     "simulator",
                     &[
-                        event(&format!("{tag}-r3"), Some(rc.id), &c[3].chat_handle, InboundKind::Read, t0 + 150),
-                        event(&format!("{tag}-a4"), Some(rc.id), &c[4].chat_handle, answer("safe"), t0 + 150),
+                        event(
+                            &format!("{tag}-r3"),
+                            Some(rc.id),
+                            &c[3].chat_handle,
+                            InboundKind::Read,
+                            t0 + 150,
+                        ),
+                        event(
+                            &format!("{tag}-a4"),
+                            Some(rc.id),
+                            &c[4].chat_handle,
+                            answer("safe"),
+                            t0 + 150,
+                        ),
                     ],
                     None,
                     t0 + 200,
@@ -1658,7 +1674,14 @@ async fn every_state_meets_every_event_as_the_transition_table_says() {
                     .collect::<Vec<_>>()
             };
             use DeliveryState as S;
-            let before = vec![S::Pending, S::Sending, S::Sent, S::Read, S::Answered, S::Failed];
+            let before = vec![
+                S::Pending,
+                S::Sending,
+                S::Sent,
+                S::Read,
+                S::Answered,
+                S::Failed,
+            ];
             assert_eq!(states().await, before, "{name} {ev:?}: the starting states");
 
             let now = t0 + 70_000; // past the retry's time and the first claim's lease
@@ -1668,7 +1691,11 @@ async fn every_state_meets_every_event_as_the_transition_table_says() {
                         .claim_due_deliveries("simulator", now, Duration::from_secs(60), 10)
                         .await
                         .unwrap();
-                    assert_eq!(again.len(), 2, "{name}: the pending one and the lapsed claim");
+                    assert_eq!(
+                        again.len(),
+                        2,
+                        "{name}: the pending one and the lapsed claim"
+                    );
                 }
                 DeliveryEvent::Accepted => {
                     let all: Vec<_> = (0..6).map(sent).collect();
@@ -1698,7 +1725,13 @@ async fn every_state_meets_every_event_as_the_transition_table_says() {
                             } else {
                                 answer("safe")
                             };
-                            event(&format!("{tag}-{i}"), Some(rc.id), &d.chat_handle, kind, now)
+                            event(
+                                &format!("{tag}-{i}"),
+                                Some(rc.id),
+                                &d.chat_handle,
+                                kind,
+                                now,
+                            )
                         })
                         .collect();
                     store

@@ -198,7 +198,7 @@ async fn a_receipt_on_a_later_check_confirms_the_earlier_ones_in_the_room() {
     let contacts = crate::contacts::synthetic::generate(1, 1).contacts;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let (new, recipients) = crate::rollcall::plan(&scenario, &contacts, NAME, None, None);
+        let (new, recipients) = crate::rollcall::compose(&scenario, &contacts, NAME, None, None);
         ids.push(
             f.store
                 .create_roll_call(&new, &recipients, 0)
