@@ -2,18 +2,17 @@
 //! bot, and follows the bot's `/sync` stream for public read receipts (`m.read`), replies and
 //! reactions.
 //!
-//! State it keeps in the store's provider state (provider `matrix`):
-//! - `room:<user id>` -> the DM room id (written by `anpi matrix prepare`, read by every send);
-//! - `event:<event id>` -> the roll call a sent check belongs to (a cache: the check's own
-//!   content also carries `org.anpi.roll_call`, so a lost write costs a lookup, not a receipt);
-//! - `latest:<room id>` -> the newest check sent in that room, so that a receipt on any later
-//!   event (receipts only move forward) still confirms it. Each check also names the check
-//!   sent before it in the room (`prev`), so a receipt on a later check (an announcement after
-//!   a safety check, or two roll calls at once) confirms the earlier ones too;
-//! - `left:<user id>` -> set when `prepare` invited someone again after they left, so that a
-//!   send before they accept says they left;
-//! - `encrypted_rooms` -> the rooms found end-to-end encrypted (person -> room), for the
-//!   warning `anpi serve` gives at start.
+//! State it keeps in the store:
+//! - per person ([`crate::store::MatrixRoom`]): the DM room (written by `anpi matrix prepare`,
+//!   read by every send); whether `prepare` invited them again after they left, so that a send
+//!   before they accept says they left; the room found end-to-end encrypted, for the warning
+//!   `anpi serve` gives at start;
+//! - per sent check ([`crate::store::MatrixCheck`]): the roll call it belongs to (a cache: the
+//!   check's own content also carries `org.anpi.roll_call`, so a lost write costs a lookup, not
+//!   a receipt). The newest check sent in a room is what a receipt on any later event
+//!   (receipts only move forward) still confirms. Each check also names the check sent before
+//!   it in the room (`prev`), so a receipt on a later check (an announcement after a safety
+//!   check, or two roll calls at once) confirms the earlier ones too.
 //!
 //! Before each first send the person's membership of their room is read: someone not joined
 //! (never accepted, left, unknown user) is a permanent failure naming which, so they are on
@@ -42,7 +41,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Response, StatusCode, Url};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use unicode_normalization::UnicodeNormalization;
 
@@ -53,7 +52,7 @@ use super::{
 use crate::clock::SharedClock;
 use crate::config::{MatrixConfig, Secret};
 use crate::ids::{ChatHandle, RollCallId};
-use crate::store::{SharedStore, StoreError};
+use crate::store::{MatrixCheck, MatrixRoom, SharedStore, StoreError};
 
 /// The provider's name in config, contacts and storage.
 pub const NAME: &str = "matrix";
@@ -76,42 +75,33 @@ pub enum MatrixError {
 }
 
 /// What one check in a room is, as remembered for the receipts that come back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct CheckRecord {
     rc: i64,
     /// The person the check went to, when known.
-    #[serde(default)]
     to: Option<String>,
     /// The answer values in the order they were numbered in the text ("1" = values[0]).
-    #[serde(default)]
     values: Vec<String>,
     /// The homeserver's `origin_server_ts`, filled in the first time it is needed.
-    #[serde(default)]
     ts: Option<i64>,
     /// The check sent before this one in the same room, when there was one.
-    #[serde(default)]
     prev: Option<String>,
+}
+
+impl From<MatrixCheck> for CheckRecord {
+    fn from(c: MatrixCheck) -> Self {
+        Self {
+            rc: c.roll_call_id,
+            to: c.to,
+            values: c.values,
+            ts: c.origin_ts,
+            prev: c.prev,
+        }
+    }
 }
 
 /// How far back a receipt on a check also confirms the checks sent before it in the room.
 const EARLIER_CHECKS: usize = 8;
-
-fn room_key(user: &str) -> String {
-    format!("room:{user}")
-}
-fn event_key(event: &str) -> String {
-    format!("event:{event}")
-}
-fn latest_key(room: &str) -> String {
-    format!("latest:{room}")
-}
-/// Set when `prepare` invited someone again after they left: until they accept, a send says
-/// they left.
-fn left_key(user: &str) -> String {
-    format!("left:{user}")
-}
-/// The rooms known to be encrypted, as a JSON map person -> room.
-const ENCRYPTED_KEY: &str = "encrypted_rooms";
 
 /// Why a person's DM room does not reach them. The reason HQ reads names which case it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -266,23 +256,56 @@ impl MatrixProvider {
         u
     }
 
-    async fn get_state(&self, key: &str) -> Result<Option<String>, ProviderError> {
-        self.store
-            .provider_state(NAME, key)
-            .await
-            .map_err(store_error)
-    }
-
-    async fn set_state(&self, key: &str, value: &str) -> Result<(), ProviderError> {
-        self.store
-            .set_provider_state(NAME, key, value, self.clock.now_millis())
-            .await
-            .map_err(store_error)
+    /// What is known of `user`'s DM room.
+    async fn room_of(&self, user: &str) -> Result<Option<MatrixRoom>, ProviderError> {
+        self.store.matrix_room(user).await.map_err(store_error)
     }
 
     /// The DM room anpi uses for `user`, if `prepare` made one.
     pub async fn dm_room(&self, user: &ChatHandle) -> Result<Option<String>, ProviderError> {
-        self.get_state(&room_key(user.as_str())).await
+        Ok(self.room_of(user.as_str()).await?.and_then(|r| r.room_id))
+    }
+
+    /// The check `event` is, as recorded.
+    async fn stored_check(&self, event: &str) -> Result<Option<CheckRecord>, ProviderError> {
+        let check = self.store.matrix_check(event).await.map_err(store_error)?;
+        Ok(check.map(CheckRecord::from))
+    }
+
+    /// The newest check sent in `room`, and its event id.
+    async fn newest_check(
+        &self,
+        room: &str,
+    ) -> Result<Option<(String, CheckRecord)>, ProviderError> {
+        let check = self.store.newest_matrix_check(room).await;
+        Ok(check
+            .map_err(store_error)?
+            .map(|c| (c.event_id.clone(), CheckRecord::from(c))))
+    }
+
+    /// Records check `event` in `room`: sent now (`sent`), or learnt from the homeserver.
+    async fn record_check(
+        &self,
+        room: &str,
+        event: &str,
+        rec: &CheckRecord,
+        sent: bool,
+    ) -> Result<(), ProviderError> {
+        let check = MatrixCheck {
+            event_id: event.to_string(),
+            room_id: Some(room.to_string()),
+            roll_call_id: rec.rc,
+            to: rec.to.clone(),
+            values: rec.values.clone(),
+            origin_ts: rec.ts,
+            prev: rec.prev.clone(),
+            sent_at: sent.then(|| self.clock.now_millis()),
+        };
+        self.store
+            .record_matrix_check(&check)
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     /// Makes sure every one of `people` has a DM room that reaches them: creates a room (invite,
@@ -302,7 +325,7 @@ impl MatrixProvider {
     async fn prepare_all(&self, people: &[ChatHandle]) -> Result<PrepareReport, MatrixError> {
         let mut report = PrepareReport::default();
         let mut created = Vec::new();
-        let mut encrypted: HashMap<String, String> = HashMap::new();
+        let mut encrypted: Vec<(String, String)> = Vec::new();
         for person in people {
             let user = person.as_str();
             let room = match self.dm_room(person).await? {
@@ -319,7 +342,9 @@ impl MatrixProvider {
                         Some("join") => {}
                         Some("leave") => match self.invite(&room, user).await {
                             Ok(()) => {
-                                self.set_state(&left_key(user), "1").await?;
+                                self.store
+                                    .set_matrix_left(user, self.clock.now_millis())
+                                    .await?;
                                 report.reinvited.push(person.clone());
                                 report.unreachable.push((person.clone(), Unreachable::Left));
                             }
@@ -354,7 +379,9 @@ impl MatrixProvider {
                     }
                     match self.create_dm(person).await {
                         Ok(room) => {
-                            self.set_state(&room_key(user), &room).await?;
+                            self.store
+                                .set_matrix_room(user, &room, self.clock.now_millis())
+                                .await?;
                             created.push((user.to_string(), room.clone()));
                             report.created += 1;
                             report
@@ -370,16 +397,14 @@ impl MatrixProvider {
                 }
             };
             if self.is_encrypted(&room).await? {
-                encrypted.insert(user.to_string(), room.clone());
+                encrypted.push((user.to_string(), room.clone()));
                 report.encrypted.push((person.clone(), room));
             }
         }
         // What `anpi serve` warns about at start (see `startup_notes`).
-        self.set_state(
-            ENCRYPTED_KEY,
-            &serde_json::to_string(&encrypted).unwrap_or_default(),
-        )
-        .await?;
+        self.store
+            .replace_matrix_encrypted_rooms(&encrypted, self.clock.now_millis())
+            .await?;
         if !created.is_empty() {
             // Clients show a room as a direct chat when the bot's m.direct says so; a failure
             // here only changes how the room is listed.
@@ -493,7 +518,12 @@ impl MatrixProvider {
         Ok(match self.membership(room, user).await?.as_deref() {
             Some("join") => None,
             Some("leave") | Some("ban") => Some(Unreachable::Left),
-            Some("invite") if self.get_state(&left_key(user)).await?.is_some() => {
+            Some("invite")
+                if self
+                    .room_of(user)
+                    .await?
+                    .is_some_and(|r| r.left_at.is_some()) =>
+            {
                 Some(Unreachable::Left)
             }
             Some(_) if self.user_exists(user).await? => Some(Unreachable::NeverAccepted),
@@ -504,23 +534,18 @@ impl MatrixProvider {
 
     /// The rooms `prepare` (or the event feed) found encrypted, person -> room.
     pub async fn encrypted_rooms(&self) -> Result<HashMap<String, String>, ProviderError> {
-        Ok(self
-            .get_state(ENCRYPTED_KEY)
-            .await?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default())
+        let rooms = self.store.matrix_encrypted_rooms().await;
+        Ok(rooms.map_err(store_error)?.into_iter().collect())
     }
 
     /// Notes that `room` (of `user`) is encrypted, for the warning at start.
     async fn remember_encrypted(&self, user: &str, room: &str) -> Result<(), ProviderError> {
-        let mut rooms = self.encrypted_rooms().await?;
-        if rooms.get(user).map(String::as_str) != Some(room) {
-            rooms.insert(user.to_string(), room.to_string());
-            self.set_state(
-                ENCRYPTED_KEY,
-                &serde_json::to_string(&rooms).unwrap_or_default(),
-            )
-            .await?;
+        let known = self.room_of(user).await?.and_then(|r| r.encrypted_room);
+        if known.as_deref() != Some(room) {
+            self.store
+                .add_matrix_encrypted_room(user, room, self.clock.now_millis())
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
     }
@@ -623,10 +648,8 @@ impl MatrixProvider {
         room: &str,
         event: &str,
     ) -> Result<Option<CheckRecord>, ProviderError> {
-        if let Some(raw) = self.get_state(&event_key(event)).await? {
-            if let Ok(rec) = serde_json::from_str(&raw) {
-                return Ok(Some(rec));
-            }
+        if let Some(rec) = self.stored_check(event).await? {
+            return Ok(Some(rec));
         }
         // Not in the cache (the write after the send was lost): the check says what it is.
         let Some(ev) = self.fetch_event(room, event).await? else {
@@ -645,20 +668,13 @@ impl MatrixProvider {
             ts: ev["origin_server_ts"].as_i64(),
             prev: None,
         };
-        self.set_state(
-            &event_key(event),
-            &serde_json::to_string(&rec).unwrap_or_default(),
-        )
-        .await?;
+        self.record_check(room, event, &rec, false).await?;
         Ok(Some(rec))
     }
 
     /// The newest check sent in `room`, with its server timestamp.
     async fn latest_check(&self, room: &str) -> Result<Option<CheckRecord>, ProviderError> {
-        let Some(event) = self.get_state(&latest_key(room)).await? else {
-            return Ok(None);
-        };
-        let Some(mut rec) = self.check_of(room, &event).await? else {
+        let Some((event, mut rec)) = self.newest_check(room).await? else {
             return Ok(None);
         };
         if rec.ts.is_none() {
@@ -666,11 +682,12 @@ impl MatrixProvider {
                 return Ok(None);
             };
             rec.ts = ev["origin_server_ts"].as_i64();
-            self.set_state(
-                &event_key(&event),
-                &serde_json::to_string(&rec).unwrap_or_default(),
-            )
-            .await?;
+            if let Some(ts) = rec.ts {
+                self.store
+                    .set_matrix_check_ts(&event, ts)
+                    .await
+                    .map_err(store_error)?;
+            }
         }
         Ok(Some(rec))
     }
@@ -977,7 +994,7 @@ struct Events {
 fn store_error(e: StoreError) -> ProviderError {
     ProviderError::Retryable {
         after: None,
-        reason: format!("provider state: {e}"),
+        reason: format!("Matrix state in the store: {e}"),
     }
 }
 
@@ -1231,12 +1248,13 @@ impl ChatProvider for MatrixProvider {
             let written = async {
                 // A retried send the homeserver recognised (same transaction id) returns the
                 // event it already has: its record, and the room's order, stay as they are.
-                if self.get_state(&event_key(ev)).await?.is_some() {
+                if self.stored_check(ev).await?.is_some() {
                     return Ok(());
                 }
                 let prev = self
-                    .get_state(&latest_key(&room))
+                    .newest_check(&room)
                     .await?
+                    .map(|(event, _)| event)
                     .filter(|p| p != ev);
                 let rec = CheckRecord {
                     rc: msg.roll_call_id.0,
@@ -1245,9 +1263,7 @@ impl ChatProvider for MatrixProvider {
                     ts: None,
                     prev,
                 };
-                let json = serde_json::to_string(&rec).unwrap_or_default();
-                self.set_state(&event_key(ev), &json).await?;
-                self.set_state(&latest_key(&room), ev).await
+                self.record_check(&room, ev, &rec, true).await
             };
             if let Err(e) = written.await {
                 tracing::warn!(error = %e, "sent, but could not remember the check's event");
@@ -1399,7 +1415,7 @@ mod tests {
 
     async fn with_room(f: &Fixture) {
         f.store
-            .set_provider_state(NAME, "room:@s001:hs.test", "!dm:hs.test", 0)
+            .set_matrix_room("@s001:hs.test", "!dm:hs.test", 0)
             .await
             .unwrap();
     }
@@ -1438,20 +1454,15 @@ mod tests {
         assert!(text.contains("1 無事 / 2 負傷"), "{text}");
         assert!(text.contains("1 Safe / 2 Injured"), "{text}");
         // The check is remembered for the receipts that come back.
-        let rec = f
-            .store
-            .provider_state(NAME, "event:$ev1")
-            .await
-            .unwrap()
-            .unwrap();
-        let rec: CheckRecord = serde_json::from_str(&rec).unwrap();
-        assert_eq!(rec.rc, 7);
+        let rec = f.store.matrix_check("$ev1").await.unwrap().unwrap();
+        assert_eq!(rec.roll_call_id, 7);
         assert_eq!(rec.values, ["safe", "injured"]);
         assert_eq!(
             f.store
-                .provider_state(NAME, "latest:!dm:hs.test")
+                .newest_matrix_check("!dm:hs.test")
                 .await
                 .unwrap()
+                .map(|c| c.event_id)
                 .as_deref(),
             Some("$ev1")
         );
@@ -1574,10 +1585,7 @@ mod tests {
             ("@down:hs.test", "!down:hs.test"),
             ("@gone:hs.test", "!gone:hs.test"),
         ] {
-            f.store
-                .set_provider_state(NAME, &room_key(user), room, 0)
-                .await
-                .unwrap();
+            f.store.set_matrix_room(user, room, 0).await.unwrap();
         }
         msg.to = ChatHandle::parse("@busy:hs.test").unwrap();
         assert_eq!(
@@ -1646,26 +1654,17 @@ mod tests {
             );
         let f = fixture(app).await;
         with_room(&f).await;
-        let rec = CheckRecord {
-            rc: 7,
+        let rec = MatrixCheck {
+            event_id: "$check".into(),
+            room_id: Some("!dm:hs.test".into()),
+            roll_call_id: 7,
             to: Some("@s001:hs.test".into()),
             values: vec!["safe".into(), "injured".into()],
-            ts: Some(1_700_000_000_000),
+            origin_ts: Some(1_700_000_000_000),
             prev: None,
+            sent_at: Some(0),
         };
-        f.store
-            .set_provider_state(
-                NAME,
-                "event:$check",
-                &serde_json::to_string(&rec).unwrap(),
-                0,
-            )
-            .await
-            .unwrap();
-        f.store
-            .set_provider_state(NAME, "latest:!dm:hs.test", "$check", 0)
-            .await
-            .unwrap();
+        f.store.record_matrix_check(&rec).await.unwrap();
         let batch = f.provider.poll_events(None, Duration::ZERO).await.unwrap();
         assert_eq!(batch.cursor.as_deref(), Some("s2"));
         let mut got: Vec<(String, InboundKind)> = batch
@@ -1813,7 +1812,7 @@ mod tests {
         ] {
             let user = format!("@{who}:hs.test");
             f.store
-                .set_provider_state(NAME, &room_key(&user), &format!("!{who}:hs.test"), 0)
+                .set_matrix_room(&user, &format!("!{who}:hs.test"), 0)
                 .await
                 .unwrap();
             msg.to = ChatHandle::parse(&user).unwrap();
