@@ -124,12 +124,12 @@ pub fn estimate(n: usize, no_chat_id: usize, caps: &Capabilities) -> Estimate {
     let reachable = n.saturating_sub(no_chat_id);
     let (rate, basis) = match caps.rate_limit {
         Some(l) => (
-            // The token bucket sends at 90% of the limit after an initial 10% burst.
-            l.per_second() * 0.9,
+            crate::ratelimit::sustained_per_second(l),
             format!(
-                "platform limit {} requests per {}s (anpi uses 90%)",
+                "platform limit {} requests per {}s (anpi uses {:.0}%)",
                 l.requests,
-                l.per.as_secs()
+                l.per.as_secs(),
+                crate::ratelimit::SHARE * 100.0
             ),
         ),
         None => (

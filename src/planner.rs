@@ -209,8 +209,8 @@ impl Plan {
 pub fn seconds_for(requests: usize, limit: Option<RateLimit>) -> f64 {
     let secs = match limit {
         Some(l) => {
-            let burst = (l.requests as f64 * 0.1).floor().max(1.0);
-            (requests as f64 - burst).max(0.0) / (l.per_second() * 0.9).max(1e-9)
+            let burst = crate::ratelimit::burst(l);
+            (requests as f64 - burst).max(0.0) / crate::ratelimit::sustained_per_second(l).max(1e-9)
         }
         None => requests as f64 / 10_000.0,
     };

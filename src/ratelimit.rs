@@ -19,6 +19,21 @@ use crate::providers::RateLimit;
 /// applies again: the platform may have lifted its limit.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
 
+/// The share of a platform's limit anpi spends once its first burst is gone: the rest is
+/// headroom for the platform counting its window differently from anpi's clock.
+pub const SHARE: f64 = 0.9;
+
+/// The requests anpi may spend at once under `limit` (a tenth of it, at least one): the
+/// bucket's capacity.
+pub fn burst(limit: RateLimit) -> f64 {
+    (limit.requests as f64 * 0.1).floor().max(1.0)
+}
+
+/// Requests per second anpi sends at under `limit` after the burst ([`SHARE`] of it).
+pub fn sustained_per_second(limit: RateLimit) -> f64 {
+    limit.per_second() * SHARE
+}
+
 /// Where the platform's observed pace is kept (provider state), for estimates made by any
 /// process: `{"interval_ms": .., "at": ..}`.
 pub const OBSERVED_PACE_KEY: &str = "observed_pace";
@@ -81,12 +96,11 @@ struct Learned {
 
 impl TokenBucket {
     pub fn new(limit: RateLimit, clock: SharedClock) -> Self {
-        let per_ms = limit.requests as f64 / (limit.per.as_millis().max(1) as f64);
-        let capacity = (limit.requests as f64 * 0.1).floor().max(1.0);
+        let capacity = burst(limit);
         let now = clock.now_millis();
         Self {
             clock,
-            rate: Some(per_ms * 0.9),
+            rate: Some(sustained_per_second(limit) / 1000.0),
             capacity,
             state: Mutex::new(BucketState {
                 tokens: capacity,
@@ -118,7 +132,7 @@ impl TokenBucket {
     fn pace(&self, s: &BucketState) -> Option<(f64, f64)> {
         match (self.rate, s.learned) {
             (rate, Some(l)) => {
-                let learned = 0.9 / l.interval_ms.max(1) as f64;
+                let learned = SHARE / l.interval_ms.max(1) as f64;
                 Some((rate.map_or(learned, |r| r.min(learned)), 1.0))
             }
             (Some(r), None) => Some((r, self.capacity)),

@@ -60,19 +60,96 @@ impl DeliveryState {
         matches!(self, Self::Read | Self::Answered)
     }
 
-    /// The state after a read receipt. A read only moves forward; a read of a message whose
-    /// send was reported failed still proves the person saw it.
-    pub fn after_read(self) -> Self {
-        match self {
-            Self::Answered => Self::Answered,
-            _ => Self::Read,
-        }
+    /// The state after `event`, from [`TRANSITIONS`]: a pair the table does not list leaves
+    /// the state as it is.
+    pub fn after(self, event: DeliveryEvent) -> Self {
+        TRANSITIONS
+            .iter()
+            .find(|(from, e, _)| *from == self && *e == event)
+            .map_or(self, |(_, _, to)| *to)
     }
+}
 
-    /// The state after an answer (button, reply, sticker): always answered.
-    pub fn after_answer(self) -> Self {
-        Self::Answered
-    }
+/// What can happen to a delivery. Each is written by one store operation; the state it
+/// leaves is [`TRANSITIONS`]' (the store's SQL is built from that table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryEvent {
+    /// A dispatcher claims it to send: due and unsent, or an earlier claim's lease ran out.
+    Claimed,
+    /// The platform accepted the message.
+    Accepted,
+    /// A send failed in a way worth retrying (only while the claim that sent it holds).
+    Retried,
+    /// The platform refused for good, or retries ran out.
+    Refused,
+    /// A read receipt.
+    Read,
+    /// An answer: button, reply, sticker, reaction.
+    Answered,
+    /// HQ closed the roll call.
+    Closed,
+}
+
+impl DeliveryEvent {
+    pub const ALL: [DeliveryEvent; 7] = [
+        Self::Claimed,
+        Self::Accepted,
+        Self::Retried,
+        Self::Refused,
+        Self::Read,
+        Self::Answered,
+        Self::Closed,
+    ];
+}
+
+/// The delivery state machine, whole: `(from, event, to)`. Progress only moves forward,
+/// except `sending -> pending` when a send is retried (the message did not go out). A read
+/// of a message whose send was reported failed still proves the person saw it; an answer
+/// is the furthest state; closing fails what never went out. Anything not listed (a late
+/// "accepted" after a read, a read after an answer, ...) changes nothing.
+pub const TRANSITIONS: &[(DeliveryState, DeliveryEvent, DeliveryState)] = {
+    use DeliveryEvent as E;
+    use DeliveryState as S;
+    &[
+        (S::Pending, E::Claimed, S::Sending),
+        (S::Sending, E::Claimed, S::Sending),
+        (S::Sending, E::Accepted, S::Sent),
+        (S::Sending, E::Retried, S::Pending),
+        (S::Sending, E::Refused, S::Failed),
+        (S::Pending, E::Read, S::Read),
+        (S::Sending, E::Read, S::Read),
+        (S::Sent, E::Read, S::Read),
+        (S::Failed, E::Read, S::Read),
+        (S::Pending, E::Answered, S::Answered),
+        (S::Sending, E::Answered, S::Answered),
+        (S::Sent, E::Answered, S::Answered),
+        (S::Read, E::Answered, S::Answered),
+        (S::Failed, E::Answered, S::Answered),
+        (S::Pending, E::Closed, S::Failed),
+        (S::Sending, E::Closed, S::Failed),
+    ]
+};
+
+/// The states `event` moves (changes or, for a claim taken over, renews), as an SQL list:
+/// `('pending', 'sending')`.
+pub fn states_moved_sql(event: DeliveryEvent) -> String {
+    let states: Vec<String> = TRANSITIONS
+        .iter()
+        .filter(|(_, e, _)| *e == event)
+        .map(|(from, _, _)| format!("'{from}'"))
+        .collect();
+    format!("({})", states.join(", "))
+}
+
+/// The new state after `event` as an SQL expression over the state column `column`:
+/// `CASE column WHEN 'sending' THEN 'sent' ... ELSE column END`.
+pub fn state_after_sql(event: DeliveryEvent, column: &str) -> String {
+    let arms: String = TRANSITIONS
+        .iter()
+        .filter(|(from, e, to)| *e == event && from != to)
+        .map(|(from, _, to)| format!(" WHEN '{from}' THEN '{to}'"))
+        .collect();
+    format!("CASE {column}{arms} ELSE {column} END")
 }
 
 impl fmt::Display for DeliveryState {
@@ -749,7 +826,7 @@ mod tests {
     proptest! {
         #[test]
         fn a_read_never_lowers_the_state(s in state()) {
-            let after = s.after_read();
+            let after = s.after(DeliveryEvent::Read);
             prop_assert!(after.is_confirmed());
             if s == DeliveryState::Answered { prop_assert_eq!(after, DeliveryState::Answered); }
         }
@@ -757,13 +834,59 @@ mod tests {
         #[test]
         fn receipts_in_any_order_end_in_the_same_state(events in prop::collection::vec(any::<bool>(), 1..20)) {
             // true = answer, false = read
-            let fold = |evs: &[bool]| evs.iter().fold(DeliveryState::Sent, |s, &ans| if ans { s.after_answer() } else { s.after_read() });
+            let fold = |evs: &[bool]| evs.iter().fold(DeliveryState::Sent, |s, &ans| s.after(if ans { DeliveryEvent::Answered } else { DeliveryEvent::Read }));
             let mut rev = events.clone();
             rev.reverse();
             prop_assert_eq!(fold(&events), fold(&rev));
             let any_answer = events.iter().any(|a| *a);
             prop_assert_eq!(fold(&events) == DeliveryState::Answered, any_answer);
         }
+    }
+
+    #[test]
+    fn the_state_machine_only_moves_forward_but_for_a_retry() {
+        for (from, event, to) in TRANSITIONS {
+            // Failed sorts last but is not "further" than read: a read of a message whose send
+            // was reported failed still proves the person saw it.
+            let back = to < from && !(*from == DeliveryState::Failed && to.is_confirmed());
+            assert!(
+                !back || (*from, *event, *to)
+                    == (DeliveryState::Sending, DeliveryEvent::Retried, DeliveryState::Pending),
+                "{from} -{event:?}-> {to} goes back"
+            );
+        }
+        // Each (from, event) pair is listed at most once.
+        for (i, (f, e, _)) in TRANSITIONS.iter().enumerate() {
+            assert!(!TRANSITIONS[i + 1..].iter().any(|(f2, e2, _)| f2 == f && e2 == e));
+        }
+        // Confirmed stays confirmed; failed is final but for a read or an answer.
+        for s in DeliveryState::ALL {
+            for e in DeliveryEvent::ALL {
+                if s.is_confirmed() {
+                    assert!(s.after(e).is_confirmed(), "{s} -{e:?}");
+                }
+                if s == DeliveryState::Failed && !matches!(e, DeliveryEvent::Read | DeliveryEvent::Answered) {
+                    assert_eq!(s.after(e), s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_sql_is_the_table() {
+        assert_eq!(
+            state_after_sql(DeliveryEvent::Accepted, "d.state"),
+            "CASE d.state WHEN 'sending' THEN 'sent' ELSE d.state END"
+        );
+        assert_eq!(
+            states_moved_sql(DeliveryEvent::Closed),
+            "('pending', 'sending')"
+        );
+        assert_eq!(
+            state_after_sql(DeliveryEvent::Read, "state"),
+            "CASE state WHEN 'pending' THEN 'read' WHEN 'sending' THEN 'read' \
+             WHEN 'sent' THEN 'read' WHEN 'failed' THEN 'read' ELSE state END"
+        );
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! answer, an escalation, a late read, a claim, an outcome, a note), so the page refetches
 //! the list only then.
 //! The first event of a stream holds the whole status; later ones only the parts that changed
-//! (`status.roll_call` when it did, and the changed keys of `status.progress`).
+//! (`status.roll_call` when it did, and the changed keys of `status.progress`; of a part that
+//! is an object, such as `by_shelter` or `overall`, only its changed keys, a key gone as
+//! `null`: no count is ever null).
 //!
 //! However many pages watch a roll call, its view is computed once ([`Live`]): one task per
 //! watched roll call reads the shared progress every tick (and at once after an escalation),
 //! and the call list's version only when the counts the list shows moved (escalated, to call,
 //! reached ...), a call was recorded through this process, or a couple of seconds have passed
-//! with anyone on the list; every stream of that roll call is handed the same result.
+//! with anyone on the list; every stream of that roll call is handed the same result, and the
+//! same serialized change from the view before (computed once, not once per stream).
 //!
 //! The token may come as `?token=`: the browser's `EventSource` cannot set an Authorization
 //! header. anpi logs no request URIs, so the token stays out of its logs; a reverse proxy in
@@ -52,11 +55,46 @@ pub fn router() -> Router<ApiState> {
 }
 
 /// What every stream of one roll call is shown.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct View {
     /// `{"roll_call": ..., "progress": ...}`, as `GET /api/rollcalls/{id}` gives it.
     status: Value,
     calls_version: String,
+    /// Counts the views of this roll call's task; a view follows the one numbered one less.
+    seq: u64,
+    /// The event data from the view before to this one, for every stream that sent that one.
+    delta: Option<Arc<str>>,
+    /// The whole view as event data, made when a new stream first needs it.
+    full: std::sync::OnceLock<Arc<str>>,
+}
+
+impl View {
+    fn new(status: Value, calls_version: String) -> Self {
+        Self {
+            status,
+            calls_version,
+            seq: 0,
+            delta: None,
+            full: Default::default(),
+        }
+    }
+
+    fn same(&self, other: &View) -> bool {
+        self.status == other.status && self.calls_version == other.calls_version
+    }
+
+    /// The event data for a stream whose last event showed `last`.
+    fn data_after(&self, last: Option<&View>) -> Arc<str> {
+        match (last, &self.delta) {
+            (None, _) => self
+                .full
+                .get_or_init(|| changes(None, self).to_string().into())
+                .clone(),
+            (Some(l), Some(delta)) if l.seq + 1 == self.seq => delta.clone(),
+            // A stream that fell behind by more than one view: its own difference.
+            (Some(l), _) => changes(Some(l), self).to_string().into(),
+        }
+    }
 }
 
 type Feed = watch::Receiver<Option<Arc<View>>>;
@@ -103,9 +141,13 @@ async fn produce(s: ApiState, id: RollCallId, tx: watch::Sender<Option<Arc<View>
         tokio::pin!(escalated);
         escalated.as_mut().enable();
         match view(&s, id, &mut calls).await {
-            Ok(Some(v)) => {
-                let same = tx.borrow().as_deref() == Some(&v);
-                if !same {
+            Ok(Some(mut v)) => {
+                let before = tx.borrow().clone();
+                if !before.as_deref().is_some_and(|b| b.same(&v)) {
+                    if let Some(b) = &before {
+                        v.seq = b.seq + 1;
+                        v.delta = Some(changes(Some(b), &v).to_string().into());
+                    }
                     tx.send_replace(Some(Arc::new(v)));
                 }
             }
@@ -203,10 +245,7 @@ async fn view(
         .as_ref()
         .map(|c| c.version.clone())
         .unwrap_or_default();
-    Ok(Some(View {
-        status,
-        calls_version,
-    }))
+    Ok(Some(View::new(status, calls_version)))
 }
 
 /// What changed from `old` to `new`: `roll_call` when it did, and the changed keys of
@@ -222,8 +261,22 @@ fn changes(old: Option<&View>, new: &View) -> Value {
     let mut progress = Map::new();
     if let Some(fields) = new.status["progress"].as_object() {
         for (k, v) in fields {
-            if old.status["progress"].get(k) != Some(v) {
-                progress.insert(k.clone(), v.clone());
+            match (old.status["progress"].get(k), v) {
+                (Some(o), _) if o == v => {}
+                (Some(Value::Object(o)), Value::Object(n)) => {
+                    let mut inner: Map<String, Value> = n
+                        .iter()
+                        .filter(|(ik, iv)| o.get(*ik) != Some(*iv))
+                        .map(|(ik, iv)| (ik.clone(), iv.clone()))
+                        .collect();
+                    for gone in o.keys().filter(|ik| !n.contains_key(*ik)) {
+                        inner.insert(gone.clone(), Value::Null);
+                    }
+                    progress.insert(k.clone(), Value::Object(inner));
+                }
+                _ => {
+                    progress.insert(k.clone(), v.clone());
+                }
             }
         }
     }
@@ -266,8 +319,8 @@ async fn stream(
                 if let Some(v) =
                     current.filter(|v| last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, v)))
                 {
-                    let data = changes(last.as_deref(), &v).to_string();
-                    let event = Event::default().event("progress").data(data);
+                    let data = v.data_after(last.as_deref());
+                    let event = Event::default().event("progress").data(&*data);
                     return Some((Ok(event), (feed, Some(v), shutdown)));
                 }
                 tokio::select! {
@@ -286,11 +339,12 @@ mod tests {
 
     #[test]
     fn after_the_first_event_only_what_changed_is_sent() {
-        let a = View {
-            status: json!({"roll_call": {"id": 1, "state": "open"},
-                           "progress": {"overall": {"read": 1}, "by_shelter": {"x": 1}}}),
-            calls_version: "a".into(),
-        };
+        let a = View::new(
+            json!({"roll_call": {"id": 1, "state": "open"},
+                   "progress": {"overall": {"read": 1, "sent": 5}, "by_shelter": {"x": 1, "y": 2},
+                                "next_deadline_at": 7}}),
+            "a".into(),
+        );
         let full = changes(None, &a);
         assert_eq!(full["status"], a.status);
         let mut b = a.clone();
@@ -305,5 +359,30 @@ mod tests {
         let d = changes(Some(&b), &c);
         assert_eq!(d["status"]["roll_call"]["state"], "closed");
         assert!(d["status"].get("progress").is_none());
+        // Of an object, only its changed keys; a key gone is null; a scalar whole.
+        let mut e = c.clone();
+        e.status["progress"]["by_shelter"] = json!({"x": 3, "z": 1});
+        e.status["progress"]["next_deadline_at"] = Value::Null;
+        let d = changes(Some(&c), &e);
+        assert_eq!(
+            d["status"]["progress"],
+            json!({"by_shelter": {"x": 3, "y": null, "z": 1}, "next_deadline_at": null})
+        );
+    }
+
+    #[test]
+    fn a_stream_one_view_behind_gets_the_shared_change_and_one_further_behind_its_own() {
+        let mut views = vec![View::new(json!({"progress": {"overall": {"read": 0}}}), "a".into())];
+        for n in 1..3 {
+            let mut v = View::new(json!({"progress": {"overall": {"read": n}}}), "a".into());
+            v.seq = views[n - 1].seq + 1;
+            v.delta = Some("shared".into());
+            views.push(v);
+        }
+        assert_eq!(&*views[2].data_after(Some(&views[1])), "shared");
+        let own: Value = serde_json::from_str(&views[2].data_after(Some(&views[0]))).unwrap();
+        assert_eq!(own["status"]["progress"]["overall"]["read"], 2);
+        let full: Value = serde_json::from_str(&views[2].data_after(None)).unwrap();
+        assert_eq!(full["full"], true);
     }
 }

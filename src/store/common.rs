@@ -162,7 +162,7 @@ macro_rules! store_impl {
                     }
                     return Ok(false);
                 }
-                sqlx::query(shared::FAIL_UNSENT_AT_CLOSE)
+                sqlx::query(&shared::fail_unsent_at_close_sql())
                     .bind(id.0)
                     .execute(&mut *tx)
                     .await?;

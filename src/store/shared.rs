@@ -26,7 +26,7 @@ use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::{InboundEvent, InboundKind};
 use crate::rollcall::{
     CallListEntry, CallOutcome, ClaimedDelivery, Counts, DeliveryState, EscalationReason,
-    GivenAnswer, Note, Progress, RollCall, RollCallState, SendResult,
+    GivenAnswer, Note, Progress, RollCall, RollCallState, SendResult, DeliveryEvent, state_after_sql, states_moved_sql,
 };
 
 /// Which SQL dialect a statement is written for.
@@ -172,9 +172,15 @@ pub(super) const CLOSE_ROLL_CALL: &str =
 
 /// At roll call `$1`'s close, what has not gone out by now never will: it must not sit in the
 /// queue.
-pub(super) const FAIL_UNSENT_AT_CLOSE: &str = "UPDATE deliveries SET state = 'failed', \
-    lease_until = NULL, last_error = 'roll call closed before this was sent' \
-    WHERE roll_call_id = $1 AND state IN ('pending', 'sending')";
+pub(super) fn fail_unsent_at_close_sql() -> String {
+    format!(
+        "UPDATE deliveries SET state = {}, \
+           lease_until = NULL, last_error = 'roll call closed before this was sent' \
+         WHERE roll_call_id = $1 AND state IN {}",
+        state_after_sql(DeliveryEvent::Closed, "state"),
+        states_moved_sql(DeliveryEvent::Closed)
+    )
+}
 
 /// At roll call `$1`'s close, urgent answers HQ has not closed are carried to the late
 /// answers, so closing the roll call never takes someone who asked for help off HQ's list.
@@ -593,6 +599,8 @@ impl EventStatements {
         );
         // `$1` and `$2` appear in every statement so both backends bind the same parameters.
         let newer = "(d.answer_at IS NULL OR j.la >= d.answer_at)";
+        let read_state = state_after_sql(DeliveryEvent::Read, "d.state");
+        let answer_state = state_after_sql(DeliveryEvent::Answered, "d.state");
         let graver =
             "(j.sl > d.level OR (j.sl = d.level AND (d.level_at IS NULL OR j.sa < d.level_at)))";
         Self {
@@ -604,7 +612,7 @@ impl EventStatements {
             ),
             reads: format!(
                 "{reads} UPDATE deliveries AS d SET \
-                   state = CASE WHEN d.state = 'answered' THEN 'answered' ELSE 'read' END, \
+                   state = {read_state}, \
                    read_at = CASE WHEN d.read_at IS NULL OR j.r < d.read_at THEN j.r \
                                   ELSE d.read_at END \
                  FROM j \
@@ -613,7 +621,7 @@ impl EventStatements {
                         OR j.r < d.read_at)"
             ),
             answers: format!(
-                "{answers} UPDATE deliveries AS d SET state = 'answered', \
+                "{answers} UPDATE deliveries AS d SET state = {answer_state}, \
                    answered_at = CASE WHEN d.answered_at IS NULL OR j.a < d.answered_at \
                                       THEN j.a ELSE d.answered_at END, \
                    answer = CASE WHEN {newer} THEN j.lv ELSE d.answer END, \
@@ -1741,7 +1749,9 @@ where
 // ---- Sending: claims, results, renewals -------------------------------------------------
 
 /// Claims provider `$2`'s due deliveries at `$3`, at most `$4`, until `$1`: expired leases
-/// first (a crashed worker's batch), then due pending rows. Returns `id, roll_call_id,
+/// first (a crashed worker's batch), then due pending rows. The states are written out here
+/// (each part is one index range); the contract suite checks them against
+/// [`TRANSITIONS`](crate::rollcall::TRANSITIONS). Returns `id, roll_call_id,
 /// chat_handle, attempts, kind`.
 pub(super) fn claim_due_sql(d: Dialect) -> &'static str {
     match d {
@@ -1873,7 +1883,7 @@ pub(super) fn record_sent_sql(d: Dialect) -> String {
     );
     format!(
         "UPDATE deliveries AS d SET \
-           state = CASE WHEN d.state = 'sending' THEN 'sent' ELSE d.state END, \
+           state = {state}, \
            sent_at = COALESCE(d.sent_at, j.at), \
            deadline_at = COALESCE(d.deadline_at, j.dl), \
            message_id = COALESCE(j.mid, d.message_id), \
@@ -1881,7 +1891,8 @@ pub(super) fn record_sent_sql(d: Dialect) -> String {
            resend_at = COALESCE(d.resend_at, j.at + \
              (SELECT r.resend_after_ms FROM roll_calls r WHERE r.id = d.roll_call_id)) \
          FROM {j} \
-         WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')"
+         WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')",
+        state = state_after_sql(DeliveryEvent::Accepted, "d.state")
     )
 }
 
@@ -1898,10 +1909,12 @@ pub(super) fn record_retry_sql(d: Dialect) -> String {
         ],
     );
     format!(
-        "UPDATE deliveries AS d SET state = 'pending', next_attempt_at = j.next, \
+        "UPDATE deliveries AS d SET state = {state}, next_attempt_at = j.next, \
            last_error = j.err, lease_until = NULL, attempts = d.attempts - j.refund \
          FROM {j} \
-         WHERE d.id = j.id AND d.state = 'sending' AND d.lease_until = j.lease"
+         WHERE d.id = j.id AND d.state IN {from} AND d.lease_until = j.lease",
+        state = state_after_sql(DeliveryEvent::Retried, "d.state"),
+        from = states_moved_sql(DeliveryEvent::Retried)
     )
 }
 
@@ -1909,11 +1922,13 @@ pub(super) fn record_retry_sql(d: Dialect) -> String {
 pub(super) fn record_failed_sql(d: Dialect) -> String {
     let (j, now) = d.table(1, &[("id", "bigint"), ("err", "text")]);
     format!(
-        "UPDATE deliveries AS d SET state = 'failed', last_error = j.err, lease_until = NULL, \
+        "UPDATE deliveries AS d SET state = {state}, last_error = j.err, lease_until = NULL, \
            escalated_at = COALESCE(d.escalated_at, ${now}), \
            escalation_reason = COALESCE(d.escalation_reason, 'send_failed') \
          FROM {j} \
-         WHERE d.id = j.id AND d.state = 'sending'"
+         WHERE d.id = j.id AND d.state IN {from}",
+        state = state_after_sql(DeliveryEvent::Refused, "d.state"),
+        from = states_moved_sql(DeliveryEvent::Refused)
     )
 }
 

@@ -1586,6 +1586,139 @@ async fn a_roll_call_is_written_with_its_plans_and_older_databases_keep_theirs()
     }
 }
 
+/// Every delivery state meets every event, on every backend, and ends where the one table
+/// of transitions (`rollcall::TRANSITIONS`) says.
+#[tokio::test]
+async fn every_state_meets_every_event_as_the_transition_table_says() {
+    use anpi::rollcall::{DeliveryEvent, DeliveryState};
+    for (name, store, _db) in backends().await {
+        let contacts = synthetic::generate(6, 1).contacts;
+        for (k, ev) in DeliveryEvent::ALL.into_iter().enumerate() {
+            let t0 = 1_000_000 * (k as i64 + 1);
+            let rc = seeded(&store, 6, None).await;
+            let c = store
+                .claim_due_deliveries("simulator", t0, Duration::from_secs(60), 6)
+                .await
+                .unwrap();
+            assert_eq!(c.len(), 6, "{name} {ev:?}: the earlier roll calls left nothing due");
+            let sent = |i: usize| SendResult::Sent {
+                id: c[i].id,
+                at: t0 + 100,
+                deadline_at: t0 + 300_100,
+                message_id: None,
+            };
+            let retry = |i: usize, lease: i64| SendResult::Retry {
+                id: c[i].id,
+                next_attempt_at: t0 + 10_000,
+                error: "503".into(),
+                refund_attempt: false,
+                lease_until: lease,
+            };
+            // One delivery in each state: pending, sending, sent, read, answered, failed.
+            store
+                .record_send_results(
+                    &[
+                        retry(0, c[0].lease_until),
+                        sent(2),
+                        sent(3),
+                        sent(4),
+                        SendResult::Failed {
+                            id: c[5].id,
+                            error: "unknown user".into(),
+                        },
+                    ],
+                    t0 + 100,
+                )
+                .await
+                .unwrap();
+            let tag = format!("{ev:?}");
+            store
+                .apply_events(
+                    "simulator",
+                    &[
+                        event(&format!("{tag}-r3"), Some(rc.id), &c[3].chat_handle, InboundKind::Read, t0 + 150),
+                        event(&format!("{tag}-a4"), Some(rc.id), &c[4].chat_handle, answer("safe"), t0 + 150),
+                    ],
+                    None,
+                    t0 + 200,
+                )
+                .await
+                .unwrap();
+            let states = || async {
+                let all = store.recipients(rc.id).await.unwrap();
+                c.iter()
+                    .map(|d| {
+                        let staff = &contacts
+                            .iter()
+                            .find(|x| x.chat.get("simulator") == Some(&d.chat_handle))
+                            .unwrap()
+                            .id;
+                        all.iter().find(|r| &r.staff_id == staff).unwrap().state
+                    })
+                    .collect::<Vec<_>>()
+            };
+            use DeliveryState as S;
+            let before = vec![S::Pending, S::Sending, S::Sent, S::Read, S::Answered, S::Failed];
+            assert_eq!(states().await, before, "{name} {ev:?}: the starting states");
+
+            let now = t0 + 70_000; // past the retry's time and the first claim's lease
+            match ev {
+                DeliveryEvent::Claimed => {
+                    let again = store
+                        .claim_due_deliveries("simulator", now, Duration::from_secs(60), 10)
+                        .await
+                        .unwrap();
+                    assert_eq!(again.len(), 2, "{name}: the pending one and the lapsed claim");
+                }
+                DeliveryEvent::Accepted => {
+                    let all: Vec<_> = (0..6).map(sent).collect();
+                    store.record_send_results(&all, now).await.unwrap();
+                }
+                DeliveryEvent::Retried => {
+                    let all: Vec<_> = (0..6).map(|i| retry(i, c[1].lease_until)).collect();
+                    store.record_send_results(&all, now).await.unwrap();
+                }
+                DeliveryEvent::Refused => {
+                    let all: Vec<_> = c
+                        .iter()
+                        .map(|d| SendResult::Failed {
+                            id: d.id,
+                            error: "refused".into(),
+                        })
+                        .collect();
+                    store.record_send_results(&all, now).await.unwrap();
+                }
+                DeliveryEvent::Read | DeliveryEvent::Answered => {
+                    let evs: Vec<_> = c
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            let kind = if ev == DeliveryEvent::Read {
+                                InboundKind::Read
+                            } else {
+                                answer("safe")
+                            };
+                            event(&format!("{tag}-{i}"), Some(rc.id), &d.chat_handle, kind, now)
+                        })
+                        .collect();
+                    store
+                        .apply_events("simulator", &evs, None, now)
+                        .await
+                        .unwrap();
+                }
+                DeliveryEvent::Closed => {
+                    assert!(store.close_roll_call(rc.id, now).await.unwrap());
+                }
+            }
+            let want: Vec<_> = before.iter().map(|s| s.after(ev)).collect();
+            assert_eq!(states().await, want, "{name} {ev:?}: as the table says");
+            if ev != DeliveryEvent::Closed {
+                store.close_roll_call(rc.id, now).await.unwrap();
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_broadcast_is_recorded_once_and_its_first_record_stays() {
     use anpi::store::Broadcast;

@@ -367,7 +367,7 @@ function watch(id) {
     // The first event holds the whole status, later ones only what changed.
     S.status = d.full || !S.status ? d.status : {
       roll_call: d.status.roll_call || S.status.roll_call,
-      progress: Object.assign({}, S.status.progress, d.status.progress || {}),
+      progress: mergeProgress(S.status.progress, d.status.progress || {}),
     };
     renderStatus(S.status);
     if (d.calls_version !== S.callsVersion) {
@@ -377,6 +377,23 @@ function watch(id) {
     }
   });
   src.onerror = () => { $("live").textContent = t("live_off"); };
+}
+
+// A change to the progress: a part that is an object (overall, by_department, by_shelter,
+// answers) comes as its changed keys only, a key gone as null; anything else whole.
+function mergeProgress(old, change) {
+  const out = Object.assign({}, old);
+  for (const [k, v] of Object.entries(change)) {
+    const was = out[k];
+    if (v && typeof v === "object" && was && typeof was === "object") {
+      const merged = Object.assign({}, was, v);
+      for (const [ik, iv] of Object.entries(v)) if (iv === null) delete merged[ik];
+      out[k] = merged;
+    } else {
+      out[k] = v;
+    }
+  }
+  return out;
 }
 
 function countRow(name, c, shelter) {
