@@ -25,7 +25,9 @@
 //! Workers (each a loop over the store, safe to run on several replicas):
 //! - [`hq`]: what HQ does (start, status, close, call list, outcomes), for every interface.
 //! - [`progress`]: roll-call progress computed once per change or short tick, shared by readers.
-//! - [`dispatch`]: the outbox worker that claims and sends deliveries.
+//! - [`dispatch`]: the outbox worker that claims and sends deliveries (1:1; board posts and
+//!   department rooms in `dispatch::broadcast`, the buttons after a board post in
+//!   `dispatch::follow_up`).
 //! - [`receipts`]: read receipts and answers from providers into delivery state.
 //! - [`escalation`]: the deadline worker that puts the unread on the call list.
 //! - [`resend`]: the chat message once more to the unread (`resend_after`).

@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info_span, warn, Instrument};
 
 use crate::clock::{Millis, SharedClock};
-use crate::dispatch::{broadcast_key, DoneBroadcast};
 use crate::metrics::Metrics;
 use crate::providers::{ChatProvider, InboundEvent, ProviderError, RouteKind};
 use crate::rollcall::RollCallState;
@@ -169,13 +168,10 @@ impl ReceiptWatcher {
             if rc.state != RollCallState::Open {
                 continue;
             }
-            let stored = self
-                .store
-                .provider_state(name, &broadcast_key(rc.id))
-                .await?;
-            if let Some(b) = stored.as_deref().and_then(DoneBroadcast::parse) {
+            let stored = self.store.broadcast_done(rc.id, name, None).await?;
+            if let Some(b) = stored {
                 if let Some(post) = &b.post_id {
-                    self.provider.follow_broadcast(rc.id, post, b.at);
+                    self.provider.follow_broadcast(rc.id, post, b.posted_at);
                 }
             }
         }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{broadcast_key, Dispatcher, DoneBroadcast};
+use super::Dispatcher;
 use crate::clock::Millis;
 use crate::ids::RollCallId;
 use crate::planner::{self, ButtonsPlan};
@@ -150,10 +150,8 @@ impl Dispatcher {
             }
             let posted = self
                 .store
-                .provider_state(name, &broadcast_key(rc.id))
+                .broadcast_done(rc.id, name, None)
                 .await?
-                .as_deref()
-                .and_then(DoneBroadcast::parse)
                 .is_some();
             if !posted {
                 continue;

@@ -745,6 +745,202 @@ macro_rules! store_impl {
                 Ok(())
             }
 
+            async fn broadcast_done(
+                &self,
+                roll_call: $crate::ids::RollCallId,
+                provider: &str,
+                group: Option<&str>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::Broadcast>> {
+                let row: Option<(i64, Option<String>)> =
+                    sqlx::query_as(super::shared::BROADCAST_SQL)
+                        .bind(roll_call.0)
+                        .bind(provider)
+                        .bind(super::shared::group_key(group))
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map(|(posted_at, post_id)| $crate::store::Broadcast { posted_at, post_id }))
+            }
+
+            async fn record_broadcast(
+                &self,
+                roll_call: $crate::ids::RollCallId,
+                provider: &str,
+                group: Option<&str>,
+                done: &$crate::store::Broadcast,
+            ) -> $crate::store::StoreResult<bool> {
+                let _w = self.write_lock().await;
+                let n = sqlx::query(super::shared::RECORD_BROADCAST_SQL)
+                    .bind(roll_call.0)
+                    .bind(provider)
+                    .bind(super::shared::group_key(group))
+                    .bind(done.posted_at)
+                    .bind(done.post_id.as_deref())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(n > 0)
+            }
+
+            async fn matrix_room(
+                &self,
+                user: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::MatrixRoom>> {
+                let row: Option<(Option<String>, Option<i64>, Option<String>)> =
+                    sqlx::query_as(super::shared::MATRIX_ROOM_SQL)
+                        .bind(user)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map(
+                    |(room_id, left_at, encrypted_room)| $crate::store::MatrixRoom {
+                        room_id,
+                        left_at,
+                        encrypted_room,
+                    },
+                ))
+            }
+
+            async fn set_matrix_room(
+                &self,
+                user: &str,
+                room: &str,
+                now: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<()> {
+                let _w = self.write_lock().await;
+                sqlx::query(super::shared::SET_MATRIX_ROOM_SQL)
+                    .bind(user)
+                    .bind(room)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn set_matrix_left(
+                &self,
+                user: &str,
+                now: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<()> {
+                let _w = self.write_lock().await;
+                sqlx::query(super::shared::SET_MATRIX_LEFT_SQL)
+                    .bind(user)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn matrix_encrypted_rooms(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<(String, String)>> {
+                Ok(sqlx::query_as(super::shared::MATRIX_ENCRYPTED_SQL)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn replace_matrix_encrypted_rooms(
+                &self,
+                rooms: &[(String, String)],
+                now: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<()> {
+                let _w = self.write_lock().await;
+                self.retrying(|| async {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(super::shared::CLEAR_MATRIX_ENCRYPTED_SQL)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    for (user, room) in rooms {
+                        sqlx::query(super::shared::SET_MATRIX_ENCRYPTED_SQL)
+                            .bind(user)
+                            .bind(room)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+                .await
+            }
+
+            async fn add_matrix_encrypted_room(
+                &self,
+                user: &str,
+                room: &str,
+                now: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<()> {
+                let _w = self.write_lock().await;
+                sqlx::query(super::shared::SET_MATRIX_ENCRYPTED_SQL)
+                    .bind(user)
+                    .bind(room)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn matrix_check(
+                &self,
+                event_id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::MatrixCheck>> {
+                let row = sqlx::query(&super::shared::matrix_check_sql())
+                    .bind(event_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref()
+                    .map(super::shared::matrix_check_from_row)
+                    .transpose()
+            }
+
+            async fn newest_matrix_check(
+                &self,
+                room: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::MatrixCheck>> {
+                let row = sqlx::query(&super::shared::newest_matrix_check_sql())
+                    .bind(room)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref()
+                    .map(super::shared::matrix_check_from_row)
+                    .transpose()
+            }
+
+            async fn record_matrix_check(
+                &self,
+                check: &$crate::store::MatrixCheck,
+            ) -> $crate::store::StoreResult<bool> {
+                let values = serde_json::to_string(&check.values)
+                    .map_err(|e| super::shared::corrupt("a check's answer values", e))?;
+                let _w = self.write_lock().await;
+                let n = sqlx::query(&super::shared::record_matrix_check_sql())
+                    .bind(&check.event_id)
+                    .bind(check.room_id.as_deref())
+                    .bind(check.roll_call_id)
+                    .bind(check.to.as_deref())
+                    .bind(values)
+                    .bind(check.origin_ts)
+                    .bind(check.prev.as_deref())
+                    .bind(check.sent_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(n > 0)
+            }
+
+            async fn set_matrix_check_ts(
+                &self,
+                event_id: &str,
+                ts: i64,
+            ) -> $crate::store::StoreResult<()> {
+                let _w = self.write_lock().await;
+                sqlx::query(super::shared::SET_MATRIX_CHECK_TS_SQL)
+                    .bind(event_id)
+                    .bind(ts)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn try_lease(
                 &self,
                 name: &str,

@@ -178,6 +178,51 @@ impl ChatRecipient {
     }
 }
 
+/// A broadcast that went out: a roll call's board post, or its message to one department
+/// room. Recorded before the deliveries it covers, so they are recorded again after a crash
+/// without posting twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    /// When it went out (the deliveries it covers count as sent then).
+    pub posted_at: Millis,
+    /// The platform's id for it (a board post's id, whose reads are followed).
+    pub post_id: Option<String>,
+}
+
+/// What anpi knows of a Matrix user's DM room with the bot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MatrixRoom {
+    /// The DM room `anpi matrix prepare` made; `None` when only the fields below are known.
+    pub room_id: Option<String>,
+    /// When `prepare` invited them again after they left: until they accept, a send says
+    /// they left.
+    pub left_at: Option<Millis>,
+    /// The room found end-to-end encrypted, if one was.
+    pub encrypted_room: Option<String>,
+}
+
+/// A check anpi sent in a Matrix room, as remembered for the receipts and answers that come
+/// back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixCheck {
+    pub event_id: String,
+    /// The room it is in, when known.
+    pub room_id: Option<String>,
+    /// The roll call it asks about (as the check's content names it).
+    pub roll_call_id: i64,
+    /// The person it went to, when known.
+    pub to: Option<String>,
+    /// The answer values in the order they were numbered in the text ("1" = values[0]).
+    pub values: Vec<String>,
+    /// The homeserver's `origin_server_ts`, filled in the first time it is needed.
+    pub origin_ts: Option<i64>,
+    /// The check sent before this one in the same room, when there was one.
+    pub prev: Option<String>,
+    /// When anpi sent it; `None` for a check learnt from the homeserver afterwards, which is
+    /// never a room's newest.
+    pub sent_at: Option<Millis>,
+}
+
 /// The operations anpi needs from a database.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -325,7 +370,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         caller: &str,
     ) -> StoreResult<bool>;
 
-    /// A provider's small piece of state (a DM room id, a board post id).
+    /// A small piece of state kept under a provider's (or a worker's) name: the pace the
+    /// platform showed, a feed's health, how far a button wave got.
     async fn provider_state(&self, provider: &str, key: &str) -> StoreResult<Option<String>>;
     async fn set_provider_state(
         &self,
@@ -334,6 +380,54 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         value: &str,
         now: Millis,
     ) -> StoreResult<()>;
+
+    /// The broadcast of roll call `roll_call` through `provider`: its board post (`group`
+    /// `None`) or its message to the room of `group`, if it went out.
+    async fn broadcast_done(
+        &self,
+        roll_call: RollCallId,
+        provider: &str,
+        group: Option<&str>,
+    ) -> StoreResult<Option<Broadcast>>;
+    /// Records a broadcast that went out. A broadcast recorded before keeps its first record;
+    /// false then.
+    async fn record_broadcast(
+        &self,
+        roll_call: RollCallId,
+        provider: &str,
+        group: Option<&str>,
+        done: &Broadcast,
+    ) -> StoreResult<bool>;
+
+    /// What is known of Matrix user `user`'s DM room.
+    async fn matrix_room(&self, user: &str) -> StoreResult<Option<MatrixRoom>>;
+    /// Records `room` as `user`'s DM room.
+    async fn set_matrix_room(&self, user: &str, room: &str, now: Millis) -> StoreResult<()>;
+    /// Records that `user` left their room and was invited to it again.
+    async fn set_matrix_left(&self, user: &str, now: Millis) -> StoreResult<()>;
+    /// The rooms found end-to-end encrypted, as (user, room), by user.
+    async fn matrix_encrypted_rooms(&self) -> StoreResult<Vec<(String, String)>>;
+    /// Replaces the rooms known encrypted with `rooms` (user, room), in one transaction.
+    async fn replace_matrix_encrypted_rooms(
+        &self,
+        rooms: &[(String, String)],
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Records that `user`'s room `room` is encrypted.
+    async fn add_matrix_encrypted_room(
+        &self,
+        user: &str,
+        room: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// The check that Matrix event `event_id` is, if anpi knows it.
+    async fn matrix_check(&self, event_id: &str) -> StoreResult<Option<MatrixCheck>>;
+    /// The newest check anpi sent in `room`.
+    async fn newest_matrix_check(&self, room: &str) -> StoreResult<Option<MatrixCheck>>;
+    /// Records a check; one recorded before under the same event id stays as it is (false).
+    async fn record_matrix_check(&self, check: &MatrixCheck) -> StoreResult<bool>;
+    /// Fills in a check's `origin_server_ts`.
+    async fn set_matrix_check_ts(&self, event_id: &str, ts: i64) -> StoreResult<()>;
 
     /// Takes or renews the lease `name` for `holder` until `now + ttl`, if it is free, expired
     /// or already `holder`'s. True when `holder` has it.

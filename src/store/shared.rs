@@ -1667,6 +1667,86 @@ pub(super) fn set_caught_up_sql(d: Dialect) -> &'static str {
 pub(super) const CAUGHT_UP_SQL: &str =
     "SELECT caught_up_to FROM feed_positions WHERE provider = $1";
 
+// ---- Broadcasts and Matrix rooms --------------------------------------------------------
+
+/// The broadcast of roll call `$1` through provider `$2` to group `$3` ('' for the board post).
+pub(super) const BROADCAST_SQL: &str = "SELECT posted_at, post_id FROM broadcasts \
+    WHERE roll_call_id = $1 AND provider = $2 AND group_key = $3";
+/// Records a broadcast (`$1`..`$5`); one recorded before keeps its first record.
+pub(super) const RECORD_BROADCAST_SQL: &str = "INSERT INTO broadcasts (roll_call_id, provider, \
+    group_key, posted_at, post_id) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (roll_call_id, provider, group_key) DO NOTHING";
+
+/// The `group_key` of a broadcast: the board post's is empty.
+pub(super) fn group_key(group: Option<&str>) -> &str {
+    group.unwrap_or("")
+}
+
+pub(super) const MATRIX_ROOM_SQL: &str =
+    "SELECT room_id, left_at, encrypted_room FROM matrix_rooms WHERE user_id = $1";
+/// User `$1`'s DM room is `$2`, at `$3`.
+pub(super) const SET_MATRIX_ROOM_SQL: &str = "INSERT INTO matrix_rooms (user_id, room_id, \
+    updated_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE SET \
+    room_id = excluded.room_id, updated_at = excluded.updated_at";
+/// User `$1` left their room and was invited again at `$2`.
+pub(super) const SET_MATRIX_LEFT_SQL: &str = "INSERT INTO matrix_rooms (user_id, left_at, \
+    updated_at) VALUES ($1, $2, $2) ON CONFLICT (user_id) DO UPDATE SET \
+    left_at = excluded.left_at, updated_at = excluded.updated_at";
+pub(super) const MATRIX_ENCRYPTED_SQL: &str = "SELECT user_id, encrypted_room FROM matrix_rooms \
+    WHERE encrypted_room IS NOT NULL ORDER BY user_id";
+/// Forgets every encrypted room, at `$1`.
+pub(super) const CLEAR_MATRIX_ENCRYPTED_SQL: &str = "UPDATE matrix_rooms SET \
+    encrypted_room = NULL, updated_at = $1 WHERE encrypted_room IS NOT NULL";
+/// User `$1`'s room `$2` is encrypted, at `$3`.
+pub(super) const SET_MATRIX_ENCRYPTED_SQL: &str = "INSERT INTO matrix_rooms (user_id, \
+    encrypted_room, updated_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE SET \
+    encrypted_room = excluded.encrypted_room, updated_at = excluded.updated_at";
+
+const MATRIX_CHECK_COLUMNS: &str =
+    "event_id, room_id, roll_call_id, to_user, answer_values, origin_ts, prev_event, sent_at";
+pub(super) fn matrix_check_sql() -> String {
+    format!("SELECT {MATRIX_CHECK_COLUMNS} FROM matrix_checks WHERE event_id = $1")
+}
+/// The newest check sent in room `$1`: the last one recorded as sent.
+pub(super) fn newest_matrix_check_sql() -> String {
+    format!(
+        "SELECT {MATRIX_CHECK_COLUMNS} FROM matrix_checks \
+         WHERE room_id = $1 AND sent_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+    )
+}
+/// Records a check (`$1`..`$8`, in [`MATRIX_CHECK_COLUMNS`] order); one recorded before stays.
+pub(super) fn record_matrix_check_sql() -> String {
+    format!(
+        "INSERT INTO matrix_checks ({MATRIX_CHECK_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING"
+    )
+}
+pub(super) const SET_MATRIX_CHECK_TS_SQL: &str =
+    "UPDATE matrix_checks SET origin_ts = $2 WHERE event_id = $1";
+
+/// A check from a row of [`MATRIX_CHECK_COLUMNS`], on either backend.
+pub(super) fn matrix_check_from_row<R>(r: &R) -> StoreResult<super::MatrixCheck>
+where
+    R: Row,
+    for<'n> &'n str: ColumnIndex<R>,
+    for<'a> String: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> i64: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<String>: Decode<'a, R::Database> + Type<R::Database>,
+    for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
+{
+    let values: String = r.try_get("answer_values")?;
+    Ok(super::MatrixCheck {
+        event_id: r.try_get("event_id")?,
+        room_id: r.try_get("room_id")?,
+        roll_call_id: r.try_get("roll_call_id")?,
+        to: r.try_get("to_user")?,
+        values: serde_json::from_str(&values).map_err(|e| corrupt("a check's answer values", e))?,
+        origin_ts: r.try_get("origin_ts")?,
+        prev: r.try_get("prev_event")?,
+        sent_at: r.try_get("sent_at")?,
+    })
+}
+
 // ---- Sending: claims, results, renewals -------------------------------------------------
 
 /// Claims provider `$2`'s due deliveries at `$3`, at most `$4`, until `$1`: expired leases

@@ -1751,3 +1751,340 @@ async fn every_state_meets_every_event_as_the_transition_table_says() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_broadcast_is_recorded_once_and_its_first_record_stays() {
+    use anpi::store::Broadcast;
+    for (name, store, _db) in backends().await {
+        let rc = seeded(&store, 5, None).await;
+        assert_eq!(
+            store
+                .broadcast_done(rc.id, "lineworks", None)
+                .await
+                .unwrap(),
+            None,
+            "{name}"
+        );
+        let post = Broadcast {
+            posted_at: 2_000,
+            post_id: Some("post-1".into()),
+        };
+        assert!(store
+            .record_broadcast(rc.id, "lineworks", None, &post)
+            .await
+            .unwrap());
+        let room = Broadcast {
+            posted_at: 2_500,
+            post_id: None,
+        };
+        assert!(store
+            .record_broadcast(rc.id, "lineworks", Some("総務課"), &room)
+            .await
+            .unwrap());
+        // Recorded again (after a crash, or by a second worker): the first record stays.
+        let again = Broadcast {
+            posted_at: 9_000,
+            post_id: Some("post-2".into()),
+        };
+        assert!(!store
+            .record_broadcast(rc.id, "lineworks", None, &again)
+            .await
+            .unwrap());
+        assert_eq!(
+            store
+                .broadcast_done(rc.id, "lineworks", None)
+                .await
+                .unwrap(),
+            Some(post),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .broadcast_done(rc.id, "lineworks", Some("総務課"))
+                .await
+                .unwrap(),
+            Some(room),
+            "{name}"
+        );
+        // Each post and room is its own: another room, or another provider, has none.
+        assert_eq!(
+            store
+                .broadcast_done(rc.id, "lineworks", Some("消防"))
+                .await
+                .unwrap(),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            store.broadcast_done(rc.id, "matrix", None).await.unwrap(),
+            None,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn matrix_rooms_and_checks_round_trip_and_the_newest_check_is_the_last_sent() {
+    use anpi::store::{MatrixCheck, MatrixRoom};
+    for (name, store, _db) in backends().await {
+        assert_eq!(store.matrix_room("@a:x").await.unwrap(), None, "{name}");
+        store.set_matrix_room("@a:x", "!r1:x", 1).await.unwrap();
+        store.set_matrix_room("@a:x", "!r2:x", 2).await.unwrap();
+        store.set_matrix_left("@a:x", 3).await.unwrap();
+        store.set_matrix_left("@b:x", 4).await.unwrap();
+        assert_eq!(
+            store.matrix_room("@a:x").await.unwrap(),
+            Some(MatrixRoom {
+                room_id: Some("!r2:x".into()),
+                left_at: Some(3),
+                encrypted_room: None,
+            }),
+            "{name}"
+        );
+        assert_eq!(
+            store.matrix_room("@b:x").await.unwrap(),
+            Some(MatrixRoom {
+                room_id: None,
+                left_at: Some(4),
+                encrypted_room: None,
+            }),
+            "{name}: left is known without a room"
+        );
+
+        // Encrypted rooms: added one at a time, or replaced all at once.
+        store
+            .add_matrix_encrypted_room("@c:x", "!r3:x", 5)
+            .await
+            .unwrap();
+        store
+            .replace_matrix_encrypted_rooms(&[("@a:x".into(), "!r2:x".into())], 6)
+            .await
+            .unwrap();
+        store
+            .add_matrix_encrypted_room("@b:x", "!r4:x", 7)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.matrix_encrypted_rooms().await.unwrap(),
+            vec![
+                ("@a:x".to_string(), "!r2:x".to_string()),
+                ("@b:x".to_string(), "!r4:x".to_string()),
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .matrix_room("@a:x")
+                .await
+                .unwrap()
+                .and_then(|r| r.room_id),
+            Some("!r2:x".into()),
+            "{name}: the DM room stays"
+        );
+
+        // Checks: recorded once, read by event id; the newest in a room is the last sent.
+        let check = |event: &str, rc: i64, prev: Option<&str>, sent_at: Option<i64>| MatrixCheck {
+            event_id: event.into(),
+            room_id: Some("!r2:x".into()),
+            roll_call_id: rc,
+            to: sent_at.map(|_| "@a:x".to_string()),
+            values: vec!["safe".into(), "injured".into()],
+            origin_ts: None,
+            prev: prev.map(String::from),
+            sent_at,
+        };
+        assert_eq!(store.newest_matrix_check("!r2:x").await.unwrap(), None);
+        let first = check("$1", 1, None, Some(10));
+        assert!(store.record_matrix_check(&first).await.unwrap(), "{name}");
+        let second = check("$2", 2, Some("$1"), Some(10));
+        assert!(store.record_matrix_check(&second).await.unwrap());
+        // A retried send names the same event: the record stays as it was.
+        assert!(!store
+            .record_matrix_check(&check("$1", 9, None, Some(11)))
+            .await
+            .unwrap());
+        // A check learnt from the homeserver later is never the room's newest.
+        let looked_up = check("$0", 3, None, None);
+        assert!(store.record_matrix_check(&looked_up).await.unwrap());
+        assert_eq!(
+            store.matrix_check("$1").await.unwrap(),
+            Some(first),
+            "{name}"
+        );
+        assert_eq!(store.matrix_check("$0").await.unwrap(), Some(looked_up));
+        assert_eq!(store.matrix_check("$9").await.unwrap(), None);
+        assert_eq!(
+            store.newest_matrix_check("!r2:x").await.unwrap(),
+            Some(second.clone()),
+            "{name}"
+        );
+        assert_eq!(store.newest_matrix_check("!other:x").await.unwrap(), None);
+        store.set_matrix_check_ts("$2", 12_345).await.unwrap();
+        assert_eq!(
+            store
+                .matrix_check("$2")
+                .await
+                .unwrap()
+                .and_then(|c| c.origin_ts),
+            Some(12_345),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_database_at_schema_0010_keeps_its_broadcasts_and_matrix_state() {
+    use anpi::store::{Broadcast, MatrixRoom};
+    for (name, store, db) in backends().await {
+        let rc = seeded(&store, 5, None).await;
+        drop(store);
+
+        // Before migration 0011 these were provider state: set that up and open the database
+        // with this version.
+        db.execute("DROP TABLE broadcasts").await;
+        db.execute("DROP TABLE matrix_checks").await;
+        db.execute("DROP TABLE matrix_rooms").await;
+        db.execute("DELETE FROM _sqlx_migrations WHERE version = 11")
+            .await;
+        db.execute(&format!(
+            "INSERT INTO provider_state (provider, key, value, updated_at) VALUES \
+             ('lineworks', 'broadcast/{id}', '{{\"at\":2000,\"post_id\":\"post-1\"}}', 2000), \
+             ('lineworks', 'room/{id}/総務課', '{{\"at\":2500,\"post_id\":null}}', 2500), \
+             ('lineworks', 'room/{id}/避難所:第一/小', '{{\"at\":2600}}', 2600), \
+             ('simulator', 'broadcast/{id}', 'not a record', 1), \
+             ('lineworks', 'buttons/{id}', '{{\"next\":3}}', 3000), \
+             ('lineworks', 'observed_pace', '{{\"interval_ms\":250}}', 1), \
+             ('matrix', 'room:@a:x', '!ra:x', 10), \
+             ('matrix', 'room:@b:x', '!rb:x', 11), \
+             ('matrix', 'left:@b:x', '1', 12), \
+             ('matrix', 'encrypted_rooms', '{{\"@a:x\":\"!ra:x\",\"@d:x\":\"!rd:x\"}}', 13), \
+             ('matrix', 'event:$1', \
+              '{{\"rc\":{id},\"to\":\"@a:x\",\"values\":[\"safe\",\"injured\"],\"ts\":null,\"prev\":null}}', 20), \
+             ('matrix', 'event:$2', \
+              '{{\"rc\":{id},\"to\":\"@a:x\",\"values\":[],\"ts\":123,\"prev\":\"$1\"}}', 21), \
+             ('matrix', 'event:$3', '{{\"rc\":{id}}}', 30), \
+             ('matrix', 'latest:!ra:x', '$2', 21)",
+            id = rc.id
+        ))
+        .await;
+        let url = match &db {
+            crate::support::DbGuard::Sqlite(tmp) => {
+                format!("sqlite://{}", tmp.path().join("c.db").display())
+            }
+            crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
+        };
+        let store = anpi::store::open(&url).await.unwrap();
+
+        assert_eq!(
+            store
+                .broadcast_done(rc.id, "lineworks", None)
+                .await
+                .unwrap(),
+            Some(Broadcast {
+                posted_at: 2_000,
+                post_id: Some("post-1".into())
+            }),
+            "{name}"
+        );
+        for (group, at) in [("総務課", 2_500), ("避難所:第一/小", 2_600)] {
+            assert_eq!(
+                store
+                    .broadcast_done(rc.id, "lineworks", Some(group))
+                    .await
+                    .unwrap(),
+                Some(Broadcast {
+                    posted_at: at,
+                    post_id: None
+                }),
+                "{name}: {group}"
+            );
+        }
+        assert_eq!(
+            store
+                .broadcast_done(rc.id, "simulator", None)
+                .await
+                .unwrap(),
+            None,
+            "{name}: what never counted as a record stays none"
+        );
+        assert_eq!(
+            store.matrix_room("@b:x").await.unwrap(),
+            Some(MatrixRoom {
+                room_id: Some("!rb:x".into()),
+                left_at: Some(12),
+                encrypted_room: None,
+            }),
+            "{name}"
+        );
+        assert_eq!(
+            store.matrix_encrypted_rooms().await.unwrap(),
+            vec![
+                ("@a:x".to_string(), "!ra:x".to_string()),
+                ("@d:x".to_string(), "!rd:x".to_string()),
+            ],
+            "{name}"
+        );
+        let newest = store.newest_matrix_check("!ra:x").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                newest.event_id.as_str(),
+                newest.origin_ts,
+                newest.prev.as_deref()
+            ),
+            ("$2", Some(123), Some("$1")),
+            "{name}: the room's latest check is still its newest"
+        );
+        let first = store.matrix_check("$1").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                first.roll_call_id,
+                first.to.as_deref(),
+                first.values.clone()
+            ),
+            (
+                rc.id.0,
+                Some("@a:x"),
+                vec!["safe".to_string(), "injured".to_string()]
+            ),
+            "{name}"
+        );
+        assert_eq!(first.room_id.as_deref(), Some("!ra:x"), "{name}");
+        let looked_up = store.matrix_check("$3").await.unwrap().unwrap();
+        assert_eq!(
+            (looked_up.room_id, looked_up.sent_at),
+            (None, None),
+            "{name}: a check learnt from the homeserver is never a room's newest"
+        );
+
+        // Moved keys are gone; what is provider-wide (or a wave's progress) stays.
+        for (provider, key) in [
+            ("lineworks", format!("broadcast/{}", rc.id)),
+            ("lineworks", format!("room/{}/総務課", rc.id)),
+            ("simulator", format!("broadcast/{}", rc.id)),
+            ("matrix", "room:@a:x".to_string()),
+            ("matrix", "left:@b:x".to_string()),
+            ("matrix", "encrypted_rooms".to_string()),
+            ("matrix", "event:$1".to_string()),
+            ("matrix", "latest:!ra:x".to_string()),
+        ] {
+            assert_eq!(
+                store.provider_state(provider, &key).await.unwrap(),
+                None,
+                "{name}: {provider} {key}"
+            );
+        }
+        for (provider, key) in [
+            ("lineworks", format!("buttons/{}", rc.id)),
+            ("lineworks", "observed_pace".to_string()),
+        ] {
+            assert!(
+                store
+                    .provider_state(provider, &key)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{name}: {provider} {key}"
+            );
+        }
+    }
+}

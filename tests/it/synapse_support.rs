@@ -567,9 +567,10 @@ impl MatrixApp {
     /// The DM room `prepare` stored for `user`.
     pub async fn room_of(&self, user: &MatrixUser) -> String {
         self.store
-            .provider_state("matrix", &format!("room:{}", user.user_id))
+            .matrix_room(&user.user_id)
             .await
             .unwrap()
+            .and_then(|r| r.room_id)
             .unwrap_or_else(|| panic!("no DM room for {}", user.user_id))
     }
 

@@ -1,107 +1,88 @@
-//! What the adapter remembers between requests, kept in the store's provider state (provider
-//! `matrix`). Every read and write of it is in this file:
-//! - `room:<user id>` -> the DM room id (written by `anpi matrix prepare`, read by every send);
-//! - `event:<event id>` -> the roll call a sent check belongs to (a cache: the check's own
-//!   content also carries `org.anpi.roll_call`, so a lost write costs a lookup, not a receipt);
-//! - `latest:<room id>` -> the newest check sent in that room, so that a receipt on any later
-//!   event (receipts only move forward) still confirms it. Each check also names the check
-//!   sent before it in the room (`prev`), so a receipt on a later check (an announcement after
-//!   a safety check, or two roll calls at once) confirms the earlier ones too;
-//! - `left:<user id>` -> set when `prepare` invited someone again after they left, so that a
-//!   send before they accept says they left;
-//! - `encrypted_rooms` -> the rooms found end-to-end encrypted (person -> room), for the
-//!   warning `anpi serve` gives at start.
+//! What the adapter remembers between requests, kept in the store's Matrix tables. Every read
+//! and write of it is in this file:
+//! - per person ([`MatrixRoom`]): the DM room (written by `anpi matrix prepare`, read by every
+//!   send); whether `prepare` invited them again after they left, so that a send before they
+//!   accept says they left; the room found end-to-end encrypted, for the warning `anpi serve`
+//!   gives at start;
+//! - per sent check ([`MatrixCheck`]): the roll call it belongs to (a cache: the check's own
+//!   content also carries `org.anpi.roll_call`, so a lost write costs a lookup, not a
+//!   receipt). The newest check sent in a room is what a receipt on any later event (receipts
+//!   only move forward) still confirms. Each check also names the check sent before it in the
+//!   room (`prev`), so a receipt on a later check (an announcement after a safety check, or two
+//!   roll calls at once) confirms the earlier ones too.
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::{MatrixProvider, NAME};
+use super::MatrixProvider;
 use crate::ids::ChatHandle;
 use crate::providers::ProviderError;
-use crate::store::StoreError;
+use crate::store::{MatrixCheck, MatrixRoom, StoreError};
 
 /// What one check in a room is, as remembered for the receipts that come back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct CheckRecord {
     pub(super) rc: i64,
     /// The person the check went to, when known.
-    #[serde(default)]
     pub(super) to: Option<String>,
     /// The answer values in the order they were numbered in the text ("1" = values[0]).
-    #[serde(default)]
     pub(super) values: Vec<String>,
     /// The homeserver's `origin_server_ts`, filled in the first time it is needed.
-    #[serde(default)]
     pub(super) ts: Option<i64>,
     /// The check sent before this one in the same room, when there was one.
-    #[serde(default)]
     pub(super) prev: Option<String>,
 }
 
-fn room_key(user: &str) -> String {
-    format!("room:{user}")
+impl From<MatrixCheck> for CheckRecord {
+    fn from(c: MatrixCheck) -> Self {
+        Self {
+            rc: c.roll_call_id,
+            to: c.to,
+            values: c.values,
+            ts: c.origin_ts,
+            prev: c.prev,
+        }
+    }
 }
-
-fn event_key(event: &str) -> String {
-    format!("event:{event}")
-}
-
-fn latest_key(room: &str) -> String {
-    format!("latest:{room}")
-}
-
-/// Set when `prepare` invited someone again after they left: until they accept, a send says
-/// they left.
-fn left_key(user: &str) -> String {
-    format!("left:{user}")
-}
-
-/// The rooms known to be encrypted, as a JSON map person -> room.
-const ENCRYPTED_KEY: &str = "encrypted_rooms";
 
 impl MatrixProvider {
-    async fn get_state(&self, key: &str) -> Result<Option<String>, ProviderError> {
-        self.store
-            .provider_state(NAME, key)
-            .await
-            .map_err(store_error)
-    }
-
-    async fn set_state(&self, key: &str, value: &str) -> Result<(), ProviderError> {
-        self.store
-            .set_provider_state(NAME, key, value, self.clock.now_millis())
-            .await
-            .map_err(store_error)
+    /// What is known of `user`'s DM room.
+    async fn room_of(&self, user: &str) -> Result<Option<MatrixRoom>, ProviderError> {
+        self.store.matrix_room(user).await.map_err(store_error)
     }
 
     /// The DM room anpi uses for `user`, if `prepare` made one.
     pub async fn dm_room(&self, user: &ChatHandle) -> Result<Option<String>, ProviderError> {
-        self.get_state(&room_key(user.as_str())).await
+        Ok(self.room_of(user.as_str()).await?.and_then(|r| r.room_id))
     }
 
     /// Records the DM room `prepare` made for `user`.
     pub(super) async fn set_dm_room(&self, user: &str, room: &str) -> Result<(), ProviderError> {
-        self.set_state(&room_key(user), room).await
+        self.store
+            .set_matrix_room(user, room, self.clock.now_millis())
+            .await
+            .map_err(store_error)
     }
 
     /// Notes that `user` left their room and was invited again (see [`Self::has_left`]).
     pub(super) async fn mark_left(&self, user: &str) -> Result<(), ProviderError> {
-        self.set_state(&left_key(user), "1").await
+        self.store
+            .set_matrix_left(user, self.clock.now_millis())
+            .await
+            .map_err(store_error)
     }
 
     /// Whether `user` was invited again after leaving: until they accept, they left.
     pub(super) async fn has_left(&self, user: &str) -> Result<bool, ProviderError> {
-        Ok(self.get_state(&left_key(user)).await?.is_some())
+        Ok(self
+            .room_of(user)
+            .await?
+            .is_some_and(|r| r.left_at.is_some()))
     }
 
     /// The rooms `prepare` (or the event feed) found encrypted, person -> room.
     pub async fn encrypted_rooms(&self) -> Result<HashMap<String, String>, ProviderError> {
-        Ok(self
-            .get_state(ENCRYPTED_KEY)
-            .await?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default())
+        let rooms = self.store.matrix_encrypted_rooms().await;
+        Ok(rooms.map_err(store_error)?.into_iter().collect())
     }
 
     /// Replaces the encrypted rooms with what `prepare` found.
@@ -109,11 +90,12 @@ impl MatrixProvider {
         &self,
         rooms: &HashMap<String, String>,
     ) -> Result<(), ProviderError> {
-        self.set_state(
-            ENCRYPTED_KEY,
-            &serde_json::to_string(rooms).unwrap_or_default(),
-        )
-        .await
+        let rooms: Vec<(String, String)> =
+            rooms.iter().map(|(u, r)| (u.clone(), r.clone())).collect();
+        self.store
+            .replace_matrix_encrypted_rooms(&rooms, self.clock.now_millis())
+            .await
+            .map_err(store_error)
     }
 
     /// Notes that `room` (of `user`) is encrypted, for the warning at start.
@@ -122,44 +104,53 @@ impl MatrixProvider {
         user: &str,
         room: &str,
     ) -> Result<(), ProviderError> {
-        let mut rooms = self.encrypted_rooms().await?;
-        if rooms.get(user).map(String::as_str) != Some(room) {
-            rooms.insert(user.to_string(), room.to_string());
-            self.set_encrypted_rooms(&rooms).await?;
+        let known = self.room_of(user).await?.and_then(|r| r.encrypted_room);
+        if known.as_deref() != Some(room) {
+            self.store
+                .add_matrix_encrypted_room(user, room, self.clock.now_millis())
+                .await
+                .map_err(store_error)?;
         }
         Ok(())
     }
 
-    /// The record of the check `event`, if one is kept and readable.
+    /// The record of the check `event`, if one is kept.
     pub(super) async fn check_record(
         &self,
         event: &str,
     ) -> Result<Option<CheckRecord>, ProviderError> {
-        Ok(self
-            .get_state(&event_key(event))
-            .await?
-            .and_then(|raw| serde_json::from_str(&raw).ok()))
+        let check = self.store.matrix_check(event).await.map_err(store_error)?;
+        Ok(check.map(CheckRecord::from))
     }
 
-    /// Keeps (or replaces) the record of the check `event`.
-    pub(super) async fn save_check_record(
+    /// Keeps the record of check `event` in `room` learnt from the homeserver (a lost write
+    /// after a send): never the room's newest.
+    pub(super) async fn save_learnt_check(
         &self,
+        room: &str,
         event: &str,
         rec: &CheckRecord,
     ) -> Result<(), ProviderError> {
-        self.set_state(
-            &event_key(event),
-            &serde_json::to_string(rec).unwrap_or_default(),
-        )
-        .await
+        self.record_check(room, event, rec, None).await
     }
 
-    /// The newest check sent in `room`.
+    /// Keeps the homeserver's timestamp of check `event`, once looked up.
+    pub(super) async fn save_check_ts(&self, event: &str, ts: i64) -> Result<(), ProviderError> {
+        self.store
+            .set_matrix_check_ts(event, ts)
+            .await
+            .map_err(store_error)
+    }
+
+    /// The newest check sent in `room`: its event id and record.
     pub(super) async fn latest_check_event(
         &self,
         room: &str,
-    ) -> Result<Option<String>, ProviderError> {
-        self.get_state(&latest_key(room)).await
+    ) -> Result<Option<(String, CheckRecord)>, ProviderError> {
+        let check = self.store.newest_matrix_check(room).await;
+        Ok(check
+            .map_err(store_error)?
+            .map(|c| (c.event_id.clone(), CheckRecord::from(c))))
     }
 
     /// Remembers a check just sent as `event` in `room`, after the room's newest one (which
@@ -171,18 +162,46 @@ impl MatrixProvider {
         event: &str,
         mut rec: CheckRecord,
     ) -> Result<(), ProviderError> {
-        if self.get_state(&event_key(event)).await?.is_some() {
+        if self.check_record(event).await?.is_some() {
             return Ok(());
         }
-        rec.prev = self.latest_check_event(room).await?.filter(|p| p != event);
-        self.save_check_record(event, &rec).await?;
-        self.set_state(&latest_key(room), event).await
+        rec.prev = self
+            .latest_check_event(room)
+            .await?
+            .map(|(e, _)| e)
+            .filter(|p| p != event);
+        let now = self.clock.now_millis();
+        self.record_check(room, event, &rec, Some(now)).await
+    }
+
+    async fn record_check(
+        &self,
+        room: &str,
+        event: &str,
+        rec: &CheckRecord,
+        sent_at: Option<i64>,
+    ) -> Result<(), ProviderError> {
+        let check = MatrixCheck {
+            event_id: event.to_string(),
+            room_id: Some(room.to_string()),
+            roll_call_id: rec.rc,
+            to: rec.to.clone(),
+            values: rec.values.clone(),
+            origin_ts: rec.ts,
+            prev: rec.prev.clone(),
+            sent_at,
+        };
+        self.store
+            .record_matrix_check(&check)
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 }
 
 pub(super) fn store_error(e: StoreError) -> ProviderError {
     ProviderError::Retryable {
         after: None,
-        reason: format!("provider state: {e}"),
+        reason: format!("Matrix state in the store: {e}"),
     }
 }

@@ -113,16 +113,13 @@ impl MatrixProvider {
             ts: ev["origin_server_ts"].as_i64(),
             prev: None,
         };
-        self.save_check_record(event, &rec).await?;
+        self.save_learnt_check(room, event, &rec).await?;
         Ok(Some(rec))
     }
 
     /// The newest check sent in `room`, with its server timestamp.
     async fn latest_check(&self, room: &str) -> Result<Option<CheckRecord>, ProviderError> {
-        let Some(event) = self.latest_check_event(room).await? else {
-            return Ok(None);
-        };
-        let Some(mut rec) = self.check_of(room, &event).await? else {
+        let Some((event, mut rec)) = self.latest_check_event(room).await? else {
             return Ok(None);
         };
         if rec.ts.is_none() {
@@ -130,7 +127,9 @@ impl MatrixProvider {
                 return Ok(None);
             };
             rec.ts = ev["origin_server_ts"].as_i64();
-            self.save_check_record(&event, &rec).await?;
+            if let Some(ts) = rec.ts {
+                self.save_check_ts(&event, ts).await?;
+            }
         }
         Ok(Some(rec))
     }

@@ -148,6 +148,7 @@ async fn send_puts_an_m_text_with_options_under_a_delivery_txn_id() {
             .latest_check_event("!dm:hs.test")
             .await
             .unwrap()
+            .map(|(event, _)| event)
             .as_deref(),
         Some("$ev1")
     );
