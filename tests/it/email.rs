@@ -327,8 +327,9 @@ async fn restart_across_the_deadline(database: Option<PgDb>) {
     let mut readers = BTreeSet::new();
     for (i, (c, h)) in contacts.iter().zip(&hs).enumerate() {
         if i % 2 == 0 {
-            // A minute after their message: while anpi is down, before the deadline.
-            script.insert(h.clone(), read_after(mins(1)));
+            // Two minutes after their message (6 s of wall time): while anpi is down, before
+            // the deadline, with room for a slow machine to finish sending first.
+            script.insert(h.clone(), read_after(mins(2)));
             readers.insert(c.id.to_string());
         }
     }
@@ -372,6 +373,11 @@ speed = {SPEED}
 epoch = "{}"
 [replicas]
 lease_ttl = "20s"
+[receipts]
+# The grace is on the roll call's clock: 30 s would be 1.5 s of wall time here, less than a
+# loaded machine may take to start anpi and fetch the waiting receipts. This test is about
+# those receipts being applied, so it gives them a minute of wall time.
+catch_up_grace = "20m"
 [providers.simulator]
 url = "{}"
 token = "{SIM_TOKEN}"
@@ -407,6 +413,7 @@ poll_wait = "100ms"
         .unwrap();
 
     // 1. anpi sends everyone, then dies before anyone reads.
+    let begun = std::time::Instant::now();
     let mut daemon = spawn_daemon(&config, &log);
     wait_until("all sent", Duration::from_secs(60), || {
         let store = store.clone();
@@ -417,6 +424,7 @@ poll_wait = "100ms"
     })
     .await;
     kill(&mut daemon);
+    eprintln!("{:?}: all sent, killed", begun.elapsed());
     let last_deadline = store.progress(rc.id).await.unwrap().last_sent_at.unwrap() + 5 * 60_000;
     assert!(
         store.progress(rc.id).await.unwrap().overall.confirmed() == 0,
@@ -431,12 +439,19 @@ poll_wait = "100ms"
     let mut daemon = spawn_daemon(&config, &log);
 
     // The HQ mail comes first, and its list is the true one: exactly those who never read.
-    let hq_mail = eventually("the HQ mail", || async {
-        messages(smtp.out.path())
-            .into_iter()
-            .find(|m| m["rcpt_tos"].as_array().is_some_and(|t| t.len() == 2))
+    // (The dead process's leases run out first: up to `lease_ttl` of wall time.)
+    eprintln!("{:?}: restarted past the deadline", begun.elapsed());
+    let to_hq = |m: &Value| m["rcpt_tos"].as_array().is_some_and(|t| t.len() == 2);
+    wait_until("the HQ mail", Duration::from_secs(120), || {
+        let there = messages(smtp.out.path()).iter().any(to_hq);
+        async move { there }
     })
     .await;
+    eprintln!("{:?}: the HQ mail", begun.elapsed());
+    let hq_mail = messages(smtp.out.path())
+        .into_iter()
+        .find(to_hq)
+        .expect("the HQ mail");
     let subject = hq_mail["subject"].as_str().unwrap();
     assert!(
         subject.contains(&format!("要対応 {}名", never.len())),
@@ -473,6 +488,7 @@ poll_wait = "100ms"
     .await;
     kill(&mut daemon);
     let at_kill = messages(smtp.out.path()).len();
+    eprintln!("{:?}: killed after {at_kill} mails", begun.elapsed());
     let reminders_wanted = never
         .iter()
         .filter(|id| address.values().any(|s| s == *id))
@@ -482,7 +498,9 @@ poll_wait = "100ms"
         "the run finished before the kill ({at_kill}); slow the SMTP server"
     );
     let mut daemon = spawn_daemon(&config, &log);
-    wait_until("every mail marked sent", Duration::from_secs(90), || {
+    // The mail in flight at the kill waits for its claim to run out (twice the SMTP
+    // timeout and 5 s of wall time) before it is sent again.
+    wait_until("every mail marked sent", Duration::from_secs(180), || {
         let store = store.clone();
         async move {
             let m = store.mails(Some(rc.id)).await.unwrap();
@@ -491,6 +509,7 @@ poll_wait = "100ms"
     })
     .await;
     kill(&mut daemon);
+    eprintln!("{:?}: every mail marked sent", begun.elapsed());
 
     let all = messages(smtp.out.path());
     let hq_count = all
