@@ -44,7 +44,11 @@ impl Reach {
         everyone: &[Contact],
         provider: &str,
     ) -> Self {
-        Self::within(Self::population(everyone.iter(), provider), audience, provider)
+        Self::within(
+            Self::population(everyone.iter(), provider),
+            audience,
+            provider,
+        )
     }
 
     /// Every contact's count by group on `provider`: the population [`Reach::within`] takes.

@@ -2099,8 +2099,10 @@ async fn a_database_at_schema_0011_keeps_its_button_waves_and_mail_decisions() {
 
         // Before migration 0012 these were provider state: set that up and open the database
         // with this version.
-        db.execute("ALTER TABLE roll_calls DROP COLUMN button_wave").await;
-        db.execute("ALTER TABLE roll_calls DROP COLUMN mail_decided").await;
+        db.execute("ALTER TABLE roll_calls DROP COLUMN button_wave")
+            .await;
+        db.execute("ALTER TABLE roll_calls DROP COLUMN mail_decided")
+            .await;
         db.execute("DELETE FROM _sqlx_migrations WHERE version = 12")
             .await;
         db.execute(&format!(
@@ -2166,7 +2168,13 @@ async fn deadline_mails_and_their_decision_are_written_together() {
             meta: None,
         };
         let new = store
-            .decide_mails(rc.id, std::slice::from_ref(&mail), "decided: 1 mails", 10, 20)
+            .decide_mails(
+                rc.id,
+                std::slice::from_ref(&mail),
+                "decided: 1 mails",
+                10,
+                20,
+            )
             .await
             .unwrap();
         assert_eq!(new, 1, "{name}");
