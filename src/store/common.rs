@@ -55,6 +55,20 @@ macro_rules! store_impl {
                 Ok(new)
             }
 
+            /// One nullable text column of a roll call (`sql` selects it by id, `$1`); none
+            /// for a roll call that does not exist.
+            async fn roll_call_text(
+                &self,
+                sql: &'static str,
+                roll_call: $crate::ids::RollCallId,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                let value: Option<Option<String>> = sqlx::query_scalar(sql)
+                    .bind(roll_call.0)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(value.flatten())
+            }
+
             /// Claims up to `limit` rows with `sql` (`$1` lease until, `$2` provider, `$3` now,
             /// `$4` limit): due deliveries, or due re-sends.
             async fn claim_rows(
@@ -1070,24 +1084,22 @@ macro_rules! store_impl {
                 &self,
                 roll_call: $crate::ids::RollCallId,
             ) -> $crate::store::StoreResult<Option<String>> {
-                let note: Option<Option<String>> =
-                    sqlx::query_scalar("SELECT mail_decided FROM roll_calls WHERE id = $1")
-                        .bind(roll_call.0)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(note.flatten())
+                self.roll_call_text(
+                    "SELECT mail_decided FROM roll_calls WHERE id = $1",
+                    roll_call,
+                )
+                .await
             }
 
             async fn button_wave(
                 &self,
                 roll_call: $crate::ids::RollCallId,
             ) -> $crate::store::StoreResult<Option<String>> {
-                let wave: Option<Option<String>> =
-                    sqlx::query_scalar("SELECT button_wave FROM roll_calls WHERE id = $1")
-                        .bind(roll_call.0)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(wave.flatten())
+                self.roll_call_text(
+                    "SELECT button_wave FROM roll_calls WHERE id = $1",
+                    roll_call,
+                )
+                .await
             }
 
             async fn set_button_wave(

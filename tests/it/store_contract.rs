@@ -1515,6 +1515,17 @@ async fn the_sql_action_order_is_the_rust_order_on_a_varied_population() {
     }
 }
 
+/// The store on `db` opened again, by this version (running its migrations).
+async fn reopen(db: &crate::support::DbGuard) -> SharedStore {
+    let url = match db {
+        crate::support::DbGuard::Sqlite(tmp) => {
+            format!("sqlite://{}", tmp.path().join("c.db").display())
+        }
+        crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
+    };
+    anpi::store::open(&url).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_roll_call_is_written_with_its_plans_and_older_databases_keep_theirs() {
     for (name, store, db) in backends().await {
@@ -1557,13 +1568,7 @@ async fn a_roll_call_is_written_with_its_plans_and_older_databases_keep_theirs()
             .await;
         db.execute("DELETE FROM _sqlx_migrations WHERE version = 10")
             .await;
-        let url = match &db {
-            crate::support::DbGuard::Sqlite(tmp) => {
-                format!("sqlite://{}", tmp.path().join("c.db").display())
-            }
-            crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
-        };
-        let store = anpi::store::open(&url).await.unwrap();
+        let store = reopen(&db).await;
         let read = store.roll_call(rc.id).await.unwrap().unwrap();
         assert_eq!(
             read.dispatch_plan.as_deref(),
@@ -1967,13 +1972,7 @@ async fn a_database_at_schema_0010_keeps_its_broadcasts_and_matrix_state() {
             id = rc.id
         ))
         .await;
-        let url = match &db {
-            crate::support::DbGuard::Sqlite(tmp) => {
-                format!("sqlite://{}", tmp.path().join("c.db").display())
-            }
-            crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
-        };
-        let store = anpi::store::open(&url).await.unwrap();
+        let store = reopen(&db).await;
 
         assert_eq!(
             store
@@ -2090,7 +2089,7 @@ async fn a_database_at_schema_0010_keeps_its_broadcasts_and_matrix_state() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_database_at_schema_0011_keeps_its_button_waves_and_mail_decisions() {
     for (name, store, db) in backends().await {
         let rc = seeded(&store, 5, None).await;
@@ -2113,13 +2112,7 @@ async fn a_database_at_schema_0011_keeps_its_button_waves_and_mail_decisions() {
             id = rc.id
         ))
         .await;
-        let url = match &db {
-            crate::support::DbGuard::Sqlite(tmp) => {
-                format!("sqlite://{}", tmp.path().join("c.db").display())
-            }
-            crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
-        };
-        let store = anpi::store::open(&url).await.unwrap();
+        let store = reopen(&db).await;
 
         let wave: anpi::dispatch::WaveState =
             serde_json::from_str(&store.button_wave(rc.id).await.unwrap().unwrap()).unwrap();
@@ -2152,7 +2145,7 @@ async fn a_database_at_schema_0011_keeps_its_button_waves_and_mail_decisions() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn deadline_mails_and_their_decision_are_written_together() {
     for (name, store, _db) in backends().await {
         let rc = seeded(&store, 3, None).await;
