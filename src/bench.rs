@@ -130,8 +130,15 @@ label = "無事 / Safe"
 value = "safe"
 "#;
 
+/// Not on jemalloc here: nothing to say.
+#[cfg(target_env = "msvc")]
+fn allocator_figures() -> Option<(f64, f64)> {
+    None
+}
+
 /// What the allocator holds now, in MiB: allocated by the program, and resident. `None`
-/// where the process does not run on jemalloc (`cargo run` builds do).
+/// where the process does not run on jemalloc.
+#[cfg(not(target_env = "msvc"))]
 fn allocator_figures() -> Option<(f64, f64)> {
     use tikv_jemalloc_ctl::{epoch, stats};
     epoch::advance().ok()?;
@@ -161,6 +168,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         return crate::jma::bench::run(args.runs.max(1), args.telegram.as_deref()).await;
     }
     println!("anpi bench — release build expected (cargo run --release -- bench)");
+    #[cfg(not(target_env = "msvc"))]
     if let Ok(conf) = tikv_jemalloc_ctl::config::malloc_conf::read() {
         println!(
             "allocator: jemalloc ({})",
