@@ -130,10 +130,33 @@ label = "無事 / Safe"
 value = "safe"
 "#;
 
+/// Not on jemalloc here: nothing to say.
+#[cfg(target_env = "msvc")]
+fn allocator_figures() -> Option<(f64, f64)> {
+    None
+}
+
+/// What the allocator holds now, in MiB: allocated by the program, and resident. `None`
+/// where the process does not run on jemalloc.
+#[cfg(not(target_env = "msvc"))]
+fn allocator_figures() -> Option<(f64, f64)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let allocated = stats::allocated::read().ok()?;
+    let resident = stats::resident::read().ok()?;
+    (allocated > 0).then(|| (mib(allocated), mib(resident)))
+}
+
 /// Peak resident memory of this process, in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> Option<f64> {
+    rss_mib("VmHWM:")
+}
+
+/// A `/proc/self/status` memory figure (`VmHWM:`, `VmRSS:`), in MiB.
+fn rss_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
@@ -145,6 +168,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         return crate::jma::bench::run(args.runs.max(1), args.telegram.as_deref()).await;
     }
     println!("anpi bench — release build expected (cargo run --release -- bench)");
+    #[cfg(not(target_env = "msvc"))]
+    if let Ok(conf) = tikv_jemalloc_ctl::config::malloc_conf::read() {
+        println!(
+            "allocator: jemalloc ({})",
+            conf.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+        );
+    }
     if args.urgent {
         anyhow::ensure!(
             (1..=20).contains(&args.runs),
@@ -217,6 +247,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             best.map_or_else(String::new, |b| format!("; anpi at its best {:.0}% of it", 100.0 * b / ceiling))
         );
         ceilings.push(ceiling);
+        if let Some((allocated, resident)) = allocator_figures() {
+            println!(
+                "run {run}/{}: after it, {allocated:.0} MiB allocated, {resident:.0} MiB resident (allocator), {:.0} MiB resident (process)",
+                args.runs,
+                rss_mib("VmRSS:").unwrap_or(f64::NAN)
+            );
+        }
         if run == 1 {
             first_rss = peak_rss_mib();
         }

@@ -50,7 +50,7 @@ use crate::store::{SharedStore, StoreError};
 
 pub mod broadcast;
 pub mod follow_up;
-pub use follow_up::{buttons_key, WaveState};
+pub use follow_up::WaveState;
 
 /// How the dispatcher paces itself; from the `[dispatch]` config table.
 #[derive(Debug, Clone)]

@@ -140,9 +140,6 @@ pub enum MailOutcome {
     },
 }
 
-/// The `provider_state` namespace where decided roll calls are recorded.
-const STATE_NS: &str = "email";
-
 #[derive(Debug, thiserror::Error)]
 pub enum EmailError {
     #[error("email: {0}")]
@@ -368,10 +365,6 @@ impl EmailWorker {
         self
     }
 
-    fn marker(id: RollCallId) -> String {
-        format!("rollcall:{id}")
-    }
-
     /// How far roll call `rc`'s provider's receipts are applied.
     async fn caught_up(&self, rc: &RollCall) -> Result<Option<Millis>, StoreError> {
         if rc.provider == self.provider {
@@ -401,12 +394,7 @@ impl EmailWorker {
                 self.check_correction(&rc).await?;
                 continue;
             }
-            if self
-                .store
-                .provider_state(STATE_NS, &Self::marker(rc.id))
-                .await?
-                .is_some()
-            {
+            if self.store.mail_decided(rc.id).await?.is_some() {
                 self.decided
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -637,13 +625,10 @@ impl EmailWorker {
                 });
             }
         }
+        let what = format!("decided: {} mails, list true at {true_at}", mails.len());
         let new = self
             .store
-            .enqueue_mails(&mails, now, self.wall.now_millis())
-            .await?;
-        let what = format!("decided: {} mails, list true at {true_at}", mails.len());
-        self.store
-            .set_provider_state(STATE_NS, &Self::marker(rc.id), &what, now)
+            .decide_mails(rc.id, &mails, &what, now, self.wall.now_millis())
             .await?;
         self.decided
             .lock()

@@ -304,19 +304,17 @@ impl Hq {
 
     /// The scenario's audience, and the planner's view of it (which needs everyone).
     async fn audience(&self, scenario: &Scenario) -> Result<(Vec<Contact>, Reach), HqError> {
-        let contacts = self.store.contacts().await?;
-        if contacts.is_empty() {
+        let mut audience = self.store.contacts().await?;
+        if audience.is_empty() {
             return Err(HqError::NoContacts);
         }
-        let audience: Vec<Contact> = contacts
-            .iter()
-            .filter(|c| scenario.audience.matches(c))
-            .cloned()
-            .collect();
+        // Taken out of the contacts in place: a city's directory is held once, not twice.
+        let population = Reach::population(audience.iter(), &self.provider);
+        audience.retain(|c| scenario.audience.matches(c));
         if audience.is_empty() {
             return Err(HqError::EmptyAudience(scenario.name.clone()));
         }
-        let shape = Reach::of(audience.iter(), &contacts, &self.provider);
+        let shape = Reach::within(population, audience.iter(), &self.provider);
         Ok((audience, shape))
     }
 
@@ -387,7 +385,7 @@ impl Hq {
         let (audience, shape) = self.audience(scenario).await?;
         let read = t.elapsed();
         let (mut new, recipients) =
-            rollcall::compose(scenario, &audience, &self.provider, drill, idempotency_key);
+            rollcall::compose(scenario, audience, &self.provider, drill, idempotency_key);
         let no_chat = recipients
             .iter()
             .filter(|r| r.chat_handle.is_none())

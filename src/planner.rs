@@ -44,13 +44,34 @@ impl Reach {
         everyone: &[Contact],
         provider: &str,
     ) -> Self {
-        let mut a = Self {
-            population: count_by_group(everyone.iter(), provider),
-            ..Self::default()
-        };
-        a.by_group = count_by_group(audience, provider);
-        a.reachable = a.by_group.values().sum();
-        a
+        Self::within(
+            Self::population(everyone.iter(), provider),
+            audience,
+            provider,
+        )
+    }
+
+    /// Every contact's count by group on `provider`: the population [`Reach::within`] takes.
+    pub fn population<'a>(
+        everyone: impl Iterator<Item = &'a Contact>,
+        provider: &str,
+    ) -> BTreeMap<String, usize> {
+        count_by_group(everyone, provider)
+    }
+
+    /// [`Reach::of`] with the population counted beforehand (so the contacts need not be
+    /// kept beside the audience taken from them).
+    pub fn within<'a>(
+        population: BTreeMap<String, usize>,
+        audience: impl Iterator<Item = &'a Contact>,
+        provider: &str,
+    ) -> Self {
+        let by_group = count_by_group(audience, provider);
+        Self {
+            population,
+            reachable: by_group.values().sum(),
+            by_group,
+        }
     }
 
     /// The planner's view of a roll call from its progress (for a roll call HQ has not

@@ -7,8 +7,8 @@
 //! limits hold for all of them together.
 //!
 //! Invariants: a wave is worked by one worker at a time (store lease `buttons-lease/<id>`);
-//! its progress is stored (`buttons/<id>`) after every batch, so a restart resends at most one
-//! batch; a person who has answered, or whose message failed for good, is not sent the
+//! its progress is stored (the roll call's `button_wave`) after every batch, so a restart
+//! resends at most one batch; a person who has answered, or whose message failed for good, is not sent the
 //! buttons; a room that cannot be reached for good hands its members to 1:1; a closed roll
 //! call's wave stops.
 
@@ -37,17 +37,14 @@ const RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// Wait before sending again to people whose button message failed for now.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// The provider-state key of a roll call's button wave.
-pub fn buttons_key(id: RollCallId) -> String {
-    format!("buttons/{id}")
-}
-
 fn lease_key(id: RollCallId) -> String {
     format!("buttons-lease/{id}")
 }
 
-/// A wave's stored progress.
+/// A wave's stored progress. A field a record lacks (one written by an older anpi) is its
+/// default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WaveState {
     /// Rooms whose message went out.
     pub rooms_done: Vec<String>,
@@ -173,25 +170,20 @@ impl Dispatcher {
         self.wave_wakeup.notify_one();
     }
 
+    /// The wave's stored progress (none yet: at its start). A record that cannot be read is
+    /// an error, never a fresh start that would send everyone their buttons again.
     async fn wave_state(&self, id: RollCallId) -> Result<WaveState, StoreError> {
-        Ok(self
-            .store
-            .provider_state(self.provider.name(), &buttons_key(id))
-            .await?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default())
+        match self.store.button_wave(id).await? {
+            None => Ok(WaveState::default()),
+            Some(s) => serde_json::from_str(&s).map_err(|e| {
+                StoreError::Corrupt(format!("roll call {id}: button wave record: {e}"))
+            }),
+        }
     }
 
     async fn save_wave(&self, id: RollCallId, state: &WaveState) -> Result<(), StoreError> {
         let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.store
-            .set_provider_state(
-                self.provider.name(),
-                &buttons_key(id),
-                &json,
-                self.clock.now_millis(),
-            )
-            .await
+        self.store.set_button_wave(id, &json).await
     }
 
     async fn recipients(&self, id: RollCallId) -> Result<Arc<Vec<ChatRecipient>>, StoreError> {

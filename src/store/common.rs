@@ -25,6 +25,50 @@
 macro_rules! store_impl {
     ($store:ty, $db:ty, $dialect:expr) => {
         impl $store {
+            /// Writes `mails` in `tx`, skipping any whose dedupe key is stored. Returns how
+            /// many were new.
+            async fn enqueue_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                mails: &[$crate::email::NewMail],
+                now: $crate::clock::Millis,
+                wall: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<u64> {
+                use super::shared::corrupt;
+                let mut new = 0;
+                for m in mails {
+                    new += sqlx::query(super::shared::ENQUEUE_MAIL_SQL)
+                        .bind(&m.kind)
+                        .bind(&m.dedupe_key)
+                        .bind(m.roll_call_id.map(|r| r.0))
+                        .bind(serde_json::to_string(&m.to).map_err(|e| corrupt("recipients", e))?)
+                        .bind(&m.subject)
+                        .bind(&m.body)
+                        .bind(m.csv.as_ref().map(|(n, _)| n.as_str()))
+                        .bind(m.csv.as_ref().map(|(_, b)| b.as_slice()))
+                        .bind(m.meta.as_deref())
+                        .bind(wall)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                }
+                Ok(new)
+            }
+
+            /// One nullable text column of a roll call (`sql` selects it by id, `$1`); none
+            /// for a roll call that does not exist.
+            async fn roll_call_text(
+                &self,
+                sql: &'static str,
+                roll_call: $crate::ids::RollCallId,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                let value: Option<Option<String>> = sqlx::query_scalar(sql)
+                    .bind(roll_call.0)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(value.flatten())
+            }
+
             /// Claims up to `limit` rows with `sql` (`$1` lease until, `$2` provider, `$3` now,
             /// `$4` limit): due deliveries, or due re-sends.
             async fn claim_rows(
@@ -1003,35 +1047,73 @@ macro_rules! store_impl {
                 now: $crate::clock::Millis,
                 wall: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<u64> {
-                use super::shared::corrupt;
                 let _w = self.write_lock().await;
                 self.retrying(|| async {
                     let mut tx = self.pool.begin().await?;
-                    let mut new = 0;
-                    for m in mails {
-                        new += sqlx::query(super::shared::ENQUEUE_MAIL_SQL)
-                            .bind(&m.kind)
-                            .bind(&m.dedupe_key)
-                            .bind(m.roll_call_id.map(|r| r.0))
-                            .bind(
-                                serde_json::to_string(&m.to)
-                                    .map_err(|e| corrupt("recipients", e))?,
-                            )
-                            .bind(&m.subject)
-                            .bind(&m.body)
-                            .bind(m.csv.as_ref().map(|(n, _)| n.as_str()))
-                            .bind(m.csv.as_ref().map(|(_, b)| b.as_slice()))
-                            .bind(m.meta.as_deref())
-                            .bind(wall)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                    }
+                    let new = Self::enqueue_in(&mut tx, mails, now, wall).await?;
                     tx.commit().await?;
                     Ok(new)
                 })
                 .await
+            }
+
+            async fn decide_mails(
+                &self,
+                roll_call: $crate::ids::RollCallId,
+                mails: &[$crate::email::NewMail],
+                note: &str,
+                now: $crate::clock::Millis,
+                wall: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<u64> {
+                let _w = self.write_lock().await;
+                self.retrying(|| async {
+                    let mut tx = self.pool.begin().await?;
+                    let new = Self::enqueue_in(&mut tx, mails, now, wall).await?;
+                    sqlx::query("UPDATE roll_calls SET mail_decided = $2 WHERE id = $1")
+                        .bind(roll_call.0)
+                        .bind(note)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(new)
+                })
+                .await
+            }
+
+            async fn mail_decided(
+                &self,
+                roll_call: $crate::ids::RollCallId,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                self.roll_call_text(
+                    "SELECT mail_decided FROM roll_calls WHERE id = $1",
+                    roll_call,
+                )
+                .await
+            }
+
+            async fn button_wave(
+                &self,
+                roll_call: $crate::ids::RollCallId,
+            ) -> $crate::store::StoreResult<Option<String>> {
+                self.roll_call_text(
+                    "SELECT button_wave FROM roll_calls WHERE id = $1",
+                    roll_call,
+                )
+                .await
+            }
+
+            async fn set_button_wave(
+                &self,
+                roll_call: $crate::ids::RollCallId,
+                state: &str,
+            ) -> $crate::store::StoreResult<()> {
+                let _w = self.write_lock().await;
+                sqlx::query("UPDATE roll_calls SET button_wave = $2 WHERE id = $1")
+                    .bind(roll_call.0)
+                    .bind(state)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn claim_mail(

@@ -399,6 +399,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         done: &Broadcast,
     ) -> StoreResult<bool>;
 
+    /// How far roll call `roll_call`'s button follow-up wave got (JSON of
+    /// [`crate::dispatch::WaveState`]), once it started.
+    async fn button_wave(&self, roll_call: RollCallId) -> StoreResult<Option<String>>;
+    /// Records how far roll call `roll_call`'s button follow-up wave got.
+    async fn set_button_wave(&self, roll_call: RollCallId, state: &str) -> StoreResult<()>;
+
+    /// What an earlier e-mail worker noted when it decided roll call `roll_call`'s deadline
+    /// mails, if it did.
+    async fn mail_decided(&self, roll_call: RollCallId) -> StoreResult<Option<String>>;
+    /// Writes roll call `roll_call`'s deadline mails as [`Store::enqueue_mails`] does and, in
+    /// the same transaction, notes them decided (`note`): a crash leaves both or neither.
+    async fn decide_mails(
+        &self,
+        roll_call: RollCallId,
+        mails: &[NewMail],
+        note: &str,
+        now: Millis,
+        wall: Millis,
+    ) -> StoreResult<u64>;
+
     /// What is known of Matrix user `user`'s DM room.
     async fn matrix_room(&self, user: &str) -> StoreResult<Option<MatrixRoom>>;
     /// Records `room` as `user`'s DM room.

@@ -1515,6 +1515,17 @@ async fn the_sql_action_order_is_the_rust_order_on_a_varied_population() {
     }
 }
 
+/// The store on `db` opened again, by this version (running its migrations).
+async fn reopen(db: &crate::support::DbGuard) -> SharedStore {
+    let url = match db {
+        crate::support::DbGuard::Sqlite(tmp) => {
+            format!("sqlite://{}", tmp.path().join("c.db").display())
+        }
+        crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
+    };
+    anpi::store::open(&url).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_roll_call_is_written_with_its_plans_and_older_databases_keep_theirs() {
     for (name, store, db) in backends().await {
@@ -1557,13 +1568,7 @@ async fn a_roll_call_is_written_with_its_plans_and_older_databases_keep_theirs()
             .await;
         db.execute("DELETE FROM _sqlx_migrations WHERE version = 10")
             .await;
-        let url = match &db {
-            crate::support::DbGuard::Sqlite(tmp) => {
-                format!("sqlite://{}", tmp.path().join("c.db").display())
-            }
-            crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
-        };
-        let store = anpi::store::open(&url).await.unwrap();
+        let store = reopen(&db).await;
         let read = store.roll_call(rc.id).await.unwrap().unwrap();
         assert_eq!(
             read.dispatch_plan.as_deref(),
@@ -1967,13 +1972,7 @@ async fn a_database_at_schema_0010_keeps_its_broadcasts_and_matrix_state() {
             id = rc.id
         ))
         .await;
-        let url = match &db {
-            crate::support::DbGuard::Sqlite(tmp) => {
-                format!("sqlite://{}", tmp.path().join("c.db").display())
-            }
-            crate::support::DbGuard::Postgres(pg) => pg.url.clone(),
-        };
-        let store = anpi::store::open(&url).await.unwrap();
+        let store = reopen(&db).await;
 
         assert_eq!(
             store
@@ -2056,7 +2055,8 @@ async fn a_database_at_schema_0010_keeps_its_broadcasts_and_matrix_state() {
             "{name}: a check learnt from the homeserver is never a room's newest"
         );
 
-        // Moved keys are gone; what is provider-wide (or a wave's progress) stays.
+        // Moved keys are gone; what is provider-wide (or a wave's progress, which migration
+        // 0012 moves) stays.
         for (provider, key) in [
             ("lineworks", format!("broadcast/{}", rc.id)),
             ("lineworks", format!("room/{}/総務課", rc.id)),
@@ -2086,5 +2086,102 @@ async fn a_database_at_schema_0010_keeps_its_broadcasts_and_matrix_state() {
                 "{name}: {provider} {key}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn a_database_at_schema_0011_keeps_its_button_waves_and_mail_decisions() {
+    for (name, store, db) in backends().await {
+        let rc = seeded(&store, 5, None).await;
+        let other = seeded(&store, 3, Some("another")).await;
+        drop(store);
+
+        // Before migration 0012 these were provider state: set that up and open the database
+        // with this version.
+        db.execute("ALTER TABLE roll_calls DROP COLUMN button_wave")
+            .await;
+        db.execute("ALTER TABLE roll_calls DROP COLUMN mail_decided")
+            .await;
+        db.execute("DELETE FROM _sqlx_migrations WHERE version = 12")
+            .await;
+        db.execute(&format!(
+            "INSERT INTO provider_state (provider, key, value, updated_at) VALUES \
+             ('simulator', 'buttons/{id}', '{{\"next\":3,\"sent\":3}}', 3000), \
+             ('email', 'rollcall:{id}', 'decided: 4 mails, list true at 9000', 9000), \
+             ('simulator', 'observed_pace', '{{\"interval_ms\":250}}', 1)",
+            id = rc.id
+        ))
+        .await;
+        let store = reopen(&db).await;
+
+        let wave: anpi::dispatch::WaveState =
+            serde_json::from_str(&store.button_wave(rc.id).await.unwrap().unwrap()).unwrap();
+        assert_eq!((wave.next, wave.sent, wave.done), (3, 3, false), "{name}");
+        assert_eq!(
+            store.mail_decided(rc.id).await.unwrap().as_deref(),
+            Some("decided: 4 mails, list true at 9000"),
+            "{name}"
+        );
+        assert_eq!(store.button_wave(other.id).await.unwrap(), None, "{name}");
+        assert_eq!(store.mail_decided(other.id).await.unwrap(), None, "{name}");
+        for (provider, key) in [
+            ("simulator", format!("buttons/{}", rc.id)),
+            ("email", format!("rollcall:{}", rc.id)),
+        ] {
+            assert_eq!(
+                store.provider_state(provider, &key).await.unwrap(),
+                None,
+                "{name}: {provider} {key} moved"
+            );
+        }
+        assert!(
+            store
+                .provider_state("simulator", "observed_pace")
+                .await
+                .unwrap()
+                .is_some(),
+            "{name}: provider-wide state stays"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deadline_mails_and_their_decision_are_written_together() {
+    for (name, store, _db) in backends().await {
+        let rc = seeded(&store, 3, None).await;
+        assert_eq!(store.mail_decided(rc.id).await.unwrap(), None, "{name}");
+        let mail = anpi::email::NewMail {
+            kind: "deadline_hq".into(),
+            dedupe_key: format!("deadline_hq:{}", rc.id),
+            roll_call_id: Some(rc.id),
+            to: vec!["hq@city.example.jp".into()],
+            subject: "要対応 3名".into(),
+            body: "本文".into(),
+            csv: None,
+            meta: None,
+        };
+        let new = store
+            .decide_mails(
+                rc.id,
+                std::slice::from_ref(&mail),
+                "decided: 1 mails",
+                10,
+                20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(new, 1, "{name}");
+        assert_eq!(
+            store.mail_decided(rc.id).await.unwrap().as_deref(),
+            Some("decided: 1 mails"),
+            "{name}"
+        );
+        // Deciding again (another replica, a restart) writes no second mail.
+        let again = store
+            .decide_mails(rc.id, &[mail], "decided: 1 mails", 30, 40)
+            .await
+            .unwrap();
+        assert_eq!(again, 0, "{name}");
+        assert_eq!(store.mails(Some(rc.id)).await.unwrap().len(), 1, "{name}");
     }
 }
