@@ -397,8 +397,9 @@ pub struct NewDelivery {
     pub chat_handle: Option<ChatHandle>,
 }
 
-/// A contact a roll call is composed from: borrowed (its details are copied) or owned (they
-/// are moved into the delivery row, which is what a roll call of a whole city should do).
+/// A contact a roll call is composed from, borrowed or owned. An owned one is dropped as soon
+/// as its delivery row is made, so a roll call of a whole city never holds the directory and
+/// all its rows at once.
 pub trait AudienceMember {
     fn contact(&self) -> &Contact;
     fn into_delivery(self, provider: &str) -> NewDelivery;

@@ -1,17 +1,26 @@
 -- PostgreSQL; mirrors migrations/sqlite/0012_button_waves_and_mail_decisions.sql.
--- The last roll-call state kept in provider_state moves to the roll call's own row: how far
--- its button follow-up wave got (JSON of dispatch::WaveState) and the note of its deadline
--- mails being decided (written in the same transaction as those mails).
-ALTER TABLE roll_calls ADD COLUMN button_wave TEXT;
-ALTER TABLE roll_calls ADD COLUMN mail_decided TEXT;
+-- The last roll-call state kept in provider_state moves to a table of its own, one row per
+-- roll call: how far its button follow-up wave got (JSON of dispatch::WaveState) and the note
+-- of its deadline mails being decided (written in the same transaction as those mails). Not
+-- columns of roll_calls: a wave's progress is written after every step, and on PostgreSQL an
+-- update of the roll call's row would wait for every receipt batch holding it open.
+CREATE TABLE roll_call_work (
+    roll_call_id BIGINT PRIMARY KEY REFERENCES roll_calls(id),
+    button_wave  TEXT,
+    mail_decided TEXT
+);
 
 -- Carried over: `buttons/<id>` (written under the roll call's provider) and the e-mail
 -- worker's `rollcall:<id>`; a key under any other provider never counted and is dropped.
-UPDATE roll_calls SET button_wave = (
-    SELECT s.value FROM provider_state AS s
-    WHERE s.provider = roll_calls.provider AND s.key = 'buttons/' || roll_calls.id);
-UPDATE roll_calls SET mail_decided = (
-    SELECT s.value FROM provider_state AS s
-    WHERE s.provider = 'email' AND s.key = 'rollcall:' || roll_calls.id);
+INSERT INTO roll_call_work (roll_call_id, button_wave, mail_decided)
+SELECT r.id,
+    (SELECT s.value FROM provider_state AS s
+     WHERE s.provider = r.provider AND s.key = 'buttons/' || r.id),
+    (SELECT s.value FROM provider_state AS s
+     WHERE s.provider = 'email' AND s.key = 'rollcall:' || r.id)
+FROM roll_calls AS r
+WHERE EXISTS (SELECT 1 FROM provider_state AS s
+    WHERE (s.provider = r.provider AND s.key = 'buttons/' || r.id)
+       OR (s.provider = 'email' AND s.key = 'rollcall:' || r.id));
 DELETE FROM provider_state
 WHERE key LIKE 'buttons/%' OR (provider = 'email' AND key LIKE 'rollcall:%');

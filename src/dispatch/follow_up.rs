@@ -153,7 +153,15 @@ impl Dispatcher {
             if !posted {
                 continue;
             }
-            let state = self.wave_state(rc.id).await?;
+            let state = match self.wave_state(rc.id).await {
+                Ok(state) => state,
+                Err(StoreError::Corrupt(error)) => {
+                    // That wave stops; every other roll call's goes on.
+                    warn!(roll_call = %rc.id, %error, "button wave record unreadable: its buttons are not sent");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if !state.done {
                 found.insert(rc.id);
             }

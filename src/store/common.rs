@@ -55,8 +55,8 @@ macro_rules! store_impl {
                 Ok(new)
             }
 
-            /// One nullable text column of a roll call (`sql` selects it by id, `$1`); none
-            /// for a roll call that does not exist.
+            /// One text column of a roll call's `roll_call_work` row (`sql` selects it by the
+            /// roll call's id, `$1`); none where the row or the value is missing.
             async fn roll_call_text(
                 &self,
                 sql: &'static str,
@@ -1069,11 +1069,16 @@ macro_rules! store_impl {
                 self.retrying(|| async {
                     let mut tx = self.pool.begin().await?;
                     let new = Self::enqueue_in(&mut tx, mails, now, wall).await?;
-                    sqlx::query("UPDATE roll_calls SET mail_decided = $2 WHERE id = $1")
-                        .bind(roll_call.0)
-                        .bind(note)
-                        .execute(&mut *tx)
-                        .await?;
+                    // The first decision's note stays (its "list true at").
+                    sqlx::query(
+                        "INSERT INTO roll_call_work (roll_call_id, mail_decided) VALUES ($1, $2) \
+                         ON CONFLICT (roll_call_id) DO UPDATE SET mail_decided = \
+                           COALESCE(roll_call_work.mail_decided, excluded.mail_decided)",
+                    )
+                    .bind(roll_call.0)
+                    .bind(note)
+                    .execute(&mut *tx)
+                    .await?;
                     tx.commit().await?;
                     Ok(new)
                 })
@@ -1085,7 +1090,7 @@ macro_rules! store_impl {
                 roll_call: $crate::ids::RollCallId,
             ) -> $crate::store::StoreResult<Option<String>> {
                 self.roll_call_text(
-                    "SELECT mail_decided FROM roll_calls WHERE id = $1",
+                    "SELECT mail_decided FROM roll_call_work WHERE roll_call_id = $1",
                     roll_call,
                 )
                 .await
@@ -1096,7 +1101,7 @@ macro_rules! store_impl {
                 roll_call: $crate::ids::RollCallId,
             ) -> $crate::store::StoreResult<Option<String>> {
                 self.roll_call_text(
-                    "SELECT button_wave FROM roll_calls WHERE id = $1",
+                    "SELECT button_wave FROM roll_call_work WHERE roll_call_id = $1",
                     roll_call,
                 )
                 .await
@@ -1108,11 +1113,14 @@ macro_rules! store_impl {
                 state: &str,
             ) -> $crate::store::StoreResult<()> {
                 let _w = self.write_lock().await;
-                sqlx::query("UPDATE roll_calls SET button_wave = $2 WHERE id = $1")
-                    .bind(roll_call.0)
-                    .bind(state)
-                    .execute(&self.pool)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO roll_call_work (roll_call_id, button_wave) VALUES ($1, $2) \
+                     ON CONFLICT (roll_call_id) DO UPDATE SET button_wave = excluded.button_wave",
+                )
+                .bind(roll_call.0)
+                .bind(state)
+                .execute(&self.pool)
+                .await?;
                 Ok(())
             }
 

@@ -371,7 +371,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<bool>;
 
     /// A small piece of state kept under a provider's (or a worker's) name: the pace the
-    /// platform showed, a feed's health, how far a button wave got.
+    /// platform showed, a feed's health.
     async fn provider_state(&self, provider: &str, key: &str) -> StoreResult<Option<String>>;
     async fn set_provider_state(
         &self,

@@ -533,6 +533,34 @@ async fn on_the_board_route_reads_confirm_the_buttons_follow_one_to_one_and_a_ta
 }
 
 #[tokio::test]
+async fn an_unreadable_button_wave_record_stops_only_its_own_wave() {
+    let n = 20;
+    let app = spawn(n, Script::new(), true, 60.0).await;
+    let (first, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    // The first roll call's wave record is damaged (a disk, a hand edit) while it runs.
+    app.hq
+        .store()
+        .set_button_wave(first.id, "not a wave")
+        .await
+        .unwrap();
+    let (second, _) = app.hq.start(&drill(), None, None).await.unwrap();
+    let tapped = |c: &Contact, rc: RollCallId| {
+        app.lw.received(&handle(c)).iter().any(|m| {
+            m.postbacks
+                .iter()
+                .any(|p| p.starts_with(&format!("anpi:{}:", rc.0)))
+        })
+    };
+    // The second roll call's buttons reach everyone all the same.
+    until("the second roll call's buttons reached everyone", || {
+        let all = app.contacts.iter().all(|c| tapped(c, second.id));
+        async move { all }
+    })
+    .await;
+    assert_eq!(app.lw.posts().len(), 2, "both board posts went");
+}
+
+#[tokio::test]
 async fn a_board_post_made_before_a_restart_is_still_followed_without_a_stored_cursor() {
     let cs = contacts(20);
     let mut script = Script::new();

@@ -2055,8 +2055,8 @@ async fn a_database_at_schema_0010_keeps_its_broadcasts_and_matrix_state() {
             "{name}: a check learnt from the homeserver is never a room's newest"
         );
 
-        // Moved keys are gone; what is provider-wide (or a wave's progress, which migration
-        // 0012 moves) stays.
+        // Moved keys are gone; what is provider-wide stays, and so does a wave's progress
+        // here (migration 0012 moves it, and this database is recorded as having run it).
         for (provider, key) in [
             ("lineworks", format!("broadcast/{}", rc.id)),
             ("lineworks", format!("room/{}/総務課", rc.id)),
@@ -2098,10 +2098,7 @@ async fn a_database_at_schema_0011_keeps_its_button_waves_and_mail_decisions() {
 
         // Before migration 0012 these were provider state: set that up and open the database
         // with this version.
-        db.execute("ALTER TABLE roll_calls DROP COLUMN button_wave")
-            .await;
-        db.execute("ALTER TABLE roll_calls DROP COLUMN mail_decided")
-            .await;
+        db.execute("DROP TABLE roll_call_work").await;
         db.execute("DELETE FROM _sqlx_migrations WHERE version = 12")
             .await;
         db.execute(&format!(
@@ -2176,12 +2173,38 @@ async fn deadline_mails_and_their_decision_are_written_together() {
             Some("decided: 1 mails"),
             "{name}"
         );
-        // Deciding again (another replica, a restart) writes no second mail.
+        // Deciding again (another replica, a restart) writes no second mail, and the first
+        // decision's note stays.
         let again = store
-            .decide_mails(rc.id, &[mail], "decided: 1 mails", 30, 40)
+            .decide_mails(rc.id, &[mail], "decided again", 30, 40)
             .await
             .unwrap();
         assert_eq!(again, 0, "{name}");
+        assert_eq!(
+            store.mail_decided(rc.id).await.unwrap().as_deref(),
+            Some("decided: 1 mails"),
+            "{name}"
+        );
+        // A button wave's progress is its own value beside the decision.
+        assert_eq!(store.button_wave(rc.id).await.unwrap(), None, "{name}");
+        store
+            .set_button_wave(rc.id, r#"{"next":50}"#)
+            .await
+            .unwrap();
+        store
+            .set_button_wave(rc.id, r#"{"next":100}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.button_wave(rc.id).await.unwrap().as_deref(),
+            Some(r#"{"next":100}"#),
+            "{name}"
+        );
+        assert_eq!(
+            store.mail_decided(rc.id).await.unwrap().as_deref(),
+            Some("decided: 1 mails"),
+            "{name}"
+        );
         assert_eq!(store.mails(Some(rc.id)).await.unwrap().len(), 1, "{name}");
     }
 }
