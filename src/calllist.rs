@@ -145,6 +145,13 @@ pub fn pad(s: &str, width: usize) -> String {
     out
 }
 
+/// `s` right-aligned in `width` display columns, after one space: numbers under a Japanese
+/// header line up whatever the header's width.
+pub fn pad_left(s: &str, width: usize) -> String {
+    let w = UnicodeWidthStr::width(s);
+    format!(" {}{s}", " ".repeat(width.saturating_sub(w)))
+}
+
 /// The section an entry is listed under.
 fn section(e: &CallListEntry) -> &'static str {
     match e.action() {
@@ -527,6 +534,18 @@ mod tests {
         let list = vec![entry("B", DeliveryState::Answered, None)];
         let t = render_table(&list, ListScope::ToCall, 0, chrono_tz::Asia::Tokyo);
         assert!(t.contains("nobody needs HQ now"));
+    }
+
+    #[test]
+    fn pad_left_lines_numbers_up_under_wide_headers() {
+        assert_eq!(pad_left("確認済", 6), " 確認済");
+        assert_eq!(pad_left("8", 6), "      8");
+        assert_eq!(
+            UnicodeWidthStr::width(pad_left("要電話", 6).as_str()),
+            UnicodeWidthStr::width(pad_left("12", 6).as_str())
+        );
+        // Wider than its column: still one space before it.
+        assert_eq!(pad_left("1234567", 6), " 1234567");
     }
 
     #[test]

@@ -1485,27 +1485,29 @@ fn print_status(v: &Value) {
         n("answered_attention"),
         n("resent")
     );
-    let pad = crate::calllist::pad;
+    use crate::calllist::{pad, pad_left};
+    // Counts right-aligned by display width under their (double-width) headers.
+    let row = |cells: &[String]| -> String { cells.iter().map(|c| pad_left(c, 6)).collect() };
+    let count = |c: &Value, key: &str| c[key].as_i64().unwrap_or(0);
     if let Some(depts) = v["progress"]["by_department"].as_object() {
         if !depts.is_empty() {
             println!(
-                "\n{}{:>6} {:>6} {:>6} {:>6}",
+                "\n{}{}",
                 pad("所属", 16),
-                "対象",
-                "確認済",
-                "要電話",
-                "要対応"
+                row(&["対象", "確認済", "要電話", "要対応"].map(String::from))
             );
         }
         for (name, c) in depts {
-            let confirmed = c["read"].as_i64().unwrap_or(0) + c["answered"].as_i64().unwrap_or(0);
+            let confirmed = count(c, "read") + count(c, "answered");
             println!(
-                "{}{:>6} {:>6} {:>6} {:>6}",
+                "{}{}",
                 pad(name, 16),
-                c["total"],
-                confirmed,
-                c["to_call"],
-                c["urgent_open"].as_i64().unwrap_or(0)
+                row(&[
+                    count(c, "total").to_string(),
+                    confirmed.to_string(),
+                    count(c, "to_call").to_string(),
+                    count(c, "urgent_open").to_string(),
+                ])
             );
         }
     }
@@ -1516,23 +1518,23 @@ fn print_status(v: &Value) {
         shelters.sort_by_key(|(name, c)| (!silent(c), (*name).clone()));
         if !shelters.is_empty() {
             println!(
-                "\n{}{:>6} {:>6} {:>6}",
+                "\n{}{}",
                 pad("避難所 (電話と担当職員)", 24),
-                "対象",
-                "確認済",
-                "要対応"
+                row(&["対象", "確認済", "要対応"].map(String::from))
             );
         }
         for (name, c) in shelters {
-            let confirmed = c["read"].as_i64().unwrap_or(0) + c["answered"].as_i64().unwrap_or(0);
+            let confirmed = count(c, "read") + count(c, "answered");
             println!(
-                "{}{:>6} {:>6} {:>6} {}",
+                "{}{}{}",
                 pad(name, 24),
-                c["total"],
-                confirmed,
-                c["urgent_open"].as_i64().unwrap_or(0),
+                row(&[
+                    count(c, "total").to_string(),
+                    confirmed.to_string(),
+                    count(c, "urgent_open").to_string(),
+                ]),
                 if silent(c) {
-                    "応答なし / silent"
+                    "  応答なし / silent"
                 } else {
                     ""
                 }
