@@ -717,7 +717,7 @@ macro_rules! store_impl {
                 &self,
                 provider: &str,
             ) -> $crate::store::StoreResult<Option<$crate::clock::Millis>> {
-                let t: Option<Option<i64>> = sqlx::query_scalar(super::shared::NEXT_RESEND_SQL)
+                let t: Option<Option<i64>> = sqlx::query_scalar(&super::shared::next_resend_sql($dialect))
                     .bind(provider)
                     .fetch_optional(&self.pool)
                     .await?;

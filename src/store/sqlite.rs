@@ -48,6 +48,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let opts = match std::env::var("XCACHE") { Ok(v) => opts.pragma("cache_size", v), Err(_) => opts };
+        let opts = match std::env::var("XMMAP") { Ok(v) => opts.pragma("mmap_size", v), Err(_) => opts };
         let opts = if memory {
             opts.journal_mode(SqliteJournalMode::Memory)
         } else {
