@@ -18,8 +18,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::MutexGuard;
 
 use super::shared::{
-    corrupt, kind_str, record_failed_sql, record_retry_sql, record_sent_sql, renew_claims_sql,
-    split_results, Dialect,
+    corrupt, in_one_transaction, kind_str, record_failed_sql, record_retry_sql, record_sent_sql,
+    renew_claims_sql, split_results, Dialect,
 };
 use super::{StoreError, StoreResult};
 use crate::answers::UrgentWords;
@@ -125,37 +125,41 @@ impl PostgresStore {
     }
 
     async fn record_once(&self, cols: &ResultColumns, now: Millis) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
         let (sent, retry, failed) = (&cols.sent, &cols.retry, &cols.failed);
+        let sqls = (
+            record_sent_sql(Dialect::Postgres),
+            record_retry_sql(Dialect::Postgres),
+            record_failed_sql(Dialect::Postgres),
+        );
+        let mut statements = Vec::new();
         if !sent.0.is_empty() {
-            sqlx::query(&record_sent_sql(Dialect::Postgres))
-                .bind(&sent.0)
-                .bind(&sent.1)
-                .bind(&sent.2)
-                .bind(&sent.3)
-                .execute(&mut *tx)
-                .await?;
+            statements.push(
+                sqlx::query(&sqls.0)
+                    .bind(&sent.0)
+                    .bind(&sent.1)
+                    .bind(&sent.2)
+                    .bind(&sent.3),
+            );
         }
         if !retry.id.is_empty() {
-            sqlx::query(&record_retry_sql(Dialect::Postgres))
-                .bind(&retry.id)
-                .bind(&retry.next)
-                .bind(&retry.err)
-                .bind(&retry.refund)
-                .bind(&retry.lease)
-                .execute(&mut *tx)
-                .await?;
+            statements.push(
+                sqlx::query(&sqls.1)
+                    .bind(&retry.id)
+                    .bind(&retry.next)
+                    .bind(&retry.err)
+                    .bind(&retry.refund)
+                    .bind(&retry.lease),
+            );
         }
         if !failed.0.is_empty() {
-            sqlx::query(&record_failed_sql(Dialect::Postgres))
-                .bind(&failed.0)
-                .bind(&failed.1)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            statements.push(
+                sqlx::query(&sqls.2)
+                    .bind(&failed.0)
+                    .bind(&failed.1)
+                    .bind(now),
+            );
         }
-        tx.commit().await?;
-        Ok(())
+        in_one_transaction(&self.pool, statements).await
     }
 }
 

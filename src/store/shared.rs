@@ -38,6 +38,16 @@ pub(super) enum Dialect {
 }
 
 impl Dialect {
+    /// Column `col` in a condition that must not pick the index: SQLite's `+col` (a unary
+    /// plus keeps its planner on the index the query is written for); PostgreSQL plans by
+    /// cost and gets the column as it is.
+    pub(super) fn not_indexed(self, col: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("+{col}"),
+            Dialect::Postgres => col.to_string(),
+        }
+    }
+
     /// `WITH j AS MATERIALIZED (...)`: a JSON array of objects bound as parameter `$n`, read
     /// as a table `j` with the given (column, SQL type) pairs, for a statement that follows
     /// with `FROM j`. Materialised, so the database walks the batch and looks each row up by
@@ -1126,13 +1136,15 @@ pub(super) fn claim_next_call_sql(d: Dialect) -> String {
 /// Claims due re-sends: `$1` lease until, `$2` provider, `$3` now, `$4` limit.
 pub(super) fn claim_resends_sql(d: Dialect) -> String {
     let lock = d.skip_locked();
+    // Walks the re-send index in due order.
+    let (p, r) = (d.not_indexed("provider"), d.not_indexed("roll_call_id"));
     format!(
         "UPDATE deliveries SET resend_lease = $1 \
          WHERE id IN (SELECT id FROM deliveries \
            WHERE resend_at IS NOT NULL AND resent_at IS NULL AND resend_at <= $3 \
-             AND provider = $2 AND state = 'sent' \
+             AND {p} = $2 AND state = 'sent' \
              AND (resend_lease IS NULL OR resend_lease <= $3) \
-             AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
+             AND {r} IN (SELECT id FROM roll_calls WHERE state = 'open') \
            ORDER BY resend_at LIMIT $4 {lock}) \
          RETURNING id, roll_call_id, chat_handle, attempts, kind"
     )
@@ -1142,12 +1154,9 @@ pub(super) fn claim_resends_sql(d: Dialect) -> String {
 /// re-send and the earliest lapse of a claim, each the first entry of its own index, so the
 /// answer costs two index probes however many messages wait.
 pub(super) fn next_resend_sql(d: Dialect) -> String {
-    // SQLite: `+` keeps it on the re-send indexes rather than the provider's or the roll
-    // call's, which would visit every delivery.
-    let (p, r) = match d {
-        Dialect::Sqlite => ("+provider", "+roll_call_id"),
-        Dialect::Postgres => ("provider", "roll_call_id"),
-    };
+    // On the re-send indexes, not the provider's or the roll call's, which would visit
+    // every delivery.
+    let (p, r) = (d.not_indexed("provider"), d.not_indexed("roll_call_id"));
     let waiting = format!(
         "resent_at IS NULL AND state = 'sent' AND {p} = $1 \
          AND {r} IN (SELECT id FROM roll_calls WHERE state = 'open')"
@@ -1926,6 +1935,26 @@ pub(super) fn record_sent_sql(d: Dialect) -> String {
          WHERE d.id = j.id AND d.state IN ('sending', 'read', 'answered')",
         state = state_after_sql(DeliveryEvent::Accepted, "d.state")
     )
+}
+
+/// Runs `statements` in order in one transaction: a batch of send results is recorded whole
+/// or not at all. Each backend binds the batch its own way (one JSON array on SQLite, one
+/// array per column on PostgreSQL).
+pub(super) async fn in_one_transaction<'q, DB>(
+    pool: &sqlx::Pool<DB>,
+    statements: Vec<sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>>,
+) -> StoreResult<()>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let mut tx = pool.begin().await?;
+    for q in statements {
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Records [`RetryRow`]s: pending again, only while the claim that sent it still holds.

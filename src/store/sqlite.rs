@@ -16,8 +16,8 @@ use sqlx::{ConnectOptions, Connection, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::shared::{
-    corrupt, kind_str, record_failed_sql, record_retry_sql, record_sent_sql, renew_claims_sql,
-    split_results, Dialect,
+    corrupt, in_one_transaction, kind_str, record_failed_sql, record_retry_sql, record_sent_sql,
+    renew_claims_sql, split_results, Dialect,
 };
 use super::StoreResult;
 use crate::answers::UrgentWords;
@@ -48,8 +48,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let opts = match std::env::var("XCACHE") { Ok(v) => opts.pragma("cache_size", v), Err(_) => opts };
-        let opts = match std::env::var("XMMAP") { Ok(v) => opts.pragma("mmap_size", v), Err(_) => opts };
+        let opts = match std::env::var("XCACHE") {
+            Ok(v) => opts.pragma("cache_size", v),
+            Err(_) => opts,
+        };
+        let opts = match std::env::var("XMMAP") {
+            Ok(v) => opts.pragma("mmap_size", v),
+            Err(_) => opts,
+        };
         let opts = if memory {
             opts.journal_mode(SqliteJournalMode::Memory)
         } else {
@@ -208,29 +214,23 @@ impl SqliteStore {
         let sent = rows_json(&rows.sent)?;
         let retry = rows_json(&rows.retry)?;
         let failed = rows_json(&rows.failed)?;
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let sqls = (
+            record_sent_sql(Dialect::Sqlite),
+            record_retry_sql(Dialect::Sqlite),
+            record_failed_sql(Dialect::Sqlite),
+        );
+        let mut statements = Vec::new();
         if let Some(sent) = sent {
-            sqlx::query(&record_sent_sql(Dialect::Sqlite))
-                .bind(sent)
-                .execute(&mut *tx)
-                .await?;
+            statements.push(sqlx::query(&sqls.0).bind(sent));
         }
         if let Some(retry) = retry {
-            sqlx::query(&record_retry_sql(Dialect::Sqlite))
-                .bind(retry)
-                .execute(&mut *tx)
-                .await?;
+            statements.push(sqlx::query(&sqls.1).bind(retry));
         }
         if let Some(failed) = failed {
-            sqlx::query(&record_failed_sql(Dialect::Sqlite))
-                .bind(failed)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            statements.push(sqlx::query(&sqls.2).bind(failed).bind(now));
         }
-        tx.commit().await?;
-        Ok(())
+        let _w = self.writer.lock().await;
+        in_one_transaction(&self.pool, statements).await
     }
 
     async fn renew(&self, held: &[(i64, Millis)], until: Millis) -> StoreResult<Vec<i64>> {

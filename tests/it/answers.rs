@@ -676,6 +676,13 @@ async fn the_resend_goes_once_to_the_unread_when_it_falls_due() {
             .await
             .unwrap()
             .is_empty());
+        // Nothing else waits: the next time to look is when the claim lapses (the reader's
+        // earlier message counts for nothing).
+        assert_eq!(
+            store.next_resend("simulator").await.unwrap(),
+            Some(92_000),
+            "{name}"
+        );
         let (first, rest) = due.split_at(1);
         let mut results: Vec<ResendResult> = rest
             .iter()
