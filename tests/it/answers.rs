@@ -824,3 +824,82 @@ async fn a_plea_naming_a_roll_call_the_person_is_not_in_still_reaches_hq_and_the
         assert_eq!(l.value, "injured", "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_database_at_schema_0012_keeps_its_resends_and_claims_when_it_migrates() {
+    for (name, store, db) in backends().await {
+        let f = sent_roll_call(&store, 10, Some("1m")).await;
+        let reader = f.staff_index(0);
+        apply(
+            &store,
+            &[ev(
+                "r1",
+                Some(f.rc.id),
+                &f.handle(reader),
+                InboundKind::Read,
+                30_000,
+            )],
+            30_001,
+        )
+        .await;
+        let lease = Duration::from_secs(30);
+        let claimed = store
+            .claim_due_resends("simulator", 62_000, lease, 100)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 9, "{name}");
+        drop(store);
+
+        // Before migration 0013 the re-send index held read messages too, and claims had no
+        // index: put that back and open the database with this version.
+        db.execute("DROP INDEX deliveries_resend_lease").await;
+        db.execute("DROP INDEX deliveries_resend").await;
+        db.execute(
+            "CREATE INDEX deliveries_resend ON deliveries (resend_at) \
+             WHERE resend_at IS NOT NULL AND resent_at IS NULL",
+        )
+        .await;
+        db.execute("DELETE FROM _sqlx_migrations WHERE version = 13")
+            .await;
+        let store = crate::store_contract::reopen(&db).await;
+
+        // The claim made before still holds until it lapses, and then the same nine are due.
+        assert_eq!(
+            store.next_resend("simulator").await.unwrap(),
+            Some(92_000),
+            "{name}"
+        );
+        assert!(store
+            .claim_due_resends("simulator", 91_999, lease, 100)
+            .await
+            .unwrap()
+            .is_empty());
+        let again = store
+            .claim_due_resends("simulator", 92_000, lease, 100)
+            .await
+            .unwrap();
+        let mut ids: Vec<i64> = again.iter().map(|d| d.id).collect();
+        let mut before: Vec<i64> = claimed.iter().map(|d| d.id).collect();
+        ids.sort_unstable();
+        before.sort_unstable();
+        assert_eq!(ids, before, "{name}");
+        let sent: Vec<ResendResult> = again
+            .iter()
+            .map(|d| ResendResult::Sent {
+                id: d.id,
+                at: 92_100,
+            })
+            .collect();
+        store.record_resends(&sent).await.unwrap();
+        assert_eq!(
+            store.next_resend("simulator").await.unwrap(),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            store.progress(f.rc.id).await.unwrap().overall.resent,
+            9,
+            "{name}"
+        );
+    }
+}

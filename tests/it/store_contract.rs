@@ -1516,7 +1516,7 @@ async fn the_sql_action_order_is_the_rust_order_on_a_varied_population() {
 }
 
 /// The store on `db` opened again, by this version (running its migrations).
-async fn reopen(db: &crate::support::DbGuard) -> SharedStore {
+pub(crate) async fn reopen(db: &crate::support::DbGuard) -> SharedStore {
     let url = match db {
         crate::support::DbGuard::Sqlite(tmp) => {
             format!("sqlite://{}", tmp.path().join("c.db").display())
