@@ -48,14 +48,6 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let opts = match std::env::var("XCACHE") {
-            Ok(v) => opts.pragma("cache_size", v),
-            Err(_) => opts,
-        };
-        let opts = match std::env::var("XMMAP") {
-            Ok(v) => opts.pragma("mmap_size", v),
-            Err(_) => opts,
-        };
         let opts = if memory {
             opts.journal_mode(SqliteJournalMode::Memory)
         } else {
@@ -99,6 +91,43 @@ fn rows_json<T: serde::Serialize>(rows: &[T]) -> StoreResult<Option<String>> {
     serde_json::to_string(rows)
         .map(Some)
         .map_err(|e| corrupt("send results", e))
+}
+
+/// One multi-row `INSERT` of roll call `id`'s deliveries `chunk`.
+fn deliveries_insert<'a>(
+    id: i64,
+    new: &'a NewRollCall,
+    chunk: &'a [NewDelivery],
+    now: Millis,
+) -> sqlx::QueryBuilder<'a, Sqlite> {
+    let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+        "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
+         call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
+         last_error, escalated_at, escalation_reason, kana, role) ",
+    );
+    insert.push_values(chunk, |mut row, d| {
+        let phones = serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into());
+        let reachable = d.chat_handle.is_some();
+        row.push_bind(id)
+            .push_bind(d.staff_id.as_str())
+            .push_bind(d.name.as_str())
+            .push_bind(d.department.as_deref())
+            .push_bind(d.shelter.as_deref())
+            .push_bind(kind_str(d.kind))
+            .push_bind(i64::from(d.call_priority))
+            .push_bind(phones)
+            .push_bind(d.email.as_deref())
+            .push_bind(new.provider.as_str())
+            .push_bind(d.chat_handle.as_ref().map(|h| h.as_str()))
+            .push_bind(if reachable { "pending" } else { "failed" })
+            .push_bind(now)
+            .push_bind((!reachable).then(|| format!("no chat id on {}", new.provider)))
+            .push_bind((!reachable).then_some(now))
+            .push_bind((!reachable).then_some("no_chat_id"))
+            .push_bind(d.kana.as_deref())
+            .push_bind(d.role.as_deref());
+    });
+    insert
 }
 
 /// What SQLite does its own way, for [`super::common::store_impl!`].
@@ -167,7 +196,8 @@ impl SqliteStore {
     }
 
     /// Writes roll call `id`'s deliveries. Multi-row inserts with every value bound: no
-    /// per-row statement and no JSON to take apart on the way in.
+    /// per-row statement and no JSON to take apart on the way in. Each chunk's statement is
+    /// built while SQLite (on its own thread) writes the chunk before it.
     async fn insert_deliveries(
         tx: &mut Transaction<'_, Sqlite>,
         id: i64,
@@ -175,35 +205,14 @@ impl SqliteStore {
         recipients: &[NewDelivery],
         now: Millis,
     ) -> StoreResult<()> {
-        for chunk in recipients.chunks(INSERT_CHUNK) {
-            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
-                 call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
-                 last_error, escalated_at, escalation_reason, kana, role) ",
-            );
-            insert.push_values(chunk, |mut row, d| {
-                let phones = serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into());
-                let reachable = d.chat_handle.is_some();
-                row.push_bind(id)
-                    .push_bind(d.staff_id.as_str())
-                    .push_bind(d.name.as_str())
-                    .push_bind(d.department.as_deref())
-                    .push_bind(d.shelter.as_deref())
-                    .push_bind(kind_str(d.kind))
-                    .push_bind(i64::from(d.call_priority))
-                    .push_bind(phones)
-                    .push_bind(d.email.as_deref())
-                    .push_bind(new.provider.as_str())
-                    .push_bind(d.chat_handle.as_ref().map(|h| h.as_str()))
-                    .push_bind(if reachable { "pending" } else { "failed" })
-                    .push_bind(now)
-                    .push_bind((!reachable).then(|| format!("no chat id on {}", new.provider)))
-                    .push_bind((!reachable).then_some(now))
-                    .push_bind((!reachable).then_some("no_chat_id"))
-                    .push_bind(d.kana.as_deref())
-                    .push_bind(d.role.as_deref());
+        let mut chunks = recipients.chunks(INSERT_CHUNK);
+        let mut next = chunks.next().map(|c| deliveries_insert(id, new, c, now));
+        while let Some(mut insert) = next.take() {
+            let (written, built) = futures::join!(insert.build().execute(&mut **tx), async {
+                chunks.next().map(|c| deliveries_insert(id, new, c, now))
             });
-            insert.build().execute(&mut **tx).await?;
+            written?;
+            next = built;
         }
         Ok(())
     }

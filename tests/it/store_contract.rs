@@ -2208,3 +2208,44 @@ async fn deadline_mails_and_their_decision_are_written_together() {
         assert_eq!(store.mails(Some(rc.id)).await.unwrap().len(), 1, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_roll_call_of_many_chunks_is_written_whole_or_not_at_all() {
+    for (name, store, _db) in backends().await {
+        // More rows than one insert statement takes on either backend.
+        let contacts = synthetic::generate(25_000, 3).contacts;
+        let (new, mut rec) = rollcall::compose(&scenario(), &contacts, "simulator", None, None);
+        let whole = store.create_roll_call(&new, &rec, 1_000).await.unwrap();
+        assert_eq!(
+            store.recipients(whole.id).await.unwrap().len(),
+            25_000,
+            "{name}"
+        );
+
+        // The same person twice, in the last chunk: the whole roll call is refused and
+        // nothing of it stays, not even the chunks written before.
+        let before = store.roll_calls().await.unwrap().len();
+        rec.push(rec[0].clone());
+        let (again, _) = rollcall::compose(
+            &scenario(),
+            &contacts,
+            "simulator",
+            None,
+            Some("twice".into()),
+        );
+        assert!(
+            store.create_roll_call(&again, &rec, 2_000).await.is_err(),
+            "{name}"
+        );
+        assert_eq!(store.roll_calls().await.unwrap().len(), before, "{name}");
+        assert_eq!(
+            store
+                .claim_due_deliveries("simulator", 3_000, Duration::from_secs(60), 100_000)
+                .await
+                .unwrap()
+                .len(),
+            25_000,
+            "{name}: only the first roll call's rows are there"
+        );
+    }
+}
