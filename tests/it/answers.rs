@@ -635,6 +635,22 @@ async fn hq_records_a_note_or_an_outcome_for_any_named_person() {
     }
 }
 
+/// `f`'s first staff member reads at 30,000, before a re-send after 1m falls due.
+async fn first_reads(store: &SharedStore, f: &Fixture) {
+    apply(
+        store,
+        &[ev(
+            "r1",
+            Some(f.rc.id),
+            &f.handle(f.staff_index(0)),
+            InboundKind::Read,
+            30_000,
+        )],
+        30_001,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn the_resend_goes_once_to_the_unread_when_it_falls_due() {
     for (name, store, _db) in backends().await {
@@ -652,19 +668,7 @@ async fn the_resend_goes_once_to_the_unread_when_it_falls_due() {
             .unwrap()
             .is_empty());
         // One reads before it is due: no re-send for them.
-        let reader = f.staff_index(0);
-        apply(
-            &store,
-            &[ev(
-                "r1",
-                Some(f.rc.id),
-                &f.handle(reader),
-                InboundKind::Read,
-                30_000,
-            )],
-            30_001,
-        )
-        .await;
+        first_reads(&store, &f).await;
         let due = store
             .claim_due_resends("simulator", 62_000, lease, 100)
             .await
@@ -829,19 +833,7 @@ async fn a_plea_naming_a_roll_call_the_person_is_not_in_still_reaches_hq_and_the
 async fn a_database_at_schema_0012_keeps_its_resends_and_claims_when_it_migrates() {
     for (name, store, db) in backends().await {
         let f = sent_roll_call(&store, 10, Some("1m")).await;
-        let reader = f.staff_index(0);
-        apply(
-            &store,
-            &[ev(
-                "r1",
-                Some(f.rc.id),
-                &f.handle(reader),
-                InboundKind::Read,
-                30_000,
-            )],
-            30_001,
-        )
-        .await;
+        first_reads(&store, &f).await;
         let lease = Duration::from_secs(30);
         let claimed = store
             .claim_due_resends("simulator", 62_000, lease, 100)
