@@ -1563,6 +1563,15 @@ fn print_urgent(list: &Value) {
     }
 }
 
+/// `n` and `noun`, with an "s" unless there is exactly one.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
     match command {
         ContactsCommand::Check { file } => match crate::contacts::load_file_read(&file) {
@@ -1574,11 +1583,11 @@ async fn contacts(command: ContactsCommand) -> anyhow::Result<ExitCode> {
                     .filter(|c| c.kind == crate::contacts::ContactKind::ShelterPhone)
                     .count();
                 println!(
-                    "{}: OK — {} contacts ({} staff, {} shelter phones)",
+                    "{}: OK — {} ({} staff, {})",
                     file.display(),
-                    dir.contacts.len(),
+                    counted(dir.contacts.len(), "contact"),
                     dir.contacts.len() - shelters,
-                    shelters
+                    counted(shelters, "shelter phone")
                 );
                 print_ignored_columns(&read.ignored_columns);
                 Ok(ExitCode::SUCCESS)

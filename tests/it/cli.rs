@@ -85,7 +85,10 @@ fn contacts_check_reads_an_excel_hr_export_and_names_the_columns_it_skips() {
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("OK — 1 contacts"), "{stdout}");
+    assert!(
+        stdout.contains("OK — 1 contact (1 staff, 0 shelter phones)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("columns not used: 内線"), "{stdout}");
 }
 
