@@ -442,7 +442,7 @@ macro_rules! store_impl {
                 provider: &str,
             ) -> $crate::store::StoreResult<Option<$crate::clock::Millis>> {
                 use sqlx::Row;
-                let row = sqlx::query(super::shared::next_due_sql($dialect))
+                let row = sqlx::query(super::shared::next_due_sql())
                     .bind(provider)
                     .fetch_one(&self.pool)
                     .await?;
@@ -510,7 +510,7 @@ macro_rules! store_impl {
                 &self,
             ) -> $crate::store::StoreResult<Option<$crate::clock::Millis>> {
                 let t: Option<Option<i64>> =
-                    sqlx::query_scalar(super::shared::next_deadline_sql($dialect))
+                    sqlx::query_scalar(&super::shared::next_deadline_sql($dialect))
                         .fetch_optional(&self.pool)
                         .await?;
                 Ok(t.flatten())
@@ -537,7 +537,7 @@ macro_rules! store_impl {
                 now: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<u64> {
                 let _w = self.write_lock().await;
-                let n = sqlx::query(super::shared::escalate_due_sql($dialect))
+                let n = sqlx::query(&super::shared::escalate_due_sql($dialect))
                     .bind(now)
                     .execute(&self.pool)
                     .await?

@@ -1529,67 +1529,46 @@ where
     })
 }
 
-/// When provider `$1`'s next pending delivery is due or a claim lapses, as `t`.
-pub(super) fn next_due_sql(d: Dialect) -> &'static str {
-    match d {
-        Dialect::Sqlite => {
-            "SELECT MIN(t) AS t FROM ( \
-               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'pending' \
-               UNION ALL \
-               SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE provider = $1 AND state = 'sending')"
-        }
-        Dialect::Postgres => {
-            // Each part the first entry of its index range, not an aggregate over the range:
-            // while a roll call goes out the planner's statistics are of a smaller table, and
-            // with them it counts every pending row for its MIN.
-            "SELECT LEAST( \
-               (SELECT next_attempt_at FROM deliveries WHERE provider = $1 AND state = 'pending' \
-                ORDER BY next_attempt_at LIMIT 1), \
-               (SELECT next_attempt_at FROM deliveries WHERE provider = $1 AND state = 'sending' \
-                ORDER BY next_attempt_at LIMIT 1)) AS t"
-        }
-    }
+/// When provider `$1`'s next pending delivery is due or a claim lapses, as `t`: the first
+/// entry of each state's range of the due index. Not an aggregate over the ranges: while a
+/// roll call goes out, PostgreSQL's statistics are of a smaller table, and with them it
+/// counted every pending row for a `MIN`.
+pub(super) fn next_due_sql() -> &'static str {
+    "SELECT MIN(t) AS t FROM ( \
+       SELECT (SELECT next_attempt_at FROM deliveries WHERE provider = $1 AND state = 'pending' \
+               ORDER BY next_attempt_at LIMIT 1) AS t \
+       UNION ALL \
+       SELECT (SELECT next_attempt_at FROM deliveries WHERE provider = $1 AND state = 'sending' \
+               ORDER BY next_attempt_at LIMIT 1) AS t) AS due"
 }
 
-/// The earliest deadline of a sent, unread, not yet escalated delivery of an open roll call
-/// (no row or NULL when there is none).
-pub(super) fn next_deadline_sql(d: Dialect) -> &'static str {
-    match d {
-        // `+roll_call_id` keeps SQLite on the partial deadline index (the earliest entry of
-        // an open roll call) instead of walking every delivery of every open roll call.
-        Dialect::Sqlite => {
-            "SELECT deadline_at FROM deliveries \
-             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at IS NOT NULL \
-               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
-             ORDER BY deadline_at LIMIT 1"
-        }
-        // The first entry of the deadline index that belongs to an open roll call; a MIN over
-        // the join counted every sent row (tens of milliseconds at 100,000, asked after every
-        // batch sent).
-        Dialect::Postgres => {
-            "SELECT deadline_at AS t FROM deliveries \
-             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at IS NOT NULL \
-               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
-             ORDER BY deadline_at LIMIT 1"
-        }
-    }
+/// Sent, unread, not yet escalated deliveries of open roll calls whose deadline is `cond`, on
+/// the partial deadline index (on SQLite, not the roll call's index, which would walk every
+/// delivery of every open roll call).
+fn waiting_for_deadline(d: Dialect, cond: &str) -> String {
+    format!(
+        "state = 'sent' AND escalated_at IS NULL AND {cond} \
+         AND {} IN (SELECT id FROM roll_calls WHERE state = 'open')",
+        d.not_indexed("roll_call_id")
+    )
+}
+
+/// The earliest deadline of a sent, unread, not yet escalated delivery of an open roll call,
+/// as `t`: the first entry of the deadline index, not a `MIN` over every sent row (asked after
+/// every batch sent). No row when there is none.
+pub(super) fn next_deadline_sql(d: Dialect) -> String {
+    format!(
+        "SELECT deadline_at AS t FROM deliveries WHERE {} ORDER BY deadline_at LIMIT 1",
+        waiting_for_deadline(d, "deadline_at IS NOT NULL")
+    )
 }
 
 /// Escalates, at `$1`, every sent, unread delivery of an open roll call whose deadline passed.
-pub(super) fn escalate_due_sql(d: Dialect) -> &'static str {
-    match d {
-        // `+roll_call_id`: as in `next_deadline_sql`.
-        Dialect::Sqlite => {
-            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
-             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
-               AND +roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
-        }
-        Dialect::Postgres => {
-            "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' \
-             WHERE state = 'sent' AND escalated_at IS NULL AND deadline_at <= $1 \
-               AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open')"
-        }
-    }
+pub(super) fn escalate_due_sql(d: Dialect) -> String {
+    format!(
+        "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' WHERE {}",
+        waiting_for_deadline(d, "deadline_at <= $1")
+    )
 }
 
 /// Roll call `$1`'s action list; in the action order where [`Dialect::sorts_call_list`].
