@@ -797,7 +797,7 @@ impl CallListEntry {
     /// The action list's one order, used by every view and by the call queue: open entries
     /// by [`Action`] (urgent, silent shelters, never read, not sent), then closed ones; within
     /// each, by call priority, then longest waiting, then staff id.
-    /// The store writes the same order in SQL (`ACTION_RANK` and `WAITING_SINCE` in
+    /// The store writes the same order in SQL (`action_rank` and `WAITING_SINCE` in
     /// `store::shared`); a contract test holds the two together.
     pub fn call_order(&self, other: &Self) -> std::cmp::Ordering {
         let key = |e: &Self| {

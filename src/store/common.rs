@@ -403,7 +403,7 @@ macro_rules! store_impl {
                 {
                     p.answers.insert(r.try_get(0)?, r.try_get::<i64, _>(1)?);
                 }
-                let times = sqlx::query(shared::TIMES_SQL)
+                let times = sqlx::query(&shared::times_sql())
                     .bind(id.0)
                     .fetch_one(&self.pool)
                     .await?;
@@ -510,7 +510,7 @@ macro_rules! store_impl {
                 &self,
             ) -> $crate::store::StoreResult<Option<$crate::clock::Millis>> {
                 let t: Option<Option<i64>> =
-                    sqlx::query_scalar(&super::shared::next_deadline_sql($dialect))
+                    sqlx::query_scalar(&super::shared::next_deadline_sql())
                         .fetch_optional(&self.pool)
                         .await?;
                 Ok(t.flatten())
@@ -537,12 +537,17 @@ macro_rules! store_impl {
                 now: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<u64> {
                 let _w = self.write_lock().await;
-                let n = sqlx::query(&super::shared::escalate_due_sql($dialect))
+                let mut tx = self.pool.begin().await?;
+                let n: i64 = sqlx::query_scalar(&super::shared::count_escalating_sql())
                     .bind(now)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                Ok(n)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(&super::shared::escalate_due_sql())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(n as u64)
             }
 
             async fn call_list(

@@ -166,7 +166,8 @@ impl Dialect {
             ""
         };
         format!(
-            "{queue_keys}{ACTION_RANK}, {no_answer_last}call_priority, {WAITING_SINCE}, {}",
+            "{queue_keys}{}, {no_answer_last}call_priority, {WAITING_SINCE}, {}",
+            action_rank(),
             self.staff_order()
         )
     }
@@ -207,31 +208,97 @@ pub(super) fn carry_urgent_sql() -> String {
     format!("{CARRY_URGENT_AT_CLOSE}{URGENT_OPEN} ON CONFLICT (provider, event_id) DO NOTHING")
 }
 
-/// Escalated, not confirmed in chat, and no call closed it.
-pub(super) const ESCALATED_OPEN: &str = "(escalated_at IS NOT NULL \
-    AND state NOT IN ('read', 'answered') AND (outcome IS NULL OR outcome = 'no_answer'))";
+/// Roll call `rc`'s escalation mark (a column or parameter, in SQL): how far its deadlines
+/// have escalated, -1 before the first pass.
+fn mark_of(rc: &str) -> String {
+    format!(
+        "COALESCE((SELECT MAX(m.through) FROM escalation_marks m WHERE m.roll_call_id = {rc}), -1)"
+    )
+}
 
-/// [`crate::rollcall::Action::rank`] in SQL; 4 for entries that need nothing now.
-const ACTION_RANK: &str = "CASE \
+/// Escalated by its deadline, read from the roll call's mark rather than written into the
+/// row: sent, unread, not escalated for another reason, and its deadline at or before `mark`.
+/// Columns prefixed `t` (`""` or an alias with its dot).
+fn past_deadline(t: &str, mark: &str) -> String {
+    format!("({t}state = 'sent' AND {t}escalated_at IS NULL AND {t}deadline_at <= {mark})")
+}
+
+/// When a delivery (columns prefixed `t`) of roll call `rc` was escalated: the time in its row
+/// (a send that failed, no chat id, or read after its deadline escalated it), else, while it
+/// is unread, the first mark at or after its deadline. That is what [`past_deadline`] says,
+/// as a time: a mark at or after the deadline exists exactly when the latest one is.
+fn escalated_at_sql(t: &str, rc: &str) -> String {
+    format!(
+        "COALESCE({t}escalated_at, CASE WHEN {t}state = 'sent' THEN \
+           (SELECT MIN(m.through) FROM escalation_marks m \
+            WHERE m.roll_call_id = {rc} AND m.through >= {t}deadline_at) END)"
+    )
+}
+
+/// Why a delivery (as in [`escalated_at_sql`]) was escalated: as its row says, else
+/// `never_read` while [`past_deadline`].
+fn escalation_reason_sql(t: &str, rc: &str) -> String {
+    format!(
+        "CASE WHEN {} THEN 'never_read' ELSE {t}escalation_reason END",
+        past_deadline(t, &mark_of(rc))
+    )
+}
+
+/// Roll call `$1`'s [`past_deadline`] (unprefixed columns).
+fn past_deadline_1() -> String {
+    past_deadline("", &mark_of("$1"))
+}
+
+/// Escalated (in its row or by roll call `$1`'s deadline), not confirmed in chat, and no call
+/// closed it ([`CallListEntry::to_call`]'s escalated half).
+pub(super) fn escalated_open() -> String {
+    format!(
+        "(((escalated_at IS NOT NULL AND state NOT IN ('read', 'answered')) OR {}) \
+          AND (outcome IS NULL OR outcome = 'no_answer'))",
+        past_deadline_1()
+    )
+}
+
+/// [`crate::rollcall::Action::rank`] in SQL, for roll call `$1`; 4 for entries that need
+/// nothing now.
+fn action_rank() -> String {
+    format!(
+        "CASE \
     WHEN (level = 3 AND NOT (outcome IS NOT NULL AND outcome <> 'no_answer' \
           AND outcome_at IS NOT NULL AND outcome_at >= COALESCE(urgent_at, level_at))) THEN 0 \
-    WHEN (escalated_at IS NOT NULL AND state NOT IN ('read', 'answered') \
-          AND (outcome IS NULL OR outcome = 'no_answer')) THEN \
+    WHEN {} THEN \
       CASE WHEN kind = 'shelter_phone' THEN 1 \
            WHEN escalation_reason IN ('send_failed', 'no_chat_id') THEN 3 ELSE 2 END \
-    ELSE 4 END";
+    ELSE 4 END",
+        escalated_open()
+    )
+}
 
-/// [`CallListEntry::waiting_since`] in SQL (no time sorts first, as in Rust).
+/// [`CallListEntry::waiting_since`] in SQL (no time sorts first, as in Rust). An entry
+/// escalated by its deadline was sent, so its send time is the one.
 const WAITING_SINCE: &str = "CASE \
     WHEN (level = 3 AND NOT (outcome IS NOT NULL AND outcome <> 'no_answer' \
           AND outcome_at IS NOT NULL AND outcome_at >= COALESCE(urgent_at, level_at))) \
       THEN COALESCE(level_at, 0) \
     ELSE COALESCE(sent_at, escalated_at, 0) END";
 
-/// Who belongs on the action list (open or closed): escalated, answered urgently, called,
-/// or written about.
-pub(super) const ON_ACTION_LIST: &str = "(escalated_at IS NOT NULL OR outcome IS NOT NULL \
+/// Who belongs on the action list by its row (open or closed): escalated in the row, answered
+/// urgently, called, or written about. The action-list index's condition, written the same
+/// way so that the planner can use it.
+const ON_ACTION_LIST_ROW: &str = "(escalated_at IS NOT NULL OR outcome IS NOT NULL \
     OR level = 3 OR notes IS NOT NULL)";
+
+/// The ids of who belongs on roll call `$1`'s action list: [`ON_ACTION_LIST_ROW`] (from the
+/// action-list index), and those escalated by its deadline (from the deadline index). Two
+/// ranges, not one condition with `OR`, which SQLite would answer by reading every delivery
+/// of the roll call.
+fn action_list_ids() -> String {
+    format!(
+        "SELECT id FROM deliveries WHERE roll_call_id = $1 AND {ON_ACTION_LIST_ROW} \
+         UNION ALL SELECT id FROM deliveries WHERE roll_call_id = $1 AND {}",
+        past_deadline_1()
+    )
+}
 
 /// Where a call outcome ($3, by $5 at $4) may be written: not over a hold another caller has,
 /// and a person once reached is not put back on the list by a late "no answer".
@@ -239,12 +306,19 @@ pub(super) const OUTCOME_GUARD: &str = "\
     AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $5) \
     AND NOT (COALESCE(outcome, '') LIKE 'reached%' AND $3 NOT LIKE 'reached%')";
 
-/// The columns [`entry_from_row`] reads, in its order.
-pub(super) const ENTRY_COLUMNS: &str = "id, staff_id, name, kana, role, department, shelter, \
-    kind, call_priority, phones, state, escalation_reason, last_error, sent_at, escalated_at, \
-    read_at, answer, answer_label, answer_text, answer_level, answer_at, level, level_value, \
-    level_label, level_text, level_at, outcome, outcome_at, outcome_by, notes, \
-    call_claimed_by, call_claimed_until, resent_at, urgent_at";
+/// The columns [`entry_from_row`] reads, in its order, of a delivery of roll call `$1`.
+pub(super) fn entry_columns() -> String {
+    format!(
+        "id, staff_id, name, kana, role, department, shelter, \
+         kind, call_priority, phones, state, {} AS escalation_reason, last_error, sent_at, \
+         {} AS escalated_at, \
+         read_at, answer, answer_label, answer_text, answer_level, answer_at, level, level_value, \
+         level_label, level_text, level_at, outcome, outcome_at, outcome_by, notes, \
+         call_claimed_by, call_claimed_until, resent_at, urgent_at",
+        escalation_reason_sql("", "$1"),
+        escalated_at_sql("", "$1")
+    )
+}
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -294,7 +368,7 @@ fn given(
     })
 }
 
-/// One action-list entry from a row of [`ENTRY_COLUMNS`], on either backend.
+/// One action-list entry from a row of [`entry_columns`], on either backend.
 pub(super) fn entry_from_row<R>(r: &R) -> StoreResult<CallListEntry>
 where
     R: Row,
@@ -371,14 +445,16 @@ where
 pub(super) fn progress_sql() -> String {
     format!(
         "SELECT department, shelter, kind, state, \
-           CAST(CASE WHEN escalated_at IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS esc, \
+           CAST(CASE WHEN escalated_at IS NOT NULL OR {past} THEN 1 ELSE 0 END AS BIGINT) AS esc, \
            outcome, level, \
            CAST(CASE WHEN {URGENT_OPEN} THEN 1 ELSE 0 END AS BIGINT) AS uo, \
            CAST(CASE WHEN resent_at IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS rs, \
-           CAST(CASE WHEN {ESCALATED_OPEN} THEN 1 ELSE 0 END AS BIGINT) AS eo, \
+           CAST(CASE WHEN {eo} THEN 1 ELSE 0 END AS BIGINT) AS eo, \
            COUNT(*) AS n \
          FROM deliveries WHERE roll_call_id = $1 \
-         GROUP BY department, shelter, kind, state, esc, outcome, level, uo, rs, eo"
+         GROUP BY department, shelter, kind, state, esc, outcome, level, uo, rs, eo",
+        past = past_deadline_1(),
+        eo = escalated_open()
     )
 }
 
@@ -386,10 +462,17 @@ pub(super) fn progress_sql() -> String {
 pub(super) const ANSWERS_SQL: &str = "SELECT level_value, COUNT(*) AS n FROM deliveries \
     WHERE roll_call_id = $1 AND level_value IS NOT NULL GROUP BY level_value";
 
-/// When the last message went out and the next deadline falls.
-pub(super) const TIMES_SQL: &str = "SELECT MAX(sent_at) AS last_sent, \
-    MIN(CASE WHEN state = 'sent' AND escalated_at IS NULL THEN deadline_at END) AS next_dl \
-    FROM deliveries WHERE roll_call_id = $1";
+/// When roll call `$1`'s last message went out and its next deadline falls (the first after
+/// its escalation mark).
+pub(super) fn times_sql() -> String {
+    format!(
+        "SELECT MAX(sent_at) AS last_sent, \
+           MIN(CASE WHEN state = 'sent' AND escalated_at IS NULL AND deadline_at > {} \
+               THEN deadline_at END) AS next_dl \
+         FROM deliveries WHERE roll_call_id = $1",
+        mark_of("$1")
+    )
+}
 
 /// Counts the rows of [`progress_sql`] into overall, department and shelter counts.
 pub(super) fn fold_progress<R>(rows: &[R], p: &mut Progress) -> StoreResult<()>
@@ -614,6 +697,13 @@ impl EventStatements {
         let answer_state = state_after_sql(DeliveryEvent::Answered, "d.state");
         let graver =
             "(j.sl > d.level OR (j.sl = d.level AND (d.level_at IS NULL OR j.sa < d.level_at)))";
+        // A delivery escalated by its deadline leaves `sent` here: its escalation is written
+        // into its row first, so it stays on the action list as escalated (then read).
+        let keep_escalation = format!(
+            "escalated_at = {}, escalation_reason = {},",
+            escalated_at_sql("d.", "d.roll_call_id"),
+            escalation_reason_sql("d.", "d.roll_call_id")
+        );
         Self {
             insert_events: format!(
                 "{events} INSERT INTO events (provider, event_id, roll_call_id, delivery_id, from_handle, \
@@ -622,7 +712,7 @@ impl EventStatements {
                  WHERE true ON CONFLICT (provider, event_id) DO NOTHING RETURNING event_id"
             ),
             reads: format!(
-                "{reads} UPDATE deliveries AS d SET \
+                "{reads} UPDATE deliveries AS d SET {keep_escalation} \
                    state = {read_state}, \
                    read_at = CASE WHEN d.read_at IS NULL OR j.r < d.read_at THEN j.r \
                                   ELSE d.read_at END \
@@ -632,7 +722,8 @@ impl EventStatements {
                         OR j.r < d.read_at)"
             ),
             answers: format!(
-                "{answers} UPDATE deliveries AS d SET state = {answer_state}, \
+                "{answers} UPDATE deliveries AS d SET {keep_escalation} \
+                   state = {answer_state}, \
                    answered_at = CASE WHEN d.answered_at IS NULL OR j.a < d.answered_at \
                                       THEN j.a ELSE d.answered_at END, \
                    answer = CASE WHEN {newer} THEN j.lv ELSE d.answer END, \
@@ -1116,7 +1207,7 @@ pub(super) fn urgent_open_sql() -> String {
 
 /// The call queue's claim: `$1` roll call, `$2` caller, `$3` hold until, `$4` now. Both kinds
 /// of open entry are on the action list, said again so that the planner reads only the list's
-/// index (a claim with nobody to call touches no other row).
+/// indexes (a claim with nobody to call touches no other row).
 pub(super) fn claim_next_call_sql(d: Dialect) -> String {
     // Two callers on two replicas asking at once get two different people.
     let lock = d.skip_locked();
@@ -1124,12 +1215,15 @@ pub(super) fn claim_next_call_sql(d: Dialect) -> String {
         "UPDATE deliveries SET call_claimed_by = $2, call_claimed_until = $3 \
          WHERE id = ( \
            SELECT id FROM deliveries \
-           WHERE roll_call_id = $1 AND {ON_ACTION_LIST} AND ({URGENT_OPEN} OR {ESCALATED_OPEN}) \
+           WHERE id IN ({on_list}) AND ({URGENT_OPEN} OR {eo}) \
              AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $2) \
              AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
            ORDER BY {} LIMIT 1 {lock}) \
-         RETURNING {ENTRY_COLUMNS}",
-        d.action_order(true)
+         RETURNING {cols}",
+        d.action_order(true),
+        on_list = action_list_ids(),
+        eo = escalated_open(),
+        cols = entry_columns()
     )
 }
 
@@ -1223,8 +1317,9 @@ pub(super) fn record_resends_sql(d: Dialect) -> String {
 /// Everyone of roll call `$1` whose standing answer has level `$2`, newest first.
 pub(super) fn answered_sql() -> String {
     format!(
-        "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND level = $2 \
-         ORDER BY level_at DESC, id"
+        "SELECT {} FROM deliveries WHERE roll_call_id = $1 AND level = $2 \
+         ORDER BY level_at DESC, id",
+        entry_columns()
     )
 }
 
@@ -1542,32 +1637,47 @@ pub(super) fn next_due_sql() -> &'static str {
                ORDER BY next_attempt_at LIMIT 1) AS t) AS due"
 }
 
-/// Sent, unread, not yet escalated deliveries of open roll calls whose deadline is `cond`, on
-/// the partial deadline index (on SQLite, not the roll call's index, which would walk every
-/// delivery of every open roll call).
-fn waiting_for_deadline(d: Dialect, cond: &str) -> String {
+/// Sent, unread, not yet escalated deliveries `d` of open roll call `r` whose deadline is
+/// past the roll call's mark and `cond`: one range of the deadline index per roll call.
+fn after_mark(cond: &str) -> String {
     format!(
-        "state = 'sent' AND escalated_at IS NULL AND {cond} \
-         AND {} IN (SELECT id FROM roll_calls WHERE state = 'open')",
-        d.not_indexed("roll_call_id")
+        "d.roll_call_id = r.id AND d.state = 'sent' AND d.escalated_at IS NULL \
+         AND d.deadline_at > {} AND {cond}",
+        mark_of("r.id")
     )
 }
 
-/// The earliest deadline of a sent, unread, not yet escalated delivery of an open roll call,
-/// as `t`: the first entry of the deadline index, not a `MIN` over every sent row (asked after
-/// every batch sent). No row when there is none.
-pub(super) fn next_deadline_sql(d: Dialect) -> String {
+/// The earliest deadline still to escalate, as `t` (NULL when there is none): of each open
+/// roll call, the first entry of the deadline index past its mark, not a `MIN` over every
+/// sent row (asked after every batch sent).
+pub(super) fn next_deadline_sql() -> String {
     format!(
-        "SELECT deadline_at AS t FROM deliveries WHERE {} ORDER BY deadline_at LIMIT 1",
-        waiting_for_deadline(d, "deadline_at IS NOT NULL")
+        "SELECT MIN(t) AS t FROM ( \
+           SELECT (SELECT d.deadline_at FROM deliveries d WHERE {} \
+                   ORDER BY d.deadline_at LIMIT 1) AS t \
+           FROM roll_calls r WHERE r.state = 'open') AS o",
+        after_mark("d.deadline_at IS NOT NULL")
     )
 }
 
-/// Escalates, at `$1`, every sent, unread delivery of an open roll call whose deadline passed.
-pub(super) fn escalate_due_sql(d: Dialect) -> String {
+/// How many deliveries of open roll calls a mark at `$1` escalates.
+pub(super) fn count_escalating_sql() -> String {
     format!(
-        "UPDATE deliveries SET escalated_at = $1, escalation_reason = 'never_read' WHERE {}",
-        waiting_for_deadline(d, "deadline_at <= $1")
+        "SELECT CAST(COALESCE(SUM( \
+           (SELECT COUNT(*) FROM deliveries d WHERE {})), 0) AS BIGINT) \
+         FROM roll_calls r WHERE r.state = 'open'",
+        after_mark("d.deadline_at <= $1")
+    )
+}
+
+/// Escalates, at `$1`, every sent, unread delivery of an open roll call whose deadline passed:
+/// one mark per open roll call not yet marked that far ([`past_deadline`] reads it).
+pub(super) fn escalate_due_sql() -> String {
+    format!(
+        "INSERT INTO escalation_marks (roll_call_id, through) \
+         SELECT r.id, $1 FROM roll_calls r WHERE r.state = 'open' AND {} < $1 \
+         ON CONFLICT (roll_call_id, through) DO NOTHING",
+        mark_of("r.id")
     )
 }
 
@@ -1581,13 +1691,18 @@ pub(super) fn call_list_sql(d: Dialect) -> String {
         String::new()
     };
     format!(
-        "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND {ON_ACTION_LIST}{order}"
+        "SELECT {} FROM deliveries WHERE id IN ({}){order}",
+        entry_columns(),
+        action_list_ids()
     )
 }
 
 /// Roll call `$1`'s entry of staff `$2`.
 pub(super) fn entry_sql() -> String {
-    format!("SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2")
+    format!(
+        "SELECT {} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2",
+        entry_columns()
+    )
 }
 
 /// A note as stored in a delivery's `notes` array.
@@ -1639,7 +1754,8 @@ pub(super) fn record_call_sql(d: Dialect, with_outcome: bool, after_close: bool)
     format!(
         "UPDATE deliveries SET {set} notes = {notes} \
          WHERE roll_call_id = $1 AND staff_id = $2 {guard} {open} AND {params} \
-         RETURNING {ENTRY_COLUMNS}, chat_handle"
+         RETURNING {cols}, chat_handle",
+        cols = entry_columns()
     )
 }
 

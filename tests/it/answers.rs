@@ -895,3 +895,134 @@ async fn a_database_at_schema_0012_keeps_its_resends_and_claims_when_it_migrates
         );
     }
 }
+
+#[tokio::test]
+async fn a_database_at_schema_0013_keeps_its_escalations_when_it_migrates() {
+    for (name, store, db) in backends().await {
+        // Ten sent at 2,000 with their deadline at 302,000; one reads in time.
+        let f = sent_roll_call(&store, 10, None).await;
+        first_reads(&store, &f).await;
+        drop(store);
+
+        // Before migration 0014 a deadline escalated by writing each unread row. Put that
+        // schema back: five unread escalated at 302,500 in their rows, four whose deadline
+        // was moved to 400,000 still waiting.
+        db.execute("DROP INDEX deliveries_deadline").await;
+        db.execute("DROP TABLE escalation_marks").await;
+        db.execute(
+            "CREATE INDEX deliveries_deadline ON deliveries (deadline_at) \
+             WHERE state = 'sent' AND escalated_at IS NULL",
+        )
+        .await;
+        db.execute(
+            "UPDATE deliveries SET escalated_at = 302500, escalation_reason = 'never_read' \
+             WHERE id IN (SELECT id FROM deliveries WHERE state = 'sent' ORDER BY id LIMIT 5)",
+        )
+        .await;
+        db.execute(
+            "UPDATE deliveries SET deadline_at = 400000 \
+             WHERE state = 'sent' AND escalated_at IS NULL",
+        )
+        .await;
+        db.execute("DELETE FROM _sqlx_migrations WHERE version = 14")
+            .await;
+        let store = crate::store_contract::reopen(&db).await;
+
+        // The five stay on the list with their time; the next deadline is the others'.
+        let listed = |l: &[rollcall::CallListEntry]| -> Vec<(String, Option<i64>)> {
+            let mut v: Vec<_> = l
+                .iter()
+                .filter(|e| e.to_call())
+                .map(|e| (e.staff_id.to_string(), e.escalated_at))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = listed(&store.call_list(f.rc.id).await.unwrap());
+        assert_eq!(before.len(), 5, "{name}");
+        assert!(before.iter().all(|(_, at)| *at == Some(302_500)), "{name}");
+        assert_eq!(
+            store.next_deadline().await.unwrap(),
+            Some(400_000),
+            "{name}"
+        );
+        assert_eq!(store.escalate_due(399_999).await.unwrap(), 0, "{name}");
+
+        // One of the five reads late: still listed as escalated, no longer to call.
+        let late = &before[0].0;
+        let i = f
+            .contacts
+            .iter()
+            .position(|c| c.id.to_string() == *late)
+            .unwrap();
+        apply(
+            &store,
+            &[ev(
+                "late",
+                Some(f.rc.id),
+                &f.handle(i),
+                InboundKind::Read,
+                310_000,
+            )],
+            310_001,
+        )
+        .await;
+        let e = store.entry(f.rc.id, &f.staff(i)).await.unwrap().unwrap();
+        assert_eq!(e.escalated_at, Some(302_500), "{name}");
+        assert!(!e.to_call(), "{name}");
+
+        // The other four escalate at their deadline, by the mark.
+        assert_eq!(store.escalate_due(400_200).await.unwrap(), 4, "{name}");
+        assert_eq!(store.next_deadline().await.unwrap(), None, "{name}");
+        let after = listed(&store.call_list(f.rc.id).await.unwrap());
+        assert_eq!(after.len(), 8, "{name}");
+        assert_eq!(
+            after.iter().filter(|(_, at)| *at == Some(400_200)).count(),
+            4,
+            "{name}"
+        );
+        let p = store.progress(f.rc.id).await.unwrap().overall;
+        assert_eq!((p.escalated, p.to_call), (9, 8), "{name}");
+
+        // Of those four, one reads and one taps a button: each keeps its escalation time and
+        // leaves the list of people to call.
+        let four: Vec<usize> = after
+            .iter()
+            .filter(|(_, at)| *at == Some(400_200))
+            .map(|(s, _)| {
+                f.contacts
+                    .iter()
+                    .position(|c| c.id.to_string() == *s)
+                    .unwrap()
+            })
+            .collect();
+        apply(
+            &store,
+            &[
+                ev(
+                    "r4",
+                    Some(f.rc.id),
+                    &f.handle(four[0]),
+                    InboundKind::Read,
+                    401_000,
+                ),
+                ev(
+                    "a4",
+                    Some(f.rc.id),
+                    &f.handle(four[1]),
+                    button("safe"),
+                    401_000,
+                ),
+            ],
+            401_001,
+        )
+        .await;
+        for &i in &four[..2] {
+            let e = store.entry(f.rc.id, &f.staff(i)).await.unwrap().unwrap();
+            assert_eq!(e.escalated_at, Some(400_200), "{name}");
+            assert!(!e.to_call(), "{name}");
+        }
+        let p = store.progress(f.rc.id).await.unwrap().overall;
+        assert_eq!((p.escalated, p.to_call), (9, 6), "{name}");
+    }
+}

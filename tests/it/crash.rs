@@ -255,15 +255,20 @@ poll_wait = "100ms"
     assert_eq!(list, never);
 
     // The stored deadlines held: nobody escalated before their deadline, nor long after.
-    let late: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT deadline_at, escalated_at FROM deliveries \
-         WHERE roll_call_id = $1 AND escalation_reason = 'never_read'",
+    let late: Vec<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT d.deadline_at, COALESCE(d.escalated_at, \
+           (SELECT MIN(m.through) FROM escalation_marks m \
+            WHERE m.roll_call_id = d.roll_call_id AND m.through >= d.deadline_at)) \
+         FROM deliveries d \
+         WHERE d.roll_call_id = $1 AND (d.escalation_reason = 'never_read' OR d.state = 'sent')",
     )
     .bind(rc.id.0)
     .fetch_all(sq.pool())
     .await
     .unwrap();
+    assert_eq!(late.len(), never.len());
     for (deadline, escalated) in &late {
+        let escalated = &escalated.expect("unread past the deadline but not escalated");
         assert!(escalated >= deadline, "escalated before the deadline");
         assert!(
             escalated - deadline < 20_000,

@@ -299,9 +299,12 @@ poll_wait = "100ms"
         let pg = PostgresStore::connect(&self.pg.url, &Default::default())
             .await
             .unwrap();
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT deadline_at, escalated_at FROM deliveries \
-             WHERE roll_call_id = $1 AND escalation_reason = 'never_read'",
+        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT d.deadline_at, COALESCE(d.escalated_at, \
+               (SELECT MIN(m.through) FROM escalation_marks m \
+                WHERE m.roll_call_id = d.roll_call_id AND m.through >= d.deadline_at)) \
+             FROM deliveries d \
+             WHERE d.roll_call_id = $1 AND (d.escalation_reason = 'never_read' OR d.state = 'sent')",
         )
         .bind(rc.0)
         .fetch_all(pg.pool())
@@ -309,6 +312,7 @@ poll_wait = "100ms"
         .unwrap();
         assert_eq!(rows.len(), never.len());
         for (deadline, escalated) in &rows {
+            let escalated = &escalated.expect("unread past the deadline but not escalated");
             assert!(escalated >= deadline, "escalated before the deadline");
             assert!(
                 escalated - deadline <= late_ms,
