@@ -25,6 +25,19 @@
 macro_rules! store_impl {
     ($store:ty, $db:ty, $dialect:expr) => {
         impl $store {
+            /// Roll call `id`'s escalation marks, for entries read before them.
+            async fn marks<'c, E>(ex: E, id: i64) -> $crate::store::StoreResult<super::shared::Marks>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                Ok(super::shared::Marks(
+                    sqlx::query_scalar(super::shared::MARKS_SQL)
+                        .bind(id)
+                        .fetch_all(ex)
+                        .await?,
+                ))
+            }
+
             /// Writes `mails` in `tx`, skipping any whose dedupe key is stored. Returns how
             /// many were new.
             async fn enqueue_in(
@@ -244,7 +257,8 @@ macro_rules! store_impl {
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else { return Ok(None) };
-                let entry = shared::entry_from_row(&row)?;
+                let marks = Self::marks(&mut *tx, id.0).await?;
+                let entry = shared::entry_from_row(&row, &marks)?;
                 let handle: Option<String> = row.try_get("chat_handle")?;
                 // The call and the note are evidence too: they go in the same append-only log
                 // as chat events.
@@ -558,18 +572,21 @@ macro_rules! store_impl {
                 if self.roll_call(id).await?.is_none() {
                     return Err($crate::store::StoreError::NoSuchRollCall(id));
                 }
-                let dialect = $dialect;
-                let sql = super::shared::call_list_sql(dialect);
-                let mut rows = sqlx::query(&sql).bind(id.0).fetch(&self.pool);
+                // The marks first, and the list as of the latest of them: each entry escalated
+                // by the deadline has its mark among these.
+                let marks = Self::marks(&self.pool, id.0).await?;
+                let sql = super::shared::call_list_sql();
+                let mut rows = sqlx::query(&sql)
+                    .bind(id.0)
+                    .bind(marks.latest())
+                    .fetch(&self.pool);
                 // Converted row by row: the list can be 100,000 long, and holding every raw
                 // row as well as every entry would double the memory it takes.
                 let mut out = Vec::new();
                 while let Some(row) = rows.try_next().await? {
-                    out.push(super::shared::entry_from_row(&row)?);
+                    out.push(super::shared::entry_from_row(&row, &marks)?);
                 }
-                if !dialect.sorts_call_list() {
-                    out.sort_unstable_by($crate::rollcall::CallListEntry::call_order);
-                }
+                out.sort_unstable_by($crate::rollcall::CallListEntry::call_order);
                 Ok(out)
             }
 
@@ -583,7 +600,10 @@ macro_rules! store_impl {
                     .bind(staff.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map(super::shared::entry_from_row).transpose()
+                let marks = Self::marks(&self.pool, id.0).await?;
+                row.as_ref()
+                    .map(|r| super::shared::entry_from_row(r, &marks))
+                    .transpose()
             }
 
             async fn record_call(
@@ -630,7 +650,10 @@ macro_rules! store_impl {
                     .bind(level.rank())
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter().map(super::shared::entry_from_row).collect()
+                let marks = Self::marks(&self.pool, id.0).await?;
+                rows.iter()
+                    .map(|r| super::shared::entry_from_row(r, &marks))
+                    .collect()
             }
 
             async fn recipients(
@@ -744,7 +767,10 @@ macro_rules! store_impl {
                     .bind(now)
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map(super::shared::entry_from_row).transpose()
+                let marks = Self::marks(&self.pool, id.0).await?;
+                row.as_ref()
+                    .map(|r| super::shared::entry_from_row(r, &marks))
+                    .transpose()
             }
 
             async fn release_call(

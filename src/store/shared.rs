@@ -136,12 +136,6 @@ impl Dialect {
         }
     }
 
-    /// Whether the action list is sorted by the database ([`call_list_sql`]); SQLite's list
-    /// is sorted in Rust by [`CallListEntry::call_order`], the same order.
-    pub(super) fn sorts_call_list(self) -> bool {
-        self == Dialect::Postgres
-    }
-
     /// Staff ids compare byte-wise on both backends, as in Rust.
     fn staff_order(self) -> &'static str {
         match self {
@@ -306,18 +300,48 @@ pub(super) const OUTCOME_GUARD: &str = "\
     AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $5) \
     AND NOT (COALESCE(outcome, '') LIKE 'reached%' AND $3 NOT LIKE 'reached%')";
 
-/// The columns [`entry_from_row`] reads, in its order, of a delivery of roll call `$1`.
-pub(super) fn entry_columns() -> String {
-    format!(
-        "id, staff_id, name, kana, role, department, shelter, \
-         kind, call_priority, phones, state, {} AS escalation_reason, last_error, sent_at, \
-         {} AS escalated_at, \
-         read_at, answer, answer_label, answer_text, answer_level, answer_at, level, level_value, \
-         level_label, level_text, level_at, outcome, outcome_at, outcome_by, notes, \
-         call_claimed_by, call_claimed_until, resent_at, urgent_at",
-        escalation_reason_sql("", "$1"),
-        escalated_at_sql("", "$1")
-    )
+/// The columns [`entry_from_row`] reads, in its order.
+pub(super) const ENTRY_COLUMNS: &str = "id, staff_id, name, kana, role, department, shelter, \
+    kind, call_priority, phones, state, escalation_reason, last_error, sent_at, escalated_at, \
+    read_at, answer, answer_label, answer_text, answer_level, answer_at, level, level_value, \
+    level_label, level_text, level_at, outcome, outcome_at, outcome_by, notes, \
+    call_claimed_by, call_claimed_until, resent_at, urgent_at, deadline_at";
+
+/// Roll call `$1`'s escalation marks, oldest first.
+pub(super) const MARKS_SQL: &str =
+    "SELECT through FROM escalation_marks WHERE roll_call_id = $1 ORDER BY through";
+
+/// A roll call's escalation marks ([`MARKS_SQL`]), for the entries read with them: read after
+/// the entries, so that every deadline the database counted as escalated has its mark here.
+pub(super) struct Marks(pub(super) Vec<Millis>);
+
+impl Marks {
+    /// The latest mark, -1 before the first (as [`mark_of`]).
+    pub(super) fn latest(&self) -> Millis {
+        self.0.last().copied().unwrap_or(-1)
+    }
+
+    /// [`escalated_at_sql`] in Rust: the row's own escalation, else, while it is sent and
+    /// unread, the first mark at or after its deadline (`never_read`).
+    fn escalation(
+        &self,
+        state: DeliveryState,
+        stored: Option<Millis>,
+        reason: Option<EscalationReason>,
+        deadline: Option<Millis>,
+    ) -> (Option<Millis>, Option<EscalationReason>) {
+        if stored.is_some() || state != DeliveryState::Sent {
+            return (stored, reason);
+        }
+        let mark = deadline.and_then(|d| {
+            let i = self.0.partition_point(|&m| m < d);
+            self.0.get(i).copied()
+        });
+        match mark {
+            Some(at) => (Some(at), Some(EscalationReason::NeverRead)),
+            None => (None, reason),
+        }
+    }
 }
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -368,8 +392,9 @@ fn given(
     })
 }
 
-/// One action-list entry from a row of [`entry_columns`], on either backend.
-pub(super) fn entry_from_row<R>(r: &R) -> StoreResult<CallListEntry>
+/// One action-list entry from a row of [`ENTRY_COLUMNS`], on either backend, escalated by
+/// its roll call's `marks` where they say so.
+pub(super) fn entry_from_row<R>(r: &R, marks: &Marks) -> StoreResult<CallListEntry>
 where
     R: Row,
     usize: ColumnIndex<R>,
@@ -382,7 +407,14 @@ where
     let kind: String = get(r, 7)?;
     let phones: String = get(r, 9)?;
     let state: String = get(r, 10)?;
+    let state = DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?;
     let reason: Option<String> = get(r, 11)?;
+    let reason = reason
+        .as_deref()
+        .map(EscalationReason::from_str)
+        .transpose()
+        .map_err(|e| corrupt("escalation reason", e))?;
+    let (escalated_at, reason) = marks.escalation(state, get(r, 14)?, reason, get(r, 34)?);
     let outcome: Option<String> = get(r, 26)?;
     let notes: Option<String> = get(r, 29)?;
     let latest = given(
@@ -410,15 +442,11 @@ where
         kind: parse_kind(&kind)?,
         call_priority: get::<R, i64>(r, 8)?.clamp(0, 255) as u8,
         phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
-        state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
-        reason: reason
-            .as_deref()
-            .map(EscalationReason::from_str)
-            .transpose()
-            .map_err(|e| corrupt("escalation reason", e))?,
+        state,
+        reason,
         last_error: get(r, 12)?,
         sent_at: get(r, 13)?,
-        escalated_at: get(r, 14)?,
+        escalated_at,
         read_at: get(r, 15)?,
         answer: latest.as_ref().map(|a| a.value.clone()),
         latest: latest.filter(|l| standing.as_ref() != Some(l)),
@@ -1219,11 +1247,10 @@ pub(super) fn claim_next_call_sql(d: Dialect) -> String {
              AND (call_claimed_until IS NULL OR call_claimed_until <= $4 OR call_claimed_by = $2) \
              AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
            ORDER BY {} LIMIT 1 {lock}) \
-         RETURNING {cols}",
+         RETURNING {ENTRY_COLUMNS}",
         d.action_order(true),
         on_list = action_list_ids(),
-        eo = escalated_open(),
-        cols = entry_columns()
+        eo = escalated_open()
     )
 }
 
@@ -1317,9 +1344,8 @@ pub(super) fn record_resends_sql(d: Dialect) -> String {
 /// Everyone of roll call `$1` whose standing answer has level `$2`, newest first.
 pub(super) fn answered_sql() -> String {
     format!(
-        "SELECT {} FROM deliveries WHERE roll_call_id = $1 AND level = $2 \
-         ORDER BY level_at DESC, id",
-        entry_columns()
+        "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND level = $2 \
+         ORDER BY level_at DESC, id"
     )
 }
 
@@ -1681,28 +1707,24 @@ pub(super) fn escalate_due_sql() -> String {
     )
 }
 
-/// Roll call `$1`'s action list; in the action order where [`Dialect::sorts_call_list`].
-/// SQLite's is sorted in Rust rather than by SQLite, which would copy every wide row into a
-/// temporary b-tree first: for 100,000 entries that took seconds.
-pub(super) fn call_list_sql(d: Dialect) -> String {
-    let order = if d.sorts_call_list() {
-        format!(" ORDER BY {}", d.action_order(false))
-    } else {
-        String::new()
-    };
+/// Roll call `$1`'s action list with its marks up to `$2` ([`Marks::latest`]), unsorted (it
+/// is sorted in Rust by
+/// [`CallListEntry::call_order`]: a database sorting 100,000 wide rows spills them to disk,
+/// and SQLite copies them into a temporary b-tree first). Two disjoint ranges, each on its
+/// index: the entries on the list by their row, and those escalated only by the deadline.
+pub(super) fn call_list_sql() -> String {
     format!(
-        "SELECT {} FROM deliveries WHERE id IN ({}){order}",
-        entry_columns(),
-        action_list_ids()
+        "SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND {ON_ACTION_LIST_ROW} \
+         UNION ALL \
+         SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND {} \
+           AND NOT {ON_ACTION_LIST_ROW}",
+        past_deadline("", "$2")
     )
 }
 
 /// Roll call `$1`'s entry of staff `$2`.
 pub(super) fn entry_sql() -> String {
-    format!(
-        "SELECT {} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2",
-        entry_columns()
-    )
+    format!("SELECT {ENTRY_COLUMNS} FROM deliveries WHERE roll_call_id = $1 AND staff_id = $2")
 }
 
 /// A note as stored in a delivery's `notes` array.
@@ -1754,8 +1776,7 @@ pub(super) fn record_call_sql(d: Dialect, with_outcome: bool, after_close: bool)
     format!(
         "UPDATE deliveries SET {set} notes = {notes} \
          WHERE roll_call_id = $1 AND staff_id = $2 {guard} {open} AND {params} \
-         RETURNING {cols}, chat_handle",
-        cols = entry_columns()
+         RETURNING {ENTRY_COLUMNS}, chat_handle"
     )
 }
 
