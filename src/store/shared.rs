@@ -312,7 +312,9 @@ pub(super) const MARKS_SQL: &str =
     "SELECT through FROM escalation_marks WHERE roll_call_id = $1 ORDER BY through";
 
 /// A roll call's escalation marks ([`MARKS_SQL`]), for the entries read with them: read after
-/// the entries, so that every deadline the database counted as escalated has its mark here.
+/// entries whose query did not look at the marks, or before a query bound to their latest
+/// ([`call_list_sql`]), so that every deadline the database counted as escalated has its mark
+/// here.
 pub(super) struct Marks(pub(super) Vec<Millis>);
 
 impl Marks {
