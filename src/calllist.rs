@@ -400,6 +400,7 @@ mod tests {
             kind: ContactKind::Staff,
             call_priority: 1,
             phones: vec!["+819012345678".into()],
+            phones_national: vec!["090-1234-5678".into()],
             state,
             reason: Some(EscalationReason::NeverRead),
             last_error: None,

@@ -706,6 +706,9 @@ pub struct CallListEntry {
     pub kind: ContactKind,
     pub call_priority: u8,
     pub phones: Vec<String>,
+    /// `phones` as dialled in Japan, grouped to be read aloud ("0256-34-5525"), for screens.
+    #[serde(default)]
+    pub phones_national: Vec<String>,
     pub state: DeliveryState,
     /// None for a person on the list only for an answer, or called without being escalated.
     pub reason: Option<EscalationReason>,
@@ -826,6 +829,9 @@ pub struct LateAnswer {
     pub department: Option<String>,
     pub shelter: Option<String>,
     pub phones: Vec<String>,
+    /// `phones` as dialled in Japan, grouped to be read aloud ("0256-34-5525"), for screens.
+    #[serde(default)]
+    pub phones_national: Vec<String>,
     pub answer: GivenAnswer,
     pub closed_at: Option<Millis>,
     pub closed_by: Option<String>,
@@ -843,6 +849,9 @@ pub struct Recipient {
     pub shelter: Option<String>,
     pub kind: ContactKind,
     pub phones: Vec<String>,
+    /// `phones` as dialled in Japan, grouped to be read aloud ("0256-34-5525"), for screens.
+    #[serde(default)]
+    pub phones_national: Vec<String>,
     pub state: DeliveryState,
 }
 

@@ -346,6 +346,16 @@ impl Marks {
     }
 }
 
+/// A row's phones (a JSON array of E.164 numbers), and the same as dialled in Japan.
+fn decode_phones(json: &str) -> StoreResult<(Vec<String>, Vec<String>)> {
+    let phones: Vec<String> = serde_json::from_str(json).map_err(|e| corrupt("phones", e))?;
+    let national = phones
+        .iter()
+        .map(|p| crate::calllist::national(p))
+        .collect();
+    Ok((phones, national))
+}
+
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -407,7 +417,7 @@ where
 {
     let staff: String = get(r, 1)?;
     let kind: String = get(r, 7)?;
-    let phones: String = get(r, 9)?;
+    let (phones, phones_national) = decode_phones(&get::<R, String>(r, 9)?)?;
     let state: String = get(r, 10)?;
     let state = DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?;
     let reason: Option<String> = get(r, 11)?;
@@ -443,7 +453,8 @@ where
         shelter: get(r, 6)?,
         kind: parse_kind(&kind)?,
         call_priority: get::<R, i64>(r, 8)?.clamp(0, 255) as u8,
-        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
+        phones,
+        phones_national,
         state,
         reason,
         last_error: get(r, 12)?,
@@ -1166,7 +1177,7 @@ where
 {
     let staff: String = get(r, 0)?;
     let kind: String = get(r, 6)?;
-    let phones: String = get(r, 7)?;
+    let (phones, phones_national) = decode_phones(&get::<R, String>(r, 7)?)?;
     let state: String = get(r, 8)?;
     Ok(crate::rollcall::Recipient {
         staff_id: StaffId::parse(&staff).map_err(|e| corrupt("staff id", e))?,
@@ -1176,7 +1187,8 @@ where
         department: get(r, 4)?,
         shelter: get(r, 5)?,
         kind: parse_kind(&kind)?,
-        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
+        phones,
+        phones_national,
         state: DeliveryState::from_str(&state).map_err(|e| corrupt("state", e))?,
     })
 }
@@ -1198,7 +1210,7 @@ where
     for<'a> Option<i64>: Decode<'a, R::Database> + Type<R::Database>,
 {
     let staff: String = get(r, 2)?;
-    let phones: String = get(r, 7)?;
+    let (phones, phones_national) = decode_phones(&get::<R, String>(r, 7)?)?;
     let level: i64 = get(r, 8)?;
     Ok(crate::rollcall::LateAnswer {
         id: get(r, 0)?,
@@ -1208,7 +1220,8 @@ where
         kana: get(r, 4)?,
         department: get(r, 5)?,
         shelter: get(r, 6)?,
-        phones: serde_json::from_str(&phones).map_err(|e| corrupt("phones", e))?,
+        phones,
+        phones_national,
         answer: GivenAnswer {
             level: AnswerLevel::from_rank(level).ok_or_else(|| corrupt("level", level))?,
             value: get(r, 9)?,

@@ -133,7 +133,13 @@ async fn log_in(c: &Client, base_url: &str, token: &str, desk: &str) {
 async fn hq_runs_a_drill_from_the_web_page() {
     let Some(b) = browser().await else { return };
     let c = &b.client;
-    let contacts = anpi::contacts::synthetic::generate(50, 1).contacts;
+    let mut contacts = anpi::contacts::synthetic::generate(50, 1).contacts;
+    // The shelter phone P0001 is a landline: shown grouped by its area code, not as digits.
+    let shelter = contacts
+        .iter_mut()
+        .find(|c| c.id.as_str() == "P0001")
+        .unwrap();
+    shelter.phones = vec![anpi::contacts::PhoneNumber::parse("0256-34-5525").unwrap()];
     let hs = handles(&contacts);
     let mut script = Script::new();
     // Ten staff read after a minute; one asks for help; everyone else stays silent.
@@ -252,6 +258,14 @@ async fn hq_runs_a_drill_from_the_web_page() {
     assert!(
         count(c, "#tocall a[href^='tel:+81']").await >= 40,
         "tel: links"
+    );
+    assert_eq!(
+        eval(
+            c,
+            "return document.querySelector('#tocall tr[data-staff=\"P0001\"] a[href^=\"tel:\"]').textContent;"
+        )
+        .await,
+        json!("0256-34-5525")
     );
 
     // Claim the next person (the urgent one), try to close without a note, then with one.

@@ -205,17 +205,12 @@ function fmtDateTime(ms) {
   return new Date(ms).toLocaleString(S.lang === "ja" ? "ja-JP" : "en-GB",
     { timeZone: "Asia/Tokyo", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit" });
 }
-function national(e164) {
-  if (e164 && e164.startsWith("+81")) {
-    const d = "0" + e164.slice(3);
-    if (d.length === 11) return d.slice(0, 3) + "-" + d.slice(3, 7) + "-" + d.slice(7);
-    return d;
-  }
-  return e164;
-}
-function phoneLinks(phones) {
+// Each number dials its E.164 form and shows the form people read aloud, grouped by the
+// daemon (phones_national), which knows the area codes.
+function phoneLinks(x) {
   const span = el("span", { class: "phones" });
-  for (const p of phones || []) span.append(el("a", { href: "tel:" + p }, national(p)));
+  const shown = x.phones_national || [];
+  (x.phones || []).forEach((p, i) => span.append(el("a", { href: "tel:" + p }, shown[i] || p)));
   return span;
 }
 function group(e) {
@@ -454,7 +449,7 @@ async function loadCalls() {
     const btn = el("button", { type: "button", class: "secondary small", "data-record": e.staff_id }, t("record"));
     rows.push(el("tr", { "data-staff": e.staff_id, class: "a-" + x.action },
       el("td", {}, i + 1), el("td", {}, nameCell(e)), el("td", {}, group(e)),
-      el("td", {}, phoneLinks(e.phones)), saidCell(x), el("td", { class: "num" }, x.minutes_waiting),
+      el("td", {}, phoneLinks(e)), saidCell(x), el("td", { class: "num" }, x.minutes_waiting),
       handlingCell(e), el("td", { class: "no-print" }, btn)));
   });
   $("tocall").replaceChildren(...rows);
@@ -482,7 +477,7 @@ async function loadAttention() {
   const d = await getJson("/api/rollcalls/" + S.rc + "/answers?level=attention");
   $("attention-empty").hidden = d.entries.length > 0;
   $("attention-list").replaceChildren(...d.entries.map((e) => el("tr", { "data-staff": e.staff_id },
-    el("td", {}, nameCell(e)), el("td", {}, group(e)), saidCell({ entry: e, action: null }), el("td", {}, phoneLinks(e.phones)))));
+    el("td", {}, nameCell(e)), el("td", {}, group(e)), saidCell({ entry: e, action: null }), el("td", {}, phoneLinks(e)))));
 }
 
 async function loadLate() {
@@ -499,7 +494,7 @@ async function loadLate() {
     return el("tr", {}, el("td", {}, nameCell(a)), el("td", {}, group(Object.assign({ kind: "staff" }, a))),
       el("td", {}, el("span", { class: "answer lvl-urgent" }, a.answer.label + " " + fmtTime(a.answer.at)),
         a.answer.text ? el("q", { class: "freetext" }, a.answer.text) : null, el("div", { class: "muted" }, "#" + a.roll_call_id)),
-      el("td", {}, phoneLinks(a.phones)), el("td", {}, btn));
+      el("td", {}, phoneLinks(a)), el("td", {}, btn));
   }));
 }
 
@@ -517,7 +512,7 @@ function showPerson(e) {
     ans.append(el("span", { class: "answer lvl-" + e.standing.level }, e.standing.label + " " + fmtTime(e.standing.at)));
     if (e.standing.text) ans.append(el("q", { class: "freetext" }, e.standing.text));
   }
-  $("person-phones").replaceChildren(phoneLinks(e.phones));
+  $("person-phones").replaceChildren(phoneLinks(e));
   $("person-notes").replaceChildren(...(e.notes || []).map((n) => el("li", {}, fmtTime(n.at) + " " + desk(n.by) + ": " + n.text)));
   const urgent = e.standing && e.standing.level === "urgent";
   $("note-required").hidden = !urgent;
@@ -576,7 +571,7 @@ async function search() {
   ul.replaceChildren(...d.people.map((p) => {
     const b = el("button", { type: "button", class: "secondary small" }, t("record"));
     b.addEventListener("click", guard(async () => { ul.hidden = true; await openPerson(p.staff_id, false); }));
-    return el("li", {}, nameCell(p), " ", p.staff_id, " ", group(p), " ", phoneLinks(p.phones), b);
+    return el("li", {}, nameCell(p), " ", p.staff_id, " ", group(p), " ", phoneLinks(p), b);
   }));
 }
 
