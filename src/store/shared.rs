@@ -144,23 +144,13 @@ impl Dialect {
         }
     }
 
-    /// The action list's order in SQL: the same as [`CallListEntry::call_order`] (a contract
-    /// test holds the two together). `callers_first` puts the entry `$2` holds until after
-    /// `$4` first and entries that got no answer after the rest of their group (the call
-    /// queue).
-    pub(super) fn action_order(self, queue: bool) -> String {
-        let queue_keys = if queue {
-            "(call_claimed_by IS NOT NULL AND call_claimed_by = $2 AND call_claimed_until > $4) DESC, "
-        } else {
-            ""
-        };
-        let no_answer_last = if queue {
-            "(outcome IS NOT NULL AND outcome = 'no_answer'), "
-        } else {
-            ""
-        };
+    /// The call queue's order in SQL: the action list's ([`CallListEntry::call_order`], which a
+    /// contract test holds it to), except that the entry `$2` holds until after `$4` comes
+    /// first and entries that got no answer go after the rest of their group.
+    pub(super) fn queue_order(self) -> String {
         format!(
-            "{queue_keys}{}, {no_answer_last}call_priority, {WAITING_SINCE}, {}",
+            "(call_claimed_by IS NOT NULL AND call_claimed_by = $2 AND call_claimed_until > $4) DESC, \
+             {}, (outcome IS NOT NULL AND outcome = 'no_answer'), call_priority, {WAITING_SINCE}, {}",
             action_rank(),
             self.staff_order()
         )
@@ -1263,7 +1253,7 @@ pub(super) fn claim_next_call_sql(d: Dialect) -> String {
              AND roll_call_id IN (SELECT id FROM roll_calls WHERE state = 'open') \
            ORDER BY {} LIMIT 1 {lock}) \
          RETURNING {ENTRY_COLUMNS}",
-        d.action_order(true),
+        d.queue_order(),
         on_list = action_list_ids(),
         eo = escalated_open()
     )

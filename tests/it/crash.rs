@@ -255,17 +255,11 @@ poll_wait = "100ms"
     assert_eq!(list, never);
 
     // The stored deadlines held: nobody escalated before their deadline, nor long after.
-    let late: Vec<(i64, Option<i64>)> = sqlx::query_as(
-        "SELECT d.deadline_at, COALESCE(d.escalated_at, \
-           (SELECT MIN(m.through) FROM escalation_marks m \
-            WHERE m.roll_call_id = d.roll_call_id AND m.through >= d.deadline_at)) \
-         FROM deliveries d \
-         WHERE d.roll_call_id = $1 AND (d.escalation_reason = 'never_read' OR d.state = 'sent')",
-    )
-    .bind(rc.id.0)
-    .fetch_all(sq.pool())
-    .await
-    .unwrap();
+    let late: Vec<(i64, Option<i64>)> = sqlx::query_as(crate::support::ESCALATION_TIMES_SQL)
+        .bind(rc.id.0)
+        .fetch_all(sq.pool())
+        .await
+        .unwrap();
     assert_eq!(late.len(), never.len());
     for (deadline, escalated) in &late {
         let escalated = &escalated.expect("unread past the deadline but not escalated");

@@ -299,17 +299,11 @@ poll_wait = "100ms"
         let pg = PostgresStore::connect(&self.pg.url, &Default::default())
             .await
             .unwrap();
-        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT d.deadline_at, COALESCE(d.escalated_at, \
-               (SELECT MIN(m.through) FROM escalation_marks m \
-                WHERE m.roll_call_id = d.roll_call_id AND m.through >= d.deadline_at)) \
-             FROM deliveries d \
-             WHERE d.roll_call_id = $1 AND (d.escalation_reason = 'never_read' OR d.state = 'sent')",
-        )
-        .bind(rc.0)
-        .fetch_all(pg.pool())
-        .await
-        .unwrap();
+        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(crate::support::ESCALATION_TIMES_SQL)
+            .bind(rc.0)
+            .fetch_all(pg.pool())
+            .await
+            .unwrap();
         assert_eq!(rows.len(), never.len());
         for (deadline, escalated) in &rows {
             let escalated = &escalated.expect("unread past the deadline but not escalated");

@@ -27,6 +27,15 @@ pub const HQ_TOKEN: &str = "hq-token-0123456789abcdef";
 pub const CALLER_TOKEN: &str = "caller-token-0123456789abcdef";
 pub const SIM_TOKEN: &str = "sim-token";
 
+/// Each unread or never-read delivery of roll call `$1`: its deadline, and when it was
+/// escalated (in its row, or by the first escalation mark at or after its deadline), on either
+/// backend.
+pub const ESCALATION_TIMES_SQL: &str = "SELECT d.deadline_at, COALESCE(d.escalated_at, \
+      (SELECT MIN(m.through) FROM escalation_marks m \
+       WHERE m.roll_call_id = d.roll_call_id AND m.through >= d.deadline_at)) \
+    FROM deliveries d \
+    WHERE d.roll_call_id = $1 AND (d.escalation_reason = 'never_read' OR d.state = 'sent')";
+
 /// Logs go to the test output only when asked: `TEST_LOG=1 cargo test`.
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
