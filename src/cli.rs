@@ -1474,13 +1474,23 @@ fn print_status(v: &Value) {
             n("unreachable")
         );
     }
+    // 要対応 is the action list's count, as in HQ's mail and the page's title: open urgent
+    // answers and everyone still to call (the two never overlap: an answer confirms).
+    let to_act = n("urgent_open") + n("to_call");
     println!(
-        "要対応 {} (回答: 負傷・救助要請 {} 要確認 {})  再送 {} / needs HQ {} (answered: urgent {}, attention {}), sent again {}",
+        "要対応 {} (救助要請・負傷 {} 要電話 {})  回答: 負傷・救助要請 {} 要確認 {}  再送 {}",
+        to_act,
         n("urgent_open"),
+        n("to_call"),
         n("answered_urgent"),
         n("answered_attention"),
-        n("resent"),
+        n("resent")
+    );
+    println!(
+        "needs HQ {} (urgent answers open {}, to call {})  answered: urgent {}, attention {}  sent again {}",
+        to_act,
         n("urgent_open"),
+        n("to_call"),
         n("answered_urgent"),
         n("answered_attention"),
         n("resent")

@@ -157,6 +157,12 @@ async fn rollcall_status_escalations_and_call_go_through_the_api() {
         .unwrap();
     let s = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(s.contains("要電話 50"), "{s}");
+    // 要対応 counts the action list (nobody answered here: the 50 to call), not only answers.
+    assert!(s.contains("要対応 50 (救助要請・負傷 0 要電話 50)"), "{s}");
+    assert!(
+        s.contains("needs HQ 50 (urgent answers open 0, to call 50)"),
+        "{s}"
+    );
     let out = run(vec![
         "escalations".into(),
         "1".into(),
