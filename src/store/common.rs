@@ -552,6 +552,9 @@ macro_rules! store_impl {
             ) -> $crate::store::StoreResult<u64> {
                 let _w = self.write_lock().await;
                 let mut tx = self.pool.begin().await?;
+                if let Some(hold) = $dialect.hold_marks_sql() {
+                    sqlx::query(hold).fetch_all(&mut *tx).await?;
+                }
                 let n: i64 = sqlx::query_scalar(&super::shared::count_escalating_sql())
                     .bind(now)
                     .fetch_one(&mut *tx)

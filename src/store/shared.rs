@@ -119,11 +119,31 @@ impl Dialect {
     /// What an inbound batch runs first in its transaction. PostgreSQL holds the open roll
     /// calls open until the batch commits: a close waits for it, so no answer is written into
     /// a roll call that closed after it was read as open (and the close then carries any
-    /// urgent answer to the late answers). SQLite's batch holds the one writer's turn.
+    /// urgent answer to the late answers); so does a deadline's mark ([`Self::hold_marks_sql`]).
+    /// SQLite's batch holds the one writer's turn. Rows are locked in id order, as every
+    /// statement here that locks several roll calls does, so two never wait on each other.
     pub(super) fn hold_open_sql(self) -> Option<&'static str> {
         match self {
             Dialect::Sqlite => None,
-            Dialect::Postgres => Some("SELECT id FROM roll_calls WHERE state = 'open' FOR SHARE"),
+            Dialect::Postgres => {
+                Some("SELECT id FROM roll_calls WHERE state = 'open' ORDER BY id FOR SHARE")
+            }
+        }
+    }
+
+    /// What a deadline pass runs first in its transaction. On PostgreSQL it waits for every
+    /// inbound batch in progress ([`Self::hold_open_sql`]) and holds off new ones until its
+    /// mark is committed. A mark touches no delivery row, so without this a read whose
+    /// statement began before the mark committed would be written as read without the
+    /// escalation, while readers saw the person escalated in between; now a read is either
+    /// written before the mark (and the person is not escalated) or after it (and keeps the
+    /// escalation, as any read after the deadline does).
+    pub(super) fn hold_marks_sql(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => {
+                Some("SELECT id FROM roll_calls WHERE state = 'open' ORDER BY id FOR NO KEY UPDATE")
+            }
         }
     }
 

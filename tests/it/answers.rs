@@ -1026,3 +1026,91 @@ async fn a_database_at_schema_0013_keeps_its_escalations_when_it_migrates() {
         assert_eq!((p.escalated, p.to_call), (9, 6), "{name}");
     }
 }
+
+/// On PostgreSQL (several replicas share it) a deadline's mark waits for an inbound batch in
+/// progress. A mark touches no delivery row, so otherwise a read written in a batch that began
+/// before the mark would leave the person read and never escalated, after readers had briefly
+/// seen them escalated; with the wait, a read is either before the mark or after it.
+#[tokio::test]
+async fn on_postgres_a_deadline_mark_waits_for_an_inbound_batch_in_progress() {
+    use sqlx::{Connection, Executor};
+    let Some(pg) = crate::support::pg_url_or_skip().await else {
+        return;
+    };
+    let store = anpi::store::open(&pg.url).await.unwrap();
+    // Three sent at 2,000, their deadline at 302,000.
+    let f = sent_roll_call(&store, 3, None).await;
+
+    // Another replica's batch, in progress: its first statement holds the open roll calls.
+    let mut other = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    other.execute("BEGIN").await.unwrap();
+    other
+        .execute("SELECT id FROM roll_calls WHERE state = 'open' ORDER BY id FOR SHARE")
+        .await
+        .unwrap();
+
+    // The deadline pass starts, and must wait for that batch before it marks anything.
+    let escalating = tokio::spawn({
+        let store = store.clone();
+        async move { store.escalate_due(302_500).await.unwrap() }
+    });
+    let mut look = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    let waited = async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut look)
+            .await
+            .unwrap();
+            if waiting > 0 || escalating.is_finished() {
+                return waiting > 0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let waited = tokio::time::timeout(Duration::from_secs(30), waited)
+        .await
+        .expect("the deadline pass neither finished nor waited");
+    assert!(
+        waited,
+        "the deadline pass marked the roll call while an inbound batch was in progress"
+    );
+    let marks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM escalation_marks")
+        .fetch_one(&mut look)
+        .await
+        .unwrap();
+    assert_eq!(marks, 0, "no mark while a batch is in progress");
+
+    // Meanwhile this replica's batch records a read after the deadline, before the mark.
+    let reader = f.staff_index(0);
+    apply(
+        &store,
+        &[ev(
+            "r1",
+            Some(f.rc.id),
+            &f.handle(reader),
+            InboundKind::Read,
+            302_400,
+        )],
+        302_400,
+    )
+    .await;
+    other.execute("COMMIT").await.unwrap();
+
+    // The mark follows the reads: the two others escalated, the reader not.
+    let escalated = tokio::time::timeout(Duration::from_secs(30), escalating)
+        .await
+        .expect("the deadline pass still waits after the batch committed")
+        .unwrap();
+    assert_eq!(escalated, 2);
+    let e = store
+        .entry(f.rc.id, &f.staff(reader))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.escalated_at, None, "read before the mark: {e:?}");
+    let p = store.progress(f.rc.id).await.unwrap().overall;
+    assert_eq!((p.escalated, p.to_call), (2, 2));
+}
