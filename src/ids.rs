@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,8 +61,11 @@ fn check(what: &'static str, raw: &str, max: usize) -> Result<String, IdError> {
 pub struct StaffId(String);
 
 impl StaffId {
+    /// Compared in NFKC form, so an id typed with the IME on (`１００１`, `Ｓ０００１`) is
+    /// the same person as `1001` or `S0001`, in every file, request and lookup.
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        check("staff id", raw, 64).map(Self)
+        let folded: String = raw.nfkc().collect();
+        check("staff id", &folded, 64).map(Self)
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -155,6 +159,17 @@ mod tests {
             StaffId::parse("S 1"),
             Err(IdError::BadChar { ch: ' ', .. })
         ));
+    }
+
+    #[test]
+    fn staff_id_typed_in_full_width_is_the_same_id() {
+        assert_eq!(
+            StaffId::parse("１００１").unwrap(),
+            StaffId::parse("1001").unwrap()
+        );
+        assert_eq!(StaffId::parse("　Ｓ０００１　").unwrap().as_str(), "S0001");
+        let from_json: StaffId = serde_json::from_str("\"Ｓ０００１\"").unwrap();
+        assert_eq!(from_json.as_str(), "S0001");
     }
 
     #[test]

@@ -519,4 +519,24 @@ mod tests {
         assert_eq!(err.problems()[0].line, Some(2), "{err}");
         assert_eq!(err.problems()[0].field, "encoding");
     }
+
+    #[test]
+    fn a_staff_id_means_one_thing_in_toml_json_and_lookups() {
+        let toml =
+            "[[contact]]\nid = \"１００１\"\nname = \"田中\"\nphones = [\"090-1234-5678\"]\n\
+                    [[contact]]\nid = \"1001\"\nname = \"田中\"\nphones = [\"090-1234-5679\"]\n";
+        let err = toml_file::parse_toml(toml, "contacts.toml").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"1001\" is used on line 2 and line 6"),
+            "{err}"
+        );
+
+        // The HTTP import takes contacts as JSON.
+        let json = r#"[{"id":"ｓ０００１","name":"田中","phones":["+819012345678"]}]"#;
+        let contacts: Vec<Contact> = serde_json::from_str(json).unwrap();
+        assert_eq!(contacts[0].id.as_str(), "s0001");
+        let dir = Directory { contacts };
+        assert!(dir.get(&StaffId::parse("ｓ０００１").unwrap()).is_some());
+    }
 }
