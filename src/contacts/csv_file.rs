@@ -1,12 +1,19 @@
 //! CSV import, as municipal HR systems and Japanese Excel write it: UTF-8 with or without a
 //! BOM, or Shift_JIS (CP932); CRLF, LF or CR line endings; English or Japanese headers,
-//! including the ones HR exports really use (携帯電話, 社員番号, 部署, LINE WORKS ID, 姓 / 名 …).
+//! including the ones HR exports really use (携帯電話, 社員番号, 部署, LINE WORKS ID, 姓 / 名 …),
+//! with or without a title line above them.
 //!
-//! Invariants: every column is understood, deliberately ignored (a short documented list such
-//! as 内線 or 住所 that anpi has no use for), or the file is refused naming the column and the
-//! closest column anpi knows; every problem names the physical line of its record by the one
-//! rule in [`super::lines`]; a problem a refused column may have caused (a row whose number
-//! sits in an unknown column) is not reported until that column is fixed.
+//! Invariants: one encoding is chosen for the whole file, and when the bytes could be either
+//! and neither reading is clearly names the file is refused rather than guessed (see
+//! [`valid_utf8_or_shift_jis`]); every column is understood, deliberately ignored (a short
+//! documented list such as 内線 or 住所 that anpi has no use for, or a blank header over an
+//! empty column), or the file is refused naming the column and the closest column anpi
+//! knows; every problem names the physical line of its record by the one rule in
+//! [`super::lines`], counting any title line; a problem a refused column may have caused (a
+//! row whose number sits in an unknown column, or under a blank header) is not reported
+//! until that column is fixed.
+
+use std::collections::BTreeMap;
 
 use encoding_rs::SHIFT_JIS;
 use unicode_normalization::UnicodeNormalization;
@@ -32,6 +39,9 @@ enum Column {
     Ignored,
     /// Refused; kept so the cells line up while the other columns are still checked.
     Unknown,
+    /// No header text. Skipped while every row leaves it empty too; a value in it is
+    /// refused naming the column's number, since anpi cannot tell what the value is.
+    Blank,
 }
 
 /// A header's meaning in the alias table (a `Copy` form of [`Column`]).
@@ -302,6 +312,35 @@ const COLUMNS_HINT: &str = "use id, name, kana, department, role, call_priority,
                             種別, 避難所, LINE WORKS ID); contacts.example.toml lists every \
                             header anpi reads";
 
+/// How far down a header may sit below a title row (職員緊急連絡網) and still be found.
+const TITLE_LOOKAHEAD: usize = 10;
+
+const TABS_MESSAGE: &str = "the columns are separated by tabs, not commas (a tab-separated text \
+                            file named .csv); in Excel, save it as \"CSV UTF-8 (コンマ区切り)\"";
+
+/// A title people put above the header (職員緊急連絡網, sometimes padded with commas): one
+/// filled cell at most, and not a header anpi knows.
+fn looks_like_title(record: &csv::StringRecord) -> bool {
+    let mut filled = record.iter().map(str::trim).filter(|c| !c.is_empty());
+    match (filled.next(), filled.next()) {
+        (None, _) => true,
+        (Some(cell), None) => column_for(cell).is_none(),
+        _ => false,
+    }
+}
+
+/// A row that reads as a header: two filled cells or more, at least half of them headers
+/// anpi knows (the rest are reported as unknown columns in the usual way).
+fn looks_like_header(record: &csv::StringRecord) -> bool {
+    let filled: Vec<&str> = record
+        .iter()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let known = filled.iter().filter(|c| column_for(c).is_some()).count();
+    filled.len() >= 2 && 2 * known >= filled.len()
+}
+
 /// What a phone cell looks like after Excel treated it as a number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ExcelDamage {
@@ -348,36 +387,58 @@ const EXCEL_NOTE: &str = "Excel turned these phone numbers into numbers: it drop
                           Data → From Text/CSV (データ → テキストまたは CSV から) and set those \
                           columns to Text";
 
+/// What Excel's "Unicode テキスト" writes (UTF-16 with a BOM, tab-separated).
+const UTF16_MESSAGE: &str = "this file is UTF-16 (Excel's Unicode text); in Excel, save it as \
+                             \"CSV UTF-8 (コンマ区切り)\" or \"CSV (コンマ区切り)\" (Shift_JIS)";
+
 /// The file's text, decoded by one encoding chosen for the whole file.
 fn decode(bytes: &[u8]) -> Result<String, Problem> {
+    if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
+        return Err(Problem::file("encoding", UTF16_MESSAGE));
+    }
     let bom = bytes.starts_with(b"\xEF\xBB\xBF");
     let body = if bom { &bytes[3..] } else { bytes };
     let body_start = bytes.len() - body.len();
     if let Ok(text) = std::str::from_utf8(body) {
-        return Ok(text.to_string());
+        return if bom {
+            Ok(text.to_string())
+        } else {
+            valid_utf8_or_shift_jis(text)
+        };
     }
-    // Which encoding is the file meant to be in? Text that is mostly valid UTF-8 with a few
-    // bad bytes is UTF-8 that was damaged (and would decode as Shift_JIS mojibake); Shift_JIS
-    // text is almost never valid UTF-8 beyond a stray character.
-    let mut utf8_chars = 0usize;
+    // Which encoding is the file meant to be in? Text whose kana and kanji (3-byte UTF-8) are
+    // mostly valid with a few bad bytes is UTF-8 that was damaged (and would decode as
+    // Shift_JIS mojibake). Shift_JIS text is almost never valid UTF-8 beyond a stray
+    // character, and the strays are 2-byte sequences (half-width katakana pairs such as ｻﾄ),
+    // so only 3-byte characters count as evidence.
+    let mut wide_chars = 0usize;
+    let mut other_chars = 0usize;
     let mut utf8_bad = Vec::new();
     let mut at = 0;
     for chunk in body.utf8_chunks() {
-        utf8_chars += chunk.valid().chars().filter(|c| !c.is_ascii()).count();
+        for c in chunk.valid().chars().filter(|c| !c.is_ascii()) {
+            if c.len_utf8() >= 3 {
+                wide_chars += 1;
+            } else {
+                other_chars += 1;
+            }
+        }
         at += chunk.valid().len();
         if !chunk.invalid().is_empty() {
             utf8_bad.push(at);
             at += chunk.invalid().len();
         }
     }
-    let meant_utf8 = bom || (utf8_chars > 0 && utf8_chars >= utf8_bad.len());
+    let meant_utf8 = bom || (wide_chars > 0 && wide_chars >= utf8_bad.len());
     if !meant_utf8 {
         if let Some(text) = SHIFT_JIS.decode_without_bom_handling_and_without_replacement(body) {
             return Ok(text.into_owned());
         }
     }
+    // Neither encoding reads the whole file: say which one it looks damaged in.
+    let looks_utf8 = meant_utf8 || wide_chars + other_chars >= utf8_bad.len().max(1);
     let lines = LineIndex::new(bytes);
-    let (first, count, message) = if meant_utf8 {
+    let (first, count, message) = if looks_utf8 {
         (
             utf8_bad[0],
             utf8_bad.len(),
@@ -403,6 +464,105 @@ fn decode(bytes: &[u8]) -> Result<String, Problem> {
         "encoding",
         format!("byte offset {offset}: {message}{more}"),
     ))
+}
+
+/// Reads a file that is valid UTF-8 and has no BOM. A Japanese staff list in UTF-8 has kana
+/// and kanji, 3-byte characters; 2-byte ones (accented Latin, Greek, Cyrillic, Armenian ...)
+/// are rare. Shift_JIS half-width katakana, on the other hand, often pair up into valid 2-byte
+/// UTF-8 (ﾕｷ is the bytes of "շ"), and UTF-8 accented Latin is often clean Shift_JIS (José
+/// reads as Josﾃｩ). So when the only non-ASCII characters are 2-byte ones and the file is
+/// also clean Shift_JIS, the reading that looks like names wins: Latin letters inside words
+/// with ASCII letters, or whole Greek or Cyrillic words, for UTF-8; half-width katakana not
+/// run together with ASCII letters, for Shift_JIS. When both or neither look like names the
+/// file is refused rather than guessed, since a wrong guess garbles every name silently; a
+/// BOM (which Excel's "CSV UTF-8" writes) settles it.
+fn valid_utf8_or_shift_jis(text: &str) -> Result<String, Problem> {
+    let two_byte_only = text.chars().all(|c| c.len_utf8() <= 2);
+    if !two_byte_only || text.is_ascii() {
+        return Ok(text.to_string());
+    }
+    let Some(sjis) = SHIFT_JIS.decode_without_bom_handling_and_without_replacement(text.as_bytes())
+    else {
+        return Ok(text.to_string());
+    };
+    match (reads_as_utf8_names(text), reads_as_half_width_kana(&sjis)) {
+        (true, false) => return Ok(text.to_string()),
+        (false, true) => return Ok(sjis.into_owned()),
+        _ => {}
+    }
+    let bytes = text.as_bytes();
+    let first = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
+    let start = bytes[..first]
+        .iter()
+        .rposition(|b| matches!(b, b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    let end = bytes[first..]
+        .iter()
+        .position(|b| matches!(b, b'\r' | b'\n'))
+        .map_or(bytes.len(), |i| first + i);
+    let line = &bytes[start..end];
+    let as_utf8 = String::from_utf8_lossy(line);
+    let (as_sjis, _) = SHIFT_JIS.decode_without_bom_handling(line);
+    Err(Problem::at(
+        LineIndex::new(bytes).line_of(first),
+        "encoding",
+        format!(
+            "this line reads as {as_utf8:?} in UTF-8 and as {as_sjis:?} in Shift_JIS, and \
+             anpi cannot tell which the file is; in Excel, save it as \"CSV UTF-8 \
+             (コンマ区切り)\", which marks the file as UTF-8"
+        ),
+    ))
+}
+
+/// Words of letters and digits; everything else separates them.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+}
+
+/// Every non-ASCII character of `text` is a symbol (°, ×) or a letter in a word that looks
+/// like a name: Latin with at least one ASCII letter (José, Müller), or all Greek or all
+/// Cyrillic of two letters or more.
+fn reads_as_utf8_names(text: &str) -> bool {
+    #[derive(PartialEq)]
+    enum Script {
+        Latin,
+        Greek,
+        Cyrillic,
+        Other,
+    }
+    let script = |c: char| match c {
+        'a'..='z' | 'A'..='Z' | '\u{C0}'..='\u{24F}' => Script::Latin,
+        '\u{370}'..='\u{3FF}' => Script::Greek,
+        '\u{400}'..='\u{52F}' => Script::Cyrillic,
+        _ => Script::Other,
+    };
+    let symbols_ok = text
+        .chars()
+        .filter(|c| !c.is_ascii() && !c.is_alphanumeric())
+        .all(|c| !c.is_control());
+    symbols_ok
+        && words(text).all(|word| {
+            let letters: Vec<char> = word.chars().filter(|c| c.is_alphabetic()).collect();
+            if letters.iter().all(char::is_ascii) {
+                return true;
+            }
+            let first = script(letters[0]);
+            letters.len() >= 2
+                && first != Script::Other
+                && letters.iter().all(|&c| script(c) == first)
+                && (first != Script::Latin || letters.iter().any(char::is_ascii_alphabetic))
+        })
+}
+
+/// Every non-ASCII character of `text` is half-width katakana, and no word mixes it with
+/// ASCII letters (as Josﾃｩ, UTF-8 José read as Shift_JIS, does).
+fn reads_as_half_width_kana(text: &str) -> bool {
+    let half_width = |c: char| ('\u{FF61}'..='\u{FF9F}').contains(&c);
+    text.chars().all(|c| c.is_ascii() || half_width(c))
+        && words(text).all(|word| {
+            !(word.chars().any(half_width) && word.chars().any(|c| c.is_ascii_alphabetic()))
+        })
 }
 
 /// Offsets (in `body`) of every malformed Shift_JIS sequence.
@@ -473,28 +633,79 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    let mut records = reader.records();
+    let mut records = Vec::new();
+    let mut read_error = None;
+    for result in reader.records() {
+        match result {
+            Ok(r) => records.push(r),
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        }
+    }
+    let is_blank = |r: &csv::StringRecord| r.iter().all(|c| c.trim().is_empty());
+    let header_at = match records.iter().position(|r| !is_blank(r)) {
+        None => {
+            if let Some(e) = read_error {
+                problems.push(csv_error(&e, line_at(e.position())));
+                return done(Vec::new(), problems, Vec::new());
+            }
+            None
+        }
+        Some(first) => {
+            let record = &records[first];
+            let line = line_at(record.position());
+            if record.len() == 1 && record[0].contains('\t') {
+                problems.push(Problem::at(line, "header", TABS_MESSAGE));
+                return done(Vec::new(), problems, Vec::new());
+            }
+            if looks_like_title(record) {
+                let header = records
+                    .iter()
+                    .enumerate()
+                    .skip(first + 1)
+                    .take_while(|(_, r)| line_at(r.position()) <= TITLE_LOOKAHEAD)
+                    .find(|(_, r)| looks_like_header(r))
+                    .map(|(i, _)| i);
+                if header.is_none() {
+                    let title = record.iter().map(str::trim).collect::<String>();
+                    problems.push(Problem::at(
+                        line,
+                        "header",
+                        format!(
+                            "this line looks like a title ({title:?}), not a header, and no \
+                             header row follows it; the header (職員番号, 氏名, 携帯電話 ...) \
+                             must be the first line of the file: delete the title or put the \
+                             header under it"
+                        ),
+                    ));
+                    return done(Vec::new(), problems, Vec::new());
+                }
+                header
+            } else {
+                Some(first)
+            }
+        }
+    };
 
     let mut header_line = 1;
     let mut columns = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let mut labels = Labels::new();
     let mut ignored = Vec::new();
-    for result in records.by_ref() {
-        let record = match result {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(csv_error(&e, line_at(e.position())));
-                return done(Vec::new(), problems, Vec::new());
-            }
-        };
-        if record.iter().all(|c| c.trim().is_empty()) {
-            continue;
-        }
+    if let Some(record) = header_at.map(|i| &records[i]) {
         header_line = line_at(record.position());
         let mut parts: Vec<(&'static str, bool, String)> = Vec::new();
         for cell in record.iter() {
             let name = cell.trim().to_string();
+            if name.is_empty() {
+                // Excel leaves header cells blank over columns someone once used; such a
+                // column is skipped when it is empty in every row, and named otherwise.
+                columns.push(Column::Blank);
+                names.push(name);
+                continue;
+            }
             let column = column_for(&name).unwrap_or_else(|| {
                 let advice = match closest_header(&name) {
                     Some(near) => format!(
@@ -503,10 +714,9 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
                     ),
                     None => COLUMNS_HINT.to_string(),
                 };
-                let shown = if name.is_empty() { "(blank)" } else { &name };
                 problems.push(Problem::at(
                     header_line,
-                    shown,
+                    &name,
                     format!(
                         "unknown column; {advice}. Until it is fixed, rows with a value in \
                          this column are not checked for missing values"
@@ -548,7 +758,7 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
                     }
                 }
                 Column::Ignored => ignored.push(name.clone()),
-                Column::Phone { .. } | Column::Unknown => {}
+                Column::Phone { .. } | Column::Unknown | Column::Blank => {}
             }
             columns.push(column);
             names.push(name);
@@ -576,7 +786,6 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
                 labels.insert(field, joined);
             }
         }
-        break;
     }
     if columns.is_empty() {
         problems.push(Problem::file(
@@ -620,17 +829,16 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
         labels.insert("phones", label);
     }
 
+    // Rows may stop short of trailing blank-header columns.
+    let needed = columns
+        .iter()
+        .rposition(|c| *c != Column::Blank)
+        .map_or(0, |i| i + 1);
+    let mut blank_values: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut entries = Vec::new();
     let mut excel_damaged = None;
-    for result in records {
-        let record = match result {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(csv_error(&e, line_at(e.position())));
-                break;
-            }
-        };
-        if record.iter().all(|c| c.trim().is_empty()) {
+    for record in header_at.map_or(&records[..0], |i| &records[i + 1..]) {
+        if is_blank(record) {
             continue;
         }
         let line = line_at(record.position());
@@ -638,7 +846,7 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
             .iter()
             .skip(columns.len())
             .any(|c| !c.trim().is_empty());
-        if record.len() < columns.len() || extra_filled {
+        if record.len() < needed || extra_filled {
             problems.push(Problem::at(
                 line,
                 "row",
@@ -646,7 +854,7 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
                     "this row has {} cells but the header has {} columns; check for a stray \
                      comma or a missing quote",
                     record.len(),
-                    columns.len()
+                    needed
                 ),
             ));
             continue;
@@ -658,7 +866,9 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
         let mut other_phones = Vec::new();
         // (field, given, text, header)
         let mut name_parts: Vec<(&'static str, bool, String)> = Vec::new();
-        for ((column, header), cell) in columns.iter().zip(&names).zip(record.iter()) {
+        for (index, ((column, header), cell)) in
+            columns.iter().zip(&names).zip(record.iter()).enumerate()
+        {
             let cell = cell.trim();
             if cell.is_empty() {
                 continue;
@@ -666,6 +876,11 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
             let at = At::new(cell, line, header.clone());
             let slot = match column {
                 Column::Unknown => {
+                    e.unread_column = true;
+                    continue;
+                }
+                Column::Blank => {
+                    blank_values.entry(index + 1).or_default().push(line);
                     e.unread_column = true;
                     continue;
                 }
@@ -751,6 +966,29 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
             }
         }
         entries.push(e);
+    }
+    if let Some(e) = read_error {
+        problems.push(csv_error(&e, line_at(e.position())));
+    }
+    for (number, lines) in blank_values {
+        const SHOWN: usize = 5;
+        let mut list = lines
+            .iter()
+            .take(SHOWN)
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if lines.len() > SHOWN {
+            list.push_str(&format!(" and {} more", lines.len() - SHOWN));
+        }
+        problems.push(Problem::at(
+            header_line,
+            format!("column {number}"),
+            format!(
+                "column {number} has no header but has values on lines {list}: name it or \
+                 delete it"
+            ),
+        ));
     }
     if let Some(header) = excel_damaged {
         problems.push(Problem::file(header, EXCEL_NOTE));
@@ -1181,6 +1419,169 @@ mod tests {
             p[0].2,
             "\"090-12-34\" is not a Japanese phone number (it has 7 digits but a number \
              starting 090 has 11; expected e.g. 090-1234-5678 or 0256-34-5525)"
+        );
+    }
+
+    fn cp932(text: &str) -> Vec<u8> {
+        let (bytes, _, unmappable) = encoding_rs::SHIFT_JIS.encode(text);
+        assert!(!unmappable, "{text}");
+        bytes.into_owned()
+    }
+
+    #[test]
+    fn half_width_kana_in_shift_jis_that_is_also_valid_utf8_is_read_as_shift_jis() {
+        for text in [
+            "id,name,phones\r\n1001,ﾕｷ,090-1234-5678\r\n",
+            "ID,NAME,KANA,TEL\r\n1001,ﾕｷ ﾐｷ,ﾕｷ ﾐｷ,090-1234-5678\r\n",
+        ] {
+            let bytes = cp932(text);
+            assert!(
+                std::str::from_utf8(&bytes).is_ok(),
+                "the trap: these bytes are valid UTF-8 too"
+            );
+            let dir = parse_csv(&bytes, "c.csv").unwrap_or_else(|e| panic!("{e}"));
+            let name = text
+                .split("\r\n")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .nth(1)
+                .unwrap();
+            assert_eq!(dir.contacts[0].name, name, "{text}");
+        }
+    }
+
+    #[test]
+    fn half_width_kana_shift_jis_with_accidental_utf8_pairs_is_not_called_damaged_utf8() {
+        let text = "ID,NAME,TEL\r\n1001,ﾀﾅｶ ﾕｷ,090-1234-5678\r\n1002,ｻﾄｳ ﾏｷｺ,080-1111-2222\r\n";
+        let dir = parse_csv(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<_> = dir.contacts.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["ﾀﾅｶ ﾕｷ", "ｻﾄｳ ﾏｷｺ"]);
+    }
+
+    #[test]
+    fn utf8_latin_names_without_japanese_stay_utf8() {
+        let text = "id,name,phones\nS1,José García,090-1234-5678\nS2,Anna Müller,090-1234-5679\n";
+        assert!(
+            encoding_rs::SHIFT_JIS
+                .decode_without_bom_handling_and_without_replacement(text.as_bytes())
+                .is_some(),
+            "the trap: these bytes are clean Shift_JIS too (Josﾃｩ)"
+        );
+        let dir = parse_csv(text.as_bytes(), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<_> = dir.contacts.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["José García", "Anna Müller"]);
+        let dir = parse_csv(
+            "id,name,phones\nS1,Иван,090-1234-5678\n".as_bytes(),
+            "c.csv",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dir.contacts[0].name, "Иван");
+    }
+
+    #[test]
+    fn bytes_that_read_as_names_both_ways_are_refused_not_guessed() {
+        // Greek in UTF-8 is also clean half-width katakana in Shift_JIS (ﾎｩﾎｼﾎｭﾎｳﾎｱ).
+        let text = "id,name,phones\nS1,a,090-1234-5678\nS2,Ωμέγα,090-1234-5679\n";
+        let p = problems(text.as_bytes());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(3), "encoding"));
+        assert!(p[0].2.contains("\"S2,Ωμέγα,090-1234-5679\""), "{p:?}");
+        assert!(p[0].2.contains("\"S2,ﾎｩﾎｼﾎｭﾎｳﾎｱ,090-1234-5679\""), "{p:?}");
+        assert!(p[0].2.contains("CSV UTF-8"), "{p:?}");
+        let mut bom = b"\xEF\xBB\xBF".to_vec();
+        bom.extend_from_slice(text.as_bytes());
+        let dir = parse_csv(&bom, "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dir.contacts[1].name, "Ωμέγα", "a BOM says UTF-8");
+    }
+
+    #[test]
+    fn blank_header_columns_left_empty_by_excel_are_ignored() {
+        let text = "職員番号,氏名,携帯電話,,,\r\n1001,田中 一郎,090-1234-5678,,,\r\n1002,佐藤 花子,080-1111-2222\r\n,,,,,\r\n";
+        let dir = parse_csv(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dir.len(), 2);
+    }
+
+    #[test]
+    fn a_blank_header_over_values_is_one_error_naming_the_column() {
+        let text = "職員番号,氏名,,携帯電話\r\n1001,田中,x,090-1234-5678\r\n1002,佐藤,,080-1111-2222\r\n1003,鈴木,y,\r\n";
+        let p = problems(&cp932(text));
+        assert_eq!(
+            p.len(),
+            1,
+            "no follow-on errors for rows with a value there: {p:?}"
+        );
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(1), "column 3"));
+        assert_eq!(
+            p[0].2,
+            "column 3 has no header but has values on lines 2, 4: name it or delete it"
+        );
+    }
+
+    #[test]
+    fn a_title_row_above_the_header_is_skipped_and_lines_stay_the_files() {
+        for title in ["職員緊急連絡網\r\n", "職員緊急連絡網,,,\r\n,,,\r\n"] {
+            let body = "職員番号,氏名,携帯電話,所属\r\n1001,田中,090-1234-5678,防災\r\n1002,佐藤,090-12-34,総務\r\n";
+            let text = format!("{title}{body}");
+            let p = problems(&cp932(&text));
+            let got: Vec<_> = p.iter().map(|p| (p.0, p.1.as_str())).collect();
+            let line = title.lines().count() + 3;
+            assert_eq!(got, [(Some(line), "携帯電話")], "{title:?}: {p:?}");
+            let fixed = text.replace("090-12-34", "090-1234-5679");
+            let dir = parse_csv(&cp932(&fixed), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(dir.len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_title_row_with_no_header_after_it_is_one_error() {
+        let p = problems(&cp932("職員緊急連絡網\r\n1001,田中,090-1234-5678\r\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(1), "header"));
+        assert!(
+            p[0].2.contains("looks like a title (\"職員緊急連絡網\")"),
+            "{p:?}"
+        );
+        assert!(p[0].2.contains("must be the first line"), "{p:?}");
+    }
+
+    #[test]
+    fn a_full_width_staff_id_is_the_same_person_as_the_half_width_one() {
+        let text = "職員番号,氏名,携帯電話\r\n1001,田中 一郎,090-1234-5678\r\n１００１,田中 一郎,090-1234-5678\r\n";
+        let p = problems(&cp932(text));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(3), "職員番号"));
+        assert!(
+            p[0].2.starts_with("\"1001\" is used on line 2 and line 3"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_utf16_file_is_named_with_how_to_save_it() {
+        let text = "職員番号\t氏名\t携帯電話\r\n1001\t田中\t090-1234-5678\r\n";
+        let mut bytes = vec![0xFF, 0xFE];
+        bytes.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        let p = problems(&bytes);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].1, "encoding");
+        assert!(
+            p[0].2
+                .starts_with("this file is UTF-16 (Excel's Unicode text)"),
+            "{p:?}"
+        );
+        assert!(p[0].2.contains("CSV UTF-8 (コンマ区切り)"), "{p:?}");
+    }
+
+    #[test]
+    fn a_tab_separated_file_named_csv_is_named() {
+        let text = "職員番号\t氏名\t携帯電話\r\n1001\t田中\t090-1234-5678\r\n";
+        let p = problems(&cp932(text));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (Some(1), "header"));
+        assert!(
+            p[0].2.starts_with("the columns are separated by tabs"),
+            "{p:?}"
         );
     }
 }
