@@ -64,6 +64,10 @@ impl StaffId {
     /// Compared in NFKC form, so an id typed with the IME on (`１００１`, `Ｓ０００１`) is
     /// the same person as `1001` or `S0001`, in every file, request and lookup.
     pub fn parse(raw: &str) -> Result<Self, IdError> {
+        if raw.is_ascii() {
+            // ASCII is its own NFKC form, and most ids (HR numbers) are ASCII.
+            return check("staff id", raw, 64).map(Self);
+        }
         let folded: String = raw.nfkc().collect();
         check("staff id", &folded, 64).map(Self)
     }
