@@ -210,6 +210,8 @@ struct LwState {
     broken: HashSet<&'static str>,
     posts: BTreeMap<u64, Post>,
     next_post: u64,
+    /// Set by [`LwSimHandle::repeat_readers_cursor`]: the readers pages ignore `cursor`.
+    repeat_cursor: bool,
     /// Clock times of forced 429s and of accepted 1:1 messages, for pacing checks.
     forced_log: Vec<Millis>,
     accepted_log: Vec<Millis>,
@@ -292,6 +294,7 @@ pub async fn start_on(
             down_until: 0,
             broken: HashSet::new(),
             posts: BTreeMap::new(),
+            repeat_cursor: false,
             next_post: 1,
             received: HashMap::new(),
             talked_after_post: HashSet::new(),
@@ -405,6 +408,18 @@ impl LwSimHandle {
     /// answers 503 until [`LwSimHandle::come_back`].
     pub fn break_op(&self, op: &'static str) {
         self.shared.lock().broken.insert(op);
+    }
+
+    /// An administrator moves board post `post_id` to the Trash: its readers are not found
+    /// any more ("This API operation cannot get a post from Trash", board-post-reader-list).
+    pub fn trash_post(&self, post_id: u64) {
+        self.shared.lock().posts.remove(&post_id);
+    }
+
+    /// The readers operation ignores `cursor` and gives the first page, with the same
+    /// `nextCursor`, every time (the operation documents no query parameter).
+    pub fn repeat_readers_cursor(&self) {
+        self.shared.lock().repeat_cursor = true;
     }
 
     /// Where anpi's callback endpoint is, once anpi is listening.
@@ -928,7 +943,9 @@ async fn readers(
             format!("board {board} not found"),
         );
     }
+    let repeat = s.lock().repeat_cursor;
     let start = match cursor.as_deref().map(decode_cursor) {
+        _ if repeat => 0,
         None => 0,
         Some(Some(n)) => n,
         Some(None) => {

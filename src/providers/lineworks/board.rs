@@ -123,7 +123,7 @@ impl LineWorksProvider {
         })?;
         self.board_posts.acquire().await;
         let body = board_post_body(req, self.clock.now());
-        let url = self.api(&format!("/boards/{board}/posts"));
+        let url = self.api(&["boards", board, "posts"]);
         let resp = self.call(|| self.client.post(&url).json(&body)).await?;
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
@@ -159,9 +159,10 @@ impl LineWorksProvider {
     /// operation takes it. No `count`: this operation does not document one.
     async fn readers(&self, post: &str) -> Result<Vec<String>, ProviderError> {
         let board = self.settings.board_id.as_deref().unwrap_or_default();
-        let url = self.api(&format!("/boards/{board}/posts/{post}/readers"));
+        let url = self.api(&["boards", board, "posts", post, "readers"]);
         let mut read = Vec::new();
         let mut cursor: Option<String> = None;
+        let mut cursors_seen = std::collections::HashSet::new();
         loop {
             self.board_readers.acquire().await;
             let resp = self
@@ -192,6 +193,21 @@ impl LineWorksProvider {
                 .and_then(|m| m.next_cursor)
                 .filter(|c| !c.is_empty())
             {
+                // A cursor given twice would read the same pages forever (the operation does
+                // not document `cursor`): the reads so far count, the rest are phoned.
+                Some(c) if !cursors_seen.insert(c.clone()) => {
+                    tracing::error!(
+                        post,
+                        cursor = %c,
+                        members_read = read.len(),
+                        "LINE WORKS gave the same readers cursor twice; reads on later pages \
+                         of this post are not counted, so those people stay on the call list"
+                    );
+                    // The last page may have been one already read.
+                    read.sort_unstable();
+                    read.dedup();
+                    return Ok(read);
+                }
                 Some(c) => cursor = Some(c),
                 None => return Ok(read),
             }
@@ -233,10 +249,41 @@ impl LineWorksProvider {
         }
         let mut events = Vec::new();
         let mut new_reads = Vec::new();
+        // One post that cannot be read (moved to the Trash, or refused) costs its own reads
+        // only: the other posts are still read. A rate limit stops this round.
+        let mut failed: Option<ProviderError> = None;
+        let mut read_any = false;
+        let mut gone = Vec::new();
         for p in &posts {
-            let readers = self.readers(&p.post).await;
-            self.report(Component::Readers, &readers);
-            let readers = readers?;
+            let readers = match self.readers(&p.post).await {
+                Ok(r) => r,
+                Err(e @ ProviderError::RateLimited { .. }) => {
+                    failed = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    if matches!(&e, ProviderError::Permanent(r) if r.starts_with(super::UNKNOWN_USER))
+                    {
+                        // "This API operation cannot get a post from Trash."
+                        tracing::error!(
+                            roll_call = p.rc,
+                            post = %p.post,
+                            error = %e,
+                            "the roll call's board post is gone (deleted or in the Trash): \
+                             its reads are no longer counted, so people who have not been \
+                             counted as read stay on the call list"
+                        );
+                        gone.push(p.post.clone());
+                    } else {
+                        tracing::warn!(roll_call = p.rc, post = %p.post, error = %e,
+                            "the readers of a board post could not be read; the other posts \
+                             are read");
+                    }
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            read_any = true;
             let seen_at = self.clock.now();
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             for user in readers {
@@ -258,6 +305,32 @@ impl LineWorksProvider {
                 new_reads.push(key);
             }
         }
+        match &failed {
+            // A post that is gone is reported once and no longer followed.
+            Some(e) if !gone.is_empty() => {
+                self.report::<()>(
+                    Component::Readers,
+                    &Err(ProviderError::Permanent(format!(
+                        "board post {} is gone (deleted or in the Trash): {e}",
+                        gone.join(", ")
+                    ))),
+                );
+                self.posts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|p| !gone.contains(&p.post));
+            }
+            Some(e) => self.report::<()>(Component::Readers, &Err(e.clone())),
+            None => self.report::<()>(Component::Readers, &Ok(())),
+        }
+        // Nothing read and nothing to drop from the cursor: the round failed as a whole.
+        if let (false, true, Some(e)) = (read_any, gone.is_empty(), failed) {
+            return Err(e);
+        }
+        let posts: Vec<WatchedPost> = posts
+            .into_iter()
+            .filter(|p| !gone.contains(&p.post))
+            .collect();
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).pending = new_reads;
         let next = serde_json::to_string(&ReadersCursor { posts }).ok();
         Ok(EventBatch {

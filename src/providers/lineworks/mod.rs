@@ -61,6 +61,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// the platform's window; 5% below absorbs that.
 const LIMIT_SHARE: f64 = 0.95;
 
+/// What is percent-encoded in a path segment: everything but letters, digits and `-._~`
+/// (as `encodeURIComponent` and RFC 3986's unreserved characters).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `base` followed by `segments`, each percent-encoded ([`PATH_SEGMENT`]).
+fn api_url(base: &str, segments: &[&str]) -> String {
+    let mut url = base.trim_end_matches('/').to_string();
+    for s in segments {
+        url.push('/');
+        url.extend(percent_encoding::utf8_percent_encode(s, PATH_SEGMENT));
+    }
+    url
+}
+
 /// How a 404 (unknown user, room, board or post) begins its reason.
 const UNKNOWN_USER: &str = "unknown user or room on LINE WORKS";
 
@@ -198,8 +216,12 @@ impl LineWorksProvider {
         }
     }
 
-    fn api(&self, path: &str) -> String {
-        format!("{}{path}", self.settings.api_base.trim_end_matches('/'))
+    /// The address of `segments` under the API base, each segment percent-encoded as the
+    /// reference asks of ids in a path ("userId: ユーザーを特定する ID (URL エンコードする)",
+    /// <https://developers.worksmobile.com/jp/docs/bot-user-message-send>): a user id may be a
+    /// login e-mail, and a `?` or `#` in an id must not end the path.
+    fn api(&self, segments: &[&str]) -> String {
+        api_url(&self.settings.api_base, segments)
     }
 }
 

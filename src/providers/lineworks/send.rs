@@ -91,11 +91,13 @@ impl LineWorksProvider {
 
     /// One talk message to one person ([`crate::providers::ChatProvider::send`]).
     pub(super) async fn send_talk(&self, msg: &OutboundMessage) -> Result<Sent, ProviderError> {
-        let url = self.api(&format!(
-            "/bots/{}/users/{}/messages",
-            self.settings.bot_id,
-            msg.to.as_str()
-        ));
+        let url = self.api(&[
+            "bots",
+            &self.settings.bot_id,
+            "users",
+            msg.to.as_str(),
+            "messages",
+        ]);
         let text = msg.asks.compose(&msg.text, TALK, &msg.buttons);
         self.post_message(url, message_body(msg.roll_call_id, &text, &msg.buttons))
             .await?;
@@ -113,10 +115,13 @@ impl LineWorksProvider {
             self.settings.rooms.get(group).ok_or_else(|| {
                 ProviderError::Permanent(format!("no LINE WORKS room for {group:?}"))
             })?;
-        let url = self.api(&format!(
-            "/bots/{}/channels/{channel}/messages",
-            self.settings.bot_id
-        ));
+        let url = self.api(&[
+            "bots",
+            &self.settings.bot_id,
+            "channels",
+            channel,
+            "messages",
+        ]);
         let text = req.asks.compose(&req.text, TALK, &req.buttons);
         self.post_message(url, message_body(req.roll_call_id, &text, &req.buttons))
             .await?;

@@ -255,6 +255,112 @@ async fn readers_are_paged_and_each_read_is_reported_once() {
     assert_eq!(lw.stats().limit_exceeded, 0);
 }
 
+/// Posts a must-read roll call post for roll call `rc` and returns its id.
+async fn post_for(p: &LineWorksProvider, c: &ManualClock, rc: i64) -> String {
+    p.broadcast(&BroadcastRequest {
+        roll_call_id: RollCallId(rc),
+        kind: RouteKind::Broadcast,
+        group: None,
+        title: "安否確認".into(),
+        text: "無事なら既読に".into(),
+        buttons: vec![],
+        asks: Default::default(),
+        until: c.now() + chrono::Duration::days(1),
+    })
+    .await
+    .unwrap()
+    .post_id
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_post_moved_to_the_trash_stops_only_its_own_reads() {
+    let c = clock();
+    let members: Vec<ChatHandle> = (0..4).map(|i| handle(&format!("u{i}"))).collect();
+    let mut script = Script::new();
+    for m in &members {
+        script.insert(
+            m.clone(),
+            crate::simulator::Behaviour::reads_after(Duration::from_secs(10)),
+        );
+    }
+    let lw = lws::start(LwSimConfig::new(members), script, Arc::new(c.clone()))
+        .await
+        .unwrap();
+    let p = provider(&lw, &c);
+    let first = post_for(&p, &c, 1).await;
+    let second = post_for(&p, &c, 2).await;
+    c.advance(Duration::from_secs(11));
+    // An administrator deletes the first roll call's post: the second's reads still count.
+    lw.trash_post(first.parse().unwrap());
+    let batch = p.poll_events(None, Duration::ZERO).await.unwrap();
+    assert_eq!(batch.events.len(), 4, "{:?}", batch.events);
+    assert!(batch
+        .events
+        .iter()
+        .all(|e| e.roll_call_id == Some(RollCallId(2))));
+    // The post that is gone is no longer followed, in memory or in the stored cursor.
+    let cursor = batch.cursor.unwrap();
+    assert!(!cursor.contains(&format!("\"{first}\"")), "{cursor}");
+    assert!(cursor.contains(&format!("\"{second}\"")), "{cursor}");
+    p.events_stored();
+    let before = lw.stats().readers_requests;
+    c.advance(Duration::from_secs(10));
+    let next = p.poll_events(Some(&cursor), Duration::ZERO).await.unwrap();
+    assert!(next.events.is_empty());
+    assert_eq!(
+        lw.stats().readers_requests,
+        before + 1,
+        "only the second post"
+    );
+}
+
+#[tokio::test]
+async fn a_readers_cursor_given_twice_ends_the_paging() {
+    let c = clock();
+    let members: Vec<ChatHandle> = (0..6_000).map(|i| handle(&format!("u{i}"))).collect();
+    let mut script = Script::new();
+    script.insert(
+        members[0].clone(),
+        crate::simulator::Behaviour::reads_after(Duration::from_secs(10)),
+    );
+    let lw = lws::start(LwSimConfig::new(members), script, Arc::new(c.clone()))
+        .await
+        .unwrap();
+    lw.repeat_readers_cursor();
+    let p = provider(&lw, &c);
+    post_for(&p, &c, 1).await;
+    c.advance(Duration::from_secs(11));
+    let batch = tokio::time::timeout(Duration::from_secs(30), p.poll_events(None, Duration::ZERO))
+        .await
+        .expect("the readers paging must end")
+        .unwrap();
+    assert_eq!(batch.events.len(), 1);
+    // The first page, the second (the same again), and no more.
+    assert_eq!(lw.stats().readers_requests, 2);
+}
+
+#[test]
+fn ids_in_a_path_are_percent_encoded() {
+    assert_eq!(
+        super::api_url(
+            "https://www.worksapis.com/v1.0/",
+            &[
+                "bots",
+                "2000001",
+                "users",
+                "taro+1@city.example",
+                "messages"
+            ]
+        ),
+        "https://www.worksapis.com/v1.0/bots/2000001/users/taro%2B1%40city.example/messages"
+    );
+    assert_eq!(
+        super::api_url("http://127.0.0.1:1/v1.0", &["users", "a?b#c/d", "x"]),
+        "http://127.0.0.1:1/v1.0/users/a%3Fb%23c%2Fd/x"
+    );
+}
+
 #[tokio::test]
 async fn every_request_the_adapter_makes_passes_the_documented_schema() {
     let c = clock();
