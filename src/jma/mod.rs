@@ -691,6 +691,23 @@ pub fn retraction_scenario(
     Scenario::parse(&text, RETRACTION_SCENARIO)
 }
 
+/// One of JMA's sample telegrams, for unit tests: from `ANPI_JMA_DATA`, else from
+/// `shared/data/jma` beside the crate or one of its ancestors. Missing, the test fails.
+#[cfg(test)]
+pub(crate) fn sample_telegram(rel: &str) -> String {
+    let dir = std::env::var_os("ANPI_JMA_DATA")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .map(|d| d.join("shared/data/jma"))
+                .find(|p| p.is_dir())
+        })
+        .expect("JMA's sample telegrams: set ANPI_JMA_DATA or keep shared/data/jma beside the repository");
+    let path = dir.join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// HQ's e-mail about what a telegram did, written to the mail outbox ([`crate::email`]).
 mod notice {
     use tracing::warn;

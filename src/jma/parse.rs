@@ -330,29 +330,39 @@ fn push_max(areas: &mut Vec<AreaReport>, a: AreaReport) {
 }
 
 /// Body/Intensity/Observation: every 細分区域 (Pref/Area) and 市町村等 (Pref/Area/City) with
-/// its MaxInt (or the 震度５弱以上未入電 condition).
+/// its intensity. An element with `<Condition>震度５弱以上未入電</Condition>` reads as the
+/// stronger of its MaxInt and 5弱: JMA sends the condition beside a lower MaxInt when some
+/// stations reported less while others that may have 5弱 or more have not reported (藤枝市
+/// MaxInt 4 with the condition reads 5弱), and alone when no station reported. The Headline
+/// lists the same cities under 震度５弱以上未入電; the Body alone is read, so nothing counts
+/// twice. Without the condition, MaxInt is read as given.
 fn earthquake(t: &mut Telegram, body: Node) {
     let Some(obs) = path(body, &["Intensity", "Observation"]) else {
         return;
     };
     let mut add = |n: Node| {
-        let code = text(child(n, "Code"));
-        let raw = match child(n, "MaxInt") {
-            Some(m) => text(Some(m)),
-            None => text(child(n, "Condition")),
+        let reported = child(n, "MaxInt").and_then(|m| Intensity::parse(&text(Some(m))));
+        let unreceived = children(n, "Condition")
+            .filter_map(|c| Intensity::parse(&text(Some(c))))
+            .max();
+        let (i, label) = match (reported, unreceived) {
+            (Some(r), Some(u)) if u > r => {
+                (u, format!("震度5弱以上未入電（入電分 {}）", r.label()))
+            }
+            (None, Some(u)) => (u, "震度5弱以上未入電".to_string()),
+            (Some(r), _) => (r, r.label().to_string()),
+            (None, None) => return,
         };
-        if let Some(i) = Intensity::parse(&raw) {
-            push_max(
-                &mut t.areas,
-                AreaReport {
-                    code,
-                    name: text(child(n, "Name")),
-                    level: i.level(),
-                    codes: vec![i.code().to_string()],
-                    label: i.label().to_string(),
-                },
-            );
-        }
+        push_max(
+            &mut t.areas,
+            AreaReport {
+                code: text(child(n, "Code")),
+                name: text(child(n, "Name")),
+                level: i.level(),
+                codes: vec![i.code().to_string()],
+                label,
+            },
+        );
     };
     for pref in children(obs, "Pref") {
         for area in children(pref, "Area") {
@@ -610,6 +620,40 @@ mod tests {
         ));
         assert!(matches!(parse("# README", ""), Err(ParseError::NotXml(_))));
         assert!(matches!(parse("", ""), Err(ParseError::NotXml(_))));
+    }
+
+    fn area<'a>(t: &'a Telegram, code: &str) -> &'a AreaReport {
+        t.areas
+            .iter()
+            .find(|a| a.code == code)
+            .unwrap_or_else(|| panic!("{code} is not in the telegram"))
+    }
+
+    #[test]
+    fn a_city_with_five_minus_unreceived_beside_a_lower_max_int_reads_five_minus() {
+        let name = "32-35_07_06_100915_VXSE53.xml";
+        let t = parse(&crate::jma::sample_telegram(name), name).unwrap();
+        // 藤枝市 and 富士市: MaxInt 4 with 震度５弱以上未入電.
+        for city in ["2221400", "2221000"] {
+            let a = area(&t, city);
+            assert_eq!(
+                (a.level, a.codes.as_slice()),
+                (5, &["5-".to_string()][..]),
+                "{a:?}"
+            );
+            assert!(a.label.contains("未入電"), "{a:?}");
+        }
+        // Without the condition, MaxInt is read as given, lower or higher.
+        assert_eq!(area(&t, "2242900").level, 4, "川根本町 4");
+        assert_eq!(area(&t, "2221900").level, 5, "下田市 5弱");
+        // 西伊豆町 5強 has an unreceived station but no condition: 5強 stays.
+        assert_eq!(area(&t, "2230600").level, 6);
+        assert_eq!(area(&t, "442").level, 7, "静岡県中部 6弱");
+        // The condition alone (no MaxInt): 5弱.
+        let name = "32-35_06_03_100915_VXSE53.xml";
+        let t = parse(&crate::jma::sample_telegram(name), name).unwrap();
+        assert_eq!(area(&t, "0338100").level, 5, "金ケ崎町");
+        assert_eq!(area(&t, "0636500").level, 5, "大蔵村 4 + 未入電");
     }
 
     #[test]
