@@ -6,6 +6,13 @@
 //! for one of the rule's areas and at or above its threshold can start anything, and a 訓練
 //! one starts only a drill; one event starts at most one roll call per rule; a 取消 retracts
 //! only a roll call that a telegram of the same type started.
+//!
+//! 訓練 and real telegrams keep apart: a 訓練 telegram's state is stored under keys prefixed
+//! `drill:` (real keys are as they always were), so neither can make the other "already
+//! seen", "already started" or "unchanged". In the aftershock window a real telegram is judged
+//! against real starts only, so an exercise never holds a real quake back; a 訓練 telegram is
+//! judged against both, so no drill roll call goes out while a real one's aftershocks are
+//! still within the window (HQ is told instead).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -79,7 +86,9 @@ pub enum Why {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct EventState {
     pub rule: String,
-    /// An EventID; `office:<code>` (a snapshot family's episode); `snap:<office>:<group>`.
+    /// An EventID; `office:<code>:<group>` (a snapshot group's episode: whether what it
+    /// says is in force; before episodes were kept per group, `office:<code>`);
+    /// `snap:<office>:<group>`. Prefixed `drill:` for 訓練 telegrams.
     pub key: String,
     /// The highest level acted on (started or upgraded); for an episode, its current level.
     pub level: i32,
@@ -88,6 +97,7 @@ pub struct EventState {
     /// The highest level told to HQ below the threshold.
     pub notified_level: i32,
     pub roll_call_id: Option<i64>,
+    /// Started by a 訓練 telegram (a replay's roll calls are drills whatever this says).
     pub drill: bool,
     pub retracted: bool,
     /// Report time of the telegram that started the roll call.
@@ -117,7 +127,8 @@ pub struct RuleSeen {
     pub event: Option<EventState>,
     /// A snapshot family's group state for the telegram's office.
     pub snapshot: Option<EventState>,
-    /// The rule's latest start (for the aftershock window).
+    /// The rule's latest start that counts for the telegram's aftershock window (see
+    /// [`history_of`]).
     pub last_start: Option<EventState>,
     /// Whether `event`'s roll call is still open.
     pub roll_call_open: bool,
@@ -130,16 +141,65 @@ pub struct Wanted {
     pub snapshot_key: Option<String>,
 }
 
+/// The prefix of every stored key a 訓練 telegram's state lives under.
+pub const DRILL_KEY_PREFIX: &str = "drill:";
+
+/// `key` in the telegram's keyspace: as it is for a real telegram, `drill:` before it for a
+/// 訓練 one.
+fn keyed(t: &Telegram, key: String) -> String {
+    if t.status == Status::Drill {
+        format!("{DRILL_KEY_PREFIX}{key}")
+    } else {
+        key
+    }
+}
+
+/// Whether a stored state belongs to 訓練 telegrams: its key, or, for a start stored before
+/// drill keys were kept apart, its `drill` mark.
+pub fn is_drill_state(e: &EventState) -> bool {
+    e.key.starts_with(DRILL_KEY_PREFIX) || e.drill
+}
+
+/// Which starts a telegram's aftershock window is judged against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// A real telegram: real starts only. An exercise never holds a real quake back.
+    Real,
+    /// A 訓練 telegram: every start, real ones too, so no drill goes out to people in the
+    /// middle of a real quake's aftershocks.
+    All,
+}
+
+pub fn history_of(t: &Telegram) -> History {
+    if t.status == Status::Drill {
+        History::All
+    } else {
+        History::Real
+    }
+}
+
+impl History {
+    pub fn counts(self, e: &EventState) -> bool {
+        self == History::All || !is_drill_state(e)
+    }
+}
+
 pub fn wanted(t: &Telegram, rule: &Rule) -> Wanted {
     if rule.family.is_snapshot() {
         let office = t.office.clone().unwrap_or_else(|| "?".into());
+        let mut event_keys = vec![keyed(t, format!("office:{office}:{}", t.snapshot_group))];
+        if t.status != Status::Drill {
+            // The one episode per office kept before; `snapshot_rule` takes it over only for
+            // the group that started it.
+            event_keys.push(format!("office:{office}"));
+        }
         Wanted {
-            event_keys: vec![format!("office:{office}")],
-            snapshot_key: Some(format!("snap:{office}:{}", t.snapshot_group)),
+            event_keys,
+            snapshot_key: Some(keyed(t, format!("snap:{office}:{}", t.snapshot_group))),
         }
     } else {
         Wanted {
-            event_keys: t.event_ids.clone(),
+            event_keys: t.event_ids.iter().map(|id| keyed(t, id.clone())).collect(),
             snapshot_key: None,
         }
     }
@@ -337,13 +397,9 @@ fn decision(rule: &Rule, action: Action, why: Why, reason: String, b: &Basis) ->
 
 /// One state per EventID of the telegram (a tsunami telegram's several IDs name one event).
 fn for_each_id(t: &Telegram, rule: &Rule, base: &EventState) -> Vec<EventState> {
-    let mut ids = t.event_ids.clone();
+    let mut ids: Vec<String> = t.event_ids.iter().map(|id| keyed(t, id.clone())).collect();
     if ids.is_empty() {
-        ids.push(format!(
-            "{}:{}",
-            t.control_title,
-            t.sent_at.timestamp_millis()
-        ));
+        ids.push(no_event_key(t));
     }
     if !ids.contains(&base.key) && !base.key.is_empty() {
         ids.push(base.key.clone());
@@ -357,6 +413,14 @@ fn for_each_id(t: &Telegram, rule: &Rule, base: &EventState) -> Vec<EventState> 
         .collect()
 }
 
+/// The key of a telegram that names no event: its type and send time.
+fn no_event_key(t: &Telegram) -> String {
+    keyed(
+        t,
+        format!("{}:{}", t.control_title, t.sent_at.timestamp_millis()),
+    )
+}
+
 fn event_rule(t: &Telegram, rule: &Rule, rs: &RuleSeen, family: Family) -> Decision {
     let b = basis(t, rule);
     let reported = t.reported_at.timestamp_millis();
@@ -364,8 +428,8 @@ fn event_rule(t: &Telegram, rule: &Rule, rs: &RuleSeen, family: Family) -> Decis
         .event
         .as_ref()
         .map(|e| e.key.clone())
-        .or_else(|| t.event_ids.first().cloned())
-        .unwrap_or_else(|| format!("{}:{}", t.control_title, t.sent_at.timestamp_millis()));
+        .or_else(|| t.event_ids.first().map(|id| keyed(t, id.clone())))
+        .unwrap_or_else(|| no_event_key(t));
     let mut state = rs.event.clone().unwrap_or(EventState {
         rule: rule.name.clone(),
         key: key.clone(),
@@ -493,6 +557,7 @@ fn event_rule(t: &Telegram, rule: &Rule, rs: &RuleSeen, family: Family) -> Decis
     } else if b.reaches {
         let prior = rs.last_start.as_ref().filter(|p| {
             p.key != state.key
+                && history_of(t).counts(p)
                 && p.roll_call_id.is_some()
                 && !p.retracted
                 && p.started_at.is_some_and(|at| {
@@ -503,18 +568,22 @@ fn event_rule(t: &Telegram, rule: &Rule, rs: &RuleSeen, family: Family) -> Decis
         match prior {
             Some(p) if family == Family::Earthquake && b.level <= p.level => {
                 state.notified_level = state.notified_level.max(b.level);
-                decision(
-                    rule,
-                    Action::Notify,
-                    Why::Aftershock,
+                let reason = if t.status == Status::Drill && !is_drill_state(p) {
+                    format!(
+                        "{here}実際の地震の安否確認 {}（{}）の余震の範囲内: 訓練は開始しません / within the aftershock window of real roll call {}: no drill",
+                        rc(p.roll_call_id),
+                        level_label(family, p.level),
+                        rc(p.roll_call_id)
+                    )
+                } else {
                     format!(
                         "{here}余震の範囲内（安否確認 {} の{}より強くない）: 開始しません / within the aftershock window and not stronger than roll call {}",
                         rc(p.roll_call_id),
                         level_label(family, p.level),
                         rc(p.roll_call_id)
-                    ),
-                    &b,
-                )
+                    )
+                };
+                decision(rule, Action::Notify, Why::Aftershock, reason, &b)
             }
             _ => {
                 state.level = b.level;
@@ -597,13 +666,34 @@ fn snapshot_text(b: &Basis) -> String {
     parts.join(";")
 }
 
+/// The stored episode that is this telegram's group's: its own, or the office's one episode
+/// kept before episodes were per group, when a real telegram of this group started it (then
+/// carried on under the group's key). Another group's episode is none of its business: a
+/// rain telegram does not lift a landslide warning.
+fn episode_of(t: &Telegram, key: &str, seen: Option<&EventState>) -> Option<EventState> {
+    let e = seen?;
+    if e.key == key {
+        return Some(e.clone());
+    }
+    (!e.drill
+        && e.acting
+            .iter()
+            .any(|title| super::parse::snapshot_group_of(title) == t.snapshot_group))
+    .then(|| EventState {
+        key: key.to_string(),
+        ..e.clone()
+    })
+}
+
 fn snapshot_rule(t: &Telegram, rule: &Rule, rs: &RuleSeen) -> Decision {
     let b = basis(t, rule);
     let w = wanted(t, rule);
     let reported = t.reported_at.timestamp_millis();
+    let office_key = w.event_keys[0].clone();
+    let episode = episode_of(t, &office_key, rs.event.as_ref());
     if t.info_type == InfoType::Cancel {
         // A snapshot's 取消 names no event; HQ decides about a running roll call.
-        return match &rs.event {
+        return match &episode {
             Some(e) if e.roll_call_id.is_some() || e.notified_level > 0 => {
                 let mut d = decision(
                     rule,
@@ -678,8 +768,7 @@ fn snapshot_rule(t: &Telegram, rule: &Rule, rs: &RuleSeen) -> Decision {
         reported_at: reported,
         ..EventState::default()
     };
-    let office_key = w.event_keys[0].clone();
-    let mut ep = rs.event.clone().unwrap_or(EventState {
+    let mut ep = episode.unwrap_or(EventState {
         rule: rule.name.clone(),
         key: office_key,
         ..EventState::default()
@@ -832,7 +921,8 @@ mod tests {
     }
 
     /// Runs telegrams through `decide` as the engine would, keeping state in memory; a start
-    /// gets roll call ids 1, 2, ...
+    /// gets roll call ids 1, 2, ... The rule's latest start is handed over whatever telegram
+    /// made it: `decide` itself must not let a drill's start hold a real telegram back.
     fn run(rules: &[Rule], ts: &[Telegram], ctx: Ctx) -> Vec<(Action, Why, bool)> {
         let mut events: HashMap<String, EventState> = HashMap::new();
         let mut seen_keys = std::collections::HashSet::new();
@@ -985,6 +1075,115 @@ mod tests {
         assert_eq!(got[1], (Action::Notify, Why::Aftershock, false));
         assert_eq!(got[2].0, Action::Start, "stronger than the first: starts");
         assert_eq!(got[3].0, Action::Start, "past the window");
+    }
+
+    /// One of JMA's sample telegrams, edited by string replacements (each must apply).
+    fn sample(name: &str, edits: &[(&str, &str)]) -> Telegram {
+        let mut xml = crate::jma::sample_telegram(name);
+        for (from, to) in edits {
+            assert!(xml.contains(from), "{name} lacks {from:?}");
+            xml = xml.replace(from, to);
+        }
+        parse(&xml, name).unwrap()
+    }
+
+    fn rule(text: &str) -> Vec<Rule> {
+        vec![Rule::from_config(0, &toml::from_str(text).unwrap()).unwrap()]
+    }
+
+    const NIIGATA: &str = "32-39_11_05_120615_VXSE53.xml";
+    const DRILL: (&str, &str) = ("<Status>通常</Status>", "<Status>訓練</Status>");
+    const REPLAY: Ctx = Ctx {
+        now: 0,
+        max_age: None,
+    };
+
+    #[test]
+    fn a_drill_start_does_not_hold_back_a_real_quake_in_the_aftershock_window() {
+        let r = rules("aftershock_window = \"2h\"\n");
+        let drill = sample(
+            NIIGATA,
+            &[
+                DRILL,
+                ("<EventID>20110311144640<", "<EventID>20110311140000<"),
+            ],
+        );
+        let real = sample(NIIGATA, &[]);
+        let got = run(&r, &[drill, real], REPLAY);
+        assert_eq!(got[0], (Action::Start, Why::Reached, true));
+        assert_eq!(got[1], (Action::Start, Why::Reached, false), "{got:?}");
+    }
+
+    #[test]
+    fn a_drill_sharing_a_real_events_id_keeps_its_own_state() {
+        let r = rules("");
+        let drill = sample(NIIGATA, &[DRILL]);
+        let real = sample(NIIGATA, &[]);
+        let again = sample(NIIGATA, &[DRILL, ("<Serial>1<", "<Serial>2<")]);
+        let got = run(&r, &[drill, real, again], REPLAY);
+        assert_eq!(got[0], (Action::Start, Why::Reached, true));
+        assert_eq!(got[1], (Action::Start, Why::Reached, false), "{got:?}");
+        assert_eq!(got[2], (Action::Ignore, Why::AlreadyStarted, false));
+    }
+
+    #[test]
+    fn a_drill_in_a_real_quakes_aftershock_window_only_tells_hq() {
+        let r = rules("aftershock_window = \"2h\"\n");
+        let real = sample(NIIGATA, &[]);
+        let drill = sample(
+            NIIGATA,
+            &[
+                DRILL,
+                ("<EventID>20110311144640<", "<EventID>20110311150000<"),
+            ],
+        );
+        let got = run(&r, &[real, drill], REPLAY);
+        assert_eq!(got[0], (Action::Start, Why::Reached, false));
+        assert_eq!(got[1], (Action::Notify, Why::Aftershock, false), "{got:?}");
+    }
+
+    const UNNAN: &str = "name = \"unnan\"\nfamily = \"warning\"\nareas = [\"3220900\"]\nlevel = 4\nscenario = \"flood\"\n";
+    const DOSHA: &str = "weather/15_17_01_250630_VPWW56.xml";
+    const OOAME: &str = "weather/15_17_01_250630_VPWW55.xml";
+
+    #[test]
+    fn a_drill_warning_does_not_hide_the_real_one_from_the_same_office() {
+        let r = rule(UNNAN);
+        let drill = sample(
+            DOSHA,
+            &[
+                DRILL,
+                ("2024-11-02T08:00:00+09:00", "2024-11-02T07:00:00+09:00"),
+                ("2024-11-01T23:00:18Z", "2024-11-01T22:00:18Z"),
+            ],
+        );
+        let real = sample(DOSHA, &[]);
+        let got = run(&r, &[drill, real], REPLAY);
+        assert_eq!(got[0], (Action::Start, Why::Reached, true));
+        assert_eq!(got[1], (Action::Start, Why::Reached, false), "{got:?}");
+    }
+
+    #[test]
+    fn the_rain_telegram_does_not_lift_the_landslide_warning_of_the_same_office() {
+        let r = rule(UNNAN);
+        let got = run(&r, &[sample(DOSHA, &[]), sample(OOAME, &[])], REPLAY);
+        assert_eq!(got[0], (Action::Start, Why::Reached, false));
+        // 雲南市 has 大雨警報 (03) in the rain telegram: below the threshold, nothing lifted.
+        assert_eq!(
+            got[1],
+            (Action::Notify, Why::BelowThreshold, false),
+            "{got:?}"
+        );
+        // The landslide telegram again, an hour later and unchanged: its roll call goes on.
+        let later = sample(
+            DOSHA,
+            &[
+                ("2024-11-02T08:00:00+09:00", "2024-11-02T12:00:00+09:00"),
+                ("2024-11-01T23:00:18Z", "2024-11-02T03:00:18Z"),
+            ],
+        );
+        let got = run(&r, &[sample(DOSHA, &[]), sample(OOAME, &[]), later], REPLAY);
+        assert_eq!(got[2], (Action::Ignore, Why::NoChange, false), "{got:?}");
     }
 
     #[test]

@@ -385,7 +385,11 @@ impl Engine {
                     last_start: state
                         .events
                         .values()
-                        .filter(|e| e.rule == r.name && e.roll_call_id.is_some())
+                        .filter(|e| {
+                            e.rule == r.name
+                                && e.roll_call_id.is_some()
+                                && decide::history_of(t).counts(e)
+                        })
                         .max_by_key(|e| e.started_at)
                         .cloned(),
                     roll_call_open: true,
@@ -429,7 +433,9 @@ impl Engine {
                 RuleSeen {
                     event,
                     snapshot,
-                    last_start: store.jma_last_start(sc, &r.name).await?,
+                    last_start: store
+                        .jma_last_start(sc, &r.name, decide::history_of(t) == decide::History::Real)
+                        .await?,
                     roll_call_open,
                 },
             );
@@ -537,7 +543,6 @@ impl Engine {
                 for u in &mut d.updates {
                     if u.started_at.is_some() && u.roll_call_id.is_none() {
                         u.roll_call_id = Some(rc.id.0);
-                        u.drill = rc.drill;
                     }
                 }
                 d.reason = format!(

@@ -111,6 +111,20 @@ fn classify(title: &str) -> (Kind, &'static str, &'static str) {
     }
 }
 
+fn group_name(title: &str, group: &str) -> String {
+    if group.is_empty() {
+        title.to_string()
+    } else {
+        group.to_string()
+    }
+}
+
+/// The snapshot group of a telegram type (Control/Title): VPWW53 and VPWW54 share
+/// "warnings"; every other type is its own group (each 2026 VPWW5x title, 土砂災害警戒情報).
+pub fn snapshot_group_of(title: &str) -> String {
+    group_name(title, classify(title).2)
+}
+
 /// One area a telegram speaks about, with what it says there.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AreaReport {
@@ -278,11 +292,7 @@ pub fn parse(xml: &str, name: &str) -> Result<Telegram, ParseError> {
     let code = code_from_name(name)
         .filter(|c| table_code.is_empty() || c.starts_with(&table_code[..4]))
         .unwrap_or_else(|| table_code.to_string());
-    let snapshot_group = if group.is_empty() {
-        control_title.clone()
-    } else {
-        group.to_string()
-    };
+    let snapshot_group = group_name(&control_title, group);
     let mut t = Telegram {
         kind: kind.clone(),
         code,

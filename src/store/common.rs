@@ -1282,8 +1282,9 @@ macro_rules! store_impl {
                 &self,
                 scope: &str,
                 rule: &str,
+                real_only: bool,
             ) -> $crate::store::StoreResult<Option<$crate::jma::decide::EventState>> {
-                self.q_jma_last_start(scope, rule).await
+                self.q_jma_last_start(scope, rule, real_only).await
             }
 
             async fn jma_record(

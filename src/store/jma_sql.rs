@@ -68,12 +68,22 @@ macro_rules! jma_queries {
                 &self,
                 scope: &str,
                 rule: &str,
+                real_only: bool,
             ) -> $crate::store::StoreResult<Option<$crate::jma::decide::EventState>> {
                 use sqlx::Row;
-                let row = sqlx::query(
+                // A 訓練 telegram's state is keyed `drill:...`; a drill start stored before
+                // that is known by its state's `"drill":true` (set only by 訓練 telegrams in
+                // the live scope). The same test as `decide::is_drill_state`.
+                let sql = if real_only {
                     "SELECT state FROM jma_events WHERE scope = $1 AND rule = $2 \
-                     AND started_at IS NOT NULL ORDER BY started_at DESC LIMIT 1",
-                )
+                     AND started_at IS NOT NULL AND key NOT LIKE 'drill:%' \
+                     AND state NOT LIKE '%\"drill\":true%' \
+                     ORDER BY started_at DESC LIMIT 1"
+                } else {
+                    "SELECT state FROM jma_events WHERE scope = $1 AND rule = $2 \
+                     AND started_at IS NOT NULL ORDER BY started_at DESC LIMIT 1"
+                };
+                let row = sqlx::query(sql)
                 .bind(scope)
                 .bind(rule)
                 .fetch_optional(&self.pool)

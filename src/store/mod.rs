@@ -517,18 +517,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// How the telegram with this dedupe key was decided before ("start, <when>"), if it was.
     async fn jma_telegram_seen(&self, scope: &str, key: &str) -> StoreResult<Option<String>>;
-    /// The stored states of `rule` under any of `keys` (EventIDs, office episodes, snapshots).
+    /// The stored states of `rule` under any of `keys` (EventIDs, office episodes, snapshots),
+    /// in the order of `keys`.
     async fn jma_events(
         &self,
         scope: &str,
         rule: &str,
         keys: &[String],
     ) -> StoreResult<Vec<crate::jma::decide::EventState>>;
-    /// The state of `rule`'s latest event that started a roll call.
+    /// The state of `rule`'s latest event that started a roll call; with `real_only`, the
+    /// latest that a real (not 訓練) telegram started.
     async fn jma_last_start(
         &self,
         scope: &str,
         rule: &str,
+        real_only: bool,
     ) -> StoreResult<Option<crate::jma::decide::EventState>>;
     /// Records a telegram and its decision, and writes the state it changed, in one
     /// transaction. `None` (nothing written) when the telegram was recorded before.

@@ -89,12 +89,21 @@ scenario = "flood"
 "#;
 
 pub async fn replay(app: &TestApp, dir: &Path, names: &[String], dry_run: bool) -> Vec<Value> {
-    let files: Vec<Value> = names
+    let files: Vec<(String, String)> = names
         .iter()
         .map(|n| {
             let bytes = std::fs::read(dir.join(n)).unwrap();
-            json!({"name": n, "xml": String::from_utf8_lossy(&bytes)})
+            (n.clone(), String::from_utf8_lossy(&bytes).into_owned())
         })
+        .collect();
+    replay_xml(app, &files, dry_run).await
+}
+
+/// Replays telegrams given as (name, XML), such as edited copies of the shared files.
+pub async fn replay_xml(app: &TestApp, files: &[(String, String)], dry_run: bool) -> Vec<Value> {
+    let files: Vec<Value> = files
+        .iter()
+        .map(|(n, xml)| json!({"name": n, "xml": xml}))
         .collect();
     let res = app
         .http
@@ -785,6 +794,41 @@ scenario = "earthquake"
     );
     app.shutdown().await;
 }
+#[tokio::test]
+async fn a_drill_telegrams_start_does_not_hold_back_the_real_quake_that_follows() {
+    let app = spawn_app_with(Options {
+        extra_config: SANJO_RULES.into(),
+        ..Options::default()
+    })
+    .await;
+    let name = "32-39_11_05_120615_VXSE53.xml";
+    let real = std::fs::read_to_string(jma_data().join(name)).unwrap();
+    let drill = real
+        .replace("<Status>通常</Status>", "<Status>訓練</Status>")
+        .replace("<EventID>20110311144640<", "<EventID>20110311140000<");
+    assert_ne!(drill, real);
+    let files = [(format!("drill-{name}"), drill), (name.to_string(), real)];
+    for dry_run in [true, false] {
+        let r = replay_xml(&app, &files, dry_run).await;
+        assert_eq!(
+            primary(&r[0]),
+            ("start".into(), "reached".into(), true),
+            "dry run {dry_run}: {}",
+            r[0]
+        );
+        assert_eq!(
+            primary(&r[1]),
+            ("start".into(), "reached".into(), false),
+            "dry run {dry_run}: the real 新潟県中越 震度5弱 is judged against real starts only: {}",
+            r[1]
+        );
+    }
+    // Both started (replays start drills only); the real telegram's roll call is its own.
+    let rcs = app.hq.list().await.unwrap();
+    assert_eq!(rcs.len(), 2, "{rcs:?}");
+    app.shutdown().await;
+}
+
 /// A telegram file made current: its send, report and target times set to `at` (and, when
 /// given, its EventID replaced), so the live path judges it fresh. Test data only.
 pub fn fresh(xml: &str, at: chrono::DateTime<chrono::Utc>, event_id: Option<&str>) -> String {

@@ -1124,12 +1124,17 @@ async fn jma_telegrams_are_recorded_once_per_scope_with_the_state_they_changed()
             .unwrap()
             .is_empty());
         // The latest start is the one with a roll call, not the later notice.
+        for real_only in [false, true] {
+            assert_eq!(
+                store.jma_last_start("live", "q", real_only).await.unwrap(),
+                Some(started.clone()),
+                "{name}"
+            );
+        }
         assert_eq!(
-            store.jma_last_start("live", "q").await.unwrap(),
-            Some(started),
-            "{name}"
+            store.jma_last_start("live", "other", false).await.unwrap(),
+            None
         );
-        assert_eq!(store.jma_last_start("live", "other").await.unwrap(), None);
         let log = store.jma_log(Some("live"), None, 10).await.unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].headline, "地震がありました。");
@@ -1155,6 +1160,49 @@ async fn jma_telegrams_are_recorded_once_per_scope_with_the_state_they_changed()
             .unwrap();
         assert!(
             store.jma_fetched("https://x/data/a.xml").await.unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_real_telegrams_last_start_leaves_out_drill_starts_old_and_new() {
+    use anpi::jma::decide::EventState;
+    for (name, store, _tmp) in backends().await {
+        let rc = seeded(&store, 3, None).await;
+        let start = |key: &str, at: i64, drill: bool| EventState {
+            rule: "q".into(),
+            key: key.into(),
+            level: 5,
+            roll_call_id: Some(rc.id.0),
+            drill,
+            started_at: Some(at),
+            reported_at: at,
+            ..EventState::default()
+        };
+        let real = start("E1", 1_000, false);
+        // A drill start under today's key, and one stored before drill keys were apart.
+        let drill = start("drill:E2", 2_000, true);
+        let legacy = start("E3", 3_000, true);
+        for (i, s) in [&real, &drill, &legacy].into_iter().enumerate() {
+            store
+                .jma_record(
+                    &jma_record("live", &format!("k{i}"), None),
+                    std::slice::from_ref(s),
+                    4_000,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(
+            store.jma_last_start("live", "q", true).await.unwrap(),
+            Some(real),
+            "{name}"
+        );
+        assert_eq!(
+            store.jma_last_start("live", "q", false).await.unwrap(),
+            Some(legacy),
             "{name}"
         );
     }
