@@ -303,6 +303,23 @@ fn closest_header(header: &str) -> Option<&'static str> {
     best.filter(|(score, _)| *score >= 0.5).map(|(_, a)| a)
 }
 
+/// A cell's value without the "keep as text" wrapping Excel users and HR systems put on
+/// numbers so Excel keeps their leading zeros: the formula `="0012"` (written in the file
+/// as `"=""0012"""`, which the csv reader has already unquoted) and a leading apostrophe
+/// `'0012`. Only these exact forms are unwrapped, whatever the column: an id `="0012"` is
+/// the id 0012, as Excel shows it. Anything else that starts with `=` is left as written,
+/// since it is not a value anpi can read.
+fn excel_text(cell: &str) -> &str {
+    if let Some(inner) = cell
+        .strip_prefix("=\"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .filter(|inner| !inner.contains('"'))
+    {
+        return inner.trim();
+    }
+    cell.strip_prefix('\'').map_or(cell, str::trim)
+}
+
 /// Separators people put between several numbers in one cell.
 const PHONE_SEPARATORS: [char; 7] = [';', '/', '、', '；', '／', ',', '，'];
 
@@ -869,7 +886,7 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
         for (index, ((column, header), cell)) in
             columns.iter().zip(&names).zip(record.iter()).enumerate()
         {
-            let cell = cell.trim();
+            let cell = excel_text(cell.trim());
             if cell.is_empty() {
                 continue;
             }
@@ -1571,6 +1588,47 @@ mod tests {
             "{p:?}"
         );
         assert!(p[0].2.contains("CSV UTF-8 (コンマ区切り)"), "{p:?}");
+    }
+
+    #[test]
+    fn excel_keep_as_text_forms_are_unwrapped_in_every_column() {
+        // As HR systems write them so Excel keeps leading zeros: ="0012" (raw in the file
+        // often as "=""0012""") and a leading apostrophe.
+        let text = "職員番号,氏名,優先度,携帯電話,電話番号\r\n\
+            =\"0012\",田中 一郎,=\"1\",=\"09012345678\",'0256345525\r\n\
+            \"=\"\"0013\"\"\",佐藤 花子,'2,'09012340000,\"=\"\"\"\"\"\r\n";
+        let dir = parse_csv(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        let c = &dir.contacts[0];
+        assert_eq!(c.id.as_str(), "0012");
+        assert_eq!(c.call_priority, 1);
+        assert_eq!(
+            c.phones.iter().map(|p| p.national()).collect::<Vec<_>>(),
+            ["090-1234-5678", "0256-34-5525"]
+        );
+        let c = &dir.contacts[1];
+        assert_eq!(c.id.as_str(), "0013");
+        assert_eq!(c.call_priority, 2);
+        assert_eq!(
+            c.phones.iter().map(|p| p.national()).collect::<Vec<_>>(),
+            ["090-1234-0000"],
+            "=\"\" is an empty cell"
+        );
+    }
+
+    #[test]
+    fn only_the_exact_keep_as_text_forms_are_unwrapped() {
+        for (cell, kept) in [
+            ("=\"0012\"", "0012"),
+            ("'0012", "0012"),
+            ("=\"\"", ""),
+            ("=0012", "=0012"),
+            ("=\"0012", "=\"0012"),
+            ("=\"00\"12\"", "=\"00\"12\""),
+            ("''0012", "'0012"),
+            ("0012'", "0012'"),
+        ] {
+            assert_eq!(excel_text(cell), kept, "{cell}");
+        }
     }
 
     #[test]
