@@ -41,6 +41,11 @@ pub enum PhoneProblem {
     BadChar(char),
     #[error("it must start with 0, or with +81")]
     NoLeadingZero,
+    #[error(
+        "it starts with 81, the country code, without + and is not a Japanese number after \
+         it; write it as +81 90-1234-5678 or as dialled in Japan, 090-1234-5678"
+    )]
+    CountryCodeWithoutPlus,
     #[error("only Japanese numbers (+81) can be called from the list")]
     NotJapanese,
     #[error("{0} is an international call prefix, not part of a number")]
@@ -93,7 +98,8 @@ fn expected_length(national: &str) -> Result<(&'static str, usize), PhoneProblem
 
 impl PhoneNumber {
     /// Accepts the ways Japanese staff lists write numbers: hyphens, spaces, an area code in
-    /// brackets, full-width characters, or international `+81` with or without `(0)`.
+    /// brackets, full-width characters, or international `+81` with or without `(0)` (and
+    /// `81` without the `+` when nothing else can be meant).
     pub fn parse(raw: &str) -> Result<Self, PhoneError> {
         let fail = |reason| PhoneError {
             raw: raw.trim().to_string(),
@@ -121,6 +127,9 @@ impl PhoneNumber {
             format!("0{}", rest.strip_prefix('0').unwrap_or(rest))
         } else if digits.starts_with('0') {
             digits
+        } else if digits.starts_with("81") && digits.len() >= 11 {
+            return Self::country_code_without_plus(&digits)
+                .ok_or_else(|| fail(PhoneProblem::CountryCodeWithoutPlus));
         } else {
             return Err(fail(PhoneProblem::NoLeadingZero));
         };
@@ -133,6 +142,22 @@ impl PhoneNumber {
             }));
         }
         Ok(Self(format!("+81{}", &national[1..])))
+    }
+
+    /// `81-90-1234-5678`: the country code written without its `+` (Excel drops a leading
+    /// `+` from a cell it reads as a number). Read as `+81` only when 81 is followed by a
+    /// whole national number without its 0, 11 or 12 digits in all: a domestic number
+    /// always starts with 0, and one that lost its 0 has 9 or 10 digits, so such digits
+    /// cannot be anything else. With the trunk 0 kept (`81-090-…`) or any other length it
+    /// is refused, pointing at `+81`, rather than guessed.
+    fn country_code_without_plus(digits: &str) -> Option<Self> {
+        let rest = digits.strip_prefix("81")?;
+        if !(11..=12).contains(&digits.len()) || rest.starts_with('0') {
+            return None;
+        }
+        let national = format!("0{rest}");
+        let (_, expected) = expected_length(&national).ok()?;
+        (national.len() == expected).then(|| Self(format!("+81{rest}")))
     }
 
     /// The E.164 form, e.g. `+819012345678`.
@@ -317,6 +342,36 @@ mod tests {
             let err = PhoneNumber::parse(input).expect_err(input);
             assert_eq!(err.reason, reason, "{input}");
         }
+    }
+
+    #[test]
+    fn the_country_code_without_plus_is_read_when_the_rest_is_a_japanese_number() {
+        for (input, national) in [
+            ("81-90-1234-5678", "090-1234-5678"),
+            ("819012345678", "090-1234-5678"),
+            ("81 256 34 5525", "0256-34-5525"),
+            ("８１－３－１２３４－５６７８", "03-1234-5678"),
+        ] {
+            let p = PhoneNumber::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(p.national(), national, "{input}");
+        }
+        // The trunk 0 kept (13 digits), a short or overlong rest, or a rest that is not a
+        // Japanese number: refused, pointing at +81.
+        for input in [
+            "81-090-1234-5678",
+            "81-90-1234-567",
+            "81-90-1234-56789",
+            "81-0256-34-5525",
+        ] {
+            let err = PhoneNumber::parse(input).expect_err(input);
+            assert_eq!(err.reason, PhoneProblem::CountryCodeWithoutPlus, "{input}");
+            assert!(err.to_string().contains("+81 90-1234-5678"), "{err}");
+        }
+        assert_eq!(
+            PhoneNumber::parse("8123-4567").unwrap_err().reason,
+            PhoneProblem::NoLeadingZero,
+            "too short to hold a country code"
+        );
     }
 
     #[test]
