@@ -1632,6 +1632,17 @@ mod tests {
     }
 
     #[test]
+    fn a_shubetsu_column_of_employment_types_reads_as_staff() {
+        let text = "職員番号,氏名,種別,携帯電話\r\n\
+            1001,田中 一郎,正職員,090-1234-5678\r\n\
+            1002,佐藤 花子,会計年度任用職員,080-1111-2222\r\n\
+            1003,鈴木 三郎,再任用職員,080-1111-3333\r\n\
+            1004,高橋 四郎,嘱託,080-1111-4444\r\n";
+        let dir = parse_csv(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        assert!(dir.contacts.iter().all(|c| c.kind == ContactKind::Staff));
+    }
+
+    #[test]
     fn a_tab_separated_file_named_csv_is_named() {
         let text = "職員番号\t氏名\t携帯電話\r\n1001\t田中\t090-1234-5678\r\n";
         let p = problems(&cp932(text));

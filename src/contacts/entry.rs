@@ -586,7 +586,8 @@ mod tests {
         assert_eq!((line, field.as_str()), (Some(3), "kind"));
         assert_eq!(
             msg,
-            "\"来客\" is not a kind of contact; use staff or shelter_phone (or 職員 / 避難所)"
+            "\"来客\" is not a kind of contact; use staff or shelter_phone (or 職員 / 避難所); \
+             an employment type (正職員, 会計年度任用職員, 嘱託 …) is read as staff"
         );
     }
 

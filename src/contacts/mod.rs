@@ -25,6 +25,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::ids::{ChatHandle, StaffId};
 
@@ -59,16 +60,48 @@ impl fmt::Display for ContactKind {
 
 /// Why a kind was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a kind of contact; use staff or shelter_phone (or 職員 / 避難所)")]
+#[error(
+    "{0:?} is not a kind of contact; use staff or shelter_phone (or 職員 / 避難所); an \
+     employment type (正職員, 会計年度任用職員, 嘱託 …) is read as staff"
+)]
 pub struct KindError(pub String);
+
+/// Employment types that do not end in 職員 or 社員 (see [`ContactKind::from_str`]).
+const EMPLOYMENT_TYPES: &[&str] = &[
+    "正規",
+    "非正規",
+    "常勤",
+    "非常勤",
+    "会計年度任用",
+    "再任用",
+    "任期付",
+    "臨時",
+    "臨時的任用",
+    "嘱託",
+    "パート",
+    "パートタイム",
+    "アルバイト",
+    "派遣",
+];
 
 impl FromStr for ContactKind {
     type Err = KindError;
     /// Also takes the Japanese words HR exports use, since the CSV often comes from them.
+    ///
+    /// HR systems have a 種別 column of their own holding the employment type (正職員,
+    /// 会計年度任用職員, 再任用職員, 嘱託 …), and an IT person exporting the staff list
+    /// expects it to load as it is. Every such value describes a member of staff, which is
+    /// all anpi's kind asks (staff, or the shared phone at a shelter), so they are read as
+    /// staff: anything ending in 職員 or 社員, and the usual short forms. A shelter phone is
+    /// never in an HR export, so nothing is lost; anything else is still refused.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
+        let folded: String = s.trim().nfkc().collect::<String>().to_lowercase();
+        match folded.as_str() {
             "staff" | "職員" => Ok(Self::Staff),
             "shelter_phone" | "shelter" | "避難所" | "避難所電話" => Ok(Self::ShelterPhone),
+            t if t.ends_with("職員") || t.ends_with("社員") || EMPLOYMENT_TYPES.contains(&t) => {
+                Ok(Self::Staff)
+            }
             _ => Err(KindError(s.trim().to_string())),
         }
     }
@@ -423,6 +456,35 @@ mod tests {
         assert_eq!(dir.contacts[2].kind, ContactKind::ShelterPhone);
         assert_eq!(dir.contacts[2].name, "三条小学校避難所");
         assert_eq!(read.ignored_columns, ["内線"]);
+    }
+
+    #[test]
+    fn employment_types_from_an_hr_export_are_staff() {
+        for kind in [
+            "正職員",
+            "会計年度任用職員",
+            "再任用職員",
+            "臨時職員",
+            "嘱託",
+            "嘱託職員",
+            "非常勤",
+            "任期付職員",
+            "ﾊﾟｰﾄ",
+            "アルバイト",
+            "契約社員",
+        ] {
+            assert_eq!(
+                kind.parse::<ContactKind>(),
+                Ok(ContactKind::Staff),
+                "{kind}"
+            );
+        }
+        let err = "来庁者".parse::<ContactKind>().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("an employment type (正職員, 会計年度任用職員, 嘱託 …) is read as staff"),
+            "{err}"
+        );
     }
 
     #[test]
