@@ -7,8 +7,8 @@
 //! and neither reading is clearly names the file is refused rather than guessed (see
 //! [`valid_utf8_or_shift_jis`]); every column is understood, deliberately ignored (a short
 //! documented list such as 内線 or 住所 that anpi has no use for, or a blank header over an
-//! empty column), or the file is refused naming the column and the closest column anpi
-//! knows; every problem names the physical line of its record by the one rule in
+//! empty column), or the file is refused naming the column and, when it is clearly a slip
+//! of one, the header anpi knows (never one of another meaning); every problem names the physical line of its record by the one rule in
 //! [`super::lines`], counting any title line; a problem a refused column may have caused (a
 //! row whose number sits in an unknown column, or under a blank header) is not reported
 //! until that column is fixed.
@@ -48,15 +48,32 @@ enum Column {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meaning {
     Field(&'static str),
-    Phone { mobile: bool },
+    Phone {
+        mobile: bool,
+    },
     Family(&'static str),
     Given(&'static str),
     Chat(&'static str),
     Ignored,
+    /// Refused, with what to do instead: the header is common but could mean two things.
+    Unclear(&'static str),
 }
 
+/// What to do with a 係 column: it names the subsection, which is part of the department,
+/// but HR exports usually have it beside 課 or 所属, and anpi keeps one department.
+const KAKARI_HINT: &str = "係 is read as neither department nor role: if it is the only \
+                           column naming where the person works, rename it 所属; if the file \
+                           also has 課 or 所属, delete this column, or join the two into one \
+                           所属 column (総務課 庶務係)";
+
 /// Every header anpi reads, as people write it. Matching ignores case, full/half width,
-/// spaces, `_`, `-`, `・` and brackets, so `氏名（カナ）`, `E-mail` and `ＩＤ` all match.
+/// spaces, `_`, `-`, `・`, `.` and brackets, so `氏名（カナ）`, `E-mail` and `ＩＤ` all match;
+/// a phone or e-mail header may also carry a word saying whose it is (see [`QUALIFIERS`]).
+/// Phone columns come in two ranks, called in this order, each in file order: mobiles
+/// (any header naming 携帯, スマホ, mobile or cell, as 公用携帯, 個人携帯, 携帯電話（私用）,
+/// 電話番号（携帯）), then every other number (電話番号, 自宅電話, 自宅TEL, TEL（自宅）,
+/// 緊急連絡先 …): a home phone may be answered, but a mobile is where a person is most
+/// likely to be reached in a disaster.
 const ALIASES: &[(&str, Meaning)] = {
     use Meaning::*;
     &[
@@ -79,6 +96,7 @@ const ALIASES: &[(&str, Meaning)] = {
         ("name", Field("name")),
         ("full_name", Field("name")),
         ("氏名", Field("name")),
+        ("姓名", Field("name")),
         ("名前", Field("name")),
         ("職員名", Field("name")),
         ("社員名", Field("name")),
@@ -108,6 +126,7 @@ const ALIASES: &[(&str, Meaning)] = {
         ("氏名（カナ）", Field("kana")),
         ("氏名（フリガナ）", Field("kana")),
         ("氏名（ふりがな）", Field("kana")),
+        ("フリガナ（氏名）", Field("kana")),
         ("セイ", Family("kana")),
         ("姓（カナ）", Family("kana")),
         ("姓（フリガナ）", Family("kana")),
@@ -123,14 +142,21 @@ const ALIASES: &[(&str, Meaning)] = {
         ("section", Field("department")),
         ("所属", Field("department")),
         ("所属名", Field("department")),
+        ("所属名称", Field("department")),
+        ("所属課名", Field("department")),
         ("所属課", Field("department")),
         ("所属部署", Field("department")),
         ("部署", Field("department")),
         ("部署名", Field("department")),
         ("部課", Field("department")),
         ("部門", Field("department")),
+        ("部局", Field("department")),
         ("課", Field("department")),
         ("課名", Field("department")),
+        // one column naming both, 総務課 庶務係
+        ("課・係", Field("department")),
+        ("係", Unclear(KAKARI_HINT)),
+        ("係名", Unclear(KAKARI_HINT)),
         // role
         ("role", Field("role")),
         ("title", Field("role")),
@@ -199,6 +225,7 @@ const ALIASES: &[(&str, Meaning)] = {
         ("LINE WORKS ユーザーID", Chat("lineworks")),
         ("ラインワークス", Chat("lineworks")),
         ("ラインワークスID", Chat("lineworks")),
+        ("ラインワークスアカウント", Chat("lineworks")),
         ("Matrix ID", Chat("matrix")),
         ("Matrix", Chat("matrix")),
         // columns anpi has no use for: skipped, and named by `anpi contacts check`
@@ -206,6 +233,11 @@ const ALIASES: &[(&str, Meaning)] = {
         ("内線番号", Ignored),
         ("FAX", Ignored),
         ("FAX番号", Ignored),
+        // A PHS column is the office's in-building PHS (an extension): public PHS service
+        // in Japan ended in 2023, so it holds no number HQ could call from outside.
+        ("PHS", Ignored),
+        ("PHS番号", Ignored),
+        ("構内PHS", Ignored),
         ("住所", Ignored),
         ("address", Ignored),
         ("郵便番号", Ignored),
@@ -218,6 +250,9 @@ const ALIASES: &[(&str, Meaning)] = {
         ("入庁日", Ignored),
         ("採用日", Ignored),
         ("雇用形態", Ignored),
+        ("雇用区分", Ignored),
+        ("所属コード", Ignored),
+        ("部署コード", Ignored),
         ("備考", Ignored),
         ("note", Ignored),
         ("notes", Ignored),
@@ -225,7 +260,7 @@ const ALIASES: &[(&str, Meaning)] = {
 };
 
 /// The form headers are compared in: NFKC (full width to half width, half-width katakana
-/// to full width, `（` to `(`), lower case, without spaces, `_`, `-`, `・` or brackets.
+/// to full width, `（` to `(`), lower case, without spaces, `_`, `-`, `・`, `.` or brackets.
 fn normalise(header: &str) -> String {
     header
         .nfkc()
@@ -234,7 +269,7 @@ fn normalise(header: &str) -> String {
             !c.is_whitespace()
                 && !matches!(
                     c,
-                    '_' | '-' | '・' | '(' | ')' | '[' | ']' | '【' | '】' | '\u{feff}'
+                    '_' | '-' | '・' | '.' | '(' | ')' | '[' | ']' | '【' | '】' | '\u{feff}'
                 )
         })
         .collect()
@@ -247,23 +282,90 @@ fn meaning_of(key: &str) -> Option<Meaning> {
         .map(|(_, m)| *m)
 }
 
-/// Header text -> meaning. `None` for a column anpi does not know.
+/// A word saying whose phone or address a column holds, written before the header anpi
+/// knows (公用携帯, 自宅TEL) or after it in brackets (携帯電話（私用）, TEL（自宅）).
+struct Qualifier {
+    word: &'static str,
+    /// For a phone header: `None` if the word does not apply, else the rank it gives.
+    phone: Option<Rank>,
+    email: bool,
+}
+
+/// Which of the two phone ranks a qualified phone header is in.
+#[derive(Clone, Copy)]
+enum Rank {
+    /// The header's own rank (自宅TEL is another number, 個人携帯 a mobile).
+    Same,
+    /// A mobile, whatever the header (電話番号（携帯）).
+    Mobile,
+    /// After the person's own numbers: 緊急連絡先 is most often a relative's.
+    Other,
+}
+
+/// The qualifiers apply only to phone and e-mail headers, so 緊急連絡先氏名 (the relative's
+/// name) never reads as the person's name; 庁内電話 is an extension, so 庁内 is for e-mail
+/// only.
+const QUALIFIERS: &[Qualifier] = {
+    use Rank::*;
+    const fn q(word: &'static str, phone: Option<Rank>, email: bool) -> Qualifier {
+        Qualifier { word, phone, email }
+    }
+    &[
+        q("緊急連絡先", Some(Other), false),
+        q("携帯", Some(Mobile), true),
+        q("公用", Some(Same), true),
+        q("私用", Some(Same), true),
+        q("個人", Some(Same), true),
+        q("自宅", Some(Same), true),
+        q("庁内", None, true),
+    ]
+};
+
+/// A phone or e-mail header with one word from [`QUALIFIERS`] before or after it.
+fn qualified_meaning(key: &str) -> Option<Meaning> {
+    QUALIFIERS.iter().find_map(|q| {
+        let word = normalise(q.word);
+        let rest = key
+            .strip_prefix(&word)
+            .or_else(|| key.strip_suffix(&word))
+            .filter(|rest| !rest.is_empty())?;
+        match (meaning_of(rest)?, q.phone) {
+            (Meaning::Phone { mobile }, Some(rank)) => Some(Meaning::Phone {
+                mobile: match rank {
+                    Rank::Same => mobile,
+                    Rank::Mobile => true,
+                    Rank::Other => false,
+                },
+            }),
+            (m @ Meaning::Field("email"), _) if q.email => Some(m),
+            _ => None,
+        }
+    })
+}
+
+/// A header's meaning by the alias table, any whose-phone word and any trailing number.
+fn lookup(key: &str) -> Option<Meaning> {
+    meaning_of(key)
+        .or_else(|| qualified_meaning(key))
+        .or_else(|| {
+            // 電話2, phone2, 携帯電話２, 携帯電話（私用）2: more numbers of the same kind.
+            let base = key.trim_end_matches(|c: char| c.is_ascii_digit());
+            (base.len() < key.len())
+                .then(|| meaning_of(base).or_else(|| qualified_meaning(base)))
+                .flatten()
+                .filter(|m| matches!(m, Meaning::Phone { .. }))
+        })
+}
+
+/// Header text -> meaning. `None` for a column anpi does not read (unknown, or
+/// [`Meaning::Unclear`]).
 fn column_for(header: &str) -> Option<Column> {
     let trimmed = header.trim();
     let lower = trimmed.to_lowercase();
     if let Some(provider) = lower.strip_prefix("chat.") {
         return Some(Column::Chat(provider.to_string()));
     }
-    let key = normalise(trimmed);
-    let meaning = meaning_of(&key).or_else(|| {
-        // 電話2, phone2, 携帯電話２: more numbers of the same kind.
-        let base = key.trim_end_matches(|c: char| c.is_ascii_digit());
-        (base.len() < key.len())
-            .then(|| meaning_of(base))
-            .flatten()
-            .filter(|m| matches!(m, Meaning::Phone { .. }))
-    })?;
-    Some(match meaning {
+    Some(match lookup(&normalise(trimmed))? {
         Meaning::Field(f) => Column::Field(f),
         Meaning::Phone { mobile } => Column::Phone { mobile },
         Meaning::Family(f) => Column::Part {
@@ -276,31 +378,83 @@ fn column_for(header: &str) -> Option<Column> {
         },
         Meaning::Chat(p) => Column::Chat(p.to_string()),
         Meaning::Ignored => Column::Ignored,
+        Meaning::Unclear(_) => return None,
     })
 }
 
-/// The known header closest to an unknown one, if any is close enough to be a likely slip.
-/// Japanese headers are compared with Japanese aliases, others with the English ones.
+/// What to do instead, for a header refused as [`Meaning::Unclear`].
+fn unclear_hint(header: &str) -> Option<&'static str> {
+    match meaning_of(&normalise(header))? {
+        Meaning::Unclear(hint) => Some(hint),
+        _ => None,
+    }
+}
+
+/// The known header an unknown one is a slip of, when that is clear, so the suggestion
+/// never names a column of another meaning. Japanese headers are compared with Japanese
+/// aliases, and suggested only when a character is missing from a header of three or
+/// more (電話番 for 電話番号): one
+/// character changed or added is usually another word (自宅TEL is not 携帯TEL, 局名 is not
+/// 氏名, 旧姓 is not 姓). Others are compared with the English aliases, allowing one letter
+/// missing, added or swapped with the next (emial), or changed in a word of five letters or
+/// more. A slip that fits headers of different meanings gets no suggestion.
 fn closest_header(header: &str) -> Option<&'static str> {
-    let key = normalise(header);
-    if key.is_empty() {
+    let key: Vec<char> = normalise(header).chars().collect();
+    let japanese = !key.iter().all(char::is_ascii);
+    // Two kanji short of a third is as often another word as a slip (職員 could be
+    // 職員名 or 職員番号).
+    if key.len() < if japanese { 3 } else { 2 } {
         return None;
     }
-    let japanese = !key.is_ascii();
     let candidates = ALIASES
         .iter()
-        .filter(|(_, m)| *m != Meaning::Ignored)
+        .filter(|(_, m)| !matches!(m, Meaning::Ignored | Meaning::Unclear(_)))
         .map(|(alias, _)| *alias)
         .chain(["電話2", "phone2", "chat.lineworks", "chat.matrix"])
         .filter(|alias| normalise(alias).is_ascii() != japanese);
-    let mut best: Option<(f64, &'static str)> = None;
+    let mut found: Option<(&'static str, Option<Column>)> = None;
     for alias in candidates {
-        let score = strsim::normalized_levenshtein(&key, &normalise(alias));
-        if best.is_none_or(|(b, _)| score > b) {
-            best = Some((score, alias));
+        let known: Vec<char> = normalise(alias).chars().collect();
+        let slip = if japanese {
+            one_missing(&key, &known)
+        } else {
+            one_missing(&key, &known)
+                || one_missing(&known, &key)
+                || swapped(&key, &known)
+                || (key.len() >= 5 && one_changed(&key, &known))
+        };
+        if !slip {
+            continue;
+        }
+        let meaning = column_for(alias);
+        match &found {
+            None => found = Some((alias, meaning)),
+            Some((_, m)) if *m != meaning => return None,
+            Some(_) => {}
         }
     }
-    best.filter(|(score, _)| *score >= 0.5).map(|(_, a)| a)
+    found.map(|(alias, _)| alias)
+}
+
+/// `short` is `long` with one character left out.
+fn one_missing(short: &[char], long: &[char]) -> bool {
+    long.len() == short.len() + 1
+        && (0..long.len()).any(|i| long[..i] == short[..i] && long[i + 1..] == short[i..])
+}
+
+/// Equal but for two neighbouring characters in the other order.
+fn swapped(a: &[char], b: &[char]) -> bool {
+    let differ: Vec<usize> = (0..a.len()).filter(|&i| b.get(i) != Some(&a[i])).collect();
+    a.len() == b.len()
+        && differ.len() == 2
+        && differ[1] == differ[0] + 1
+        && a[differ[0]] == b[differ[1]]
+        && a[differ[1]] == b[differ[0]]
+}
+
+/// Equal but for one character.
+fn one_changed(a: &[char], b: &[char]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).filter(|(x, y)| x != y).count() == 1
 }
 
 /// A cell's value without the "keep as text" wrapping Excel users and HR systems put on
@@ -724,19 +878,20 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
                 continue;
             }
             let column = column_for(&name).unwrap_or_else(|| {
-                let advice = match closest_header(&name) {
-                    Some(near) => format!(
-                        "did you mean {near:?}? (contacts.example.toml lists every header \
-                         anpi reads)"
+                let message = match (unclear_hint(&name), closest_header(&name)) {
+                    (Some(hint), _) => hint.to_string(),
+                    (None, Some(near)) => format!(
+                        "unknown column; did you mean {near:?}? (contacts.example.toml lists \
+                         every header anpi reads)"
                     ),
-                    None => COLUMNS_HINT.to_string(),
+                    (None, None) => format!("unknown column; {COLUMNS_HINT}"),
                 };
                 problems.push(Problem::at(
                     header_line,
                     &name,
                     format!(
-                        "unknown column; {advice}. Until it is fixed, rows with a value in \
-                         this column are not checked for missing values"
+                        "{message}. Until it is fixed, rows with a value in this column are \
+                         not checked for missing values"
                     ),
                 ));
                 Column::Unknown
@@ -1640,6 +1795,115 @@ mod tests {
             1004,高橋 四郎,嘱託,080-1111-4444\r\n";
         let dir = parse_csv(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
         assert!(dir.contacts.iter().all(|c| c.kind == ContactKind::Staff));
+    }
+
+    #[test]
+    fn headers_hr_exports_use_for_name_department_and_email_are_read() {
+        for (header, want) in [
+            ("姓名", Column::Field("name")),
+            ("フリガナ（氏名）", Column::Field("kana")),
+            ("所属名称", Column::Field("department")),
+            ("部局", Column::Field("department")),
+            ("所属課名", Column::Field("department")),
+            ("課・係", Column::Field("department")),
+            ("メールアドレス（庁内）", Column::Field("email")),
+            ("メールアドレス (庁内)", Column::Field("email")),
+            ("ラインワークスアカウント", Column::Chat("lineworks".into())),
+            ("Tel.", Column::Phone { mobile: false }),
+            ("PHS", Column::Ignored),
+            ("雇用区分", Column::Ignored),
+            ("所属コード", Column::Ignored),
+        ] {
+            assert_eq!(column_for(header), Some(want), "{header}");
+        }
+        for header in ["緊急連絡先氏名", "緊急連絡先メール", "庁内電話", "自宅"]
+        {
+            assert_eq!(column_for(header), None, "{header}");
+        }
+    }
+
+    #[test]
+    fn phone_headers_with_whose_phone_it_is_are_read_mobiles_first() {
+        for (header, mobile) in [
+            ("公用携帯", true),
+            ("個人携帯", true),
+            ("携帯電話（私用）", true),
+            ("携帯電話(私用)", true),
+            ("携帯電話（公用）２", true),
+            ("電話番号（携帯）", true),
+            ("自宅電話", false),
+            ("自宅TEL", false),
+            ("ＴＥＬ（自宅）", false),
+            ("TEL(自宅)", false),
+            ("緊急連絡先電話", false),
+            ("緊急連絡先電話番号", false),
+            // Most likely a relative's: called after the person's own numbers.
+            ("緊急連絡先（携帯）", false),
+        ] {
+            assert_eq!(
+                column_for(header),
+                Some(Column::Phone { mobile }),
+                "{header}"
+            );
+        }
+        let text = "職員番号,姓名,自宅TEL,緊急連絡先（携帯）,個人携帯,公用携帯,PHS\r\n\
+            1001,田中 一郎,0256-34-5525,090-0000-0003,090-0000-0002,090-0000-0001,4321\r\n";
+        let read = parse_csv_read(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        let c = &read.directory.contacts[0];
+        assert_eq!(c.name, "田中 一郎");
+        assert_eq!(
+            c.phones.iter().map(|p| p.national()).collect::<Vec<_>>(),
+            [
+                "090-0000-0002",
+                "090-0000-0001",
+                "0256-34-5525",
+                "090-0000-0003"
+            ],
+            "the person's mobiles in file order, then the home phone, then the emergency \
+             contact"
+        );
+        assert_eq!(read.ignored_columns, ["PHS"]);
+    }
+
+    #[test]
+    fn a_suggestion_is_only_made_for_a_clear_slip_never_for_another_meaning() {
+        for header in [
+            "局名",
+            "番号",
+            "旧姓",
+            "連絡先名",
+            "職種",
+            "自宅携帯TEL番号",
+            "自宅FAX",
+            "職員",
+            "call",
+        ] {
+            assert_eq!(closest_header(header), None, "{header}");
+        }
+        for (header, near) in [
+            ("電話番", "電話番号"),
+            ("携帯電話番", "携帯電話番号"),
+            ("メールアドレ", "メールアドレス"),
+            ("emial", "email"),
+            ("nmae", "name"),
+            ("departmnt", "department"),
+        ] {
+            assert_eq!(closest_header(header), Some(near), "{header}");
+        }
+    }
+
+    #[test]
+    fn a_kakari_column_is_refused_with_what_to_do() {
+        for header in ["係", "係名"] {
+            let text = format!(
+                "職員番号,氏名,所属,{header},携帯電話\r\n1001,田中,総務課,庶務係,090-1234-5678\r\n"
+            );
+            let p = problems(&cp932(&text));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (Some(1), header));
+            assert!(p[0].2.contains("rename it 所属"), "{p:?}");
+            assert!(p[0].2.contains("総務課 庶務係"), "{p:?}");
+        }
     }
 
     #[test]
