@@ -250,35 +250,30 @@ impl LineWorksProvider {
         let mut events = Vec::new();
         let mut new_reads = Vec::new();
         // One post that cannot be read (moved to the Trash, or refused) costs its own reads
-        // only: the other posts are still read. A rate limit stops this round.
+        // only: the other posts are still read, and it is asked again next round (a post
+        // restored from the Trash counts again). A rate limit stops the round.
         let mut failed: Option<ProviderError> = None;
         let mut read_any = false;
-        let mut gone = Vec::new();
         for p in &posts {
             let readers = match self.readers(&p.post).await {
                 Ok(r) => r,
-                Err(e @ ProviderError::RateLimited { .. }) => {
-                    failed = Some(e);
-                    break;
-                }
+                Err(e @ ProviderError::RateLimited { .. }) => return Err(e),
                 Err(e) => {
-                    if matches!(&e, ProviderError::Permanent(r) if r.starts_with(super::UNKNOWN_USER))
-                    {
+                    let e = match e {
                         // "This API operation cannot get a post from Trash."
-                        tracing::error!(
-                            roll_call = p.rc,
-                            post = %p.post,
-                            error = %e,
-                            "the roll call's board post is gone (deleted or in the Trash): \
-                             its reads are no longer counted, so people who have not been \
-                             counted as read stay on the call list"
-                        );
-                        gone.push(p.post.clone());
-                    } else {
-                        tracing::warn!(roll_call = p.rc, post = %p.post, error = %e,
-                            "the readers of a board post could not be read; the other posts \
-                             are read");
-                    }
+                        ProviderError::Permanent(r) if r.starts_with(super::UNKNOWN_USER) => {
+                            ProviderError::Permanent(format!(
+                                "board post {} of roll call {} is not found (deleted or in \
+                                 the Trash): its reads are not counted until it is restored; \
+                                 people not yet counted stay on the call list ({r})",
+                                p.post, p.rc
+                            ))
+                        }
+                        e => e,
+                    };
+                    tracing::error!(roll_call = p.rc, post = %p.post, error = %e,
+                        "the readers of a board post could not be read; the other posts are \
+                         read, and this one is asked again next round");
                     failed.get_or_insert(e);
                     continue;
                 }
@@ -305,32 +300,15 @@ impl LineWorksProvider {
                 new_reads.push(key);
             }
         }
-        match &failed {
-            // A post that is gone is reported once and no longer followed.
-            Some(e) if !gone.is_empty() => {
-                self.report::<()>(
-                    Component::Readers,
-                    &Err(ProviderError::Permanent(format!(
-                        "board post {} is gone (deleted or in the Trash): {e}",
-                        gone.join(", ")
-                    ))),
-                );
-                self.posts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|p| !gone.contains(&p.post));
+        // HQ is told (health) while any post cannot be read.
+        match failed {
+            Some(e) if !read_any => {
+                self.report::<()>(Component::Readers, &Err(e.clone()));
+                return Err(e);
             }
-            Some(e) => self.report::<()>(Component::Readers, &Err(e.clone())),
+            Some(e) => self.report::<()>(Component::Readers, &Err(e)),
             None => self.report::<()>(Component::Readers, &Ok(())),
         }
-        // Nothing read and nothing to drop from the cursor: the round failed as a whole.
-        if let (false, true, Some(e)) = (read_any, gone.is_empty(), failed) {
-            return Err(e);
-        }
-        let posts: Vec<WatchedPost> = posts
-            .into_iter()
-            .filter(|p| !gone.contains(&p.post))
-            .collect();
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).pending = new_reads;
         let next = serde_json::to_string(&ReadersCursor { posts }).ok();
         Ok(EventBatch {

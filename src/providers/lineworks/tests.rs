@@ -299,9 +299,9 @@ async fn a_post_moved_to_the_trash_stops_only_its_own_reads() {
         .events
         .iter()
         .all(|e| e.roll_call_id == Some(RollCallId(2))));
-    // The post that is gone is no longer followed, in memory or in the stored cursor.
+    // Both are still followed: a post restored from the Trash counts again.
     let cursor = batch.cursor.unwrap();
-    assert!(!cursor.contains(&format!("\"{first}\"")), "{cursor}");
+    assert!(cursor.contains(&format!("\"{first}\"")), "{cursor}");
     assert!(cursor.contains(&format!("\"{second}\"")), "{cursor}");
     p.events_stored();
     let before = lw.stats().readers_requests;
@@ -310,9 +310,15 @@ async fn a_post_moved_to_the_trash_stops_only_its_own_reads() {
     assert!(next.events.is_empty());
     assert_eq!(
         lw.stats().readers_requests,
-        before + 1,
-        "only the second post"
+        before + 2,
+        "both posts asked again"
     );
+    // With only the post that is gone to read, the round fails and says which post.
+    let only = provider(&lw, &c);
+    only.follow_broadcast(RollCallId(1), &first, c.now_millis());
+    let e = only.poll_events(None, Duration::ZERO).await.unwrap_err();
+    let expected = format!("board post {first} of roll call 1 is not found");
+    assert!(e.to_string().contains(&expected), "{e}");
 }
 
 #[tokio::test]
