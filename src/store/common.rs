@@ -551,20 +551,25 @@ macro_rules! store_impl {
                 now: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<u64> {
                 let _w = self.write_lock().await;
-                let mut tx = self.pool.begin().await?;
-                if let Some(hold) = $dialect.hold_marks_sql() {
-                    sqlx::query(hold).fetch_all(&mut *tx).await?;
-                }
-                let n: i64 = sqlx::query_scalar(&super::shared::count_escalating_sql())
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query(&super::shared::escalate_due_sql())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(n as u64)
+                // Again if PostgreSQL chose this pass as a deadlock's victim (it waits on
+                // roll calls a batch holds): it was rolled back whole.
+                self.retrying(|| async {
+                    let mut tx = self.pool.begin().await?;
+                    if let Some(hold) = $dialect.hold_marks_sql() {
+                        sqlx::query(hold).fetch_all(&mut *tx).await?;
+                    }
+                    let n: i64 = sqlx::query_scalar(&super::shared::count_escalating_sql())
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    sqlx::query(&super::shared::escalate_due_sql())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(n as u64)
+                })
+                .await
             }
 
             async fn call_list(
