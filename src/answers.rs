@@ -168,33 +168,56 @@ pub fn default_shelter_choices() -> Vec<Choice> {
 
 /// The words that make a free-text reply urgent when it is not a button.
 pub const DEFAULT_URGENT_WORDS: &[&str] = &[
-    "助けて",
+    // Stems where every ending asks for help (助けて, 助けを呼んで, 助けが必要); a word whose
+    // ending may deny it is listed whole, in its plain and polite forms (動けない, 動けません),
+    // since a denial right after a word cancels it (「けがはありません」).
+    "助け",
     "救助",
+    "救出",
     "怪我",
     "けが",
     "負傷",
     "閉じ込め",
     "動けない",
+    "動けません",
+    "動けなく",
     "出られない",
+    "出られません",
+    "出られなく",
+    "歩けない",
+    "歩けません",
     "下敷き",
-    "挟まれ",
+    "挟ま",
     "生き埋め",
+    "取り残",
+    "孤立",
     "出血",
+    "血が止",
     "骨折",
+    "意識がない",
+    "意識が無い",
+    "意識不明",
     "救急",
+    "119",
     "倒壊",
+    "潰れ",
+    "つぶれ",
     "火事",
     "火災",
+    "死にそう",
     // As typed in a hurry, left in kana (タスケテ and ﾀｽｹﾃ match too).
-    "たすけて",
+    "たすけ",
     "きゅうじょ",
     "とじこめ",
     "閉じこめ",
     "閉込",
     "うごけない",
+    "うごけません",
     "でられない",
+    "でられません",
+    "あるけない",
     "したじき",
-    "はさまれ",
+    "はさま",
     "help",
     "sos",
     "injured",
@@ -313,7 +336,12 @@ fn denied_after(after: &str) -> bool {
         .or_else(|| rest.strip_prefix('を'))
         .unwrap_or(rest)
         .trim_start_matches([' ', '　']);
-    DENIED_AFTER.iter().any(|d| rest.starts_with(d))
+    // 「救助がないと死ぬ」「助けがないと出られない」: a denial followed by と or ば is a
+    // condition, and the reply still asks for help.
+    DENIED_AFTER.iter().any(|d| {
+        rest.strip_prefix(d)
+            .is_some_and(|r| !r.starts_with(['と', 'ば']))
+    })
 }
 
 /// `before` (what precedes an English word) denies it: "not injured", "no help needed".
@@ -450,6 +478,18 @@ mod tests {
             "救急車を呼んで",
             "SOS",
             "近所で火災",
+            "動けません",
+            "出られません",
+            "足が挟まって動けなくなった",
+            "助けを呼んで",
+            "助けが必要",
+            "取り残された",
+            "救出してください",
+            "母の意識がない",
+            "血が止まらない",
+            "家がつぶれた",
+            "119番お願い",
+            "救助がないと出られない",
         ] {
             assert_eq!(w.level_of(urgent), AnswerLevel::Urgent, "{urgent}");
         }
@@ -460,6 +500,18 @@ mod tests {
         ] {
             assert_eq!(w.level_of(attention), AnswerLevel::Attention, "{attention}");
         }
+    }
+
+    #[test]
+    fn the_example_config_lists_the_default_words() {
+        let example: toml::Value = toml::from_str(include_str!("../anpi.example.toml")).unwrap();
+        let listed: Vec<&str> = example["answers"]["urgent_words"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(listed, DEFAULT_URGENT_WORDS);
     }
 
     #[test]
