@@ -193,20 +193,7 @@ async fn readers_are_paged_and_each_read_is_reported_once() {
         .await
         .unwrap();
     let p = provider(&lw, &c);
-    let posted = p
-        .broadcast(&BroadcastRequest {
-            roll_call_id: RollCallId(3),
-            kind: RouteKind::Broadcast,
-            group: None,
-            title: "安否確認".into(),
-            text: "無事なら既読に".into(),
-            buttons: vec![],
-            asks: Default::default(),
-            until: c.now() + chrono::Duration::days(1),
-        })
-        .await
-        .unwrap();
-    assert!(posted.post_id.is_some());
+    let posted = post_for(&p, &c, 3).await;
     let none = p.poll_events(None, Duration::ZERO).await.unwrap();
     assert!(none.events.is_empty(), "nobody has read yet");
     c.advance(Duration::from_secs(11));
@@ -244,11 +231,7 @@ async fn readers_are_paged_and_each_read_is_reported_once() {
     // A new process (no memory of what was reported) following the stored post, as after
     // a restart or on another replica, reports them again; the event log drops replays.
     let fresh = provider(&lw, &c);
-    fresh.follow_broadcast(
-        RollCallId(3),
-        posted.post_id.as_deref().unwrap(),
-        c.now_millis(),
-    );
+    fresh.follow_broadcast(RollCallId(3), &posted, c.now_millis());
     c.advance(Duration::from_secs(10));
     let rebuilt = fresh.poll_events(None, Duration::ZERO).await.unwrap();
     assert_eq!(rebuilt.events.len(), 6_000);
