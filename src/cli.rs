@@ -441,6 +441,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(staff) = staff else {
                 bail!("give --next, --find, or a staff id with --outcome, --note or --release");
             };
+            // Typed at a keyboard: `１００１` with the IME on is 1001.
+            let staff = crate::ids::StaffId::typed(&staff)?.to_string();
             if release {
                 let v = client
                     .post(

@@ -351,7 +351,16 @@ fn default_announcement_deadline() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct ShelterToken {
     pub token: Secret,
+    /// As typed in the file; [`Self::staff`] is the id it names.
     pub staff_id: String,
+}
+
+impl ShelterToken {
+    /// The shelter phone's id, folded as a typed id is (`Ｐ０００１` is `P0001`), so it is the
+    /// same id the contacts file gives that phone.
+    pub fn staff(&self) -> Result<crate::ids::StaffId, crate::ids::IdError> {
+        crate::ids::StaffId::typed(&self.staff_id)
+    }
 }
 
 /// SMTP settings for the call-list e-mail to HQ.
@@ -888,7 +897,7 @@ impl Config {
             if s.token.expose().chars().count() < 16 {
                 return Err(invalid(&key, "token is shorter than 16 characters"));
             }
-            crate::ids::StaffId::parse(&s.staff_id)
+            s.staff()
                 .map_err(|e| invalid(&format!("{key}.staff_id"), e.to_string()))?;
         }
         self.check_tokens_are_distinct()?;
@@ -1140,6 +1149,21 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("smtp-secret-123"));
+    }
+
+    #[test]
+    fn a_shelter_token_staff_id_typed_in_full_width_names_the_half_width_id() {
+        let c = Config::from_toml(
+            "[[api.shelter_tokens]]\ntoken = \"0123456789abcdef-long\"\nstaff_id = \"Ｐ０００１\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.api.shelter_tokens[0].staff().unwrap().as_str(), "P0001");
+        let err = Config::from_toml(
+            "[[api.shelter_tokens]]\ntoken = \"0123456789abcdef-long\"\nstaff_id = \"Ｐ／１\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api.shelter_tokens[0].staff_id"), "{err}");
     }
 
     #[test]

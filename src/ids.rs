@@ -61,16 +61,24 @@ fn check(what: &'static str, raw: &str, max: usize) -> Result<String, IdError> {
 pub struct StaffId(String);
 
 impl StaffId {
-    /// Compared in NFKC form, so an id typed with the IME on (`１００１`, `Ｓ０００１`) is
-    /// the same person as `1001` or `S0001`, in every file, request and lookup.
+    /// The id exactly as given (trimmed). Ids read back from the database, the JSON import
+    /// and URL paths come through here: what was stored is what is read back, so a row or a
+    /// document stored before ids were folded still matches itself.
     pub fn parse(raw: &str) -> Result<Self, IdError> {
+        check("staff id", raw, 64).map(Self)
+    }
+
+    /// An id a person typed (the contacts files, the daemon configuration, the CLI), in NFKC
+    /// form: `１００１` typed with the IME on is `1001`, and `Ｓ０００１` is `S0001`.
+    pub fn typed(raw: &str) -> Result<Self, IdError> {
         if raw.is_ascii() {
             // ASCII is its own NFKC form, and most ids (HR numbers) are ASCII.
-            return check("staff id", raw, 64).map(Self);
+            return Self::parse(raw);
         }
         let folded: String = raw.nfkc().collect();
-        check("staff id", &folded, 64).map(Self)
+        Self::parse(&folded)
     }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -168,12 +176,39 @@ mod tests {
     #[test]
     fn staff_id_typed_in_full_width_is_the_same_id() {
         assert_eq!(
+            StaffId::typed("１００１").unwrap(),
+            StaffId::typed("1001").unwrap()
+        );
+        assert_eq!(StaffId::typed("　Ｓ０００１　").unwrap().as_str(), "S0001");
+        assert_eq!(StaffId::typed("S0001").unwrap().as_str(), "S0001");
+    }
+
+    #[test]
+    fn staff_id_read_back_is_exactly_what_was_stored() {
+        let stored: StaffId = serde_json::from_str("\"Ｓ０００１\"").unwrap();
+        assert_eq!(stored.as_str(), "Ｓ０００１");
+        assert_ne!(stored, StaffId::parse("S0001").unwrap());
+        assert_eq!(serde_json::to_string(&stored).unwrap(), "\"Ｓ０００１\"");
+        // Two ids that fold to one stay two when read back.
+        assert_ne!(
             StaffId::parse("１００１").unwrap(),
             StaffId::parse("1001").unwrap()
         );
-        assert_eq!(StaffId::parse("　Ｓ０００１　").unwrap().as_str(), "S0001");
-        let from_json: StaffId = serde_json::from_str("\"Ｓ０００１\"").unwrap();
-        assert_eq!(from_json.as_str(), "S0001");
+    }
+
+    #[test]
+    fn staff_id_stored_with_full_width_slashes_reads_back() {
+        // ／＼＂＇ fold to characters `check` refuses; an id stored with them before ids
+        // were folded must still read back.
+        for raw in ["A／1", "A＼1", "A＂1", "A＇1"] {
+            let stored: StaffId = serde_json::from_str(&format!("{raw:?}")).unwrap();
+            assert_eq!(stored.as_str(), raw);
+        }
+        // Typed today, the same id is refused with the character named.
+        assert!(matches!(
+            StaffId::typed("A／1"),
+            Err(IdError::BadChar { ch: '/', .. })
+        ));
     }
 
     #[test]

@@ -228,7 +228,7 @@ pub(super) fn build(
         };
 
         let id = match &e.id {
-            Some(at) => match StaffId::parse(&at.value) {
+            Some(at) => match StaffId::typed(&at.value) {
                 Ok(id) => {
                     if let Some(first) = first_line.get(&id) {
                         fail(

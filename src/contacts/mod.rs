@@ -583,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn a_staff_id_means_one_thing_in_toml_json_and_lookups() {
+    fn typed_ids_are_folded_and_stored_ids_read_back_as_stored() {
         let toml =
             "[[contact]]\nid = \"１００１\"\nname = \"田中\"\nphones = [\"090-1234-5678\"]\n\
                     [[contact]]\nid = \"1001\"\nname = \"田中\"\nphones = [\"090-1234-5679\"]\n";
@@ -594,11 +594,22 @@ mod tests {
             "{err}"
         );
 
-        // The HTTP import takes contacts as JSON.
-        let json = r#"[{"id":"ｓ０００１","name":"田中","phones":["+819012345678"]}]"#;
+        // The HTTP import takes contacts as JSON: the CLI sends ids already folded, and a
+        // stored contacts document is read back as it was stored, even from before ids were
+        // folded, so two people stored as "1001" and "１００１" stay two people.
+        let json = r#"[{"id":"ｓ０００１","name":"田中","phones":["+819012345678"]},
+                       {"id":"1001","name":"田中","phones":["+819012345678"]},
+                       {"id":"１００１","name":"佐藤","phones":["+819012345679"]},
+                       {"id":"Ａ／１","name":"鈴木","phones":["+819012345670"]}]"#;
         let contacts: Vec<Contact> = serde_json::from_str(json).unwrap();
-        assert_eq!(contacts[0].id.as_str(), "s0001");
+        let ids: Vec<&str> = contacts.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["ｓ０００１", "1001", "１００１", "Ａ／１"]);
         let dir = Directory { contacts };
         assert!(dir.get(&StaffId::parse("ｓ０００１").unwrap()).is_some());
+        assert_eq!(dir.get(&StaffId::parse("s0001").unwrap()), None);
+        assert_eq!(
+            dir.get(&StaffId::parse("１００１").unwrap()).unwrap().name,
+            "佐藤"
+        );
     }
 }

@@ -170,7 +170,7 @@ impl ApiState {
                     role: Role::Shelter,
                     name: format!("shelter#{}", i + 1),
                     // Checked when the configuration was loaded.
-                    shelter_phone: StaffId::parse(&s.staff_id).ok(),
+                    shelter_phone: s.staff().ok(),
                 });
             }
         }
