@@ -22,14 +22,24 @@ use super::entry::{self, At, Labels, RawEntry};
 use super::lines::LineIndex;
 use super::{finish, ContactsError, Directory, PhoneNumber, Problem};
 
+/// Which of a person's numbers a phone column holds. The groups are called in this order,
+/// each in the file's column order: mobiles (the number most likely to be answered in a
+/// disaster), then the person's other numbers (a home phone may be answered), then
+/// emergency contacts (緊急連絡先, most often a relative's), wherever their columns sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PhoneGroup {
+    Mobile,
+    Own,
+    Emergency,
+}
+
 /// What a header means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Column {
     /// A canonical single-value field (`id`, `name`, `kana`, `department`, ...).
     Field(&'static str),
-    /// A phone number column. Every phone column is read: mobiles first (the number most
-    /// likely to be answered in a disaster), then the others, each group in file order.
-    Phone { mobile: bool },
+    /// A phone number column. Every phone column is read, called by [`PhoneGroup`].
+    Phone { group: PhoneGroup },
     /// Family (姓) or given (名) part of `name` or `kana`, joined with a space.
     Part { field: &'static str, given: bool },
     /// `chat.<provider>`, or a header naming a provider's id (`LINE WORKS ID`).
@@ -49,7 +59,7 @@ enum Column {
 enum Meaning {
     Field(&'static str),
     Phone {
-        mobile: bool,
+        group: PhoneGroup,
     },
     Family(&'static str),
     Given(&'static str),
@@ -69,13 +79,13 @@ const KAKARI_HINT: &str = "係 is read as neither department nor role: if it is 
 /// Every header anpi reads, as people write it. Matching ignores case, full/half width,
 /// spaces, `_`, `-`, `・`, `.` and brackets, so `氏名（カナ）`, `E-mail` and `ＩＤ` all match;
 /// a phone or e-mail header may also carry a word saying whose it is (see [`QUALIFIERS`]).
-/// Phone columns come in two ranks, called in this order, each in file order: mobiles
-/// (any header naming 携帯, スマホ, mobile or cell, as 公用携帯, 個人携帯, 携帯電話（私用）,
-/// 電話番号（携帯）), then every other number (電話番号, 自宅電話, 自宅TEL, TEL（自宅）,
-/// 緊急連絡先 …): a home phone may be answered, but a mobile is where a person is most
-/// likely to be reached in a disaster.
+/// Phone columns come in three [`PhoneGroup`]s: mobiles (any header naming 携帯, スマホ,
+/// mobile or cell, as 公用携帯, 個人携帯, 携帯電話（私用）, 電話番号（携帯）), the person's other
+/// numbers (電話番号, 自宅電話, 自宅TEL, TEL（自宅）…), and emergency contacts (緊急連絡先,
+/// 緊急連絡先電話, 緊急連絡先（携帯）…).
 const ALIASES: &[(&str, Meaning)] = {
     use Meaning::*;
+    use PhoneGroup::*;
     &[
         // id
         ("id", Field("id")),
@@ -173,30 +183,30 @@ const ALIASES: &[(&str, Meaning)] = {
         ("連絡優先度", Field("call_priority")),
         ("優先順位", Field("call_priority")),
         // phones: mobiles first
-        ("mobile", Phone { mobile: true }),
-        ("mobile_phone", Phone { mobile: true }),
-        ("cell", Phone { mobile: true }),
-        ("cellphone", Phone { mobile: true }),
-        ("携帯", Phone { mobile: true }),
-        ("携帯電話", Phone { mobile: true }),
-        ("携帯電話番号", Phone { mobile: true }),
-        ("携帯番号", Phone { mobile: true }),
-        ("携帯TEL", Phone { mobile: true }),
-        ("スマートフォン", Phone { mobile: true }),
-        ("スマホ", Phone { mobile: true }),
-        ("phones", Phone { mobile: false }),
-        ("phone", Phone { mobile: false }),
-        ("tel", Phone { mobile: false }),
-        ("telephone", Phone { mobile: false }),
-        ("電話", Phone { mobile: false }),
-        ("電話番号", Phone { mobile: false }),
-        ("TEL番号", Phone { mobile: false }),
-        ("連絡先", Phone { mobile: false }),
-        ("連絡先電話番号", Phone { mobile: false }),
-        ("緊急連絡先", Phone { mobile: false }),
-        ("自宅電話", Phone { mobile: false }),
-        ("自宅電話番号", Phone { mobile: false }),
-        ("固定電話", Phone { mobile: false }),
+        ("mobile", Phone { group: Mobile }),
+        ("mobile_phone", Phone { group: Mobile }),
+        ("cell", Phone { group: Mobile }),
+        ("cellphone", Phone { group: Mobile }),
+        ("携帯", Phone { group: Mobile }),
+        ("携帯電話", Phone { group: Mobile }),
+        ("携帯電話番号", Phone { group: Mobile }),
+        ("携帯番号", Phone { group: Mobile }),
+        ("携帯TEL", Phone { group: Mobile }),
+        ("スマートフォン", Phone { group: Mobile }),
+        ("スマホ", Phone { group: Mobile }),
+        ("phones", Phone { group: Own }),
+        ("phone", Phone { group: Own }),
+        ("tel", Phone { group: Own }),
+        ("telephone", Phone { group: Own }),
+        ("電話", Phone { group: Own }),
+        ("電話番号", Phone { group: Own }),
+        ("TEL番号", Phone { group: Own }),
+        ("連絡先", Phone { group: Own }),
+        ("連絡先電話番号", Phone { group: Own }),
+        ("緊急連絡先", Phone { group: Emergency }),
+        ("自宅電話", Phone { group: Own }),
+        ("自宅電話番号", Phone { group: Own }),
+        ("固定電話", Phone { group: Own }),
         // e-mail
         ("email", Field("email")),
         ("mail", Field("email")),
@@ -291,15 +301,15 @@ struct Qualifier {
     email: bool,
 }
 
-/// Which of the two phone ranks a qualified phone header is in.
+/// Which [`PhoneGroup`] a qualified phone header is in.
 #[derive(Clone, Copy)]
 enum Rank {
     /// The header's own rank (自宅TEL is another number, 個人携帯 a mobile).
     Same,
     /// A mobile, whatever the header (電話番号（携帯）).
     Mobile,
-    /// After the person's own numbers: 緊急連絡先 is most often a relative's.
-    Other,
+    /// After the person's own numbers, mobile or not: 緊急連絡先 is most often a relative's.
+    Emergency,
 }
 
 /// The qualifiers apply only to phone and e-mail headers, so 緊急連絡先氏名 (the relative's
@@ -311,7 +321,7 @@ const QUALIFIERS: &[Qualifier] = {
         Qualifier { word, phone, email }
     }
     &[
-        q("緊急連絡先", Some(Other), false),
+        q("緊急連絡先", Some(Emergency), false),
         q("携帯", Some(Mobile), true),
         q("公用", Some(Same), true),
         q("私用", Some(Same), true),
@@ -330,11 +340,11 @@ fn qualified_meaning(key: &str) -> Option<Meaning> {
             .or_else(|| key.strip_suffix(&word))
             .filter(|rest| !rest.is_empty())?;
         match (meaning_of(rest)?, q.phone) {
-            (Meaning::Phone { mobile }, Some(rank)) => Some(Meaning::Phone {
-                mobile: match rank {
-                    Rank::Same => mobile,
-                    Rank::Mobile => true,
-                    Rank::Other => false,
+            (Meaning::Phone { group }, Some(rank)) => Some(Meaning::Phone {
+                group: match rank {
+                    Rank::Same => group,
+                    Rank::Mobile => PhoneGroup::Mobile,
+                    Rank::Emergency => PhoneGroup::Emergency,
                 },
             }),
             (m @ Meaning::Field("email"), _) if q.email => Some(m),
@@ -367,7 +377,7 @@ fn column_for(header: &str) -> Option<Column> {
     }
     Some(match lookup(&normalise(trimmed))? {
         Meaning::Field(f) => Column::Field(f),
-        Meaning::Phone { mobile } => Column::Phone { mobile },
+        Meaning::Phone { group } => Column::Phone { group },
         Meaning::Family(f) => Column::Part {
             field: f,
             given: false,
@@ -1035,7 +1045,8 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
             line,
             ..RawEntry::default()
         };
-        let mut other_phones = Vec::new();
+        let mut own_phones = Vec::new();
+        let mut emergency_phones = Vec::new();
         // (field, given, text, header)
         let mut name_parts: Vec<(&'static str, bool, String)> = Vec::new();
         for (index, ((column, header), cell)) in
@@ -1065,7 +1076,7 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
                     name_parts.push((field, *given, cell.to_string()));
                     continue;
                 }
-                Column::Phone { mobile } => {
+                Column::Phone { group } => {
                     for number in cell
                         .split(PHONE_SEPARATORS)
                         .map(str::trim)
@@ -1093,10 +1104,10 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
                             continue;
                         }
                         let at = At::new(number, line, header.clone());
-                        if *mobile {
-                            e.phones.push(at);
-                        } else {
-                            other_phones.push(at);
+                        match group {
+                            PhoneGroup::Mobile => e.phones.push(at),
+                            PhoneGroup::Own => own_phones.push(at),
+                            PhoneGroup::Emergency => emergency_phones.push(at),
                         }
                     }
                     continue;
@@ -1113,7 +1124,8 @@ pub fn parse_csv_read(bytes: &[u8], origin: &str) -> Result<CsvRead, ContactsErr
             };
             *slot = Some(at);
         }
-        e.phones.append(&mut other_phones);
+        e.phones.append(&mut own_phones);
+        e.phones.append(&mut emergency_phones);
         for field in ["name", "kana"] {
             let mut parts: Vec<&(&str, bool, String)> =
                 name_parts.iter().filter(|(f, _, _)| *f == field).collect();
@@ -1435,8 +1447,18 @@ mod tests {
             ("E-Mail", Column::Field("email")),
             ("氏名（カナ）", Column::Field("kana")),
             ("ﾌﾘｶﾞﾅ", Column::Field("kana")),
-            ("携帯電話２", Column::Phone { mobile: true }),
-            ("電話2", Column::Phone { mobile: false }),
+            (
+                "携帯電話２",
+                Column::Phone {
+                    group: PhoneGroup::Mobile,
+                },
+            ),
+            (
+                "電話2",
+                Column::Phone {
+                    group: PhoneGroup::Own,
+                },
+            ),
             ("lineworks id", Column::Chat("lineworks".into())),
             ("課", Column::Field("department")),
             ("カナ", Column::Field("kana")),
@@ -1809,7 +1831,12 @@ mod tests {
             ("メールアドレス（庁内）", Column::Field("email")),
             ("メールアドレス (庁内)", Column::Field("email")),
             ("ラインワークスアカウント", Column::Chat("lineworks".into())),
-            ("Tel.", Column::Phone { mobile: false }),
+            (
+                "Tel.",
+                Column::Phone {
+                    group: PhoneGroup::Own,
+                },
+            ),
             ("PHS", Column::Ignored),
             ("雇用区分", Column::Ignored),
             ("所属コード", Column::Ignored),
@@ -1824,25 +1851,27 @@ mod tests {
 
     #[test]
     fn phone_headers_with_whose_phone_it_is_are_read_mobiles_first() {
-        for (header, mobile) in [
-            ("公用携帯", true),
-            ("個人携帯", true),
-            ("携帯電話（私用）", true),
-            ("携帯電話(私用)", true),
-            ("携帯電話（公用）２", true),
-            ("電話番号（携帯）", true),
-            ("自宅電話", false),
-            ("自宅TEL", false),
-            ("ＴＥＬ（自宅）", false),
-            ("TEL(自宅)", false),
-            ("緊急連絡先電話", false),
-            ("緊急連絡先電話番号", false),
+        for (header, group) in [
+            ("公用携帯", PhoneGroup::Mobile),
+            ("個人携帯", PhoneGroup::Mobile),
+            ("携帯電話（私用）", PhoneGroup::Mobile),
+            ("携帯電話(私用)", PhoneGroup::Mobile),
+            ("携帯電話（公用）２", PhoneGroup::Mobile),
+            ("電話番号（携帯）", PhoneGroup::Mobile),
+            ("自宅電話", PhoneGroup::Own),
+            ("自宅TEL", PhoneGroup::Own),
+            ("ＴＥＬ（自宅）", PhoneGroup::Own),
+            ("TEL(自宅)", PhoneGroup::Own),
+            ("緊急連絡先電話", PhoneGroup::Emergency),
+            ("緊急連絡先電話番号", PhoneGroup::Emergency),
+            ("緊急連絡先", PhoneGroup::Emergency),
+            ("緊急連絡先2", PhoneGroup::Emergency),
             // Most likely a relative's: called after the person's own numbers.
-            ("緊急連絡先（携帯）", false),
+            ("緊急連絡先（携帯）", PhoneGroup::Emergency),
         ] {
             assert_eq!(
                 column_for(header),
-                Some(Column::Phone { mobile }),
+                Some(Column::Phone { group }),
                 "{header}"
             );
         }
@@ -1863,6 +1892,26 @@ mod tests {
              contact"
         );
         assert_eq!(read.ignored_columns, ["PHS"]);
+    }
+
+    #[test]
+    fn an_emergency_contact_left_of_the_home_phone_is_still_called_after_it() {
+        let text = "職員番号,氏名,緊急連絡先,自宅TEL,緊急連絡先電話2,電話番号,携帯電話\r\n\
+            1001,田中 一郎,090-0000-0009,0256-34-5525,090-0000-0008,0256-34-5526,090-0000-0001\r\n";
+        let read = parse_csv_read(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        let c = &read.directory.contacts[0];
+        assert_eq!(
+            c.phones.iter().map(|p| p.national()).collect::<Vec<_>>(),
+            [
+                "090-0000-0001",
+                "0256-34-5525",
+                "0256-34-5526",
+                "090-0000-0009",
+                "090-0000-0008"
+            ],
+            "the mobile, the person's other numbers in file order, then the emergency \
+             contacts in file order"
+        );
     }
 
     #[test]
