@@ -471,8 +471,10 @@ fn one_changed(a: &[char], b: &[char]) -> bool {
 /// numbers so Excel keeps their leading zeros: the formula `="0012"` (written in the file
 /// as `"=""0012"""`, which the csv reader has already unquoted) and a leading apostrophe
 /// `'0012`. Only these exact forms are unwrapped, whatever the column: an id `="0012"` is
-/// the id 0012, as Excel shows it. Anything else that starts with `=` is left as written,
-/// since it is not a value anpi can read.
+/// the id 0012, as Excel shows it. The apostrophe is taken off only before a digit or `+`,
+/// what it is there to protect, so a name or chat id that starts with one (`'Neill`) keeps
+/// it. Anything else that starts with `=` is left as written, since it is not a value anpi
+/// can read.
 fn excel_text(cell: &str) -> &str {
     if let Some(inner) = cell
         .strip_prefix("=\"")
@@ -481,7 +483,16 @@ fn excel_text(cell: &str) -> &str {
     {
         return inner.trim();
     }
-    cell.strip_prefix('\'').map_or(cell, str::trim)
+    match cell.strip_prefix('\'') {
+        Some(rest)
+            if rest.starts_with(|c: char| {
+                c.is_ascii_digit() || ('０'..='９').contains(&c) || matches!(c, '+' | '＋')
+            }) =>
+        {
+            rest.trim()
+        }
+        _ => cell,
+    }
 }
 
 /// Separators people put between several numbers in one cell.
@@ -1801,11 +1812,38 @@ mod tests {
             ("=0012", "=0012"),
             ("=\"0012", "=\"0012"),
             ("=\"00\"12\"", "=\"00\"12\""),
-            ("''0012", "'0012"),
+            ("'+819012345678", "+819012345678"),
+            ("'０９０", "０９０"),
+            ("''0012", "''0012"),
             ("0012'", "0012'"),
+            ("'Neill", "'Neill"),
+            ("'n", "'n"),
+            ("'", "'"),
+            ("'-1", "'-1"),
         ] {
             assert_eq!(excel_text(cell), kept, "{cell}");
         }
+    }
+
+    #[test]
+    fn an_apostrophe_before_a_name_or_chat_id_is_kept() {
+        let text = "職員番号,氏名,携帯電話\r\n'0012,'Neill Sean,'09012345678\r\n";
+        let dir = parse_csv(&cp932(text), "c.csv").unwrap_or_else(|e| panic!("{e}"));
+        let c = &dir.contacts[0];
+        assert_eq!(c.id.as_str(), "0012");
+        assert_eq!(c.name, "'Neill Sean");
+        assert_eq!(c.phones[0].national(), "090-1234-5678");
+
+        // A chat id is not turned into another person's id: it is refused as written.
+        let text = "職員番号,氏名,携帯電話,LINE WORKS ID\r\n\
+            0012,田中 一郎,090-1234-5678,'tanaka@city-sanjo\r\n";
+        let p = problems(&cp932(text));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].0, p[0].1.as_str()),
+            (Some(2), "LINE WORKS ID"),
+            "{p:?}"
+        );
     }
 
     #[test]
