@@ -9,7 +9,8 @@
 //!
 //! 訓練 and real telegrams keep apart: a 訓練 telegram's state is stored under keys prefixed
 //! `drill:` (real keys are as they always were), so neither can make the other "already
-//! seen", "already started" or "unchanged". In the aftershock window a real telegram is judged
+//! seen", "already started" or "unchanged"; a drill's event or episode stored under a real
+//! key before that is known by its `drill` mark and is not a real telegram's. In the aftershock window a real telegram is judged
 //! against real starts only, so an exercise never holds a real quake back; a 訓練 telegram is
 //! judged against both, so no drill roll call goes out while a real one's aftershocks are
 //! still within the window (HQ is told instead).
@@ -340,11 +341,11 @@ pub fn decide(t: &Telegram, rules: &[Rule], seen: &Seen, ctx: Ctx) -> Vec<Decisi
     let empty = RuleSeen::default();
     mine.into_iter()
         .map(|rule| {
-            let rs = seen.rules.get(&rule.name).unwrap_or(&empty);
+            let rs = own_keyspace(t, seen.rules.get(&rule.name).unwrap_or(&empty));
             let mut d = if family.is_snapshot() {
-                snapshot_rule(t, rule, rs)
+                snapshot_rule(t, rule, &rs)
             } else {
-                event_rule(t, rule, rs, family)
+                event_rule(t, rule, &rs, family)
             };
             d.rule = Some(rule.name.clone());
             if d.action == Action::Start {
@@ -356,6 +357,36 @@ pub fn decide(t: &Telegram, rules: &[Rule], seen: &Seen, ctx: Ctx) -> Vec<Decisi
             d
         })
         .collect()
+}
+
+/// Whether a stored state, found under one of the keys [`wanted`] names for `t`, is `t`'s
+/// own: for a real telegram, not an old drill's (see [`own_keyspace`]). The caller loading
+/// [`Seen`] takes the first state that is, so a real event's state behind an old drill's
+/// under another of its EventIDs is still found.
+pub fn in_keyspace(t: &Telegram, e: &EventState) -> bool {
+    t.status == Status::Drill || !is_drill_state(e)
+}
+
+/// What was seen, less what belongs to the other keyspace. A real telegram's keys are the
+/// bare ones, where drill state was stored too before drill keys were kept apart: an old
+/// drill's event or episode found there (known by its `drill` mark) is treated as absent, so
+/// it neither makes the real event "already started" nor is retracted by a real 取消. An old
+/// drill's snapshot group (`snap:<office>:<group>`) carries no mark and cannot be told from a
+/// real one; it is used as it is, so until the office's next real telegram that changes
+/// something there, a real telegram is compared with what a drill last said (and may be
+/// judged unchanged or older than it).
+fn own_keyspace(t: &Telegram, rs: &RuleSeen) -> RuleSeen {
+    if t.status == Status::Drill {
+        return rs.clone();
+    }
+    let real = |e: &Option<EventState>| e.clone().filter(|e| in_keyspace(t, e));
+    let event = real(&rs.event);
+    RuleSeen {
+        roll_call_open: rs.roll_call_open && event.is_some(),
+        event,
+        snapshot: real(&rs.snapshot),
+        last_start: real(&rs.last_start),
+    }
 }
 
 struct Basis<'a> {
@@ -924,7 +955,18 @@ mod tests {
     /// gets roll call ids 1, 2, ... The rule's latest start is handed over whatever telegram
     /// made it: `decide` itself must not let a drill's start hold a real telegram back.
     fn run(rules: &[Rule], ts: &[Telegram], ctx: Ctx) -> Vec<(Action, Why, bool)> {
-        let mut events: HashMap<String, EventState> = HashMap::new();
+        run_from(rules, &[], ts, ctx)
+    }
+
+    /// [`run`], with `stored` already in the state as an earlier version left it.
+    fn run_from(
+        rules: &[Rule],
+        stored: &[EventState],
+        ts: &[Telegram],
+        ctx: Ctx,
+    ) -> Vec<(Action, Why, bool)> {
+        let mut events: HashMap<String, EventState> =
+            stored.iter().map(|e| (e.key.clone(), e.clone())).collect();
         let mut seen_keys = std::collections::HashSet::new();
         let mut next = 0;
         let mut out = Vec::new();
@@ -1140,6 +1182,46 @@ mod tests {
         let got = run(&r, &[real, drill], REPLAY);
         assert_eq!(got[0], (Action::Start, Why::Reached, false));
         assert_eq!(got[1], (Action::Notify, Why::Aftershock, false), "{got:?}");
+    }
+
+    /// A drill start stored before drill keys were kept apart: under the bare EventID.
+    fn old_drill_start(event: &str, at: &str, level: i32) -> EventState {
+        let at = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .timestamp_millis();
+        EventState {
+            rule: "q".into(),
+            key: event.into(),
+            level,
+            last_level: level,
+            roll_call_id: Some(41),
+            drill: true,
+            started_at: Some(at),
+            acting: vec!["震源・震度に関する情報".into()],
+            reported_at: at,
+            ..EventState::default()
+        }
+    }
+
+    #[test]
+    fn a_drill_start_stored_under_the_real_event_id_does_not_hold_back_the_real_quake() {
+        let r = rules("");
+        let real = sample(NIIGATA, &[]);
+        // At the real telegram's own level: were it taken for this event's start, the real
+        // telegram would be "already started".
+        let level = basis(&real, &r[0]).level;
+        let stored = old_drill_start("20110311144640", "2011-03-11T14:50:00+09:00", level);
+        let got = run_from(&r, &[stored], &[real], REPLAY);
+        assert_eq!(got, [(Action::Start, Why::Reached, false)]);
+    }
+
+    #[test]
+    fn a_real_cancel_does_not_retract_a_drill_started_under_the_same_event_id() {
+        let r = rules("");
+        let cancel = quake("通常", "取消", "E1", "1", T0, "6+");
+        let stored = old_drill_start("E1", T0, basis(&cancel, &r[0]).level);
+        let got = run_from(&r, &[stored], &[cancel], ctx());
+        assert_eq!(got, [(Action::Ignore, Why::CancelledUnknown, false)]);
     }
 
     const UNNAN: &str = "name = \"unnan\"\nfamily = \"warning\"\nareas = [\"3220900\"]\nlevel = 4\nscenario = \"flood\"\n";

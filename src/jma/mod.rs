@@ -380,7 +380,11 @@ impl Engine {
             seen.rules.insert(
                 r.name.clone(),
                 RuleSeen {
-                    event: w.event_keys.iter().find_map(get),
+                    event: w
+                        .event_keys
+                        .iter()
+                        .filter_map(get)
+                        .find(|e| decide::in_keyspace(t, e)),
                     snapshot: w.snapshot_key.as_ref().and_then(get),
                     last_start: state
                         .events
@@ -412,7 +416,7 @@ impl Engine {
                 .jma_events(sc, &r.name, &w.event_keys)
                 .await?
                 .into_iter()
-                .next();
+                .find(|e| decide::in_keyspace(t, e));
             let snapshot = match &w.snapshot_key {
                 Some(k) => store
                     .jma_events(sc, &r.name, std::slice::from_ref(k))
