@@ -39,16 +39,21 @@ pub enum Component {
     /// The platform's 429s show a pace that makes reaching everyone take more than twice as
     /// long as estimated.
     Pace,
+    /// The chat platform's event feed skipped events in a room anpi sent checks to (a Matrix
+    /// `/sync` timeline marked `limited`): answers there may be missing. Nothing later shows
+    /// that someone checked the room, so it stays failing until anpi restarts.
+    Feed,
 }
 
 impl Component {
-    pub const ALL: [Component; 6] = [
+    pub const ALL: [Component; 7] = [
         Self::Token,
         Self::Readers,
         Self::BoardPost,
         Self::Sends,
         Self::RollCallStart,
         Self::Pace,
+        Self::Feed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +64,7 @@ impl Component {
             Self::Sends => "sends",
             Self::RollCallStart => "roll_call_start",
             Self::Pace => "pace",
+            Self::Feed => "feed",
         }
     }
 
@@ -88,6 +94,11 @@ impl Component {
                 "チャットサーバーの送信制限(429)で、全員への送信に見積もりの2倍以上かかっています。 / \
                  The chat server's rate limit (429) makes reaching everyone take more than \
                  twice the estimate."
+            }
+            Self::Feed => {
+                "チャットサーバーが一部のルームの受信を省略しました。そのルームの返信・リアクションが取り込まれていない可能性があります。理由に示すルームを確認してください(anpi を再起動するまで表示されます)。 / \
+                 The chat server skipped events in some rooms: replies or reactions there may be \
+                 missing. Check the rooms the reason names (shown until anpi restarts)."
             }
         }
     }

@@ -64,7 +64,9 @@ pub fn provider_from(
                 sim.max_in_flight,
             )))
         }
-        "matrix" => Ok(Arc::new(matrix_provider(config, store, clock)?)),
+        "matrix" => Ok(Arc::new(
+            matrix_provider(config, store, clock)?.with_health(health.clone()),
+        )),
         "lineworks" => Ok(Arc::new(
             lineworks_provider(config, clock)?.with_health(health.clone()),
         )),

@@ -2,6 +2,7 @@
 //! parts share (membership, profile, one event), and the one place every answer that is not
 //! a success is classified into a [`ProviderError`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use super::MatrixProvider;
 use crate::clock::SharedClock;
 use crate::config::{MatrixConfig, Secret};
+use crate::health::Health;
 use crate::providers::http::{self, Platform};
 use crate::providers::ProviderError;
 use crate::store::SharedStore;
@@ -85,7 +87,14 @@ impl MatrixProvider {
             filter,
             reconciled: std::sync::atomic::AtomicBool::new(false),
             patient: std::sync::atomic::AtomicBool::new(false),
+            health: None,
         })
+    }
+
+    /// Reports events the homeserver skipped in a watched room to `health`.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// `<homeserver>/_matrix/client/v3/<segments...>`, each segment percent-encoded.

@@ -14,7 +14,10 @@
 //! so a retry after a timeout never posts twice); the sync cursor is `next_batch`, stored by the
 //! core with the events it covers; without one, and once more on the first poll of every
 //! process, the adapter does a full `/sync`, which returns every room's current receipts
-//! (reconciliation after a restart or a lost cursor).
+//! (reconciliation after a restart or a lost cursor). An incremental `/sync` whose timeline for
+//! a room anpi sent checks to is `limited` skipped events there (a homeserver may cap the
+//! timeline below the filter's limit): that is logged as an error naming the room and its
+//! person and reported to HQ as the feed failing, never passed over in silence.
 //!
 //! What Matrix does not show is not guessed: a private receipt (`m.read.private`) is invisible
 //! to the bot, so such a reader stays unconfirmed and is escalated at the deadline (the safe
@@ -86,6 +89,8 @@ pub struct MatrixProvider {
     reconciled: std::sync::atomic::AtomicBool,
     /// While `prepare` runs: lookups wait out 429s and outages (a send never does).
     patient: std::sync::atomic::AtomicBool,
+    /// Where a gap in the event feed is reported ([`crate::health::Component::Feed`]).
+    health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
 impl fmt::Debug for MatrixProvider {

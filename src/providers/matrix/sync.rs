@@ -16,6 +16,7 @@ use super::replies::{option, option_number, reply_kind, UNREADABLE};
 use super::state::{store_error, CheckRecord};
 use super::{MatrixProvider, ROLL_CALL_KEY};
 use crate::clock::SharedClock;
+use crate::health::Component;
 use crate::ids::{ChatHandle, RollCallId};
 use crate::providers::{EventBatch, InboundEvent, InboundKind, ProviderError};
 
@@ -46,16 +47,21 @@ impl MatrixProvider {
             wait = Duration::ZERO;
         }
         let mut resp = self.sync(cursor, wait).await?;
+        let mut incremental = cursor.is_some();
         if cursor.is_some() && resp.status().is_client_error() && resp.status() != 429 {
             // A cursor the homeserver no longer knows: start over from the current state.
             tracing::warn!(status = %resp.status(), "sync cursor refused; doing a full sync");
             resp = self.sync(None, wait).await?;
+            incremental = false;
         }
         if !resp.status().is_success() {
             return Err(refusal(resp, "sync").await);
         }
         let sync: SyncResponse = HOMESERVER.read_json(resp, "/sync answer").await?;
         for (room, data) in &sync.rooms.join {
+            if incremental && data.timeline.limited {
+                self.report_gap(room).await?;
+            }
             self.room_events(room, data, &mut events).await?;
         }
         self.reconciled
@@ -85,6 +91,36 @@ impl MatrixProvider {
             req = req.query(&[("since", s)]);
         }
         req.send().await.map_err(|e| HOMESERVER.transport_error(e))
+    }
+
+    /// An incremental `/sync` left out events of `room`'s timeline since the last one (its
+    /// `limited` flag: more than the filter's limit, or the homeserver's own cap, which may be
+    /// as low as 10). If anpi sent checks there, answers may be among them: logged as an error
+    /// naming the room and the person, and reported as the feed failing, so HQ checks the
+    /// room. A room without checks holds nothing anpi reads.
+    async fn report_gap(&self, room: &str) -> Result<(), ProviderError> {
+        let Some((_, latest)) = self.latest_check_event(room).await? else {
+            tracing::debug!(room, "sync skipped events in a room without checks");
+            return Ok(());
+        };
+        let person = latest.to.as_deref().unwrap_or("?");
+        tracing::error!(
+            room,
+            person,
+            roll_call = latest.rc,
+            "the homeserver skipped events in this room since the last sync \
+             (timeline limited): replies or reactions there may be missing; check the room"
+        );
+        if let Some(h) = &self.health {
+            h.failing_now(
+                Component::Feed,
+                format!(
+                    "sync skipped events in room {room} (timeline limited): answers there may \
+                     be missing; check the room"
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// The check `event` is, if it is one of anpi's.
@@ -390,9 +426,18 @@ struct SyncRooms {
 #[derive(Debug, Default, Deserialize)]
 struct JoinedRoom {
     #[serde(default)]
-    timeline: Events,
+    timeline: Timeline,
     #[serde(default)]
     ephemeral: Events,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Timeline {
+    #[serde(default)]
+    events: Vec<Value>,
+    /// Events between the previous sync and these were left out.
+    #[serde(default)]
+    limited: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -383,6 +383,75 @@ async fn sync_maps_receipts_replies_and_reactions_to_their_roll_call() {
 }
 
 #[tokio::test]
+async fn a_limited_timeline_in_a_room_with_checks_is_reported_as_the_feed_failing() {
+    // Both rooms' timelines left events out; only the DM room has checks in it.
+    let sync = json!({
+        "next_batch": "s3",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p2", "events": [
+                {"type": "m.room.message", "event_id": "$late", "sender": "@s001:hs.test",
+                 "origin_server_ts": 1_700_000_009_000i64,
+                 "content": {"msgtype": "m.text", "body": "1"}}
+            ]}},
+            "!other:hs.test": {"timeline": {"limited": true, "events": []}}
+        }}
+    });
+    let app = Router::new().route(
+        "/_matrix/client/v3/sync",
+        get(move || {
+            let sync = sync.clone();
+            async move { Json(sync) }
+        }),
+    );
+    let f = fixture(app).await;
+    with_room(&f).await;
+    let rec = CheckRecord {
+        rc: 7,
+        to: Some("@s001:hs.test".into()),
+        values: vec!["safe".into(), "injured".into()],
+        ts: Some(1_700_000_000_000),
+        prev: None,
+    };
+    f.provider
+        .remember_sent_check("!dm:hs.test", "$check", rec)
+        .await
+        .unwrap();
+    let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+    let health = Arc::new(crate::health::Health::new(clock, Duration::from_secs(120)));
+    let provider = MatrixProvider {
+        health: Some(health.clone()),
+        ..f.provider
+    };
+
+    // A full sync is always limited: it starts from the current state, no gap.
+    provider.poll_events(None, Duration::ZERO).await.unwrap();
+    assert_eq!(health.degraded(), []);
+
+    let batch = provider
+        .poll_events(Some("s2"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        batch.events.iter().any(|e| e.event_id == "$late"),
+        "what the page has is still read: {:?}",
+        batch.events
+    );
+    let degraded = health.degraded();
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert_eq!(degraded[0].component, crate::health::Component::Feed);
+    assert!(
+        degraded[0].reason.contains("!dm:hs.test"),
+        "{}",
+        degraded[0].reason
+    );
+    assert!(
+        !degraded[0].reason.contains("!other"),
+        "{}",
+        degraded[0].reason
+    );
+}
+
+#[tokio::test]
 async fn a_person_not_in_their_room_is_a_permanent_failure_naming_why() {
     let app = Router::new()
         .route(
