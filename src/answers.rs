@@ -196,7 +196,23 @@ pub const DEFAULT_URGENT_WORDS: &[&str] = &[
     "骨折",
     "意識がない",
     "意識が無い",
+    "意識がありません",
+    "意識が戻",
     "意識不明",
+    "歩けなく",
+    "動けず",
+    "出られず",
+    // ら抜き, as spoken: 出れない.
+    "出れない",
+    "出れません",
+    "血が出",
+    "折れ",
+    "重傷",
+    "重体",
+    "埋ま",
+    "息をして",
+    "呼吸",
+    "燃え",
     "救急",
     "119",
     "倒壊",
@@ -216,6 +232,8 @@ pub const DEFAULT_URGENT_WORDS: &[&str] = &[
     "でられない",
     "でられません",
     "あるけない",
+    "あるけなく",
+    "でれない",
     "したじき",
     "はさま",
     "help",
@@ -336,12 +354,15 @@ fn denied_after(after: &str) -> bool {
         .or_else(|| rest.strip_prefix('を'))
         .unwrap_or(rest)
         .trim_start_matches([' ', '　']);
-    // 「救助がないと死ぬ」「助けがないと出られない」: a denial followed by と or ば is a
-    // condition, and the reply still asks for help.
-    DENIED_AFTER.iter().any(|d| {
-        rest.strip_prefix(d)
-            .is_some_and(|r| !r.starts_with(['と', 'ば']))
-    })
+    // 「救助がないと死ぬ」: a denial followed by と is a condition, and the reply still asks
+    // for help; unless the と quotes it (「怪我はないと思う」「不要とのこと」「ないと言われた」).
+    let condition = |r: &str| {
+        r.strip_prefix('と')
+            .is_some_and(|t| !t.starts_with(['思', 'お', '言', 'い', '聞', 'き', 'の']))
+    };
+    DENIED_AFTER
+        .iter()
+        .any(|d| rest.strip_prefix(d).is_some_and(|r| !condition(r)))
 }
 
 /// `before` (what precedes an English word) denies it: "not injured", "no help needed".
@@ -436,6 +457,8 @@ mod tests {
             "火事はないです",
             "出血なし",
             "骨折はしていません",
+            "怪我はないと思います",
+            "救助は不要とのこと",
             "I'm fine, not injured",
             "no help needed",
         ] {
@@ -489,7 +512,17 @@ mod tests {
             "血が止まらない",
             "家がつぶれた",
             "119番お願い",
-            "救助がないと出られない",
+            "救助がないと死ぬ",
+            "母が意識がありません",
+            "歩けなくなった",
+            "家から出れない",
+            "動けず困っている",
+            "頭から血が出ている",
+            "足の骨が折れた",
+            "家族が重傷",
+            "瓦礫に埋まっている",
+            "息をしていない",
+            "家が燃えている",
         ] {
             assert_eq!(w.level_of(urgent), AnswerLevel::Urgent, "{urgent}");
         }
