@@ -443,10 +443,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             // Typed at a keyboard: `１００１` with the IME on is 1001.
             let staff = crate::ids::StaffId::typed(&staff)?.to_string();
+            // One path segment, whatever the id holds (`#`, `?`, `/`).
+            let in_path =
+                percent_encoding::utf8_percent_encode(&staff, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
             if release {
                 let v = client
                     .post(
-                        &format!("/api/rollcalls/{id}/calls/{staff}/release"),
+                        &format!("/api/rollcalls/{id}/calls/{in_path}/release"),
                         &desk_body,
                         None,
                     )
@@ -463,7 +467,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let v = client
                 .post(
-                    &format!("/api/rollcalls/{id}/calls/{staff}"),
+                    &format!("/api/rollcalls/{id}/calls/{in_path}"),
                     &json!({ "outcome": outcome, "note": note, "desk": desk }),
                     None,
                 )

@@ -21,7 +21,13 @@ async fn replace(
     body: Result<Json<Vec<Contact>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Role::Hq)?;
-    let Json(contacts) = body?;
+    let Json(mut contacts) = body?;
+    // Ids as a person typed them, folded as the contacts files fold them, so a client other
+    // than the CLI that sends `１００１` stores the `1001` that typed lookups look for.
+    for c in &mut contacts {
+        c.id = crate::ids::StaffId::typed(c.id.as_str())
+            .map_err(|e| ApiError::Unprocessable(format!("contact {:?}: {e}", c.id.as_str())))?;
+    }
     if contacts.is_empty() {
         return Err(ApiError::Unprocessable(
             "the contacts list is empty; refusing to delete everyone".into(),

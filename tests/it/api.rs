@@ -294,3 +294,46 @@ async fn contacts_with_a_control_character_are_refused_and_nothing_is_replaced()
     assert_eq!(app.store.contacts().await.unwrap(), before);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn contacts_put_by_any_client_have_their_typed_ids_folded() {
+    let app = spawn_app().await;
+    let before = app.store.contacts().await.unwrap();
+    let mut contacts = serde_json::to_value(&before).unwrap();
+    // An HR script sends one id as typed with the IME on, and another as its duplicate.
+    contacts[0]["id"] = json!("Ｓ９００１");
+    let res = app
+        .http
+        .put(format!("{}/api/contacts", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .json(&contacts)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let stored = app.store.contacts().await.unwrap();
+    assert!(stored.iter().any(|c| c.id.as_str() == "S9001"), "folded");
+    assert!(!stored.iter().any(|c| c.id.as_str() == "Ｓ９００１"));
+
+    contacts[1]["id"] = json!("S9001");
+    let res = app
+        .http
+        .put(format!("{}/api/contacts", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .json(&contacts)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        app.store.contacts().await.unwrap(),
+        stored,
+        "nothing replaced"
+    );
+    app.shutdown().await;
+}
