@@ -251,13 +251,18 @@ impl LineWorksProvider {
         let mut new_reads = Vec::new();
         // One post that cannot be read (moved to the Trash, or refused) costs its own reads
         // only: the other posts are still read, and it is asked again next round (a post
-        // restored from the Trash counts again). A rate limit stops the round.
+        // restored from the Trash counts again). A rate limit ends the round with what was
+        // read before it.
         let mut failed: Option<ProviderError> = None;
         let mut read_any = false;
         for p in &posts {
             let readers = match self.readers(&p.post).await {
                 Ok(r) => r,
-                Err(e @ ProviderError::RateLimited { .. }) => return Err(e),
+                Err(e @ ProviderError::RateLimited { .. }) => {
+                    // The rest waits for the next round; what was read so far counts.
+                    failed = Some(e);
+                    break;
+                }
                 Err(e) => {
                     let e = match e {
                         // "This API operation cannot get a post from Trash."
