@@ -587,8 +587,8 @@ fn event_rule(t: &Telegram, rule: &Rule, rs: &RuleSeen, family: Family) -> Decis
         }
     } else if b.reaches {
         let prior = rs.last_start.as_ref().filter(|p| {
+            // A real telegram's `last_start` is a real start already (`own_keyspace`).
             p.key != state.key
-                && history_of(t).counts(p)
                 && p.roll_call_id.is_some()
                 && !p.retracted
                 && p.started_at.is_some_and(|at| {
