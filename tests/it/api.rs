@@ -269,20 +269,24 @@ async fn call_list_csv_has_a_bom_and_healthz_and_metrics_answer() {
     app.shutdown().await;
 }
 
+/// HQ's `PUT /api/contacts` with `contacts`.
+async fn put_contacts(app: &TestApp, contacts: &Value) -> reqwest::Response {
+    app.http
+        .put(format!("{}/api/contacts", app.base_url))
+        .bearer_auth(HQ_TOKEN)
+        .json(contacts)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn contacts_with_a_control_character_are_refused_and_nothing_is_replaced() {
     let app = spawn_app().await;
     let before = app.store.contacts().await.unwrap();
     let mut contacts = serde_json::to_value(&before).unwrap();
     contacts[1]["name"] = json!("佐藤\u{0}花子");
-    let res = app
-        .http
-        .put(format!("{}/api/contacts", app.base_url))
-        .bearer_auth(HQ_TOKEN)
-        .json(&contacts)
-        .send()
-        .await
-        .unwrap();
+    let res = put_contacts(&app, &contacts).await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = res.json().await.unwrap();
     let error = body["error"].as_str().unwrap_or_default();
@@ -302,14 +306,7 @@ async fn contacts_put_by_any_client_have_their_typed_ids_folded() {
     let mut contacts = serde_json::to_value(&before).unwrap();
     // An HR script sends one id as typed with the IME on, and another as its duplicate.
     contacts[0]["id"] = json!("Ｓ９００１");
-    let res = app
-        .http
-        .put(format!("{}/api/contacts", app.base_url))
-        .bearer_auth(HQ_TOKEN)
-        .json(&contacts)
-        .send()
-        .await
-        .unwrap();
+    let res = put_contacts(&app, &contacts).await;
     assert_eq!(
         res.status(),
         StatusCode::OK,
@@ -321,14 +318,7 @@ async fn contacts_put_by_any_client_have_their_typed_ids_folded() {
     assert!(!stored.iter().any(|c| c.id.as_str() == "Ｓ９００１"));
 
     contacts[1]["id"] = json!("S9001");
-    let res = app
-        .http
-        .put(format!("{}/api/contacts", app.base_url))
-        .bearer_auth(HQ_TOKEN)
-        .json(&contacts)
-        .send()
-        .await
-        .unwrap();
+    let res = put_contacts(&app, &contacts).await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         app.store.contacts().await.unwrap(),
