@@ -40,8 +40,9 @@ pub enum Component {
     /// long as estimated.
     Pace,
     /// The chat platform's event feed skipped events in a room anpi sent checks to (a Matrix
-    /// `/sync` timeline marked `limited`): answers there may be missing. Nothing later shows
-    /// that someone checked the room, so it stays failing until anpi restarts.
+    /// `/sync` timeline marked `limited`) and they could not all be read back: answers there
+    /// may be missing. Nothing later shows that someone checked the room, so it stays failing
+    /// until anpi restarts.
     Feed,
 }
 

@@ -753,3 +753,68 @@ async fn bench_500_people_by_max_in_flight() {
         app.shutdown().await;
     }
 }
+
+/// A homeserver's `/sync` shows at most the filter's 100 newest events of a room; what a
+/// person wrote before those, while anpi was down, is read back with `/messages`: from the
+/// stored sync position, and with that position lost, down to the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescue_request_buried_under_later_messages_still_reaches_hq() {
+    use anpi::answers::AnswerLevel;
+    let Some(mut w) = World::new(2, 16, Limits::Relaxed).await else {
+        return;
+    };
+    let rc = w.app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
+    wait_for(&w.app, rc.id, "sent", Duration::from_secs(30), |p| {
+        p.overall.sent == 2
+    })
+    .await;
+    let bury = |i: usize| {
+        let (person, room) = (&w.people[i], &w.rooms[i]);
+        async move {
+            person.say(room, "閉じ込められた").await;
+            for n in 0..110 {
+                person.say(room, &format!("まだ中 {n}")).await;
+            }
+        }
+    };
+
+    // Down with its sync position stored.
+    w.app.shutdown().await;
+    bury(0).await;
+    let mut app = MatrixApp::spawn(w.config_path.clone()).await;
+    let p = wait_for(&app, rc.id, "p00's request", Duration::from_secs(60), |p| {
+        p.overall.answered_urgent == 1
+    })
+    .await;
+    assert_eq!(p.overall.answered, 1, "{:?}", p.overall);
+    let e = entry_of(&app, rc.id, w.contacts[0].id.as_str()).await;
+    let standing = e.standing.expect("an answer");
+    assert_eq!(
+        (standing.level, standing.text.as_deref()),
+        (AnswerLevel::Urgent, Some("閉じ込められた"))
+    );
+    app.shutdown().await;
+
+    // Down, and the position lost: the full sync shows only the newest 100.
+    crate::support::forget_feed_cursors(&w.dir.path().join("anpi.db")).await;
+    bury(1).await;
+    let mut app = MatrixApp::spawn(w.config_path.clone()).await;
+    wait_for(&app, rc.id, "p01's request", Duration::from_secs(60), |p| {
+        p.overall.answered_urgent == 2
+    })
+    .await;
+    let health: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/health", app.base_url))
+        .bearer_auth(crate::support::HQ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !health.to_string().contains("timeline limited"),
+        "every gap was read back: {health}"
+    );
+    app.shutdown().await;
+}

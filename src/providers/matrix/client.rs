@@ -21,8 +21,9 @@ use crate::store::SharedStore;
 /// Per-request budget; a `/sync` gets this on top of its long-poll wait.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Timeline events per room in one `/sync`: more than a person writes between two polls.
-const TIMELINE_LIMIT: u32 = 100;
+/// Timeline events per room in one `/sync` (and per page when paging back): more than a
+/// person writes between two polls.
+pub(super) const TIMELINE_LIMIT: u32 = 100;
 
 /// The other end, as reasons name it; a 429 without a wait lasts a second.
 pub(super) const HOMESERVER: Platform = Platform {
@@ -60,17 +61,19 @@ impl MatrixProvider {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| ProviderError::Permanent("the Matrix access token is not valid".into()))?;
         auth.set_sensitive(true);
+        // What a person does in their room: the same for `/sync` and for paging back.
+        let timeline = json!({
+            "types": ["m.room.message", "m.reaction", "m.sticker", "m.room.encrypted"],
+            "not_senders": [config.user_id],
+            "limit": TIMELINE_LIMIT,
+        });
         let filter = json!({
             "presence": {"types": []},
             "account_data": {"types": []},
             "room": {
                 "state": {"types": []},
                 "account_data": {"types": []},
-                "timeline": {
-                    "types": ["m.room.message", "m.reaction", "m.sticker", "m.room.encrypted"],
-                    "not_senders": [config.user_id],
-                    "limit": TIMELINE_LIMIT,
-                },
+                "timeline": timeline,
                 "ephemeral": {"types": ["m.receipt"]},
             },
         })
@@ -85,6 +88,7 @@ impl MatrixProvider {
             rate_limit: config.rate_limit(),
             max_in_flight,
             filter,
+            timeline_filter: timeline.to_string(),
             reconciled: std::sync::atomic::AtomicBool::new(false),
             patient: std::sync::atomic::AtomicBool::new(false),
             health: None,

@@ -14,10 +14,12 @@
 //! so a retry after a timeout never posts twice); the sync cursor is `next_batch`, stored by the
 //! core with the events it covers; without one, and once more on the first poll of every
 //! process, the adapter does a full `/sync`, which returns every room's current receipts
-//! (reconciliation after a restart or a lost cursor). An incremental `/sync` whose timeline for
-//! a room anpi sent checks to is `limited` skipped events there (a homeserver may cap the
-//! timeline below the filter's limit): that is logged as an error naming the room and its
-//! person and reported to HQ as the feed failing, never passed over in silence.
+//! (reconciliation after a restart or a lost cursor). A `/sync` whose timeline for a room anpi
+//! sent checks to is `limited` left events out (more than the filter's 100, or a homeserver's
+//! lower cap): they are read back with `/messages`, down to the previous sync's position (or,
+//! after a full sync, down to the room's newest check), and read before the page's own. A gap
+//! that cannot be read back to its end is logged as an error naming the room and its person
+//! and reported to HQ as the feed failing, never passed over in silence.
 //!
 //! What Matrix does not show is not guessed: a private receipt (`m.read.private`) is invisible
 //! to the bot, so such a reader stays unconfirmed and is escalated at the deadline (the safe
@@ -85,6 +87,8 @@ pub struct MatrixProvider {
     max_in_flight: usize,
     /// The inline `/sync` filter (JSON).
     filter: String,
+    /// Its timeline part (a `RoomEventFilter`, JSON), for paging back with `/messages`.
+    timeline_filter: String,
     /// Whether this process has read every room's current receipts once (see `poll_events`).
     reconciled: std::sync::atomic::AtomicBool,
     /// While `prepare` runs: lookups wait out 429s and outages (a send never does).

@@ -11,7 +11,7 @@ use reqwest::Response;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::client::{refusal, HOMESERVER, REQUEST_TIMEOUT};
+use super::client::{refusal, HOMESERVER, REQUEST_TIMEOUT, TIMELINE_LIMIT};
 use super::replies::{option, option_number, reply_kind, UNREADABLE};
 use super::state::{store_error, CheckRecord};
 use super::{MatrixProvider, ROLL_CALL_KEY};
@@ -22,6 +22,10 @@ use crate::providers::{EventBatch, InboundEvent, InboundKind, ProviderError};
 
 /// How far back a receipt on a check also confirms the checks sent before it in the room.
 const EARLIER_CHECKS: usize = 8;
+
+/// Most pages of skipped events read back for one room in one poll, at
+/// [`TIMELINE_LIMIT`] events each; a longer gap is reported, not read to its end.
+pub(super) const READ_BACK_PAGES: usize = 20;
 
 impl MatrixProvider {
     /// [`crate::providers::ChatProvider::poll_events`]: one `/sync` from `cursor` (a full one
@@ -59,8 +63,12 @@ impl MatrixProvider {
         }
         let sync: SyncResponse = HOMESERVER.read_json(resp, "/sync answer").await?;
         for (room, data) in &sync.rooms.join {
-            if incremental && data.timeline.limited {
-                self.report_gap(room).await?;
+            if data.timeline.limited {
+                let since = if incremental { cursor } else { None };
+                if let Some(whole) = self.read_back(room, data, since).await? {
+                    self.room_events(room, &whole, &mut events).await?;
+                    continue;
+                }
             }
             self.room_events(room, data, &mut events).await?;
         }
@@ -93,34 +101,148 @@ impl MatrixProvider {
         req.send().await.map_err(|e| HOMESERVER.transport_error(e))
     }
 
-    /// An incremental `/sync` left out events of `room`'s timeline since the last one (its
-    /// `limited` flag: more than the filter's limit, or the homeserver's own cap, which may be
-    /// as low as 10). If anpi sent checks there, answers may be among them: logged as an error
-    /// naming the room and the person, and reported as the feed failing, so HQ checks the
-    /// room. A room without checks holds nothing anpi reads.
-    async fn report_gap(&self, room: &str) -> Result<(), ProviderError> {
-        let Some((_, latest)) = self.latest_check_event(room).await? else {
+    /// `room`'s part of a `/sync` whose timeline left events out (`limited`: more than the
+    /// filter's limit, or the homeserver's own cap, which may be as low as 10), with what was
+    /// left out read back by paging `/messages` from the timeline's `prev_batch`: down to
+    /// `since`, the previous sync's position, on an incremental sync; on a full one (a lost
+    /// position), down to the room's newest check, before which only a reply naming an
+    /// earlier check can answer anything. `None` when the room holds no checks (nothing in
+    /// it is read) or nothing was left out.
+    ///
+    /// A gap that cannot be read to its end (no `prev_batch`, a refusal, more than
+    /// [`READ_BACK_PAGES`] pages) is logged as an error naming the room and the person and
+    /// reported to HQ as the feed failing; what was read is still used. A temporary failure
+    /// fails the poll, so the same gap is read again from the same position.
+    async fn read_back(
+        &self,
+        room: &str,
+        data: &JoinedRoom,
+        since: Option<&str>,
+    ) -> Result<Option<JoinedRoom>, ProviderError> {
+        let Some(latest) = self.latest_check(room).await? else {
             tracing::debug!(room, "sync skipped events in a room without checks");
-            return Ok(());
+            return Ok(None);
         };
+        // A full sync starts from the room's current state: only a room with events after its
+        // newest check before this page can be missing answers.
+        let floor = if since.is_none() { latest.ts } else { None };
+        let reaches_floor = |events: &[Value]| {
+            floor.is_some_and(|f| {
+                events
+                    .iter()
+                    .any(|e| e["origin_server_ts"].as_i64().is_some_and(|t| t < f))
+            })
+        };
+        if reaches_floor(&data.timeline.events) {
+            return Ok(None);
+        }
+        let (mut earlier, complete) = match data.timeline.prev_batch.as_deref() {
+            Some(from) => match self.page_back(room, from, since, &reaches_floor).await {
+                Ok(read) => read,
+                Err(e @ ProviderError::Permanent(_)) => {
+                    tracing::warn!(room, error = %e, "reading skipped events back was refused");
+                    (Vec::new(), false)
+                }
+                Err(e) => return Err(e),
+            },
+            None => (Vec::new(), false),
+        };
+        if !complete {
+            self.report_gap(room, &latest);
+        } else if !earlier.is_empty() {
+            tracing::info!(
+                room,
+                events = earlier.len(),
+                "read back events the sync left out"
+            );
+        }
+        if earlier.is_empty() {
+            return Ok(None);
+        }
+        earlier.extend(data.timeline.events.iter().cloned());
+        Ok(Some(JoinedRoom {
+            timeline: Timeline {
+                events: earlier,
+                limited: false,
+                prev_batch: None,
+            },
+            ephemeral: Events {
+                events: data.ephemeral.events.clone(),
+            },
+        }))
+    }
+
+    /// Pages `/messages` backwards from `from` (newest first) until `to`, or a page that
+    /// `reaches_floor`, or the start of the room. Returns the events oldest first, and whether
+    /// the end was reached within [`READ_BACK_PAGES`].
+    async fn page_back(
+        &self,
+        room: &str,
+        from: &str,
+        to: Option<&str>,
+        reaches_floor: &(dyn Fn(&[Value]) -> bool + Send + Sync),
+    ) -> Result<(Vec<Value>, bool), ProviderError> {
+        let url = self.url(&["rooms", room, "messages"]);
+        let limit = TIMELINE_LIMIT.to_string();
+        let mut from = from.to_string();
+        let mut newest_first = Vec::new();
+        for _ in 0..READ_BACK_PAGES {
+            let mut req = self
+                .client
+                .get(url.clone())
+                .header(AUTHORIZATION, self.auth.clone())
+                .query(&[
+                    ("dir", "b"),
+                    ("from", from.as_str()),
+                    ("limit", limit.as_str()),
+                    ("filter", self.timeline_filter.as_str()),
+                ]);
+            if let Some(to) = to {
+                req = req.query(&[("to", to)]);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| HOMESERVER.transport_error(e))?;
+            if !resp.status().is_success() {
+                return Err(refusal(resp, "messages").await);
+            }
+            let page: MessagesPage = HOMESERVER.read_json(resp, "/messages answer").await?;
+            let below_floor = reaches_floor(&page.chunk);
+            newest_first.extend(page.chunk);
+            match page.end {
+                Some(end) if !below_floor && end != from => from = end,
+                _ => {
+                    newest_first.reverse();
+                    return Ok((newest_first, true));
+                }
+            }
+        }
+        newest_first.reverse();
+        Ok((newest_first, false))
+    }
+
+    /// Events left out of `room`'s timeline could not all be read back: replies or reactions
+    /// from its person may be missing. Logged as an error naming the room and the person, and
+    /// reported as the feed failing, so HQ checks the room.
+    fn report_gap(&self, room: &str, latest: &CheckRecord) {
         let person = latest.to.as_deref().unwrap_or("?");
         tracing::error!(
             room,
             person,
             roll_call = latest.rc,
-            "the homeserver skipped events in this room since the last sync \
-             (timeline limited): replies or reactions there may be missing; check the room"
+            "the homeserver skipped events in this room (timeline limited) and they could not \
+             all be read back: replies or reactions there may be missing; check the room"
         );
         if let Some(h) = &self.health {
             h.failing_now(
                 Component::Feed,
                 format!(
-                    "sync skipped events in room {room} (timeline limited): answers there may \
-                     be missing; check the room"
+                    "sync skipped events in room {room} (timeline limited) that could not be \
+                     read back: answers there may be missing; check the room"
                 ),
             );
         }
-        Ok(())
     }
 
     /// The check `event` is, if it is one of anpi's.
@@ -438,6 +560,19 @@ struct Timeline {
     /// Events between the previous sync and these were left out.
     #[serde(default)]
     limited: bool,
+    /// Where to page back from to read what was left out.
+    #[serde(default)]
+    prev_batch: Option<String>,
+}
+
+/// One page of `/rooms/{roomId}/messages`.
+#[derive(Debug, Deserialize)]
+struct MessagesPage {
+    #[serde(default)]
+    chunk: Vec<Value>,
+    /// Where the next page starts; absent when there are no more events.
+    #[serde(default)]
+    end: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

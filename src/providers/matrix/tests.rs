@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::Path;
+use axum::extract::{Path, Query};
 use axum::http::StatusCode as S;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
@@ -47,6 +47,7 @@ fn message() -> OutboundMessage {
 struct Fixture {
     provider: MatrixProvider,
     store: SharedStore,
+    url: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -91,10 +92,11 @@ async fn fixture(app: Router) -> Fixture {
     let store = crate::store::open(&format!("sqlite://{}", tmp.path().join("t.db").display()))
         .await
         .unwrap();
-    let provider = provider_on(url, store.clone());
+    let provider = provider_on(url.clone(), store.clone());
     Fixture {
         provider,
         store,
+        url,
         _tmp: tmp,
     }
 }
@@ -382,34 +384,38 @@ async fn sync_maps_receipts_replies_and_reactions_to_their_roll_call() {
     );
 }
 
-#[tokio::test]
-async fn a_limited_timeline_in_a_room_with_checks_is_reported_as_the_feed_failing() {
-    // Both rooms' timelines left events out; only the DM room has checks in it.
-    let sync = json!({
-        "next_batch": "s3",
-        "rooms": {"join": {
-            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p2", "events": [
-                {"type": "m.room.message", "event_id": "$late", "sender": "@s001:hs.test",
-                 "origin_server_ts": 1_700_000_009_000i64,
-                 "content": {"msgtype": "m.text", "body": "1"}}
-            ]}},
-            "!other:hs.test": {"timeline": {"limited": true, "events": []}}
-        }}
-    });
+/// A stand-in whose `/sync` answers a full sync (no `since`) with `full` and an incremental
+/// one with `incremental`, and whose `/messages` is `messages` (absent: 404).
+fn gap_homeserver(full: Value, incremental: Value, messages: Option<Router>) -> Router {
     let app = Router::new().route(
         "/_matrix/client/v3/sync",
-        get(move || {
-            let sync = sync.clone();
-            async move { Json(sync) }
-        }),
+        get(
+            move |Query(q): Query<std::collections::HashMap<String, String>>| {
+                let body = if q.contains_key("since") {
+                    incremental.clone()
+                } else {
+                    full.clone()
+                };
+                async move { Json(body) }
+            },
+        ),
     );
+    match messages {
+        Some(m) => app.merge(m),
+        None => app,
+    }
+}
+
+/// `@s001`'s room with check `$check` of roll call 7 in it, sent at `CHECK_TS`; the provider
+/// reporting to a fresh `Health`.
+async fn gap_fixture(app: Router) -> (MatrixProvider, Arc<crate::health::Health>, Fixture) {
     let f = fixture(app).await;
     with_room(&f).await;
     let rec = CheckRecord {
         rc: 7,
         to: Some("@s001:hs.test".into()),
         values: vec!["safe".into(), "injured".into()],
-        ts: Some(1_700_000_000_000),
+        ts: Some(CHECK_TS),
         prev: None,
     };
     f.provider
@@ -418,12 +424,168 @@ async fn a_limited_timeline_in_a_room_with_checks_is_reported_as_the_feed_failin
         .unwrap();
     let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
     let health = Arc::new(crate::health::Health::new(clock, Duration::from_secs(120)));
-    let provider = MatrixProvider {
-        health: Some(health.clone()),
-        ..f.provider
-    };
+    let provider = provider_on(f.url.clone(), f.store.clone()).with_health(health.clone());
+    (provider, health, f)
+}
 
-    // A full sync is always limited: it starts from the current state, no gap.
+const CHECK_TS: i64 = 1_700_000_000_000;
+
+/// A full sync with nothing in it (the reconciliation before the first incremental one).
+fn no_rooms() -> Value {
+    json!({"next_batch": "s2", "rooms": {"join": {}}})
+}
+
+/// A text message from `@s001` at `CHECK_TS + secs` seconds.
+fn said(id: &str, secs: i64, body: &str) -> Value {
+    json!({"type": "m.room.message", "event_id": id, "sender": "@s001:hs.test",
+           "origin_server_ts": CHECK_TS + secs * 1000,
+           "content": {"msgtype": "m.text", "body": body}})
+}
+
+#[tokio::test]
+async fn events_a_sync_skipped_are_read_back_down_to_the_previous_position() {
+    // The incremental sync shows only the last message; the two before it, the first of
+    // which asks for rescue, come from /messages, newest first, over two pages.
+    let full = no_rooms();
+    let incremental = json!({
+        "next_batch": "s3",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p3", "events": [
+                said("$last", 30, "。")
+            ]}}
+        }}
+    });
+    let asked: Arc<Mutex<Vec<std::collections::HashMap<String, String>>>> = Arc::default();
+    let a2 = asked.clone();
+    let messages = Router::new().route(
+        "/_matrix/client/v3/rooms/{room}/messages",
+        get(
+            move |Path(room): Path<String>,
+                  Query(q): Query<std::collections::HashMap<String, String>>| {
+                a2.lock().unwrap().push(q.clone());
+                async move {
+                    assert_eq!(room, "!dm:hs.test");
+                    match q["from"].as_str() {
+                        "p3" => Json(json!({"start": "p3", "end": "p2",
+                                            "chunk": [said("$mid", 20, "まだ")]})),
+                        "p2" => Json(json!({"start": "p2",
+                                            "chunk": [said("$help", 10, "閉じ込められた")]})),
+                        other => panic!("from {other}"),
+                    }
+                }
+            },
+        ),
+    );
+    let (provider, health, _f) =
+        gap_fixture(gap_homeserver(full, incremental, Some(messages))).await;
+    let batch = provider
+        .poll_events(Some("s2"), Duration::ZERO)
+        .await
+        .unwrap();
+    let got: Vec<(&str, &InboundKind)> = batch
+        .events
+        .iter()
+        .map(|e| (e.event_id.as_str(), &e.kind))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "$help",
+                &InboundKind::Reply {
+                    text: "閉じ込められた".into()
+                }
+            ),
+            (
+                "$mid",
+                &InboundKind::Reply {
+                    text: "まだ".into()
+                }
+            ),
+            ("$last", &InboundKind::Reply { text: "。".into() }),
+        ],
+        "oldest first, the skipped ones before the page's own"
+    );
+    assert_eq!(health.degraded(), [], "the gap was read to its end");
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    for q in asked.iter() {
+        assert_eq!(q["dir"], "b");
+        assert_eq!(q["to"], "s2", "down to the previous sync's position");
+        assert_eq!(q["limit"], "100");
+        let filter: Value = serde_json::from_str(&q["filter"]).unwrap();
+        assert_eq!(filter["not_senders"], json!(["@anpi:hs.test"]), "{filter}");
+        assert!(
+            filter["types"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("m.reaction")),
+            "{filter}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_a_lost_position_a_full_sync_reads_back_to_the_newest_check() {
+    // No cursor: the full sync's page starts after the check, so /messages is read until a
+    // page reaches back past the check (no `to`).
+    let full = json!({
+        "next_batch": "s9",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p9", "events": [
+                said("$last", 30, "。")
+            ]}}
+        }}
+    });
+    let asked: Arc<Mutex<Vec<std::collections::HashMap<String, String>>>> = Arc::default();
+    let a2 = asked.clone();
+    let messages = Router::new().route(
+        "/_matrix/client/v3/rooms/{room}/messages",
+        get(
+            move |Query(q): Query<std::collections::HashMap<String, String>>| {
+                a2.lock().unwrap().push(q.clone());
+                async move {
+                    // Endless history: the floor must end the paging.
+                    Json(json!({"end": format!("{}x", q["from"]),
+                                "chunk": [said("$help", 10, "助けて"), said("$old", -60, "前")]}))
+                }
+            },
+        ),
+    );
+    let (provider, health, _f) = gap_fixture(gap_homeserver(full, json!({}), Some(messages))).await;
+    let batch = provider.poll_events(None, Duration::ZERO).await.unwrap();
+    let ids: Vec<&str> = batch.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["$help", "$last"], "{:?}", batch.events);
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 1, "stops at the page that reaches the check");
+    assert!(!asked[0].contains_key("to"), "{asked:?}");
+    assert_eq!(health.degraded(), []);
+}
+
+#[tokio::test]
+async fn a_gap_that_cannot_be_read_back_is_reported_as_the_feed_failing() {
+    // Both rooms' timelines left events out; only the DM room has checks in it. The full
+    // sync's page reaches back past the check, so it has no gap to read.
+    let full = json!({
+        "next_batch": "s2",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p1", "events": [
+                said("$before", -5, "前"), said("$after", 5, "1")
+            ]}}
+        }}
+    });
+    let incremental = json!({
+        "next_batch": "s3",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p2", "events": [
+                said("$late", 9, "1")
+            ]}},
+            "!other:hs.test": {"timeline": {"limited": true, "events": []}}
+        }}
+    });
+    // No /messages at all: the homeserver answers 404.
+    let (provider, health, _f) = gap_fixture(gap_homeserver(full, incremental, None)).await;
+
     provider.poll_events(None, Duration::ZERO).await.unwrap();
     assert_eq!(health.degraded(), []);
 
@@ -448,6 +610,67 @@ async fn a_limited_timeline_in_a_room_with_checks_is_reported_as_the_feed_failin
         !degraded[0].reason.contains("!other"),
         "{}",
         degraded[0].reason
+    );
+}
+
+#[tokio::test]
+async fn a_gap_longer_than_the_read_back_limit_is_reported_with_what_was_read() {
+    let incremental = json!({
+        "next_batch": "s3",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p", "events": []}}
+        }}
+    });
+    let pages = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p2 = pages.clone();
+    let messages = Router::new().route(
+        "/_matrix/client/v3/rooms/{room}/messages",
+        get(
+            move |Query(q): Query<std::collections::HashMap<String, String>>| {
+                let n = p2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    Json(json!({"end": format!("{}x", q["from"]),
+                                "chunk": [said(&format!("$m{n}"), 100 - n as i64, "。")]}))
+                }
+            },
+        ),
+    );
+    let (provider, health, _f) =
+        gap_fixture(gap_homeserver(no_rooms(), incremental, Some(messages))).await;
+    let batch = provider
+        .poll_events(Some("s2"), Duration::ZERO)
+        .await
+        .unwrap();
+    let pages = pages.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(pages, super::sync::READ_BACK_PAGES);
+    assert_eq!(batch.events.len(), pages, "what was read is used");
+    assert_eq!(health.degraded().len(), 1, "and the rest is reported");
+}
+
+#[tokio::test]
+async fn a_temporary_failure_reading_back_fails_the_poll_so_it_is_read_again() {
+    let incremental = json!({
+        "next_batch": "s3",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p", "events": []}}
+        }}
+    });
+    let messages = Router::new().route(
+        "/_matrix/client/v3/rooms/{room}/messages",
+        get(|| async { (S::BAD_GATEWAY, "upstream down") }),
+    );
+    let (provider, health, _f) =
+        gap_fixture(gap_homeserver(no_rooms(), incremental, Some(messages))).await;
+    match provider.poll_events(Some("s2"), Duration::ZERO).await {
+        Err(ProviderError::Retryable { reason, .. }) => {
+            assert!(reason.contains("messages"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        health.degraded(),
+        [],
+        "not a gap yet: the poll is tried again"
     );
 }
 
