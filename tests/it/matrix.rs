@@ -793,6 +793,7 @@ async fn a_rescue_request_buried_under_later_messages_still_reaches_hq() {
         (standing.level, standing.text.as_deref()),
         (AnswerLevel::Urgent, Some("閉じ込められた"))
     );
+    assert_no_gap_reported(&app).await;
     app.shutdown().await;
 
     // Down, and the position lost: the full sync shows only the newest 100.
@@ -803,6 +804,12 @@ async fn a_rescue_request_buried_under_later_messages_still_reaches_hq() {
         p.overall.answered_urgent == 2
     })
     .await;
+    assert_no_gap_reported(&app).await;
+    app.shutdown().await;
+}
+
+/// HQ was told of no gap in the event feed.
+async fn assert_no_gap_reported(app: &MatrixApp) {
     let health: serde_json::Value = reqwest::Client::new()
         .get(format!("{}/api/health", app.base_url))
         .bearer_auth(crate::support::HQ_TOKEN)
@@ -816,5 +823,4 @@ async fn a_rescue_request_buried_under_later_messages_still_reaches_hq() {
         !health.to_string().contains("timeline limited"),
         "every gap was read back: {health}"
     );
-    app.shutdown().await;
 }

@@ -16,8 +16,8 @@
 //! process, the adapter does a full `/sync`, which returns every room's current receipts
 //! (reconciliation after a restart or a lost cursor). A `/sync` whose timeline for a room anpi
 //! sent checks to is `limited` left events out (more than the filter's 100, or a homeserver's
-//! lower cap): they are read back with `/messages`, down to the previous sync's position (or,
-//! after a full sync, down to the room's newest check), and read before the page's own. A gap
+//! lower cap): they are read back with `/messages`, down to the previous sync's position and no
+//! further than the room's oldest open check, and read before the page's own. A gap
 //! that cannot be read back to its end is logged as an error naming the room and its person
 //! and reported to HQ as the feed failing, never passed over in silence.
 //!

@@ -27,6 +27,10 @@ const EARLIER_CHECKS: usize = 8;
 /// [`TIMELINE_LIMIT`] events each; a longer gap is reported, not read to its end.
 pub(super) const READ_BACK_PAGES: usize = 20;
 
+/// How often one page is asked for through 429s and outages, and the longest wait between.
+pub(super) const READ_BACK_TRIES: u32 = 3;
+const READ_BACK_WAIT: Duration = Duration::from_secs(5);
+
 impl MatrixProvider {
     /// [`crate::providers::ChatProvider::poll_events`]: one `/sync` from `cursor` (a full one
     /// first, once per process), turned into events.
@@ -104,28 +108,26 @@ impl MatrixProvider {
     /// `room`'s part of a `/sync` whose timeline left events out (`limited`: more than the
     /// filter's limit, or the homeserver's own cap, which may be as low as 10), with what was
     /// left out read back by paging `/messages` from the timeline's `prev_batch`: down to
-    /// `since`, the previous sync's position, on an incremental sync; on a full one (a lost
-    /// position), down to the room's newest check, before which only a reply naming an
-    /// earlier check can answer anything. `None` when the room holds no checks (nothing in
-    /// it is read) or nothing was left out.
+    /// `since`, the previous sync's position, when there is one, and in any case no further
+    /// than the answer floor (see [`Self::answer_floor`]): nothing older answers a check anpi
+    /// still reads, and a homeserver may not stop at `since` itself. `None` when the room holds
+    /// no checks (nothing in it is read) or nothing was left out.
     ///
-    /// A gap that cannot be read to its end (no `prev_batch`, a refusal, more than
-    /// [`READ_BACK_PAGES`] pages) is logged as an error naming the room and the person and
-    /// reported to HQ as the feed failing; what was read is still used. A temporary failure
-    /// fails the poll, so the same gap is read again from the same position.
+    /// A gap that cannot be read to its end (no `prev_batch`, a refusal, a failure that
+    /// outlasts a few tries, more than [`READ_BACK_PAGES`] pages) is logged as an error naming
+    /// the room and the person and reported to HQ as the feed failing; what was read is still
+    /// used, and the feed goes on with the other rooms.
     async fn read_back(
         &self,
         room: &str,
         data: &JoinedRoom,
         since: Option<&str>,
     ) -> Result<Option<JoinedRoom>, ProviderError> {
-        let Some(latest) = self.latest_check(room).await? else {
+        let Some((check, latest)) = self.latest_check_event(room).await? else {
             tracing::debug!(room, "sync skipped events in a room without checks");
             return Ok(None);
         };
-        // A full sync starts from the room's current state: only a room with events after its
-        // newest check before this page can be missing answers.
-        let floor = if since.is_none() { latest.ts } else { None };
+        let floor = self.answer_floor(room, &check, &latest).await?;
         let reaches_floor = |events: &[Value]| {
             floor.is_some_and(|f| {
                 events
@@ -137,14 +139,7 @@ impl MatrixProvider {
             return Ok(None);
         }
         let (mut earlier, complete) = match data.timeline.prev_batch.as_deref() {
-            Some(from) => match self.page_back(room, from, since, &reaches_floor).await {
-                Ok(read) => read,
-                Err(e @ ProviderError::Permanent(_)) => {
-                    tracing::warn!(room, error = %e, "reading skipped events back was refused");
-                    (Vec::new(), false)
-                }
-                Err(e) => return Err(e),
-            },
+            Some(from) => self.page_back(room, from, since, &reaches_floor).await,
             None => (Vec::new(), false),
         };
         if !complete {
@@ -172,54 +167,117 @@ impl MatrixProvider {
         }))
     }
 
+    /// The server time before which nothing in `room` can answer a check anpi still reads:
+    /// the sending time of the oldest of the room's newest check (`check`, `latest`) and the
+    /// open checks before it ([`Self::earlier_checks`]); what came before them is not an
+    /// answer, and a reply naming one of them comes after it. `None` when one of those times
+    /// cannot be learnt.
+    async fn answer_floor(
+        &self,
+        room: &str,
+        check: &str,
+        latest: &CheckRecord,
+    ) -> Result<Option<i64>, ProviderError> {
+        let mut floor = None::<i64>;
+        let mut checks = vec![(check.to_string(), latest.clone())];
+        checks.extend(self.earlier_checks(room, latest).await?);
+        for (event, rec) in checks {
+            let ts = match rec.ts {
+                Some(ts) => Some(ts),
+                None => self
+                    .fetch_event(room, &event)
+                    .await?
+                    .and_then(|ev| ev["origin_server_ts"].as_i64()),
+            };
+            let Some(ts) = ts else {
+                return Ok(None);
+            };
+            floor = Some(floor.map_or(ts, |f| f.min(ts)));
+        }
+        Ok(floor)
+    }
+
     /// Pages `/messages` backwards from `from` (newest first) until `to`, or a page that
-    /// `reaches_floor`, or the start of the room. Returns the events oldest first, and whether
-    /// the end was reached within [`READ_BACK_PAGES`].
+    /// `reaches_floor`, or the start of the room. Returns what was read, oldest first, and
+    /// whether the end was reached within [`READ_BACK_PAGES`]; a page is tried
+    /// [`READ_BACK_TRIES`] times through 429s and outages before the gap is given up on.
     async fn page_back(
         &self,
         room: &str,
         from: &str,
         to: Option<&str>,
         reaches_floor: &(dyn Fn(&[Value]) -> bool + Send + Sync),
-    ) -> Result<(Vec<Value>, bool), ProviderError> {
-        let url = self.url(&["rooms", room, "messages"]);
-        let limit = TIMELINE_LIMIT.to_string();
+    ) -> (Vec<Value>, bool) {
         let mut from = from.to_string();
         let mut newest_first = Vec::new();
+        let mut complete = false;
         for _ in 0..READ_BACK_PAGES {
+            let page = match self.messages_page(room, &from, to).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "reading skipped events back failed");
+                    break;
+                }
+            };
+            let below_floor = reaches_floor(&page.chunk);
+            newest_first.extend(page.chunk);
+            match page.end {
+                Some(end) if !below_floor && end != from => from = end,
+                _ => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        newest_first.reverse();
+        (newest_first, complete)
+    }
+
+    /// One page of `/messages` back from `from`, waiting out a 429 or a brief outage
+    /// (at most [`READ_BACK_WAIT`] each) up to [`READ_BACK_TRIES`] times.
+    async fn messages_page(
+        &self,
+        room: &str,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<MessagesPage, ProviderError> {
+        let url = self.url(&["rooms", room, "messages"]);
+        let limit = TIMELINE_LIMIT.to_string();
+        let mut tries = 0;
+        loop {
+            tries += 1;
             let mut req = self
                 .client
                 .get(url.clone())
                 .header(AUTHORIZATION, self.auth.clone())
                 .query(&[
                     ("dir", "b"),
-                    ("from", from.as_str()),
+                    ("from", from),
                     ("limit", limit.as_str()),
                     ("filter", self.timeline_filter.as_str()),
                 ]);
             if let Some(to) = to {
                 req = req.query(&[("to", to)]);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| HOMESERVER.transport_error(e))?;
-            if !resp.status().is_success() {
-                return Err(refusal(resp, "messages").await);
-            }
-            let page: MessagesPage = HOMESERVER.read_json(resp, "/messages answer").await?;
-            let below_floor = reaches_floor(&page.chunk);
-            newest_first.extend(page.chunk);
-            match page.end {
-                Some(end) if !below_floor && end != from => from = end,
-                _ => {
-                    newest_first.reverse();
-                    return Ok((newest_first, true));
+            let got = match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    HOMESERVER.read_json(resp, "/messages answer").await
                 }
+                Ok(resp) => Err(refusal(resp, "messages").await),
+                Err(e) => Err(HOMESERVER.transport_error(e)),
+            };
+            let wait = match &got {
+                Err(ProviderError::RateLimited { reset }) => *reset,
+                Err(ProviderError::Retryable { after, .. }) => {
+                    after.unwrap_or(Duration::from_secs(1))
+                }
+                _ => return got,
+            };
+            if tries >= READ_BACK_TRIES {
+                return got;
             }
+            tokio::time::sleep(wait.min(READ_BACK_WAIT)).await;
         }
-        newest_first.reverse();
-        Ok((newest_first, false))
     }
 
     /// Events left out of `room`'s timeline could not all be read back: replies or reactions
@@ -352,7 +410,7 @@ impl MatrixProvider {
             return Ok(Some((latest, false)));
         }
         let open = self.earlier_checks(room, &latest).await?.into_iter().next();
-        Ok(Some((open.unwrap_or(latest), false)))
+        Ok(Some((open.map_or(latest, |(_, rec)| rec), false)))
     }
 
     async fn is_open(&self, rc: i64) -> Result<bool, ProviderError> {
@@ -364,14 +422,15 @@ impl MatrixProvider {
             .is_some_and(|r| r.state == crate::rollcall::RollCallState::Open))
     }
 
-    /// The checks sent in `room` before `rec`, newest first (at most [`EARLIER_CHECKS`]): what
-    /// has been read or answered after them has been seen after them too.
+    /// The open checks sent in `room` before `rec`, newest first (at most [`EARLIER_CHECKS`]),
+    /// with their event ids: what has been read or answered after them has been seen after
+    /// them too.
     async fn earlier_checks(
         &self,
         room: &str,
         rec: &CheckRecord,
-    ) -> Result<Vec<CheckRecord>, ProviderError> {
-        let mut out: Vec<CheckRecord> = Vec::new();
+    ) -> Result<Vec<(String, CheckRecord)>, ProviderError> {
+        let mut out: Vec<(String, CheckRecord)> = Vec::new();
         let mut seen = std::collections::HashSet::from([rec.rc]);
         let mut next = rec.prev.clone();
         while let Some(event) = next.take() {
@@ -387,7 +446,7 @@ impl MatrixProvider {
                 break;
             }
             next = earlier.prev.clone();
-            out.push(earlier);
+            out.push((event, earlier));
         }
         Ok(out)
     }
@@ -400,7 +459,7 @@ impl MatrixProvider {
         base: &InboundEvent,
         out: &mut Vec<InboundEvent>,
     ) -> Result<(), ProviderError> {
-        for earlier in self.earlier_checks(room, rec).await? {
+        for (_, earlier) in self.earlier_checks(room, rec).await? {
             if earlier.rc == rec.rc {
                 continue;
             }

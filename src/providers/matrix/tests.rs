@@ -467,7 +467,8 @@ async fn events_a_sync_skipped_are_read_back_down_to_the_previous_position() {
                     assert_eq!(room, "!dm:hs.test");
                     match q["from"].as_str() {
                         "p3" => Json(json!({"start": "p3", "end": "p2",
-                                            "chunk": [said("$mid", 20, "まだ")]})),
+                                            "chunk": [said("$mid", 20, "まだ"),
+                                                      said("$hurt", 15, "足を挟まれた")]})),
                         "p2" => Json(json!({"start": "p2",
                                             "chunk": [said("$help", 10, "閉じ込められた")]})),
                         other => panic!("from {other}"),
@@ -494,6 +495,12 @@ async fn events_a_sync_skipped_are_read_back_down_to_the_previous_position() {
                 "$help",
                 &InboundKind::Reply {
                     text: "閉じ込められた".into()
+                }
+            ),
+            (
+                "$hurt",
+                &InboundKind::Reply {
+                    text: "足を挟まれた".into()
                 }
             ),
             (
@@ -648,30 +655,89 @@ async fn a_gap_longer_than_the_read_back_limit_is_reported_with_what_was_read() 
 }
 
 #[tokio::test]
-async fn a_temporary_failure_reading_back_fails_the_poll_so_it_is_read_again() {
+async fn a_page_that_keeps_failing_is_reported_with_what_was_read_and_the_feed_goes_on() {
     let incremental = json!({
         "next_batch": "s3",
         "rooms": {"join": {
-            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p", "events": []}}
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p", "events": [
+                said("$last", 30, "。")
+            ]}}
         }}
     });
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let a2 = asked.clone();
     let messages = Router::new().route(
         "/_matrix/client/v3/rooms/{room}/messages",
-        get(|| async { (S::BAD_GATEWAY, "upstream down") }),
+        get(
+            move |Query(q): Query<std::collections::HashMap<String, String>>| {
+                a2.lock().unwrap().push(q["from"].clone());
+                async move {
+                    if q["from"] == "p" {
+                        Json(json!({"end": "p1", "chunk": [said("$help", 20, "助けて")]}))
+                            .into_response()
+                    } else {
+                        (
+                            S::TOO_MANY_REQUESTS,
+                            Json(json!({"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 10})),
+                        )
+                            .into_response()
+                    }
+                }
+            },
+        ),
     );
     let (provider, health, _f) =
         gap_fixture(gap_homeserver(no_rooms(), incremental, Some(messages))).await;
-    match provider.poll_events(Some("s2"), Duration::ZERO).await {
-        Err(ProviderError::Retryable { reason, .. }) => {
-            assert!(reason.contains("messages"), "{reason}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let batch = provider
+        .poll_events(Some("s2"), Duration::ZERO)
+        .await
+        .expect("the feed goes on");
+    let ids: Vec<&str> = batch.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["$help", "$last"], "what was read is used");
+    let tries = super::sync::READ_BACK_TRIES as usize;
     assert_eq!(
-        health.degraded(),
-        [],
-        "not a gap yet: the poll is tried again"
+        asked.lock().unwrap().len(),
+        1 + tries,
+        "the failing page is tried {tries} times"
     );
+    assert_eq!(health.degraded().len(), 1, "and the rest is reported");
+}
+
+#[tokio::test]
+async fn a_homeserver_that_does_not_stop_at_the_position_is_read_back_only_to_the_check() {
+    // Some homeservers return `end` past `to`: the pages stop at the one that reaches back
+    // before the room's check, since nothing older answers it, and the gap is whole.
+    let incremental = json!({
+        "next_batch": "s3",
+        "rooms": {"join": {
+            "!dm:hs.test": {"timeline": {"limited": true, "prev_batch": "p", "events": [
+                said("$last", 30, "。")
+            ]}}
+        }}
+    });
+    let pages = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p2 = pages.clone();
+    let messages = Router::new().route(
+        "/_matrix/client/v3/rooms/{room}/messages",
+        get(
+            move |Query(q): Query<std::collections::HashMap<String, String>>| {
+                let n = p2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as i64;
+                async move {
+                    // +20 s after the check, then +5 s, then -10 s: before it.
+                    Json(json!({"end": format!("{}x", q["from"]),
+                                "chunk": [said(&format!("$m{n}"), 20 - 15 * n, "。")]}))
+                }
+            },
+        ),
+    );
+    let (provider, health, _f) =
+        gap_fixture(gap_homeserver(no_rooms(), incremental, Some(messages))).await;
+    provider
+        .poll_events(Some("s2"), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(pages.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(health.degraded(), [], "read to the check: no gap");
 }
 
 #[tokio::test]
