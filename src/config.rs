@@ -550,20 +550,7 @@ impl MatrixConfig {
     /// The bot's access token, from the file or the setting; never logged.
     pub fn access_token(&self) -> Result<Secret, ConfigError> {
         if let Some(path) = &self.access_token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "providers.matrix.access_token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let token = text.lines().next().unwrap_or("").trim();
-            if token.is_empty() {
-                return Err(invalid(
-                    "providers.matrix.access_token_file",
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            return Ok(Secret::new(token));
+            return Self::token_from_file(path);
         }
         match &self.access_token {
             Some(t) if !t.expose().trim().is_empty() => Ok(Secret::new(t.expose().trim())),
@@ -572,6 +559,24 @@ impl MatrixConfig {
                 "needs access_token_file or access_token (ANPI_PROVIDERS__MATRIX__ACCESS_TOKEN)",
             )),
         }
+    }
+
+    /// The token in `path`: its first line, trimmed.
+    pub fn token_from_file(path: &Path) -> Result<Secret, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "providers.matrix.access_token_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(invalid(
+                "providers.matrix.access_token_file",
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Secret::new(token))
     }
 
     pub fn rate_limit(&self) -> Option<RateLimit> {

@@ -824,3 +824,64 @@ async fn assert_no_gap_reported(app: &MatrixApp) {
         "every gap was read back: {health}"
     );
 }
+
+/// The bot's token revoked (logged out) before a roll call: nobody is put on the call list
+/// for it, HQ is told, and a new token written into the token file is used without a restart;
+/// everyone then gets exactly one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_holds_the_sends_until_a_new_one_is_in_the_file() {
+    let Some(mut w) = World::new(3, 17, Limits::Relaxed).await else {
+        return;
+    };
+    w.bot.logout().await;
+    let rc = w.app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
+    let health = || async {
+        reqwest::Client::new()
+            .get(format!("{}/api/health", w.app.base_url))
+            .bearer_auth(crate::support::HQ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = health().await;
+        if h["degraded"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|c| c["component"] == "token"))
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "HQ is told of the refused token: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = w.app.hq.status(rc.id).await.unwrap().progress.overall;
+    assert_eq!(
+        (p.sent, p.failed),
+        (0, 0),
+        "nobody failed for the bot: {p:?}"
+    );
+
+    let token = w.hs.login("anpi").await;
+    std::fs::write(w.dir.path().join("matrix.token"), format!("{token}\n")).unwrap();
+    wait_for(
+        &w.app,
+        rc.id,
+        "sent with the new token",
+        Duration::from_secs(90),
+        |p| p.overall.sent == 3,
+    )
+    .await;
+    for (p, room) in w.people.iter().zip(w.rooms.iter()) {
+        check_in(p, room, &w.bot.user_id).await;
+    }
+    let h = health().await;
+    assert!(
+        !h.to_string().contains("\"token\""),
+        "the token works again: {h}"
+    );
+    w.app.shutdown().await;
+}

@@ -312,7 +312,33 @@ impl Synapse {
     }
 }
 
+impl Synapse {
+    /// A new session (access token) for `name`, registered by [`Synapse::register`].
+    pub async fn login(&self, name: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/_matrix/client/v3/login", self.base_url))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": name},
+                "password": format!("pw-{name}-{}", self.secret),
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "logging in {name}: {status} {body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+}
+
 impl MatrixUser {
+    /// Ends this session: its access token is refused from now on.
+    pub async fn logout(&self) {
+        self.call(reqwest::Method::POST, "/logout", json!({})).await;
+    }
+
     pub fn handle(&self) -> ChatHandle {
         ChatHandle::parse(&self.user_id).unwrap()
     }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::MatrixProvider;
 use crate::clock::SharedClock;
 use crate::config::{MatrixConfig, Secret};
-use crate::health::Health;
+use crate::health::{Component, Health};
 use crate::providers::http::{self, Platform};
 use crate::providers::ProviderError;
 use crate::store::SharedStore;
@@ -58,9 +58,7 @@ impl MatrixProvider {
         }
         let max_in_flight = config.max_in_flight.max(1);
         let client = http::client(max_in_flight + 1, REQUEST_TIMEOUT);
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| ProviderError::Permanent("the Matrix access token is not valid".into()))?;
-        auth.set_sensitive(true);
+        let auth = bearer(token)?;
         // What a person does in their room: the same for `/sync` and for paging back.
         let timeline = json!({
             "types": ["m.room.message", "m.reaction", "m.sticker", "m.room.encrypted"],
@@ -81,7 +79,8 @@ impl MatrixProvider {
         Ok(Self {
             client,
             homeserver,
-            auth,
+            auth: std::sync::RwLock::new(auth),
+            token_file: config.access_token_file.clone(),
             bot: config.user_id.clone(),
             store,
             clock,
@@ -93,6 +92,57 @@ impl MatrixProvider {
             patient: std::sync::atomic::AtomicBool::new(false),
             health: None,
         })
+    }
+
+    /// The `Authorization` header for the current token.
+    pub(super) fn auth(&self) -> HeaderValue {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Classifies an answer that is not a success (see [`refusal`]). When the homeserver
+    /// refused the bot's token, HQ is told at once (the health component `token`) and the
+    /// token file is read again: a token an admin has put there since is used from the next
+    /// try, with no restart.
+    pub(super) async fn refused(&self, resp: Response, what: &str) -> ProviderError {
+        let unauthorized = resp.status() == StatusCode::UNAUTHORIZED;
+        let e = refusal(resp, what).await;
+        if unauthorized {
+            self.token_refused(&e);
+        }
+        e
+    }
+
+    fn token_refused(&self, e: &ProviderError) {
+        tracing::error!(error = %e, "the homeserver refused the bot's access token");
+        if let Some(h) = &self.health {
+            h.failing_now(Component::Token, e.to_string());
+        }
+        let Some(path) = &self.token_file else {
+            return;
+        };
+        let fresh = match MatrixConfig::token_from_file(path).map(|t| bearer(&t)) {
+            Ok(Ok(fresh)) => fresh,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the token file holds no usable token");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the token file again");
+                return;
+            }
+        };
+        let mut auth = self.auth.write().unwrap_or_else(|e| e.into_inner());
+        if *auth != fresh {
+            *auth = fresh;
+            tracing::info!(file = %path.display(), "read a new access token from the token file");
+        }
+    }
+
+    /// The homeserver accepted the bot's token (a send or a sync went through).
+    pub(super) fn token_accepted(&self) {
+        if let Some(h) = &self.health {
+            h.ok(Component::Token);
+        }
     }
 
     /// Reports events the homeserver skipped in a watched room to `health`.
@@ -129,14 +179,14 @@ impl MatrixProvider {
         loop {
             attempt += 1;
             let resp = req()
-                .header(AUTHORIZATION, self.auth.clone())
+                .header(AUTHORIZATION, self.auth())
                 .send()
                 .await
                 .map_err(|e| HOMESERVER.transport_error(e))?;
             if resp.status() != StatusCode::TOO_MANY_REQUESTS && !resp.status().is_server_error() {
                 return Ok(resp);
             }
-            match refusal(resp, what).await {
+            match self.refused(resp, what).await {
                 ProviderError::RateLimited { reset } if attempt < attempts => {
                     tokio::time::sleep(reset).await
                 }
@@ -165,7 +215,7 @@ impl MatrixProvider {
                 Ok(v["membership"].as_str().map(str::to_string))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(refusal(resp, "membership").await),
+            _ => Err(self.refused(resp, "membership").await),
         }
     }
 
@@ -180,7 +230,7 @@ impl MatrixProvider {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
             StatusCode::FORBIDDEN => Ok(true),
-            _ => Err(refusal(resp, "profile").await),
+            _ => Err(self.refused(resp, "profile").await),
         }
     }
 
@@ -193,17 +243,28 @@ impl MatrixProvider {
         let resp = self
             .client
             .get(self.url(&["rooms", room, "event", event]))
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.auth())
             .send()
             .await
             .map_err(|e| HOMESERVER.transport_error(e))?;
         match resp.status() {
             s if s.is_success() => Ok(Some(HOMESERVER.read_json(resp, "event").await?)),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
-            _ => Err(refusal(resp, "event lookup").await),
+            _ => Err(self.refused(resp, "event lookup").await),
         }
     }
 }
+
+/// `Bearer <token>`, marked sensitive so that it is never logged.
+fn bearer(token: &Secret) -> Result<HeaderValue, ProviderError> {
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| ProviderError::Permanent("the Matrix access token is not valid".into()))?;
+    auth.set_sensitive(true);
+    Ok(auth)
+}
+
+/// How long before a request the homeserver refused for the bot's token is tried again.
+const TOKEN_REFUSED_WAIT: Duration = Duration::from_secs(10);
 
 /// A Matrix error body.
 #[derive(Debug, Default, Deserialize)]
@@ -216,7 +277,7 @@ struct ErrorBody {
 }
 
 /// Classifies an answer that is not a success. `what` names the request for the reason.
-pub(super) async fn refusal(resp: Response, what: &str) -> ProviderError {
+async fn refusal(resp: Response, what: &str) -> ProviderError {
     let status = resp.status();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap_or_default();
@@ -248,10 +309,19 @@ fn classify(
         };
     }
     let detail = http::excerpt(format!("{} {}", body.errcode, body.error).trim());
+    if status == StatusCode::UNAUTHORIZED {
+        // The bot's problem, not the person's: nobody is put on the call list for it. The
+        // request is tried again (until the person's deadline), and HQ is told.
+        return ProviderError::Retryable {
+            after: Some(TOKEN_REFUSED_WAIT),
+            reason: format!(
+                "{what}: the homeserver refused the bot's access token ({detail}); put a \
+                 valid token in providers.matrix.access_token_file (read again on the next \
+                 try) or restart anpi with one"
+            ),
+        };
+    }
     ProviderError::Permanent(match status {
-        StatusCode::UNAUTHORIZED => {
-            format!("{what}: the homeserver refused the bot's access token ({detail})")
-        }
         StatusCode::FORBIDDEN => {
             format!("{what}: the bot may not do this in the room ({detail})")
         }

@@ -10,7 +10,9 @@
 //! an encrypted reply is reported as unreadable, never dropped.
 //!
 //! Invariants: every HTTP outcome is classified here, once; a send the homeserver accepted is
-//! never reported as failed; a send is idempotent (the transaction id comes from the delivery,
+//! never reported as failed; a refused bot token (401) is the bot's trouble, not the person's:
+//! it is temporary, HQ is told (the health component `token`), and the token file is read
+//! again so a new token works without a restart; a send is idempotent (the transaction id comes from the delivery,
 //! so a retry after a timeout never posts twice); the sync cursor is `next_batch`, stored by the
 //! core with the events it covers; without one, and once more on the first poll of every
 //! process, the adapter does a full `/sync`, which returns every room's current receipts
@@ -79,7 +81,11 @@ pub enum MatrixError {
 pub struct MatrixProvider {
     client: reqwest::Client,
     homeserver: Url,
-    auth: HeaderValue,
+    /// `Bearer <token>`; replaced when the homeserver refuses it and the token file holds a
+    /// new one.
+    auth: std::sync::RwLock<HeaderValue>,
+    /// Where the token was read from, read again when the homeserver refuses it.
+    token_file: Option<std::path::PathBuf>,
     bot: String,
     store: SharedStore,
     clock: SharedClock,

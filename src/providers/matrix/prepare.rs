@@ -10,7 +10,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::client::{refusal, HOMESERVER, PREPARE_ATTEMPTS};
+use super::client::{HOMESERVER, PREPARE_ATTEMPTS};
 use super::{MatrixError, MatrixProvider};
 use crate::ids::ChatHandle;
 use crate::providers::ProviderError;
@@ -176,7 +176,7 @@ impl MatrixProvider {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(refusal(resp, "invite").await)
+            Err(self.refused(resp, "invite").await)
         }
     }
 
@@ -190,7 +190,7 @@ impl MatrixProvider {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(refusal(resp, "encryption state").await),
+            _ => Err(self.refused(resp, "encryption state").await),
         }
     }
 
@@ -222,7 +222,7 @@ impl MatrixProvider {
             let resp = self
                 .client
                 .post(self.url(&["createRoom"]))
-                .header(AUTHORIZATION, self.auth.clone())
+                .header(AUTHORIZATION, self.auth())
                 .json(&body)
                 .send()
                 .await
@@ -233,7 +233,7 @@ impl MatrixProvider {
                     ProviderError::Permanent("createRoom answered without a room_id".into())
                 });
             }
-            match refusal(resp, "createRoom").await {
+            match self.refused(resp, "createRoom").await {
                 ProviderError::RateLimited { reset } if attempt < PREPARE_ATTEMPTS => {
                     tokio::time::sleep(reset).await
                 }
@@ -250,7 +250,7 @@ impl MatrixProvider {
         let resp = self
             .client
             .get(url.clone())
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.auth())
             .send()
             .await
             .map_err(|e| HOMESERVER.transport_error(e))?;
@@ -261,7 +261,7 @@ impl MatrixProvider {
                 reason: format!("the bot's m.direct list is not readable ({e}); left unchanged"),
             })?
         } else if resp.status() != StatusCode::NOT_FOUND {
-            return Err(refusal(resp, "m.direct").await);
+            return Err(self.refused(resp, "m.direct").await);
         } else {
             HashMap::new()
         };
@@ -274,7 +274,7 @@ impl MatrixProvider {
         let resp = self
             .client
             .put(url)
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.auth())
             .json(&direct)
             .send()
             .await
@@ -282,7 +282,7 @@ impl MatrixProvider {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(refusal(resp, "m.direct").await)
+            Err(self.refused(resp, "m.direct").await)
         }
     }
 

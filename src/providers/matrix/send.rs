@@ -4,7 +4,7 @@
 use reqwest::header::AUTHORIZATION;
 use serde_json::{json, Value};
 
-use super::client::{refusal, HOMESERVER};
+use super::client::HOMESERVER;
 use super::prepare::Unreachable;
 use super::state::CheckRecord;
 use super::{MatrixProvider, ROLL_CALL_KEY};
@@ -55,15 +55,16 @@ impl MatrixProvider {
         let resp = self
             .client
             .put(self.url(&["rooms", &room, "send", "m.room.message", &txn]))
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.auth())
             .json(&content)
             .send()
             .await
             .map_err(|e| HOMESERVER.transport_error(e))?;
         if !resp.status().is_success() {
-            return Err(refusal(resp, "send").await);
+            return Err(self.refused(resp, "send").await);
         }
         // Accepted: from here on nothing may turn this into a failure.
+        self.token_accepted();
         let event_id = match resp.bytes().await {
             Ok(b) => serde_json::from_slice::<Value>(&b)
                 .ok()

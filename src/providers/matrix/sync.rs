@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::header::AUTHORIZATION;
-use reqwest::Response;
+use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::client::{refusal, HOMESERVER, REQUEST_TIMEOUT, TIMELINE_LIMIT};
+use super::client::{HOMESERVER, REQUEST_TIMEOUT, TIMELINE_LIMIT};
 use super::replies::{option, option_number, reply_kind, UNREADABLE};
 use super::state::{store_error, CheckRecord};
 use super::{MatrixProvider, ROLL_CALL_KEY};
@@ -46,7 +46,7 @@ impl MatrixProvider {
         if cursor.is_some() && !self.reconciled.load(std::sync::atomic::Ordering::Relaxed) {
             let full = self.sync(None, Duration::ZERO).await?;
             if !full.status().is_success() {
-                return Err(refusal(full, "sync").await);
+                return Err(self.refused(full, "sync").await);
             }
             let full: SyncResponse = HOMESERVER.read_json(full, "/sync answer").await?;
             for (room, data) in &full.rooms.join {
@@ -56,16 +56,21 @@ impl MatrixProvider {
         }
         let mut resp = self.sync(cursor, wait).await?;
         let mut incremental = cursor.is_some();
-        if cursor.is_some() && resp.status().is_client_error() && resp.status() != 429 {
+        if cursor.is_some()
+            && resp.status().is_client_error()
+            && resp.status() != StatusCode::TOO_MANY_REQUESTS
+            && resp.status() != StatusCode::UNAUTHORIZED
+        {
             // A cursor the homeserver no longer knows: start over from the current state.
             tracing::warn!(status = %resp.status(), "sync cursor refused; doing a full sync");
             resp = self.sync(None, wait).await?;
             incremental = false;
         }
         if !resp.status().is_success() {
-            return Err(refusal(resp, "sync").await);
+            return Err(self.refused(resp, "sync").await);
         }
         let sync: SyncResponse = HOMESERVER.read_json(resp, "/sync answer").await?;
+        self.token_accepted();
         for (room, data) in &sync.rooms.join {
             if data.timeline.limited {
                 let since = if incremental { cursor } else { None };
@@ -93,7 +98,7 @@ impl MatrixProvider {
         let mut req = self
             .client
             .get(self.url(&["sync"]))
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.auth())
             .query(&[
                 ("filter", self.filter.as_str()),
                 ("timeout", &wait.as_millis().to_string()),
@@ -249,7 +254,7 @@ impl MatrixProvider {
             let mut req = self
                 .client
                 .get(url.clone())
-                .header(AUTHORIZATION, self.auth.clone())
+                .header(AUTHORIZATION, self.auth())
                 .query(&[
                     ("dir", "b"),
                     ("from", from),
@@ -263,7 +268,7 @@ impl MatrixProvider {
                 Ok(resp) if resp.status().is_success() => {
                     HOMESERVER.read_json(resp, "/messages answer").await
                 }
-                Ok(resp) => Err(refusal(resp, "messages").await),
+                Ok(resp) => Err(self.refused(resp, "messages").await),
                 Err(e) => Err(HOMESERVER.transport_error(e)),
             };
             let wait = match &got {

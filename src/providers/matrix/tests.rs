@@ -805,3 +805,82 @@ async fn capabilities_and_debug_do_not_leak_the_token() {
         "/_matrix/client/v3/rooms/!a:b/event/$e%2F1"
     );
 }
+
+#[tokio::test]
+async fn a_refused_token_is_tried_again_and_a_new_one_in_the_file_is_used_without_a_restart() {
+    // The homeserver takes only the token "new"; anpi starts with "old" from its file.
+    let app = Router::new().route(
+        "/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}",
+        put(|headers: axum::http::HeaderMap| async move {
+            if headers["authorization"] == "Bearer new" {
+                Json(json!({"event_id": "$sent"})).into_response()
+            } else {
+                (
+                    S::UNAUTHORIZED,
+                    r#"{"errcode":"M_UNKNOWN_TOKEN","error":"Invalid access token passed.","soft_logout":false}"#,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let f = fixture(app).await;
+    with_room(&f).await;
+    let file = f._tmp.path().join("matrix.token");
+    std::fs::write(&file, "old\n").unwrap();
+    let config = MatrixConfig {
+        homeserver: f.url.clone(),
+        user_id: "@anpi:hs.test".into(),
+        access_token_file: Some(file.clone()),
+        access_token: None,
+        sync_timeout: Duration::from_secs(1),
+        rate_limit_per_minute: 0,
+        max_in_flight: 4,
+    };
+    let clock: SharedClock = Arc::new(ManualClock::new(Utc::now()));
+    let health = Arc::new(crate::health::Health::new(
+        clock.clone(),
+        Duration::from_secs(120),
+    ));
+    let provider = MatrixProvider::new(
+        &config,
+        &config.access_token().unwrap(),
+        f.store.clone(),
+        clock,
+    )
+    .unwrap()
+    .with_health(health.clone());
+
+    // Refused: not the person's failure, so tried again later, and HQ is told at once.
+    match provider.send(&message()).await {
+        Err(ProviderError::Retryable { after, reason }) => {
+            assert_eq!(after, Some(Duration::from_secs(10)));
+            assert!(
+                reason.contains("refused the bot's access token"),
+                "{reason}"
+            );
+            assert!(reason.contains("M_UNKNOWN_TOKEN"), "{reason}");
+            assert!(reason.contains("access_token_file"), "{reason}");
+            assert!(
+                !reason.contains("old"),
+                "the token is never shown: {reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let degraded = health.degraded();
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert_eq!(degraded[0].component, crate::health::Component::Token);
+
+    // An admin puts a new token in the file: the next refusal reads it, the try after works.
+    std::fs::write(&file, "new\n").unwrap();
+    assert!(matches!(
+        provider.send(&message()).await,
+        Err(ProviderError::Retryable { .. })
+    ));
+    let sent = provider
+        .send(&message())
+        .await
+        .expect("sent with the new token");
+    assert_eq!(sent.message_id.as_deref(), Some("$sent"));
+    assert_eq!(health.degraded(), [], "the token works again");
+}
