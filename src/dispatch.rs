@@ -503,6 +503,26 @@ impl Dispatcher {
                     refund_attempt: true,
                 }
             }
+            Err(ProviderError::Unauthorized { after, reason }) => {
+                self.not_out(rc.id, &reason);
+                // Anpi's credentials, not the person: no attempt is used up, and the send
+                // waits for a fix until the person's deadline.
+                let deadline = rc.created_at + rc.deadline_ms;
+                if at >= deadline {
+                    SendResult::Failed {
+                        id: d.id,
+                        error: not_sent_by_deadline(&reason),
+                    }
+                } else {
+                    SendResult::Retry {
+                        id: d.id,
+                        lease_until: d.lease_until,
+                        next_attempt_at: (at + after.as_millis() as i64).min(deadline),
+                        error: reason,
+                        refund_attempt: true,
+                    }
+                }
+            }
             Err(ProviderError::Retryable { after, reason }) => {
                 self.not_out(rc.id, &reason);
                 // Tried again no later than the person's deadline (counted from the start,

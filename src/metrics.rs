@@ -66,6 +66,7 @@ impl Metrics {
             Err(ProviderError::Retryable { .. }) => "retryable",
             Err(ProviderError::RateLimited { .. }) => "rate_limited",
             Err(ProviderError::Permanent(_)) => "permanent",
+            Err(ProviderError::Unauthorized { .. }) => "unauthorized",
         };
         let mut map = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         if !map.contains_key(provider) {

@@ -147,6 +147,11 @@ impl ResendWorker {
                     next: at + after.unwrap_or(RETRY).as_millis() as i64,
                     error: reason,
                 },
+                Err(ProviderError::Unauthorized { after, reason }) => ResendResult::Retry {
+                    id: d.id,
+                    next: at + after.max(RETRY).as_millis() as i64,
+                    error: reason,
+                },
                 Err(ProviderError::Permanent(reason)) => ResendResult::Failed {
                     id: d.id,
                     error: reason,

@@ -360,6 +360,25 @@ impl Dispatcher {
                     true,
                 ))
             }
+            Err(ProviderError::Unauthorized { after, reason }) => {
+                self.not_out(rc.id, &reason);
+                let deadline = rc.created_at + rc.deadline_ms;
+                if at >= deadline {
+                    let error = not_sent_by_deadline(&reason);
+                    return Ok(ds
+                        .iter()
+                        .map(|d| SendResult::Failed {
+                            id: d.id,
+                            error: error.clone(),
+                        })
+                        .collect());
+                }
+                Ok(back(
+                    (at + after.as_millis() as i64).min(deadline),
+                    reason,
+                    true,
+                ))
+            }
             Err(ProviderError::Retryable { after, reason }) => {
                 self.not_out(rc.id, &reason);
                 // The platform is down past everyone's deadline: they go on the call list

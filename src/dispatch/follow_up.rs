@@ -313,7 +313,10 @@ impl Dispatcher {
                     }
                     break;
                 }
-                Err(ProviderError::Retryable { reason, .. }) => {
+                Err(
+                    ProviderError::Retryable { reason, .. }
+                    | ProviderError::Unauthorized { reason, .. },
+                ) => {
                     debug!(roll_call = %rc.id, %group, %reason, "room button message failed for now");
                     break;
                 }
@@ -421,6 +424,11 @@ impl Dispatcher {
                     }
                     state.again.push(delivery);
                     state.again_at = self.clock.now_millis() + reset.as_millis() as i64;
+                }
+                Err(ProviderError::Unauthorized { after, .. }) => {
+                    state.again.push(delivery);
+                    let wait = after.max(RETRY_AFTER);
+                    state.again_at = self.clock.now_millis() + wait.as_millis() as i64;
                 }
                 Err(ProviderError::Retryable { after, .. }) => {
                     state.again.push(delivery);

@@ -74,6 +74,11 @@ pub enum ProviderError {
     /// Will never work (unknown user, account disabled, message refused).
     #[error("permanent failure: {0}")]
     Permanent(String),
+    /// The platform refused anpi's own credentials (a revoked bot token): nothing goes out
+    /// for anyone until they are fixed. Not the person's failure: tried again after `after`
+    /// without using up an attempt, until the person's deadline.
+    #[error("not authorized: {reason}")]
+    Unauthorized { after: Duration, reason: String },
 }
 
 /// A platform's request budget: `requests` per `per`.

@@ -833,6 +833,15 @@ async fn a_revoked_token_holds_the_sends_until_a_new_one_is_in_the_file() {
     let Some(mut w) = World::new(3, 17, Limits::Relaxed).await else {
         return;
     };
+    // Two tries per person at most: a refused token must not use them up.
+    let config = std::fs::read_to_string(&w.config_path).unwrap();
+    std::fs::write(
+        &w.config_path,
+        config.replace("[dispatch]\n", "[dispatch]\nmax_attempts = 2\n"),
+    )
+    .unwrap();
+    w.app.shutdown().await;
+    w.app = MatrixApp::spawn(w.config_path.clone()).await;
     w.bot.logout().await;
     let rc = w.app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
     let health = || async {
@@ -858,11 +867,18 @@ async fn a_revoked_token_holds_the_sends_until_a_new_one_is_in_the_file() {
         assert!(Instant::now() < end, "HQ is told of the refused token: {h}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Long enough for every person's send to be refused more than `max_attempts` times.
+    tokio::time::sleep(Duration::from_secs(25)).await;
     let p = w.app.hq.status(rc.id).await.unwrap().progress.overall;
     assert_eq!(
         (p.sent, p.failed),
         (0, 0),
         "nobody failed for the bot: {p:?}"
+    );
+    assert_eq!(
+        staff_ids_to_call(&w.app, rc.id).await,
+        Vec::<String>::new(),
+        "nobody is on the call list for the bot's token"
     );
 
     let token = w.hs.login("anpi").await;

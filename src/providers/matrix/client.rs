@@ -81,6 +81,7 @@ impl MatrixProvider {
             homeserver,
             auth: std::sync::RwLock::new(auth),
             token_file: config.access_token_file.clone(),
+            token: Default::default(),
             bot: config.user_id.clone(),
             store,
             clock,
@@ -104,18 +105,38 @@ impl MatrixProvider {
     /// token file is read again: a token an admin has put there since is used from the next
     /// try, with no restart.
     pub(super) async fn refused(&self, resp: Response, what: &str) -> ProviderError {
-        let unauthorized = resp.status() == StatusCode::UNAUTHORIZED;
-        let e = refusal(resp, what).await;
-        if unauthorized {
-            self.token_refused(&e);
+        match refusal(resp, what).await {
+            ProviderError::Unauthorized { after, reason } => {
+                let reason = match &self.token_file {
+                    Some(path) => format!(
+                        "{reason}; put a valid token in {} (read again at the next refusal)",
+                        path.display()
+                    ),
+                    None => format!(
+                        "{reason}; restart anpi with a valid token (providers.matrix.access_token \
+                         or ANPI_PROVIDERS__MATRIX__ACCESS_TOKEN)"
+                    ),
+                };
+                self.token_refused(&reason);
+                ProviderError::Unauthorized { after, reason }
+            }
+            e => e,
         }
-        e
     }
 
-    fn token_refused(&self, e: &ProviderError) {
-        tracing::error!(error = %e, "the homeserver refused the bot's access token");
-        if let Some(h) = &self.health {
-            h.failing_now(Component::Token, e.to_string());
+    fn token_refused(&self, reason: &str) {
+        let mut token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        // Requests sent with the old token may still come back refused just after a new one
+        // was read: that is not news, and the new token's own answers will tell.
+        let just_changed = token
+            .changed_at
+            .is_some_and(|t| t.elapsed() < REQUEST_TIMEOUT);
+        if !token.refused && !just_changed {
+            token.refused = true;
+            tracing::error!(%reason, "the homeserver refused the bot's access token");
+            if let Some(h) = &self.health {
+                h.failing_now(Component::Token, reason);
+            }
         }
         let Some(path) = &self.token_file else {
             return;
@@ -134,12 +155,19 @@ impl MatrixProvider {
         let mut auth = self.auth.write().unwrap_or_else(|e| e.into_inner());
         if *auth != fresh {
             *auth = fresh;
+            token.changed_at = Some(std::time::Instant::now());
             tracing::info!(file = %path.display(), "read a new access token from the token file");
         }
     }
 
     /// The homeserver accepted the bot's token (a send or a sync went through).
     pub(super) fn token_accepted(&self) {
+        let mut token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if token.refused {
+            token.refused = false;
+            tracing::info!("the homeserver accepts the bot's access token again");
+        }
+        drop(token);
         if let Some(h) = &self.health {
             h.ok(Component::Token);
         }
@@ -310,15 +338,11 @@ fn classify(
     }
     let detail = http::excerpt(format!("{} {}", body.errcode, body.error).trim());
     if status == StatusCode::UNAUTHORIZED {
-        // The bot's problem, not the person's: nobody is put on the call list for it. The
-        // request is tried again (until the person's deadline), and HQ is told.
-        return ProviderError::Retryable {
-            after: Some(TOKEN_REFUSED_WAIT),
-            reason: format!(
-                "{what}: the homeserver refused the bot's access token ({detail}); put a \
-                 valid token in providers.matrix.access_token_file (read again on the next \
-                 try) or restart anpi with one"
-            ),
+        // The bot's problem, not the person's: nobody is put on the call list for it (see
+        // `MatrixProvider::refused`, which adds what to do).
+        return ProviderError::Unauthorized {
+            after: TOKEN_REFUSED_WAIT,
+            reason: format!("{what}: the homeserver refused the bot's access token ({detail})"),
         };
     }
     ProviderError::Permanent(match status {

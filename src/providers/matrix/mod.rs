@@ -77,6 +77,12 @@ pub enum MatrixError {
     Provider(#[from] ProviderError),
 }
 
+#[derive(Debug, Default)]
+struct TokenState {
+    refused: bool,
+    changed_at: Option<std::time::Instant>,
+}
+
 /// A client for one bot account on one homeserver.
 pub struct MatrixProvider {
     client: reqwest::Client,
@@ -86,6 +92,8 @@ pub struct MatrixProvider {
     auth: std::sync::RwLock<HeaderValue>,
     /// Where the token was read from, read again when the homeserver refuses it.
     token_file: Option<std::path::PathBuf>,
+    /// Whether the token is being refused, and when a new one was last read.
+    token: std::sync::Mutex<TokenState>,
     bot: String,
     store: SharedStore,
     clock: SharedClock,

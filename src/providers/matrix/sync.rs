@@ -144,7 +144,7 @@ impl MatrixProvider {
             return Ok(None);
         }
         let (mut earlier, complete) = match data.timeline.prev_batch.as_deref() {
-            Some(from) => self.page_back(room, from, since, &reaches_floor).await,
+            Some(from) => self.page_back(room, from, since, &reaches_floor).await?,
             None => (Vec::new(), false),
         };
         if !complete {
@@ -205,20 +205,23 @@ impl MatrixProvider {
     /// Pages `/messages` backwards from `from` (newest first) until `to`, or a page that
     /// `reaches_floor`, or the start of the room. Returns what was read, oldest first, and
     /// whether the end was reached within [`READ_BACK_PAGES`]; a page is tried
-    /// [`READ_BACK_TRIES`] times through 429s and outages before the gap is given up on.
+    /// [`READ_BACK_TRIES`] times through 429s and outages before the gap is given up on. A
+    /// refused bot token fails the whole poll instead: the same gap is read again, from the
+    /// same position, once the token works.
     async fn page_back(
         &self,
         room: &str,
         from: &str,
         to: Option<&str>,
         reaches_floor: &(dyn Fn(&[Value]) -> bool + Send + Sync),
-    ) -> (Vec<Value>, bool) {
+    ) -> Result<(Vec<Value>, bool), ProviderError> {
         let mut from = from.to_string();
         let mut newest_first = Vec::new();
         let mut complete = false;
         for _ in 0..READ_BACK_PAGES {
             let page = match self.messages_page(room, &from, to).await {
                 Ok(page) => page,
+                Err(e @ ProviderError::Unauthorized { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!(room, error = %e, "reading skipped events back failed");
                     break;
@@ -235,7 +238,7 @@ impl MatrixProvider {
             }
         }
         newest_first.reverse();
-        (newest_first, complete)
+        Ok((newest_first, complete))
     }
 
     /// One page of `/messages` back from `from`, waiting out a 429 or a brief outage

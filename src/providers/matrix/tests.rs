@@ -852,16 +852,19 @@ async fn a_refused_token_is_tried_again_and_a_new_one_in_the_file_is_used_withou
 
     // Refused: not the person's failure, so tried again later, and HQ is told at once.
     match provider.send(&message()).await {
-        Err(ProviderError::Retryable { after, reason }) => {
-            assert_eq!(after, Some(Duration::from_secs(10)));
+        Err(ProviderError::Unauthorized { after, reason }) => {
+            assert_eq!(after, Duration::from_secs(10));
             assert!(
                 reason.contains("refused the bot's access token"),
                 "{reason}"
             );
             assert!(reason.contains("M_UNKNOWN_TOKEN"), "{reason}");
-            assert!(reason.contains("access_token_file"), "{reason}");
             assert!(
-                !reason.contains("old"),
+                reason.contains(&file.display().to_string()),
+                "names the file to fix: {reason}"
+            );
+            assert!(
+                !reason.contains("Bearer"),
                 "the token is never shown: {reason}"
             );
         }
@@ -875,7 +878,7 @@ async fn a_refused_token_is_tried_again_and_a_new_one_in_the_file_is_used_withou
     std::fs::write(&file, "new\n").unwrap();
     assert!(matches!(
         provider.send(&message()).await,
-        Err(ProviderError::Retryable { .. })
+        Err(ProviderError::Unauthorized { .. })
     ));
     let sent = provider
         .send(&message())
