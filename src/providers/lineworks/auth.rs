@@ -17,6 +17,10 @@ use crate::providers::ProviderError;
 /// A token is re-minted this long before it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 
+/// How long after a refused login (or a refused fresh token) anpi asks again: every send in
+/// between gets the same answer without a request of its own.
+const LOGIN_REFUSED_WAIT: Duration = Duration::from_secs(30);
+
 /// The JWT assertion's lifetime (the platform allows at most 60 minutes).
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -29,6 +33,13 @@ pub struct AssertionClaims {
     pub sub: String,
     pub iat: i64,
     pub exp: i64,
+}
+
+/// The access token, and a login refused a moment ago (until when it stands).
+#[derive(Default)]
+pub(super) struct TokenCache {
+    token: Option<CachedToken>,
+    refused: Option<(Millis, ProviderError)>,
 }
 
 #[derive(Clone)]
@@ -88,11 +99,16 @@ impl LineWorksProvider {
             .await
             .map_err(|e| LINE_WORKS.transport_error(e))?;
         if !status.is_success() {
-            // Credentials are wrong: nothing will work until an admin fixes them.
-            return Err(ProviderError::Permanent(format!(
-                "LINE WORKS refused the service-account login ({status}): {}",
-                excerpt(&body)
-            )));
+            // Credentials are wrong: nothing will work for anyone until an admin fixes them.
+            return Err(ProviderError::Unauthorized {
+                after: LOGIN_REFUSED_WAIT,
+                reason: format!(
+                    "LINE WORKS refused the service-account login ({status}): {}; fix the \
+                     client id, client secret, service account or private key in \
+                     [providers.lineworks] and restart anpi",
+                    excerpt(&body)
+                ),
+            });
         }
         let v: Value = serde_json::from_str(&body).map_err(|e| ProviderError::Retryable {
             after: None,
@@ -121,17 +137,38 @@ impl LineWorksProvider {
     pub(super) async fn token(&self, stale: Option<&str>) -> Result<String, ProviderError> {
         let mut cached = self.token.lock().await;
         let now = self.clock.now_millis();
-        if let Some(t) = cached.as_ref() {
+        if let Some((until, refused)) = cached.refused.as_ref() {
+            // The credentials were refused a moment ago: every send in the meantime gets the
+            // same answer, not a login request of its own.
+            if now < *until {
+                return Err(refused.clone());
+            }
+        }
+        if let Some(t) = cached.token.as_ref() {
             if now < t.renew_at && stale != Some(t.value.as_str()) {
                 return Ok(t.value.clone());
             }
         }
         let minted = self.mint().await;
         self.report(Component::Token, &minted);
+        cached.refused = match &minted {
+            Err(e @ ProviderError::Unauthorized { after, .. }) => {
+                Some((now + after.as_millis() as i64, e.clone()))
+            }
+            _ => None,
+        };
         let t = minted?;
         let v = t.value.clone();
-        *cached = Some(t);
+        cached.token = Some(t);
         Ok(v)
+    }
+
+    /// Answers every send with `refused` until its wait is over.
+    async fn remember_refusal(&self, refused: &ProviderError) {
+        if let ProviderError::Unauthorized { after, .. } = refused {
+            let until = self.clock.now_millis() + after.as_millis() as i64;
+            self.token.lock().await.refused = Some((until, refused.clone()));
+        }
     }
 
     /// Sends an API request with the access token; on 401, refreshes once and retries once.
@@ -155,9 +192,15 @@ impl LineWorksProvider {
             .await
             .map_err(|e| LINE_WORKS.transport_error(e))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(ProviderError::Permanent(
-                "LINE WORKS refused a freshly minted access token (check the app's scopes)".into(),
-            ));
+            let refused = ProviderError::Unauthorized {
+                after: LOGIN_REFUSED_WAIT,
+                reason: "LINE WORKS refused a freshly minted access token: check the app's \
+                         scopes (bot, board) in the Developer Console and restart anpi"
+                    .into(),
+            };
+            self.remember_refusal(&refused).await;
+            self.report(Component::Token, &Err::<(), _>(refused.clone()));
+            return Err(refused);
         }
         Ok(resp)
     }

@@ -44,7 +44,7 @@ mod send;
 #[cfg(test)]
 mod tests;
 
-use auth::CachedToken;
+use auth::TokenCache;
 use board::{Reported, WatchedPost};
 
 pub use auth::AssertionClaims;
@@ -151,7 +151,7 @@ pub struct LineWorksProvider {
     settings: LineWorksSettings,
     key: jsonwebtoken::EncodingKey,
     clock: SharedClock,
-    token: tokio::sync::Mutex<Option<CachedToken>>,
+    token: tokio::sync::Mutex<TokenCache>,
     /// Board post creation.
     board_posts: TokenBucket,
     /// Readers polling: half the board budget, the rate advised for sustained use.
@@ -191,7 +191,7 @@ impl LineWorksProvider {
             board_readers: TokenBucket::new(half, clock.clone()),
             clock,
             settings,
-            token: tokio::sync::Mutex::new(None),
+            token: tokio::sync::Mutex::new(TokenCache::default()),
             posts: Mutex::new(Vec::new()),
             seen: Mutex::new(Reported::default()),
             health: None,
@@ -212,6 +212,8 @@ impl LineWorksProvider {
             Ok(_) => h.ok(c),
             Err(ProviderError::RateLimited { .. }) => {}
             Err(ProviderError::Permanent(r)) if r.starts_with(UNKNOWN_USER) => {}
+            // Refused credentials do not pass by themselves: HQ is told at once.
+            Err(e @ ProviderError::Unauthorized { .. }) => h.failing_now(c, e.to_string()),
             Err(e) => h.failing(c, e.to_string()),
         }
     }

@@ -93,12 +93,37 @@ async fn the_stand_in_checks_the_jwt_claims_and_signature() {
     other.public_key_pem =
         include_str!("../../../tests/fixtures/lineworks-other-public-key.TEST-ONLY.pem").into();
     let lw2 = stand(other, &c).await;
-    let p2 = provider(&lw2, &c);
-    match p2.send(&message("u1")).await {
-        Err(ProviderError::Permanent(r)) => assert!(r.contains("service-account"), "{r}"),
-        other => panic!("{other:?}"),
+    let health = std::sync::Arc::new(crate::health::Health::new(
+        std::sync::Arc::new(ManualClock::new(c.now())),
+        Duration::from_secs(120),
+    ));
+    let p2 = provider(&lw2, &c).with_health(health.clone());
+    // The bot's login, not the person: no one is failed for it, and the sends in the next
+    // 30 s get the same answer without asking again.
+    for _ in 0..3 {
+        match p2.send(&message("u1")).await {
+            Err(ProviderError::Unauthorized { after, reason }) => {
+                assert_eq!(after, Duration::from_secs(30));
+                assert!(reason.contains("service-account"), "{reason}");
+                assert!(reason.contains("restart anpi"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
     assert_eq!(lw2.stats().token_refused, 1);
+    let degraded = health.degraded();
+    assert!(
+        degraded
+            .iter()
+            .any(|d| d.component == crate::health::Component::Token),
+        "HQ is told at once: {degraded:?}"
+    );
+    c.advance(Duration::from_secs(31));
+    assert!(matches!(
+        p2.send(&message("u1")).await,
+        Err(ProviderError::Unauthorized { .. })
+    ));
+    assert_eq!(lw2.stats().token_refused, 2, "asked again after the wait");
     assert_eq!(lw2.stats().user_messages, 0);
 }
 
