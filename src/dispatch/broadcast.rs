@@ -360,24 +360,13 @@ impl Dispatcher {
                     true,
                 ))
             }
-            Err(ProviderError::Unauthorized { after, reason }) => {
+            Err(ProviderError::Unauthorized { reason, .. }) => {
+                // The platform may refuse only this route (a scope the app lacks): everyone
+                // gets a 1:1 message instead, which waits for a fix itself if it is refused
+                // too, without anyone failing for it.
                 self.not_out(rc.id, &reason);
-                let deadline = rc.created_at + rc.deadline_ms;
-                if at >= deadline {
-                    let error = not_sent_by_deadline(&reason);
-                    return Ok(ds
-                        .iter()
-                        .map(|d| SendResult::Failed {
-                            id: d.id,
-                            error: error.clone(),
-                        })
-                        .collect());
-                }
-                Ok(back(
-                    (at + after.as_millis() as i64).min(deadline),
-                    reason,
-                    true,
-                ))
+                self.fall_back_to_direct(rc.id, &reason).await?;
+                Ok(back(at, reason, true))
             }
             Err(ProviderError::Retryable { after, reason }) => {
                 self.not_out(rc.id, &reason);

@@ -20,6 +20,7 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 /// How long after a refused login (or a refused fresh token) anpi asks again: every send in
 /// between gets the same answer without a request of its own.
 const LOGIN_REFUSED_WAIT: Duration = Duration::from_secs(30);
+const LOGIN_REFUSED_WAIT_MS: Millis = LOGIN_REFUSED_WAIT.as_millis() as Millis;
 
 /// The JWT assertion's lifetime (the platform allows at most 60 minutes).
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
@@ -45,6 +46,10 @@ pub(super) struct TokenCache {
 #[derive(Clone)]
 pub(super) struct CachedToken {
     value: String,
+    /// Clock millis when it was minted.
+    minted_at: Millis,
+    /// Minted because the platform refused the one before.
+    replaced_a_refused_one: bool,
     /// Clock millis after which it is re-minted.
     renew_at: Millis,
 }
@@ -128,6 +133,8 @@ impl LineWorksProvider {
         tracing::debug!(expires_in = lifetime, "LINE WORKS access token minted");
         Ok(CachedToken {
             value,
+            minted_at: self.clock.now_millis(),
+            replaced_a_refused_one: false,
             renew_at: self.clock.now_millis() + lifetime_ms,
         })
     }
@@ -148,27 +155,31 @@ impl LineWorksProvider {
             if now < t.renew_at && stale != Some(t.value.as_str()) {
                 return Ok(t.value.clone());
             }
+            if stale == Some(t.value.as_str())
+                && t.replaced_a_refused_one
+                && now < t.minted_at + LOGIN_REFUSED_WAIT_MS
+            {
+                // A token minted because the last one was refused is refused too: another
+                // would fare no better now.
+                return Err(fresh_token_refused());
+            }
         }
         let minted = self.mint().await;
-        self.report(Component::Token, &minted);
+        if minted.is_err() {
+            // Success is reported by the first request the token gets through (`call`).
+            self.report(Component::Token, &minted);
+        }
         cached.refused = match &minted {
             Err(e @ ProviderError::Unauthorized { after, .. }) => {
                 Some((now + after.as_millis() as i64, e.clone()))
             }
             _ => None,
         };
-        let t = minted?;
+        let mut t = minted?;
+        t.replaced_a_refused_one = stale.is_some();
         let v = t.value.clone();
         cached.token = Some(t);
         Ok(v)
-    }
-
-    /// Answers every send with `refused` until its wait is over.
-    async fn remember_refusal(&self, refused: &ProviderError) {
-        if let ProviderError::Unauthorized { after, .. } = refused {
-            let until = self.clock.now_millis() + after.as_millis() as i64;
-            self.token.lock().await.refused = Some((until, refused.clone()));
-        }
     }
 
     /// Sends an API request with the access token; on 401, refreshes once and retries once.
@@ -183,26 +194,39 @@ impl LineWorksProvider {
             .await
             .map_err(|e| LINE_WORKS.transport_error(e))?;
         if resp.status() != StatusCode::UNAUTHORIZED {
+            self.report(Component::Token, &Ok(()));
             return Ok(resp);
         }
-        let token = self.token(Some(&token)).await?;
+        let token = match self.token(Some(&token)).await {
+            Ok(token) => token,
+            Err(e) => {
+                self.report(Component::Token, &Err::<(), _>(e.clone()));
+                return Err(e);
+            }
+        };
         let resp = build()
             .bearer_auth(&token)
             .send()
             .await
             .map_err(|e| LINE_WORKS.transport_error(e))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            let refused = ProviderError::Unauthorized {
-                after: LOGIN_REFUSED_WAIT,
-                reason: "LINE WORKS refused a freshly minted access token: check the app's \
-                         scopes (bot, board) in the Developer Console and restart anpi"
-                    .into(),
-            };
-            self.remember_refusal(&refused).await;
+            // Only this API may refuse it (a scope the app lacks): other calls go on, and
+            // this token is not replaced for a while (see `token`).
+            let refused = fresh_token_refused();
             self.report(Component::Token, &Err::<(), _>(refused.clone()));
             return Err(refused);
         }
+        self.report(Component::Token, &Ok(()));
         Ok(resp)
+    }
+}
+
+fn fresh_token_refused() -> ProviderError {
+    ProviderError::Unauthorized {
+        after: LOGIN_REFUSED_WAIT,
+        reason: "LINE WORKS refused a freshly minted access token: check the app's scopes \
+                 (bot, bot.message, board) in the Developer Console and restart anpi"
+            .into(),
     }
 }
 

@@ -212,8 +212,12 @@ impl LineWorksProvider {
             Ok(_) => h.ok(c),
             Err(ProviderError::RateLimited { .. }) => {}
             Err(ProviderError::Permanent(r)) if r.starts_with(UNKNOWN_USER) => {}
-            // Refused credentials do not pass by themselves: HQ is told at once.
-            Err(e @ ProviderError::Unauthorized { .. }) => h.failing_now(c, e.to_string()),
+            // Refused credentials do not pass by themselves: HQ is told at once, as the
+            // login's trouble only, not once more for each thing it stops.
+            Err(e @ ProviderError::Unauthorized { .. }) if c == Component::Token => {
+                h.failing_now(c, e.to_string())
+            }
+            Err(ProviderError::Unauthorized { .. }) => {}
             Err(e) => h.failing(c, e.to_string()),
         }
     }

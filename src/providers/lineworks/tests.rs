@@ -31,10 +31,15 @@ async fn stand(config: LwSimConfig, c: &ManualClock) -> LwSimHandle {
 }
 
 fn provider(lw: &LwSimHandle, c: &ManualClock) -> LineWorksProvider {
+    provider_with_api(lw, c, lw.api_base())
+}
+
+/// A provider that logs in at `lw` and sends its API requests to `api_base`.
+fn provider_with_api(lw: &LwSimHandle, c: &ManualClock, api_base: String) -> LineWorksProvider {
     let cfg = lw.config();
     LineWorksProvider::new(
         LineWorksSettings {
-            api_base: lw.api_base(),
+            api_base,
             token_url: lw.token_url(),
             client_id: cfg.client_id.clone(),
             client_secret: Secret::new(cfg.client_secret.clone()),
@@ -156,6 +161,51 @@ async fn a_401_leads_to_exactly_one_refresh_and_one_retry() {
     assert_eq!(
         (st.unauthorized, st.tokens_issued, st.user_messages),
         (1, 2, 2)
+    );
+}
+
+#[tokio::test]
+async fn an_api_that_refuses_even_a_fresh_token_is_unauthorized_without_minting_again_and_again() {
+    // Logins work, but the API refuses every token (a scope the app lacks).
+    let c = clock();
+    let lw = stand(LwSimConfig::new(vec![handle("u1")]), &c).await;
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r2 = refused.clone();
+    let api = axum::Router::new().fallback(move || {
+        r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { (axum::http::StatusCode::UNAUTHORIZED, "{}") }
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, api).await.unwrap() });
+    let health = Arc::new(crate::health::Health::new(
+        Arc::new(ManualClock::new(c.now())),
+        Duration::from_secs(120),
+    ));
+    let p = provider_with_api(&lw, &c, base).with_health(health.clone());
+    for _ in 0..3 {
+        match p.send(&message("u1")).await {
+            Err(ProviderError::Unauthorized { reason, .. }) => {
+                assert!(reason.contains("scopes"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        lw.stats().tokens_issued,
+        2,
+        "one login, one more after the first refusal, then no more for a while"
+    );
+    assert_eq!(health.incidents()[&crate::health::Component::Token], 1);
+    c.advance(Duration::from_secs(31));
+    assert!(p.send(&message("u1")).await.is_err());
+    assert_eq!(lw.stats().tokens_issued, 3, "tried again after the wait");
+    assert_eq!(
+        health.incidents()[&crate::health::Component::Token],
+        1,
+        "one incident, not one per try"
     );
 }
 
