@@ -504,37 +504,14 @@ impl Dispatcher {
                 }
             }
             Err(ProviderError::Unauthorized { after, reason }) => {
-                self.not_out(rc.id, &reason);
                 // Anpi's credentials, not the person: no attempt is used up, and the send
                 // waits for a fix until the person's deadline.
-                let deadline = rc.created_at + rc.deadline_ms;
-                if at >= deadline {
-                    SendResult::Failed {
-                        id: d.id,
-                        error: not_sent_by_deadline(&reason),
-                    }
-                } else {
-                    SendResult::Retry {
-                        id: d.id,
-                        lease_until: d.lease_until,
-                        next_attempt_at: (at + after.as_millis() as i64).min(deadline),
-                        error: reason,
-                        refund_attempt: true,
-                    }
-                }
+                self.not_yet(&rc, &d, at, at + after.as_millis() as i64, reason, true)
             }
             Err(ProviderError::Retryable { after, reason }) => {
-                self.not_out(rc.id, &reason);
-                // Tried again no later than the person's deadline (counted from the start,
-                // since nothing went out); still failing then, they go on the call list as
-                // send failed with the reason.
                 let deadline = rc.created_at + rc.deadline_ms;
-                if at >= deadline {
-                    SendResult::Failed {
-                        id: d.id,
-                        error: not_sent_by_deadline(&reason),
-                    }
-                } else if d.attempts >= self.settings.max_attempts as i64 {
+                if at < deadline && d.attempts >= self.settings.max_attempts as i64 {
+                    self.not_out(rc.id, &reason);
                     SendResult::Failed {
                         id: d.id,
                         error: format!("gave up after {} attempts: {reason}", d.attempts),
@@ -543,15 +520,38 @@ impl Dispatcher {
                     let wait = self
                         .settings
                         .backoff(d.attempts, after, &mut rand::thread_rng());
-                    SendResult::Retry {
-                        id: d.id,
-                        lease_until: d.lease_until,
-                        next_attempt_at: (at + wait.as_millis() as i64).min(deadline),
-                        error: reason,
-                        refund_attempt: false,
-                    }
+                    self.not_yet(&rc, &d, at, at + wait.as_millis() as i64, reason, false)
                 }
             }
+        }
+    }
+
+    /// A send that did not go out but may later: tried again at `next`, no later than the
+    /// person's deadline (counted from the start, since nothing went out); once that has
+    /// passed, the person goes on the call list as send failed, with the reason.
+    fn not_yet(
+        &self,
+        rc: &RollCall,
+        d: &ClaimedDelivery,
+        at: Millis,
+        next: Millis,
+        reason: String,
+        refund_attempt: bool,
+    ) -> SendResult {
+        self.not_out(rc.id, &reason);
+        let deadline = rc.created_at + rc.deadline_ms;
+        if at >= deadline {
+            return SendResult::Failed {
+                id: d.id,
+                error: not_sent_by_deadline(&reason),
+            };
+        }
+        SendResult::Retry {
+            id: d.id,
+            lease_until: d.lease_until,
+            next_attempt_at: next.min(deadline),
+            error: reason,
+            refund_attempt,
         }
     }
 

@@ -808,9 +808,9 @@ async fn a_rescue_request_buried_under_later_messages_still_reaches_hq() {
     app.shutdown().await;
 }
 
-/// HQ was told of no gap in the event feed.
-async fn assert_no_gap_reported(app: &MatrixApp) {
-    let health: serde_json::Value = reqwest::Client::new()
+/// What `/api/health` tells HQ.
+async fn api_health(app: &MatrixApp) -> serde_json::Value {
+    reqwest::Client::new()
         .get(format!("{}/api/health", app.base_url))
         .bearer_auth(crate::support::HQ_TOKEN)
         .send()
@@ -818,7 +818,12 @@ async fn assert_no_gap_reported(app: &MatrixApp) {
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// HQ was told of no gap in the event feed.
+async fn assert_no_gap_reported(app: &MatrixApp) {
+    let health = api_health(app).await;
     assert!(
         !health.to_string().contains("timeline limited"),
         "every gap was read back: {health}"
@@ -844,20 +849,9 @@ async fn a_revoked_token_holds_the_sends_until_a_new_one_is_in_the_file() {
     w.app = MatrixApp::spawn(w.config_path.clone()).await;
     w.bot.logout().await;
     let rc = w.app.hq.start(&scenario("5m"), None, None).await.unwrap().0;
-    let health = || async {
-        reqwest::Client::new()
-            .get(format!("{}/api/health", w.app.base_url))
-            .bearer_auth(crate::support::HQ_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap()
-    };
     let end = Instant::now() + Duration::from_secs(30);
     loop {
-        let h = health().await;
+        let h = api_health(&w.app).await;
         if h["degraded"]
             .as_array()
             .is_some_and(|d| d.iter().any(|c| c["component"] == "token"))
@@ -894,7 +888,7 @@ async fn a_revoked_token_holds_the_sends_until_a_new_one_is_in_the_file() {
     for (p, room) in w.people.iter().zip(w.rooms.iter()) {
         check_in(p, room, &w.bot.user_id).await;
     }
-    let h = health().await;
+    let h = api_health(&w.app).await;
     assert!(
         !h.to_string().contains("\"token\""),
         "the token works again: {h}"
