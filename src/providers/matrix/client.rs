@@ -192,7 +192,7 @@ impl MatrixProvider {
     }
 
     /// Sends one request, waiting out the homeserver's 429s and brief outages as `prepare`
-    /// does (it runs ahead of a roll call, so waiting is right).
+    /// does (it runs ahead of a roll call, so waiting is right); outside `prepare`, once.
     pub(super) async fn patiently(
         &self,
         what: &str,
@@ -203,26 +203,41 @@ impl MatrixProvider {
         } else {
             1
         };
+        self.retrying(what, attempts, Duration::MAX, req).await
+    }
+
+    /// Sends one request up to `attempts` times, waiting out a 429 or a brief outage (the
+    /// homeserver's wait, at most `longest`) between tries. Any other answer, a success
+    /// included, is returned as it came.
+    pub(super) async fn retrying(
+        &self,
+        what: &str,
+        attempts: u32,
+        longest: Duration,
+        req: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Response, ProviderError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = req()
-                .header(AUTHORIZATION, self.auth())
-                .send()
-                .await
-                .map_err(|e| HOMESERVER.transport_error(e))?;
-            if resp.status() != StatusCode::TOO_MANY_REQUESTS && !resp.status().is_server_error() {
-                return Ok(resp);
-            }
-            match self.refused(resp, what).await {
-                ProviderError::RateLimited { reset } if attempt < attempts => {
-                    tokio::time::sleep(reset).await
+            let failed = match req().header(AUTHORIZATION, self.auth()).send().await {
+                Ok(resp)
+                    if resp.status() != StatusCode::TOO_MANY_REQUESTS
+                        && !resp.status().is_server_error() =>
+                {
+                    return Ok(resp)
                 }
-                ProviderError::Retryable { after, .. } if attempt < attempts => {
-                    tokio::time::sleep(after.unwrap_or(Duration::from_secs(1))).await
-                }
-                e => return Err(e),
+                Ok(resp) => self.refused(resp, what).await,
+                Err(e) => HOMESERVER.transport_error(e),
+            };
+            let wait = match &failed {
+                ProviderError::RateLimited { reset } => *reset,
+                ProviderError::Retryable { after, .. } => after.unwrap_or(Duration::from_secs(1)),
+                _ => return Err(failed),
+            };
+            if attempt >= attempts {
+                return Err(failed);
             }
+            tokio::time::sleep(wait.min(longest)).await;
         }
     }
 

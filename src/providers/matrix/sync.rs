@@ -251,41 +251,24 @@ impl MatrixProvider {
     ) -> Result<MessagesPage, ProviderError> {
         let url = self.url(&["rooms", room, "messages"]);
         let limit = TIMELINE_LIMIT.to_string();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let mut req = self
-                .client
-                .get(url.clone())
-                .header(AUTHORIZATION, self.auth())
-                .query(&[
+        let resp = self
+            .retrying("messages", READ_BACK_TRIES, READ_BACK_WAIT, || {
+                let req = self.client.get(url.clone()).query(&[
                     ("dir", "b"),
                     ("from", from),
                     ("limit", limit.as_str()),
                     ("filter", self.timeline_filter.as_str()),
                 ]);
-            if let Some(to) = to {
-                req = req.query(&[("to", to)]);
-            }
-            let got = match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    HOMESERVER.read_json(resp, "/messages answer").await
+                match to {
+                    Some(to) => req.query(&[("to", to)]),
+                    None => req,
                 }
-                Ok(resp) => Err(self.refused(resp, "messages").await),
-                Err(e) => Err(HOMESERVER.transport_error(e)),
-            };
-            let wait = match &got {
-                Err(ProviderError::RateLimited { reset }) => *reset,
-                Err(ProviderError::Retryable { after, .. }) => {
-                    after.unwrap_or(Duration::from_secs(1))
-                }
-                _ => return got,
-            };
-            if tries >= READ_BACK_TRIES {
-                return got;
-            }
-            tokio::time::sleep(wait.min(READ_BACK_WAIT)).await;
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.refused(resp, "messages").await);
         }
+        HOMESERVER.read_json(resp, "/messages answer").await
     }
 
     /// Events left out of `room`'s timeline could not all be read back: replies or reactions
