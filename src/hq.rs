@@ -382,30 +382,30 @@ impl Hq {
         idempotency_key: Option<String>,
     ) -> Result<(RollCall, Estimate), HqError> {
         let t = std::time::Instant::now();
-        let (audience, shape) = self.audience(scenario).await?;
-        let read = t.elapsed();
-        let (mut new, recipients) =
-            rollcall::compose(scenario, audience, &self.provider, drill, idempotency_key);
-        let no_chat = recipients
-            .iter()
-            .filter(|r| r.chat_handle.is_none())
-            .count();
-        let est = estimate_plan(
-            &shape,
-            no_chat,
-            &self.capabilities_now().await,
-            &self.routes,
-        );
-        if !self.routes.is_empty() {
-            // Written with the roll call; the dispatcher works it out itself only for a roll
-            // call that has none, and both agree.
-            new.dispatch_plan = serde_json::to_string(&est.plan).ok();
-        }
-        let planned = t.elapsed();
+        let new = rollcall::new_roll_call(scenario, &self.provider, drill, idempotency_key);
+        let capabilities = self.capabilities_now().await;
+        let mut composer = StartComposer {
+            scenario,
+            provider: &self.provider,
+            capabilities: &capabilities,
+            routes: &self.routes,
+            contacts: 0,
+            reach: Reach::default(),
+            recipients: 0,
+            no_chat: 0,
+            estimate: None,
+        };
         let rc = self
             .store
-            .create_roll_call(&new, &recipients, self.clock.now_millis())
+            .start_roll_call(&new, &mut composer, self.clock.now_millis())
             .await?;
+        let Some(rc) = rc else {
+            return Err(if composer.contacts == 0 {
+                HqError::NoContacts
+            } else {
+                HqError::EmptyAudience(scenario.name.clone())
+            });
+        };
         if rc.scenario != new.scenario || rc.drill != new.drill {
             // The key was used before, for a different roll call: say so, start nothing.
             return Err(HqError::Store(StoreError::Conflict(format!(
@@ -416,11 +416,14 @@ impl Hq {
                 if rc.drill { ", drill" } else { "" }
             ))));
         }
+        let est = match composer.estimate {
+            Some(est) => est,
+            // The key's roll call, started before: estimated from the directory as it is.
+            None => self.estimate(scenario).await?,
+        };
         tracing::debug!(
-            recipients = recipients.len(),
-            contacts_read = ?read,
-            recipients_built = ?(planned - read),
-            written = ?(t.elapsed() - planned),
+            recipients = est.recipients,
+            written = ?t.elapsed(),
             "roll call started"
         );
         self.changed(false);
@@ -782,6 +785,53 @@ impl Hq {
             }
             tokio::time::sleep(poll).await;
         }
+    }
+}
+
+/// Makes a roll call's deliveries from the directory's pages ([`Hq::start`]), and, once it
+/// has seen them all, how the roll call will be sent.
+struct StartComposer<'a> {
+    scenario: &'a Scenario,
+    provider: &'a str,
+    capabilities: &'a Capabilities,
+    routes: &'a [Route],
+    /// The whole directory's size.
+    contacts: usize,
+    reach: Reach,
+    recipients: usize,
+    no_chat: usize,
+    estimate: Option<Estimate>,
+}
+
+impl rollcall::DeliveryComposer for StartComposer<'_> {
+    fn page(&mut self, contacts: Vec<Contact>) -> Vec<rollcall::NewDelivery> {
+        self.contacts += contacts.len();
+        for c in &contacts {
+            let member = self.scenario.audience.matches(c);
+            self.reach.count(c, member, self.provider);
+            if member && !c.chat.contains_key(self.provider) {
+                self.no_chat += 1;
+            }
+        }
+        let rows = rollcall::deliveries(self.scenario, contacts, self.provider);
+        self.recipients += rows.len();
+        rows
+    }
+
+    fn finish(&mut self) -> Option<rollcall::Composed> {
+        if self.recipients == 0 {
+            return None;
+        }
+        let est = estimate_plan(&self.reach, self.no_chat, self.capabilities, self.routes);
+        // Written with the roll call; the dispatcher works it out itself only for a roll
+        // call that has none, and both agree.
+        let dispatch_plan = if self.routes.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&est.plan).ok()
+        };
+        self.estimate = Some(est);
+        Some(rollcall::Composed { dispatch_plan })
     }
 }
 

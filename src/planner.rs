@@ -74,6 +74,20 @@ impl Reach {
         }
     }
 
+    /// Counts in one contact of the directory: into the population, and into the reach too
+    /// when it is in the audience. [`Reach::within`] a contact at a time, for a directory
+    /// read in pages.
+    pub fn count(&mut self, c: &Contact, in_audience: bool, provider: &str) {
+        let Some(key) = reachable_group(c, provider) else {
+            return;
+        };
+        if in_audience {
+            *self.by_group.entry(key.clone()).or_insert(0) += 1;
+            self.reachable += 1;
+        }
+        *self.population.entry(key).or_insert(0) += 1;
+    }
+
     /// The planner's view of a roll call from its progress (for a roll call HQ has not
     /// planned): who is not yet escalated is reachable.
     pub fn from_progress(p: &Progress, everyone: &[Contact], provider: &str) -> Self {
@@ -129,10 +143,15 @@ fn count_by_group<'a>(
     provider: &str,
 ) -> BTreeMap<String, usize> {
     let mut by = BTreeMap::new();
-    for c in contacts.filter(|c| c.chat.contains_key(provider)) {
-        *by.entry(group_key(c)).or_insert(0) += 1;
+    for key in contacts.filter_map(|c| reachable_group(c, provider)) {
+        *by.entry(key).or_insert(0) += 1;
     }
     by
+}
+
+/// `c`'s group, if `provider` can reach `c` at all.
+fn reachable_group(c: &Contact, provider: &str) -> Option<String> {
+    c.chat.contains_key(provider).then(|| group_key(c))
 }
 
 /// How one route would do.

@@ -455,18 +455,39 @@ pub fn compose<M: AudienceMember>(
     drill_override: Option<bool>,
     idempotency_key: Option<String>,
 ) -> (NewRollCall, Vec<NewDelivery>) {
-    let drill = drill_override.unwrap_or(scenario.drill) || scenario.drill;
-    let recipients: Vec<NewDelivery> = contacts
+    (
+        new_roll_call(scenario, provider, drill_override, idempotency_key),
+        deliveries(scenario, contacts, provider),
+    )
+}
+
+/// The deliveries of `scenario`'s audience among `contacts`, in their order.
+pub fn deliveries<M: AudienceMember>(
+    scenario: &Scenario,
+    contacts: impl IntoIterator<Item = M>,
+    provider: &str,
+) -> Vec<NewDelivery> {
+    contacts
         .into_iter()
         .filter(|c| scenario.audience.matches(c.contact()))
         .map(|c| c.into_delivery(provider))
-        .collect();
+        .collect()
+}
+
+/// The roll call `scenario` starts on `provider`, without its recipients.
+pub fn new_roll_call(
+    scenario: &Scenario,
+    provider: &str,
+    drill_override: Option<bool>,
+    idempotency_key: Option<String>,
+) -> NewRollCall {
+    let drill = drill_override.unwrap_or(scenario.drill) || scenario.drill;
     let title = if drill && !scenario.title.contains("訓練") {
         format!("【訓練】{}", scenario.title)
     } else {
         scenario.title.clone()
     };
-    let new = NewRollCall {
+    NewRollCall {
         scenario: scenario.name.clone(),
         title,
         message: scenario.message_text(drill),
@@ -483,8 +504,24 @@ pub fn compose<M: AudienceMember>(
         asks: scenario.asks.clone(),
         dispatch_plan: None,
         mail_plan: Some(crate::email::plan_json(&scenario.escalation)),
-    };
-    (new, recipients)
+    }
+}
+
+/// Makes a roll call's deliveries from the stored directory a page at a time, while the
+/// store writes the pages before (see [`crate::store::Store::start_roll_call`]).
+pub trait DeliveryComposer: Send {
+    /// One page of the directory (in staff-id order): the deliveries to write for it.
+    fn page(&mut self, contacts: Vec<Contact>) -> Vec<NewDelivery>;
+    /// Once, after the last page: what to write with the roll call, or `None` to write
+    /// nothing at all (no contacts, or nobody in the audience).
+    fn finish(&mut self) -> Option<Composed>;
+}
+
+/// What a [`DeliveryComposer`] decided once it had seen the whole directory.
+#[derive(Debug, Clone, Default)]
+pub struct Composed {
+    /// Written with the roll call, in its transaction (see [`RollCall::dispatch_plan`]).
+    pub dispatch_plan: Option<String>,
 }
 
 /// A delivery claimed by the dispatcher: everything needed to send it.

@@ -20,8 +20,8 @@
 /// - `write_lock(&self) -> Option<MutexGuard<()>>`: held by every write;
 /// - `retrying(&self, op)`: runs a transaction-opening `op`, again where a race was lost;
 /// - `list_param(&[T])`: a list as one bound parameter (a JSON array, or an array);
-/// - what differs: `run_migrations`, `write_contacts`, `read_contacts`, `insert_deliveries`,
-///   `record_sends`, `renew`, `check`.
+/// - what differs: `run_migrations`, `write_contacts`, `read_contacts`, `read_directory`,
+///   `insert_deliveries`, `record_sends`, `renew`, `check`.
 macro_rules! store_impl {
     ($store:ty, $db:ty, $dialect:expr) => {
         impl $store {
@@ -196,6 +196,75 @@ macro_rules! store_impl {
                     .transpose()
             }
 
+            /// Opens the transaction a new roll call is written in and writes its row, with
+            /// `recipients` for now. `Err` holds the roll call an already used idempotency
+            /// key started: nothing is written then.
+            async fn begin_roll_call(
+                &self,
+                new: &$crate::rollcall::NewRollCall,
+                recipients: usize,
+                now: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<
+                Result<(sqlx::Transaction<'static, $db>, i64), $crate::rollcall::RollCall>,
+            > {
+                use super::shared::{self, corrupt};
+                use sqlx::Row;
+                if let Some(key) = &new.idempotency_key {
+                    if let Some(existing) = self.roll_call_by_key(key).await? {
+                        return Ok(Err(existing));
+                    }
+                }
+                let mut tx = self.pool.begin().await?;
+                // A concurrent start with the same key waits here on the unique index until
+                // the first commits, then inserts nothing: the first roll call is the answer.
+                let inserted = sqlx::query(shared::INSERT_ROLL_CALL)
+                    .bind(&new.scenario)
+                    .bind(&new.title)
+                    .bind(&new.message)
+                    .bind(serde_json::to_string(&new.buttons).map_err(|e| corrupt("buttons", e))?)
+                    .bind(new.drill)
+                    .bind(new.deadline_ms)
+                    .bind(&new.provider)
+                    .bind(now)
+                    .bind(recipients as i64)
+                    .bind(&new.idempotency_key)
+                    .bind(
+                        serde_json::to_string(&new.shelter_buttons)
+                            .map_err(|e| corrupt("buttons", e))?,
+                    )
+                    .bind(new.resend_after_ms)
+                    .bind(serde_json::to_string(&new.asks).map_err(|e| corrupt("asks", e))?)
+                    .bind(&new.dispatch_plan)
+                    .bind(&new.mail_plan)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match inserted {
+                    Some(row) => Ok(Ok((tx, row.try_get("id")?))),
+                    None => {
+                        tx.rollback().await?;
+                        let key = new.idempotency_key.as_deref().unwrap_or_default();
+                        Ok(Err(self
+                            .roll_call_by_key(key)
+                            .await?
+                            .ok_or_else(|| corrupt("idempotency key", "vanished"))?))
+                    }
+                }
+            }
+
+            /// Reads roll call `id` back in `tx` and commits.
+            async fn commit_roll_call(
+                mut tx: sqlx::Transaction<'static, $db>,
+                id: i64,
+            ) -> $crate::store::StoreResult<$crate::rollcall::RollCall> {
+                let row = sqlx::query(super::shared::ROLL_CALL_BY_ID)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let rc = super::shared::roll_call_from_row(&row)?;
+                tx.commit().await?;
+                Ok(rc)
+            }
+
             async fn close_once(
                 &self,
                 id: $crate::ids::RollCallId,
@@ -302,55 +371,66 @@ macro_rules! store_impl {
                 recipients: &[$crate::rollcall::NewDelivery],
                 now: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<$crate::rollcall::RollCall> {
-                use super::shared::{self, corrupt};
-                use sqlx::Row;
+                let _w = self.write_lock().await;
+                let (mut tx, id) = match self.begin_roll_call(new, recipients.len(), now).await? {
+                    Ok(begun) => begun,
+                    Err(existing) => return Ok(existing),
+                };
+                Self::insert_deliveries(&mut tx, id, new, recipients, now).await?;
+                Self::commit_roll_call(tx, id).await
+            }
+
+            async fn start_roll_call(
+                &self,
+                new: &$crate::rollcall::NewRollCall,
+                composer: &mut dyn $crate::rollcall::DeliveryComposer,
+                now: $crate::clock::Millis,
+            ) -> $crate::store::StoreResult<Option<$crate::rollcall::RollCall>> {
                 let _w = self.write_lock().await;
                 if let Some(key) = &new.idempotency_key {
                     if let Some(existing) = self.roll_call_by_key(key).await? {
-                        return Ok(existing);
+                        return Ok(Some(existing));
                     }
                 }
-                let mut tx = self.pool.begin().await?;
-                // A concurrent start with the same key waits here on the unique index until
-                // the first commits, then inserts nothing: the first roll call is the answer.
-                let inserted = sqlx::query(shared::INSERT_ROLL_CALL)
-                    .bind(&new.scenario)
-                    .bind(&new.title)
-                    .bind(&new.message)
-                    .bind(serde_json::to_string(&new.buttons).map_err(|e| corrupt("buttons", e))?)
-                    .bind(new.drill)
-                    .bind(new.deadline_ms)
-                    .bind(&new.provider)
-                    .bind(now)
-                    .bind(recipients.len() as i64)
-                    .bind(&new.idempotency_key)
-                    .bind(
-                        serde_json::to_string(&new.shelter_buttons)
-                            .map_err(|e| corrupt("buttons", e))?,
-                    )
-                    .bind(new.resend_after_ms)
-                    .bind(serde_json::to_string(&new.asks).map_err(|e| corrupt("asks", e))?)
-                    .bind(&new.dispatch_plan)
-                    .bind(&new.mail_plan)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = inserted else {
-                    tx.rollback().await?;
-                    let key = new.idempotency_key.as_deref().unwrap_or_default();
-                    return self
-                        .roll_call_by_key(key)
-                        .await?
-                        .ok_or_else(|| corrupt("idempotency key", "vanished"));
+                // Each page is read (on a connection of its own) and parsed while the page
+                // before it is written; with one connection, all are read first.
+                let single = self.pool.options().get_max_connections() <= 1;
+                let (out, mut pages) = tokio::sync::mpsc::channel(if single { 1 << 16 } else { 1 });
+                let reader = Self::read_directory(self.pool.clone(), out);
+                if single {
+                    reader.await;
+                } else {
+                    tokio::spawn(reader);
+                }
+                let (mut tx, id) = match self.begin_roll_call(new, 0, now).await? {
+                    Ok(begun) => begun,
+                    Err(existing) => return Ok(Some(existing)),
                 };
-                let id: i64 = row.try_get("id")?;
-                Self::insert_deliveries(&mut tx, id, new, recipients, now).await?;
-                let row = sqlx::query(shared::ROLL_CALL_BY_ID)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let rc = shared::roll_call_from_row(&row)?;
-                tx.commit().await?;
-                Ok(rc)
+                // Each page's rows are made while the rows before them are written.
+                let mut written = 0usize;
+                let mut next = super::shared::next_page(&mut pages, composer).await?;
+                while let Some(rows) = next.take() {
+                    written += rows.len();
+                    let (done, made) = futures::join!(
+                        Self::insert_deliveries(&mut tx, id, new, &rows, now),
+                        super::shared::next_page(&mut pages, composer)
+                    );
+                    done?;
+                    next = made?;
+                }
+                let Some(composed) = composer.finish() else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                sqlx::query(
+                    "UPDATE roll_calls SET recipients = $2, dispatch_plan = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(written as i64)
+                .bind(&composed.dispatch_plan)
+                .execute(&mut *tx)
+                .await?;
+                Self::commit_roll_call(tx, id).await.map(Some)
             }
 
             async fn set_dispatch_plan(

@@ -32,6 +32,14 @@ pub mod schema;
 mod shared;
 pub mod sqlite;
 
+/// Contacts per page when a roll call's deliveries are made from the stored directory
+/// ([`Store::start_roll_call`]).
+pub(crate) const DIRECTORY_PAGE: usize = 10_000;
+
+/// Where a backend's directory reader sends its pages: each non-empty, in staff-id order,
+/// then one empty page for the end (or an error).
+pub(crate) type DirectoryPages = tokio::sync::mpsc::Sender<StoreResult<Vec<Contact>>>;
+
 /// What can go wrong in storage, in terms a caller can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -242,6 +250,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         recipients: &[NewDelivery],
         now: Millis,
     ) -> StoreResult<RollCall>;
+    /// Writes a roll call as [`Store::create_roll_call`] does, its deliveries made by
+    /// `composer` from the stored directory one page at a time (in staff-id order, all pages
+    /// from one snapshot): each page is read and parsed while the one before it is written,
+    /// and a city's directory is never held whole. `None`: the composer decided to write
+    /// nothing, and nothing was. With an idempotency key already used, returns the roll call
+    /// made the first time without calling the composer.
+    async fn start_roll_call(
+        &self,
+        new: &NewRollCall,
+        composer: &mut dyn crate::rollcall::DeliveryComposer,
+        now: Millis,
+    ) -> StoreResult<Option<RollCall>>;
     async fn roll_call(&self, id: RollCallId) -> StoreResult<Option<RollCall>>;
     async fn roll_calls(&self) -> StoreResult<Vec<RollCall>>;
     /// Replaces roll call `id`'s dispatch plan (JSON): the dispatcher's own choice when none

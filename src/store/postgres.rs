@@ -19,7 +19,7 @@ use tokio::sync::MutexGuard;
 
 use super::shared::{
     corrupt, in_one_transaction, kind_str, record_failed_sql, record_retry_sql, record_sent_sql,
-    renew_claims_sql, split_results, Dialect,
+    renew_claims_sql, split_results, Dialect, INSERT_DELIVERIES,
 };
 use super::{StoreError, StoreResult};
 use crate::answers::UrgentWords;
@@ -226,6 +226,36 @@ impl PostgresStore {
             .collect()
     }
 
+    /// Sends the directory to `out` a page at a time ([`super::DirectoryPages`]): one
+    /// statement (one snapshot), its rows taken as they arrive.
+    async fn read_directory(pool: PgPool, out: super::DirectoryPages) {
+        use futures::TryStreamExt;
+        let read = async {
+            let mut rows = sqlx::query_scalar::<_, String>(
+                "SELECT doc FROM contacts ORDER BY id COLLATE \"C\"",
+            )
+            .fetch(&pool);
+            let mut page = Vec::with_capacity(super::DIRECTORY_PAGE);
+            while let Some(doc) = rows.try_next().await? {
+                page.push(serde_json::from_str(&doc).map_err(|e| corrupt("stored contact", e))?);
+                if page.len() == super::DIRECTORY_PAGE {
+                    let full =
+                        std::mem::replace(&mut page, Vec::with_capacity(super::DIRECTORY_PAGE));
+                    if out.send(Ok(full)).await.is_err() {
+                        return StoreResult::Ok(());
+                    }
+                }
+            }
+            if !page.is_empty() {
+                let _ = out.send(Ok(page)).await;
+            }
+            StoreResult::Ok(())
+        };
+        let end = read.await.map(|()| Vec::new());
+        // Nobody listening any more: the roll call's writer gave up, and says why itself.
+        let _ = out.send(end).await;
+    }
+
     /// Writes roll call `id`'s deliveries, one array per column.
     async fn insert_deliveries(
         tx: &mut Transaction<'_, Postgres>,
@@ -234,6 +264,13 @@ impl PostgresStore {
         recipients: &[NewDelivery],
         now: Millis,
     ) -> StoreResult<()> {
+        let sql = format!(
+            "{INSERT_DELIVERIES}\
+             FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                         $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                         $14::text[]) AS j(s, n, d, sh, k, p, ph, e, h, ka, ro) \
+             CROSS JOIN (SELECT $1::bigint, $2::text, $3::bigint) AS c(rc, pr, nw)"
+        );
         for chunk in recipients.chunks(INSERT_CHUNK) {
             let mut staff = Vec::with_capacity(chunk.len());
             let mut name = Vec::with_capacity(chunk.len());
@@ -259,36 +296,23 @@ impl PostgresStore {
                 email.push(d.email.clone());
                 handle.push(d.chat_handle.as_ref().map(|h| h.to_string()));
             }
-            sqlx::query(
-                "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
-                 call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
-                 last_error, escalated_at, escalation_reason, kana, role) \
-                 SELECT $1, s, n, d, sh, k, p, ph, e, $2, h, \
-                   CASE WHEN h IS NULL THEN 'failed' ELSE 'pending' END, $3, \
-                   CASE WHEN h IS NULL THEN 'no chat id on ' || $2 END, \
-                   CASE WHEN h IS NULL THEN $3 END, \
-                   CASE WHEN h IS NULL THEN 'no_chat_id' END, ka, ro \
-                 FROM UNNEST($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                             $9::bigint[], $10::text[], $11::text[], $12::text[], \
-                             $13::text[], $14::text[]) \
-                   AS j(s, n, d, sh, k, p, ph, e, h, ka, ro)",
-            )
-            .bind(id)
-            .bind(&new.provider)
-            .bind(now)
-            .bind(&staff)
-            .bind(&name)
-            .bind(&dept)
-            .bind(&shelter)
-            .bind(&kind)
-            .bind(&prio)
-            .bind(&phones)
-            .bind(&email)
-            .bind(&handle)
-            .bind(&kana)
-            .bind(&role)
-            .execute(&mut **tx)
-            .await?;
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(&new.provider)
+                .bind(now)
+                .bind(&staff)
+                .bind(&name)
+                .bind(&dept)
+                .bind(&shelter)
+                .bind(&kind)
+                .bind(&prio)
+                .bind(&phones)
+                .bind(&email)
+                .bind(&handle)
+                .bind(&kana)
+                .bind(&role)
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(())
     }

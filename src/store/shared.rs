@@ -20,7 +20,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use super::{ApplySummary, ChatRecipient, LoggedEvent, StoreError, StoreResult};
 use crate::answers::{AnswerLevel, Choice, Meaning, UrgentWords};
 use crate::clock::Millis;
-use crate::contacts::ContactKind;
+use crate::contacts::{Contact, ContactKind};
 use crate::email::{MailOutcome, MailState, NewMail, StoredMail};
 use crate::ids::{ChatHandle, RollCallId, StaffId};
 use crate::providers::{InboundEvent, InboundKind};
@@ -1496,6 +1496,20 @@ pub(super) const ROLL_CALLS: &str = "SELECT * FROM roll_calls ORDER BY id DESC";
 pub(super) const ROLL_CALL_EXISTS: &str = "SELECT 1 FROM roll_calls WHERE id = $1";
 
 /// A new open roll call (`$1`..`$13`); no row when its idempotency key is taken.
+/// Writes new deliveries, one a row of a relation `(s, n, d, sh, k, p, ph, e, h, ka, ro)` (staff
+/// id, name, department, shelter, kind, call priority, phones, e-mail, chat handle, ふりがな,
+/// role) joined with the roll call's `(rc, pr, nw)` (id, provider, now); the backend appends
+/// the `FROM` that binds them. Who has no chat id on the provider is failed and on the call
+/// list at once; everyone else waits to be sent.
+pub(super) const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (roll_call_id, staff_id, \
+    name, department, shelter, kind, call_priority, phones, email, provider, chat_handle, state, \
+    next_attempt_at, last_error, escalated_at, escalation_reason, kana, role) \
+    SELECT rc, s, n, d, sh, k, p, ph, e, pr, h, \
+      CASE WHEN h IS NULL THEN 'failed' ELSE 'pending' END, nw, \
+      CASE WHEN h IS NULL THEN 'no chat id on ' || pr END, \
+      CASE WHEN h IS NULL THEN nw END, \
+      CASE WHEN h IS NULL THEN 'no_chat_id' END, ka, ro ";
+
 pub(super) const INSERT_ROLL_CALL: &str = "INSERT INTO roll_calls (scenario, title, message, \
     buttons, drill, deadline_ms, provider, state, created_at, recipients, idempotency_key, \
     shelter_buttons, resend_after_ms, asks, dispatch_plan, mail_plan) \
@@ -2173,4 +2187,68 @@ pub(super) fn roll_infos_sql(d: Dialect) -> String {
         "SELECT id, state, buttons, shelter_buttons FROM roll_calls WHERE {}",
         d.one_of("id", 1, "bigint")
     )
+}
+
+/// The deliveries `composer` makes of the directory's next page, or `None` after the last.
+pub(super) async fn next_page(
+    pages: &mut tokio::sync::mpsc::Receiver<StoreResult<Vec<Contact>>>,
+    composer: &mut dyn crate::rollcall::DeliveryComposer,
+) -> StoreResult<Option<Vec<crate::rollcall::NewDelivery>>> {
+    // The reader ends with an empty page: a channel closed before it (the reader panicked)
+    // must not pass for the end of the directory.
+    let page = pages
+        .recv()
+        .await
+        .ok_or_else(|| corrupt("contacts", "the directory's read stopped before its end"))??;
+    Ok((!page.is_empty()).then(|| composer.page(page)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Everyone;
+
+    impl crate::rollcall::DeliveryComposer for Everyone {
+        fn page(&mut self, contacts: Vec<Contact>) -> Vec<crate::rollcall::NewDelivery> {
+            contacts
+                .iter()
+                .map(|c| crate::rollcall::NewDelivery::from_contact(c, "simulator"))
+                .collect()
+        }
+
+        fn finish(&mut self) -> Option<crate::rollcall::Composed> {
+            Some(Default::default())
+        }
+    }
+
+    /// A reader that stopped without its end page (it panicked, its task was dropped) must
+    /// fail the roll call, not pass for a directory that ended there.
+    #[tokio::test]
+    async fn a_directory_read_that_stops_before_its_end_is_an_error_not_the_end() {
+        let contacts = crate::contacts::synthetic::generate(3, 1).contacts;
+        let (out, mut pages) = tokio::sync::mpsc::channel(4);
+        out.send(Ok(contacts.clone())).await.unwrap();
+        drop(out);
+        let rows = next_page(&mut pages, &mut Everyone).await.unwrap();
+        assert_eq!(rows.map(|r| r.len()), Some(3));
+        let stopped = next_page(&mut pages, &mut Everyone).await;
+        assert!(
+            matches!(&stopped, Err(StoreError::Corrupt(m)) if m.contains("before its end")),
+            "{stopped:?}"
+        );
+
+        // The end page ends it.
+        let (out, mut pages) = tokio::sync::mpsc::channel(4);
+        out.send(Ok(contacts)).await.unwrap();
+        out.send(Ok(Vec::new())).await.unwrap();
+        assert!(next_page(&mut pages, &mut Everyone)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(next_page(&mut pages, &mut Everyone)
+            .await
+            .unwrap()
+            .is_none());
+    }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::shared::{
     corrupt, in_one_transaction, kind_str, record_failed_sql, record_retry_sql, record_sent_sql,
-    renew_claims_sql, split_results, Dialect,
+    renew_claims_sql, split_results, Dialect, INSERT_DELIVERIES,
 };
 use super::StoreResult;
 use crate::answers::UrgentWords;
@@ -25,9 +25,9 @@ use crate::clock::Millis;
 use crate::contacts::Contact;
 use crate::rollcall::{NewDelivery, NewRollCall, SendResult};
 
-/// Rows per multi-row statement when writing deliveries: 18 bound values a row, under
-/// SQLite's limit of 32,766 per statement.
-const INSERT_CHUNK: usize = 1_800;
+/// Rows per multi-row statement when writing deliveries: 11 bound values a row (and 3 for
+/// the roll call), under SQLite's limit of 32,766 per statement.
+const INSERT_CHUNK: usize = 2_900;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -93,40 +93,37 @@ fn rows_json<T: serde::Serialize>(rows: &[T]) -> StoreResult<Option<String>> {
         .map_err(|e| corrupt("send results", e))
 }
 
-/// One multi-row `INSERT` of roll call `id`'s deliveries `chunk`.
+/// One multi-row `INSERT` of roll call `id`'s deliveries `chunk`: the roll call's values bound
+/// once, each recipient's eleven in a `VALUES` row.
 fn deliveries_insert<'a>(
     id: i64,
     new: &'a NewRollCall,
     chunk: &'a [NewDelivery],
     now: Millis,
 ) -> sqlx::QueryBuilder<'a, Sqlite> {
-    let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-        "INSERT INTO deliveries (roll_call_id, staff_id, name, department, shelter, kind, \
-         call_priority, phones, email, provider, chat_handle, state, next_attempt_at, \
-         last_error, escalated_at, escalation_reason, kana, role) ",
-    );
+    let mut insert = sqlx::QueryBuilder::<Sqlite>::new("WITH c(rc, pr, nw) AS (SELECT ");
+    insert.push_bind(id).push(", ");
+    insert.push_bind(new.provider.as_str()).push(", ");
+    insert.push_bind(now);
+    insert.push("), v(s, n, d, sh, k, p, ph, e, h, ka, ro) AS (");
     insert.push_values(chunk, |mut row, d| {
-        let phones = serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into());
-        let reachable = d.chat_handle.is_some();
-        row.push_bind(id)
-            .push_bind(d.staff_id.as_str())
+        row.push_bind(d.staff_id.as_str())
             .push_bind(d.name.as_str())
             .push_bind(d.department.as_deref())
             .push_bind(d.shelter.as_deref())
             .push_bind(kind_str(d.kind))
             .push_bind(i64::from(d.call_priority))
-            .push_bind(phones)
+            .push_bind(serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into()))
             .push_bind(d.email.as_deref())
-            .push_bind(new.provider.as_str())
             .push_bind(d.chat_handle.as_ref().map(|h| h.as_str()))
-            .push_bind(if reachable { "pending" } else { "failed" })
-            .push_bind(now)
-            .push_bind((!reachable).then(|| format!("no chat id on {}", new.provider)))
-            .push_bind((!reachable).then_some(now))
-            .push_bind((!reachable).then_some("no_chat_id"))
             .push_bind(d.kana.as_deref())
             .push_bind(d.role.as_deref());
     });
+    // `CROSS JOIN` keeps the rows' order: the directory's, which ids and sends follow.
+    insert
+        .push(") ")
+        .push(INSERT_DELIVERIES)
+        .push("FROM v CROSS JOIN c");
     insert
 }
 
@@ -193,6 +190,45 @@ impl SqliteStore {
             Some(all) => serde_json::from_str(&all).map_err(|e| corrupt("stored contacts", e)),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Sends the directory to `out` a page at a time ([`super::DirectoryPages`]), every page
+    /// read in one read transaction (one snapshot, whatever an import commits meanwhile).
+    /// Each page is one JSON array out of SQLite, as [`Self::read_contacts`] reads it all.
+    async fn read_directory(pool: SqlitePool, out: super::DirectoryPages) {
+        let read = async {
+            let mut conn = pool.acquire().await?;
+            // Deferred: the snapshot is taken by the first page's read and kept to the end.
+            let mut snapshot = conn.begin().await?;
+            let mut after = String::new();
+            loop {
+                let page: Option<String> = sqlx::query_scalar(
+                    "SELECT '[' || group_concat(doc, ',') || ']' FROM \
+                     (SELECT doc FROM contacts WHERE id > $1 ORDER BY id LIMIT $2)",
+                )
+                .bind(&after)
+                .bind(super::DIRECTORY_PAGE as i64)
+                .fetch_one(&mut *snapshot)
+                .await?;
+                let page: Vec<Contact> = match page {
+                    Some(page) => {
+                        serde_json::from_str(&page).map_err(|e| corrupt("stored contacts", e))?
+                    }
+                    None => Vec::new(),
+                };
+                let Some(last) = page.last() else { break };
+                after = last.id.to_string();
+                let more = page.len() == super::DIRECTORY_PAGE;
+                if out.send(Ok(page)).await.is_err() || !more {
+                    break;
+                }
+            }
+            snapshot.rollback().await?;
+            StoreResult::Ok(())
+        };
+        let end = read.await.map(|()| Vec::new());
+        // Nobody listening any more: the roll call's writer gave up, and says why itself.
+        let _ = out.send(end).await;
     }
 
     /// Writes roll call `id`'s deliveries. Multi-row inserts with every value bound: no

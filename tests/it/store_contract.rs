@@ -2297,3 +2297,124 @@ async fn a_roll_call_of_many_chunks_is_written_whole_or_not_at_all() {
         );
     }
 }
+
+/// Makes deliveries of whoever `keep` picks, counting what it was given.
+struct Picker {
+    keep: fn(&anpi::contacts::Contact) -> bool,
+    seen: Vec<String>,
+    pages: usize,
+    finished: bool,
+    write: bool,
+}
+
+impl Picker {
+    fn new(keep: fn(&anpi::contacts::Contact) -> bool, write: bool) -> Self {
+        Self {
+            keep,
+            seen: Vec::new(),
+            pages: 0,
+            finished: false,
+            write,
+        }
+    }
+}
+
+impl rollcall::DeliveryComposer for Picker {
+    fn page(&mut self, contacts: Vec<anpi::contacts::Contact>) -> Vec<rollcall::NewDelivery> {
+        self.pages += 1;
+        self.seen.extend(contacts.iter().map(|c| c.id.to_string()));
+        contacts
+            .iter()
+            .filter(|c| (self.keep)(c))
+            .map(|c| rollcall::NewDelivery::from_contact(c, "simulator"))
+            .collect()
+    }
+
+    fn finish(&mut self) -> Option<rollcall::Composed> {
+        self.finished = true;
+        self.write.then(|| rollcall::Composed {
+            dispatch_plan: Some(r#"{"route":"direct"}"#.into()),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_roll_call_made_from_the_directory_page_by_page_has_everyone_once_in_id_order() {
+    for (name, store, _db) in backends().await {
+        // More than two pages of the directory, and more rows than one insert takes.
+        let contacts = synthetic::generate(25_000, 4).contacts;
+        store.replace_contacts(&contacts, 500).await.unwrap();
+        let mut ids: Vec<String> = contacts.iter().map(|c| c.id.to_string()).collect();
+        ids.sort();
+        let staff = |c: &anpi::contacts::Contact| c.kind == ContactKind::Staff;
+        let expected: Vec<String> = {
+            let mut e: Vec<_> = contacts
+                .iter()
+                .filter(|c| staff(c))
+                .map(|c| c.id.to_string())
+                .collect();
+            e.sort();
+            e
+        };
+        assert!(
+            expected.len() < ids.len(),
+            "{name}: the test needs some left out"
+        );
+
+        let (new, _) =
+            rollcall::compose(&scenario(), &contacts, "simulator", None, Some("k".into()));
+        let mut picker = Picker::new(staff, true);
+        let rc = store
+            .start_roll_call(&new, &mut picker, 1_000)
+            .await
+            .unwrap()
+            .expect("written");
+        assert_eq!(picker.seen, ids, "{name}: every contact once, in id order");
+        assert_eq!(picker.pages, 3, "{name}");
+        assert!(picker.finished, "{name}");
+        assert_eq!(rc.recipients as usize, expected.len(), "{name}");
+        assert_eq!(
+            rc.dispatch_plan.as_deref(),
+            Some(r#"{"route":"direct"}"#),
+            "{name}"
+        );
+        let mut written: Vec<String> = store
+            .recipients(rc.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.staff_id.to_string())
+            .collect();
+        written.sort();
+        assert_eq!(written, expected, "{name}: the audience, each once");
+        let mut by_row = store.chat_recipients(rc.id).await.unwrap();
+        assert!(by_row.len() > expected.len() / 2, "{name}");
+        by_row.sort_by_key(|r| r.delivery_id);
+        assert!(
+            by_row.windows(2).all(|w| w[0].staff_id < w[1].staff_id),
+            "{name}: rows written in the directory's order"
+        );
+
+        // The same key again: the first roll call, and the directory is not read.
+        let mut again = Picker::new(staff, true);
+        let same = store
+            .start_roll_call(&new, &mut again, 3_000)
+            .await
+            .unwrap()
+            .expect("the first one");
+        assert_eq!(same.id, rc.id, "{name}");
+        assert!(again.seen.is_empty() && !again.finished, "{name}");
+
+        // A composer that decides, after the last page, to write nothing: nothing is written.
+        let before = store.roll_calls().await.unwrap().len();
+        let (other, _) = rollcall::compose(&scenario(), &contacts, "simulator", None, None);
+        let mut declines = Picker::new(staff, false);
+        assert!(store
+            .start_roll_call(&other, &mut declines, 4_000)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(declines.seen.len(), ids.len(), "{name}");
+        assert_eq!(store.roll_calls().await.unwrap().len(), before, "{name}");
+    }
+}
