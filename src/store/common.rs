@@ -387,25 +387,25 @@ macro_rules! store_impl {
                 now: $crate::clock::Millis,
             ) -> $crate::store::StoreResult<Option<$crate::rollcall::RollCall>> {
                 let _w = self.write_lock().await;
-                if let Some(key) = &new.idempotency_key {
-                    if let Some(existing) = self.roll_call_by_key(key).await? {
-                        return Ok(Some(existing));
-                    }
-                }
                 // Each page is read (on a connection of its own) and parsed while the page
-                // before it is written; with one connection, all are read first.
-                let single = self.pool.options().get_max_connections() <= 1;
-                let (out, mut pages) = tokio::sync::mpsc::channel(if single { 1 << 16 } else { 1 });
+                // before it is written. A pool too small to spare a connection for the reader
+                // beside the transaction and everyone else has the directory read first.
+                let ahead = self.pool.options().get_max_connections() < 3;
+                let (out, mut pages) = tokio::sync::mpsc::channel(if ahead { 1 << 16 } else { 1 });
                 let reader = Self::read_directory(self.pool.clone(), out);
-                if single {
+                let reader = if ahead {
                     reader.await;
+                    None
                 } else {
-                    tokio::spawn(reader);
-                }
+                    Some(reader)
+                };
                 let (mut tx, id) = match self.begin_roll_call(new, 0, now).await? {
                     Ok(begun) => begun,
                     Err(existing) => return Ok(Some(existing)),
                 };
+                if let Some(reader) = reader {
+                    tokio::spawn(reader);
+                }
                 // Each page's rows are made while the rows before them are written.
                 let mut written = 0usize;
                 let mut next = super::shared::next_page(&mut pages, composer).await?;

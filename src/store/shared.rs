@@ -1495,7 +1495,6 @@ pub(super) const ROLL_CALL_BY_KEY: &str = "SELECT * FROM roll_calls WHERE idempo
 pub(super) const ROLL_CALLS: &str = "SELECT * FROM roll_calls ORDER BY id DESC";
 pub(super) const ROLL_CALL_EXISTS: &str = "SELECT 1 FROM roll_calls WHERE id = $1";
 
-/// A new open roll call (`$1`..`$13`); no row when its idempotency key is taken.
 /// Writes new deliveries, one a row of a relation `(s, n, d, sh, k, p, ph, e, h, ka, ro)` (staff
 /// id, name, department, shelter, kind, call priority, phones, e-mail, chat handle, ふりがな,
 /// role) joined with the roll call's `(rc, pr, nw)` (id, provider, now); the backend appends
@@ -1510,6 +1509,7 @@ pub(super) const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (roll_call_id
       CASE WHEN h IS NULL THEN nw END, \
       CASE WHEN h IS NULL THEN 'no_chat_id' END, ka, ro ";
 
+/// A new open roll call (`$1`..`$15`); no row when its idempotency key is taken.
 pub(super) const INSERT_ROLL_CALL: &str = "INSERT INTO roll_calls (scenario, title, message, \
     buttons, drill, deadline_ms, provider, state, created_at, recipients, idempotency_key, \
     shelter_buttons, resend_after_ms, asks, dispatch_plan, mail_plan) \

@@ -202,22 +202,20 @@ impl SqliteStore {
             let mut snapshot = conn.begin().await?;
             let mut after = String::new();
             loop {
-                let page: Option<String> = sqlx::query_scalar(
-                    "SELECT '[' || group_concat(doc, ',') || ']' FROM \
-                     (SELECT doc FROM contacts WHERE id > $1 ORDER BY id LIMIT $2)",
+                let (page, last): (Option<String>, Option<String>) = sqlx::query_as(
+                    "SELECT '[' || group_concat(doc, ',') || ']', max(id) FROM \
+                     (SELECT id, doc FROM contacts WHERE id > $1 ORDER BY id LIMIT $2)",
                 )
                 .bind(&after)
                 .bind(super::DIRECTORY_PAGE as i64)
                 .fetch_one(&mut *snapshot)
                 .await?;
-                let page: Vec<Contact> = match page {
-                    Some(page) => {
-                        serde_json::from_str(&page).map_err(|e| corrupt("stored contacts", e))?
-                    }
-                    None => Vec::new(),
+                let (Some(page), Some(last)) = (page, last) else {
+                    break;
                 };
-                let Some(last) = page.last() else { break };
-                after = last.id.to_string();
+                let page: Vec<Contact> =
+                    serde_json::from_str(&page).map_err(|e| corrupt("stored contacts", e))?;
+                after = last;
                 let more = page.len() == super::DIRECTORY_PAGE;
                 if out.send(Ok(page)).await.is_err() || !more {
                     break;
@@ -308,6 +306,50 @@ fn list_param<T: serde::Serialize>(items: &[T]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Everyone(usize);
+
+    impl crate::rollcall::DeliveryComposer for Everyone {
+        fn page(&mut self, contacts: Vec<Contact>) -> Vec<NewDelivery> {
+            self.0 += 1;
+            contacts
+                .iter()
+                .map(|c| NewDelivery::from_contact(c, "simulator"))
+                .collect()
+        }
+
+        fn finish(&mut self) -> Option<crate::rollcall::Composed> {
+            Some(Default::default())
+        }
+    }
+
+    /// An in-memory database has one connection, which the roll call's transaction takes:
+    /// its directory is read before, not beside it (which would wait for ever).
+    #[tokio::test]
+    async fn a_one_connection_store_starts_a_roll_call_of_several_pages() {
+        use crate::store::Store;
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let n = super::super::DIRECTORY_PAGE + 10;
+        let contacts = crate::contacts::synthetic::generate(n, 7).contacts;
+        store.replace_contacts(&contacts, 1).await.unwrap();
+        let scenario =
+            crate::scenario::Scenario::parse(include_str!("../../scenarios/drill.toml"), "drill")
+                .unwrap();
+        let new = crate::rollcall::new_roll_call(&scenario, "simulator", None, None);
+        let mut everyone = Everyone(0);
+        let rc = tokio::time::timeout(
+            Duration::from_secs(60),
+            store.start_roll_call(&new, &mut everyone, 2),
+        )
+        .await
+        .expect("does not wait for a second connection")
+        .unwrap()
+        .expect("written");
+        assert_eq!(everyone.0, 2);
+        assert_eq!(rc.recipients as usize, n);
+        assert_eq!(store.recipients(rc.id).await.unwrap().len(), n);
+    }
 
     /// Opening a new file must not race its own pool connections into "database is locked".
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
