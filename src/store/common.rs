@@ -485,22 +485,32 @@ macro_rules! store_impl {
                 use super::shared;
                 use sqlx::Row;
                 let mut p = $crate::rollcall::Progress::default();
+                // One snapshot for the three reads: counts read before an escalation and the
+                // next deadline after it would show people sent, none escalated and no
+                // deadline left.
+                let mut tx = self.pool.begin().await?;
+                if matches!($dialect, super::shared::Dialect::Postgres) {
+                    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 let rows = sqlx::query(&shared::progress_sql())
                     .bind(id.0)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?;
                 shared::fold_progress(&rows, &mut p)?;
                 for r in sqlx::query(shared::ANSWERS_SQL)
                     .bind(id.0)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?
                 {
                     p.answers.insert(r.try_get(0)?, r.try_get::<i64, _>(1)?);
                 }
                 let times = sqlx::query(&shared::times_sql())
                     .bind(id.0)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await?;
+                tx.rollback().await?;
                 p.last_sent_at = times.try_get("last_sent")?;
                 p.next_deadline_at = times.try_get("next_dl")?;
                 Ok(p)
