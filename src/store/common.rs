@@ -20,7 +20,7 @@
 /// - `write_lock(&self) -> Option<MutexGuard<()>>`: held by every write;
 /// - `retrying(&self, op)`: runs a transaction-opening `op`, again where a race was lost;
 /// - `list_param(&[T])`: a list as one bound parameter (a JSON array, or an array);
-/// - what differs: `run_migrations`, `write_contacts`, `read_contacts`, `read_directory`,
+/// - what differs: `run_migrations`, `write_contacts`, `read_directory`,
 ///   `insert_deliveries`, `record_sends`, `renew`, `check`.
 macro_rules! store_impl {
     ($store:ty, $db:ty, $dialect:expr) => {
@@ -362,7 +362,14 @@ macro_rules! store_impl {
             }
 
             async fn contacts(&self) -> $crate::store::StoreResult<Vec<$crate::contacts::Contact>> {
-                self.read_contacts().await
+                // The directory as a roll call's start reads it, every page kept.
+                let (out, mut pages) = tokio::sync::mpsc::channel(1 << 16);
+                Self::read_directory(self.pool.clone(), out).await;
+                let mut all = Vec::new();
+                while let Some(page) = super::shared::next_contacts(&mut pages).await? {
+                    all.extend(page);
+                }
+                Ok(all)
             }
 
             async fn create_roll_call(

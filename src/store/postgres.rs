@@ -214,18 +214,6 @@ impl PostgresStore {
             .await
     }
 
-    async fn read_contacts(&self) -> StoreResult<Vec<Contact>> {
-        let rows = sqlx::query("SELECT doc FROM contacts ORDER BY id COLLATE \"C\"")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let doc: &str = sqlx::Row::try_get(r, "doc")?;
-                serde_json::from_str(doc).map_err(|e| corrupt("stored contact", e))
-            })
-            .collect()
-    }
-
     /// Sends the directory to `out` a page at a time ([`super::DirectoryPages`]): one
     /// statement (one snapshot), its rows taken as they arrive.
     async fn read_directory(pool: PgPool, out: super::DirectoryPages) {

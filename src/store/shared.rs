@@ -2189,18 +2189,25 @@ pub(super) fn roll_infos_sql(d: Dialect) -> String {
     )
 }
 
-/// The deliveries `composer` makes of the directory's next page, or `None` after the last.
-pub(super) async fn next_page(
+/// The directory's next page, or `None` after the last.
+pub(super) async fn next_contacts(
     pages: &mut tokio::sync::mpsc::Receiver<StoreResult<Vec<Contact>>>,
-    composer: &mut dyn crate::rollcall::DeliveryComposer,
-) -> StoreResult<Option<Vec<crate::rollcall::NewDelivery>>> {
+) -> StoreResult<Option<Vec<Contact>>> {
     // The reader ends with an empty page: a channel closed before it (the reader panicked)
     // must not pass for the end of the directory.
     let page = pages
         .recv()
         .await
         .ok_or_else(|| corrupt("contacts", "the directory's read stopped before its end"))??;
-    Ok((!page.is_empty()).then(|| composer.page(page)))
+    Ok((!page.is_empty()).then_some(page))
+}
+
+/// The deliveries `composer` makes of the directory's next page, or `None` after the last.
+pub(super) async fn next_page(
+    pages: &mut tokio::sync::mpsc::Receiver<StoreResult<Vec<Contact>>>,
+    composer: &mut dyn crate::rollcall::DeliveryComposer,
+) -> StoreResult<Option<Vec<crate::rollcall::NewDelivery>>> {
+    Ok(next_contacts(pages).await?.map(|page| composer.page(page)))
 }
 
 #[cfg(test)]

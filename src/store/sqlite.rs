@@ -178,23 +178,10 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn read_contacts(&self) -> StoreResult<Vec<Contact>> {
-        // One JSON array in one value: a round trip per row to SQLite's thread costs more than
-        // the documents themselves (a 100,000-person city is about 25 MB of text).
-        let all: Option<String> = sqlx::query_scalar(
-            "SELECT '[' || group_concat(doc, ',') || ']' FROM (SELECT doc FROM contacts ORDER BY id)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        match all {
-            Some(all) => serde_json::from_str(&all).map_err(|e| corrupt("stored contacts", e)),
-            None => Ok(Vec::new()),
-        }
-    }
-
     /// Sends the directory to `out` a page at a time ([`super::DirectoryPages`]), every page
     /// read in one read transaction (one snapshot, whatever an import commits meanwhile).
-    /// Each page is one JSON array out of SQLite, as [`Self::read_contacts`] reads it all.
+    /// Each page is one JSON array out of SQLite: a round trip per row to SQLite's thread
+    /// costs more than the documents themselves.
     async fn read_directory(pool: SqlitePool, out: super::DirectoryPages) {
         let read = async {
             let mut conn = pool.acquire().await?;
