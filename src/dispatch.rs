@@ -133,8 +133,8 @@ pub struct Dispatcher {
     /// Places for deliveries this dispatcher has claimed and not yet recorded.
     outstanding: Arc<Semaphore>,
     /// Deliveries claimed for 1:1 sends and not yet recorded, with their lease's end as last
-    /// renewed (the claim's identity in the store). Held across a renewal or a recording, so
-    /// the two never see different ends.
+    /// renewed (the claim's identity in the store). Held across a renewal; a recording takes
+    /// its rows out first, so the two never see different ends.
     held: Arc<tokio::sync::Mutex<HashMap<i64, Millis>>>,
     /// The button waves this worker follows ([`follow_up`]).
     waves: Mutex<follow_up::Waves>,
@@ -802,27 +802,23 @@ impl Dispatcher {
             let (mut results, places): (Vec<SendResult>, Vec<OwnedSemaphorePermit>) =
                 group.drain(..).map(|d| (d.result, d.slot)).unzip();
             // The claims as last renewed: a retry is written only under the lease it holds.
-            let mut held = self.held.lock().await;
+            // They leave `held` before the write, so no renewal moves a lease under it, and
+            // the sends, claims and renewals of other rows go on while it is written.
             let mut lease_ends = Millis::MAX;
-            for r in &mut results {
-                let id = match r {
-                    SendResult::Sent { id, .. } | SendResult::Failed { id, .. } => *id,
-                    SendResult::Retry { id, .. } => *id,
-                };
-                let current = held.get(&id).copied();
-                if let (SendResult::Retry { lease_until, .. }, Some(c)) = (&mut *r, current) {
-                    *lease_until = c;
+            {
+                let mut held = self.held.lock().await;
+                for r in &mut results {
+                    let (SendResult::Sent { id, .. }
+                    | SendResult::Failed { id, .. }
+                    | SendResult::Retry { id, .. }) = r;
+                    let current = held.remove(id);
+                    if let (SendResult::Retry { lease_until, .. }, Some(c)) = (&mut *r, current) {
+                        *lease_until = c;
+                    }
+                    lease_ends = lease_ends.min(current.unwrap_or(self.clock.now_millis()));
                 }
-                lease_ends = lease_ends.min(current.unwrap_or(self.clock.now_millis()));
             }
             let recorded = self.record(&results, lease_ends).await;
-            for r in &results {
-                let (SendResult::Sent { id, .. }
-                | SendResult::Failed { id, .. }
-                | SendResult::Retry { id, .. }) = r;
-                held.remove(id);
-            }
-            drop(held);
             if let Err(e) = recorded {
                 // The rows stay claimed until their lease runs out and are sent again then.
                 self.metrics.store_error();
