@@ -383,7 +383,7 @@ macro_rules! store_impl {
                     Ok(begun) => begun,
                     Err(existing) => return Ok(existing),
                 };
-                Self::insert_deliveries(&mut tx, id, new, recipients, now).await?;
+                Self::insert_deliveries(&mut tx, id, new, recipients.to_vec(), now).await?;
                 Self::commit_roll_call(tx, id).await
             }
 
@@ -419,7 +419,7 @@ macro_rules! store_impl {
                 while let Some(rows) = next.take() {
                     written += rows.len();
                     let (done, made) = futures::join!(
-                        Self::insert_deliveries(&mut tx, id, new, &rows, now),
+                        Self::insert_deliveries(&mut tx, id, new, rows, now),
                         super::shared::next_page(&mut pages, composer)
                     );
                     done?;

@@ -249,7 +249,7 @@ impl PostgresStore {
         tx: &mut Transaction<'_, Postgres>,
         id: i64,
         new: &NewRollCall,
-        recipients: &[NewDelivery],
+        recipients: Vec<NewDelivery>,
         now: Millis,
     ) -> StoreResult<()> {
         let sql = format!(
@@ -259,30 +259,33 @@ impl PostgresStore {
                          $14::text[]) AS j(s, n, d, sh, k, p, ph, e, h, ka, ro) \
              CROSS JOIN (SELECT $1::bigint, $2::text, $3::bigint) AS c(rc, pr, nw)"
         );
-        for chunk in recipients.chunks(INSERT_CHUNK) {
-            let mut staff = Vec::with_capacity(chunk.len());
-            let mut name = Vec::with_capacity(chunk.len());
-            let mut dept = Vec::with_capacity(chunk.len());
-            let mut shelter = Vec::with_capacity(chunk.len());
-            let mut kind = Vec::with_capacity(chunk.len());
-            let mut prio = Vec::with_capacity(chunk.len());
-            let mut phones = Vec::with_capacity(chunk.len());
-            let mut email = Vec::with_capacity(chunk.len());
-            let mut handle = Vec::with_capacity(chunk.len());
-            let mut kana = Vec::with_capacity(chunk.len());
-            let mut role = Vec::with_capacity(chunk.len());
-            for d in chunk {
-                kana.push(d.kana.clone());
-                role.push(d.role.clone());
-                staff.push(d.staff_id.to_string());
-                name.push(d.name.clone());
-                dept.push(d.department.clone());
-                shelter.push(d.shelter.clone());
+        // The rows' strings are moved into the columns, not copied.
+        let mut rows = recipients.into_iter().peekable();
+        while rows.peek().is_some() {
+            let n = rows.len().min(INSERT_CHUNK);
+            let mut staff = Vec::with_capacity(n);
+            let mut name = Vec::with_capacity(n);
+            let mut dept = Vec::with_capacity(n);
+            let mut shelter = Vec::with_capacity(n);
+            let mut kind = Vec::with_capacity(n);
+            let mut prio = Vec::with_capacity(n);
+            let mut phones = Vec::with_capacity(n);
+            let mut email = Vec::with_capacity(n);
+            let mut handle = Vec::with_capacity(n);
+            let mut kana = Vec::with_capacity(n);
+            let mut role = Vec::with_capacity(n);
+            for d in rows.by_ref().take(INSERT_CHUNK) {
+                phones.push(serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into()));
+                kana.push(d.kana);
+                role.push(d.role);
+                staff.push(String::from(d.staff_id));
+                name.push(d.name);
+                dept.push(d.department);
+                shelter.push(d.shelter);
                 kind.push(kind_str(d.kind));
                 prio.push(d.call_priority as i64);
-                phones.push(serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into()));
-                email.push(d.email.clone());
-                handle.push(d.chat_handle.as_ref().map(|h| h.to_string()));
+                email.push(d.email);
+                handle.push(d.chat_handle.map(String::from));
             }
             sqlx::query(&sql)
                 .bind(id)

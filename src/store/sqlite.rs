@@ -94,30 +94,32 @@ fn rows_json<T: serde::Serialize>(rows: &[T]) -> StoreResult<Option<String>> {
 }
 
 /// One multi-row `INSERT` of roll call `id`'s deliveries `chunk`: the roll call's values bound
-/// once, each recipient's eleven in a `VALUES` row.
-fn deliveries_insert<'a>(
+/// once, each recipient's eleven in a `VALUES` row. The rows' strings are moved into the
+/// statement, not copied.
+fn deliveries_insert(
     id: i64,
-    new: &'a NewRollCall,
-    chunk: &'a [NewDelivery],
+    new: &NewRollCall,
+    chunk: Vec<NewDelivery>,
     now: Millis,
-) -> sqlx::QueryBuilder<'a, Sqlite> {
+) -> sqlx::QueryBuilder<'_, Sqlite> {
     let mut insert = sqlx::QueryBuilder::<Sqlite>::new("WITH c(rc, pr, nw) AS (SELECT ");
     insert.push_bind(id).push(", ");
     insert.push_bind(new.provider.as_str()).push(", ");
     insert.push_bind(now);
     insert.push("), v(s, n, d, sh, k, p, ph, e, h, ka, ro) AS (");
     insert.push_values(chunk, |mut row, d| {
-        row.push_bind(d.staff_id.as_str())
-            .push_bind(d.name.as_str())
-            .push_bind(d.department.as_deref())
-            .push_bind(d.shelter.as_deref())
+        let phones = serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into());
+        row.push_bind(String::from(d.staff_id))
+            .push_bind(d.name)
+            .push_bind(d.department)
+            .push_bind(d.shelter)
             .push_bind(kind_str(d.kind))
             .push_bind(i64::from(d.call_priority))
-            .push_bind(serde_json::to_string(&d.phones).unwrap_or_else(|_| "[]".into()))
-            .push_bind(d.email.as_deref())
-            .push_bind(d.chat_handle.as_ref().map(|h| h.as_str()))
-            .push_bind(d.kana.as_deref())
-            .push_bind(d.role.as_deref());
+            .push_bind(phones)
+            .push_bind(d.email)
+            .push_bind(d.chat_handle.map(String::from))
+            .push_bind(d.kana)
+            .push_bind(d.role);
     });
     // `CROSS JOIN` keeps the rows' order: the directory's, which ids and sends follow.
     insert
@@ -223,15 +225,18 @@ impl SqliteStore {
         tx: &mut Transaction<'_, Sqlite>,
         id: i64,
         new: &NewRollCall,
-        recipients: &[NewDelivery],
+        recipients: Vec<NewDelivery>,
         now: Millis,
     ) -> StoreResult<()> {
-        let mut chunks = recipients.chunks(INSERT_CHUNK);
-        let mut next = chunks.next().map(|c| deliveries_insert(id, new, c, now));
+        let mut rows = recipients.into_iter();
+        let mut chunk = move || {
+            let c: Vec<NewDelivery> = rows.by_ref().take(INSERT_CHUNK).collect();
+            (!c.is_empty()).then(|| deliveries_insert(id, new, c, now))
+        };
+        let mut next = chunk();
         while let Some(mut insert) = next.take() {
-            let (written, built) = futures::join!(insert.build().execute(&mut **tx), async {
-                chunks.next().map(|c| deliveries_insert(id, new, c, now))
-            });
+            let (written, built) =
+                futures::join!(insert.build().execute(&mut **tx), async { chunk() });
             written?;
             next = built;
         }
