@@ -138,3 +138,56 @@ async fn stopping_mid_dispatch_records_what_went_out_and_hands_back_the_rest() {
     );
     assert_eq!(p.sent + p.pending, 400, "{p:?}");
 }
+
+#[tokio::test]
+async fn what_is_claimed_is_sent_while_the_database_keeps_a_recording_waiting() {
+    // Another process takes SQLite's write lock right after the first claim, before any
+    // message has been recorded: every recording waits for it. The messages already claimed
+    // must still go out meanwhile, none held back behind a recording.
+    use sqlx::{Connection, Executor};
+    let app = spawn_app_with(Options {
+        contacts: synthetic::generate(600, 11).contacts,
+        faults: Faults {
+            slow_share: 1.0,
+            slow_delay: Duration::from_millis(200),
+            ..Faults::default()
+        },
+        clock: TestClock::Scaled(1.0),
+        extra_config: "[dispatch]\nbatch_size = 400\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db_path.display()))
+        .await
+        .unwrap();
+    let rc = app.start(&scenario()).await;
+    let claimed =
+        || sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM deliveries WHERE attempts > 0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Each answer takes 200 ms, so nothing can have been recorded this soon after the claim.
+    while claimed().fetch_one(&mut other).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was claimed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    other.execute("BEGIN IMMEDIATE").await.unwrap();
+    let sent = app.store.progress(rc.id).await.unwrap().overall.sent;
+    assert_eq!(
+        sent, 0,
+        "a group was recorded before the database was locked"
+    );
+    let claimed = claimed().fetch_one(&mut other).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (app.sim.stats().accepted as i64) < claimed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of the {claimed} claimed messages went out while the recording waited",
+            app.sim.stats().accepted
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other.execute("ROLLBACK").await.unwrap();
+    let p = app.all_sent(rc.id).await.overall;
+    assert_eq!(p.sent, 600, "{p:?}");
+    assert_eq!(app.sim.stats().duplicates, 0);
+    app.shutdown().await;
+}
