@@ -806,14 +806,17 @@ struct StartComposer<'a> {
 impl rollcall::DeliveryComposer for StartComposer<'_> {
     fn page(&mut self, contacts: Vec<Contact>) -> Vec<rollcall::NewDelivery> {
         self.contacts += contacts.len();
-        for c in &contacts {
-            let member = self.scenario.audience.matches(c);
-            self.reach.count(c, member, self.provider);
-            if member && !c.chat.contains_key(self.provider) {
-                self.no_chat += 1;
+        // One pass: each contact is matched against the audience once, counted for the
+        // planner, and made a row if it is in the audience.
+        let mut rows = Vec::new();
+        for c in contacts {
+            let member = self.scenario.audience.matches(&c);
+            self.reach.count(&c, member, self.provider);
+            if member {
+                rows.push(rollcall::AudienceMember::into_delivery(c, self.provider));
             }
         }
-        let rows = rollcall::deliveries(self.scenario, contacts, self.provider);
+        self.no_chat += rows.iter().filter(|r| r.chat_handle.is_none()).count();
         self.recipients += rows.len();
         rows
     }

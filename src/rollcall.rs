@@ -462,7 +462,7 @@ pub fn compose<M: AudienceMember>(
 }
 
 /// The deliveries of `scenario`'s audience among `contacts`, in their order.
-pub fn deliveries<M: AudienceMember>(
+fn deliveries<M: AudienceMember>(
     scenario: &Scenario,
     contacts: impl IntoIterator<Item = M>,
     provider: &str,
